@@ -1,0 +1,206 @@
+/**
+ * The few libc calls flock needs, through `Deno.dlopen`, plus errno and the
+ * network-namespace switch.
+ *
+ * Every call here is synchronous, so it runs on the JS main thread (see
+ * notes/deno-ffi.md §1): `setns` switches only that thread, and as long as no
+ * `await` sits between the two `setns` calls no other JS can observe the switch.
+ */
+
+const libc = Deno.dlopen("libc.so.6", {
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
+  sendto: { parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"], result: "isize" },
+  recvfrom: {
+    parameters: ["i32", "buffer", "usize", "i32", "pointer", "pointer"],
+    result: "isize",
+  },
+  setns: { parameters: ["i32", "i32"], result: "i32" },
+  // open(2) is variadic; (path, flags) is the ABI-compatible prefix on x86_64 and aarch64.
+  open: { parameters: ["buffer", "i32"], result: "i32" },
+  close: { parameters: ["i32"], result: "i32" },
+  write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  __errno_location: { parameters: [], result: "pointer" },
+  strerror: { parameters: ["i32"], result: "pointer" },
+});
+
+const sym = libc.symbols;
+const errnoView = new Deno.UnsafePointerView(sym.__errno_location()!);
+
+export const AF_NETLINK = 16;
+export const SOCK_RAW = 3;
+export const SOCK_CLOEXEC = 0o2000000;
+export const NETLINK_ROUTE = 0;
+export const SOL_SOCKET = 1;
+export const SO_SNDBUF = 7;
+export const SO_RCVBUF = 8;
+export const SO_RCVTIMEO = 20;
+export const SOL_NETLINK = 270;
+export const NETLINK_CAP_ACK = 10;
+export const NETLINK_EXT_ACK = 11;
+export const NETLINK_GET_STRICT_CHK = 12;
+export const CLONE_NEWNET = 0x40000000;
+export const O_RDONLY = 0;
+export const O_WRONLY = 1;
+export const O_CLOEXEC = 0o2000000;
+
+export const EPERM = 1;
+export const ENOENT = 2;
+export const ESRCH = 3;
+export const EINTR = 4;
+export const EBADF = 9;
+export const EAGAIN = 11;
+export const EBUSY = 16;
+export const EEXIST = 17;
+export const ENODEV = 19;
+export const EINVAL = 22;
+export const ERANGE = 34;
+export const EADDRNOTAVAIL = 99;
+export const ENETUNREACH = 101;
+
+/** The calling thread's errno; read it right after the failing call. */
+export function errno(): number {
+  return errnoView.getInt32(0);
+}
+
+/** The C library's text for an errno value. */
+export function strerror(code: number): string {
+  const p = sym.strerror(code);
+  return p ? Deno.UnsafePointerView.getCString(p) : `errno ${code}`;
+}
+
+/** A failed system call, with its errno. */
+export class SyscallError extends Error {
+  constructor(readonly call: string, readonly errno: number, context?: string) {
+    super(`${call}${context ? ` ${context}` : ""}: ${strerror(errno)} (errno ${errno})`);
+    this.name = "SyscallError";
+  }
+}
+
+function check(call: string, result: number | bigint, context?: string): number {
+  const n = Number(result);
+  if (n < 0) throw new SyscallError(call, errno(), context);
+  return n;
+}
+
+const encoder = new TextEncoder();
+
+function cString(text: string): Uint8Array {
+  return encoder.encode(text + "\0");
+}
+
+/** open(2) a path; returns the fd. */
+export function openPath(path: string, flags = O_RDONLY | O_CLOEXEC): number {
+  return check("open", sym.open(cString(path), flags), path);
+}
+
+/** close(2), ignoring errors (nothing useful can be done about them). */
+export function closeFd(fd: number): void {
+  sym.close(fd);
+}
+
+/** A raw rtnetlink socket in the calling thread's current network namespace. */
+export function netlinkSocket(): number {
+  const fd = check("socket", sym.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE));
+  try {
+    const addr = new Uint8Array(12);
+    new DataView(addr.buffer).setUint16(0, AF_NETLINK, true);
+    check("bind", sym.bind(fd, addr, addr.length));
+    return fd;
+  } catch (e) {
+    sym.close(fd);
+    throw e;
+  }
+}
+
+/** setsockopt(2) with an int value (or a raw buffer for structs). */
+export function setSocketOption(
+  fd: number,
+  level: number,
+  name: number,
+  value: number | Uint8Array,
+) {
+  const buf = typeof value === "number" ? new Uint8Array(new Int32Array([value]).buffer) : value;
+  check("setsockopt", sym.setsockopt(fd, level, name, buf, buf.length));
+}
+
+/** Sets SO_RCVTIMEO so a protocol mistake turns into an error instead of a hang. */
+export function setReceiveTimeout(fd: number, ms: number): void {
+  const tv = new BigInt64Array([BigInt(Math.floor(ms / 1000)), BigInt((ms % 1000) * 1000)]);
+  setSocketOption(fd, SOL_SOCKET, SO_RCVTIMEO, new Uint8Array(tv.buffer));
+}
+
+const kernelAddress = (() => {
+  const a = new Uint8Array(12);
+  new DataView(a.buffer).setUint16(0, AF_NETLINK, true);
+  return a;
+})();
+
+/** Sends one datagram to the kernel. */
+export function sendToKernel(fd: number, data: Uint8Array): void {
+  for (;;) {
+    const n = Number(sym.sendto(fd, data, BigInt(data.length), 0, kernelAddress, 12));
+    if (n >= 0) return;
+    const e = errno();
+    if (e !== EINTR) throw new SyscallError("sendto", e);
+  }
+}
+
+/** Receives one datagram into `buf`; returns its length. */
+export function receive(fd: number, buf: Uint8Array): number {
+  for (;;) {
+    const n = Number(sym.recvfrom(fd, buf, BigInt(buf.length), 0, null, null));
+    if (n >= 0) return n;
+    const e = errno();
+    if (e !== EINTR) throw new SyscallError("recvfrom", e);
+  }
+}
+
+/** Writes a whole small file (a /proc/sys knob) in the current namespace. */
+export function writeFileSync(path: string, text: string): void {
+  const fd = openPath(path, O_WRONLY | O_CLOEXEC);
+  try {
+    const data = encoder.encode(text);
+    check("write", sym.write(fd, data, BigInt(data.length)), path);
+  } finally {
+    sym.close(fd);
+  }
+}
+
+/** Reads a small file (a /proc/sys knob) in the current namespace. */
+export function readFileSync(path: string): string {
+  const fd = openPath(path);
+  try {
+    const buf = new Uint8Array(256);
+    const n = check("read", sym.read(fd, buf, BigInt(buf.length)), path);
+    return new TextDecoder().decode(buf.subarray(0, n));
+  } finally {
+    sym.close(fd);
+  }
+}
+
+/** The namespace this process started in; the main thread always returns here. */
+const homeNetnsFd = openPath("/proc/thread-self/ns/net");
+
+/**
+ * Runs `fn` with the main thread inside the network namespace `nsFd`.
+ *
+ * `fn` must be synchronous: an `await` inside would let other JS run in the
+ * wrong namespace. If switching back fails the process cannot trust any later
+ * socket it opens, so it exits.
+ */
+export function withNetns<T>(nsFd: number, fn: () => T): T {
+  if (sym.setns(nsFd, CLONE_NEWNET) < 0) {
+    throw new SyscallError("setns", errno());
+  }
+  try {
+    return fn();
+  } finally {
+    if (sym.setns(homeNetnsFd, CLONE_NEWNET) < 0) {
+      console.error(`flock: cannot return to the home network namespace (errno ${errno()})`);
+      Deno.exit(70);
+    }
+  }
+}

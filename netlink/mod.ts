@@ -1,0 +1,14 @@
+/**
+ * flock's rtnetlink library: a handle bound to a network namespace, and one
+ * module per object kind. It knows nothing of Kubernetes or CNI.
+ *
+ * @module
+ */
+
+export * from "./consts.ts";
+export * from "./errors.ts";
+export { Handle } from "./handle.ts";
+export * from "./ip.ts";
+export * from "./link.ts";
+export * from "./addr.ts";
+export * from "./route.ts";
