@@ -12,3 +12,4 @@ export * from "./ip.ts";
 export * from "./link.ts";
 export * from "./addr.ts";
 export * from "./route.ts";
+export * from "./neightbl.ts";

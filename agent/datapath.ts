@@ -1,0 +1,370 @@
+/**
+ * The per-pod datapath (BRIEF §2): a routed veth with a /128 (and /32), host
+ * routes tagged with flock's route protocol, and link-local gateways that need
+ * no DAD and no IPv4 default route on the node.
+ *
+ * `setup` is idempotent and repairs whatever a crash left half-made; `teardown`
+ * of something already gone succeeds; `check` lists every difference.
+ */
+
+import {
+  addAddress,
+  addVeth,
+  AF_INET,
+  AF_INET6,
+  deleteLink,
+  deleteRoute,
+  familyName,
+  formatIP,
+  getLinkByIndex,
+  getLinkByName,
+  Handle,
+  hostPrefix,
+  IFA_F_TENTATIVE,
+  IN6_ADDR_GEN_MODE_NONE,
+  type IP,
+  ipEqual,
+  type Link,
+  listAddresses,
+  listRoutes,
+  parseIP,
+  parsePrefix,
+  type Prefix,
+  replaceRoute,
+  type Route,
+  routeMatches,
+  RT_SCOPE_LINK,
+  setLinkFamilySettings,
+  setLinkNetns,
+  setLinkUp,
+  setNeighTableParams,
+  validateIfname,
+} from "../netlink/mod.ts";
+
+/** The route protocol number on every route flock installs (`ip route show proto 201`). */
+export const FLOCK_ROUTE_PROTOCOL = 201;
+/** Prefix of every host-side interface flock creates. */
+export const HOST_IFACE_PREFIX = "flock";
+/** The pods' IPv6 gateway, on every host veth. */
+export const GATEWAY6: IP = parseIP("fe80::1");
+/** The pods' IPv4 gateway, answered by proxy ARP on every host veth. */
+export const GATEWAY4: IP = parseIP("169.254.1.1");
+const GATEWAY6_PREFIX: Prefix = parsePrefix("fe80::1/64");
+const DEFAULT6: Prefix = parsePrefix("::/0");
+const DEFAULT4: Prefix = parsePrefix("0.0.0.0/0");
+
+/** A bad argument to the datapath (nothing was changed). */
+export class DatapathInputError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "DatapathInputError";
+  }
+}
+
+/** The pod's interface name is taken by something flock did not make. */
+export class InterfaceConflictError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "InterfaceConflictError";
+  }
+}
+
+/** What one pod's network looks like. */
+export interface PodNetwork {
+  containerId: string;
+  /** Path of the pod's network namespace. */
+  netns: string;
+  /** Interface name inside the pod (CNI_IFNAME). */
+  ifname: string;
+  ipv6?: IP;
+  ipv4?: IP;
+  mtu?: number;
+}
+
+/** What `setup` made, for the CNI Result. */
+export interface PodInterfaces {
+  hostIface: string;
+  hostIndex: number;
+  hostMac: string;
+  podIndex: number;
+  podMac: string;
+}
+
+/** FNV-1a-32 of the container ID as `flock<8 hex>` (13 bytes, fits IFNAMSIZ). */
+export function hostIfaceName(containerId: string): string {
+  let hash = 0x811c9dc5;
+  for (const byte of new TextEncoder().encode(containerId)) {
+    hash ^= byte;
+    hash = Math.imul(hash, 0x01000193) >>> 0;
+  }
+  return HOST_IFACE_PREFIX + hash.toString(16).padStart(8, "0");
+}
+
+/** Whether an interface name is one flock creates on the node. */
+export function isFlockIfaceName(name: string): boolean {
+  return /^flock[0-9a-f]{8}$/.test(name);
+}
+
+const CONTAINER_ID = /^[A-Za-z0-9][A-Za-z0-9_.\-]*$/;
+
+/** Throws DatapathInputError unless the pod description is usable. */
+export function validatePodNetwork(pod: PodNetwork): void {
+  if (typeof pod.containerId !== "string" || !CONTAINER_ID.test(pod.containerId)) {
+    throw new DatapathInputError(
+      `invalid container ID ${JSON.stringify(pod.containerId)}: ` +
+        "must be non-empty and contain only letters, digits, '_', '.', '-'",
+    );
+  }
+  try {
+    validateIfname(pod.ifname, "pod interface name");
+  } catch (e) {
+    throw new DatapathInputError((e as Error).message);
+  }
+  if (pod.ipv6 && pod.ipv6.family !== AF_INET6) {
+    throw new DatapathInputError(`ipv6 address ${formatIP(pod.ipv6)} is not an IPv6 address`);
+  }
+  if (pod.ipv4 && pod.ipv4.family !== AF_INET) {
+    throw new DatapathInputError(`ipv4 address ${formatIP(pod.ipv4)} is not an IPv4 address`);
+  }
+  if (!pod.ipv6 && !pod.ipv4) throw new DatapathInputError("the pod has no address");
+  if (pod.mtu !== undefined && (!Number.isInteger(pod.mtu) || pod.mtu < 576 || pod.mtu > 65535)) {
+    throw new DatapathInputError(`mtu ${pod.mtu} is out of range (576..65535)`);
+  }
+}
+
+function hostRoute(ip: IP, oif: number): Route {
+  return { dst: hostPrefix(ip), oif, scope: RT_SCOPE_LINK, protocol: FLOCK_ROUTE_PROTOCOL };
+}
+
+/** The pod datapath of one node, bound to the node's namespace. */
+export class Datapath {
+  #nodeReady = false;
+
+  constructor(readonly node: Handle) {}
+
+  /**
+   * Node-wide settings the pods rely on, applied once: IPv6 forwarding, loopback
+   * up, and a flock route to 169.254.1.1 so proxy ARP answers for the IPv4
+   * gateway even when the node has no IPv4 default route.
+   */
+  ensureNode(): void {
+    if (this.#nodeReady) return;
+    if (this.node.readSysctl("net.ipv6.conf.all.forwarding") !== "1") {
+      this.node.writeSysctl("net.ipv6.conf.all.forwarding", "1");
+    }
+    const lo = getLinkByName(this.node, "lo");
+    if (lo && !lo.up) setLinkUp(this.node, lo.index);
+    if (lo) replaceRoute(this.node, hostRoute(GATEWAY4, lo.index));
+    this.#nodeReady = true;
+  }
+
+  /** Creates or repairs the pod's datapath; returns its interfaces. */
+  setup(pod: PodNetwork): PodInterfaces {
+    validatePodNetwork(pod);
+    this.ensureNode();
+    const podNs = Handle.forNetns(pod.netns);
+    try {
+      const { host, peer } = this.#ensurePair(pod, podNs);
+      this.#configureHostSide(host);
+      this.#configurePodSide(pod, podNs, peer);
+      for (const ip of [pod.ipv6, pod.ipv4]) {
+        if (ip) replaceRoute(this.node, hostRoute(ip, host.index));
+      }
+      return {
+        hostIface: host.name,
+        hostIndex: host.index,
+        hostMac: host.mac,
+        podIndex: peer.index,
+        podMac: peer.mac,
+      };
+    } finally {
+      podNs.close();
+    }
+  }
+
+  /** Finds or makes the veth pair; repairs a peer left on the node. */
+  #ensurePair(pod: PodNetwork, podNs: Handle): { host: Link; peer: Link } {
+    const name = hostIfaceName(pod.containerId);
+    let host = getLinkByName(this.node, name);
+    let peer = getLinkByName(podNs, pod.ifname);
+    if (host && host.kind !== "veth") {
+      throw new InterfaceConflictError(`${name} exists on the node and is not a veth`);
+    }
+    if (host && host.peerNetnsId === undefined && host.peerIndex) {
+      // A pair made in two steps whose peer never left the node: move it now.
+      const stray = getLinkByIndex(this.node, host.peerIndex);
+      if (stray && !peer) {
+        setLinkNetns(this.node, stray.index, podNs.netnsFd, pod.ifname);
+        peer = getLinkByName(podNs, pod.ifname);
+      }
+    }
+    if (host && !(peer && paired(host, peer))) {
+      // Our name, but not joined to this pod's interface: stale, remake it.
+      deleteLink(this.node, host.index);
+      host = undefined;
+    }
+    if (!host) {
+      if (peer) {
+        throw new InterfaceConflictError(
+          `interface ${pod.ifname} already exists in ${pod.netns} and was not made by flock`,
+        );
+      }
+      addVeth(this.node, {
+        name,
+        peerName: pod.ifname,
+        peerNetnsFd: podNs.netnsFd,
+        mtu: pod.mtu,
+      });
+      host = getLinkByName(this.node, name);
+      peer = getLinkByName(podNs, pod.ifname);
+      if (!host || !peer) throw new Error(`veth ${name} vanished right after creation`);
+    }
+    return { host, peer: peer! };
+  }
+
+  #configureHostSide(host: Link): void {
+    if (
+      host.ipv6AddrGenMode !== IN6_ADDR_GEN_MODE_NONE || !host.ipv4?.forwarding ||
+      !host.ipv4?.proxyArp
+    ) {
+      setLinkFamilySettings(this.node, host.index, {
+        ipv6AddrGenMode: IN6_ADDR_GEN_MODE_NONE,
+        ipv4Forwarding: true,
+        ipv4ProxyArp: true,
+      });
+      // Proxy ARP otherwise waits up to 0.8 s before answering for 169.254.1.1.
+      setNeighTableParams(this.node, AF_INET, host.index, { proxyDelayMs: 0 });
+    }
+    if (!host.up) setLinkUp(this.node, host.index);
+    ensureAddress(this.node, host.index, GATEWAY6_PREFIX);
+  }
+
+  #configurePodSide(pod: PodNetwork, podNs: Handle, peer: Link): void {
+    if (peer.ipv6AddrGenMode !== IN6_ADDR_GEN_MODE_NONE) {
+      setLinkFamilySettings(podNs, peer.index, { ipv6AddrGenMode: IN6_ADDR_GEN_MODE_NONE });
+    }
+    if (!peer.up) setLinkUp(podNs, peer.index);
+    if (pod.ipv6) {
+      ensureAddress(podNs, peer.index, hostPrefix(pod.ipv6));
+      replaceRoute(podNs, { dst: DEFAULT6, gateway: GATEWAY6, oif: peer.index });
+    }
+    if (pod.ipv4) {
+      ensureAddress(podNs, peer.index, hostPrefix(pod.ipv4));
+      replaceRoute(podNs, { dst: hostPrefix(GATEWAY4), oif: peer.index, scope: RT_SCOPE_LINK });
+      replaceRoute(podNs, { dst: DEFAULT4, gateway: GATEWAY4, oif: peer.index });
+    }
+  }
+
+  /**
+   * Removes the pod's veth (both ends) and its host routes. Everything already
+   * gone is fine; the pod's namespace need not exist.
+   */
+  teardown(containerId: string, addresses: { ipv6?: IP; ipv4?: IP } = {}): void {
+    if (typeof containerId !== "string" || !CONTAINER_ID.test(containerId)) {
+      throw new DatapathInputError(`invalid container ID ${JSON.stringify(containerId)}`);
+    }
+    const host = getLinkByName(this.node, hostIfaceName(containerId));
+    if (host) deleteLink(this.node, host.index);
+    // Host routes die with the link; these catch routes that outlived a lost link.
+    for (const ip of [addresses.ipv6, addresses.ipv4]) {
+      if (!ip) continue;
+      for (const r of flockRoutesTo(this.node, hostPrefix(ip))) deleteRoute(this.node, r);
+    }
+  }
+
+  /** Lists every way the pod's datapath differs from the contract; empty when it matches. */
+  check(pod: PodNetwork): string[] {
+    validatePodNetwork(pod);
+    const problems: string[] = [];
+    const name = hostIfaceName(pod.containerId);
+    const host = getLinkByName(this.node, name);
+    if (!host) return [`host interface ${name} is missing`];
+    if (host.kind !== "veth") problems.push(`host interface ${name} is a ${host.kind}, not a veth`);
+    if (!host.up) problems.push(`host interface ${name} is down`);
+    if (host.ipv6AddrGenMode !== IN6_ADDR_GEN_MODE_NONE) {
+      problems.push(
+        `host interface ${name} has IPv6 addr_gen_mode ${host.ipv6AddrGenMode}, not none`,
+      );
+    }
+    if (!host.ipv4?.forwarding) problems.push(`host interface ${name} has IPv4 forwarding off`);
+    if (!host.ipv4?.proxyArp) problems.push(`host interface ${name} has proxy_arp off`);
+    if (!hasAddress(this.node, host.index, GATEWAY6_PREFIX)) {
+      problems.push(`host interface ${name} lacks fe80::1/64`);
+    }
+    let podNs: Handle;
+    try {
+      podNs = Handle.forNetns(pod.netns);
+    } catch (e) {
+      problems.push((e as Error).message);
+      return problems;
+    }
+    try {
+      const peer = getLinkByName(podNs, pod.ifname);
+      if (!peer) {
+        problems.push(`pod interface ${pod.ifname} is missing in ${pod.netns}`);
+      } else {
+        if (!paired(host, peer)) problems.push(`${pod.ifname} is not the peer of ${name}`);
+        if (!peer.up) problems.push(`pod interface ${pod.ifname} is down`);
+        if (pod.mtu && peer.mtu !== pod.mtu) {
+          problems.push(`pod interface ${pod.ifname} has mtu ${peer.mtu}, want ${pod.mtu}`);
+        }
+        const podAddrs = listAddresses(podNs, { index: peer.index });
+        const extra = podAddrs.filter((a) =>
+          ![pod.ipv6, pod.ipv4].some((ip) => ip && ipEqual(ip, a.prefix.ip))
+        );
+        for (const a of extra) {
+          problems.push(
+            `pod interface has unexpected address ${formatIP(a.prefix.ip)}/${a.prefix.len}`,
+          );
+        }
+        for (const ip of [pod.ipv6, pod.ipv4]) {
+          if (!ip) continue;
+          const a = podAddrs.find((x) => ipEqual(x.prefix.ip, ip));
+          if (!a) {
+            problems.push(`pod interface lacks ${familyName(ip.family)} address ${formatIP(ip)}`);
+          } else if (a.flags & IFA_F_TENTATIVE) {
+            problems.push(`pod address ${formatIP(ip)} is tentative`);
+          }
+          const gw = ip.family === AF_INET6 ? GATEWAY6 : GATEWAY4;
+          const def = ip.family === AF_INET6 ? DEFAULT6 : DEFAULT4;
+          const hasDefault = listRoutes(podNs, { family: ip.family }).some((r) =>
+            routeMatches(r, def) && r.gateway && ipEqual(r.gateway, gw) && r.oif === peer.index
+          );
+          if (!hasDefault) {
+            problems.push(
+              `pod lacks the ${familyName(ip.family)} default route via ${formatIP(gw)}`,
+            );
+          }
+          const routes = flockRoutesTo(this.node, hostPrefix(ip));
+          if (!routes.some((r) => r.oif === host.index)) {
+            problems.push(`node lacks the flock route ${formatIP(ip)} dev ${name}`);
+          }
+        }
+      }
+    } finally {
+      podNs.close();
+    }
+    return problems;
+  }
+}
+
+function paired(host: Link, peer: Link): boolean {
+  return host.peerIndex === peer.index && peer.peerIndex === host.index;
+}
+
+function hasAddress(h: Handle, index: number, p: Prefix): boolean {
+  return listAddresses(h, { family: p.ip.family, index }).some((a) =>
+    a.prefix.len === p.len && ipEqual(a.prefix.ip, p.ip)
+  );
+}
+
+function ensureAddress(h: Handle, index: number, p: Prefix): void {
+  addAddress(h, { index, prefix: p, noDad: true, replace: true });
+}
+
+/** flock-tagged routes in the main table to exactly `p`. */
+export function flockRoutesTo(h: Handle, p: Prefix): Route[] {
+  return listRoutes(h, { family: p.ip.family, protocol: FLOCK_ROUTE_PROTOCOL }).filter((r) =>
+    routeMatches(r, p)
+  );
+}
