@@ -12,6 +12,7 @@ import {
   addVeth,
   AF_INET,
   AF_INET6,
+  deleteAddress,
   deleteLink,
   deleteRoute,
   familyName,
@@ -35,6 +36,7 @@ import {
   routeMatches,
   RT_SCOPE_LINK,
   setLinkFamilySettings,
+  setLinkMtu,
   setLinkNetns,
   setLinkUp,
   setNeighTableParams,
@@ -161,12 +163,13 @@ export class Datapath {
   /** Creates or repairs the pod's datapath; returns its interfaces. */
   setup(pod: PodNetwork): PodInterfaces {
     validatePodNetwork(pod);
-    this.ensureNode();
+    // Open the pod's namespace first: a bad path must fail before anything changes.
     const podNs = Handle.forNetns(pod.netns);
     try {
-      const { host, peer } = this.#ensurePair(pod, podNs);
-      this.#configureHostSide(host);
-      this.#configurePodSide(pod, podNs, peer);
+      this.ensureNode();
+      const { host, peer, created } = this.#ensurePair(pod, podNs);
+      this.#configureHostSide(host, pod.mtu);
+      this.#configurePodSide(pod, podNs, peer, created);
       for (const ip of [pod.ipv6, pod.ipv4]) {
         if (ip) replaceRoute(this.node, hostRoute(ip, host.index));
       }
@@ -183,10 +186,11 @@ export class Datapath {
   }
 
   /** Finds or makes the veth pair; repairs a peer left on the node. */
-  #ensurePair(pod: PodNetwork, podNs: Handle): { host: Link; peer: Link } {
+  #ensurePair(pod: PodNetwork, podNs: Handle): { host: Link; peer: Link; created: boolean } {
     const name = hostIfaceName(pod.containerId);
     let host = getLinkByName(this.node, name);
     let peer = getLinkByName(podNs, pod.ifname);
+    let created = false;
     if (host && host.kind !== "veth") {
       throw new InterfaceConflictError(`${name} exists on the node and is not a veth`);
     }
@@ -196,12 +200,16 @@ export class Datapath {
       if (stray && !peer) {
         setLinkNetns(this.node, stray.index, podNs.netnsFd, pod.ifname);
         peer = getLinkByName(podNs, pod.ifname);
+        // The move may renumber the peer (its ifindex taken in the pod): re-read IFLA_LINK.
+        host = getLinkByName(this.node, name);
       }
     }
     if (host && !(peer && paired(host, peer))) {
       // Our name, but not joined to this pod's interface: stale, remake it.
       deleteLink(this.node, host.index);
       host = undefined;
+      // If that pod interface was the stale pair's own end, it went with it.
+      if (peer) peer = getLinkByName(podNs, pod.ifname);
     }
     if (!host) {
       if (peer) {
@@ -215,14 +223,16 @@ export class Datapath {
         peerNetnsFd: podNs.netnsFd,
         mtu: pod.mtu,
       });
+      created = true;
       host = getLinkByName(this.node, name);
       peer = getLinkByName(podNs, pod.ifname);
       if (!host || !peer) throw new Error(`veth ${name} vanished right after creation`);
     }
-    return { host, peer: peer! };
+    return { host, peer: peer!, created };
   }
 
-  #configureHostSide(host: Link): void {
+  #configureHostSide(host: Link, mtu?: number): void {
+    if (mtu && host.mtu !== mtu) setLinkMtu(this.node, host.index, mtu);
     if (
       host.ipv6AddrGenMode !== IN6_ADDR_GEN_MODE_NONE || !host.ipv4?.forwarding ||
       !host.ipv4?.proxyArp
@@ -239,7 +249,17 @@ export class Datapath {
     ensureAddress(this.node, host.index, GATEWAY6_PREFIX);
   }
 
-  #configurePodSide(pod: PodNetwork, podNs: Handle, peer: Link): void {
+  #configurePodSide(pod: PodNetwork, podNs: Handle, peer: Link, created: boolean): void {
+    if (pod.mtu && peer.mtu !== pod.mtu) setLinkMtu(podNs, peer.index, pod.mtu);
+    if (!created) {
+      // A reused interface may carry an address of an earlier attempt (a retry that got
+      // another address from IPAM): remove what the pod should not have.
+      for (const a of listAddresses(podNs, { index: peer.index })) {
+        if (![pod.ipv6, pod.ipv4].some((ip) => ip && ipEqual(ip, a.prefix.ip))) {
+          deleteAddress(podNs, peer.index, a.prefix);
+        }
+      }
+    }
     if (peer.ipv6AddrGenMode !== IN6_ADDR_GEN_MODE_NONE) {
       setLinkFamilySettings(podNs, peer.index, { ipv6AddrGenMode: IN6_ADDR_GEN_MODE_NONE });
     }

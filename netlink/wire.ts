@@ -141,6 +141,9 @@ export function parseMessages(data: Uint8Array): NetlinkMessage[] {
     });
     off += align4(len);
   }
+  if (off < data.length) {
+    throw new Error(`netlink: truncated message (${data.length - off} bytes at offset ${off})`);
+  }
   return out;
 }
 

@@ -1,0 +1,164 @@
+/**
+ * The per-node agent: owns the store, IPAM and the datapath, and serves the
+ * CNI RPC. It answers "try again later" (CNI code 11) until it has its node
+ * configuration and has reconciled the node — only then does it serve pods.
+ */
+
+import { Handle } from "../netlink/mod.ts";
+import { Datapath } from "./datapath.ts";
+import { CniCode, CniError, type RpcRequest, type RpcResponse } from "./protocol.ts";
+import { Store } from "./store.ts";
+import type { NodeConfig } from "./config.ts";
+import { AddressPool } from "./ipam.ts";
+import { PodHandler } from "./pod_handler.ts";
+import { reconcile, type ReconcileReport } from "./reconcile.ts";
+import { RpcServer } from "./rpc_server.ts";
+import { parseCniInvocation } from "./cni_input.ts";
+
+/** Default directory of the node-local store. */
+export const DEFAULT_STATE_DIR = "/var/lib/flock";
+/** How long a released address rests before it is handed out again. */
+export const DEFAULT_COOLDOWN_MS = 30_000;
+
+/** Options of an {@link Agent}. */
+export interface AgentOptions {
+  nodeName: string;
+  stateDir: string;
+  socketPath: string;
+  /** The node's network namespace (default: the one the agent runs in). */
+  netnsPath?: string;
+  cooldownMs?: number;
+  log?: (fields: Record<string, unknown>) => void;
+}
+
+/** One structured log line on stderr. */
+export function jsonLog(fields: Record<string, unknown>): void {
+  console.error(JSON.stringify({ ts: new Date().toISOString(), level: "info", ...fields }));
+}
+
+/** The agent of one node. */
+export class Agent {
+  readonly log: (fields: Record<string, unknown>) => void;
+  #server?: RpcServer;
+  #store?: Store;
+  #handle?: Handle;
+  #handler?: PodHandler;
+  #notReadyReason = "waiting for the node configuration";
+  reconcileReport?: ReconcileReport;
+
+  constructor(readonly options: AgentOptions) {
+    this.log = options.log ?? jsonLog;
+  }
+
+  /** Whether the agent serves pods. */
+  get ready(): boolean {
+    return this.#handler !== undefined;
+  }
+
+  /** Opens the RPC socket; requests get code 11 until {@link configure} finishes. */
+  async listen(): Promise<void> {
+    this.#server = new RpcServer({
+      path: this.options.socketPath,
+      handler: (req) => this.#dispatch(req),
+      log: this.log,
+    });
+    await this.#server.start();
+    this.log({ msg: "listening", socket: this.options.socketPath, node: this.options.nodeName });
+  }
+
+  /** Takes the node configuration, reconciles the node and starts serving pods. */
+  configure(node: NodeConfig): ReconcileReport {
+    const cooldownMs = this.options.cooldownMs ?? DEFAULT_COOLDOWN_MS;
+    this.#store ??= Store.open(this.options.stateDir);
+    this.#handle ??= this.options.netnsPath
+      ? Handle.forNetns(this.options.netnsPath)
+      : Handle.current();
+    const datapath = new Datapath(this.#handle);
+    const pool6 = node.cidr6 ? new AddressPool(node.cidr6, { cooldownMs }) : undefined;
+    const pool4 = node.cidr4 ? new AddressPool(node.cidr4, { cooldownMs }) : undefined;
+    const started = performance.now();
+    const report = reconcile({ store: this.#store, datapath, pool6, pool4, cooldownMs });
+    this.reconcileReport = report;
+    this.log({
+      msg: "reconciled",
+      ms: Math.round((performance.now() - started) * 10) / 10,
+      ...report,
+      problems: report.problems.length ? report.problems : undefined,
+    });
+    this.#handler = new PodHandler({
+      store: this.#store,
+      datapath,
+      node,
+      pool6,
+      pool4,
+      log: this.log,
+    });
+    return report;
+  }
+
+  async #dispatch(raw: RpcRequest): Promise<RpcResponse> {
+    const started = performance.now();
+    const fields: Record<string, unknown> = {
+      command: raw.command,
+      containerId: raw.containerId || undefined,
+      ifname: raw.ifname || undefined,
+    };
+    let response: RpcResponse;
+    try {
+      if (!this.#handler) {
+        throw new CniError(
+          raw.command === "STATUS" ? CniCode.notAvailable : CniCode.tryAgainLater,
+          `flock agent is not ready: ${this.#notReadyReason}`,
+        );
+      }
+      const req = revalidate(raw);
+      response = await this.#handler.handle(req);
+      if (response.ok && response.result) {
+        fields.ips = (response.result.ips as { address: string }[])?.map((i) => i.address);
+      }
+    } catch (e) {
+      const err = e instanceof CniError ? e : toCniError(e);
+      response = { ok: false, error: err.toBody() };
+    }
+    if (raw.command !== "STATUS") {
+      this.log({
+        ...fields,
+        level: response.ok ? "info" : "warn",
+        msg: response.ok ? "done" : "failed",
+        ms: Math.round((performance.now() - started) * 100) / 100,
+        error: response.ok ? undefined : response.error,
+      });
+    }
+    return response;
+  }
+
+  /** Stops serving and closes the store. */
+  async close(): Promise<void> {
+    await this.#server?.close();
+    this.#store?.close();
+    this.#handle?.close();
+  }
+}
+
+/** Re-validates a request that came over the raw socket exactly as the plugin does. */
+function revalidate(req: RpcRequest): RpcRequest {
+  const env: Record<string, string | undefined> = {
+    CNI_COMMAND: req.command,
+    CNI_CONTAINERID: req.containerId,
+    CNI_NETNS: req.netns,
+    CNI_IFNAME: req.ifname,
+    CNI_ARGS: req.args,
+  };
+  return parseCniInvocation(env, JSON.stringify(req.config));
+}
+
+function toCniError(e: unknown): CniError {
+  const err = e as Error;
+  const name = err?.name ?? "Error";
+  if (name === "NetnsError") return new CniError(CniCode.invalidNetns, err.message);
+  if (name === "DatapathInputError" || name === "NetlinkArgumentError") {
+    return new CniError(CniCode.invalidEnvironment, err.message);
+  }
+  if (name === "InterfaceConflictError") return new CniError(CniCode.invalidConfig, err.message);
+  return new CniError(CniCode.internal, `${name}: ${err?.message ?? String(e)}`);
+}

@@ -1,0 +1,226 @@
+import assert from "node:assert/strict";
+import { CniError, SUPPORTED_VERSIONS } from "./protocol.ts";
+import {
+  parseCniInvocation,
+  requestedVersion,
+  validateContainerId,
+  validateIfname,
+} from "./cni_input.ts";
+
+const CONFIG = JSON.stringify({ cniVersion: "1.0.0", name: "flock", type: "flock" });
+const ENV = {
+  CNI_COMMAND: "ADD",
+  CNI_CONTAINERID: "abc123",
+  CNI_NETNS: "/var/run/netns/cni-1",
+  CNI_IFNAME: "eth0",
+  CNI_ARGS: "K8S_POD_NAME=p;K8S_POD_NAMESPACE=default",
+  CNI_PATH: "/opt/cni/bin",
+};
+
+/** Runs `fn`, expects a CniError and returns it. */
+function cniErrorOf(fn: () => unknown): CniError {
+  try {
+    fn();
+  } catch (e) {
+    assert.ok(e instanceof CniError, `expected CniError, got ${e}`);
+    return e;
+  }
+  assert.fail("expected a CniError");
+}
+
+Deno.test("parseCniInvocation: a valid ADD becomes the RPC request", () => {
+  const req = parseCniInvocation(ENV, CONFIG);
+  assert.deepEqual(req, {
+    command: "ADD",
+    containerId: "abc123",
+    netns: "/var/run/netns/cni-1",
+    ifname: "eth0",
+    args: "K8S_POD_NAME=p;K8S_POD_NAMESPACE=default",
+    config: { cniVersion: "1.0.0", name: "flock", type: "flock" },
+  });
+});
+
+Deno.test("parseCniInvocation: every supported version is accepted", () => {
+  for (const v of SUPPORTED_VERSIONS) {
+    const req = parseCniInvocation(ENV, JSON.stringify({ cniVersion: v, name: "n" }));
+    assert.equal(req.config.cniVersion, v);
+  }
+});
+
+Deno.test("parseCniInvocation: unknown and missing CNI_COMMAND give code 4 with libcni's text", () => {
+  const e = cniErrorOf(() => parseCniInvocation({ ...ENV, CNI_COMMAND: "FROB" }, CONFIG));
+  assert.equal(e.code, 4);
+  assert.equal(e.message, "unknown CNI_COMMAND: FROB");
+  assert.equal(cniErrorOf(() => parseCniInvocation({}, CONFIG)).code, 4);
+  // VERSION is the plugin's own business, never an RPC.
+  assert.equal(cniErrorOf(() => parseCniInvocation({ CNI_COMMAND: "VERSION" }, CONFIG)).code, 4);
+});
+
+Deno.test("parseCniInvocation: undecodable stdin gives code 6", () => {
+  for (const stdin of ["", "   ", "{", '{"cniVersion":"1.0.0"', "[]", "null", "42", '"s"', "{]}"]) {
+    const e = cniErrorOf(() => parseCniInvocation(ENV, stdin));
+    assert.equal(e.code, 6, `stdin ${JSON.stringify(stdin)}`);
+    assert.match(e.message, /decode/);
+  }
+});
+
+Deno.test("parseCniInvocation: missing or unsupported cniVersion gives code 1", () => {
+  for (
+    const config of [{ name: "n" }, { cniVersion: "", name: "n" }, { cniVersion: 1, name: "n" }]
+  ) {
+    assert.equal(cniErrorOf(() => parseCniInvocation(ENV, JSON.stringify(config))).code, 1);
+  }
+  const e = cniErrorOf(() => parseCniInvocation(ENV, '{"cniVersion":"0.2.0","name":"n"}'));
+  assert.equal(e.code, 1);
+  assert.match(e.message, /0\.2\.0/);
+  assert.match(e.details!, /1\.1\.0/);
+});
+
+Deno.test("parseCniInvocation: missing name gives code 7", () => {
+  for (const config of [{ cniVersion: "1.0.0" }, { cniVersion: "1.0.0", name: "" }]) {
+    assert.equal(cniErrorOf(() => parseCniInvocation(ENV, JSON.stringify(config))).code, 7);
+  }
+});
+
+Deno.test("parseCniInvocation: env required per verb, code 4 naming the variable", () => {
+  const cases: [Record<string, string | undefined>, string][] = [
+    [{ ...ENV, CNI_CONTAINERID: undefined }, "CNI_CONTAINERID"],
+    [{ ...ENV, CNI_CONTAINERID: "" }, "CNI_CONTAINERID"],
+    [{ ...ENV, CNI_IFNAME: undefined }, "CNI_IFNAME"],
+    [{ ...ENV, CNI_NETNS: "" }, "CNI_NETNS"],
+    [{ ...ENV, CNI_COMMAND: "CHECK", CNI_NETNS: undefined }, "CNI_NETNS"],
+    [{ ...ENV, CNI_COMMAND: "DEL", CNI_IFNAME: "" }, "CNI_IFNAME"],
+    [{ ...ENV, CNI_COMMAND: "DEL", CNI_CONTAINERID: undefined }, "CNI_CONTAINERID"],
+    [{ ...ENV, CNI_NETNS: "relative/path" }, "CNI_NETNS"],
+  ];
+  for (const [env, variable] of cases) {
+    const e = cniErrorOf(() => parseCniInvocation(env, CONFIG));
+    assert.equal(e.code, 4, JSON.stringify(env));
+    assert.ok(e.message.includes(variable), `${e.message} should name ${variable}`);
+  }
+});
+
+Deno.test("parseCniInvocation: DEL tolerates an empty or absent CNI_NETNS", () => {
+  assert.equal(parseCniInvocation({ ...ENV, CNI_COMMAND: "DEL", CNI_NETNS: "" }, CONFIG).netns, "");
+  const env = { ...ENV, CNI_COMMAND: "DEL", CNI_NETNS: undefined };
+  assert.equal(parseCniInvocation(env, CONFIG).netns, "");
+});
+
+Deno.test("parseCniInvocation: GC and STATUS need no container variables", () => {
+  for (const command of ["GC", "STATUS"]) {
+    const req = parseCniInvocation({ CNI_COMMAND: command, CNI_CONTAINERID: "bad id!" }, CONFIG);
+    assert.deepEqual(
+      { ...req, config: undefined },
+      { command, containerId: "", netns: "", ifname: "", args: "", config: undefined },
+    );
+  }
+});
+
+Deno.test("validateContainerId: the spec's pattern", () => {
+  for (const ok of ["a", "0", "abc-DEF_1.2", "f".repeat(64)]) {
+    assert.equal(validateContainerId(ok), ok);
+  }
+  for (const bad of ["", "-a", ".a", "_a", "a b", "a/b", "a:b", "ä", "a\n"]) {
+    const e = cniErrorOf(() => validateContainerId(bad));
+    assert.equal(e.code, 4);
+    assert.match(e.message, /CNI_CONTAINERID/);
+  }
+});
+
+Deno.test("validateIfname: libcni's rules", () => {
+  for (const ok of ["eth0", "a", "x".repeat(15), "net-1.2"]) assert.equal(validateIfname(ok), ok);
+  const bad = ["", ".", "..", "x".repeat(16), "a/b", "a:b", "a b", "a\tb", "a\0b", "ééééééééé"];
+  for (const name of bad) {
+    const e = cniErrorOf(() => validateIfname(name));
+    assert.equal(e.code, 4, JSON.stringify(name));
+    assert.match(e.message, /CNI_IFNAME/);
+  }
+});
+
+Deno.test("requestedVersion: reads cniVersion, never throws", () => {
+  assert.equal(requestedVersion('{"cniVersion":"0.4.0"}'), "0.4.0");
+  for (const s of ["", "{", "null", "[]", '{"cniVersion":4}', '{"cniVersion":""}']) {
+    assert.equal(requestedVersion(s), undefined);
+  }
+});
+
+Deno.test("parseCniInvocation fuzz: 1,000 random inputs never escape as anything but CniError", () => {
+  const rand = mulberry32(0xf10c);
+  const commands = ["ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION", "", "add", undefined];
+  for (let i = 0; i < 1000; i++) {
+    const env: Record<string, string | undefined> = {
+      CNI_COMMAND: commands[Math.floor(rand() * commands.length)],
+      CNI_CONTAINERID: rand() < 0.5 ? "c" + i : randomString(rand, 20),
+      CNI_NETNS: rand() < 0.5 ? "/run/netns/x" : randomString(rand, 20),
+      CNI_IFNAME: rand() < 0.5 ? "eth0" : randomString(rand, 20),
+      CNI_ARGS: randomString(rand, 30),
+    };
+    const stdin = rand() < 0.5
+      ? randomString(rand, 200)
+      : JSON.stringify(randomJson(rand, 3, rand() < 0.5));
+    try {
+      const req = parseCniInvocation(env, stdin);
+      assert.equal(typeof req.config, "object");
+    } catch (e) {
+      assert.ok(e instanceof CniError, `input ${i} threw ${e}`);
+      assert.ok([1, 4, 6, 7].includes(e.code), `code ${e.code}`);
+      assert.equal(typeof e.message, "string");
+    }
+  }
+});
+
+/** A small seeded PRNG so fuzz failures are reproducible. */
+function mulberry32(seed: number): () => number {
+  return () => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** A random string of up to `max` code units, biased towards JSON-ish characters. */
+function randomString(rand: () => number, max: number): string {
+  const alphabet = '{}[]":,0123456789abcdefnulltrue \n\\/.-_\0é😀';
+  let s = "";
+  const n = Math.floor(rand() * max);
+  for (let i = 0; i < n; i++) {
+    s += rand() < 0.9
+      ? alphabet[Math.floor(rand() * alphabet.length)]
+      : String.fromCharCode(Math.floor(rand() * 0xffff));
+  }
+  return s;
+}
+
+/** A random JSON value; with `cniish` it is an object that often looks like a CNI config. */
+function randomJson(rand: () => number, depth: number, cniish = false): unknown {
+  if (cniish) {
+    const o: Record<string, unknown> = {};
+    if (rand() < 0.8) o.cniVersion = rand() < 0.7 ? "1.0.0" : randomJson(rand, 0);
+    if (rand() < 0.8) o.name = rand() < 0.7 ? "flock" : randomJson(rand, 0);
+    if (rand() < 0.5) o.prevResult = randomJson(rand, depth);
+    return o;
+  }
+  const kind = Math.floor(rand() * (depth > 0 ? 7 : 5));
+  switch (kind) {
+    case 0:
+      return null;
+    case 1:
+      return rand() < 0.5;
+    case 2:
+      return Math.floor(rand() * 2e6) - 1e6;
+    case 3:
+      return randomString(rand, 10);
+    case 4:
+      return rand() * 1e9;
+    case 5:
+      return Array.from({ length: Math.floor(rand() * 4) }, () => randomJson(rand, depth - 1));
+    default: {
+      const o: Record<string, unknown> = {};
+      for (let i = Math.floor(rand() * 4); i > 0; i--) {
+        o[randomString(rand, 8)] = randomJson(rand, depth - 1);
+      }
+      return o;
+    }
+  }
+}

@@ -1,0 +1,391 @@
+/**
+ * The NodeConfig: what one node hands out and announces. Parsed from the cluster's
+ * `flock.fritzlab.net/v1alpha1` NodeConfig object or, standalone, from a JSON or YAML file.
+ *
+ * Validation is strict (unknown fields are errors) so that a typo fails loudly at start instead
+ * of silently changing how a node routes.
+ */
+
+import {
+  AF_INET,
+  AF_INET6,
+  type Family,
+  familyName,
+  formatPrefix,
+  parsePrefix,
+  type Prefix,
+  prefixCovers,
+  tryParseIP,
+} from "../netlink/ip.ts";
+import { parseYaml, YamlError } from "./yaml.ts";
+
+/** The API group/version of the NodeConfig kind. */
+export const NODECONFIG_API_VERSION = "flock.fritzlab.net/v1alpha1";
+
+/** The kind name. */
+export const NODECONFIG_KIND = "NodeConfig";
+
+/** Default pod MTU. */
+export const DEFAULT_MTU = 1500;
+
+/** One BGP neighbour of this node (typically the top-of-rack router). */
+export interface BgpPeerSpec {
+  address: string;
+  asn: number;
+  password?: string;
+  multihop?: number;
+  bfd?: boolean;
+}
+
+/** BGP settings of the node. */
+export interface BgpSpec {
+  asn?: number;
+  routerID?: string;
+  nodeMesh?: boolean;
+  peers?: BgpPeerSpec[];
+  gracefulRestart?: { enabled?: boolean; restartTime?: number };
+}
+
+/** The `spec` of a NodeConfig, as written by the operator. */
+export interface NodeConfigSpec {
+  cidr6?: string;
+  cidr4?: string;
+  mtu?: number;
+  anycastCIDRs?: string[];
+  bgp?: BgpSpec;
+}
+
+/** A validated NodeConfig with its addresses parsed. */
+export interface NodeConfig {
+  /** `metadata.name` when the source was a full object. */
+  name?: string;
+  /** The validated spec (only known fields). */
+  spec: NodeConfigSpec;
+  cidr6?: Prefix;
+  cidr4?: Prefix;
+  mtu: number;
+  anycast6: Prefix[];
+  anycast4: Prefix[];
+}
+
+/** An invalid NodeConfig; the message names the source and the field path. */
+export class ConfigError extends Error {
+  constructor(readonly source: string, readonly field: string, readonly reason: string) {
+    super(field ? `${source}: ${field}: ${reason}` : `${source}: ${reason}`);
+    this.name = "ConfigError";
+  }
+}
+
+/** The NodeConfig the demo and a bare `flock agent` start from. */
+export const EMBEDDED_DEFAULT_CONFIG = `# flock NodeConfig for the demo (standalone mode)
+apiVersion: ${NODECONFIG_API_VERSION}
+kind: ${NODECONFIG_KIND}
+metadata:
+  name: demo
+spec:
+  cidr6: fd00:f10c:0:1::/64
+  cidr4: 10.244.1.0/24
+  mtu: 1500
+  anycastCIDRs:
+    - fd00:f10c:ffff::/112
+`;
+
+type Obj = Record<string, unknown>;
+
+/** Walks one object, remembering the path for messages. */
+class Fields {
+  readonly #seen = new Set<string>();
+  constructor(
+    readonly source: string,
+    readonly path: string,
+    readonly obj: Obj,
+  ) {}
+
+  error(field: string, reason: string): ConfigError {
+    return new ConfigError(this.source, this.at(field), reason);
+  }
+
+  at(field: string): string {
+    return this.path ? `${this.path}.${field}` : field;
+  }
+
+  get(field: string): unknown {
+    this.#seen.add(field);
+    return this.obj[field];
+  }
+
+  has(field: string): boolean {
+    return Object.hasOwn(this.obj, field) && this.obj[field] !== null;
+  }
+
+  string(field: string): string | undefined {
+    const v = this.get(field);
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== "string") throw this.error(field, `must be a string, not ${describe(v)}`);
+    return v;
+  }
+
+  boolean(field: string): boolean | undefined {
+    const v = this.get(field);
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== "boolean") {
+      throw this.error(field, `must be true or false, not ${describe(v)}`);
+    }
+    return v;
+  }
+
+  integer(field: string, min: number, max: number): number | undefined {
+    const v = this.get(field);
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== "number" || !Number.isInteger(v)) {
+      throw this.error(field, `must be an integer, not ${describe(v)}`);
+    }
+    if (v < min || v > max) throw this.error(field, `${v} is out of range (${min}..${max})`);
+    return v;
+  }
+
+  object(field: string): Fields | undefined {
+    const v = this.get(field);
+    if (v === undefined || v === null) return undefined;
+    if (!isObject(v)) throw this.error(field, `must be an object, not ${describe(v)}`);
+    return new Fields(this.source, this.at(field), v);
+  }
+
+  array(field: string): unknown[] | undefined {
+    const v = this.get(field);
+    if (v === undefined || v === null) return undefined;
+    if (!Array.isArray(v)) throw this.error(field, `must be a list, not ${describe(v)}`);
+    return v;
+  }
+
+  /** Rejects every field not read so far. */
+  noOthers(): void {
+    for (const k of Object.keys(this.obj)) {
+      if (!this.#seen.has(k)) throw this.error(k, "unknown field");
+    }
+  }
+}
+
+function isObject(v: unknown): v is Obj {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function describe(v: unknown): string {
+  if (Array.isArray(v)) return "a list";
+  if (v === null) return "null";
+  if (typeof v === "object") return "an object";
+  return `${typeof v} ${JSON.stringify(v)}`;
+}
+
+function prefixField(f: Fields, field: string, text: string, family?: Family): Prefix {
+  let p: Prefix;
+  try {
+    p = parsePrefix(text, true);
+  } catch (e) {
+    throw f.error(field, (e as Error).message);
+  }
+  if (family !== undefined && p.ip.family !== family) {
+    throw f.error(field, `${text} is not an ${familyName(family)} prefix`);
+  }
+  return p;
+}
+
+function overlaps(a: Prefix, b: Prefix): boolean {
+  return prefixCovers(a, b) || prefixCovers(b, a);
+}
+
+/**
+ * Validates a NodeConfig object (`{apiVersion, kind, metadata, spec}`) or a bare spec.
+ * `source` names where it came from in error messages (a file name, `NodeConfig node-1`).
+ */
+export function parseNodeConfig(obj: unknown, source: string): NodeConfig {
+  if (!isObject(obj)) {
+    throw new ConfigError(source, "", `expected a NodeConfig object, not ${describe(obj)}`);
+  }
+  const wrapped = "apiVersion" in obj || "kind" in obj || "spec" in obj || "metadata" in obj;
+  let name: string | undefined;
+  let specFields: Fields;
+  if (wrapped) {
+    const top = new Fields(source, "", obj);
+    const apiVersion = top.string("apiVersion");
+    if (apiVersion !== NODECONFIG_API_VERSION) {
+      throw top.error("apiVersion", `must be ${JSON.stringify(NODECONFIG_API_VERSION)}`);
+    }
+    if (top.string("kind") !== NODECONFIG_KIND) {
+      throw top.error("kind", `must be ${JSON.stringify(NODECONFIG_KIND)}`);
+    }
+    // Metadata is the API server's business (labels, uid, ...); only the name matters here.
+    const meta = top.object("metadata");
+    if (meta) {
+      const n = meta.string("name");
+      if (n !== undefined && n === "") throw meta.error("name", "must not be empty");
+      name = n;
+    }
+    top.get("status");
+    const spec = top.object("spec");
+    if (!spec) throw top.error("spec", "is required");
+    top.noOthers();
+    specFields = spec;
+  } else {
+    specFields = new Fields(source, "", obj);
+  }
+  const config = parseSpec(specFields);
+  if (name !== undefined) config.name = name;
+  return config;
+}
+
+function parseSpec(f: Fields): NodeConfig {
+  const spec: NodeConfigSpec = {};
+  const cidr6Text = f.string("cidr6");
+  const cidr4Text = f.string("cidr4");
+  const cidr6 = cidr6Text === undefined ? undefined : prefixField(f, "cidr6", cidr6Text, AF_INET6);
+  const cidr4 = cidr4Text === undefined ? undefined : prefixField(f, "cidr4", cidr4Text, AF_INET);
+  if (!cidr6 && !cidr4) {
+    throw new ConfigError(
+      f.source,
+      f.path,
+      "at least one of cidr6 and cidr4 is required",
+    );
+  }
+  if (cidr6Text !== undefined) spec.cidr6 = cidr6Text;
+  if (cidr4Text !== undefined) spec.cidr4 = cidr4Text;
+
+  const mtu = f.integer("mtu", 576, 65535);
+  if (mtu !== undefined && cidr6 && mtu < 1280) {
+    throw f.error("mtu", `${mtu} is below 1280, the minimum for IPv6`);
+  }
+  if (mtu !== undefined) spec.mtu = mtu;
+
+  const anycast6: Prefix[] = [];
+  const anycast4: Prefix[] = [];
+  const anycastList = f.array("anycastCIDRs");
+  if (anycastList) {
+    spec.anycastCIDRs = [];
+    const seen: Prefix[] = [];
+    anycastList.forEach((item, i) => {
+      const field = `anycastCIDRs[${i}]`;
+      if (typeof item !== "string") throw f.error(field, `must be a string, not ${describe(item)}`);
+      const p = prefixField(f, field, item);
+      for (const [label, own] of [["cidr6", cidr6], ["cidr4", cidr4]] as const) {
+        if (own && overlaps(own, p)) {
+          throw f.error(field, `${item} overlaps ${label} ${formatPrefix(own)}`);
+        }
+      }
+      const clash = seen.find((q) => overlaps(q, p));
+      if (clash) throw f.error(field, `${item} overlaps ${formatPrefix(clash)} listed before it`);
+      seen.push(p);
+      (p.ip.family === AF_INET6 ? anycast6 : anycast4).push(p);
+      spec.anycastCIDRs!.push(item);
+    });
+  }
+
+  const bgp = f.object("bgp");
+  if (bgp) spec.bgp = parseBgp(bgp);
+  f.noOthers();
+  return { spec, cidr6, cidr4, mtu: mtu ?? DEFAULT_MTU, anycast6, anycast4 };
+}
+
+const MAX_ASN = 4294967295;
+
+function parseBgp(f: Fields): BgpSpec {
+  const out: BgpSpec = {};
+  const asn = f.integer("asn", 1, MAX_ASN);
+  if (asn !== undefined) out.asn = asn;
+  const routerID = f.string("routerID");
+  if (routerID !== undefined) {
+    if (tryParseIP(routerID)?.family !== AF_INET) {
+      throw f.error(
+        "routerID",
+        `must be a dotted-quad (IPv4-style) id, not ${JSON.stringify(routerID)}`,
+      );
+    }
+    out.routerID = routerID;
+  }
+  const nodeMesh = f.boolean("nodeMesh");
+  if (nodeMesh !== undefined) out.nodeMesh = nodeMesh;
+
+  const peers = f.array("peers");
+  if (peers) {
+    out.peers = [];
+    const addresses = new Set<string>();
+    peers.forEach((item, i) => {
+      const field = `peers[${i}]`;
+      if (!isObject(item)) throw f.error(field, `must be an object, not ${describe(item)}`);
+      const p = new Fields(f.source, f.at(field), item);
+      const address = p.string("address");
+      if (address === undefined) throw p.error("address", "is required");
+      const ip = tryParseIP(address);
+      if (!ip) throw p.error("address", `not an IP address: ${JSON.stringify(address)}`);
+      const canonical = `${ip.family}:${ip.bytes.join(".")}`;
+      if (addresses.has(canonical)) throw p.error("address", `${address} is listed twice`);
+      addresses.add(canonical);
+      const peerAsn = p.integer("asn", 1, MAX_ASN);
+      if (peerAsn === undefined) throw p.error("asn", "is required");
+      const peer: BgpPeerSpec = { address, asn: peerAsn };
+      const password = p.string("password");
+      if (password !== undefined) {
+        if (password === "") throw p.error("password", "must not be empty (leave it out instead)");
+        if (/["\\\n]/.test(password)) {
+          throw p.error("password", "must not contain quotes, backslashes or newlines");
+        }
+        peer.password = password;
+      }
+      const multihop = p.integer("multihop", 1, 255);
+      if (multihop !== undefined) peer.multihop = multihop;
+      const bfd = p.boolean("bfd");
+      if (bfd !== undefined) peer.bfd = bfd;
+      p.noOthers();
+      out.peers!.push(peer);
+    });
+  }
+  if (out.asn === undefined && ((out.peers?.length ?? 0) > 0 || out.nodeMesh)) {
+    throw f.error("asn", "is required when peers or nodeMesh are set");
+  }
+
+  const gr = f.object("gracefulRestart");
+  if (gr) {
+    out.gracefulRestart = {};
+    const enabled = gr.boolean("enabled");
+    if (enabled !== undefined) out.gracefulRestart.enabled = enabled;
+    // The BGP graceful restart capability carries the time in 12 bits.
+    const restartTime = gr.integer("restartTime", 1, 4095);
+    if (restartTime !== undefined) out.gracefulRestart.restartTime = restartTime;
+    gr.noOthers();
+  }
+  f.noOthers();
+  return out;
+}
+
+/**
+ * Parses NodeConfig text: JSON when it starts with `{`, else the YAML subset of `yaml.ts`.
+ * `source` names it in errors.
+ */
+export function parseNodeConfigText(text: string, source: string): NodeConfig {
+  let obj: unknown;
+  if (text.trimStart().startsWith("{")) {
+    try {
+      obj = JSON.parse(text);
+    } catch (e) {
+      throw new ConfigError(source, "", `invalid JSON: ${(e as Error).message}`);
+    }
+  } else {
+    try {
+      obj = parseYaml(text);
+    } catch (e) {
+      if (e instanceof YamlError) throw new ConfigError(source, "", e.message);
+      throw e;
+    }
+  }
+  return parseNodeConfig(obj, source);
+}
+
+/** Reads and validates a NodeConfig file (JSON or YAML). */
+export async function loadNodeConfigFile(path: string): Promise<NodeConfig> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    throw new ConfigError(path, "", `cannot read: ${(e as Error).message}`);
+  }
+  return parseNodeConfigText(text, path);
+}

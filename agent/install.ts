@@ -1,0 +1,121 @@
+/**
+ * `flock install`: puts the plugin executable into the CNI bin dir and writes
+ * the conflist, each through a temp file and a rename, so a runtime never
+ * execs a half-copied binary or reads a half-written config ("text file busy"
+ * and partial reads are what in-place writes cause).
+ */
+
+import { parseArgs } from "node:util";
+import { dirname, join } from "node:path";
+import { DEFAULT_SOCKET } from "./protocol.ts";
+
+/** Where the conflist and binary go by default. */
+export const DEFAULT_BIN_DIR = "/opt/cni/bin";
+export const DEFAULT_CONF_DIR = "/etc/cni/net.d";
+/** Sorts before most other CNIs' conflists, so the runtime picks flock. */
+export const CONFLIST_NAME = "01-flock.conflist";
+
+/** Options of {@link install}. */
+export interface InstallOptions {
+  binDir: string;
+  confDir: string;
+  /** Network name in the conflist. */
+  networkName: string;
+  socketPath: string;
+  /** The executable to copy (default: this process's own). */
+  source?: string;
+  /** Extra keys for the plugin entry (e.g. logFile). */
+  pluginExtras?: Record<string, unknown>;
+}
+
+/** The conflist flock writes (spec 1.0.0 header with 1.1.0 advertised). */
+export function renderConflist(
+  o: Pick<InstallOptions, "networkName" | "socketPath" | "pluginExtras">,
+): string {
+  const conf = {
+    cniVersion: "1.0.0",
+    cniVersions: ["1.0.0", "1.1.0"],
+    name: o.networkName,
+    plugins: [{
+      type: "flock",
+      agentSocket: o.socketPath,
+      capabilities: { "io.kubernetes.cri.pod-annotations": true },
+      ...o.pluginExtras,
+    }],
+  };
+  return JSON.stringify(conf, null, 2) + "\n";
+}
+
+/**
+ * The file that is "the running executable": a compiled flock binary is
+ * `Deno.execPath()`; under the development launcher it is the launcher script,
+ * which says so in `FLOCK_EXECUTABLE`.
+ */
+export function selfExecutable(): string {
+  return Deno.env.get("FLOCK_EXECUTABLE") ?? Deno.execPath();
+}
+
+async function atomicWrite(path: string, write: (tmp: string) => Promise<void>, mode: number) {
+  const tmp = join(dirname(path), `.${crypto.randomUUID()}.tmp`);
+  try {
+    await write(tmp);
+    await Deno.chmod(tmp, mode);
+    await Deno.rename(tmp, path);
+  } catch (e) {
+    await Deno.remove(tmp).catch(() => {});
+    throw e;
+  }
+}
+
+async function sameContent(a: string, b: string): Promise<boolean> {
+  try {
+    const [x, y] = await Promise.all([Deno.readFile(a), Deno.readFile(b)]);
+    return x.length === y.length && x.every((v, i) => v === y[i]);
+  } catch {
+    return false;
+  }
+}
+
+/** Installs binary and conflist; returns what changed. Idempotent. */
+export async function install(o: InstallOptions): Promise<{ binary: boolean; conflist: boolean }> {
+  await Deno.mkdir(o.binDir, { recursive: true });
+  await Deno.mkdir(o.confDir, { recursive: true });
+  const source = o.source ?? selfExecutable();
+  const binPath = join(o.binDir, "flock");
+  let binary = false;
+  if (!(await sameContent(source, binPath))) {
+    await atomicWrite(binPath, (tmp) => Deno.copyFile(source, tmp), 0o755);
+    binary = true;
+  }
+  const confPath = join(o.confDir, CONFLIST_NAME);
+  const text = renderConflist(o);
+  let conflist = false;
+  const current = await Deno.readTextFile(confPath).catch(() => undefined);
+  if (current !== text) {
+    await atomicWrite(confPath, (tmp) => Deno.writeTextFile(tmp, text), 0o644);
+    conflist = true;
+  }
+  return { binary, conflist };
+}
+
+/** `flock install [--bin-dir DIR] [--conf-dir DIR] [--socket PATH] [--name NAME]`. */
+export async function installMain(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      "bin-dir": { type: "string", default: DEFAULT_BIN_DIR },
+      "conf-dir": { type: "string", default: DEFAULT_CONF_DIR },
+      socket: { type: "string", default: DEFAULT_SOCKET },
+      name: { type: "string", default: "flock" },
+    },
+    strict: true,
+  });
+  const changed = await install({
+    binDir: values["bin-dir"]!,
+    confDir: values["conf-dir"]!,
+    networkName: values.name!,
+    socketPath: values.socket!,
+  });
+  console.log(JSON.stringify({ installed: true, ...changed }));
+  return 0;
+}

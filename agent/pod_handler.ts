@@ -1,0 +1,284 @@
+/**
+ * The pod lifecycle behind the CNI verbs (the seed's PodHandler):
+ * annotations → IPAM → store(pending) → datapath → store(committed) → Result.
+ *
+ * ADD is idempotent on retry; DEL is symmetric and succeeds with the netns,
+ * the record or both already gone. Every step that can fail undoes the steps
+ * before it, so a failed ADD leaves nothing allocated.
+ */
+
+import { formatIP, type IP, parseIP } from "../netlink/ip.ts";
+import { type Datapath, hostIfaceName, type PodNetwork } from "./datapath.ts";
+import { CniCode, CniError, type RpcRequest, type RpcResponse } from "./protocol.ts";
+import type { Attachment, Store } from "./store.ts";
+import type { NodeConfig } from "./config.ts";
+import { type FamilyRequest, parsePodAnnotations } from "./annotations.ts";
+import type { AddressPool } from "./ipam.ts";
+import { buildAddResult } from "./cni_result.ts";
+
+/** CNI error code for a CHECK that found the datapath differing (plugin-specific range). */
+export const CODE_CHECK_FAILED = 101;
+
+/** What the handler needs from the agent. */
+export interface PodHandlerDeps {
+  store: Store;
+  datapath: Datapath;
+  node: NodeConfig;
+  pool6?: AddressPool;
+  pool4?: AddressPool;
+  /** Annotations for a pod that the runtime did not pass (the Kubernetes informer). */
+  lookupAnnotations?: (
+    namespace: string,
+    name: string,
+  ) => Promise<Record<string, string> | undefined>;
+  log: (fields: Record<string, unknown>) => void;
+  now?: () => number;
+}
+
+/** Pod identity from CNI_ARGS (`K8S_POD_NAMESPACE=…;K8S_POD_NAME=…`). */
+export function parseCniArgs(args: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const pair of (args ?? "").split(";")) {
+    const eq = pair.indexOf("=");
+    if (eq > 0) out[pair.slice(0, eq)] = pair.slice(eq + 1);
+  }
+  return out;
+}
+
+const ANNOTATIONS_CAPABILITY = "io.kubernetes.cri.pod-annotations";
+
+function runtimeAnnotations(config: Record<string, unknown>): Record<string, string> | undefined {
+  const rc = config.runtimeConfig;
+  if (!rc || typeof rc !== "object") return undefined;
+  for (const [k, v] of Object.entries(rc as Record<string, unknown>)) {
+    if (k.toLowerCase() !== ANNOTATIONS_CAPABILITY) continue;
+    if (v === null) return {};
+    if (typeof v !== "object" || Array.isArray(v)) {
+      throw new CniError(
+        CniCode.invalidConfig,
+        `runtimeConfig.${ANNOTATIONS_CAPABILITY} is not an object`,
+      );
+    }
+    const out: Record<string, string> = {};
+    for (const [ak, av] of Object.entries(v as Record<string, unknown>)) {
+      if (typeof av === "string") out[ak] = av;
+    }
+    return out;
+  }
+  return undefined;
+}
+
+function parseOptional(text: string | undefined): IP | undefined {
+  return text ? parseIP(text) : undefined;
+}
+
+/** The handler for ADD, DEL, CHECK and GC. */
+export class PodHandler {
+  constructor(private readonly deps: PodHandlerDeps) {}
+
+  /** Dispatches one RPC request. */
+  async handle(req: RpcRequest): Promise<RpcResponse> {
+    switch (req.command) {
+      case "ADD":
+        return { ok: true, result: await this.add(req) };
+      case "DEL":
+        this.del(req);
+        return { ok: true };
+      case "CHECK":
+        this.check(req);
+        return { ok: true };
+      case "GC":
+        this.gc(req);
+        return { ok: true };
+      case "STATUS":
+        return { ok: true };
+    }
+  }
+
+  async add(req: RpcRequest): Promise<Record<string, unknown>> {
+    const { store, datapath } = this.deps;
+    const existing = store.get(req.containerId, req.ifname);
+    if (existing) {
+      // A retry: converge the datapath for the addresses already held.
+      const links = datapath.setup(this.#podNetwork(req, existing));
+      if (existing.state === "pending") store.commit(req.containerId, req.ifname);
+      return this.#result(req, existing, links);
+    }
+    const podArgs = parseCniArgs(req.args);
+    const namespace = podArgs.K8S_POD_NAMESPACE ?? "";
+    const name = podArgs.K8S_POD_NAME ?? "";
+    let annotations = runtimeAnnotations(req.config);
+    if (annotations === undefined && this.deps.lookupAnnotations && namespace && name) {
+      annotations = await this.deps.lookupAnnotations(namespace, name);
+    }
+    const want = parsePodAnnotations(annotations ?? {}, this.deps.node);
+    const key = `${namespace}/${name}`;
+    const taken: { pool: AddressPool; ip: IP }[] = [];
+    const releaseTaken = () => {
+      for (const t of taken) t.pool.release(t.ip);
+    };
+    let record: Omit<Attachment, "state" | "createdAt">;
+    try {
+      const ipv6 = this.#take(want.ipv6, this.deps.pool6, want.algo, key, taken);
+      const ipv4 = this.#take(want.ipv4, this.deps.pool4, want.algo, key, taken);
+      record = {
+        containerId: req.containerId,
+        ifname: req.ifname,
+        netns: req.netns,
+        hostIface: hostIfaceName(req.containerId),
+        podNamespace: namespace || undefined,
+        podName: name || undefined,
+        ipv6: ipv6 && formatIP(ipv6),
+        ipv4: ipv4 && formatIP(ipv4),
+        anycast: want.anycast.map(formatIP),
+      };
+      store.insertPending(record);
+    } catch (e) {
+      releaseTaken();
+      throw e;
+    }
+    try {
+      const links = datapath.setup(this.#podNetwork(req, record));
+      store.commit(req.containerId, req.ifname);
+      return this.#result(req, record, links);
+    } catch (e) {
+      try {
+        datapath.teardown(req.containerId, {
+          ipv6: parseOptional(record.ipv6),
+          ipv4: parseOptional(record.ipv4),
+        });
+      } finally {
+        store.delete(req.containerId, req.ifname);
+        releaseTaken();
+      }
+      throw e;
+    }
+  }
+
+  #take(
+    want: FamilyRequest | undefined,
+    pool: AddressPool | undefined,
+    algo: Parameters<AddressPool["allocate"]>[0]["algo"],
+    key: string,
+    taken: { pool: AddressPool; ip: IP }[],
+  ): IP | undefined {
+    if (!want || !pool) return undefined;
+    let ip: IP;
+    if (want.mode === "pinned" && want.pinned) {
+      pool.reserve(want.pinned);
+      ip = want.pinned;
+    } else {
+      ip = pool.allocate({ algo, range: want.range, key });
+    }
+    taken.push({ pool, ip });
+    return ip;
+  }
+
+  #podNetwork(req: RpcRequest, rec: Pick<Attachment, "ipv6" | "ipv4">): PodNetwork {
+    return {
+      containerId: req.containerId,
+      netns: req.netns,
+      ifname: req.ifname,
+      ipv6: parseOptional(rec.ipv6),
+      ipv4: parseOptional(rec.ipv4),
+      mtu: this.deps.node.mtu,
+    };
+  }
+
+  #result(
+    req: RpcRequest,
+    rec: Pick<Attachment, "ipv6" | "ipv4">,
+    links: { hostIface: string; hostMac: string; podMac: string },
+  ): Record<string, unknown> {
+    return buildAddResult({
+      cniVersion: String(req.config.cniVersion),
+      hostIface: links.hostIface,
+      hostMac: links.hostMac,
+      ifname: req.ifname,
+      podMac: links.podMac,
+      netns: req.netns,
+      mtu: this.deps.node.mtu,
+      ipv6: rec.ipv6,
+      ipv4: rec.ipv4,
+    });
+  }
+
+  /** Tears down one attachment; everything already gone is success. */
+  del(req: RpcRequest): void {
+    const rec = this.deps.store.get(req.containerId, req.ifname);
+    this.release(rec ?? { containerId: req.containerId, ifname: req.ifname });
+  }
+
+  /** Removes the datapath, the record and the addresses of one attachment. */
+  release(rec: Pick<Attachment, "containerId" | "ifname"> & Partial<Attachment>): void {
+    const { store, datapath } = this.deps;
+    const ipv6 = parseOptional(rec.ipv6);
+    const ipv4 = parseOptional(rec.ipv4);
+    datapath.teardown(rec.containerId, { ipv6, ipv4 });
+    if (rec.state === undefined) return;
+    store.delete(rec.containerId, rec.ifname);
+    const now = (this.deps.now ?? Date.now)();
+    if (ipv6) {
+      this.deps.pool6?.release(ipv6);
+      store.recordRelease(formatIP(ipv6), now);
+    }
+    if (ipv4) {
+      this.deps.pool4?.release(ipv4);
+      store.recordRelease(formatIP(ipv4), now);
+    }
+  }
+
+  check(req: RpcRequest): void {
+    const rec = this.deps.store.get(req.containerId, req.ifname);
+    if (!rec || rec.state !== "committed") {
+      throw new CniError(
+        CniCode.unknownContainer,
+        `no flock attachment for container ${req.containerId} interface ${req.ifname}`,
+      );
+    }
+    const problems = this.deps.datapath.check(this.#podNetwork(req, rec));
+    const prev = req.config.prevResult as { ips?: { address?: string }[] } | undefined;
+    if (prev && Array.isArray(prev.ips)) {
+      const have = new Set([rec.ipv6, rec.ipv4].filter(Boolean));
+      for (const ip of prev.ips) {
+        const addr = String(ip?.address ?? "").split("/")[0];
+        const canonical = addr ? formatIP(parseIP(addr)) : "";
+        if (!have.has(canonical)) {
+          problems.push(`prevResult address ${addr} is not held by this attachment`);
+        }
+      }
+    }
+    if (problems.length) {
+      throw new CniError(
+        CODE_CHECK_FAILED,
+        "the pod network differs from what flock set up",
+        problems.join("; "),
+      );
+    }
+  }
+
+  /** Releases every attachment the runtime no longer lists as valid. */
+  gc(req: RpcRequest): void {
+    const listed = req.config["cni.dev/valid-attachments"] ?? req.config["cni.dev/attachments"];
+    const valid = new Set<string>();
+    if (Array.isArray(listed)) {
+      for (const a of listed) {
+        const att = a as { containerID?: unknown; ifname?: unknown };
+        if (typeof att?.containerID === "string" && typeof att?.ifname === "string") {
+          valid.add(`${att.containerID}\u0000${att.ifname}`);
+        }
+      }
+    }
+    for (const rec of this.deps.store.list()) {
+      if (!valid.has(`${rec.containerId}\u0000${rec.ifname}`)) {
+        this.release(rec);
+        this.deps.log({
+          level: "info",
+          msg: "gc released attachment",
+          containerId: rec.containerId,
+          ifname: rec.ifname,
+        });
+      }
+    }
+  }
+}

@@ -1,0 +1,418 @@
+/**
+ * Node-local attachment store on `node:sqlite`.
+ *
+ * One row per CNI attachment, keyed by (container ID, ifname), with UNIQUE IPv6 and IPv4 columns
+ * so the database itself refuses to hand one address to two pods. Every mutation is a single
+ * `BEGIN IMMEDIATE … COMMIT` transaction in WAL mode with `synchronous=FULL`, so a crash at any
+ * instant leaves either the old or the new state, and a committed answer survives power loss.
+ *
+ * The API is synchronous on purpose: the agent drives netlink synchronously on one thread, and
+ * `BEGIN IMMEDIATE` serialises it against any other process (a CLI) opening the same file.
+ */
+
+import { DatabaseSync, type StatementSync } from "node:sqlite";
+import { join } from "node:path";
+import {
+  AF_INET,
+  AF_INET6,
+  type Family,
+  formatIP,
+  InvalidAddressError,
+  parseIP,
+} from "../netlink/ip.ts";
+
+/** Lifecycle of an attachment: written before the datapath is built, committed after. */
+export type AttachmentState = "pending" | "committed";
+
+/** One pod interface as the agent remembers it. */
+export interface Attachment {
+  containerId: string;
+  ifname: string;
+  state: AttachmentState;
+  /** Path of the pod's network namespace. */
+  netns: string;
+  /** Name of the host-side veth. */
+  hostIface: string;
+  podNamespace?: string;
+  podName?: string;
+  /** Canonical text, no prefix length. */
+  ipv6?: string;
+  /** Canonical text, no prefix length. */
+  ipv4?: string;
+  /** Anycast addresses this attachment holds; several attachments may hold the same one. */
+  anycast: string[];
+  /** Creation time, ms since the epoch. */
+  createdAt: number;
+}
+
+/** Raised when an address is already held by another attachment. */
+export class AddressConflictError extends Error {
+  /** The canonical address that is taken. */
+  readonly address: string;
+  /** Key of the attachment holding it. */
+  readonly holder: { containerId: string; ifname: string };
+  constructor(address: string, holder: { containerId: string; ifname: string }) {
+    super(`address ${address} is already used by ${holder.containerId}/${holder.ifname}`);
+    this.name = "AddressConflictError";
+    this.address = address;
+    this.holder = holder;
+  }
+}
+
+/** Raised when inserting an attachment whose (container ID, ifname) already exists. */
+export class AttachmentExistsError extends Error {
+  constructor(containerId: string, ifname: string) {
+    super(`attachment ${containerId}/${ifname} already exists`);
+    this.name = "AttachmentExistsError";
+  }
+}
+
+/** Raised when committing an attachment that is not in the store. */
+export class AttachmentNotFoundError extends Error {
+  constructor(containerId: string, ifname: string) {
+    super(`attachment ${containerId}/${ifname} not found`);
+    this.name = "AttachmentNotFoundError";
+  }
+}
+
+/** Raised when the database was written by a newer schema than this binary knows. */
+export class SchemaVersionError extends Error {
+  constructor(found: number, known: number) {
+    super(`store schema version ${found} is newer than supported version ${known}`);
+    this.name = "SchemaVersionError";
+  }
+}
+
+/** Default state directory of the agent. */
+export const DEFAULT_STATE_DIR = "/var/lib/flock";
+/** Database file name inside the state directory. */
+export const DB_FILE = "flock.db";
+
+/**
+ * Schema migrations; entry i upgrades `user_version` i to i+1. Append only, never edit a
+ * released step: existing nodes replay only the steps after their stored version.
+ */
+const MIGRATIONS: readonly string[] = [
+  `CREATE TABLE attachment (
+     container_id  TEXT NOT NULL,
+     ifname        TEXT NOT NULL,
+     state         TEXT NOT NULL CHECK (state IN ('pending', 'committed')),
+     netns         TEXT NOT NULL,
+     host_iface    TEXT NOT NULL,
+     pod_namespace TEXT,
+     pod_name      TEXT,
+     ipv6          TEXT UNIQUE,
+     ipv4          TEXT UNIQUE,
+     created_at    INTEGER NOT NULL,
+     PRIMARY KEY (container_id, ifname)
+   ) STRICT;
+   CREATE INDEX attachment_state ON attachment (state);
+   CREATE TABLE anycast (
+     container_id TEXT NOT NULL,
+     ifname       TEXT NOT NULL,
+     address      TEXT NOT NULL,
+     PRIMARY KEY (container_id, ifname, address),
+     FOREIGN KEY (container_id, ifname) REFERENCES attachment (container_id, ifname)
+       ON DELETE CASCADE
+   ) STRICT;
+   CREATE INDEX anycast_address ON anycast (address);
+   CREATE TABLE release (
+     ip TEXT PRIMARY KEY,
+     at INTEGER NOT NULL
+   ) STRICT;
+   CREATE INDEX release_at ON release (at);`,
+];
+
+/** Schema version this code writes. */
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+interface AttachmentRow {
+  container_id: string;
+  ifname: string;
+  state: AttachmentState;
+  netns: string;
+  host_iface: string;
+  pod_namespace: string | null;
+  pod_name: string | null;
+  ipv6: string | null;
+  ipv4: string | null;
+  created_at: number;
+  anycast: string | null;
+}
+
+const SELECT_ATTACHMENT = `SELECT a.*,
+    (SELECT group_concat(y.address, ' ' ORDER BY y.address) FROM anycast y
+      WHERE y.container_id = a.container_id AND y.ifname = a.ifname) AS anycast
+  FROM attachment a`;
+
+function canonical(text: string, family?: Family): string {
+  const ip = parseIP(text);
+  if (family !== undefined && ip.family !== family) {
+    const want = family === AF_INET6 ? "IPv6" : "IPv4";
+    throw new InvalidAddressError(`${text} is not an ${want} address`);
+  }
+  return formatIP(ip);
+}
+
+function exists(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}
+
+function fromRow(r: AttachmentRow): Attachment {
+  const a: Attachment = {
+    containerId: r.container_id,
+    ifname: r.ifname,
+    state: r.state,
+    netns: r.netns,
+    hostIface: r.host_iface,
+    anycast: r.anycast ? r.anycast.split(" ") : [],
+    createdAt: r.created_at,
+  };
+  if (r.pod_namespace !== null) a.podNamespace = r.pod_namespace;
+  if (r.pod_name !== null) a.podName = r.pod_name;
+  if (r.ipv6 !== null) a.ipv6 = r.ipv6;
+  if (r.ipv4 !== null) a.ipv4 = r.ipv4;
+  return a;
+}
+
+/** The node-local attachment database. Not safe to share across threads; one per process. */
+export class Store {
+  /** Path of the database file. */
+  readonly path: string;
+  #db: DatabaseSync;
+  #stmts: ReturnType<typeof prepareAll>;
+
+  private constructor(path: string, db: DatabaseSync) {
+    this.path = path;
+    this.#db = db;
+    this.#stmts = prepareAll(db);
+  }
+
+  /**
+   * Opens (creating if needed) `<stateDir>/flock.db` in WAL mode with `synchronous=FULL` and
+   * applies pending migrations. A directory it creates is 0700 and the database files are 0600,
+   * because the addresses and netns paths of every pod are in them.
+   */
+  static open(stateDir: string): Store {
+    // An existing directory is left alone: it may be shared (say the caller passed "/tmp").
+    if (!exists(stateDir)) {
+      Deno.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+      Deno.chmodSync(stateDir, 0o700);
+    }
+    const path = join(stateDir, DB_FILE);
+    // SQLite creates the -wal and -shm files with the main file's mode, so fixing it here
+    // before the first open keeps every file private regardless of umask.
+    Deno.openSync(path, { create: true, write: true, mode: 0o600 }).close();
+    for (const file of [path, `${path}-wal`, `${path}-shm`]) {
+      if (exists(file)) Deno.chmodSync(file, 0o600);
+    }
+    const db = new DatabaseSync(path, { enableForeignKeyConstraints: true });
+    try {
+      db.exec("PRAGMA busy_timeout = 5000");
+      const mode = db.prepare("PRAGMA journal_mode = WAL").get() as { journal_mode: string };
+      if (mode.journal_mode !== "wal") {
+        throw new Error(`cannot switch ${path} to WAL (journal_mode=${mode.journal_mode})`);
+      }
+      db.exec("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON");
+      migrate(db);
+      return new Store(path, db);
+    } catch (e) {
+      db.close();
+      throw e;
+    }
+  }
+
+  /** Effective connection settings, for diagnostics and tests. */
+  pragmas(): {
+    journalMode: string;
+    synchronous: number;
+    foreignKeys: number;
+    userVersion: number;
+  } {
+    const one = (sql: string) => Object.values(this.#db.prepare(sql).get() ?? {})[0];
+    return {
+      journalMode: String(one("PRAGMA journal_mode")),
+      synchronous: Number(one("PRAGMA synchronous")),
+      foreignKeys: Number(one("PRAGMA foreign_keys")),
+      userVersion: Number(one("PRAGMA user_version")),
+    };
+  }
+
+  /** The attachment with this key, if any. */
+  get(containerId: string, ifname: string): Attachment | undefined {
+    const row = this.#stmts.get.get(containerId, ifname) as AttachmentRow | undefined;
+    return row ? fromRow(row) : undefined;
+  }
+
+  /** Every attachment, oldest first. */
+  list(): Attachment[] {
+    return (this.#stmts.list.all() as unknown as AttachmentRow[]).map(fromRow);
+  }
+
+  /** Attachments in one state, oldest first. */
+  listByState(state: AttachmentState): Attachment[] {
+    return (this.#stmts.listByState.all(state) as unknown as AttachmentRow[]).map(fromRow);
+  }
+
+  /** Number of attachments in any state. */
+  count(): number {
+    return (this.#stmts.count.get() as { n: number }).n;
+  }
+
+  /**
+   * Records a new attachment as pending, with its anycast rows, in one transaction.
+   * @throws {AttachmentExistsError} if the key exists.
+   * @throws {AddressConflictError} if its IPv6 or IPv4 address belongs to another attachment.
+   * @throws {InvalidAddressError} if an address does not parse or is of the wrong family.
+   */
+  insertPending(a: Omit<Attachment, "state" | "createdAt">): void {
+    const ipv6 = a.ipv6 == null ? null : canonical(a.ipv6, AF_INET6);
+    const ipv4 = a.ipv4 == null ? null : canonical(a.ipv4, AF_INET);
+    const anycast = [...new Set(a.anycast.map((x) => canonical(x)))];
+    const s = this.#stmts;
+    this.#transaction(() => {
+      if (s.get.get(a.containerId, a.ifname)) {
+        throw new AttachmentExistsError(a.containerId, a.ifname);
+      }
+      for (const [addr, holderOf] of [[ipv6, s.holderV6], [ipv4, s.holderV4]] as const) {
+        if (addr === null) continue;
+        const h = holderOf.get(addr) as { container_id: string; ifname: string } | undefined;
+        if (h) {
+          throw new AddressConflictError(addr, { containerId: h.container_id, ifname: h.ifname });
+        }
+      }
+      s.insert.run(
+        a.containerId,
+        a.ifname,
+        a.netns,
+        a.hostIface,
+        a.podNamespace ?? null,
+        a.podName ?? null,
+        ipv6,
+        ipv4,
+        Date.now(),
+      );
+      for (const addr of anycast) s.insertAnycast.run(a.containerId, a.ifname, addr);
+    });
+  }
+
+  /**
+   * Marks a pending attachment committed; committing a committed one is a no-op.
+   * @throws {AttachmentNotFoundError} if the key does not exist.
+   */
+  commit(containerId: string, ifname: string): void {
+    this.#transaction(() => {
+      const r = this.#stmts.commit.run(containerId, ifname);
+      if (Number(r.changes) === 0 && !this.#stmts.get.get(containerId, ifname)) {
+        throw new AttachmentNotFoundError(containerId, ifname);
+      }
+    });
+  }
+
+  /** Removes an attachment and its anycast rows; false if there was none. */
+  delete(containerId: string, ifname: string): boolean {
+    return this.#transaction(() => Number(this.#stmts.delete.run(containerId, ifname).changes) > 0);
+  }
+
+  /**
+   * Remembers that `ip` was released at `at` (ms epoch), so IPAM cooldown survives restarts.
+   * Keeps only the latest release per address.
+   */
+  recordRelease(ip: string, at: number): void {
+    const addr = canonical(ip);
+    this.#transaction(() => this.#stmts.recordRelease.run(addr, at));
+  }
+
+  /** Releases at or after `since` (ms epoch), oldest first; one entry per address, the latest. */
+  recentReleases(since: number): { ip: string; at: number }[] {
+    return (this.#stmts.recentReleases.all(since) as { ip: string; at: number }[])
+      .map(({ ip, at }) => ({ ip, at }));
+  }
+
+  /** Forgets releases older than `before` (ms epoch). */
+  pruneReleases(before: number): void {
+    this.#transaction(() => this.#stmts.pruneReleases.run(before));
+  }
+
+  /** "ok", or the problems found by SQLite's integrity and foreign-key checks. */
+  integrityCheck(): string {
+    const problems = (this.#db.prepare("PRAGMA integrity_check").all() as Record<string, unknown>[])
+      .map((r) => String(Object.values(r)[0]))
+      .filter((m) => m !== "ok");
+    const fk = this.#db.prepare("PRAGMA foreign_key_check").all() as Record<string, unknown>[];
+    for (const r of fk) problems.push(`foreign key violation: ${JSON.stringify({ ...r })}`);
+    return problems.length === 0 ? "ok" : problems.join("; ");
+  }
+
+  /** Closes the database; the store is unusable afterwards. Idempotent. */
+  close(): void {
+    if (this.#db.isOpen) this.#db.close();
+  }
+
+  #transaction<T>(fn: () => T): T {
+    const s = this.#stmts;
+    s.begin.run();
+    try {
+      const result = fn();
+      s.commitTx.run();
+      return result;
+    } catch (e) {
+      if (this.#db.isTransaction) s.rollback.run();
+      throw e;
+    }
+  }
+}
+
+function prepareAll(db: DatabaseSync) {
+  const p = (sql: string): StatementSync => db.prepare(sql);
+  return {
+    begin: p("BEGIN IMMEDIATE"),
+    commitTx: p("COMMIT"),
+    rollback: p("ROLLBACK"),
+    get: p(`${SELECT_ATTACHMENT} WHERE a.container_id = ? AND a.ifname = ?`),
+    list: p(`${SELECT_ATTACHMENT} ORDER BY a.created_at, a.rowid`),
+    listByState: p(`${SELECT_ATTACHMENT} WHERE a.state = ? ORDER BY a.created_at, a.rowid`),
+    count: p("SELECT count(*) AS n FROM attachment"),
+    holderV6: p("SELECT container_id, ifname FROM attachment WHERE ipv6 = ?"),
+    holderV4: p("SELECT container_id, ifname FROM attachment WHERE ipv4 = ?"),
+    insert: p(
+      `INSERT INTO attachment (container_id, ifname, state, netns, host_iface, pod_namespace,
+         pod_name, ipv6, ipv4, created_at) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)`,
+    ),
+    insertAnycast: p("INSERT INTO anycast (container_id, ifname, address) VALUES (?, ?, ?)"),
+    commit: p(
+      `UPDATE attachment SET state = 'committed'
+        WHERE container_id = ? AND ifname = ? AND state = 'pending'`,
+    ),
+    delete: p("DELETE FROM attachment WHERE container_id = ? AND ifname = ?"),
+    recordRelease: p(
+      `INSERT INTO release (ip, at) VALUES (?, ?)
+         ON CONFLICT (ip) DO UPDATE SET at = max(at, excluded.at)`,
+    ),
+    recentReleases: p("SELECT ip, at FROM release WHERE at >= ? ORDER BY at, ip"),
+    pruneReleases: p("DELETE FROM release WHERE at < ?"),
+  };
+}
+
+function migrate(db: DatabaseSync): void {
+  db.exec("BEGIN IMMEDIATE");
+  try {
+    const { user_version: found } = db.prepare("PRAGMA user_version").get() as {
+      user_version: number;
+    };
+    if (found > SCHEMA_VERSION) throw new SchemaVersionError(found, SCHEMA_VERSION);
+    for (let v = found; v < SCHEMA_VERSION; v++) db.exec(MIGRATIONS[v]);
+    // PRAGMA takes no bound parameters; SCHEMA_VERSION is a compile-time integer.
+    if (found !== SCHEMA_VERSION) db.exec(`PRAGMA user_version = ${SCHEMA_VERSION}`);
+    db.exec("COMMIT");
+  } catch (e) {
+    if (db.isTransaction) db.exec("ROLLBACK");
+    throw e;
+  }
+}

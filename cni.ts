@@ -1,0 +1,301 @@
+/**
+ * The CNI plugin: a thin client exec'd by the container runtime with `CNI_COMMAND` set.
+ *
+ * It validates the invocation, forwards it over one unix-socket round trip to the local agent
+ * and prints the agent's answer. stdout carries only the final JSON (Result, error or VERSION
+ * reply), because libcni parses it. This is the exec path of every pod start, so it imports
+ * nothing but the wire contract and the shared input checks (which import nothing either).
+ *
+ * @module
+ */
+
+import {
+  CniCode,
+  CniError,
+  type CniErrorBody,
+  DEFAULT_SOCKET,
+  type RpcRequest,
+  type RpcResponse,
+  SUPPORTED_VERSIONS,
+} from "./agent/protocol.ts";
+import {
+  DEFAULT_CNI_VERSION,
+  isRpcCommand,
+  parseCniInvocation,
+  requestedVersion,
+} from "./agent/cni_input.ts";
+
+/** How long the plugin waits for the agent unless the config says `timeoutSeconds`. */
+export const DEFAULT_TIMEOUT_SECONDS = 120;
+
+/** Largest agent response accepted; a Result is a few hundred bytes. */
+const MAX_RESPONSE_BYTES = 4 << 20;
+
+/** Exit code for any CNI error (what the reference skel uses). */
+const ERROR_EXIT = 1;
+
+/**
+ * Runs the plugin for the current process: env and stdin in, JSON on stdout.
+ *
+ * @returns the process exit code (0 on success, 1 after printing a CNI error)
+ */
+export async function cniMain(): Promise<number> {
+  const started = performance.now();
+  const env = Deno.env.toObject();
+  const command = env.CNI_COMMAND ?? "";
+  let stdin = "";
+  let outcome: { code: number; response: RpcResponse };
+  let config: Record<string, unknown> | undefined;
+  try {
+    if (command !== "VERSION" && !isRpcCommand(command)) {
+      // Before reading stdin: a hand-run plugin with a typo must not wait on the terminal.
+      throw new CniError(CniCode.invalidEnvironment, `unknown CNI_COMMAND: ${command}`);
+    }
+    if (command !== "VERSION" || !Deno.stdin.isTerminal()) stdin = await readStdin();
+    if (command === "VERSION") {
+      await printJson({
+        cniVersion: requestedVersion(stdin) ?? DEFAULT_CNI_VERSION,
+        supportedVersions: SUPPORTED_VERSIONS,
+      });
+      return 0;
+    }
+    const req = parseCniInvocation(withAbsoluteNetns(env), stdin);
+    config = req.config;
+    const response = await callAgent(socketPath(req.config, env), req, timeoutMs(req.config));
+    outcome = { code: response.ok ? 0 : ERROR_EXIT, response };
+  } catch (e) {
+    const error = e instanceof CniError
+      ? e.toBody()
+      : { code: CniCode.internal, msg: `flock plugin failed: ${(e as Error)?.message ?? e}` };
+    outcome = { code: ERROR_EXIT, response: { ok: false, error } };
+  }
+  const { response } = outcome;
+  if (response.ok) {
+    if (response.result) await printJson(response.result);
+  } else {
+    await printJson({
+      cniVersion: requestedVersion(stdin) ?? DEFAULT_CNI_VERSION,
+      ...response.error,
+    });
+  }
+  // STATUS is polled every few seconds by containerd and CRI-O: log it only when it fails.
+  if (!(command === "STATUS" && response.ok)) {
+    await appendLog(logPath(config, env), {
+      ts: new Date().toISOString(),
+      level: response.ok ? "info" : "error",
+      msg: response.ok ? "ok" : response.error.msg,
+      command,
+      containerId: env.CNI_CONTAINERID || undefined,
+      ifname: env.CNI_IFNAME || undefined,
+      durationMs: Math.round((performance.now() - started) * 100) / 100,
+      code: response.ok ? undefined : response.error.code,
+      details: response.ok ? undefined : response.error.details,
+    });
+  }
+  return outcome.code;
+}
+
+/**
+ * Sends one request to the agent and returns its answer. Never throws: a missing agent, a
+ * timeout or a garbled answer come back as an error response with the matching CNI code.
+ *
+ * @param path the agent's unix socket
+ * @param timeoutMs overall budget for connect, write and read
+ */
+export async function callAgent(
+  path: string,
+  req: RpcRequest,
+  timeoutMs: number,
+): Promise<RpcResponse> {
+  let conn: Deno.Conn | undefined;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let timedOut = false;
+  const work = (async (): Promise<RpcResponse> => {
+    try {
+      conn = await Deno.connect({ transport: "unix", path });
+    } catch (e) {
+      return failure(
+        CniCode.tryAgainLater,
+        "flock agent is not running",
+        `cannot connect to ${path}: ${(e as Error).message}`,
+      );
+    }
+    // Closing the connection on timeout makes the pending write or read reject.
+    if (timedOut) conn.close();
+    await writeAll(conn, new TextEncoder().encode(JSON.stringify(req) + "\n"));
+    return parseResponse(await readLine(conn));
+  })();
+  const deadline = new Promise<RpcResponse>((resolve) => {
+    timer = setTimeout(() => {
+      timedOut = true;
+      try {
+        conn?.close();
+      } catch { /* already closed */ }
+      resolve(failure(
+        CniCode.tryAgainLater,
+        "timed out waiting for the flock agent",
+        `no answer on ${path} within ${timeoutMs} ms`,
+      ));
+    }, timeoutMs);
+  });
+  try {
+    return await Promise.race([
+      work.catch((e): RpcResponse | Promise<RpcResponse> => {
+        if (timedOut) return deadline;
+        if (e instanceof CniError) return { ok: false, error: e.toBody() };
+        return failure(
+          CniCode.tryAgainLater,
+          "lost the connection to the flock agent",
+          `${path}: ${(e as Error)?.message ?? e}`,
+        );
+      }),
+      deadline,
+    ]);
+  } finally {
+    clearTimeout(timer);
+    if (!timedOut) {
+      try {
+        (conn as Deno.Conn | undefined)?.close();
+      } catch { /* already closed */ }
+    }
+  }
+}
+
+function failure(code: number, msg: string, details?: string): RpcResponse {
+  const error: CniErrorBody = details === undefined ? { code, msg } : { code, msg, details };
+  return { ok: false, error };
+}
+
+/** Checks the agent's answer is one of the two shapes the protocol allows. */
+function parseResponse(line: Uint8Array): RpcResponse {
+  const text = new TextDecoder().decode(line);
+  if (text.trim() === "") {
+    return failure(
+      CniCode.tryAgainLater,
+      "the flock agent closed the connection without an answer",
+    );
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (e) {
+    return failure(
+      CniCode.internal,
+      "the flock agent sent an invalid response",
+      `${(e as Error).message}: ${text.slice(0, 200)}`,
+    );
+  }
+  const v = value as Record<string, unknown> | null;
+  if (v?.ok === true && (v.result === undefined || isObject(v.result))) {
+    return v.result === undefined ? { ok: true } : { ok: true, result: v.result };
+  }
+  const err = v?.error as Record<string, unknown> | undefined;
+  if (
+    v?.ok === false && isObject(err) && typeof err.code === "number" &&
+    typeof err.msg === "string" && (err.details === undefined || typeof err.details === "string")
+  ) {
+    return failure(err.code, err.msg, err.details as string | undefined);
+  }
+  return failure(
+    CniCode.internal,
+    "the flock agent sent a malformed response",
+    text.slice(0, 200),
+  );
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/** Reads up to the first `\n` (or EOF); the agent sends exactly one line. */
+async function readLine(conn: Deno.Conn): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  const buf = new Uint8Array(64 * 1024);
+  while (true) {
+    const n = await conn.read(buf);
+    if (n === null) break;
+    const newline = buf.subarray(0, n).indexOf(10);
+    chunks.push(buf.slice(0, newline === -1 ? n : newline));
+    total += newline === -1 ? n : newline;
+    if (newline !== -1) break;
+    if (total > MAX_RESPONSE_BYTES) {
+      throw new CniError(CniCode.internal, "the flock agent's response is too large");
+    }
+  }
+  const line = new Uint8Array(total);
+  let offset = 0;
+  for (const chunk of chunks) {
+    line.set(chunk, offset);
+    offset += chunk.length;
+  }
+  return line;
+}
+
+async function writeAll(w: { write(p: Uint8Array): Promise<number> }, data: Uint8Array) {
+  let offset = 0;
+  while (offset < data.length) offset += await w.write(data.subarray(offset));
+}
+
+async function readStdin(): Promise<string> {
+  let bytes: Uint8Array;
+  try {
+    bytes = new Uint8Array(await new Response(Deno.stdin.readable).arrayBuffer());
+  } catch (e) {
+    throw new CniError(CniCode.ioFailure, "failed to read stdin", (e as Error).message);
+  }
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw new CniError(
+      CniCode.decodingFailure,
+      "failed to decode the network configuration on stdin",
+      "stdin is not valid UTF-8",
+    );
+  }
+}
+
+async function printJson(value: unknown): Promise<void> {
+  await writeAll(Deno.stdout, new TextEncoder().encode(JSON.stringify(value) + "\n"));
+}
+
+/** cnitool resolves the netns path itself, but a hand-run plugin may get a relative one. */
+function withAbsoluteNetns(env: Record<string, string>): Record<string, string> {
+  const netns = env.CNI_NETNS;
+  if (!netns || netns.startsWith("/")) return env;
+  return { ...env, CNI_NETNS: `${Deno.cwd()}/${netns}` };
+}
+
+function socketPath(config: Record<string, unknown>, env: Record<string, string>): string {
+  if (typeof config.agentSocket === "string" && config.agentSocket !== "") {
+    return config.agentSocket;
+  }
+  return env.FLOCK_SOCKET || DEFAULT_SOCKET;
+}
+
+function timeoutMs(config: Record<string, unknown>): number {
+  const seconds = config.timeoutSeconds;
+  return typeof seconds === "number" && Number.isFinite(seconds) && seconds > 0
+    ? seconds * 1000
+    : DEFAULT_TIMEOUT_SECONDS * 1000;
+}
+
+function logPath(
+  config: Record<string, unknown> | undefined,
+  env: Record<string, string>,
+): string | undefined {
+  if (typeof config?.logFile === "string" && config.logFile !== "") return config.logFile;
+  return env.FLOCK_CNI_LOG || undefined;
+}
+
+/** Appends one JSON line; logging is best effort and never fails the call. */
+async function appendLog(path: string | undefined, fields: Record<string, unknown>) {
+  if (!path) return;
+  try {
+    await Deno.writeTextFile(path, JSON.stringify(fields) + "\n", {
+      append: true,
+      create: true,
+      mode: 0o600,
+    });
+  } catch { /* best effort */ }
+}

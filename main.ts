@@ -1,0 +1,68 @@
+/**
+ * flock's single entry point. A runtime exec'ing the CNI plugin sets
+ * `CNI_COMMAND`; everything else is a sub-command. Each mode is imported only
+ * when chosen, so the CNI path loads nothing but the thin client.
+ *
+ * @module
+ */
+
+/** flock's release version. */
+export const FLOCK_VERSION = "0.1.0";
+
+const USAGE = `flock ${FLOCK_VERSION} — IPv6-first, L3-routed Kubernetes network plugin
+
+Usage:
+  CNI_COMMAND=ADD|DEL|CHECK|GC|STATUS|VERSION flock   run as a CNI plugin (stdin: network config)
+  flock agent [--node NAME] [--config FILE] [--state-dir DIR] [--socket PATH]
+                                                     run the per-node agent
+  flock install [--bin-dir DIR] [--conf-dir DIR] [--socket PATH]
+                                                     install the plugin binary and its conflist
+  flock status [--socket PATH]                       ask the local agent whether it is ready
+  flock demo                                         bring up a node namespace with pods (embedded config)
+  flock version                                      print the version
+  flock --help                                       this text
+`;
+
+async function main(args: string[]): Promise<number> {
+  if (Deno.env.get("CNI_COMMAND") !== undefined) {
+    const { cniMain } = await import("./cni.ts");
+    return await cniMain();
+  }
+  const [mode, ...rest] = args;
+  switch (mode) {
+    case "agent": {
+      const { agentMain } = await import("./agent/agent_main.ts");
+      return await agentMain(rest);
+    }
+    case "install": {
+      const { installMain } = await import("./agent/install.ts");
+      return await installMain(rest);
+    }
+    case "status": {
+      const { statusMain } = await import("./agent/status.ts");
+      return await statusMain(rest);
+    }
+    case "demo": {
+      const { demoMain } = await import("./agent/demo.ts");
+      return await demoMain(rest);
+    }
+    case "version":
+    case "--version":
+      console.log(`flock ${FLOCK_VERSION} (deno ${Deno.version.deno})`);
+      return 0;
+    case undefined:
+      // Run with no CNI_COMMAND and no mode: like a CNI plugin's "about" text, on stderr.
+      console.error(USAGE);
+      return 0;
+    case "help":
+    case "--help":
+    case "-h":
+      console.log(USAGE);
+      return 0;
+    default:
+      console.error(`flock: unknown mode ${JSON.stringify(mode)}\n\n${USAGE}`);
+      return 2;
+  }
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));
