@@ -16,6 +16,7 @@ export async function agentMain(args: string[]): Promise<number> {
       "state-dir": { type: "string", default: DEFAULT_STATE_DIR },
       socket: { type: "string", default: DEFAULT_SOCKET },
       netns: { type: "string" },
+      "cooldown-ms": { type: "string" },
     },
     strict: true,
   });
@@ -27,11 +28,17 @@ export async function agentMain(args: string[]): Promise<number> {
     );
     return 2;
   }
+  const cooldown = values["cooldown-ms"];
+  if (cooldown !== undefined && !/^\d+$/.test(cooldown)) {
+    console.error(`flock agent: --cooldown-ms must be a whole number of milliseconds, got "${cooldown}"`);
+    return 2;
+  }
   const agent = new Agent({
     nodeName,
     stateDir: values["state-dir"]!,
     socketPath: values.socket!,
     netnsPath: values.netns,
+    cooldownMs: cooldown === undefined ? undefined : Number(cooldown),
   });
   await agent.listen();
   let config;
