@@ -61,7 +61,8 @@ export async function cniMain(): Promise<number> {
     }
     const req = parseCniInvocation(withAbsoluteNetns(env), stdin);
     config = req.config;
-    const response = await callAgent(socketPath(req.config, env), req, timeoutMs(req.config));
+    let response = await callAgent(socketPath(req.config, env), req, timeoutMs(req.config));
+    if (command === "STATUS") response = asStatusAnswer(response);
     outcome = { code: response.ok ? 0 : ERROR_EXIT, response };
   } catch (e) {
     const error = e instanceof CniError
@@ -159,6 +160,16 @@ export async function callAgent(
       } catch { /* already closed */ }
     }
   }
+}
+
+/**
+ * STATUS answers only with the codes the spec gives it (50 "plugin not available", 51): an agent
+ * that cannot be reached or does not answer (11 on the other verbs) cannot service ADD, which is
+ * 50. Without this a stopped agent would report "try again later", which STATUS does not define.
+ */
+export function asStatusAnswer(response: RpcResponse): RpcResponse {
+  if (response.ok || response.error.code !== CniCode.tryAgainLater) return response;
+  return { ok: false, error: { ...response.error, code: CniCode.notAvailable } };
 }
 
 function failure(code: number, msg: string, details?: string): RpcResponse {

@@ -280,6 +280,16 @@ Deno.test("cni: agent down is code 11 naming the socket", async () => {
   });
 });
 
+Deno.test("cni: STATUS with the agent down is code 50 (STATUS has no code 11)", async () => {
+  await withFixture(async (f) => {
+    const missing = `${f.dir}/nope.sock`;
+    const config = JSON.stringify({ ...CONFIG, cniVersion: "1.1.0" });
+    const run = await f.run({ CNI_COMMAND: "STATUS", FLOCK_SOCKET: missing }, config);
+    const body = expectError(run, 50, "flock agent is not running");
+    assert.match(String(body.details), /No such file/);
+  });
+});
+
 /** Serves one connection at `path` with `reply` (or never answers when reply is undefined). */
 async function withFakeAgent(
   path: string,
