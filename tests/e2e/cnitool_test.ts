@@ -113,7 +113,7 @@ async function podEth0(pod: TestNamespace): Promise<{ mtu: number; addrs: string
 const MAC = /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/;
 
 Deno.test({
-  name: "cnitool: ADD answers in the version asked for (1.1.0 and 1.0.0), CHECK, DEL twice",
+  name: "cnitool: ADD answers in the version asked for (1.1.0, 1.0.0, 0.4.0), CHECK, DEL twice",
   ...ROOT_ONLY,
   async fn() {
     await using bench = await CnitoolBench.start({
@@ -123,10 +123,15 @@ Deno.test({
     });
     const { node } = bench;
     // flock's own conflist says cniVersion 1.0.0 + cniVersions [1.0.0, 1.1.0]: libcni 1.3 picks
-    // 1.1.0. A conflist without cniVersions is what libcni < 1.2 (podman 4, containerd 1.7) uses.
+    // 1.1.0. A conflist without cniVersions is what libcni < 1.2 (podman 4, containerd 1.7) uses;
+    // flock also advertises 0.4.0, whose result type still carries `ips[].version`.
     const cases = [
       { version: "1.1.0", network: await bench.network("v11") },
       { version: "1.0.0", network: await bench.network("v10", { cniVersions: undefined }) },
+      {
+        version: "0.4.0",
+        network: await bench.network("v04", { cniVersion: "0.4.0", cniVersions: undefined }),
+      },
     ];
     for (const { version, network } of cases) {
       await using pod = await TestNamespace.create("flk-ctp");
@@ -147,7 +152,8 @@ Deno.test({
       assert.match(result.interfaces[1].mac, MAC);
       assert.equal(result.interfaces[1].sandbox, pod.path);
       assert.equal(result.interfaces[1].mtu, version === "1.1.0" ? 1400 : undefined);
-      // One /128 and one /32 on interface 1, each with its link-local gateway, no `version` key.
+      // One /128 and one /32 on interface 1, each with its link-local gateway; `version` only in
+      // the 0.x result types.
       assert.equal(result.ips.length, 2);
       const [ip6, ip4] = result.ips;
       assert.match(ip6.address, /^fd00:3c::[0-9a-f:]+\/128$/);
@@ -155,12 +161,14 @@ Deno.test({
         address: undefined,
         gateway: "fe80::1",
         interface: 1,
+        ...(version === "0.4.0" ? { version: "6" } : {}),
       });
       assert.match(ip4.address, /^10\.60\.0\.\d+\/32$/);
       assert.deepEqual({ ...ip4, address: undefined }, {
         address: undefined,
         gateway: "169.254.1.1",
         interface: 1,
+        ...(version === "0.4.0" ? { version: "4" } : {}),
       });
       assert.deepEqual(result.routes, [
         { dst: "::/0", gw: "fe80::1" },
@@ -197,6 +205,43 @@ Deno.test({
         assert.deepEqual(await cniCacheEntries(network), []);
       }
     }
+  },
+});
+
+Deno.test({
+  name: "cnitool: DEL succeeds and cleans up when the netns is gone or libcni lost its cache",
+  ...ROOT_ONLY,
+  async fn() {
+    await using bench = await CnitoolBench.start({ cidr6: "fd00:3f::/64", cidr4: "10.63.0.0/24" });
+    const { node } = bench;
+    const network = await bench.network("del");
+    await using gone = await TestNamespace.create("flk-ctn");
+    await using uncached = await TestNamespace.create("flk-ctu");
+    for (const pod of [gone, uncached]) {
+      const add = await bench.cnitool("add", network, pod);
+      assert.equal(add.code, 0, add.stderr);
+    }
+    assert.equal((await bench.podRoutes()).length, 4);
+
+    // The sandbox's netns vanished (its eth0 and so the host veth with it): DEL gets a dangling
+    // CNI_NETNS and must still release the record, the addresses and the host routes.
+    const gonePath = gone.path;
+    await gone.remove();
+    const delGone = await bench.cnitool("del", network, gonePath);
+    assert.equal(delGone.code, 0, delGone.stderr);
+    const uncachedId = await cnitoolContainerId(uncached.path);
+    assert.deepEqual(bench.attachments(), [`${uncachedId}/eth0`]);
+    assert.deepEqual(await node.flockLinks(), [hostIfaceName(uncachedId)]);
+    assert.equal((await bench.podRoutes()).length, 2);
+
+    // libcni's result cache lost (a reboot, a crash mid-write): DEL comes without prevResult.
+    assert.equal((await removeCniCache(network)).length, 1);
+    const delUncached = await bench.cnitool("del", network, uncached);
+    assert.equal(delUncached.code, 0, delUncached.stderr);
+    assert.deepEqual(bench.attachments(), []);
+    assert.deepEqual(await node.flockLinks(), []);
+    assert.deepEqual(await bench.podRoutes(), []);
+    assert.equal(await podEth0(uncached), undefined);
   },
 });
 
