@@ -14,10 +14,12 @@ const USAGE = `flock ${FLOCK_VERSION} — IPv6-first, L3-routed Kubernetes netwo
 Usage:
   CNI_COMMAND=ADD|DEL|CHECK|GC|STATUS|VERSION flock   run as a CNI plugin (stdin: network config)
   flock agent [--node NAME] [--config FILE] [--state-dir DIR] [--socket PATH]
+              [--http ADDR|off] [--log-level debug|info|warn|error]
                                                      run the per-node agent
   flock install [--bin-dir DIR] [--conf-dir DIR] [--socket PATH]
                                                      install the plugin binary and its conflist
-  flock status [--socket PATH]                       ask the local agent whether it is ready
+  flock status [--socket PATH] [--json]              the local agent: ready or why not, pools, pods,
+                                                     BGP sessions, last BIRD reload (exit 0 = ready)
   flock demo                                         bring up a node namespace with pods (embedded config)
   flock version                                      print the version
   flock --help                                       this text

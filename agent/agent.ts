@@ -10,10 +10,21 @@ import { CniCode, CniError, type RpcRequest, type RpcResponse } from "./protocol
 import { Store } from "./store.ts";
 import type { NodeConfig } from "./config.ts";
 import { AddressPool } from "./ipam.ts";
-import { PodHandler } from "./pod_handler.ts";
+import { parseCniArgs, PodHandler } from "./pod_handler.ts";
 import { reconcile, type ReconcileReport } from "./reconcile.ts";
 import { RpcServer } from "./rpc_server.ts";
 import { parseCniInvocation } from "./cni_input.ts";
+import { AgentMetrics } from "./agent_metrics.ts";
+import { createLogger } from "./logger.ts";
+import {
+  type BirdReloadStatus,
+  buildStatusSnapshot,
+  type SnapshotOptions,
+  STATUS_DETAIL_KEY,
+  type StatusHooks,
+  type StatusSnapshot,
+} from "./status_snapshot.ts";
+import { FLOCK_VERSION } from "../main.ts";
 
 /** Default directory of the node-local store. */
 export const DEFAULT_STATE_DIR = "/var/lib/flock";
@@ -29,12 +40,12 @@ export interface AgentOptions {
   netnsPath?: string;
   cooldownMs?: number;
   log?: (fields: Record<string, unknown>) => void;
+  /** Keep Prometheus metrics (default true). */
+  metrics?: boolean;
 }
 
-/** One structured log line on stderr. */
-export function jsonLog(fields: Record<string, unknown>): void {
-  console.error(JSON.stringify({ ts: new Date().toISOString(), level: "info", ...fields }));
-}
+/** One structured log line on stderr (level info and up). */
+export const jsonLog: (fields: Record<string, unknown>) => void = createLogger();
 
 /** The agent of one node. */
 export class Agent {
@@ -45,9 +56,50 @@ export class Agent {
   #handler?: PodHandler;
   #notReadyReason = "waiting for the node configuration";
   reconcileReport?: ReconcileReport;
+  readonly startedAt: number = Date.now();
+  /** The metrics the request path updates; undefined turns them off. */
+  metrics?: AgentMetrics;
+  /** Providers for `flock status` and `/metrics` that BGP/anycast components fill in. */
+  readonly statusHooks: StatusHooks = {};
+  #node?: NodeConfig;
+  #pool6?: AddressPool;
+  #pool4?: AddressPool;
+  #lastBirdReload?: BirdReloadStatus;
 
   constructor(readonly options: AgentOptions) {
     this.log = options.log ?? jsonLog;
+    if (options.metrics ?? true) {
+      this.metrics = new AgentMetrics(() => this.status(), this.startedAt, FLOCK_VERSION);
+    }
+  }
+
+  /** Why the agent does not serve pods yet, or undefined when it does. */
+  notReadyReason(): string | undefined {
+    return this.#handler ? undefined : this.#notReadyReason;
+  }
+
+  /** What `flock status` shows (and the metric gauges are read from). */
+  status(opts: SnapshotOptions = {}): Promise<StatusSnapshot> {
+    return buildStatusSnapshot({
+      nodeName: this.options.nodeName,
+      version: FLOCK_VERSION,
+      startedAt: this.startedAt,
+      ready: this.ready,
+      reason: this.notReadyReason(),
+      node: this.#node,
+      pool6: this.#pool6,
+      pool4: this.#pool4,
+      store: this.#store,
+      reconcile: this.reconcileReport,
+      hooks: this.statusHooks,
+      lastBirdReload: this.#lastBirdReload,
+    }, opts);
+  }
+
+  /** Hook for the BIRD driver: records the outcome of one `birdc configure`. */
+  recordBirdReload(reload: BirdReloadStatus): void {
+    this.#lastBirdReload = reload;
+    this.metrics?.birdReload(reload.ok);
   }
 
   /** Whether the agent serves pods. */
@@ -79,6 +131,8 @@ export class Agent {
     const started = performance.now();
     const report = reconcile({ store: this.#store, datapath, pool6, pool4, cooldownMs });
     this.reconcileReport = report;
+    this.metrics?.reconciled(report);
+    [this.#node, this.#pool6, this.#pool4] = [node, pool6, pool4];
     this.log({
       msg: "reconciled",
       ms: Math.round((performance.now() - started) * 10) / 10,
@@ -97,12 +151,22 @@ export class Agent {
   }
 
   async #dispatch(raw: RpcRequest): Promise<RpcResponse> {
+    if (raw.command === "STATUS" && raw.config[STATUS_DETAIL_KEY] === true) {
+      // `flock status`: answered ready or not, so the operator sees why.
+      return { ok: true, result: { ...await this.status({ integrity: true }) } };
+    }
     const started = performance.now();
+    const pod = parseCniArgs(raw.args);
     const fields: Record<string, unknown> = {
       command: raw.command,
       containerId: raw.containerId || undefined,
       ifname: raw.ifname || undefined,
+      pod: pod.K8S_POD_NAME ? `${pod.K8S_POD_NAMESPACE ?? ""}/${pod.K8S_POD_NAME}` : undefined,
     };
+    if (raw.command === "DEL") {
+      const held = this.#store?.get(raw.containerId, raw.ifname);
+      if (held) fields.ips = [held.ipv6, held.ipv4].filter(Boolean);
+    }
     let response: RpcResponse;
     try {
       if (!this.#handler) {
@@ -120,12 +184,15 @@ export class Agent {
       const err = e instanceof CniError ? e : toCniError(e);
       response = { ok: false, error: err.toBody() };
     }
+    const ms = performance.now() - started;
+    this.metrics?.request(raw.command, response.ok ? undefined : response.error.code, ms / 1000);
     if (raw.command !== "STATUS") {
       this.log({
         ...fields,
         level: response.ok ? "info" : "warn",
-        msg: response.ok ? "done" : "failed",
-        ms: Math.round((performance.now() - started) * 100) / 100,
+        msg: `${raw.command} ${response.ok ? "ok" : "failed"}`,
+        outcome: response.ok ? "ok" : "error",
+        durationMs: Math.round(ms * 100) / 100,
         error: response.ok ? undefined : response.error,
       });
     }

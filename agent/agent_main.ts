@@ -4,6 +4,13 @@ import { parseArgs } from "node:util";
 import { Agent, DEFAULT_STATE_DIR } from "./agent.ts";
 import { DEFAULT_SOCKET } from "./protocol.ts";
 import { loadNodeConfigFile } from "./config.ts";
+import { createLogger, isLogLevel, LOG_LEVELS } from "./logger.ts";
+import {
+  DEFAULT_HTTP_ADDRESS,
+  type HttpEndpoint,
+  parseListenAddress,
+  startHttpEndpoint,
+} from "./http_server.ts";
 
 /** Runs the agent until SIGTERM/SIGINT; returns the exit code. */
 export async function agentMain(args: string[]): Promise<number> {
@@ -17,6 +24,9 @@ export async function agentMain(args: string[]): Promise<number> {
       socket: { type: "string", default: DEFAULT_SOCKET },
       netns: { type: "string" },
       "cooldown-ms": { type: "string" },
+      // Probes and metrics; "off" (or "") disables the endpoint.
+      http: { type: "string", default: DEFAULT_HTTP_ADDRESS },
+      "log-level": { type: "string", default: "info" },
     },
     strict: true,
   });
@@ -30,10 +40,26 @@ export async function agentMain(args: string[]): Promise<number> {
   }
   const cooldown = values["cooldown-ms"];
   if (cooldown !== undefined && !/^\d+$/.test(cooldown)) {
-    console.error(`flock agent: --cooldown-ms must be a whole number of milliseconds, got "${cooldown}"`);
+    console.error(
+      `flock agent: --cooldown-ms must be a whole number of milliseconds, got "${cooldown}"`,
+    );
+    return 2;
+  }
+  const level = values["log-level"];
+  if (!isLogLevel(level)) {
+    console.error(`flock agent: --log-level must be one of ${LOG_LEVELS.join(", ")}`);
+    return 2;
+  }
+  const httpText = values.http === "off" ? "" : values.http!;
+  let httpAddress;
+  try {
+    httpAddress = httpText ? parseListenAddress(httpText) : undefined;
+  } catch (e) {
+    console.error(`flock agent: --http: ${(e as Error).message}`);
     return 2;
   }
   const agent = new Agent({
+    log: createLogger({ level }),
     nodeName,
     stateDir: values["state-dir"]!,
     socketPath: values.socket!,
@@ -41,11 +67,30 @@ export async function agentMain(args: string[]): Promise<number> {
     cooldownMs: cooldown === undefined ? undefined : Number(cooldown),
   });
   await agent.listen();
+  let http: HttpEndpoint | undefined;
+  if (httpAddress) {
+    try {
+      http = await startHttpEndpoint(httpAddress, {
+        notReadyReason: () => agent.notReadyReason(),
+        metrics: () =>
+          agent.metrics?.encode((metric, e) =>
+            agent.log({ level: "warn", msg: "metrics collector failed", metric, error: String(e) })
+          ) ?? Promise.resolve(""),
+      }, agent.log);
+      const { hostname, port } = http.address;
+      agent.log({ msg: "http endpoint listening", address: `${hostname}:${port}` });
+    } catch (e) {
+      agent.log({ level: "error", msg: "cannot start the http endpoint", error: String(e) });
+      await agent.close();
+      return 1;
+    }
+  }
   let config;
   try {
     config = await loadNodeConfigFile(values.config);
   } catch (e) {
     agent.log({ level: "error", msg: "bad node config", error: (e as Error).message });
+    await http?.close();
     await agent.close();
     return 1;
   }
@@ -55,6 +100,7 @@ export async function agentMain(args: string[]): Promise<number> {
   for (const sig of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(sig, () => resolve(sig));
   const signal = await stopped;
   agent.log({ msg: "stopping", signal });
+  await http?.close();
   await agent.close();
   return 0;
 }

@@ -287,6 +287,29 @@ export class FlockNode implements AsyncDisposable {
     return r;
   }
 
+  /**
+   * One GET from inside the node namespace, where the agent's HTTP endpoint listens, e.g.
+   * `httpGet("/metrics")`; `address` defaults to the agent's default `127.0.0.1:9603`.
+   */
+  async httpGet(
+    path: string,
+    address = "127.0.0.1:9603",
+  ): Promise<{ status: number; contentType: string | null; body: string }> {
+    const r = await runOk([
+      "nsenter",
+      `--net=${this.ns.path}`,
+      "--",
+      denoPath(),
+      "run",
+      "--allow-net",
+      "--no-lock",
+      "--no-config",
+      join(REPO_ROOT, "tests/helpers/http_get.ts"),
+      `http://${address}${path}`,
+    ], { timeoutMs: 20_000 });
+    return JSON.parse(r.stdout);
+  }
+
   /** Names of the flock host interfaces on the node. */
   async flockLinks(): Promise<string[]> {
     const links = await this.ns.ipJson<{ ifname: string }[]>(["link", "show"]);

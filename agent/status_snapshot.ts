@@ -1,0 +1,233 @@
+/**
+ * What `flock status` shows and `/metrics` counts: one snapshot of the agent's state, built
+ * from the store, the address pools and the optional BGP/BIRD providers.
+ *
+ * Providers are hooks for the components that know BGP: {@link StatusHooks.bgpSessions} reads
+ * the sessions from BIRD (`birdc show protocols`), {@link StatusHooks.anycastRoutes} counts
+ * the anycast routes installed. Without them the snapshot says BGP is not wired.
+ *
+ * @module
+ */
+
+import { formatPrefix } from "../netlink/ip.ts";
+import type { NodeConfig } from "./config.ts";
+import type { AddressPool } from "./ipam.ts";
+import type { ReconcileReport } from "./reconcile.ts";
+import type { Store } from "./store.ts";
+
+/**
+ * Network-config key of a STATUS request that asks for the whole snapshot (what
+ * `flock status` sends) rather than the CNI STATUS answer. Runtimes never set it.
+ */
+export const STATUS_DETAIL_KEY = "flock.fritzlab.net/status-detail";
+
+/** One BGP session as BIRD reports it. */
+export interface BgpSessionStatus {
+  /** BIRD protocol name. */
+  name: string;
+  /** Neighbour address, when known. */
+  peer?: string;
+  /** Neighbour AS, when known. */
+  asn?: number;
+  /** BGP state as BIRD prints it: Established, Active, Connect, Idle, … */
+  state: string;
+  /** True when the session is Established. */
+  up: boolean;
+  /** When the session entered its state, as BIRD prints it. */
+  since?: string;
+  /** Seconds in the current state, when the provider can tell. */
+  uptimeSeconds?: number;
+  /** BIRD's info column (last error, "Received: …"). */
+  info?: string;
+}
+
+/** The outcome of the last `birdc configure` (see `Agent.recordBirdReload`). */
+export interface BirdReloadStatus {
+  /** ISO 8601 time of the reload. */
+  at: string;
+  ok: boolean;
+  /** BIRD's reply or the error. */
+  message?: string;
+}
+
+/** Optional providers filled in by the components that own them. */
+export interface StatusHooks {
+  /** Reads the node's BGP sessions (e.g. the BIRD control socket); may reject. */
+  bgpSessions?: () => Promise<BgpSessionStatus[]>;
+  /** Number of anycast routes installed; default: distinct anycast addresses held by pods. */
+  anycastRoutes?: () => number;
+}
+
+/** Use of one address family's node CIDR. */
+export interface PoolStatus {
+  family: "ipv6" | "ipv4";
+  cidr: string;
+  allocated: number;
+  /** Addresses that can ever be handed out (a decimal string: an IPv6 /64 is 2^64). */
+  capacity: string;
+  /** Released addresses still cooling down before reuse. */
+  cooling: number;
+}
+
+/** One pod interface on the node. */
+export interface AttachmentStatus {
+  namespace?: string;
+  pod?: string;
+  containerId: string;
+  ifname: string;
+  state: string;
+  hostIface: string;
+  ipv6?: string;
+  ipv4?: string;
+  anycast: string[];
+  createdAt: string;
+}
+
+/** Everything `flock status` prints. */
+export interface StatusSnapshot {
+  node: string;
+  version: string;
+  ready: boolean;
+  /** Why the agent is not ready (absent when ready). */
+  reason?: string;
+  startedAt: string;
+  uptimeSeconds: number;
+  pools: PoolStatus[];
+  attachments: AttachmentStatus[];
+  /** Anycast address → number of local attachments holding it. */
+  anycast: { address: string; holders: number }[];
+  anycastRoutes: number;
+  bgp: {
+    /** False when no BGP provider is wired into this agent. */
+    available: boolean;
+    sessions: BgpSessionStatus[];
+    /** Why the sessions could not be read. */
+    error?: string;
+  };
+  /** Absent before the first reload (or without BIRD). */
+  lastBirdReload?: BirdReloadStatus;
+  store: {
+    path?: string;
+    /** "ok", the problems found, or "not checked". */
+    integrity: string;
+  };
+  reconcile?: Omit<ReconcileReport, "problems"> & { problems: string[] };
+}
+
+/** What {@link buildStatusSnapshot} reads. */
+export interface StatusSources {
+  nodeName: string;
+  version: string;
+  startedAt: number;
+  ready: boolean;
+  reason?: string;
+  node?: NodeConfig;
+  pool6?: AddressPool;
+  pool4?: AddressPool;
+  store?: Store;
+  reconcile?: ReconcileReport;
+  hooks: StatusHooks;
+  lastBirdReload?: BirdReloadStatus;
+  now?: () => number;
+}
+
+/** Options of {@link buildStatusSnapshot}. */
+export interface SnapshotOptions {
+  /** Run SQLite's integrity check (ms at thousands of pods; off for metric scrapes). */
+  integrity?: boolean;
+  /** Bound on the BGP provider, so a stuck BIRD cannot hang `flock status`. */
+  bgpTimeoutMs?: number;
+}
+
+/** Default bound on reading the BGP sessions. */
+export const DEFAULT_BGP_TIMEOUT_MS = 2_000;
+
+/** Builds the snapshot; never throws for a failing provider (the error is in the result). */
+export async function buildStatusSnapshot(
+  src: StatusSources,
+  opts: SnapshotOptions = {},
+): Promise<StatusSnapshot> {
+  const now = (src.now ?? Date.now)();
+  const pools: PoolStatus[] = [];
+  for (const [family, pool] of [["ipv6", src.pool6], ["ipv4", src.pool4]] as const) {
+    if (!pool) continue;
+    pools.push({
+      family,
+      cidr: formatPrefix(pool.cidr),
+      allocated: pool.allocated,
+      capacity: pool.capacity.toString(),
+      cooling: pool.cooling,
+    });
+  }
+  const attachments: AttachmentStatus[] = (src.store?.list() ?? []).map((a) => ({
+    namespace: a.podNamespace,
+    pod: a.podName,
+    containerId: a.containerId,
+    ifname: a.ifname,
+    state: a.state,
+    hostIface: a.hostIface,
+    ipv6: a.ipv6,
+    ipv4: a.ipv4,
+    anycast: a.anycast,
+    createdAt: new Date(a.createdAt).toISOString(),
+  }));
+  const holders = new Map<string, number>();
+  for (const a of attachments) {
+    if (a.state !== "committed") continue;
+    for (const address of a.anycast) holders.set(address, (holders.get(address) ?? 0) + 1);
+  }
+  const anycast = [...holders].map(([address, n]) => ({ address, holders: n }))
+    .sort((x, y) => x.address.localeCompare(y.address));
+  const snapshot: StatusSnapshot = {
+    node: src.nodeName,
+    version: src.version,
+    ready: src.ready,
+    reason: src.ready ? undefined : src.reason,
+    startedAt: new Date(src.startedAt).toISOString(),
+    uptimeSeconds: Math.max(0, Math.round((now - src.startedAt) / 1000)),
+    pools,
+    attachments,
+    anycast,
+    anycastRoutes: src.hooks.anycastRoutes?.() ?? anycast.length,
+    bgp: await readBgp(src.hooks, opts.bgpTimeoutMs ?? DEFAULT_BGP_TIMEOUT_MS),
+    lastBirdReload: src.lastBirdReload,
+    store: {
+      path: src.store?.path,
+      integrity: opts.integrity && src.store ? storeIntegrity(src.store) : "not checked",
+    },
+    reconcile: src.reconcile && { ...src.reconcile, problems: [...src.reconcile.problems] },
+  };
+  return snapshot;
+}
+
+async function readBgp(
+  hooks: StatusHooks,
+  timeoutMs: number,
+): Promise<StatusSnapshot["bgp"]> {
+  if (!hooks.bgpSessions) return { available: false, sessions: [] };
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    const sessions = await Promise.race([
+      hooks.bgpSessions(),
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(new Error(`no answer within ${timeoutMs} ms`)),
+          timeoutMs,
+        );
+      }),
+    ]);
+    return { available: true, sessions };
+  } catch (e) {
+    return { available: true, sessions: [], error: (e as Error)?.message ?? String(e) };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function storeIntegrity(store: Store): string {
+  try {
+    return store.integrityCheck();
+  } catch (e) {
+    return `check failed: ${(e as Error).message}`;
+  }
+}
