@@ -1,0 +1,349 @@
+/**
+ * Cluster mode: the agent as a Kubernetes citizen.
+ *
+ * - Its NodeConfig (cluster-scoped, named after the node) is the node's config. The agent
+ *   answers "try again later" until it has one; after `waitForConfigMs` without one it falls
+ *   back to `Node.spec.podCIDRs`, so flock works on a plain cluster. A NodeConfig that exists
+ *   but is invalid is not overridden by the fallback: the agent stays not ready and says why.
+ * - Later spec changes are applied to new pods; running pods keep their addresses, MTU and
+ *   routes (see {@link describeConfigChange}). An invalid new spec is rejected (logged, shown
+ *   in status) and the last good one stays in force. A deleted NodeConfig leaves the node
+ *   running on its last config.
+ * - The other nodes' NodeConfigs are handed to `onPeersChanged` (the BGP node mesh).
+ * - Pods of this node feed the annotation lookups of ADDs that came without annotations.
+ * - The NodeConfig's status is kept current (rate-limited, coalesced).
+ * - API server restarts and watch expiry are absorbed by the informers; nothing here touches
+ *   a running pod because the API server went away.
+ *
+ * @module
+ */
+
+import type { NodeConfig } from "../config.ts";
+import { describeApiError, type KubeApi, NODECONFIG_PATH, PODS_PATH } from "./api.ts";
+import { Reflector } from "./reflector.ts";
+import { PodAnnotationIndex, type PodInfo, projectPod } from "./pod_annotations.ts";
+import {
+  canonicalJson,
+  describeConfigChange,
+  nodeConfigFromPodCIDRs,
+  type NodeConfigObject,
+  parseNodeConfigObject,
+  peerConfigs,
+  projectNodeConfig,
+} from "./node_configs.ts";
+import { type AgentStats, buildStatus, StatusReporter } from "./status_reporter.ts";
+
+/** How long the agent waits for its NodeConfig before it uses `Node.spec.podCIDRs`. */
+export const DEFAULT_CONFIG_WAIT_MS = 60_000;
+
+/** What cluster mode needs of the agent. */
+export interface ClusterAgent {
+  readonly ready: boolean;
+  /** The config in force. */
+  readonly node: NodeConfig | undefined;
+  configure(node: NodeConfig): unknown;
+  reconfigure(node: NodeConfig): Promise<unknown>;
+  /** Sets the reason given to CNI requests while not ready. */
+  waitingFor(reason: string): void;
+  stats(): AgentStats & { notReadyReason: string; outsideCIDR: number };
+  log(fields: Record<string, unknown>): void;
+}
+
+/** Options of {@link ClusterMode}. */
+export interface ClusterModeOptions {
+  nodeName: string;
+  api: KubeApi;
+  waitForConfigMs?: number;
+  /** Bound of the wait for a pod the informer has not seen. */
+  podWaitMs?: number;
+  /** Least time between two status patches. */
+  statusIntervalMs?: number;
+  /** The other nodes' valid NodeConfigs, sorted by name, whenever they change. */
+  onPeersChanged?: (peers: NodeConfig[]) => void;
+  log: (fields: Record<string, unknown>) => void;
+}
+
+/** Where the config in force came from. */
+export type ConfigSource = "NodeConfig" | "podCIDRs";
+
+/** The cluster side of one agent; see the module doc. */
+export class ClusterMode {
+  readonly pods: Reflector<PodInfo>;
+  readonly configs: Reflector<NodeConfigObject>;
+  readonly annotations: PodAnnotationIndex;
+  readonly status: StatusReporter;
+  /** Where the config in force came from (undefined until configured). */
+  source?: ConfigSource;
+  #agent?: ClusterAgent;
+  #appliedSpec = "";
+  #observedGeneration = 0;
+  #specProblem = "";
+  #applying: Promise<void> = Promise.resolve();
+  #peersText = "";
+  #peersQueued = false;
+  #stopped = false;
+  #wake?: () => void;
+  #acquiring?: Promise<void>;
+
+  constructor(readonly options: ClusterModeOptions) {
+    const { api, nodeName, log } = options;
+    this.pods = new Reflector({
+      name: `pods on ${nodeName}`,
+      source: {
+        path: PODS_PATH,
+        fieldSelector: `spec.nodeName=${nodeName}`,
+        list: (q) => api.listPods(q),
+        watch: (...args) => api.watch(...args),
+      },
+      project: projectPod,
+      onChange: (c) => this.annotations.onChange(c),
+      log,
+    });
+    this.annotations = new PodAnnotationIndex({
+      synced: () => this.pods.hasSynced,
+      waitMs: options.podWaitMs,
+    });
+    this.configs = new Reflector({
+      name: "nodeconfigs",
+      source: {
+        path: NODECONFIG_PATH,
+        list: (q) => api.listNodeConfigs(q),
+        watch: (...args) => api.watch(...args),
+      },
+      project: projectNodeConfig,
+      onChange: (c) => {
+        if (c.key === nodeName) this.#ownChanged(c.type === "upsert" ? c.value : undefined);
+        else this.#queuePeers();
+      },
+      onListed: () => this.#queuePeers(),
+      log,
+    });
+    this.status = new StatusReporter({
+      compute: () => this.#desiredStatus(),
+      patch: (name, status) => api.patchNodeConfigStatus(name, status),
+      minIntervalMs: options.statusIntervalMs,
+      log,
+    });
+  }
+
+  /** Annotations for an ADD without them (the agent's `annotationsFor` hook). */
+  annotationsFor(namespace: string, name: string, uid?: string): Promise<Record<string, string>> {
+    return this.annotations.annotationsFor(namespace, name, uid);
+  }
+
+  /** Starts the informers and, in the background, the wait for the node's config. */
+  start(agent: ClusterAgent): void {
+    this.#agent = agent;
+    this.pods.start();
+    this.configs.start();
+    this.#acquiring = this.#acquire();
+  }
+
+  /** Resolves once the agent has a config (or cluster mode was stopped). */
+  get configured(): Promise<void> {
+    return this.#acquiring ?? Promise.resolve();
+  }
+
+  /** Attachments changed (ADD/DEL/GC): refresh the status soon. */
+  attachmentsChanged(): void {
+    this.status.request();
+  }
+
+  /** Stops the informers and the status writer. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    this.#wake?.();
+    this.status.stop();
+    await Promise.all([this.pods.stop(), this.configs.stop()]);
+    await this.#acquiring;
+    await this.#applying;
+  }
+
+  async #acquire(): Promise<void> {
+    const agent = this.#agent!;
+    const { nodeName, log } = this.options;
+    const waitMs = this.options.waitForConfigMs ?? DEFAULT_CONFIG_WAIT_MS;
+    const deadline = Date.now() + waitMs;
+    agent.waitingFor(
+      `waiting for NodeConfig ${nodeName} (up to ${Math.round(waitMs / 1000)} s, ` +
+        `then Node.spec.podCIDRs)`,
+    );
+    let lastProblem = "";
+    while (!this.#stopped) {
+      const own = this.configs.cache.get(nodeName);
+      if (own) {
+        try {
+          const config = parseNodeConfigObject(own);
+          this.#specProblem = "";
+          this.#configure(config, "NodeConfig", own);
+          return;
+        } catch (e) {
+          const msg = (e as Error).message;
+          this.#specProblem = msg;
+          agent.waitingFor(`NodeConfig ${nodeName} is invalid: ${msg}`);
+          if (msg !== lastProblem) log({ level: "error", msg: "NodeConfig invalid", error: msg });
+          lastProblem = msg;
+          this.status.request();
+        }
+      } else if (Date.now() >= deadline && this.configs.hasSynced) {
+        // Only once the informer has listed do we know there is no NodeConfig.
+        const problem = await this.#tryPodCIDRs();
+        if (problem === undefined) return;
+        agent.waitingFor(problem);
+        if (problem !== lastProblem) log({ level: "warn", msg: problem });
+        lastProblem = problem;
+      }
+      const left = deadline - Date.now();
+      await this.#sleep(left > 0 ? Math.min(left, 2_000) : 2_000);
+    }
+  }
+
+  async #tryPodCIDRs(): Promise<string | undefined> {
+    const { nodeName, api, log } = this.options;
+    let cidrs: string[];
+    try {
+      cidrs = await api.nodePodCIDRs(nodeName);
+    } catch (e) {
+      return `no NodeConfig ${nodeName}, and Node ${nodeName} cannot be read: ${
+        describeApiError(e)
+      }`;
+    }
+    const config = nodeConfigFromPodCIDRs(nodeName, cidrs);
+    if (!config) return `no NodeConfig ${nodeName}, and Node ${nodeName} has no spec.podCIDRs`;
+    log({
+      level: "warn",
+      msg: "no NodeConfig for this node; using Node.spec.podCIDRs",
+      podCIDRs: cidrs,
+      waitedMs: this.options.waitForConfigMs ?? DEFAULT_CONFIG_WAIT_MS,
+    });
+    this.#configure(config, "podCIDRs");
+    return undefined;
+  }
+
+  #configure(config: NodeConfig, source: ConfigSource, obj?: NodeConfigObject): void {
+    const agent = this.#agent!;
+    agent.configure(config);
+    this.source = source;
+    this.#appliedSpec = canonicalJson(config.spec);
+    if (obj) this.#observedGeneration = obj.generation;
+    agent.log({
+      msg: "ready",
+      node: this.options.nodeName,
+      source,
+      cidr6: config.spec.cidr6,
+      cidr4: config.spec.cidr4,
+    });
+    this.status.request();
+  }
+
+  #ownChanged(obj: NodeConfigObject | undefined): void {
+    const agent = this.#agent;
+    if (!agent) return;
+    if (!agent.ready) {
+      this.#wake?.();
+      return;
+    }
+    if (!obj) {
+      this.options.log({
+        level: "warn",
+        msg: "NodeConfig deleted; the node keeps running on its last config",
+        node: this.options.nodeName,
+      });
+      return;
+    }
+    this.status.observe(obj.status);
+    this.#applying = this.#applying.then(() => this.#applyChange(obj)).catch((e) => {
+      this.options.log({ level: "error", msg: "config change failed", error: String(e) });
+    });
+  }
+
+  async #applyChange(obj: NodeConfigObject): Promise<void> {
+    const agent = this.#agent!;
+    const { log } = this.options;
+    if (canonicalJson(obj.spec ?? {}) === this.#appliedSpec) {
+      if (obj.generation !== this.#observedGeneration) {
+        this.#observedGeneration = obj.generation;
+        this.status.request();
+      }
+      return;
+    }
+    let next: NodeConfig;
+    try {
+      next = parseNodeConfigObject(obj);
+    } catch (e) {
+      const msg = (e as Error).message;
+      if (msg !== this.#specProblem) {
+        log({
+          level: "error",
+          msg: "NodeConfig change rejected; keeping the last good config",
+          error: msg,
+        });
+      }
+      this.#specProblem = msg;
+      this.status.request();
+      return;
+    }
+    this.#specProblem = "";
+    const old = agent.node;
+    const changes = old ? describeConfigChange(old, next) : [];
+    for (const change of changes) log({ level: "info", msg: "NodeConfig changed", change });
+    await agent.reconfigure(next);
+    this.source = "NodeConfig";
+    this.#appliedSpec = canonicalJson(next.spec);
+    this.#observedGeneration = obj.generation;
+    this.status.request();
+  }
+
+  #queuePeers(): void {
+    if (this.#peersQueued) return;
+    this.#peersQueued = true;
+    // A list delivers its objects one change at a time; compute the mesh once after all of them.
+    queueMicrotask(() => {
+      this.#peersQueued = false;
+      this.#emitPeers();
+    });
+  }
+
+  #emitPeers(): void {
+    const { nodeName, log, onPeersChanged } = this.options;
+    const objects = this.configs.cache.entries().map(([, v]) => v);
+    const peers = peerConfigs(objects, nodeName, (name, reason) => {
+      log({ level: "warn", msg: "ignoring invalid NodeConfig of another node", name, reason });
+    });
+    const text = canonicalJson(peers.map((p) => ({ name: p.name, spec: p.spec })));
+    if (text === this.#peersText) return;
+    this.#peersText = text;
+    log({ level: "info", msg: "mesh peers changed", peers: peers.map((p) => p.name) });
+    onPeersChanged?.(peers);
+  }
+
+  #desiredStatus() {
+    const agent = this.#agent;
+    const own = this.configs.cache.get(this.options.nodeName);
+    if (!agent || !own) return undefined;
+    const s = agent.stats();
+    let reason = "";
+    if (!s.ready) {
+      reason = s.notReadyReason;
+    } else if (this.#specProblem) {
+      reason =
+        `the last spec change was rejected; the previous spec stays in force: ${this.#specProblem}`;
+    } else if (s.outsideCIDR > 0) {
+      reason = `${s.outsideCIDR} running pods hold addresses outside the node's CIDRs ` +
+        `(kept until they are deleted)`;
+    }
+    const status = buildStatus(s, this.#observedGeneration, reason.slice(0, 1024));
+    return { name: this.options.nodeName, status };
+  }
+
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done() {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.#wake = done;
+    });
+  }
+}

@@ -1,0 +1,59 @@
+/**
+ * `flock agent` without `--config`: connects to the API server and builds the
+ * {@link ClusterMode} that feeds the agent. Imported lazily by agent_main.ts, so standalone
+ * mode never loads the Kubernetes client.
+ *
+ * @module
+ */
+
+import { KubeApi } from "./api.ts";
+import { ClusterMode, DEFAULT_CONFIG_WAIT_MS } from "./cluster.ts";
+import type { NodeConfig } from "../config.ts";
+
+export { ClusterMode };
+
+/** Options of {@link openClusterMode}. */
+export interface OpenClusterOptions {
+  nodeName: string;
+  /** A kubeconfig file; without it the in-cluster service account. */
+  kubeconfig?: string;
+  /** `--nodeconfig-wait-ms`, as given. */
+  waitForConfigMs?: string;
+  onPeersChanged?: (peers: NodeConfig[]) => void;
+  log: (fields: Record<string, unknown>) => void;
+}
+
+/** A usage error of cluster mode (bad flag, no credentials); exit code 2. */
+export class ClusterUsageError extends Error {
+  override name = "ClusterUsageError";
+}
+
+/** Reads the credentials and returns the (not yet started) cluster side of the agent. */
+export function openClusterMode(opts: OpenClusterOptions): ClusterMode {
+  const wait = opts.waitForConfigMs;
+  if (wait !== undefined && !/^\d+$/.test(wait)) {
+    throw new ClusterUsageError(
+      `--nodeconfig-wait-ms must be a whole number of milliseconds, got "${wait}"`,
+    );
+  }
+  if (!opts.kubeconfig && !Deno.env.get("KUBERNETES_SERVICE_HOST")) {
+    throw new ClusterUsageError(
+      "no --config FILE (standalone mode), no --kubeconfig FILE, and not running in a pod " +
+        "(KUBERNETES_SERVICE_HOST is unset)",
+    );
+  }
+  let api: KubeApi;
+  try {
+    api = new KubeApi({ kubeconfig: opts.kubeconfig });
+  } catch (e) {
+    throw new ClusterUsageError(`cannot load Kubernetes credentials: ${(e as Error).message}`);
+  }
+  opts.log({ msg: "cluster mode", server: api.server, node: opts.nodeName });
+  return new ClusterMode({
+    nodeName: opts.nodeName,
+    api,
+    waitForConfigMs: wait === undefined ? DEFAULT_CONFIG_WAIT_MS : Number(wait),
+    onPeersChanged: opts.onPeersChanged,
+    log: opts.log,
+  });
+}

@@ -1,0 +1,134 @@
+/**
+ * NodeConfig objects from the API server, turned into what the agent acts on: its own config,
+ * the fallback from `Node.spec.podCIDRs`, a description of what a change means for the pods
+ * already running, and the other nodes' configs (the BGP node mesh).
+ *
+ * Pure logic.
+ *
+ * @module
+ */
+
+import { AF_INET, AF_INET6, formatPrefix, parsePrefix, type Prefix } from "../../netlink/ip.ts";
+import { type NodeConfig, parseNodeConfig } from "../config.ts";
+import type { KubeObject } from "./api.ts";
+
+/** What the agent keeps of one NodeConfig object. */
+export interface NodeConfigObject {
+  name: string;
+  generation: number;
+  spec: unknown;
+  status: unknown;
+}
+
+/** Projects a NodeConfig object to the fields the agent reads. */
+export function projectNodeConfig(obj: KubeObject): NodeConfigObject {
+  return {
+    name: obj.metadata?.name ?? "",
+    generation: obj.metadata?.generation ?? 0,
+    spec: obj.spec,
+    status: obj.status,
+  };
+}
+
+/** Validates the spec of a NodeConfig object with the same rules as a config file. */
+export function parseNodeConfigObject(obj: NodeConfigObject): NodeConfig {
+  const config = parseNodeConfig(obj.spec ?? {}, `NodeConfig ${obj.name}`);
+  config.name = obj.name;
+  return config;
+}
+
+/** JSON with object keys sorted, so two equal values always print the same. */
+export function canonicalJson(value: unknown): string {
+  return JSON.stringify(value, (_k, v) => {
+    if (v && typeof v === "object" && !Array.isArray(v)) {
+      return Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+    }
+    return v;
+  });
+}
+
+/**
+ * A NodeConfig built from `Node.spec.podCIDRs` for a cluster without NodeConfig objects:
+ * the first IPv6 and the first IPv4 CIDR, default MTU, no anycast, no BGP. Undefined when the
+ * node has no pod CIDR (yet).
+ */
+export function nodeConfigFromPodCIDRs(
+  nodeName: string,
+  podCIDRs: string[],
+): NodeConfig | undefined {
+  const spec: { cidr6?: string; cidr4?: string } = {};
+  for (const text of podCIDRs) {
+    let p: Prefix;
+    try {
+      p = parsePrefix(text, true);
+    } catch {
+      continue;
+    }
+    if (p.ip.family === AF_INET6) spec.cidr6 ??= formatPrefix(p);
+    if (p.ip.family === AF_INET) spec.cidr4 ??= formatPrefix(p);
+  }
+  if (!spec.cidr6 && !spec.cidr4) return undefined;
+  const config = parseNodeConfig(spec, `Node ${nodeName} spec.podCIDRs`);
+  config.name = nodeName;
+  return config;
+}
+
+function prefixText(p: Prefix | undefined): string {
+  return p ? formatPrefix(p) : "none";
+}
+
+/**
+ * What changing the node's config from `old` to `next` means, one sentence per changed field,
+ * for the log. Running pods are never touched: they keep their addresses, MTU and routes; new
+ * pods get the new settings.
+ */
+export function describeConfigChange(old: NodeConfig, next: NodeConfig): string[] {
+  const out: string[] = [];
+  for (
+    const [label, a, b] of [
+      ["cidr6", old.cidr6, next.cidr6],
+      ["cidr4", old.cidr4, next.cidr4],
+    ] as const
+  ) {
+    if (prefixText(a) === prefixText(b)) continue;
+    out.push(
+      `${label} changed from ${prefixText(a)} to ${prefixText(b)}: running pods keep their ` +
+        `addresses (those outside the new range are named in status.reason until they ` +
+        `are deleted); new pods get addresses from ${prefixText(b)}`,
+    );
+  }
+  if (old.mtu !== next.mtu) {
+    out.push(
+      `mtu changed from ${old.mtu} to ${next.mtu}: applies to new pods; running pods keep theirs`,
+    );
+  }
+  const anycast = (c: NodeConfig) => [...c.anycast6, ...c.anycast4].map(formatPrefix).join(",");
+  if (anycast(old) !== anycast(next)) {
+    out.push(
+      `anycastCIDRs changed from [${anycast(old)}] to [${anycast(next)}]: checked for new pods; ` +
+        `running pods keep the anycast addresses they hold`,
+    );
+  }
+  if (canonicalJson(old.spec.bgp ?? null) !== canonicalJson(next.spec.bgp ?? null)) {
+    out.push("bgp changed: the routing daemon is reconfigured");
+  }
+  return out;
+}
+
+/** The valid NodeConfigs of every node but `self`, sorted by name; invalid ones are reported. */
+export function peerConfigs(
+  objects: NodeConfigObject[],
+  self: string,
+  onInvalid: (name: string, reason: string) => void,
+): NodeConfig[] {
+  const out: NodeConfig[] = [];
+  for (const obj of objects) {
+    if (obj.name === self) continue;
+    try {
+      out.push(parseNodeConfigObject(obj));
+    } catch (e) {
+      onInvalid(obj.name, (e as Error).message);
+    }
+  }
+  return out.sort((a, b) => (a.name! < b.name! ? -1 : a.name! > b.name! ? 1 : 0));
+}

@@ -1,0 +1,74 @@
+import assert from "node:assert/strict";
+import {
+  canonicalJson,
+  describeConfigChange,
+  nodeConfigFromPodCIDRs,
+  parseNodeConfigObject,
+  peerConfigs,
+  projectNodeConfig,
+} from "./node_configs.ts";
+import { parseNodeConfig } from "../config.ts";
+
+Deno.test("nodeConfigFromPodCIDRs: the first CIDR of each family; none gives undefined", () => {
+  const c = nodeConfigFromPodCIDRs("n1", ["10.244.3.0/24", "fd00:10:244:3::/64", "10.9.0.0/24"]);
+  assert.deepEqual(c?.spec, { cidr6: "fd00:10:244:3::/64", cidr4: "10.244.3.0/24" });
+  assert.equal(c?.name, "n1");
+  assert.equal(c?.mtu, 1500);
+  assert.equal(nodeConfigFromPodCIDRs("n1", [])?.spec, undefined);
+  assert.equal(nodeConfigFromPodCIDRs("n1", ["garbage"]), undefined);
+  assert.deepEqual(nodeConfigFromPodCIDRs("n1", ["10.1.2.0/24"])?.spec, { cidr4: "10.1.2.0/24" });
+});
+
+Deno.test("parseNodeConfigObject: the file rules apply, and errors name the object", () => {
+  const obj = projectNodeConfig({
+    metadata: { name: "n2", generation: 3 },
+    spec: { cidr6: "fd00:2::/64", mtu: 9000 },
+  });
+  assert.equal(obj.generation, 3);
+  const c = parseNodeConfigObject(obj);
+  assert.equal(c.name, "n2");
+  assert.equal(c.mtu, 9000);
+  assert.throws(
+    () => parseNodeConfigObject({ ...obj, spec: { cidr6: "fd00:2::/64", color: "red" } }),
+    /NodeConfig n2: color: unknown field/,
+  );
+});
+
+Deno.test("describeConfigChange: one sentence per changed field, pods are kept", () => {
+  const old = parseNodeConfig({ cidr6: "fd00:1::/64", cidr4: "10.1.0.0/24", mtu: 1500 }, "a");
+  assert.deepEqual(describeConfigChange(old, old), []);
+  const next = parseNodeConfig({
+    cidr6: "fd00:9::/64",
+    cidr4: "10.1.0.0/24",
+    mtu: 1400,
+    anycastCIDRs: ["fd00:ff::/112"],
+    bgp: { asn: 65001 },
+  }, "b");
+  const lines = describeConfigChange(old, next);
+  assert.equal(lines.length, 4, lines.join("\n"));
+  assert.match(lines[0], /cidr6 changed from fd00:1::\/64 to fd00:9::\/64: running pods keep/);
+  assert.match(lines[1], /mtu changed from 1500 to 1400/);
+  assert.match(lines[2], /anycastCIDRs changed from \[\] to \[fd00:ff::\/112\]/);
+  assert.match(lines[3], /bgp changed/);
+});
+
+Deno.test("peerConfigs: every valid other node, sorted; invalid ones reported", () => {
+  const objs = [
+    { name: "zeta", generation: 1, spec: { cidr4: "10.3.0.0/24" }, status: undefined },
+    { name: "self", generation: 1, spec: { cidr4: "10.1.0.0/24" }, status: undefined },
+    { name: "alpha", generation: 1, spec: { cidr4: "10.2.0.0/24" }, status: undefined },
+    { name: "bad", generation: 1, spec: { cidr4: "nonsense" }, status: undefined },
+  ];
+  const invalid: string[] = [];
+  const peers = peerConfigs(objs, "self", (name) => invalid.push(name));
+  assert.deepEqual(peers.map((p) => p.name), ["alpha", "zeta"]);
+  assert.deepEqual(invalid, ["bad"]);
+});
+
+Deno.test("canonicalJson: key order does not matter, array order does", () => {
+  assert.equal(
+    canonicalJson({ b: 1, a: { d: 2, c: 3 } }),
+    canonicalJson({ a: { c: 3, d: 2 }, b: 1 }),
+  );
+  assert.notEqual(canonicalJson([1, 2]), canonicalJson([2, 1]));
+});

@@ -1,0 +1,157 @@
+/**
+ * Keeps the NodeConfig's `status` current without hammering the API server: a burst of ADDs
+ * becomes one merge patch, at most one per interval, and only when the status differs from
+ * what was last written. A failed patch (API server down) is retried with backoff until it
+ * goes through; the agent's pods never wait for it.
+ *
+ * @module
+ */
+
+import { canonicalJson } from "./node_configs.ts";
+
+/** The agent's own facts that end up in `status`. */
+export interface AgentStats {
+  ready: boolean;
+  attachments: number;
+  ipv6: number;
+  ipv4: number;
+}
+
+/**
+ * The part of NodeConfig `status` the agent owns (deploy/crd.yaml has the schema; fields not
+ * in it would be pruned by the API server).
+ */
+export interface NodeConfigStatus {
+  ready: boolean;
+  /** Why the node is not ready, or what is wrong while it serves; empty when all is well. */
+  reason: string;
+  observedGeneration: number;
+  /** Pod attachments on the node. */
+  pods: number;
+  allocated: { ipv6: number; ipv4: number };
+}
+
+/** Builds the status from the agent's stats and the generation of the spec it applied. */
+export function buildStatus(
+  stats: AgentStats,
+  observedGeneration: number,
+  reason: string,
+): NodeConfigStatus {
+  return {
+    ready: stats.ready,
+    reason,
+    observedGeneration,
+    pods: stats.attachments,
+    allocated: { ipv6: stats.ipv6, ipv4: stats.ipv4 },
+  };
+}
+
+/** Options of a {@link StatusReporter}. */
+export interface StatusReporterOptions {
+  /** The status to write now; undefined when there is no object to write it to. */
+  compute: () => { name: string; status: NodeConfigStatus } | undefined;
+  patch: (name: string, status: NodeConfigStatus) => Promise<void>;
+  /** Least time between two patches. */
+  minIntervalMs?: number;
+  /** Largest retry delay after failed patches. */
+  maxBackoffMs?: number;
+  log: (fields: Record<string, unknown>) => void;
+}
+
+/** Rate-limited, coalescing status writer; see the module doc. */
+export class StatusReporter {
+  /** Patches sent successfully (for tests and the bench). */
+  patches = 0;
+  #lastWritten = "";
+  #lastAt = -Infinity;
+  #timer?: ReturnType<typeof setTimeout>;
+  #inFlight = false;
+  #again = false;
+  #failures = 0;
+  #stopped = false;
+
+  constructor(readonly options: StatusReporterOptions) {}
+
+  /** Something changed: write the status soon (coalesced with other requests). */
+  request(): void {
+    if (this.#stopped) return;
+    if (this.#inFlight) {
+      this.#again = true;
+      return;
+    }
+    if (this.#timer !== undefined) return;
+    const interval = this.options.minIntervalMs ?? 1_000;
+    const wait = Math.max(0, this.#lastAt + interval - performance.now());
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      void this.#flush();
+    }, wait);
+  }
+
+  /**
+   * The status as the API server shows it now (from the watch). When it is not what flock
+   * wrote last — the object was recreated, or someone edited it — write it again.
+   */
+  observe(status: unknown): void {
+    const want = this.options.compute();
+    if (!want || canonicalJson(status ?? null) !== canonicalJson(want.status)) {
+      this.#lastWritten = "";
+      this.request();
+    }
+  }
+
+  /** Stops writing; a patch in flight completes. */
+  stop(): void {
+    this.#stopped = true;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  async #flush(): Promise<void> {
+    if (this.#stopped) return;
+    const want = this.options.compute();
+    if (!want) return;
+    const text = canonicalJson(want.status);
+    if (text === this.#lastWritten) return;
+    this.#inFlight = true;
+    this.#lastAt = performance.now();
+    let ok = false;
+    try {
+      await this.options.patch(want.name, want.status);
+      ok = true;
+      this.patches++;
+      this.#lastWritten = text;
+      if (this.#failures > 0) {
+        this.options.log({ level: "info", msg: "status written again", failures: this.#failures });
+      }
+      this.#failures = 0;
+    } catch (e) {
+      this.#failures++;
+      if (this.#failures === 1 || this.#failures % 20 === 0) {
+        this.options.log({
+          level: "warn",
+          msg: "cannot write NodeConfig status; will retry",
+          name: want.name,
+          failures: this.#failures,
+          error: (e as Error).message,
+        });
+      }
+    } finally {
+      this.#inFlight = false;
+    }
+    if (this.#stopped) return;
+    if (!ok) {
+      const max = this.options.maxBackoffMs ?? 10_000;
+      const delay = Math.min(max, 500 * 2 ** Math.min(this.#failures - 1, 10));
+      this.#timer = setTimeout(() => {
+        this.#timer = undefined;
+        void this.#flush();
+      }, delay);
+      return;
+    }
+    if (this.#again) {
+      this.#again = false;
+      this.request();
+    }
+  }
+}
