@@ -259,6 +259,14 @@ export class RpcServer {
     return concat(chunks, total);
   }
 
+  /**
+   * Runs `fn` while no container request or GC is in progress (like a GC does); requests that
+   * arrive meanwhile wait. For node-wide changes such as a new NodeConfig.
+   */
+  exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    return this.#gate.exclusive(fn);
+  }
+
   /** Runs the handler under the ordering rules (see module doc). */
   #dispatch(req: RpcRequest): Promise<RpcResponse> {
     const call = () => this.#call(req);
