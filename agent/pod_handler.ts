@@ -30,6 +30,7 @@ export interface PodHandlerDeps {
   lookupAnnotations?: (
     namespace: string,
     name: string,
+    uid?: string,
   ) => Promise<Record<string, string> | undefined>;
   log: (fields: Record<string, unknown>) => void;
   now?: () => number;
@@ -109,7 +110,7 @@ export class PodHandler {
     const name = podArgs.K8S_POD_NAME ?? "";
     let annotations = runtimeAnnotations(req.config);
     if (annotations === undefined && this.deps.lookupAnnotations && namespace && name) {
-      annotations = await this.deps.lookupAnnotations(namespace, name);
+      annotations = await this.deps.lookupAnnotations(namespace, name, podArgs.K8S_POD_UID);
     }
     const want = parsePodAnnotations(annotations ?? {}, this.deps.node);
     const key = `${namespace}/${name}`;
