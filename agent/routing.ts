@@ -1,0 +1,208 @@
+/**
+ * The node's routing (BRIEF §4): the flock-tagged blackhole summary routes BIRD learns and
+ * announces, and bird.conf rendered from the NodeConfig (plus, with the node mesh, the other
+ * nodes) and applied through {@link BirdControl}.
+ *
+ * Anycast and per-pod routes never go through here: BIRD's kernel protocol learns anycast host
+ * routes from netlink on its own, so a pod ADD never waits for a reload.
+ *
+ * @module
+ */
+
+import {
+  AF_INET,
+  AF_INET6,
+  deleteRoute,
+  formatPrefix,
+  type Handle,
+  listRoutes,
+  type Prefix,
+  replaceRoute,
+  routeMatches,
+  RTN_BLACKHOLE,
+} from "../netlink/mod.ts";
+import { type BirdConfigInput, type BirdMeshPeer, renderBirdConfig } from "../bird/config.ts";
+import { BirdControl, type BirdReloadStatus } from "../bird/control.ts";
+import type { NodeConfig } from "./config.ts";
+import { FLOCK_ROUTE_PROTOCOL } from "./datapath.ts";
+
+/** Where BIRD is, when the agent drives one. */
+export interface BirdTarget {
+  configPath: string;
+  socketPath: string;
+  birdcPath?: string;
+  birdPath?: string;
+  coalesceMs?: number;
+}
+
+/** Another node of the mesh, as the cluster (or a file) describes it. */
+export interface MeshPeer {
+  /** The node's name (a comment in bird.conf). */
+  name: string;
+  /** The address this node peers with. */
+  address: string;
+  asn: number;
+  /** Its summary CIDRs: the only prefixes it may announce besides anycast host routes. */
+  cidrs: string[];
+  anycastCIDRs?: string[];
+  password?: string;
+  bfd?: boolean;
+}
+
+/** Options of {@link NodeRouting}. */
+export interface NodeRoutingOptions {
+  handle: Handle;
+  nodeName: string;
+  bird?: BirdTarget;
+  log: (fields: Record<string, unknown>) => void;
+}
+
+/** The BGP graceful restart time when the NodeConfig does not set one. */
+export const DEFAULT_RESTART_TIME = 120;
+
+/**
+ * The router id: `bgp.routerID` when set, else derived from the node name (FNV-1a-32), which is
+ * stable across restarts and needs no IPv4 address (IPv6-only nodes have none to offer).
+ */
+export function routerIdFor(node: NodeConfig, nodeName: string): string {
+  if (node.spec.bgp?.routerID) return node.spec.bgp.routerID;
+  let hash = 0x811c9dc5;
+  for (const byte of new TextEncoder().encode(nodeName)) {
+    hash ^= byte;
+    hash = Math.imul(hash, 0x01000193) >>> 0;
+  }
+  if (hash === 0) hash = 1; // 0.0.0.0 is not a valid router id
+  return [hash >>> 24, (hash >>> 16) & 255, (hash >>> 8) & 255, hash & 255].join(".");
+}
+
+/** The node's summary CIDRs (IPv6 first). */
+export function summaryPrefixes(node: NodeConfig): Prefix[] {
+  return [node.cidr6, node.cidr4].filter((p): p is Prefix => p !== undefined);
+}
+
+/** What {@link renderBirdConfig} gets for a node and its mesh peers. */
+export function birdInputFor(
+  node: NodeConfig,
+  nodeName: string,
+  meshPeers: MeshPeer[],
+): BirdConfigInput {
+  const bgp = node.spec.bgp ?? {};
+  const mesh: BirdMeshPeer[] = bgp.nodeMesh
+    ? meshPeers.map((p) => ({
+      address: p.address,
+      asn: p.asn,
+      cidrs: p.cidrs,
+      anycastCIDRs: p.anycastCIDRs,
+      password: p.password,
+      bfd: p.bfd,
+      description: p.name,
+    }))
+    : [];
+  return {
+    routerId: routerIdFor(node, nodeName),
+    cidrs: summaryPrefixes(node).map(formatPrefix),
+    anycastCIDRs: [...node.anycast6, ...node.anycast4].map(formatPrefix),
+    routeProtocol: FLOCK_ROUTE_PROTOCOL,
+    asn: bgp.asn,
+    peers: (bgp.peers ?? []).map((p) => ({ ...p })),
+    meshPeers: mesh,
+    gracefulRestart: {
+      enabled: bgp.gracefulRestart?.enabled ?? true,
+      restartTime: bgp.gracefulRestart?.restartTime ?? DEFAULT_RESTART_TIME,
+    },
+  };
+}
+
+/** Installs summary blackholes and keeps BIRD's config in step with the node. */
+export class NodeRouting {
+  readonly #o: NodeRoutingOptions;
+  readonly control?: BirdControl;
+  #node?: NodeConfig;
+  #mesh: MeshPeer[] = [];
+
+  constructor(options: NodeRoutingOptions) {
+    this.#o = options;
+    if (options.bird) {
+      this.control = new BirdControl({
+        configPath: options.bird.configPath,
+        socketPath: options.bird.socketPath,
+        birdcPath: options.bird.birdcPath,
+        birdPath: options.bird.birdPath,
+        coalesceMs: options.bird.coalesceMs,
+        log: options.log,
+      });
+    }
+  }
+
+  /** Whether a flock-tagged route to `dst` is one of this node's summaries (reconcile keeps it). */
+  ownsRoute(dst: Prefix): boolean {
+    return !!this.#node && isSummaryRoute(this.#node, dst);
+  }
+
+  /**
+   * Takes a (new) NodeConfig: installs its summary blackholes, removes flock blackholes that
+   * are no longer summaries, and has BIRD reload if its config changed. The kernel part is
+   * done when this returns; the promise settles when BIRD has answered.
+   */
+  configure(node: NodeConfig): Promise<BirdReloadStatus | undefined> {
+    this.#node = node;
+    this.#syncSummaries(node);
+    return this.#render();
+  }
+
+  /** Replaces the list of other nodes (cluster mode's NodeConfig watch calls this). */
+  setMeshPeers(peers: MeshPeer[]): Promise<BirdReloadStatus | undefined> {
+    this.#mesh = [...peers];
+    return this.#render();
+  }
+
+  /** The last reload's status, when the agent drives BIRD. */
+  birdStatus(): BirdReloadStatus | undefined {
+    return this.control ? { ...this.control.status } : undefined;
+  }
+
+  /** Stops BIRD retries; the kernel routes stay (BIRD keeps announcing them). */
+  async close(): Promise<void> {
+    await this.control?.close();
+  }
+
+  #syncSummaries(node: NodeConfig): void {
+    const h = this.#o.handle;
+    const wanted = summaryPrefixes(node);
+    for (const family of [AF_INET6, AF_INET] as const) {
+      const present = listRoutes(h, { family, protocol: FLOCK_ROUTE_PROTOCOL })
+        .filter((r) => r.type === RTN_BLACKHOLE);
+      for (const r of present) {
+        if (wanted.some((p) => routeMatches(r, p))) continue;
+        deleteRoute(h, r);
+        this.#o.log({ msg: "removed stale summary route", dst: formatPrefix(r.dst) });
+      }
+      for (const p of wanted.filter((w) => w.ip.family === family)) {
+        // Only when missing: a replace is a netlink event BIRD would process for nothing.
+        if (present.some((r) => routeMatches(r, p))) continue;
+        replaceRoute(h, { dst: p, type: RTN_BLACKHOLE, protocol: FLOCK_ROUTE_PROTOCOL });
+        this.#o.log({ msg: "installed summary route", dst: formatPrefix(p) });
+      }
+    }
+  }
+
+  async #render(): Promise<BirdReloadStatus | undefined> {
+    if (!this.control || !this.#node) return undefined;
+    const text = renderBirdConfig(birdInputFor(this.#node, this.#o.nodeName, this.#mesh));
+    return await this.control.update(text);
+  }
+}
+
+/** Whether `dst` is one of the node's summary CIDRs (reconcile must keep those routes). */
+export function isSummaryRoute(node: NodeConfig, dst: Prefix): boolean {
+  return summaryPrefixes(node).some((p) => routeMatches({ dst }, p));
+}
+
+/** The reload status in the shape `flock status` shows. */
+export function reloadSummary(s: BirdReloadStatus): { at: string; ok: boolean; message?: string } {
+  return {
+    at: s.lastAttempt ?? new Date().toISOString(),
+    ok: s.result === "ok",
+    message: s.result === "ok" ? s.reply : `${s.result}: ${s.error ?? ""}`.trim(),
+  };
+}

@@ -1,0 +1,435 @@
+/**
+ * Renders a BIRD 2 configuration for one flock node from a plain description of it. This module
+ * knows nothing of Kubernetes or netlink: addresses and prefixes come in as text and are
+ * checked only for shape, so nothing but an address can reach the file.
+ *
+ * What the rendered config does (each choice is explained next to the line it makes):
+ * - `protocol kernel` per family `learn`s only routes tagged with flock's route protocol
+ *   (`krt_source`) that are this node's summary CIDRs (exact match) or host routes inside its
+ *   anycast CIDRs; per-pod /128 and /32 routes are never imported.
+ * - the same kernel protocols install what BGP peers announce, with BIRD's own route protocol
+ *   (`proto bird`), so flock never mistakes them for its own.
+ * - BGP sessions to explicit peers (a ToR) and, with the node mesh, to every other node.
+ *   Exports: only the summaries and live anycast host routes learned from the kernel.
+ *   Imports from explicit peers: anything but a default route, martians, and whatever falls into
+ *   this node's own summaries or anycast CIDRs (except anycast host routes, which are the other
+ *   replicas); imports from a mesh peer: exactly that node's summaries and anycast host routes.
+ *
+ * The output is stable: the same input (peers in any order) renders byte-identical text, so
+ * the agent can skip reloads when nothing changed.
+ *
+ * @module
+ */
+
+/** One BGP neighbour: an explicit peer (ToR) or another node of the mesh. */
+export interface BirdPeer {
+  /** The neighbour's address (IPv4 or IPv6, no zone). */
+  address: string;
+  asn: number;
+  /** TCP MD5 password (RFC 2385). */
+  password?: string;
+  /** Run BFD on the session (the peer must run BFD too). */
+  bfd?: boolean;
+  /** The peer is this many hops away (not on a shared segment). */
+  multihop?: number;
+  /** A comment in the config (a node name). */
+  description?: string;
+}
+
+/** A mesh peer: another flock node, with the prefixes it may announce. */
+export interface BirdMeshPeer extends BirdPeer {
+  /** The other node's summary CIDRs. */
+  cidrs: string[];
+  /** The other node's anycast CIDRs (host routes inside them are accepted). */
+  anycastCIDRs?: string[];
+}
+
+/** Everything {@link renderBirdConfig} needs. */
+export interface BirdConfigInput {
+  /** Dotted-quad router id; mandatory (BIRD cannot pick one on an IPv6-only node). */
+  routerId: string;
+  /** This node's summary CIDRs (IPv6 and/or IPv4), announced while the blackhole exists. */
+  cidrs: string[];
+  /** Ranges this node's anycast host routes come from. */
+  anycastCIDRs: string[];
+  /** The kernel route protocol number flock tags its routes with. */
+  routeProtocol: number;
+  /** Local AS; without it no BGP session is rendered (kernel learning only). */
+  asn?: number;
+  peers?: BirdPeer[];
+  meshPeers?: BirdMeshPeer[];
+  gracefulRestart?: { enabled: boolean; restartTime: number };
+  /**
+   * IPv6 next hop to announce on IPv4 sessions; default: BIRD uses the interface's global
+   * IPv6 address.
+   */
+  nextHop6?: string;
+  /** Accept a default route from explicit peers (off: a node must not attract transit). */
+  acceptDefault?: boolean;
+}
+
+/** The input is not something a config can be rendered from. */
+export class BirdConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "BirdConfigError";
+  }
+}
+
+type Fam = 4 | 6;
+
+const V4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+const V6 = /^[0-9a-fA-F:.]{2,45}$/;
+
+function familyOf(address: string): Fam | undefined {
+  if (V4.test(address)) return 4;
+  if (address.includes(":") && V6.test(address)) return 6;
+  return undefined;
+}
+
+function checkAddress(text: string, what: string): Fam {
+  const fam = typeof text === "string" ? familyOf(text) : undefined;
+  if (!fam) throw new BirdConfigError(`${what}: not an IP address: ${JSON.stringify(text)}`);
+  return fam;
+}
+
+function checkPrefix(text: string, what: string): Fam {
+  const m = typeof text === "string" ? /^([^/]+)\/(\d{1,3})$/.exec(text) : null;
+  if (!m) throw new BirdConfigError(`${what}: not a prefix: ${JSON.stringify(text)}`);
+  const fam = checkAddress(m[1], what);
+  if (Number(m[2]) > (fam === 4 ? 32 : 128)) {
+    throw new BirdConfigError(`${what}: prefix length too long: ${text}`);
+  }
+  return fam;
+}
+
+function checkAsn(asn: number, what: string): void {
+  if (!Number.isInteger(asn) || asn < 1 || asn > 4294967295) {
+    throw new BirdConfigError(`${what}: AS number out of range: ${asn}`);
+  }
+}
+
+function byFamily(prefixes: string[], fam: Fam, what: string): string[] {
+  return prefixes.filter((p) => checkPrefix(p, what) === fam).map((p) => p.toLowerCase()).sort();
+}
+
+function hostLen(fam: Fam): number {
+  return fam === 4 ? 32 : 128;
+}
+
+/** `[ a, b ]` of exact prefixes. */
+function exactSet(prefixes: string[]): string {
+  return `[ ${prefixes.join(", ")} ]`;
+}
+
+/** `[ a{128,128}, … ]`: host routes inside the prefixes. */
+function hostSet(prefixes: string[], fam: Fam): string {
+  const len = hostLen(fam);
+  return `[ ${prefixes.map((p) => `${p}{${len},${len}}`).join(", ")} ]`;
+}
+
+/** `[ a+, … ]`: the prefixes and everything inside them. */
+function coverSet(prefixes: string[]): string {
+  return `[ ${prefixes.map((p) => `${p}+`).join(", ")} ]`;
+}
+
+/** Prefixes no peer may announce into a node's kernel. */
+const MARTIANS: Record<Fam, string> = {
+  6: "[ ::/8+, fe80::/10+, ff00::/8+, 2001:db8::/32+ ]",
+  4: "[ 0.0.0.0/8+, 127.0.0.0/8+, 169.254.0.0/16+, 224.0.0.0/4+, 240.0.0.0/4+ ]",
+};
+
+/** A BIRD symbol from free text: `peer_10_0_0_1`. */
+function symbol(prefix: string, address: string): string {
+  return `${prefix}_${address.toLowerCase().replace(/[^0-9a-z]/g, "_")}`;
+}
+
+function quote(text: string, what: string): string {
+  if (/["\\\n\r]/.test(text)) {
+    throw new BirdConfigError(`${what}: must not contain quotes, backslashes or newlines`);
+  }
+  return `"${text}"`;
+}
+
+function compareAddress(a: BirdPeer, b: BirdPeer): number {
+  return a.address.toLowerCase() < b.address.toLowerCase()
+    ? -1
+    : a.address.toLowerCase() > b.address.toLowerCase()
+    ? 1
+    : 0;
+}
+
+interface Facts {
+  fams: Fam[];
+  cidrs: Record<Fam, string[]>;
+  anycast: Record<Fam, string[]>;
+}
+
+function kernelSection(fam: Fam, f: Facts, input: BirdConfigInput, gr: boolean): string[] {
+  const c = f.cidrs[fam];
+  const a = f.anycast[fam];
+  const learn: string[] = [];
+  if (c.length) learn.push(`    if net ~ NODE_CIDRS${fam} then accept;  # summary blackhole`);
+  if (a.length) learn.push(`    if net ~ ANYCAST_HOSTS${fam} then accept;  # live anycast address`);
+  return [
+    `# Kernel <-> BIRD, IPv${fam}. \`learn\` picks up flock's routes from netlink events within`,
+    `# milliseconds (scan time is only a resync); routes from peers go into the kernel as proto bird.`,
+    `protocol kernel kernel${fam} {`,
+    `  learn;`,
+    `  scan time 10;`,
+    `  merge paths on;  # ECMP when several peers announce the same anycast address`,
+    ...(gr
+      ? [
+        `  graceful restart on;  # with \`bird -R\`: keep kernel routes until BGP re-converged`,
+        `  persist;  # a stopped BIRD leaves its routes: pods keep forwarding`,
+      ]
+      : []),
+    `  ipv${fam} {`,
+    `    preference 200;  # a local anycast replica beats the same address learned over BGP`,
+    `    import filter {`,
+    `      if krt_source != ${input.routeProtocol} then reject;  # only routes flock made`,
+    ...learn.map((l) => "  " + l),
+    `      reject;  # per-pod host routes stay local`,
+    `    };`,
+    `    export filter {`,
+    `      if source = RTS_BGP then accept;  # what peers announce (import filters checked it)`,
+    `      reject;`,
+    `    };`,
+    `  };`,
+    `}`,
+    ``,
+  ];
+}
+
+function defines(fam: Fam, f: Facts): string[] {
+  const out: string[] = [];
+  const c = f.cidrs[fam];
+  const a = f.anycast[fam];
+  if (c.length) {
+    out.push(`define NODE_CIDRS${fam} = ${exactSet(c)};`);
+    out.push(`define NODE_RANGES${fam} = ${coverSet(c)};`);
+  }
+  if (a.length) {
+    out.push(`define ANYCAST_HOSTS${fam} = ${hostSet(a, fam)};`);
+    out.push(`define ANYCAST_RANGES${fam} = ${coverSet(a)};`);
+  }
+  return out;
+}
+
+function exportFilter(fam: Fam, f: Facts): string[] {
+  const lines = [
+    `# Announce only what this node owns: its summaries and its live anycast host routes, as`,
+    `# learned from the kernel (RTS_INHERIT) - never routes learned from other peers.`,
+    `filter flock_export${fam} {`,
+    `  if source != RTS_INHERIT then reject;`,
+  ];
+  if (f.cidrs[fam].length) lines.push(`  if net ~ NODE_CIDRS${fam} then accept;`);
+  if (f.anycast[fam].length) lines.push(`  if net ~ ANYCAST_HOSTS${fam} then accept;`);
+  lines.push(`  reject;`, `}`, ``);
+  return lines;
+}
+
+function peerImportFilter(fam: Fam, f: Facts, acceptDefault: boolean): string[] {
+  const lines = [
+    `# From explicit peers (a ToR): anything routable, except a default route (a node must not`,
+    `# attract transit), martians, and what is this node's own to announce.`,
+    `filter flock_peer_import${fam} {`,
+    acceptDefault
+      ? `  if net.len = 0 then accept;  # default route allowed by configuration`
+      : `  if net.len = 0 then reject;`,
+    `  if net ~ ${MARTIANS[fam]} then reject;`,
+  ];
+  if (f.cidrs[fam].length) lines.push(`  if net ~ NODE_RANGES${fam} then reject;`);
+  if (f.anycast[fam].length) {
+    lines.push(`  if net ~ ANYCAST_HOSTS${fam} then accept;  # the other replicas of an anycast`);
+    lines.push(`  if net ~ ANYCAST_RANGES${fam} then reject;`);
+  }
+  lines.push(`  accept;`, `}`, ``);
+  return lines;
+}
+
+function meshImportFilter(name: string, fam: Fam, peer: BirdMeshPeer, f: Facts): string[] {
+  const theirs = byFamily(peer.cidrs, fam, `mesh peer ${peer.address} cidrs`);
+  const anycast = [
+    ...new Set([...f.anycast[fam], ...byFamily(peer.anycastCIDRs ?? [], fam, "anycastCIDRs")]),
+  ].sort();
+  const lines = [`filter ${name}_import${fam} {`];
+  if (theirs.length) lines.push(`  if net ~ ${exactSet(theirs)} then accept;`);
+  if (anycast.length) lines.push(`  if net ~ ${hostSet(anycast, fam)} then accept;`);
+  lines.push(`  reject;  # anything else is not this node's to announce`, `}`, ``);
+  return lines;
+}
+
+function channel(
+  fam: Fam,
+  sessionFam: Fam,
+  importFilter: string,
+  input: BirdConfigInput,
+): string[] {
+  const lines = [
+    `  ipv${fam} {`,
+    `    import filter ${importFilter};`,
+    `    export filter flock_export${fam};`,
+    `    next hop self;`,
+  ];
+  if (fam === 6 && sessionFam === 4 && input.nextHop6) {
+    lines.push(`    next hop address ${input.nextHop6};`);
+  }
+  // An IPv4 route over an IPv6 session needs an IPv6 next hop (RFC 8950).
+  if (fam === 4 && sessionFam === 6) lines.push(`    extended next hop on;`);
+  lines.push(`    add paths rx;  # several paths for an anycast address, if the peer sends them`);
+  lines.push(`  };`);
+  return lines;
+}
+
+function session(
+  name: string,
+  peer: BirdPeer,
+  f: Facts,
+  input: BirdConfigInput,
+  importFilter: (fam: Fam) => string,
+  gr: boolean,
+): string[] {
+  const sessionFam = checkAddress(peer.address, `peer ${name}`);
+  checkAsn(peer.asn, `peer ${peer.address}`);
+  const lines = [`protocol bgp ${name} from flock_bgp {`];
+  if (peer.description) lines.push(`  description ${quote(peer.description, "description")};`);
+  lines.push(`  neighbor ${peer.address.toLowerCase()} as ${peer.asn};`);
+  if (peer.multihop !== undefined) {
+    if (!Number.isInteger(peer.multihop) || peer.multihop < 1 || peer.multihop > 255) {
+      throw new BirdConfigError(`peer ${peer.address}: multihop must be 1..255`);
+    }
+    lines.push(`  multihop ${peer.multihop};`);
+  } else if (peer.asn === input.asn) {
+    lines.push(`  direct;  # an iBGP neighbour on the shared segment`);
+  }
+  if (peer.password !== undefined) {
+    lines.push(`  password ${quote(peer.password, `peer ${peer.address} password`)};`);
+  }
+  if (peer.bfd) {
+    lines.push(gr ? `  bfd graceful;  # BFD down does not defeat graceful restart` : `  bfd on;`);
+  }
+  for (const fam of f.fams) lines.push(...channel(fam, sessionFam, importFilter(fam), input));
+  lines.push(`}`, ``);
+  return lines;
+}
+
+/** Renders bird.conf; throws {@link BirdConfigError} on input it cannot render safely. */
+export function renderBirdConfig(input: BirdConfigInput): string {
+  if (typeof input.routerId !== "string" || !V4.test(input.routerId)) {
+    throw new BirdConfigError(
+      `router id must be a dotted quad, not ${JSON.stringify(input.routerId)}`,
+    );
+  }
+  if (
+    !Number.isInteger(input.routeProtocol) || input.routeProtocol < 1 || input.routeProtocol > 255
+  ) {
+    throw new BirdConfigError(`route protocol must be 1..255`);
+  }
+  if (input.asn !== undefined) checkAsn(input.asn, "local AS");
+  if (input.nextHop6 !== undefined && checkAddress(input.nextHop6, "nextHop6") !== 6) {
+    throw new BirdConfigError(`nextHop6 must be an IPv6 address`);
+  }
+  const facts: Facts = {
+    fams: [],
+    cidrs: { 6: byFamily(input.cidrs, 6, "cidrs"), 4: byFamily(input.cidrs, 4, "cidrs") },
+    anycast: {
+      6: byFamily(input.anycastCIDRs, 6, "anycastCIDRs"),
+      4: byFamily(input.anycastCIDRs, 4, "anycastCIDRs"),
+    },
+  };
+  // A family is routed when the node owns something in it; an IPv6-only node has no IPv4 at all.
+  for (const fam of [6, 4] as const) {
+    if (facts.cidrs[fam].length || facts.anycast[fam].length) facts.fams.push(fam);
+  }
+  const gr = input.gracefulRestart?.enabled ?? true;
+  const restartTime = input.gracefulRestart?.restartTime ?? 120;
+  if (!Number.isInteger(restartTime) || restartTime < 1 || restartTime > 4095) {
+    throw new BirdConfigError(`graceful restart time must be 1..4095 s`);
+  }
+  const peers = [...(input.peers ?? [])].sort(compareAddress);
+  const mesh = [...(input.meshPeers ?? [])].sort(compareAddress);
+  if ((peers.length || mesh.length) && input.asn === undefined) {
+    throw new BirdConfigError(`BGP peers need the local AS number`);
+  }
+
+  const out: string[] = [
+    `# bird.conf rendered by the flock agent - do not edit: it is rewritten on every change.`,
+    `log stderr { info, remote, warning, error, auth, fatal, bug };`,
+    `router id ${input.routerId};`,
+    `timeformat protocol iso long;  # "show protocols" dates that flock can parse`,
+    ``,
+    `# Interface list: the kernel and BGP protocols need it to resolve next hops.`,
+    `protocol device {`,
+    `  scan time 10;`,
+    `}`,
+    ``,
+  ];
+  for (const fam of facts.fams) out.push(...defines(fam, facts));
+  if (facts.fams.length) out.push(``);
+  for (const fam of facts.fams) out.push(...kernelSection(fam, facts, input, gr));
+
+  if (input.asn === undefined || (!peers.length && !mesh.length)) {
+    return out.join("\n");
+  }
+  for (const fam of facts.fams) out.push(...exportFilter(fam, facts));
+  if (peers.length) {
+    for (const fam of facts.fams) out.push(...peerImportFilter(fam, facts, !!input.acceptDefault));
+  }
+  const names = new Set<string>();
+  const unique = (base: string) => {
+    let name = base;
+    for (let i = 2; names.has(name); i++) name = `${base}_${i}`;
+    names.add(name);
+    return name;
+  };
+  const meshNames = mesh.map((p) => unique(symbol("mesh", p.address)));
+  mesh.forEach((p, i) => {
+    for (const fam of facts.fams) out.push(...meshImportFilter(meshNames[i], fam, p, facts));
+  });
+
+  if (peers.some((p) => p.multihop !== undefined) || mesh.some((p) => p.multihop !== undefined)) {
+    out.push(
+      `# Multihop sessions resolve next hops through the table: connected routes are needed`,
+      `# (the kernel protocol cannot learn proto kernel routes). Never exported (see filters).`,
+      `protocol direct {`,
+      ...facts.fams.map((fam) => `  ipv${fam};`),
+      `}`,
+      ``,
+    );
+  }
+  if (peers.some((p) => p.bfd) || mesh.some((p) => p.bfd)) {
+    out.push(
+      `# BFD for sub-second failure detection on the sessions that ask for it.`,
+      `protocol bfd {`,
+      `  interface "*" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; };`,
+      `  multihop { min rx interval 200 ms; min tx interval 200 ms; multiplier 5; };`,
+      `}`,
+      ``,
+    );
+  }
+  out.push(
+    `# Session parameters are kept constant across renders: changing one restarts the session.`,
+    `template bgp flock_bgp {`,
+    `  local as ${input.asn};`,
+    `  hold time 30;`,
+    `  keepalive time 10;`,
+    `  connect delay time 1;`,
+    `  connect retry time 5;`,
+    `  error wait time 1, 30;`,
+    ...(gr
+      ? [`  graceful restart on;`, `  graceful restart time ${restartTime};`]
+      : [`  graceful restart off;`]),
+    `}`,
+    ``,
+  );
+  for (const p of peers) {
+    const name = unique(symbol("peer", p.address));
+    out.push(...session(name, p, facts, input, (fam) => `flock_peer_import${fam}`, gr));
+  }
+  mesh.forEach((p, i) => {
+    const name = meshNames[i];
+    out.push(...session(name, p, facts, input, (fam) => `${name}_import${fam}`, gr));
+  });
+  return out.join("\n");
+}

@@ -1,0 +1,400 @@
+/**
+ * Driving a running BIRD through its control socket: applying a new bird.conf safely, and
+ * reading BGP session state.
+ *
+ * {@link BirdControl.update} is the one way in for a new config. It coalesces bursts (every
+ * update within `coalesceMs` ends in one reload), skips the reload when the text did not
+ * change, validates the candidate with `birdc configure check` before it replaces the live
+ * file (so bird.conf on disk is always the last config BIRD accepted, and a BIRD restart
+ * reads a good one), then runs `birdc configure` and checks the reply. A rejected config
+ * leaves the running one in place and is kept next to it as `bird.conf.rejected`; the error
+ * is in {@link BirdControl.status}. When BIRD is not reachable the candidate is checked
+ * offline with `bird -p` and written for BIRD to read when it starts, and the reload is
+ * retried.
+ *
+ * Every command runs with an argument list (Deno.Command), never through a shell.
+ *
+ * @module
+ */
+
+/** What the last reload did, for logs and `flock status`. */
+export interface BirdReloadStatus {
+  /**
+   * `never` before the first attempt; `ok` when BIRD runs the current config; `rejected` when
+   * BIRD (or `bird -p`) refused the newest one and runs the previous one; `unreachable` when
+   * BIRD's control socket did not answer (a retry is scheduled).
+   */
+  result: "never" | "ok" | "rejected" | "unreachable";
+  /** When the last reload attempt finished (ISO 8601). */
+  lastAttempt?: string;
+  /** When BIRD last accepted a config (ISO 8601). */
+  lastSuccess?: string;
+  /** BIRD's reply to the last successful reload (`Reconfigured`, ...). */
+  reply?: string;
+  /** The error text when `result` is not `ok`. */
+  error?: string;
+  /** Reloads BIRD accepted. */
+  reloads: number;
+  /** Updates that ended without a reload because the text had not changed. */
+  unchanged: number;
+}
+
+/** Options of {@link BirdControl}. */
+export interface BirdControlOptions {
+  /** The live config file (what BIRD was started with). */
+  configPath: string;
+  /** BIRD's control socket. */
+  socketPath: string;
+  /** The birdc binary (default `birdc` on PATH). */
+  birdcPath?: string;
+  /** The bird binary for offline checks while BIRD is down (default `bird` on PATH). */
+  birdPath?: string;
+  /** Updates within this window are applied as one reload (default 50 ms). */
+  coalesceMs?: number;
+  /** Retry period while BIRD is unreachable (default 2 s). */
+  retryMs?: number;
+  /** Bound on one birdc call (default 10 s). */
+  commandTimeoutMs?: number;
+  log?: (fields: Record<string, unknown>) => void;
+}
+
+/** The outcome of one command. */
+interface CommandOutput {
+  code: number;
+  text: string;
+}
+
+async function runCommand(
+  program: string,
+  args: string[],
+  timeoutMs: number,
+): Promise<CommandOutput> {
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), timeoutMs);
+  try {
+    const out = await new Deno.Command(program, {
+      args,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      signal: abort.signal,
+    }).output();
+    const dec = new TextDecoder();
+    const text = (dec.decode(out.stdout) + dec.decode(out.stderr)).trim();
+    if (abort.signal.aborted) {
+      return { code: 124, text: `${text}\n[timed out after ${timeoutMs} ms]` };
+    }
+    return { code: out.code, text };
+  } catch (e) {
+    return { code: 127, text: `cannot run ${program}: ${(e as Error).message}` };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** BIRD's reply to a `configure` family command, judged. */
+export interface ConfigureReply {
+  ok: boolean;
+  /** The control socket could not be reached (BIRD not running). */
+  unreachable: boolean;
+  /** The meaningful lines (banner and "Reading configuration" dropped). */
+  message: string;
+}
+
+const SUCCESS_REPLIES = [
+  /^Reconfigured$/m,
+  /^Reconfiguration in progress$/m,
+  /^Reconfiguration already in progress, queueing new config$/m,
+  /^Configuration OK$/m,
+];
+
+/** Judges birdc's output and exit code for `configure` and `configure check`. */
+export function parseConfigureReply(code: number, text: string): ConfigureReply {
+  const message = text.split("\n")
+    .filter((l) => !/^BIRD [\d.]+ ready\.$/.test(l) && !/^Reading configuration from /.test(l))
+    .join("\n").trim();
+  const unreachable = /Unable to connect to server control socket/.test(text);
+  const ok = code === 0 && !unreachable && SUCCESS_REPLIES.some((re) => re.test(message));
+  return { ok, unreachable, message: message || `birdc exited with ${code}` };
+}
+
+function quoted(path: string): string {
+  if (/["\n\\]/.test(path)) throw new Error(`unusable path for birdc: ${JSON.stringify(path)}`);
+  return `"${path}"`;
+}
+
+/** Applies configs to one BIRD; see the module doc. */
+export class BirdControl {
+  readonly #o: Required<Omit<BirdControlOptions, "log">>;
+  readonly #log: (fields: Record<string, unknown>) => void;
+  /** The text BIRD accepted last (undefined until the first success). */
+  #accepted?: string;
+  /** The newest text asked for. */
+  #wanted?: string;
+  #pending = false;
+  #waiters: ((s: BirdReloadStatus) => void)[] = [];
+  #timer?: ReturnType<typeof setTimeout>;
+  #retryTimer?: ReturnType<typeof setTimeout>;
+  #running?: Promise<void>;
+  #closed = false;
+  readonly status: BirdReloadStatus = { result: "never", reloads: 0, unchanged: 0 };
+
+  constructor(options: BirdControlOptions) {
+    this.#o = {
+      birdcPath: "birdc",
+      birdPath: "bird",
+      coalesceMs: 50,
+      retryMs: 2_000,
+      commandTimeoutMs: 10_000,
+      ...options,
+    };
+    this.#log = options.log ?? (() => {});
+  }
+
+  /**
+   * Asks for `text` to become BIRD's config. Resolves with the status once the reload that
+   * includes it finished (later updates in the same window share that reload).
+   */
+  update(text: string): Promise<BirdReloadStatus> {
+    if (this.#closed) return Promise.resolve({ ...this.status });
+    this.#wanted = text;
+    this.#pending = true;
+    const { promise, resolve } = Promise.withResolvers<BirdReloadStatus>();
+    this.#waiters.push(resolve);
+    this.#schedule(this.#o.coalesceMs);
+    return promise;
+  }
+
+  /** Waits until no reload is pending or running. */
+  async settled(): Promise<BirdReloadStatus> {
+    while (this.#pending || this.#running) {
+      if (this.#running) await this.#running;
+      else await new Promise((r) => setTimeout(r, this.#o.coalesceMs));
+    }
+    return { ...this.status };
+  }
+
+  /** Stops timers; pending waiters get the current status. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    clearTimeout(this.#retryTimer);
+    this.#timer = this.#retryTimer = undefined;
+    await this.#running;
+    this.#pending = false;
+    for (const w of this.#waiters.splice(0)) w({ ...this.status });
+  }
+
+  #schedule(delayMs: number): void {
+    if (this.#timer !== undefined || this.#running || this.#closed) return;
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      this.#running = this.#drain().finally(() => {
+        this.#running = undefined;
+        if (this.#pending) this.#schedule(0);
+      });
+    }, delayMs);
+  }
+
+  async #drain(): Promise<void> {
+    while (this.#pending && !this.#closed) {
+      this.#pending = false;
+      const waiters = this.#waiters.splice(0);
+      await this.#apply(this.#wanted!);
+      for (const w of waiters) w({ ...this.status });
+    }
+  }
+
+  async #apply(text: string): Promise<void> {
+    clearTimeout(this.#retryTimer);
+    this.#retryTimer = undefined;
+    if (text === this.#accepted && this.status.result === "ok") {
+      this.status.unchanged++;
+      return;
+    }
+    const { configPath } = this.#o;
+    const candidate = `${configPath}.new`;
+    // The config may carry BGP passwords: readable by root only.
+    await Deno.writeTextFile(candidate, text, { mode: 0o600 });
+    const check = await this.#birdc(["configure", "check", quoted(candidate)]);
+    if (check.unreachable) {
+      await this.#applyOffline(candidate, check.message);
+      return;
+    }
+    if (!check.ok) {
+      await this.#reject(candidate, check.message);
+      return;
+    }
+    await Deno.rename(candidate, configPath);
+    const reply = await this.#birdc(["configure", quoted(configPath)]);
+    const now = new Date().toISOString();
+    this.status.lastAttempt = now;
+    if (reply.ok) {
+      this.#accepted = text;
+      Object.assign(this.status, {
+        result: "ok",
+        lastSuccess: now,
+        reply: reply.message,
+        error: undefined,
+      });
+      this.status.reloads++;
+      this.#log({ msg: "bird reconfigured", reply: reply.message });
+      return;
+    }
+    this.status.result = reply.unreachable ? "unreachable" : "rejected";
+    this.status.error = reply.message;
+    this.#log({ level: "warn", msg: "bird configure failed", error: reply.message });
+    if (reply.unreachable) this.#retry();
+  }
+
+  /** BIRD is down: check the candidate offline; a good one replaces the file BIRD will read. */
+  async #applyOffline(candidate: string, why: string): Promise<void> {
+    const parsed = await runCommand(
+      this.#o.birdPath,
+      ["-p", "-c", candidate],
+      this.#o.commandTimeoutMs,
+    );
+    if (parsed.code !== 0) {
+      await this.#reject(candidate, parsed.text || `bird -p exited with ${parsed.code}`);
+      return;
+    }
+    await Deno.rename(candidate, this.#o.configPath);
+    this.status.lastAttempt = new Date().toISOString();
+    this.status.result = "unreachable";
+    this.status.error = why;
+    this.#log({
+      level: "warn",
+      msg: "bird not reachable; config written for its start",
+      error: why,
+    });
+    this.#retry();
+  }
+
+  async #reject(candidate: string, message: string): Promise<void> {
+    await Deno.rename(candidate, `${this.#o.configPath}.rejected`).catch(() => {});
+    this.status.lastAttempt = new Date().toISOString();
+    this.status.result = "rejected";
+    this.status.error = message;
+    this.#log({
+      level: "error",
+      msg: "bird rejected the new config; the previous one stays active",
+      error: message,
+      rejectedFile: `${this.#o.configPath}.rejected`,
+    });
+  }
+
+  #retry(): void {
+    if (this.#closed) return;
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = undefined;
+      if (this.#wanted === undefined) return;
+      this.#pending = true;
+      this.#schedule(0);
+    }, this.#o.retryMs);
+    Deno.unrefTimer(this.#retryTimer);
+  }
+
+  async #birdc(command: string[]): Promise<ConfigureReply> {
+    const out = await runCommand(
+      this.#o.birdcPath,
+      ["-s", this.#o.socketPath, ...command],
+      this.#o.commandTimeoutMs,
+    );
+    return parseConfigureReply(out.code, out.text);
+  }
+}
+
+/** One BGP session as `birdc show protocols all` reports it. */
+export interface BgpSession {
+  /** BIRD's protocol name (`peer_10_0_0_1`, `mesh_fd00_a__12`). */
+  name: string;
+  /** `up`, `start`, `down`, ... (BIRD's protocol state). */
+  state: string;
+  /** The BGP state (`Established`, `Active`, `Idle`, `Connect`, ...). */
+  bgpState: string;
+  established: boolean;
+  neighborAddress?: string;
+  neighborAs?: number;
+  localAs?: number;
+  /** When the protocol entered its state; needs `timeformat protocol iso long`. */
+  since?: Date;
+  /** Seconds in the current state, at the time of the call. */
+  uptimeSeconds?: number;
+  /** The info column (`Established`, or an error such as `Socket: Connection refused`). */
+  info: string;
+}
+
+const ISO_LONG = /^(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,3}))?$/;
+
+/** Parses `birdc show protocols all` output into its BGP sessions. */
+export function parseShowProtocols(text: string, now = new Date()): BgpSession[] {
+  const sessions: BgpSession[] = [];
+  let current: BgpSession | undefined;
+  for (const line of text.split("\n")) {
+    if (line === "" || /^BIRD [\d.]+ ready\.$/.test(line) || /^Name\s+Proto\s+Table/.test(line)) {
+      continue;
+    }
+    if (!/^\s/.test(line)) {
+      current = undefined;
+      const cols = line.trim().split(/\s+/);
+      if (cols.length < 4 || cols[1] !== "BGP") continue;
+      const [name, , , state, ...rest] = cols;
+      let since: Date | undefined;
+      let info = rest;
+      if (rest.length >= 2 && ISO_LONG.test(`${rest[0]} ${rest[1]}`)) {
+        const m = ISO_LONG.exec(`${rest[0]} ${rest[1]}`)!;
+        // BIRD prints local time.
+        since = new Date(
+          +m[1],
+          +m[2] - 1,
+          +m[3],
+          +m[4],
+          +m[5],
+          +m[6],
+          m[7] ? +m[7].padEnd(3, "0") : 0,
+        );
+        info = rest.slice(2);
+      }
+      current = {
+        name,
+        state,
+        bgpState: info[0] ?? "",
+        established: false,
+        info: info.join(" "),
+      };
+      if (since) {
+        current.since = since;
+        current.uptimeSeconds = Math.max(0, Math.round((now.getTime() - since.getTime()) / 1000));
+      }
+      sessions.push(current);
+      continue;
+    }
+    if (!current) continue;
+    const kv = /^\s+([A-Za-z ]+?):\s+(.*)$/.exec(line);
+    if (!kv) continue;
+    const [, key, value] = kv;
+    if (key === "BGP state") current.bgpState = value.trim();
+    else if (key === "Neighbor address") current.neighborAddress = value.trim().split("%")[0];
+    else if (key === "Neighbor AS") current.neighborAs = Number(value);
+    else if (key === "Local AS") current.localAs = Number(value);
+  }
+  for (const s of sessions) s.established = s.bgpState === "Established";
+  return sessions;
+}
+
+/**
+ * The BGP sessions of the BIRD behind `ctlPath` (`birdc -s ctlPath show protocols all`).
+ * Throws when BIRD cannot be asked.
+ */
+export async function bgpSessions(
+  ctlPath: string,
+  opts: { birdcPath?: string; timeoutMs?: number } = {},
+): Promise<BgpSession[]> {
+  const out = await runCommand(
+    opts.birdcPath ?? "birdc",
+    ["-s", ctlPath, "show", "protocols", "all"],
+    opts.timeoutMs ?? 10_000,
+  );
+  if (out.code !== 0) throw new Error(`birdc show protocols failed: ${out.text}`);
+  return parseShowProtocols(out.text);
+}

@@ -1,0 +1,141 @@
+/**
+ * BirdControl against a real BIRD in a test namespace (reload, coalescing, skip-unchanged, a
+ * rejected config keeping the old one), plus the parsers of birdc's replies.
+ */
+
+import assert from "node:assert/strict";
+import { BirdControl, parseConfigureReply, parseShowProtocols } from "./control.ts";
+import { renderBirdConfig } from "./config.ts";
+import { ROOT_ONLY } from "../tests/helpers/exec.ts";
+import { TestNamespace } from "../tests/helpers/netns.ts";
+import { BirdDaemon, bootstrapBirdConfig } from "../tests/helpers/bird.ts";
+import { birdcPath, birdPath } from "../tests/helpers/tools.ts";
+
+const SHOW_PROTOCOLS_ALL = `BIRD 2.0.12 ready.
+Name       Proto      Table      State  Since         Info
+device1    Device     ---        up     2024-05-01 10:00:00
+kernel6    Kernel     master6    up     2024-05-01 10:00:00
+peer_10_0_0_1 BGP        ---        up     2024-05-01 10:00:05  Established
+  BGP state:          Established
+    Neighbor address: 10.0.0.1
+    Neighbor AS:      65000
+    Local AS:         65001
+  Channel ipv6
+    State:          UP
+peer_fd00_a__2 BGP        ---        start  2024-05-01 10:00:00  Active        Socket: Connection refused
+  BGP state:          Active
+    Neighbor address: fd00:a::2
+    Neighbor AS:      65000
+    Local AS:         65001
+`;
+
+Deno.test("parseShowProtocols: BGP sessions with state, neighbour and uptime", () => {
+  const now = new Date(2024, 4, 1, 10, 1, 5);
+  const s = parseShowProtocols(SHOW_PROTOCOLS_ALL, now);
+  assert.equal(s.length, 2);
+  assert.deepEqual(
+    { ...s[0], since: undefined },
+    {
+      name: "peer_10_0_0_1",
+      state: "up",
+      bgpState: "Established",
+      established: true,
+      neighborAddress: "10.0.0.1",
+      neighborAs: 65000,
+      localAs: 65001,
+      since: undefined,
+      uptimeSeconds: 60,
+      info: "Established",
+    },
+  );
+  assert.equal(s[1].established, false);
+  assert.equal(s[1].bgpState, "Active");
+  assert.equal(s[1].info, "Active Socket: Connection refused");
+  assert.equal(s[1].neighborAddress, "fd00:a::2");
+});
+
+Deno.test("parseConfigureReply: success, syntax error, unreachable", () => {
+  const ok = parseConfigureReply(
+    0,
+    "BIRD 2.0.12 ready.\nReading configuration from /x\nReconfigured",
+  );
+  assert.deepEqual(ok, { ok: true, unreachable: false, message: "Reconfigured" });
+  const bad = parseConfigureReply(
+    1,
+    "BIRD 2.0.12 ready.\nReading configuration from /x\n/x:2:19 syntax error, unexpected '}'",
+  );
+  assert.equal(bad.ok, false);
+  assert.equal(bad.message, "/x:2:19 syntax error, unexpected '}'");
+  const down = parseConfigureReply(
+    1,
+    "Unable to connect to server control socket (/x.ctl): No such file or directory",
+  );
+  assert.equal(down.unreachable, true);
+  assert.equal(down.ok, false);
+});
+
+function config(cidr6: string): string {
+  return renderBirdConfig({
+    routerId: "10.9.9.9",
+    cidrs: [cidr6],
+    anycastCIDRs: [],
+    routeProtocol: 201,
+  });
+}
+
+Deno.test({
+  name: "BirdControl: reloads a real BIRD, coalesces, skips unchanged, keeps the last good config",
+  ...ROOT_ONLY,
+  async fn() {
+    await using ns = await TestNamespace.create("flk-birdctl");
+    await using bird = await BirdDaemon.start(ns, { config: bootstrapBirdConfig("10.9.9.9") });
+    const control = new BirdControl({
+      configPath: bird.configPath,
+      socketPath: bird.socketPath,
+      birdcPath: birdcPath(),
+      birdPath: birdPath(),
+      coalesceMs: 30,
+    });
+    try {
+      // A burst of five updates: one reload, with the last text.
+      const results = await Promise.all(
+        [1, 2, 3, 4, 5].map((i) => control.update(config(`fd00:${i}::/64`))),
+      );
+      assert.equal(results[4].result, "ok");
+      assert.equal(control.status.reloads, 1);
+      assert.match(await Deno.readTextFile(bird.configPath), /fd00:5::\/64/);
+      const shown = await bird.birdc(["show", "protocols"]);
+      assert.match(shown.stdout, /kernel6/);
+
+      // The same text again: no reload.
+      await control.update(config("fd00:5::/64"));
+      assert.equal(control.status.reloads, 1);
+      assert.equal(control.status.unchanged, 1);
+
+      // A config BIRD rejects: the old one stays live and on disk; the error is reported.
+      const bad = config("fd00:6::/64").replace("protocol device {", "protocol device { foo;");
+      const s = await control.update(bad);
+      assert.equal(s.result, "rejected");
+      assert.match(s.error ?? "", /syntax error/);
+      assert.match(await Deno.readTextFile(bird.configPath), /fd00:5::\/64/);
+      assert.match(await Deno.readTextFile(`${bird.configPath}.rejected`), /foo;/);
+      assert.equal((await bird.birdc(["show", "status"])).code, 0, "BIRD still runs");
+      assert.match((await bird.birdc(["show", "protocols"])).stdout, /kernel6/);
+
+      // A good one afterwards is applied.
+      const fixed = await control.update(config("fd00:7::/64"));
+      assert.equal(fixed.result, "ok");
+      assert.equal(control.status.reloads, 2);
+
+      // BIRD gone: the config is checked offline and written for its next start.
+      await bird.kill("SIGKILL");
+      const down = await control.update(config("fd00:8::/64"));
+      assert.equal(down.result, "unreachable");
+      assert.match(await Deno.readTextFile(bird.configPath), /fd00:8::\/64/);
+      await bird.launch();
+      assert.match((await bird.birdc(["show", "route"])).stdout, /BIRD/);
+    } finally {
+      await control.close();
+    }
+  },
+});
