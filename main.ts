@@ -6,8 +6,9 @@
  * @module
  */
 
-/** flock's release version. */
-export const FLOCK_VERSION = "0.1.0";
+import { FLOCK_VERSION } from "./version.ts";
+
+export { FLOCK_VERSION };
 
 const USAGE = `flock ${FLOCK_VERSION} — IPv6-first, L3-routed Kubernetes network plugin
 

@@ -24,7 +24,7 @@ import {
   type StatusHooks,
   type StatusSnapshot,
 } from "./status_snapshot.ts";
-import { FLOCK_VERSION } from "../main.ts";
+import { FLOCK_VERSION } from "../version.ts";
 
 /** Default directory of the node-local store. */
 export const DEFAULT_STATE_DIR = "/var/lib/flock";
