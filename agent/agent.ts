@@ -12,6 +12,7 @@ import type { NodeConfig } from "./config.ts";
 import { AddressPool } from "./ipam.ts";
 import { parseCniArgs, PodHandler } from "./pod_handler.ts";
 import { reconcile, type ReconcileReport } from "./reconcile.ts";
+import { AnycastRoutes } from "./anycast.ts";
 import { RpcServer } from "./rpc_server.ts";
 import { parseCniInvocation } from "./cni_input.ts";
 import { AgentMetrics } from "./agent_metrics.ts";
@@ -129,7 +130,8 @@ export class Agent {
     const pool6 = node.cidr6 ? new AddressPool(node.cidr6, { cooldownMs }) : undefined;
     const pool4 = node.cidr4 ? new AddressPool(node.cidr4, { cooldownMs }) : undefined;
     const started = performance.now();
-    const report = reconcile({ store: this.#store, datapath, pool6, pool4, cooldownMs });
+    const anycast = new AnycastRoutes({ node: this.#handle, store: this.#store, log: this.log });
+    const report = reconcile({ store: this.#store, datapath, pool6, pool4, cooldownMs, anycast });
     this.reconcileReport = report;
     this.metrics?.reconciled(report);
     [this.#node, this.#pool6, this.#pool4] = [node, pool6, pool4];
@@ -142,6 +144,7 @@ export class Agent {
     this.#handler = new PodHandler({
       store: this.#store,
       datapath,
+      anycast,
       node,
       pool6,
       pool4,

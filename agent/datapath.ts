@@ -80,6 +80,8 @@ export interface PodNetwork {
   ifname: string;
   ipv6?: IP;
   ipv4?: IP;
+  /** Anycast addresses the pod also answers on (/128 or /32, no DAD); see anycast.ts. */
+  anycast?: IP[];
   mtu?: number;
 }
 
@@ -129,9 +131,22 @@ export function validatePodNetwork(pod: PodNetwork): void {
     throw new DatapathInputError(`ipv4 address ${formatIP(pod.ipv4)} is not an IPv4 address`);
   }
   if (!pod.ipv6 && !pod.ipv4) throw new DatapathInputError("the pod has no address");
+  for (const ip of pod.anycast ?? []) {
+    // The pod answers anycast traffic over its default route, which needs an address of that family.
+    if (!(ip.family === AF_INET6 ? pod.ipv6 : pod.ipv4)) {
+      throw new DatapathInputError(
+        `anycast ${formatIP(ip)} needs a pod ${familyName(ip.family)} address`,
+      );
+    }
+  }
   if (pod.mtu !== undefined && (!Number.isInteger(pod.mtu) || pod.mtu < 576 || pod.mtu > 65535)) {
     throw new DatapathInputError(`mtu ${pod.mtu} is out of range (576..65535)`);
   }
+}
+
+/** Every address the pod's interface carries: its own, then its anycast addresses. */
+function podAddresses(pod: PodNetwork): IP[] {
+  return [pod.ipv6, pod.ipv4, ...(pod.anycast ?? [])].filter((ip): ip is IP => ip !== undefined);
 }
 
 function hostRoute(ip: IP, oif: number): Route {
@@ -254,8 +269,9 @@ export class Datapath {
     if (!created) {
       // A reused interface may carry an address of an earlier attempt (a retry that got
       // another address from IPAM): remove what the pod should not have.
+      const wanted = podAddresses(pod);
       for (const a of listAddresses(podNs, { index: peer.index })) {
-        if (![pod.ipv6, pod.ipv4].some((ip) => ip && ipEqual(ip, a.prefix.ip))) {
+        if (!wanted.some((ip) => ipEqual(ip, a.prefix.ip))) {
           deleteAddress(podNs, peer.index, a.prefix);
         }
       }
@@ -273,6 +289,8 @@ export class Datapath {
       replaceRoute(podNs, { dst: hostPrefix(GATEWAY4), oif: peer.index, scope: RT_SCOPE_LINK });
       replaceRoute(podNs, { dst: DEFAULT4, gateway: GATEWAY4, oif: peer.index });
     }
+    // After the pod's own addresses, so those stay the first (primary) ones of each family.
+    for (const ip of pod.anycast ?? []) ensureAddress(podNs, peer.index, hostPrefix(ip));
   }
 
   /**
@@ -329,13 +347,19 @@ export class Datapath {
           problems.push(`pod interface ${pod.ifname} has mtu ${peer.mtu}, want ${pod.mtu}`);
         }
         const podAddrs = listAddresses(podNs, { index: peer.index });
-        const extra = podAddrs.filter((a) =>
-          ![pod.ipv6, pod.ipv4].some((ip) => ip && ipEqual(ip, a.prefix.ip))
-        );
+        const wanted = podAddresses(pod);
+        const extra = podAddrs.filter((a) => !wanted.some((ip) => ipEqual(ip, a.prefix.ip)));
         for (const a of extra) {
           problems.push(
             `pod interface has unexpected address ${formatIP(a.prefix.ip)}/${a.prefix.len}`,
           );
+        }
+        for (const ip of pod.anycast ?? []) {
+          const a = podAddrs.find((x) => ipEqual(x.prefix.ip, ip));
+          if (!a) problems.push(`pod interface lacks anycast address ${formatIP(ip)}`);
+          else if (a.flags & IFA_F_TENTATIVE) {
+            problems.push(`pod anycast address ${formatIP(ip)} is tentative`);
+          }
         }
         for (const ip of [pod.ipv6, pod.ipv4]) {
           if (!ip) continue;

@@ -15,6 +15,7 @@ import type { NodeConfig } from "./config.ts";
 import { type FamilyRequest, parsePodAnnotations } from "./annotations.ts";
 import type { AddressPool } from "./ipam.ts";
 import { buildAddResult } from "./cni_result.ts";
+import type { AnycastRoutes } from "./anycast.ts";
 
 /** CNI error code for a CHECK that found the datapath differing (plugin-specific range). */
 export const CODE_CHECK_FAILED = 101;
@@ -34,6 +35,8 @@ export interface PodHandlerDeps {
   ) => Promise<Record<string, string> | undefined>;
   log: (fields: Record<string, unknown>) => void;
   now?: () => number;
+  /** Keeps the anycast routes equal to the committed holders (anycast.ts). */
+  anycast?: AnycastRoutes;
 }
 
 /** Pod identity from CNI_ARGS (`K8S_POD_NAMESPACE=…;K8S_POD_NAME=…`). */
@@ -103,6 +106,7 @@ export class PodHandler {
       // A retry: converge the datapath for the addresses already held.
       const links = datapath.setup(this.#podNetwork(req, existing));
       if (existing.state === "pending") store.commit(req.containerId, req.ifname);
+      this.deps.anycast?.sync(existing.anycast);
       return this.#result(req, existing, links);
     }
     const podArgs = parseCniArgs(req.args);
@@ -141,6 +145,7 @@ export class PodHandler {
     try {
       const links = datapath.setup(this.#podNetwork(req, record));
       store.commit(req.containerId, req.ifname);
+      if (record.anycast.length) this.deps.anycast?.sync(record.anycast);
       return this.#result(req, record, links);
     } catch (e) {
       try {
@@ -151,6 +156,8 @@ export class PodHandler {
       } finally {
         store.delete(req.containerId, req.ifname);
         releaseTaken();
+        // The failed pod may already be a path of a route: recompute without it.
+        if (record.anycast.length) this.deps.anycast?.trySync(record.anycast);
       }
       throw e;
     }
@@ -175,13 +182,14 @@ export class PodHandler {
     return ip;
   }
 
-  #podNetwork(req: RpcRequest, rec: Pick<Attachment, "ipv6" | "ipv4">): PodNetwork {
+  #podNetwork(req: RpcRequest, rec: Pick<Attachment, "ipv6" | "ipv4" | "anycast">): PodNetwork {
     return {
       containerId: req.containerId,
       netns: req.netns,
       ifname: req.ifname,
       ipv6: parseOptional(rec.ipv6),
       ipv4: parseOptional(rec.ipv4),
+      anycast: rec.anycast.map((a) => parseIP(a)),
       mtu: this.deps.node.mtu,
     };
   }
@@ -215,6 +223,8 @@ export class PodHandler {
     const { store, datapath } = this.deps;
     const ipv6 = parseOptional(rec.ipv6);
     const ipv4 = parseOptional(rec.ipv4);
+    // Drop this pod's anycast paths while its veth still exists (see AnycastRoutes.sync).
+    if (rec.anycast?.length) this.deps.anycast?.sync(rec.anycast, { without: rec });
     datapath.teardown(rec.containerId, { ipv6, ipv4 });
     if (rec.state === undefined) return;
     store.delete(rec.containerId, rec.ifname);
@@ -238,6 +248,7 @@ export class PodHandler {
       );
     }
     const problems = this.deps.datapath.check(this.#podNetwork(req, rec));
+    problems.push(...this.deps.anycast?.check(rec) ?? []);
     const prev = req.config.prevResult as { ips?: { address?: string }[] } | undefined;
     if (prev && Array.isArray(prev.ips)) {
       const have = new Set([rec.ipv6, rec.ipv4].filter(Boolean));

@@ -5,7 +5,9 @@
  * - committed records go back into IPAM, and their datapath is repaired when
  *   their namespace still exists;
  * - pending records (an ADD that died half-way) are torn down and released;
- * - flock-named links and flock-tagged routes that no record explains are removed.
+ * - flock-named links and flock-tagged routes that no record explains are removed;
+ * - anycast routes are rebuilt from the committed records (after the orphan links went, since
+ *   deleting a link can take a whole IPv4 multipath route with it).
  */
 
 import {
@@ -13,6 +15,7 @@ import {
   AF_INET6,
   deleteLink,
   deleteRoute,
+  formatIP,
   formatPrefix,
   getLinkByName,
   type IP,
@@ -31,6 +34,7 @@ import {
 } from "./datapath.ts";
 import type { Store } from "./store.ts";
 import type { AddressPool } from "./ipam.ts";
+import type { AnycastRoutes } from "./anycast.ts";
 
 /** What reconciliation did, for logs, metrics and `flock status`. */
 export interface ReconcileReport {
@@ -39,6 +43,8 @@ export interface ReconcileReport {
   released: number;
   orphanLinks: number;
   orphanRoutes: number;
+  /** Anycast routes installed, replaced or removed to match the committed holders. */
+  anycastChanged: number;
   problems: string[];
 }
 
@@ -50,6 +56,8 @@ export interface ReconcileDeps {
   pool4?: AddressPool;
   /** Routes flock owns that no pod record explains (summary blackholes, anycast). */
   keepRoute?: (dst: { ip: IP; len: number }) => boolean;
+  /** Rebuilds the anycast routes; without it, every anycast route counts as an orphan. */
+  anycast?: AnycastRoutes;
   cooldownMs: number;
   now?: () => number;
 }
@@ -66,6 +74,7 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
     released: 0,
     orphanLinks: 0,
     orphanRoutes: 0,
+    anycastChanged: 0,
     problems: [],
   };
   const node = d.datapath.node;
@@ -103,6 +112,7 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
           ifname: rec.ifname,
           ipv6: rec.ipv6 ? parseIP(rec.ipv6) : undefined,
           ipv4: rec.ipv4 ? parseIP(rec.ipv4) : undefined,
+          anycast: rec.anycast.map(parseIP),
         });
         report.repaired++;
       } catch (e) {
@@ -129,12 +139,18 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
       report.orphanLinks++;
     }
   }
+  const anycast = d.anycast?.syncAll();
+  if (anycast) {
+    report.anycastChanged = anycast.changed.length;
+    report.problems.push(...anycast.problems);
+  }
   for (const family of [AF_INET6, AF_INET] as const) {
     for (const r of listRoutes(node, { family, protocol: FLOCK_ROUTE_PROTOCOL })) {
       if (r.dst.len === 32 && ipEqual(r.dst.ip, GATEWAY4)) continue;
       if (d.keepRoute?.(r.dst)) continue;
       const full = r.dst.len === (family === AF_INET ? 32 : 128);
       if (full && held.some((ip) => ipEqual(ip, r.dst.ip))) continue;
+      if (full && anycast?.held.has(formatIP(r.dst.ip))) continue;
       deleteRoute(node, r);
       report.orphanRoutes++;
       report.problems.push(`removed orphan route ${formatPrefix(r.dst)}`);

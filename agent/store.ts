@@ -260,6 +260,15 @@ export class Store {
     return (this.#stmts.listByState.all(state) as unknown as AttachmentRow[]).map(fromRow);
   }
 
+  /**
+   * Committed attachments holding the anycast address `address` (canonical text), oldest first.
+   * Uses the anycast address index, so it stays cheap on a node with many pods.
+   */
+  listAnycastHolders(address: string): Attachment[] {
+    return (this.#stmts.anycastHolders.all(canonical(address)) as unknown as AttachmentRow[])
+      .map(fromRow);
+  }
+
   /** Number of attachments in any state. */
   count(): number {
     return (this.#stmts.count.get() as { n: number }).n;
@@ -379,6 +388,11 @@ function prepareAll(db: DatabaseSync) {
     list: p(`${SELECT_ATTACHMENT} ORDER BY a.created_at, a.rowid`),
     listByState: p(`${SELECT_ATTACHMENT} WHERE a.state = ? ORDER BY a.created_at, a.rowid`),
     count: p("SELECT count(*) AS n FROM attachment"),
+    anycastHolders: p(
+      `${SELECT_ATTACHMENT} JOIN anycast h ON h.container_id = a.container_id
+         AND h.ifname = a.ifname WHERE h.address = ? AND a.state = 'committed'
+         ORDER BY a.created_at, a.rowid`,
+    ),
     holderV6: p("SELECT container_id, ifname FROM attachment WHERE ipv6 = ?"),
     holderV4: p("SELECT container_id, ifname FROM attachment WHERE ipv4 = ?"),
     insert: p(

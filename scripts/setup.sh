@@ -135,6 +135,8 @@ main() {
   mkdir -p "$cache/bin" "$tools"
   install_apt_packages
   install_deno
+  # Cluster mode's Kubernetes client (npm), fetched now so an agent's first start waits on no download.
+  "$tools/deno" cache --no-lock --quiet "$repo/agent/kube/api.ts" >&2
   install_cnitool
   install_gobgp
   write_containers_conf

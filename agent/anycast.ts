@@ -1,0 +1,237 @@
+/**
+ * Anycast host routes (BRIEF §4): one flock-tagged route per anycast address, over the host
+ * veths of every local pod that holds it, computed from the store's committed records.
+ *
+ * Route shapes (main table, protocol {@link FLOCK_ROUTE_PROTOCOL}):
+ * - one holder: `A/128 dev flockX scope link` (or `A/32 …`), the same shape as a pod's own route;
+ * - several IPv4 holders: `A/32 scope link nexthop dev flockX nexthop dev flockY …`;
+ * - several IPv6 holders: `A/128 nexthop via <pod X's /128> dev flockX onlink nexthop via …` —
+ *   the kernel refuses device-only next hops in an IPv6 multipath route ("Device only routes
+ *   can not be added for IPv6 using the multipath API"), so each path names the holder's own
+ *   address as its gateway, `onlink` so no other route has to make it reachable first.
+ *
+ * Next hops are ordered by ifindex, and a route that already has the right paths is left alone,
+ * so a restart or a redundant sync never makes the route (and BIRD's announcement) flap.
+ *
+ * Serialisation: {@link AnycastRoutes.sync} reads the holders from the store and programs the
+ * kernel in one synchronous step (sqlite and netlink are both synchronous here), so no other
+ * request can interleave between the read and the write. Two ADDs of different containers with
+ * the same anycast address therefore each leave a route equal to the committed holders at their
+ * moment, and the last one to run leaves the final set.
+ */
+
+import {
+  AF_INET,
+  AF_INET6,
+  deleteRoute,
+  formatIP,
+  getLinkByName,
+  type Handle,
+  hostPrefix,
+  type IP,
+  type NextHop,
+  parseIP,
+  replaceRoute,
+  type Route,
+  RT_SCOPE_LINK,
+} from "../netlink/mod.ts";
+import { FLOCK_ROUTE_PROTOCOL, flockRoutesTo } from "./datapath.ts";
+import type { Attachment, Store } from "./store.ts";
+
+/** RTNH_F_ONLINK: the gateway is on the link without any route saying so. */
+export const RTNH_F_ONLINK = 4;
+
+/** One local pod's path to an anycast address. */
+export interface AnycastPath {
+  /** Ifindex of the holder's host veth. */
+  oif: number;
+  /** The holder's own address of the anycast address's family (the IPv6 ECMP gateway). */
+  podIP?: IP;
+}
+
+/** Identity of one attachment. */
+export interface AttachmentKey {
+  containerId: string;
+  ifname: string;
+}
+
+/**
+ * The route flock keeps for `address` with these local paths; undefined when there is none
+ * (the route must go). Paths are de-duplicated by ifindex and ordered by it.
+ * @throws {Error} for several IPv6 paths when one lacks `podIP`.
+ */
+export function anycastRoute(address: IP, paths: AnycastPath[]): Route | undefined {
+  const byOif = new Map<number, AnycastPath>();
+  for (const p of paths) if (!byOif.has(p.oif)) byOif.set(p.oif, p);
+  const sorted = [...byOif.values()].sort((a, b) => a.oif - b.oif);
+  if (sorted.length === 0) return undefined;
+  const dst = hostPrefix(address);
+  const protocol = FLOCK_ROUTE_PROTOCOL;
+  if (sorted.length === 1) return { dst, oif: sorted[0].oif, scope: RT_SCOPE_LINK, protocol };
+  if (address.family === AF_INET) {
+    return { dst, scope: RT_SCOPE_LINK, protocol, multipath: sorted.map((p) => ({ oif: p.oif })) };
+  }
+  const multipath: NextHop[] = sorted.map((p) => {
+    if (!p.podIP || p.podIP.family !== AF_INET6) {
+      throw new Error(`anycast ${formatIP(address)}: path via #${p.oif} has no pod IPv6 address`);
+    }
+    return { oif: p.oif, gateway: p.podIP, flags: RTNH_F_ONLINK };
+  });
+  return { dst, protocol, multipath };
+}
+
+/** A route's paths as sorted comparable keys (`"<oif>"` or `"<oif> via <gw>"`). */
+export function pathKeys(r: Route): string[] {
+  const hops: NextHop[] = r.multipath?.length
+    ? r.multipath
+    : [{ oif: r.oif ?? 0, gateway: r.gateway }];
+  return hops.map((h) => h.gateway ? `${h.oif} via ${formatIP(h.gateway)}` : `${h.oif}`).sort();
+}
+
+/** Whether the kernel's flock routes to one address already are exactly `want`. */
+export function routesMatch(current: Route[], want: Route | undefined): boolean {
+  if (!want) return current.length === 0;
+  if (current.length !== 1) return false;
+  const have = pathKeys(current[0]);
+  const need = pathKeys(want);
+  return have.length === need.length && have.every((k, i) => k === need[i]);
+}
+
+/** What one {@link AnycastRoutes.sync} did. */
+export interface AnycastSyncReport {
+  /** Addresses whose route was installed, replaced or removed. */
+  changed: string[];
+  /** Holders left out of a route (missing veth, no pod address of that family). */
+  problems: string[];
+}
+
+/** Options of {@link AnycastRoutes}. */
+export interface AnycastRoutesOptions {
+  node: Handle;
+  store: Store;
+  log?: (fields: Record<string, unknown>) => void;
+}
+
+/** Keeps the node's anycast routes equal to the store's committed holders. */
+export class AnycastRoutes {
+  readonly #node: Handle;
+  readonly #store: Store;
+  readonly #log?: (fields: Record<string, unknown>) => void;
+
+  constructor(o: AnycastRoutesOptions) {
+    this.#node = o.node;
+    this.#store = o.store;
+    this.#log = o.log;
+  }
+
+  /**
+   * Recomputes the routes of `addresses` from the committed holders in the store and programs
+   * the kernel. `without` leaves one attachment out although its record is still there: DEL
+   * drops its path before deleting its veth, because the kernel flushes a whole IPv4 multipath
+   * route when one of its devices goes, which would cut the other holders off for a moment.
+   */
+  sync(addresses: Iterable<string>, opts: { without?: AttachmentKey } = {}): AnycastSyncReport {
+    const report: AnycastSyncReport = { changed: [], problems: [] };
+    for (const text of new Set(addresses)) {
+      const address = parseIP(text);
+      const holders = this.#store.listAnycastHolders(text).filter((h) =>
+        !(opts.without && h.containerId === opts.without.containerId &&
+          h.ifname === opts.without.ifname)
+      );
+      const want = anycastRoute(address, this.#paths(address, holders, report.problems));
+      const current = flockRoutesTo(this.#node, hostPrefix(address));
+      if (routesMatch(current, want)) continue;
+      // A single route is swapped atomically by replace; strays (other metrics) go first.
+      if (!want || current.length > 1) { for (const r of current) deleteRoute(this.#node, r); }
+      if (want) replaceRoute(this.#node, want);
+      report.changed.push(formatIP(address));
+      this.#log?.({
+        msg: want ? "anycast route set" : "anycast route removed",
+        address: formatIP(address),
+        paths: want ? pathKeys(want) : [],
+      });
+    }
+    return report;
+  }
+
+  /** {@link sync} for clean-up paths: logs a failure instead of throwing it. */
+  trySync(addresses: Iterable<string>): void {
+    try {
+      this.sync(addresses);
+    } catch (e) {
+      this.#log?.({ level: "warn", msg: "anycast route sync failed", error: String(e) });
+    }
+  }
+
+  /**
+   * Rebuilds the route of every anycast address a committed record holds (start-up). Returns
+   * the held addresses so the caller can remove flock routes to any other address.
+   */
+  syncAll(): AnycastSyncReport & { held: Set<string> } {
+    const held = new Set<string>();
+    for (const rec of this.#store.listByState("committed")) {
+      for (const a of rec.anycast) held.add(a);
+    }
+    return { ...this.sync(held), held };
+  }
+
+  /**
+   * CHECK for one attachment: every anycast address it holds has a flock route with a path via
+   * its veth, and that route has exactly the paths of the committed holders. Empty when right.
+   */
+  check(rec: Attachment): string[] {
+    const problems: string[] = [];
+    if (rec.anycast.length === 0) return problems;
+    const link = getLinkByName(this.#node, rec.hostIface);
+    if (!link) return [`host interface ${rec.hostIface} is missing, so are its anycast routes`];
+    for (const text of rec.anycast) {
+      const address = parseIP(text);
+      const current = flockRoutesTo(this.#node, hostPrefix(address));
+      if (current.length === 0) {
+        problems.push(`node lacks the flock anycast route for ${text}`);
+        continue;
+      }
+      const mine = current.some((r) =>
+        r.oif === link.index || r.multipath?.some((h) => h.oif === link.index)
+      );
+      if (!mine) {
+        problems.push(`the anycast route for ${text} has no path via ${rec.hostIface}`);
+        continue;
+      }
+      const holders = this.#store.listAnycastHolders(text);
+      const want = anycastRoute(address, this.#paths(address, holders, []));
+      if (!routesMatch(current, want)) {
+        problems.push(
+          `the anycast route for ${text} has paths [${current.flatMap(pathKeys).join(", ")}], ` +
+            `its holders need [${want ? pathKeys(want).join(", ") : ""}]`,
+        );
+      }
+    }
+    return problems;
+  }
+
+  /** The usable paths of these holders; the ones left out are explained in `problems`. */
+  #paths(address: IP, holders: Attachment[], problems: string[]): AnycastPath[] {
+    const text = formatIP(address);
+    const paths: AnycastPath[] = [];
+    for (const h of holders) {
+      const link = getLinkByName(this.#node, h.hostIface);
+      if (!link) {
+        problems.push(`anycast ${text}: ${h.containerId} left out, ${h.hostIface} is missing`);
+        continue;
+      }
+      const own = address.family === AF_INET6 ? h.ipv6 : h.ipv4;
+      paths.push({ oif: link.index, podIP: own ? parseIP(own) : undefined });
+    }
+    if (address.family === AF_INET6 && paths.length > 1) {
+      const usable = paths.filter((p) => p.podIP);
+      if (usable.length < paths.length) {
+        problems.push(
+          `anycast ${text}: holders without an IPv6 address left out of the ECMP route`,
+        );
+      }
+      return usable;
+    }
+    return paths;
+  }
+}

@@ -1,0 +1,223 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import {
+  type AnycastPath,
+  anycastRoute,
+  AnycastRoutes,
+  pathKeys,
+  routesMatch,
+  RTNH_F_ONLINK,
+} from "./anycast.ts";
+import { Datapath, FLOCK_ROUTE_PROTOCOL, hostIfaceName } from "./datapath.ts";
+import { Store } from "./store.ts";
+import { formatPrefix, Handle, parseIP, RT_SCOPE_LINK } from "../netlink/mod.ts";
+import { ROOT_ONLY } from "../tests/helpers/exec.ts";
+import { TestNamespace } from "../tests/helpers/netns.ts";
+
+const v6 = parseIP("fd00:ffff::5");
+const v4 = parseIP("10.255.0.5");
+
+Deno.test("anycastRoute: no holder means no route", () => {
+  assert.equal(anycastRoute(v6, []), undefined);
+  assert.equal(anycastRoute(v4, []), undefined);
+});
+
+Deno.test("anycastRoute: one holder is a plain scope-link route via its veth", () => {
+  for (const address of [v6, v4]) {
+    const r = anycastRoute(address, [{ oif: 7, podIP: parseIP("fd00:1::2") }])!;
+    assert.equal(formatPrefix(r.dst), address === v6 ? "fd00:ffff::5/128" : "10.255.0.5/32");
+    assert.equal(r.oif, 7);
+    assert.equal(r.gateway, undefined);
+    assert.equal(r.multipath, undefined);
+    assert.equal(r.scope, RT_SCOPE_LINK);
+    assert.equal(r.protocol, FLOCK_ROUTE_PROTOCOL);
+  }
+});
+
+Deno.test("anycastRoute: IPv4 ECMP uses device-only next hops ordered by ifindex", () => {
+  const r = anycastRoute(v4, [{ oif: 9 }, { oif: 3 }, { oif: 9 }])!;
+  assert.deepEqual(r.multipath, [{ oif: 3 }, { oif: 9 }]);
+  assert.equal(r.scope, RT_SCOPE_LINK);
+  assert.equal(r.protocol, FLOCK_ROUTE_PROTOCOL);
+  assert.deepEqual(pathKeys(r), ["3", "9"]);
+});
+
+Deno.test("anycastRoute: IPv6 ECMP goes via each holder's own address, onlink", () => {
+  const paths: AnycastPath[] = [
+    { oif: 12, podIP: parseIP("fd00:1::c") },
+    { oif: 4, podIP: parseIP("fd00:1::4") },
+  ];
+  const r = anycastRoute(v6, paths)!;
+  assert.equal(r.oif, undefined);
+  assert.deepEqual(r.multipath?.map((h) => [h.oif, h.flags]), [[4, RTNH_F_ONLINK], [
+    12,
+    RTNH_F_ONLINK,
+  ]]);
+  assert.deepEqual(pathKeys(r), ["12 via fd00:1::c", "4 via fd00:1::4"]);
+  assert.throws(() => anycastRoute(v6, [{ oif: 1, podIP: parseIP("fd00:1::1") }, { oif: 2 }]));
+});
+
+Deno.test("routesMatch: compares paths, not flags or order", () => {
+  const want = anycastRoute(v4, [{ oif: 3 }, { oif: 9 }]);
+  // What the kernel reports: flags (linkdown) and its own order.
+  const kernel = { ...want!, multipath: [{ oif: 9, flags: 16 }, { oif: 3, flags: 0 }] };
+  assert.ok(routesMatch([kernel], want));
+  assert.ok(!routesMatch([kernel, kernel], want), "a duplicate route is a mismatch");
+  assert.ok(!routesMatch([kernel], anycastRoute(v4, [{ oif: 3 }])));
+  assert.ok(!routesMatch([kernel], undefined));
+  assert.ok(routesMatch([], undefined));
+  assert.ok(!routesMatch([], want));
+});
+
+/** A node namespace with `n` pods (veth pairs made by the real datapath) and a store. */
+async function fixture(n: number) {
+  const node = await TestNamespace.create("flk-acn");
+  const pods: TestNamespace[] = [];
+  const dir = await Deno.makeTempDir({ prefix: "flock-anycast-" });
+  const handle = Handle.forNetns(node.path);
+  const store = Store.open(join(dir, "state"));
+  const datapath = new Datapath(handle);
+  const routes = new AnycastRoutes({ node: handle, store });
+  for (let i = 0; i < n; i++) pods.push(await TestNamespace.create("flk-acp"));
+  return {
+    node,
+    pods,
+    store,
+    datapath,
+    routes,
+    /** Records, commits and sets up pod `i` holding `anycast`. */
+    addPod(i: number, anycast: string[]) {
+      const containerId = `ctr-${i}`;
+      const rec = {
+        containerId,
+        ifname: "eth0",
+        netns: pods[i].path,
+        hostIface: hostIfaceName(containerId),
+        ipv6: `fd00:1::${i + 10}`,
+        ipv4: `10.1.0.${i + 10}`,
+        anycast,
+      };
+      store.insertPending(rec);
+      datapath.setup({
+        containerId,
+        ifname: "eth0",
+        netns: pods[i].path,
+        ipv6: parseIP(rec.ipv6),
+        ipv4: parseIP(rec.ipv4),
+        anycast: anycast.map((a) => parseIP(a)),
+      });
+      store.commit(containerId, "eth0");
+      return rec;
+    },
+    async [Symbol.asyncDispose]() {
+      store.close();
+      handle.close();
+      for (const p of pods) await p.remove();
+      await node.remove();
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
+type JsonRoute = { dst: string; dev?: string; gateway?: string; nexthops?: JsonHop[] };
+type JsonHop = { dev: string; gateway?: string; flags?: string[] };
+
+async function anycastRouteOf(ns: TestNamespace, address: string): Promise<JsonRoute[]> {
+  const family = address.includes(":") ? "-6" : "-4";
+  const all = await ns.ipJson<JsonRoute[]>([family, "route", "show", "proto", "201"]);
+  return all.filter((r) => r.dst === address);
+}
+
+Deno.test({
+  name: "AnycastRoutes: routes follow the committed holders, both families",
+  ...ROOT_ONLY,
+  async fn() {
+    await using f = await fixture(3);
+    const any = ["fd00:ffff::5", "10.255.0.5"];
+    f.addPod(0, any);
+    assert.deepEqual(f.routes.sync(any).changed, any);
+    for (const a of any) {
+      const [r, ...rest] = await anycastRouteOf(f.node, a);
+      assert.deepEqual(rest, []);
+      assert.equal(r.dev, hostIfaceName("ctr-0"));
+      assert.equal(r.nexthops, undefined);
+    }
+    f.addPod(1, any);
+    f.addPod(2, []);
+    f.routes.sync(any);
+    const six = (await anycastRouteOf(f.node, any[0]))[0];
+    assert.deepEqual(
+      six.nexthops?.map((h) => [h.dev, h.gateway, h.flags?.includes("onlink")]).sort(),
+      [[hostIfaceName("ctr-0"), "fd00:1::10", true], [hostIfaceName("ctr-1"), "fd00:1::11", true]]
+        .sort(),
+    );
+    const four = (await anycastRouteOf(f.node, any[1]))[0];
+    assert.deepEqual(
+      four.nexthops?.map((h) => h.dev).sort(),
+      [hostIfaceName("ctr-0"), hostIfaceName("ctr-1")].sort(),
+    );
+    assert.deepEqual(f.routes.sync(any).changed, [], "a second sync changes nothing");
+    assert.deepEqual(f.routes.check(f.store.get("ctr-0", "eth0")!), []);
+
+    // DEL order: drop the path, then the veth; the other holder keeps an unbroken route.
+    f.routes.sync(any, { without: { containerId: "ctr-0", ifname: "eth0" } });
+    f.datapath.teardown("ctr-0");
+    f.store.delete("ctr-0", "eth0");
+    for (const a of any) {
+      const routes = await anycastRouteOf(f.node, a);
+      assert.deepEqual(routes.map((r) => r.dev), [hostIfaceName("ctr-1")], a);
+    }
+    f.routes.sync(any, { without: { containerId: "ctr-1", ifname: "eth0" } });
+    for (const a of any) assert.deepEqual(await anycastRouteOf(f.node, a), []);
+  },
+});
+
+Deno.test({
+  name: "AnycastRoutes: check names a missing path and a route that differs from its holders",
+  ...ROOT_ONLY,
+  async fn() {
+    await using f = await fixture(2);
+    const any = ["10.255.0.7"];
+    const a = f.addPod(0, any);
+    const b = f.addPod(1, any);
+    f.routes.sync(any);
+    await f.node.ip(["route", "replace", "10.255.0.7/32", "dev", b.hostIface, "proto", "201"]);
+    const problems = f.routes.check(f.store.get(a.containerId, "eth0")!);
+    assert.match(problems.join("; "), new RegExp(`no path via ${a.hostIface}`));
+    await f.node.ip(["route", "del", "10.255.0.7/32", "proto", "201"]);
+    assert.match(f.routes.check(f.store.get(b.containerId, "eth0")!).join(), /lacks the flock/);
+    const { held, changed } = f.routes.syncAll();
+    assert.deepEqual([...held], any);
+    assert.deepEqual(changed, any);
+    assert.deepEqual(f.routes.check(f.store.get(a.containerId, "eth0")!), []);
+  },
+});
+
+Deno.test("Store.listAnycastHolders: committed holders of one address, oldest first", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "flock-anycast-store-" });
+  const store = Store.open(dir);
+  try {
+    const rec = (id: string, n: number, anycast: string[]) => ({
+      containerId: id,
+      ifname: "eth0",
+      netns: `/run/netns/${id}`,
+      hostIface: hostIfaceName(id),
+      ipv6: `fd00:1::${n}`,
+      anycast,
+    });
+    store.insertPending(rec("c1", 1, ["fd00:ffff::5", "10.255.0.5"]));
+    store.insertPending(rec("c2", 2, ["fd00:ffff:0:0::5"]));
+    store.insertPending(rec("c3", 3, ["fd00:ffff::6"]));
+    assert.deepEqual(store.listAnycastHolders("fd00:ffff::5"), [], "pending holds nothing");
+    for (const id of ["c2", "c1", "c3"]) store.commit(id, "eth0");
+    assert.deepEqual(
+      store.listAnycastHolders("fd00:ffff:0::5").map((a) => [a.containerId, a.anycast]),
+      [["c1", ["10.255.0.5", "fd00:ffff::5"]], ["c2", ["fd00:ffff::5"]]],
+    );
+    store.delete("c1", "eth0");
+    assert.deepEqual(store.listAnycastHolders("fd00:ffff::5").map((a) => a.containerId), ["c2"]);
+  } finally {
+    store.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
