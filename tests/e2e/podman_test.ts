@@ -98,7 +98,7 @@ async function podRoutes(node: FlockNode): Promise<{ dst: string; dev?: string }
 }
 
 Deno.test({
-  name: "podman: containers on a flock network get a /128 and a /32 and reach each other",
+  name: "podman: containers on flock get a /128 and a /32, reach each other, survive stop/start",
   ...ROOT_ONLY,
   async fn() {
     const { node, network, opts } = await podmanOnFlock({
@@ -147,6 +147,21 @@ Deno.test({
       assert.deepEqual(inspect.stdout.trim().split(" ").sort(), addresses[0]);
       assert.equal((await node.flockLinks()).length, 2);
       assert.equal(storedAttachments(node).length, 2);
+
+      // `podman stop` runs CNI DEL and `podman start` a new ADD for the same container ID; an
+      // agent killed with SIGKILL and started again keeps every running container's network.
+      const stop = await podman(["stop", "--time", "0", names[1]], opts);
+      assert.equal(stop.code, 0, stop.stderr);
+      assert.deepEqual(storedAttachments(node).length, 1);
+      assert.equal((await node.flockLinks()).length, 1);
+      const start = await podman(["start", names[1]], opts);
+      assert.equal(start.code, 0, `${start.stderr}\n${await node.agentLog()}`);
+      addresses[1] = (await containerAddresses(await sandboxOf(names[1], opts)))
+        .map((a) => a.split("/")[0]);
+      assert.equal(addresses[1].length, 2);
+      await node.restartAgent();
+      assert.equal((await node.flockLinks()).length, 2);
+      assert.equal((await podRoutes(node)).length, 4);
 
       // Each container pings the other over IPv4 and IPv6, from inside (busybox ping).
       for (const [from, to] of [[0, 1], [1, 0]]) {
