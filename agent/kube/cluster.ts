@@ -131,12 +131,16 @@ export class ClusterMode {
     return this.annotations.annotationsFor(namespace, name, uid);
   }
 
-  /** Starts the informers and, in the background, the wait for the node's config. */
-  start(agent: ClusterAgent): void {
+  /**
+   * Starts the informers and, in the background, the wait for the node's config. `onFatal` is
+   * called if configuring the node fails (the store or the node namespace is unusable): the
+   * agent cannot serve and should exit so that it is restarted.
+   */
+  start(agent: ClusterAgent, onFatal: (err: unknown) => void): void {
     this.#agent = agent;
     this.pods.start();
     this.configs.start();
-    this.#acquiring = this.#acquire();
+    this.#acquiring = this.#acquire().catch(onFatal);
   }
 
   /** Resolves once the agent has a config (or cluster mode was stopped). */
@@ -172,11 +176,9 @@ export class ClusterMode {
     while (!this.#stopped) {
       const own = this.configs.cache.get(nodeName);
       if (own) {
+        let config: NodeConfig | undefined;
         try {
-          const config = parseNodeConfigObject(own);
-          this.#specProblem = "";
-          this.#configure(config, "NodeConfig", own);
-          return;
+          config = parseNodeConfigObject(own);
         } catch (e) {
           const msg = (e as Error).message;
           this.#specProblem = msg;
@@ -184,6 +186,11 @@ export class ClusterMode {
           if (msg !== lastProblem) log({ level: "error", msg: "NodeConfig invalid", error: msg });
           lastProblem = msg;
           this.status.request();
+        }
+        if (config) {
+          this.#specProblem = "";
+          this.#configure(config, "NodeConfig", own);
+          return;
         }
       } else if (Date.now() >= deadline && this.configs.hasSynced) {
         // Only once the informer has listed do we know there is no NodeConfig.

@@ -53,7 +53,7 @@ export interface ReflectorOptions<P> {
 const WATCH_TIMEOUT_SECONDS: [number, number] = [240, 360];
 
 /** Why one watch ended. */
-type WatchEnd = { gone: true } | { gone: false; error?: unknown; events: number };
+type WatchEnd = { gone: true } | { gone: false; error?: unknown; events: number; ms: number };
 
 /** A list+watch loop feeding an {@link ObjectCache}; see the module doc. */
 export class Reflector<P> {
@@ -67,6 +67,8 @@ export class Reflector<P> {
   #wake?: () => void;
   readonly #synced = Promise.withResolvers<void>();
   #hasSynced = false;
+  /** Consecutive failures to list or watch; reset once a watch connects. */
+  #failures = 0;
 
   constructor(readonly options: ReflectorOptions<P>) {
     this.cache = new ObjectCache(options.project);
@@ -99,7 +101,6 @@ export class Reflector<P> {
     const { log, name } = this.options;
     const minBackoff = this.options.minBackoffMs ?? 250;
     const maxBackoff = this.options.maxBackoffMs ?? 8_000;
-    let failures = 0;
     while (!this.#stopped) {
       try {
         if (this.#resourceVersion === "") await this.#relist();
@@ -111,18 +112,15 @@ export class Reflector<P> {
           continue;
         }
         if (end.error !== undefined) throw end.error;
-        if (failures > 0 && end.events > 0) {
-          log({ level: "info", msg: "informer recovered", informer: name, failures });
-          failures = 0;
-        }
-        if (end.events === 0 && failures > 0) await this.#sleep(minBackoff);
+        // A watch that ends at once without news: do not spin.
+        if (end.events === 0 && end.ms < minBackoff) await this.#sleep(minBackoff);
       } catch (err) {
         if (this.#stopped) break;
         if (httpStatusOf(err) === 410) {
           this.#resourceVersion = "";
           continue;
         }
-        failures++;
+        const failures = ++this.#failures;
         // One line when the trouble starts, then one every 20 failures: an API server outage
         // must not flood the node's logs.
         if (failures === 1 || failures % 20 === 0) {
@@ -159,6 +157,7 @@ export class Reflector<P> {
     const changes = this.cache.replace(items);
     this.#resourceVersion = resourceVersion;
     this.lists++;
+    this.#recovered();
     for (const change of changes) this.#deliver(change);
     if (!this.#hasSynced) {
       this.#hasSynced = true;
@@ -181,6 +180,8 @@ export class Reflector<P> {
     const { promise, resolve } = Promise.withResolvers<WatchEnd>();
     let events = 0;
     let gone = false;
+    let ended = false;
+    const started = performance.now();
     let serverError: unknown;
     const onEvent = (event: WatchEvent) => {
       if (event.type === "ERROR") {
@@ -200,9 +201,17 @@ export class Reflector<P> {
       if (rv) this.#resourceVersion = rv;
     };
     const onDone = (err: unknown) => {
+      ended = true;
       this.#watch = undefined;
       if (gone || httpStatusOf(err) === 410) resolve({ gone: true });
-      else resolve({ gone: false, error: err ?? serverError, events });
+      else {
+        resolve({
+          gone: false,
+          error: err ?? serverError,
+          events,
+          ms: performance.now() - started,
+        });
+      }
     };
     const [lo, hi] = WATCH_TIMEOUT_SECONDS;
     source.watch(
@@ -216,9 +225,24 @@ export class Reflector<P> {
       onDone,
     ).then((handle) => {
       if (this.#stopped) handle.stop();
-      else this.#watch = handle;
+      else if (!ended) {
+        // The server answered 200: the connection is back.
+        this.#watch = handle;
+        this.#recovered();
+      }
     }, onDone);
     return promise;
+  }
+
+  #recovered(): void {
+    if (this.#failures === 0) return;
+    this.options.log({
+      level: "info",
+      msg: "informer reconnected",
+      informer: this.options.name,
+      failures: this.#failures,
+    });
+    this.#failures = 0;
   }
 
   #deliver(change: CacheChange<P>): void {
