@@ -111,7 +111,18 @@ export interface StatusSnapshot {
     /** "ok", the problems found, or "not checked". */
     integrity: string;
   };
-  reconcile?: Omit<ReconcileReport, "problems"> & { problems: string[] };
+  /** What start-up reconciliation did (the whole report; these fields at least). */
+  reconcile?: ReconcileSummary;
+}
+
+/** The counts of a start-up reconcile that `flock status` prints. */
+export interface ReconcileSummary {
+  restored: number;
+  repaired: number;
+  released: number;
+  orphanLinks: number;
+  orphanRoutes: number;
+  problems: string[];
 }
 
 /** What {@link buildStatusSnapshot} reads. */

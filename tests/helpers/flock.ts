@@ -192,7 +192,7 @@ export class FlockNode implements AsyncDisposable {
       stdout: "null",
       stderr: "piped",
     }).spawn();
-    child.stderr.pipeTo(log.writable).catch(() => {});
+    copyToFile(child.stderr, log);
     this.agent = child;
     this.#agentStatus = child.status;
     if (opts.waitReady ?? true) await this.waitReady();
@@ -347,6 +347,25 @@ export class FlockNode implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     return this.remove();
   }
+}
+
+/**
+ * Appends every chunk of `stream` to `file` as it arrives, then closes the file. (`pipeTo` of
+ * the file's `writable` held the agent's lines back until the agent exited, so a log read
+ * while the agent ran came back empty.)
+ */
+function copyToFile(stream: ReadableStream<Uint8Array>, file: Deno.FsFile): void {
+  (async () => {
+    try {
+      for await (const chunk of stream) {
+        for (let done = 0; done < chunk.length;) done += await file.write(chunk.subarray(done));
+      }
+    } catch {
+      // the agent went away mid-line; what arrived is in the file
+    } finally {
+      file.close();
+    }
+  })();
 }
 
 /** Runs `ping -c 1` from `from` to `address`; true when a reply came. */

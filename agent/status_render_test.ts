@@ -1,0 +1,129 @@
+import assert from "node:assert/strict";
+import { formatDuration, formatUse, renderStatus, renderTable } from "./status_render.ts";
+import type { StatusSnapshot } from "./status_snapshot.ts";
+
+function snapshot(over: Partial<StatusSnapshot> = {}): StatusSnapshot {
+  return {
+    node: "node-a",
+    version: "0.1.0",
+    ready: true,
+    startedAt: "2026-01-02T03:04:05.000Z",
+    uptimeSeconds: 312,
+    pools: [
+      {
+        family: "ipv6",
+        cidr: "fd00:1::/64",
+        allocated: 2,
+        capacity: "18446744073709551614",
+        cooling: 1,
+      },
+      { family: "ipv4", cidr: "10.1.0.0/24", allocated: 2, capacity: "254", cooling: 0 },
+    ],
+    attachments: [{
+      namespace: "default",
+      pod: "web-1",
+      containerId: "0123456789abcdef0123",
+      ifname: "eth0",
+      state: "committed",
+      hostIface: "flock1a2b3c4d",
+      ipv6: "fd00:1::2",
+      ipv4: "10.1.0.2",
+      anycast: ["fd00:ffff::1"],
+      createdAt: "2026-01-02T03:05:00.000Z",
+    }],
+    anycast: [{ address: "fd00:ffff::1", holders: 1 }],
+    anycastRoutes: 1,
+    bgp: {
+      available: true,
+      sessions: [{
+        name: "tor1",
+        peer: "fd00:a::1",
+        asn: 65000,
+        state: "Established",
+        up: true,
+        uptimeSeconds: 3725,
+      }, {
+        name: "tor2",
+        peer: "fd00:a::2",
+        asn: 65000,
+        state: "Active",
+        up: false,
+        info: "Socket: Connection refused",
+      }],
+    },
+    lastBirdReload: { at: "2026-01-02T03:04:06.000Z", ok: true, message: "Reconfigured" },
+    store: { path: "/var/lib/flock/flock.db", integrity: "ok" },
+    reconcile: {
+      restored: 1,
+      repaired: 0,
+      released: 2,
+      orphanLinks: 1,
+      orphanRoutes: 0,
+      problems: [],
+    },
+    ...over,
+  };
+}
+
+Deno.test("status table: headline, pools with use, pods, anycast, BGP sessions, reload, store", () => {
+  const text = renderStatus(snapshot());
+  const lines = text.split("\n");
+  assert.equal(lines[0], "flock 0.1.0 on node node-a: READY");
+  assert.match(text, /agent up 5m12s/);
+  assert.match(text, /^ {2}ipv4 +10\.1\.0\.0\/24 +2 +254 +0\.79% +0$/m);
+  assert.match(text, /^ {2}ipv6 +fd00:1::\/64 +2 +18446744073709551614 +<0\.01% +1$/m);
+  assert.match(
+    text,
+    /^ {2}default\/web-1 +0123456789ab +eth0 +flock1a2b3c4d +fd00:1::2 +10\.1\.0\.2 +fd00:ffff::1 +committed$/m,
+  );
+  assert.match(text, /^Anycast \(1 route\)$/m);
+  assert.match(text, /^ {2}tor1 +fd00:a::1 +65000 +Established +1h02m/m);
+  assert.match(text, /^ {2}tor2 +fd00:a::2 +65000 +Active +- +Socket: Connection refused$/m);
+  assert.match(text, /^Last BIRD reload: 2026-01-02T03:04:06.000Z ok \(Reconfigured\)$/m);
+  assert.match(text, /^Store: \/var\/lib\/flock\/flock.db \(integrity: ok\)$/m);
+  assert.match(text, /1 restored, 0 repaired, 2 released, 1 orphan links and 0 orphan routes/);
+  // Columns line up: every row of the pods table starts its IPV6 cell at the same offset.
+  const header = lines.find((l) => l.includes("NAMESPACE/POD"))!;
+  const row = lines.find((l) => l.includes("default/web-1"))!;
+  assert.equal(header.indexOf("IPV6"), row.indexOf("fd00:1::2"));
+});
+
+Deno.test("status table: not ready says why; no BGP wired, no reload, no pods", () => {
+  const text = renderStatus(snapshot({
+    ready: false,
+    reason: "waiting for the node configuration",
+    pools: [],
+    attachments: [],
+    anycast: [],
+    anycastRoutes: 0,
+    bgp: { available: false, sessions: [] },
+    lastBirdReload: undefined,
+    reconcile: undefined,
+  }));
+  assert.match(
+    text,
+    /^flock 0.1.0 on node node-a: NOT READY: waiting for the node configuration$/m,
+  );
+  assert.match(text, /none \(no node configuration yet\)/);
+  assert.match(text, /^Pods \(0\)\n {2}none$/m);
+  assert.match(text, /not available \(BGP is not wired into this agent\)/);
+  assert.match(text, /^Last BIRD reload: none$/m);
+  const failed = renderStatus(snapshot({
+    bgp: { available: true, sessions: [], error: "birdc: connection refused" },
+    lastBirdReload: { at: "t", ok: false, message: "rejected: syntax error" },
+  }));
+  assert.match(failed, /cannot read them from BIRD: birdc: connection refused/);
+  assert.match(failed, /^Last BIRD reload: t FAILED \(rejected: syntax error\)$/m);
+});
+
+Deno.test("status helpers: durations, use and tables", () => {
+  assert.equal(formatDuration(0), "0s");
+  assert.equal(formatDuration(59.9), "59s");
+  assert.equal(formatDuration(61), "1m01s");
+  assert.equal(formatDuration(3600 * 5 + 60 * 7), "5h07m");
+  assert.equal(formatDuration(86400 * 2 + 3600 * 3), "2d03h");
+  assert.equal(formatUse(0, "254"), "0%");
+  assert.equal(formatUse(127, "254"), "50.0%");
+  assert.equal(formatUse(1, "0"), "-");
+  assert.deepEqual(renderTable(["A", "BB"], [["xyz", "1"]], ""), ["A    BB", "xyz  1"]);
+});
