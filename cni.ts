@@ -28,6 +28,9 @@ import {
 /** How long the plugin waits for the agent unless the config says `timeoutSeconds`. */
 export const DEFAULT_TIMEOUT_SECONDS = 120;
 
+/** STATUS is polled every few seconds by the runtime and must be fast; a hung agent is "not available". */
+export const STATUS_TIMEOUT_SECONDS = 5;
+
 /** Largest agent response accepted; a Result is a few hundred bytes. */
 const MAX_RESPONSE_BYTES = 4 << 20;
 
@@ -61,7 +64,13 @@ export async function cniMain(): Promise<number> {
     }
     const req = parseCniInvocation(withAbsoluteNetns(env), stdin);
     config = req.config;
-    let response = await callAgent(socketPath(req.config, env), req, timeoutMs(req.config));
+    let response = await callAgent(
+      socketPath(req.config, env),
+      req,
+      command === "STATUS"
+        ? Math.min(timeoutMs(req.config), STATUS_TIMEOUT_SECONDS * 1000)
+        : timeoutMs(req.config),
+    );
     if (command === "STATUS") response = asStatusAnswer(response);
     outcome = { code: response.ok ? 0 : ERROR_EXIT, response };
   } catch (e) {
