@@ -4,7 +4,7 @@
  * configuration and has reconciled the node — only then does it serve pods.
  */
 
-import { Handle } from "../netlink/mod.ts";
+import { Handle, parseIP, prefixContains } from "../netlink/mod.ts";
 import { Datapath } from "./datapath.ts";
 import { CniCode, CniError, type RpcRequest, type RpcResponse } from "./protocol.ts";
 import { Store } from "./store.ts";
@@ -43,6 +43,17 @@ export interface AgentOptions {
   log?: (fields: Record<string, unknown>) => void;
   /** Keep Prometheus metrics (default true). */
   metrics?: boolean;
+  /**
+   * Annotations of a pod whose runtime did not pass them (cluster mode: the pod informer).
+   * `uid` is `K8S_POD_UID` when the runtime gave it. May throw a CniError (e.g. code 11).
+   */
+  annotationsFor?: (
+    namespace: string,
+    name: string,
+    uid?: string,
+  ) => Promise<Record<string, string> | undefined>;
+  /** Called after an ADD, DEL or GC succeeded (cluster mode refreshes the NodeConfig status). */
+  onAttachmentsChanged?: () => void;
 }
 
 /** One structured log line on stderr (level info and up). */
@@ -149,6 +160,7 @@ export class Agent {
       pool6,
       pool4,
       log: this.log,
+      lookupAnnotations: this.options.annotationsFor,
     });
     return report;
   }
@@ -183,6 +195,9 @@ export class Agent {
       if (response.ok && response.result) {
         fields.ips = (response.result.ips as { address: string }[])?.map((i) => i.address);
       }
+      if (response.ok && raw.command !== "STATUS" && raw.command !== "CHECK") {
+        this.options.onAttachmentsChanged?.();
+      }
     } catch (e) {
       const err = e instanceof CniError ? e : toCniError(e);
       response = { ok: false, error: err.toBody() };
@@ -200,6 +215,59 @@ export class Agent {
       });
     }
     return response;
+  }
+
+  /** The node configuration in force (undefined until {@link configure}). */
+  get node(): NodeConfig | undefined {
+    return this.#node;
+  }
+
+  /** Sets why the agent is not ready yet (the message CNI requests get with code 11). */
+  waitingFor(reason: string): void {
+    this.#notReadyReason = reason;
+  }
+
+  /**
+   * Applies a changed node configuration: waits until no request is in progress (none can
+   * allocate from the old pools meanwhile), then rebuilds IPAM and reconciles exactly as at
+   * start. Running pods keep their addresses, also those outside a changed CIDR.
+   */
+  reconfigure(node: NodeConfig): Promise<ReconcileReport> {
+    if (!this.#server) return Promise.resolve(this.configure(node));
+    return this.#server.exclusive(() => Promise.resolve(this.configure(node)));
+  }
+
+  /** Counts for the NodeConfig status: attachments, addresses per family, outside the CIDRs. */
+  stats(): {
+    ready: boolean;
+    notReadyReason: string;
+    attachments: number;
+    ipv6: number;
+    ipv4: number;
+    outsideCIDR: number;
+  } {
+    let [ipv6, ipv4, outsideCIDR] = [0, 0, 0];
+    const records = this.#store?.listByState("committed") ?? [];
+    for (const rec of records) {
+      let outside = false;
+      if (rec.ipv6) {
+        ipv6++;
+        outside ||= !this.#node?.cidr6 || !prefixContains(this.#node.cidr6, parseIP(rec.ipv6));
+      }
+      if (rec.ipv4) {
+        ipv4++;
+        outside ||= !this.#node?.cidr4 || !prefixContains(this.#node.cidr4, parseIP(rec.ipv4));
+      }
+      if (outside) outsideCIDR++;
+    }
+    return {
+      ready: this.ready,
+      notReadyReason: this.notReadyReason() ?? "",
+      attachments: records.length,
+      ipv6,
+      ipv4,
+      outsideCIDR,
+    };
   }
 
   /** Stops serving and closes the store. */

@@ -11,6 +11,7 @@ import {
   parseListenAddress,
   startHttpEndpoint,
 } from "./http_server.ts";
+import type { ClusterMode } from "./kube/cluster.ts";
 
 /** Runs the agent until SIGTERM/SIGINT; returns the exit code. */
 export async function agentMain(args: string[]): Promise<number> {
@@ -24,6 +25,8 @@ export async function agentMain(args: string[]): Promise<number> {
       socket: { type: "string", default: DEFAULT_SOCKET },
       netns: { type: "string" },
       "cooldown-ms": { type: "string" },
+      // Cluster mode: how long to wait for the NodeConfig before using Node.spec.podCIDRs.
+      "nodeconfig-wait-ms": { type: "string" },
       // Probes and metrics; "off" (or "") disables the endpoint.
       http: { type: "string", default: DEFAULT_HTTP_ADDRESS },
       "log-level": { type: "string", default: "info" },
@@ -31,13 +34,6 @@ export async function agentMain(args: string[]): Promise<number> {
     strict: true,
   });
   const nodeName = values.node ?? Deno.env.get("NODE_NAME") ?? Deno.hostname();
-  if (!values.config) {
-    console.error(
-      "flock agent: cluster mode (NodeConfig from the API server) is not implemented yet; " +
-        "pass --config FILE for standalone mode",
-    );
-    return 2;
-  }
   const cooldown = values["cooldown-ms"];
   if (cooldown !== undefined && !/^\d+$/.test(cooldown)) {
     console.error(
@@ -58,8 +54,28 @@ export async function agentMain(args: string[]): Promise<number> {
     console.error(`flock agent: --http: ${(e as Error).message}`);
     return 2;
   }
+  const log = createLogger({ level });
+  // Cluster mode (no --config): the Kubernetes client is loaded here and only here.
+  let cluster: ClusterMode | undefined;
+  if (!values.config) {
+    const { openClusterMode, ClusterUsageError } = await import("./kube/cluster_main.ts");
+    try {
+      cluster = openClusterMode({
+        nodeName,
+        kubeconfig: values.kubeconfig,
+        waitForConfigMs: values["nodeconfig-wait-ms"],
+        log,
+      });
+    } catch (e) {
+      if (!(e instanceof ClusterUsageError)) throw e;
+      console.error(`flock agent: ${e.message}`);
+      return 2;
+    }
+  }
   const agent = new Agent({
-    log: createLogger({ level }),
+    log,
+    annotationsFor: cluster && ((ns, name, uid) => cluster.annotationsFor(ns, name, uid)),
+    onAttachmentsChanged: cluster && (() => cluster.attachmentsChanged()),
     nodeName,
     stateDir: values["state-dir"]!,
     socketPath: values.socket!,
@@ -85,6 +101,19 @@ export async function agentMain(args: string[]): Promise<number> {
       return 1;
     }
   }
+  if (!values.config) {
+    const fatal = Promise.withResolvers<string>();
+    cluster!.start(agent, (e) => {
+      agent.log({ level: "error", msg: "cannot configure the node", error: String(e) });
+      fatal.resolve("error");
+    });
+    const signal = await Promise.race([stopSignal(), fatal.promise]);
+    agent.log({ msg: "stopping", signal });
+    await cluster!.stop();
+    await http?.close();
+    await agent.close();
+    return signal === "error" ? 1 : 0;
+  }
   let config;
   try {
     config = await loadNodeConfigFile(values.config);
@@ -103,4 +132,11 @@ export async function agentMain(args: string[]): Promise<number> {
   await http?.close();
   await agent.close();
   return 0;
+}
+
+/** Resolves with the name of the first SIGTERM or SIGINT. */
+function stopSignal(): Promise<string> {
+  const { promise, resolve } = Promise.withResolvers<string>();
+  for (const sig of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(sig, () => resolve(sig));
+  return promise;
 }
