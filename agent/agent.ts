@@ -210,7 +210,7 @@ export class Agent {
         level: response.ok ? "info" : "warn",
         msg: `${raw.command} ${response.ok ? "ok" : "failed"}`,
         outcome: response.ok ? "ok" : "error",
-        durationMs: Math.round(ms * 100) / 100,
+        ms: Math.round(ms * 100) / 100,
         error: response.ok ? undefined : response.error,
       });
     }

@@ -160,7 +160,7 @@ Deno.test({
     const addA = lines.find((l) => l.command === "ADD" && l.containerId === "ctr-obs-a");
     assert.equal(addA.pod, "shop/web-1");
     assert.equal(addA.outcome, "ok");
-    assert.equal(typeof addA.durationMs, "number");
+    assert.equal(typeof addA.ms, "number");
     assert.deepEqual(addA.ips.map((x: string) => x.split("/")[0]).sort(), [...ipsA].sort());
     const delA = lines.find((l) => l.command === "DEL" && l.containerId === "ctr-obs-a");
     assert.deepEqual(delA.ips.sort(), [...ipsA].sort());
