@@ -26,6 +26,14 @@ import {
   type StatusSnapshot,
 } from "./status_snapshot.ts";
 import { FLOCK_VERSION } from "../version.ts";
+import {
+  type BirdTarget,
+  isSummaryRoute,
+  type MeshPeer,
+  NodeRouting,
+  reloadSummary,
+} from "./routing.ts";
+import { bgpSessions } from "../bird/control.ts";
 
 /** Default directory of the node-local store. */
 export const DEFAULT_STATE_DIR = "/var/lib/flock";
@@ -43,6 +51,8 @@ export interface AgentOptions {
   log?: (fields: Record<string, unknown>) => void;
   /** Keep Prometheus metrics (default true). */
   metrics?: boolean;
+  /** The BIRD to render bird.conf for and reload (none: summary routes only). */
+  bird?: BirdTarget;
   /**
    * Annotations of a pod whose runtime did not pass them (cluster mode: the pod informer).
    * `uid` is `K8S_POD_UID` when the runtime gave it. May throw a CniError (e.g. code 11).
@@ -77,6 +87,7 @@ export class Agent {
   #pool6?: AddressPool;
   #pool4?: AddressPool;
   #lastBirdReload?: BirdReloadStatus;
+  #routing?: NodeRouting;
 
   constructor(readonly options: AgentOptions) {
     this.log = options.log ?? jsonLog;
@@ -142,7 +153,15 @@ export class Agent {
     const pool4 = node.cidr4 ? new AddressPool(node.cidr4, { cooldownMs }) : undefined;
     const started = performance.now();
     const anycast = new AnycastRoutes({ node: this.#handle, store: this.#store, log: this.log });
-    const report = reconcile({ store: this.#store, datapath, pool6, pool4, cooldownMs, anycast });
+    const report = reconcile({
+      store: this.#store,
+      datapath,
+      pool6,
+      pool4,
+      cooldownMs,
+      anycast,
+      keepRoute: (dst) => isSummaryRoute(node, dst),
+    });
     this.reconcileReport = report;
     this.metrics?.reconciled(report);
     [this.#node, this.#pool6, this.#pool4] = [node, pool6, pool4];
@@ -162,7 +181,68 @@ export class Agent {
       log: this.log,
       lookupAnnotations: this.options.annotationsFor,
     });
+    this.#configureRouting(node);
     return report;
+  }
+
+  /** Summary routes now; BIRD's reload runs in the background and is recorded when done. */
+  #configureRouting(node: NodeConfig): void {
+    if (!this.#routing) {
+      this.#routing = new NodeRouting({
+        handle: this.#handle!,
+        nodeName: this.options.nodeName,
+        bird: this.options.bird,
+        log: this.log,
+      });
+      const bird = this.options.bird;
+      if (bird) {
+        this.statusHooks.bgpSessions = async () =>
+          (await bgpSessions(bird.socketPath, { birdcPath: bird.birdcPath })).map((s) => ({
+            name: s.name,
+            peer: s.neighborAddress,
+            asn: s.neighborAs,
+            state: s.bgpState,
+            up: s.established,
+            since: s.since?.toISOString(),
+            uptimeSeconds: s.uptimeSeconds,
+            info: s.info,
+          }));
+      }
+    }
+    this.#trackReload(this.#routing.configure(node));
+  }
+
+  /**
+   * The other nodes of the BGP mesh (cluster mode's NodeConfig watch); used when the node's
+   * `bgp.nodeMesh` is on. Resolves when BIRD has answered.
+   */
+  async setMeshPeers(peers: MeshPeer[]): Promise<void> {
+    if (!this.#routing) throw new Error("setMeshPeers before configure");
+    await this.#trackReload(this.#routing.setMeshPeers(peers));
+  }
+
+  /**
+   * Applies a re-read NodeConfig whose only changes are in `bgp` (peers, AS, graceful restart):
+   * BIRD is reconfigured, pods are untouched. Other changes need an agent restart; returns
+   * false (and changes nothing) for those.
+   */
+  async reconfigureRouting(node: NodeConfig): Promise<boolean> {
+    if (!this.#routing || !this.#node) throw new Error("reconfigureRouting before configure");
+    const withoutBgp = (n: NodeConfig) => JSON.stringify({ ...n.spec, bgp: undefined });
+    if (withoutBgp(node) !== withoutBgp(this.#node)) return false;
+    await this.#trackReload(this.#routing.configure(node));
+    return true;
+  }
+
+  /** What the BIRD driver did last (undefined without BIRD). */
+  birdStatus(): ReturnType<NodeRouting["birdStatus"]> {
+    return this.#routing?.birdStatus();
+  }
+
+  #trackReload(done: ReturnType<NodeRouting["configure"]>): Promise<void> {
+    return done.then((s) => {
+      if (s && s.result !== "never") this.recordBirdReload(reloadSummary(s));
+    }, (e) => this.log({ level: "error", msg: "bird config failed", error: String(e) }));
   }
 
   async #dispatch(raw: RpcRequest): Promise<RpcResponse> {
@@ -272,6 +352,7 @@ export class Agent {
 
   /** Stops serving and closes the store. */
   async close(): Promise<void> {
+    await this.#routing?.close();
     await this.#server?.close();
     this.#store?.close();
     this.#handle?.close();

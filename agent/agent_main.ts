@@ -30,6 +30,10 @@ export async function agentMain(args: string[]): Promise<number> {
       // Probes and metrics; "off" (or "") disables the endpoint.
       http: { type: "string", default: DEFAULT_HTTP_ADDRESS },
       "log-level": { type: "string", default: "info" },
+      // BIRD to drive: bird.conf is rendered to --bird-config and applied via --bird-socket.
+      "bird-config": { type: "string" },
+      "bird-socket": { type: "string" },
+      birdc: { type: "string" },
     },
     strict: true,
   });
@@ -72,7 +76,19 @@ export async function agentMain(args: string[]): Promise<number> {
       return 2;
     }
   }
+  if ((values["bird-config"] === undefined) !== (values["bird-socket"] === undefined)) {
+    console.error("flock agent: --bird-config and --bird-socket go together");
+    return 2;
+  }
+  const bird = values["bird-config"]
+    ? {
+      configPath: values["bird-config"],
+      socketPath: values["bird-socket"]!,
+      birdcPath: values.birdc,
+    }
+    : undefined;
   const agent = new Agent({
+    bird,
     log,
     annotationsFor: cluster && ((ns, name, uid) => cluster.annotationsFor(ns, name, uid)),
     onAttachmentsChanged: cluster && (() => cluster.attachmentsChanged()),
@@ -125,6 +141,9 @@ export async function agentMain(args: string[]): Promise<number> {
   }
   agent.configure(config);
   agent.log({ msg: "ready", node: nodeName });
+  // SIGHUP re-reads the config file and applies BGP changes without touching pods.
+  const configPath = values.config;
+  Deno.addSignalListener("SIGHUP", () => reloadRouting(agent, configPath));
   const { promise: stopped, resolve } = Promise.withResolvers<string>();
   for (const sig of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(sig, () => resolve(sig));
   const signal = await stopped;
@@ -139,4 +158,17 @@ function stopSignal(): Promise<string> {
   const { promise, resolve } = Promise.withResolvers<string>();
   for (const sig of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(sig, () => resolve(sig));
   return promise;
+}
+
+async function reloadRouting(agent: Agent, path: string): Promise<void> {
+  try {
+    const applied = await agent.reconfigureRouting(await loadNodeConfigFile(path));
+    agent.log(
+      applied
+        ? { msg: "config reloaded (bgp)" }
+        : { level: "warn", msg: "config changed outside bgp: restart the agent to apply it" },
+    );
+  } catch (e) {
+    agent.log({ level: "error", msg: "config reload failed", error: (e as Error).message });
+  }
 }

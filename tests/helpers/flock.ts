@@ -45,6 +45,8 @@ export interface FlockNodeOptions {
   cooldownMs?: number;
   /** Start the agent and wait until it is ready; default true. */
   startAgent?: boolean;
+  /** Extra arguments for `flock agent` (e.g. `--bird-config`, `--bird-socket`). */
+  agentArgs?: string[];
   /** Extra keys for the plugin entry of the conflist. */
   pluginExtras?: Record<string, unknown>;
 }
@@ -187,6 +189,7 @@ export class FlockNode implements AsyncDisposable {
         this.socketPath,
         "--cooldown-ms",
         String(this.options.cooldownMs ?? 0),
+        ...(this.options.agentArgs ?? []),
       ],
       stdin: "null",
       stdout: "null",
@@ -316,8 +319,14 @@ export class FlockNode implements AsyncDisposable {
     return links.map((l) => l.ifname).filter((n) => n.startsWith("flock"));
   }
 
-  /** flock-tagged routes on the node (protocol 201), both families, `ip -j` objects. */
-  async flockRoutes(): Promise<{ dst: string; dev?: string; type?: string }[]> {
+  /**
+   * flock-tagged routes on the node (protocol 201), both families, `ip -j` objects — without
+   * the node's summary blackholes unless `withSummaries` (they exist while the agent is
+   * configured, pods or not).
+   */
+  async flockRoutes(
+    withSummaries = false,
+  ): Promise<{ dst: string; dev?: string; type?: string }[]> {
     const out: { dst: string; dev?: string; type?: string }[] = [];
     for (const family of ["-4", "-6"]) {
       out.push(
@@ -332,7 +341,7 @@ export class FlockNode implements AsyncDisposable {
         ]),
       );
     }
-    return out;
+    return withSummaries ? out : out.filter((r) => r.type !== "blackhole");
   }
 
   /** Stops the agent and removes the node namespace and the temporary directory. */
