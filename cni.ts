@@ -308,14 +308,24 @@ function logPath(
   return env.FLOCK_CNI_LOG || undefined;
 }
 
-/** Appends one JSON line; logging is best effort and never fails the call. */
+/**
+ * Appends one JSON line; logging is best effort and never fails the call. A missing directory
+ * (say /var/log/flock on a fresh node) is created once, private.
+ */
 async function appendLog(path: string | undefined, fields: Record<string, unknown>) {
   if (!path) return;
+  const line = JSON.stringify(fields) + "\n";
+  const append = () => Deno.writeTextFile(path, line, { append: true, create: true, mode: 0o600 });
   try {
-    await Deno.writeTextFile(path, JSON.stringify(fields) + "\n", {
-      append: true,
-      create: true,
-      mode: 0o600,
-    });
-  } catch { /* best effort */ }
+    await append();
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) return;
+    try {
+      await Deno.mkdir(path.slice(0, path.lastIndexOf("/")) || "/", {
+        recursive: true,
+        mode: 0o700,
+      });
+      await append();
+    } catch { /* best effort */ }
+  }
 }

@@ -98,7 +98,10 @@ export async function install(o: InstallOptions): Promise<{ binary: boolean; con
   return { binary, conflist };
 }
 
-/** `flock install [--bin-dir DIR] [--conf-dir DIR] [--socket PATH] [--name NAME]`. */
+/**
+ * `flock install [--bin-dir DIR] [--conf-dir DIR] [--socket PATH] [--name NAME]
+ * [--log-file PATH]`; `--log-file` becomes the plugin's `logFile` (one JSON line per call).
+ */
 export async function installMain(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
@@ -107,6 +110,7 @@ export async function installMain(args: string[]): Promise<number> {
       "conf-dir": { type: "string", default: DEFAULT_CONF_DIR },
       socket: { type: "string", default: DEFAULT_SOCKET },
       name: { type: "string", default: "flock" },
+      "log-file": { type: "string" },
     },
     strict: true,
   });
@@ -115,6 +119,7 @@ export async function installMain(args: string[]): Promise<number> {
     confDir: values["conf-dir"]!,
     networkName: values.name!,
     socketPath: values.socket!,
+    pluginExtras: values["log-file"] ? { logFile: values["log-file"] } : undefined,
   });
   console.log(JSON.stringify({ installed: true, ...changed }));
   return 0;

@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { FlockNode, TestNamespace } from "../helpers/flock.ts";
-import { ROOT_ONLY, run } from "../helpers/exec.ts";
+import { ROOT_ONLY, run, runOk } from "../helpers/exec.ts";
 import { hostIfaceName } from "../../agent/datapath.ts";
 
 const CONFIG = {
@@ -52,7 +52,8 @@ Deno.test({
     await using node = await FlockNode.start({ config: CONFIG });
     await using a = await TestNamespace.create("flk-oa");
     await using b = await TestNamespace.create("flk-ob");
-    const pluginLog = join(node.dir, "cni.log");
+    // The plugin creates a missing log directory (e.g. /var/log/flock on a fresh node).
+    const pluginLog = join(node.dir, "log", "cni.log");
 
     assert.deepEqual(
       { ...await node.httpGet("/healthz"), contentType: undefined },
@@ -178,6 +179,22 @@ Deno.test({
     assert.equal(pluginLines[0].containerId, "ctr-obs-a");
     assert.equal(typeof pluginLines[0].durationMs, "number");
     assert.equal(ra.stdout.trim().split("\n").length, 1);
+    assert.equal((await Deno.stat(pluginLog)).mode! & 0o777, 0o600);
+
+    // `flock install --log-file` puts the log file into the conflist the runtime reads.
+    const inst = join(node.dir, "inst");
+    await runOk([
+      node.executable,
+      "install",
+      "--bin-dir",
+      join(inst, "bin"),
+      "--conf-dir",
+      join(inst, "net.d"),
+      "--log-file",
+      "/var/log/flock/cni.log",
+    ]);
+    const conflist = JSON.parse(await Deno.readTextFile(join(inst, "net.d", "01-flock.conflist")));
+    assert.equal(conflist.plugins[0].logFile, "/var/log/flock/cni.log");
 
     // After a restart, the start-up reconcile counts what it restored.
     await node.restartAgent();
