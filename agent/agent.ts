@@ -26,6 +26,7 @@ import {
   type StatusSnapshot,
 } from "./status_snapshot.ts";
 import { FLOCK_VERSION } from "../version.ts";
+import { crashHookFromEnv } from "./crash_points.ts";
 import {
   type BirdTarget,
   isSummaryRoute,
@@ -179,6 +180,7 @@ export class Agent {
       pool6,
       pool4,
       log: this.log,
+      crashAt: crashHookFromEnv(),
       lookupAnnotations: this.options.annotationsFor,
     });
     this.#configureRouting(node);

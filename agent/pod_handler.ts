@@ -16,6 +16,7 @@ import { type FamilyRequest, parsePodAnnotations } from "./annotations.ts";
 import type { AddressPool } from "./ipam.ts";
 import { buildAddResult } from "./cni_result.ts";
 import type { AnycastRoutes } from "./anycast.ts";
+import type { CrashHook } from "./crash_points.ts";
 
 /** CNI error code for a CHECK that found the datapath differing (plugin-specific range). */
 export const CODE_CHECK_FAILED = 101;
@@ -37,6 +38,8 @@ export interface PodHandlerDeps {
   now?: () => number;
   /** Keeps the anycast routes equal to the committed holders (anycast.ts). */
   anycast?: AnycastRoutes;
+  /** Test-only: kills the agent at a named step (see crash_points.ts). */
+  crashAt?: CrashHook;
 }
 
 /** Pod identity from CNI_ARGS (`K8S_POD_NAMESPACE=…;K8S_POD_NAME=…`). */
@@ -142,9 +145,12 @@ export class PodHandler {
       releaseTaken();
       throw e;
     }
+    this.deps.crashAt?.("add-after-pending");
     try {
       const links = datapath.setup(this.#podNetwork(req, record));
+      this.deps.crashAt?.("add-after-datapath");
       store.commit(req.containerId, req.ifname);
+      this.deps.crashAt?.("add-after-commit");
       if (record.anycast.length) this.deps.anycast?.sync(record.anycast);
       return this.#result(req, record, links);
     } catch (e) {
@@ -227,6 +233,7 @@ export class PodHandler {
     if (rec.anycast?.length) this.deps.anycast?.sync(rec.anycast, { without: rec });
     datapath.teardown(rec.containerId, { ipv6, ipv4 });
     if (rec.state === undefined) return;
+    this.deps.crashAt?.("del-after-teardown");
     store.delete(rec.containerId, rec.ifname);
     const now = (this.deps.now ?? Date.now)();
     if (ipv6) {

@@ -169,8 +169,13 @@ export class FlockNode implements AsyncDisposable {
     return JSON.stringify({ ...header, ...plugins[0], ...extra });
   }
 
-  /** Starts the agent process inside the node namespace; waits for STATUS to succeed. */
-  async startAgent(opts: { waitReady?: boolean } = {}): Promise<void> {
+  /**
+   * Starts the agent process inside the node namespace; waits for STATUS to succeed.
+   * `env` adds variables to the agent's environment (e.g. `FLOCK_TEST_CRASH_AT`).
+   */
+  async startAgent(
+    opts: { waitReady?: boolean; env?: Record<string, string> } = {},
+  ): Promise<void> {
     if (this.agent) throw new Error("agent already running");
     const log = await Deno.open(this.agentLogPath, { append: true, create: true });
     const child = new Deno.Command("nsenter", {
@@ -191,6 +196,7 @@ export class FlockNode implements AsyncDisposable {
         String(this.options.cooldownMs ?? 0),
         ...(this.options.agentArgs ?? []),
       ],
+      env: opts.env,
       stdin: "null",
       stdout: "null",
       stderr: "piped",

@@ -1,0 +1,99 @@
+/**
+ * What a flock node holds, as an operator would look at it: the agent's store records, the
+ * flock host links and the flock-tagged routes in the node namespace. Storm, bad-input and fuzz
+ * tests compare these against the pods they expect to be alive.
+ *
+ * @module
+ */
+
+import assert from "node:assert/strict";
+import { type Attachment, Store } from "../../agent/store.ts";
+import { hostIfaceName } from "../../agent/datapath.ts";
+import type { FlockNode } from "./flock.ts";
+import type { TestNamespace } from "./netns.ts";
+
+/** One pod as the tests track it. */
+export interface LivePod {
+  containerId: string;
+  ifname?: string;
+  /** Addresses without prefix length, as the ADD result gave them. */
+  ips: string[];
+}
+
+/** The node's flock state at one moment. */
+export interface NodeState {
+  records: Attachment[];
+  links: string[];
+  /** Destinations of flock routes, without the node-wide 169.254.1.1 gateway route. */
+  routes: string[];
+}
+
+/** The store's attachments, read through a second connection (WAL lets the agent keep going). */
+export function storeRecords(node: FlockNode): Attachment[] {
+  const store = Store.open(node.stateDir);
+  try {
+    return store.list();
+  } finally {
+    store.close();
+  }
+}
+
+/** Records, links and pod routes of the node. */
+export async function nodeState(node: FlockNode): Promise<NodeState> {
+  const routes = (await node.flockRoutes())
+    .map((r) => r.dst.replace(/\/(32|128)$/, ""))
+    .filter((dst) => dst !== "169.254.1.1");
+  return { records: storeRecords(node), links: await node.flockLinks(), routes };
+}
+
+/** The addresses of an ADD result, without prefix lengths. */
+export function resultIps(json: { ips?: { address: string }[] }): string[] {
+  return (json?.ips ?? []).map((i) => i.address.split("/")[0]);
+}
+
+/**
+ * Asserts that the node holds exactly `pods`: one committed record each with exactly their
+ * addresses, no other record, one host link each, one host route per address and nothing else.
+ */
+export async function assertNodeHolds(node: FlockNode, pods: LivePod[], why = ""): Promise<void> {
+  const state = await nodeState(node);
+  const label = why ? ` (${why})` : "";
+  const want = [...pods].sort((a, b) => a.containerId.localeCompare(b.containerId));
+  const have = [...state.records].sort((a, b) => a.containerId.localeCompare(b.containerId));
+  assert.deepEqual(
+    have.map((r) => ({
+      containerId: r.containerId,
+      ifname: r.ifname,
+      state: r.state,
+      ips: [r.ipv6, r.ipv4].filter(Boolean).sort(),
+    })),
+    want.map((p) => ({
+      containerId: p.containerId,
+      ifname: p.ifname ?? "eth0",
+      state: "committed",
+      ips: [...p.ips].sort(),
+    })),
+    `store records vs live pods${label}`,
+  );
+  assert.deepEqual(
+    [...state.links].sort(),
+    want.map((p) => hostIfaceName(p.containerId)).sort(),
+    `flock links vs live pods${label}`,
+  );
+  const ips = want.flatMap((p) => p.ips);
+  assert.equal(new Set(ips).size, ips.length, `duplicate address among live pods${label}`);
+  assert.deepEqual([...state.routes].sort(), [...ips].sort(), `flock routes vs live pods${label}`);
+}
+
+/** The global addresses on `ifname` inside a pod namespace. */
+export async function podAddresses(pod: TestNamespace, ifname = "eth0"): Promise<string[]> {
+  const links = await pod.ipJson<{ addr_info?: { local: string; scope: string }[] }[]>([
+    "addr",
+    "show",
+    "dev",
+    ifname,
+  ]).catch(() => []);
+  return links.flatMap((l) => l.addr_info ?? [])
+    .filter((a) => a.scope === "global")
+    .map((a) => a.local);
+}
