@@ -6,25 +6,17 @@
  */
 
 import assert from "node:assert/strict";
-import { join } from "node:path";
 import { ROOT_ONLY, run } from "../helpers/exec.ts";
-import { FlockNode, ping, TestNamespace } from "../helpers/flock.ts";
-import { BirdDaemon, bootstrapBirdConfig } from "../helpers/bird.ts";
+import { ping, TestNamespace } from "../helpers/flock.ts";
+import { type BgpLabNode, type BgpNodePlan, startBgpNode } from "../helpers/bgp_lab.ts";
 import { GobgpTor, type RibPath } from "../helpers/gobgp.ts";
-import { addAddress } from "../helpers/netns.ts";
-import { birdcPath } from "../helpers/tools.ts";
-import type { NodeConfigSpec } from "../../agent/config.ts";
 
 const TOR_AS = 65000;
 const ANYCAST6 = "fd00:ffff::/112";
 const ANYCAST4 = "10.255.255.0/24";
 
-interface NodePlan {
-  name: string;
+interface NodePlan extends BgpNodePlan {
   asn: number;
-  ipv4?: string;
-  ipv6: string;
-  spec: NodeConfigSpec;
 }
 
 function plan(i: number, ipv6Only = false): NodePlan {
@@ -48,48 +40,6 @@ function plan(i: number, ipv6Only = false): NodePlan {
       },
     },
   };
-}
-
-/** A node of the lab: the flock node (agent) and its BIRD. */
-interface LabNode {
-  plan: NodePlan;
-  flock: FlockNode;
-  bird: BirdDaemon;
-}
-
-async function startNode(tor: GobgpTor, p: NodePlan, cleanup: AsyncDisposableStack) {
-  const port = tor.nextPortName();
-  const flock = await FlockNode.start({
-    name: p.name,
-    config: p.spec,
-    startAgent: false,
-    nodeOptions: { prefix: "flk-bgpn", uplink: tor.ns, uplinkIfName: port },
-  });
-  cleanup.use(flock);
-  await tor.attach(port);
-  if (p.ipv4) await addAddress(flock.ns, "eth0", `${p.ipv4}/24`);
-  await addAddress(flock.ns, "eth0", `${p.ipv6}/64`);
-  // A node routes for its pods: IPv4 forwarding on the uplink too (IPv6 is the agent's job).
-  await flock.ns.exec(["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"]);
-  const birdDir = join(flock.dir, "bird");
-  await Deno.mkdir(birdDir);
-  // BIRD starts first on a bootstrap config, as the DaemonSet's sidecar does.
-  const bird = await BirdDaemon.start(flock.ns, {
-    config: bootstrapBirdConfig("192.0.2.1"),
-    dir: birdDir,
-    recover: true,
-  });
-  cleanup.use(bird);
-  flock.options.agentArgs = [
-    "--bird-config",
-    bird.configPath,
-    "--bird-socket",
-    bird.socketPath,
-    "--birdc",
-    birdcPath(),
-  ];
-  await flock.startAgent();
-  return { plan: p, flock, bird };
 }
 
 async function kernelRoutes(ns: TestNamespace, family: "-4" | "-6", proto: string) {
@@ -139,8 +89,8 @@ Deno.test({
       neighbors: plans.map((p) => ({ address: p.ipv4 ?? p.ipv6, asn: p.asn, addPaths: true })),
     });
     cleanup.use(tor);
-    const nodes: LabNode[] = [];
-    for (const p of plans) nodes.push(await startNode(tor, p, cleanup));
+    const nodes: (BgpLabNode & { plan: NodePlan })[] = [];
+    for (const p of plans) nodes.push({ ...await startBgpNode(tor, p, cleanup), plan: p });
     const [n1, n2, n3] = nodes;
     const pods: Record<string, string[]> = {};
     const podNs: Record<string, TestNamespace> = {};
@@ -214,7 +164,7 @@ Deno.test({
         async () => {
           const address = "fd00:ffff::5";
           const prefix = `${address}/128`;
-          const holders: [LabNode, TestNamespace][] = [];
+          const holders: [BgpLabNode, TestNamespace][] = [];
           for (const n of [n1, n2]) {
             const ns = await TestNamespace.create("flk-bgpa");
             cleanup.use(ns);
