@@ -25,18 +25,24 @@ import {
   AF_INET6,
   deleteRoute,
   formatIP,
+  formatPrefix,
   getLinkByName,
   type Handle,
   hostPrefix,
   type IP,
+  isNotFound,
+  listRoutes,
+  lookupRoute,
   type NextHop,
   parseIP,
   replaceRoute,
   type Route,
+  routeMatches,
   RT_SCOPE_LINK,
+  RT_TABLE_MAIN,
 } from "../netlink/mod.ts";
-import { FLOCK_ROUTE_PROTOCOL, flockRoutesTo } from "./datapath.ts";
-import type { Attachment, Store } from "./store.ts";
+import { FLOCK_ROUTE_PROTOCOL } from "./datapath.ts";
+import type { AnycastHolder, Attachment, Store } from "./store.ts";
 
 /** RTNH_F_ONLINK: the gateway is on the link without any route saying so. */
 export const RTNH_F_ONLINK = 4;
@@ -112,11 +118,22 @@ export interface AnycastRoutesOptions {
   log?: (fields: Record<string, unknown>) => void;
 }
 
+/** As a delete's scope, "any scope" (IPv4 matches the scope otherwise; IPv6 ignores it). */
+const RT_SCOPE_NOWHERE = 255;
+/** How many flock routes to one address a removal deletes at most (strays with other metrics). */
+const MAX_STRAY_ROUTES = 8;
+
 /** Keeps the node's anycast routes equal to the store's committed holders. */
 export class AnycastRoutes {
   readonly #node: Handle;
   readonly #store: Store;
   readonly #log?: (fields: Record<string, unknown>) => void;
+  /**
+   * Host veth name → ifindex. A veth made again gets a new index (the kernel allocates them
+   * cyclically), so a stale entry names no link: the kernel refuses the route with ENODEV and
+   * the cache is dropped and the route computed again.
+   */
+  readonly #ifindex = new Map<string, number>();
 
   constructor(o: AnycastRoutesOptions) {
     this.#node = o.node;
@@ -129,6 +146,9 @@ export class AnycastRoutes {
    * the kernel. `without` leaves one attachment out although its record is still there: DEL
    * drops its path before deleting its veth, because the kernel flushes a whole IPv4 multipath
    * route when one of its devices goes, which would cut the other holders off for a moment.
+   *
+   * Cost per address: one indexed store query, one FIB lookup and at most one route change,
+   * whatever the number of pods on the node.
    */
   sync(addresses: Iterable<string>, opts: { without?: AttachmentKey } = {}): AnycastSyncReport {
     const report: AnycastSyncReport = { changed: [], problems: [] };
@@ -138,18 +158,7 @@ export class AnycastRoutes {
         !(opts.without && h.containerId === opts.without.containerId &&
           h.ifname === opts.without.ifname)
       );
-      const want = anycastRoute(address, this.#paths(address, holders, report.problems));
-      const current = flockRoutesTo(this.#node, hostPrefix(address));
-      if (routesMatch(current, want)) continue;
-      // A single route is swapped atomically by replace; strays (other metrics) go first.
-      if (!want || current.length > 1) { for (const r of current) deleteRoute(this.#node, r); }
-      if (want) replaceRoute(this.#node, want);
-      report.changed.push(formatIP(address));
-      this.#log?.({
-        msg: want ? "anycast route set" : "anycast route removed",
-        address: formatIP(address),
-        paths: want ? pathKeys(want) : [],
-      });
+      this.#converge(address, holders, this.#lookup(address), report);
     }
     return report;
   }
@@ -164,15 +173,31 @@ export class AnycastRoutes {
   }
 
   /**
-   * Rebuilds the route of every anycast address a committed record holds (start-up). Returns
-   * the held addresses so the caller can remove flock routes to any other address.
+   * Rebuilds the route of every anycast address a committed record holds (start-up), comparing
+   * against a full dump so duplicate routes are found too. Returns the held addresses so the
+   * caller can remove flock routes to any other address.
    */
   syncAll(): AnycastSyncReport & { held: Set<string> } {
+    this.#ifindex.clear();
     const held = new Set<string>();
     for (const rec of this.#store.listByState("committed")) {
       for (const a of rec.anycast) held.add(a);
     }
-    return { ...this.sync(held), held };
+    const report: AnycastSyncReport = { changed: [], problems: [] };
+    const routes = new Map<string, Route[]>();
+    for (const family of [AF_INET6, AF_INET] as const) {
+      for (const r of listRoutes(this.#node, { family, protocol: FLOCK_ROUTE_PROTOCOL })) {
+        if (r.table !== RT_TABLE_MAIN) continue;
+        const key = formatPrefix(r.dst);
+        routes.set(key, [...routes.get(key) ?? [], r]);
+      }
+    }
+    for (const text of held) {
+      const address = parseIP(text);
+      const current = routes.get(formatPrefix(hostPrefix(address))) ?? [];
+      this.#converge(address, this.#store.listAnycastHolders(text), current, report);
+    }
+    return { ...report, held };
   }
 
   /**
@@ -182,11 +207,12 @@ export class AnycastRoutes {
   check(rec: Attachment): string[] {
     const problems: string[] = [];
     if (rec.anycast.length === 0) return problems;
+    this.#ifindex.clear(); // CHECK is rare: resolve every veth afresh
     const link = getLinkByName(this.#node, rec.hostIface);
     if (!link) return [`host interface ${rec.hostIface} is missing, so are its anycast routes`];
     for (const text of rec.anycast) {
       const address = parseIP(text);
-      const current = flockRoutesTo(this.#node, hostPrefix(address));
+      const current = this.#lookup(address);
       if (current.length === 0) {
         problems.push(`node lacks the flock anycast route for ${text}`);
         continue;
@@ -210,18 +236,72 @@ export class AnycastRoutes {
     return problems;
   }
 
+  /** Makes the kernel's route to `address` the one these holders need. */
+  #converge(
+    address: IP,
+    holders: AnycastHolder[],
+    current: Route[],
+    report: AnycastSyncReport,
+  ): void {
+    const problems: string[] = [];
+    let want = anycastRoute(address, this.#paths(address, holders, problems));
+    if (routesMatch(current, want)) {
+      report.problems.push(...problems);
+      return;
+    }
+    try {
+      this.#program(address, current, want);
+    } catch (e) {
+      if (!isNotFound(e) || this.#ifindex.size === 0) throw e;
+      // A cached ifindex outlived its veth: resolve every holder again and retry once.
+      this.#ifindex.clear();
+      problems.length = 0;
+      want = anycastRoute(address, this.#paths(address, holders, problems));
+      this.#program(address, this.#lookup(address), want);
+    }
+    report.problems.push(...problems);
+    report.changed.push(formatIP(address));
+    this.#log?.({
+      msg: want ? "anycast route set" : "anycast route removed",
+      address: formatIP(address),
+      paths: want ? pathKeys(want) : [],
+    });
+  }
+
+  #program(address: IP, current: Route[], want: Route | undefined): void {
+    // One route is swapped atomically by replace; strays (other metrics) go first.
+    if (want && current.length > 1) { for (const r of current) deleteRoute(this.#node, r); }
+    if (want) return replaceRoute(this.#node, want);
+    // No holder left: delete by destination, which also finds routes the lookup did not show
+    // (shadowed by a rule or another table's match).
+    const dst = {
+      dst: hostPrefix(address),
+      protocol: FLOCK_ROUTE_PROTOCOL,
+      scope: RT_SCOPE_NOWHERE,
+    };
+    for (let i = 0; i < MAX_STRAY_ROUTES && deleteRoute(this.#node, dst); i++);
+  }
+
+  /** flock's route to exactly `address` in the main table, as the FIB has it (0 or 1 route). */
+  #lookup(address: IP): Route[] {
+    const r = lookupRoute(this.#node, address);
+    const ours = r && r.protocol === FLOCK_ROUTE_PROTOCOL && r.table === RT_TABLE_MAIN &&
+      routeMatches(r, hostPrefix(address));
+    return ours ? [r] : [];
+  }
+
   /** The usable paths of these holders; the ones left out are explained in `problems`. */
-  #paths(address: IP, holders: Attachment[], problems: string[]): AnycastPath[] {
+  #paths(address: IP, holders: AnycastHolder[], problems: string[]): AnycastPath[] {
     const text = formatIP(address);
     const paths: AnycastPath[] = [];
     for (const h of holders) {
-      const link = getLinkByName(this.#node, h.hostIface);
-      if (!link) {
+      const oif = this.#resolve(h.hostIface);
+      if (oif === undefined) {
         problems.push(`anycast ${text}: ${h.containerId} left out, ${h.hostIface} is missing`);
         continue;
       }
       const own = address.family === AF_INET6 ? h.ipv6 : h.ipv4;
-      paths.push({ oif: link.index, podIP: own ? parseIP(own) : undefined });
+      paths.push({ oif, podIP: own ? parseIP(own) : undefined });
     }
     if (address.family === AF_INET6 && paths.length > 1) {
       const usable = paths.filter((p) => p.podIP);
@@ -233,5 +313,13 @@ export class AnycastRoutes {
       return usable;
     }
     return paths;
+  }
+
+  #resolve(name: string): number | undefined {
+    const cached = this.#ifindex.get(name);
+    if (cached !== undefined) return cached;
+    const link = getLinkByName(this.#node, name);
+    if (link) this.#ifindex.set(name, link.index);
+    return link?.index;
   }
 }

@@ -10,7 +10,7 @@ import {
 } from "./anycast.ts";
 import { Datapath, FLOCK_ROUTE_PROTOCOL, hostIfaceName } from "./datapath.ts";
 import { Store } from "./store.ts";
-import { formatPrefix, Handle, parseIP, RT_SCOPE_LINK } from "../netlink/mod.ts";
+import { formatPrefix, Handle, lookupRoute, parseIP, RT_SCOPE_LINK } from "../netlink/mod.ts";
 import { ROOT_ONLY } from "../tests/helpers/exec.ts";
 import { TestNamespace } from "../tests/helpers/netns.ts";
 
@@ -211,8 +211,11 @@ Deno.test("Store.listAnycastHolders: committed holders of one address, oldest fi
     assert.deepEqual(store.listAnycastHolders("fd00:ffff::5"), [], "pending holds nothing");
     for (const id of ["c2", "c1", "c3"]) store.commit(id, "eth0");
     assert.deepEqual(
-      store.listAnycastHolders("fd00:ffff:0::5").map((a) => [a.containerId, a.anycast]),
-      [["c1", ["10.255.0.5", "fd00:ffff::5"]], ["c2", ["fd00:ffff::5"]]],
+      store.listAnycastHolders("fd00:ffff:0::5"),
+      [
+        { containerId: "c1", ifname: "eth0", hostIface: hostIfaceName("c1"), ipv6: "fd00:1::1" },
+        { containerId: "c2", ifname: "eth0", hostIface: hostIfaceName("c2"), ipv6: "fd00:1::2" },
+      ],
     );
     store.delete("c1", "eth0");
     assert.deepEqual(store.listAnycastHolders("fd00:ffff::5").map((a) => a.containerId), ["c2"]);
@@ -220,4 +223,59 @@ Deno.test("Store.listAnycastHolders: committed holders of one address, oldest fi
     store.close();
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test({
+  name: "AnycastRoutes: a holder's veth made again (new ifindex) is resolved afresh",
+  ...ROOT_ONLY,
+  async fn() {
+    await using f = await fixture(2);
+    const any = ["fd00:ffff::9", "10.255.0.9"];
+    f.addPod(0, any);
+    const b = f.addPod(1, any);
+    f.routes.sync(any);
+    // The veth of b goes and comes back (a repair): its index changes behind the cache.
+    f.datapath.teardown(b.containerId);
+    f.datapath.setup({
+      containerId: b.containerId,
+      ifname: "eth0",
+      netns: b.netns,
+      ipv6: parseIP(b.ipv6),
+      ipv4: parseIP(b.ipv4),
+      anycast: any.map((a) => parseIP(a)),
+    });
+    assert.deepEqual(f.routes.sync(any).changed, any);
+    for (const a of any) {
+      const [r] = await anycastRouteOf(f.node, a);
+      assert.deepEqual(
+        r.nexthops?.map((h) => h.dev).sort(),
+        [
+          hostIfaceName("ctr-0"),
+          hostIfaceName("ctr-1"),
+        ].sort(),
+      );
+    }
+    assert.deepEqual(f.routes.check(f.store.get(b.containerId, "eth0")!), []);
+  },
+});
+
+Deno.test({
+  name: "lookupRoute: the exact FIB entry, or undefined for no route and a blackhole",
+  ...ROOT_ONLY,
+  async fn() {
+    await using ns = await TestNamespace.create("flk-aclk");
+    const h = Handle.forNetns(ns.path);
+    try {
+      await ns.ip(["route", "add", "blackhole", "10.9.0.0/24", "proto", "201"]);
+      await ns.ip(["route", "add", "10.9.1.0/24", "dev", "lo", "proto", "201"]);
+      assert.equal(lookupRoute(h, parseIP("10.9.0.1")), undefined);
+      assert.equal(lookupRoute(h, parseIP("10.8.0.1")), undefined);
+      assert.equal(lookupRoute(h, parseIP("fd00::1")), undefined);
+      const r = lookupRoute(h, parseIP("10.9.1.7"))!;
+      assert.equal(formatPrefix(r.dst), "10.9.1.0/24");
+      assert.equal(r.protocol, FLOCK_ROUTE_PROTOCOL);
+    } finally {
+      h.close();
+    }
+  },
 });

@@ -45,6 +45,12 @@ export interface Attachment {
   createdAt: number;
 }
 
+/** What anycast routing needs of one attachment holding an anycast address. */
+export type AnycastHolder = Pick<
+  Attachment,
+  "containerId" | "ifname" | "hostIface" | "ipv4" | "ipv6"
+>;
+
 /** Raised when an address is already held by another attachment. */
 export class AddressConflictError extends Error {
   /** The canonical address that is taken. */
@@ -264,9 +270,21 @@ export class Store {
    * Committed attachments holding the anycast address `address` (canonical text), oldest first.
    * Uses the anycast address index, so it stays cheap on a node with many pods.
    */
-  listAnycastHolders(address: string): Attachment[] {
-    return (this.#stmts.anycastHolders.all(canonical(address)) as unknown as AttachmentRow[])
-      .map(fromRow);
+  listAnycastHolders(address: string): AnycastHolder[] {
+    const rows = this.#stmts.anycastHolders.all(canonical(address)) as unknown as Pick<
+      AttachmentRow,
+      "container_id" | "ifname" | "host_iface" | "ipv6" | "ipv4"
+    >[];
+    return rows.map((r) => {
+      const h: AnycastHolder = {
+        containerId: r.container_id,
+        ifname: r.ifname,
+        hostIface: r.host_iface,
+      };
+      if (r.ipv6 !== null) h.ipv6 = r.ipv6;
+      if (r.ipv4 !== null) h.ipv4 = r.ipv4;
+      return h;
+    });
   }
 
   /** Number of attachments in any state. */
@@ -389,9 +407,9 @@ function prepareAll(db: DatabaseSync) {
     listByState: p(`${SELECT_ATTACHMENT} WHERE a.state = ? ORDER BY a.created_at, a.rowid`),
     count: p("SELECT count(*) AS n FROM attachment"),
     anycastHolders: p(
-      `${SELECT_ATTACHMENT} JOIN anycast h ON h.container_id = a.container_id
-         AND h.ifname = a.ifname WHERE h.address = ? AND a.state = 'committed'
-         ORDER BY a.created_at, a.rowid`,
+      `SELECT a.container_id, a.ifname, a.host_iface, a.ipv6, a.ipv4 FROM anycast h
+         JOIN attachment a ON a.container_id = h.container_id AND a.ifname = h.ifname
+         WHERE h.address = ? AND a.state = 'committed' ORDER BY a.created_at, a.rowid`,
     ),
     holderV6: p("SELECT container_id, ifname FROM attachment WHERE ipv6 = ?"),
     holderV4: p("SELECT container_id, ifname FROM attachment WHERE ipv4 = ?"),

@@ -19,9 +19,9 @@ import {
   RTNEXTHOP_LEN,
   RTPROT_STATIC,
 } from "./consts.ts";
-import { type Family, formatPrefix, type IP, type Prefix } from "./ip.ts";
+import { AF_INET, type Family, formatIP, formatPrefix, type IP, type Prefix } from "./ip.ts";
 import type { Handle } from "./handle.ts";
-import { isNotFound, NetlinkArgumentError } from "./errors.ts";
+import { isNotFound, NetlinkArgumentError, NetlinkError } from "./errors.ts";
 import { align4, type NetlinkMessage, parseAttributes, readU32, rtmsg } from "./wire.ts";
 
 /** One path of a multipath route. */
@@ -209,6 +209,42 @@ export function listRoutes(h: Handle, f: RouteFilter): (Route & { table: number 
     routes.push(r);
   }
   return routes;
+}
+
+/** RTM_F_FIB_MATCH: answer a route query with the FIB entry that matched, not a resolved route. */
+const RTM_F_FIB_MATCH = 0x2000;
+/** Errors a FIB lookup answers with when the best match is no usable route (no route, blackhole, unreachable, prohibit). */
+const NO_ROUTE_ERRNOS = new Set([
+  3, // ESRCH
+  13, // EACCES: prohibit
+  22, // EINVAL: blackhole
+  101, // ENETUNREACH: no route, or unreachable
+  113, // EHOSTUNREACH
+]);
+
+/**
+ * The FIB entry the kernel would use for `ip` (`ip route get fibmatch`): one request, not a
+ * dump, so its cost does not grow with the number of routes. Undefined when the lookup finds
+ * no usable route (no route at all, or a blackhole / unreachable / prohibit one).
+ */
+export function lookupRoute(h: Handle, ip: IP): (Route & { table: number }) | undefined {
+  const msg = h.message(RTM_GETROUTE).raw(rtmsg({
+    family: ip.family,
+    dstLen: ip.family === AF_INET ? 32 : 128,
+    table: 0,
+    protocol: 0,
+    scope: 0,
+    type: 0,
+    flags: RTM_F_FIB_MATCH,
+  })).attr(RTA_DST, ip.bytes);
+  try {
+    const reply = h.execute(msg, `look up route to ${formatIP(ip)}`)
+      .find((m) => m.type === RTM_NEWROUTE);
+    return reply && decodeRoute(reply);
+  } catch (e) {
+    if (e instanceof NetlinkError && NO_ROUTE_ERRNOS.has(e.errno)) return undefined;
+    throw e;
+  }
 }
 
 /** Whether `dst` of `r` is exactly `p`. */
