@@ -91,7 +91,7 @@ export function validateConfig(config: Record<string, unknown>): void {
   if (!(SUPPORTED_VERSIONS as readonly string[]).includes(version)) {
     throw new CniError(
       CniCode.incompatibleVersion,
-      `incompatible CNI versions: config is ${JSON.stringify(version)}`,
+      `incompatible CNI versions: the config's cniVersion is ${JSON.stringify(version)}`,
       `flock supports ${SUPPORTED_VERSIONS.join(", ")}`,
     );
   }

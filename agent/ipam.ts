@@ -153,6 +153,8 @@ export class AddressPool {
   readonly #cursors = new Map<string, bigint>();
   /** Per-range state of `lowest`. */
   readonly #lowest = new Map<string, LowestState>();
+  /** The latest `next` allocation and the cursor before it, for {@link giveBack}. */
+  #lastNext?: { spanId: string; v: bigint; previous: bigint | undefined };
 
   constructor(cidr: Prefix, opts: AddressPoolOptions = {}) {
     this.cidr = { ip: networkOf(cidr), len: cidr.len };
@@ -248,6 +250,24 @@ export class AddressPool {
     if (at > this.#newestRelease) this.#newestRelease = at;
   }
 
+  /**
+   * Undoes an allocation or reservation that never reached a pod (a failed ADD rolling back):
+   * the address is free at once, without a cooldown, and if it was the latest `next` allocation
+   * the cursor steps back, so a failed ADD leaves no trace. Unknown addresses are ignored.
+   */
+  giveBack(ip: IP): void {
+    if (ip.family !== this.cidr.ip.family) return;
+    const v = ipToBigInt(ip);
+    if (!this.#used.delete(v)) return;
+    const last = this.#lastNext;
+    if (last?.v === v && this.#cursors.get(last.spanId) === v) {
+      if (last.previous === undefined) this.#cursors.delete(last.spanId);
+      else this.#cursors.set(last.spanId, last.previous);
+    }
+    this.#lastNext = undefined;
+    this.#cooled(v); // free again: below a `lowest` frontier it goes back on the heap
+  }
+
   #take(v: bigint): void {
     this.#used.add(v);
     this.#cooling.delete(v);
@@ -313,7 +333,10 @@ export class AddressPool {
     const cursor = this.#cursors.get(s.id);
     const start = cursor === undefined || cursor >= s.hi ? s.lo : cursor + 1n;
     const v = this.#probeForward(s, start);
-    if (v !== undefined) this.#cursors.set(s.id, v);
+    if (v !== undefined) {
+      this.#lastNext = { spanId: s.id, v, previous: cursor };
+      this.#cursors.set(s.id, v);
+    }
     return v;
   }
 

@@ -7,13 +7,18 @@
  * before it, so a failed ADD leaves nothing allocated.
  */
 
-import { formatIP, type IP, parseIP } from "../netlink/ip.ts";
+import { AF_INET6, formatIP, type IP, parseIP } from "../netlink/ip.ts";
 import { type Datapath, hostIfaceName, type PodNetwork } from "./datapath.ts";
 import { CniCode, CniError, type RpcRequest, type RpcResponse } from "./protocol.ts";
 import type { Attachment, Store } from "./store.ts";
 import type { NodeConfig } from "./config.ts";
-import { type FamilyRequest, parsePodAnnotations } from "./annotations.ts";
-import type { AddressPool } from "./ipam.ts";
+import {
+  ANNOTATION_PREFIX,
+  AnnotationError,
+  type FamilyRequest,
+  parsePodAnnotations,
+} from "./annotations.ts";
+import { AddressInUseError, type AddressPool } from "./ipam.ts";
 import { buildAddResult } from "./cni_result.ts";
 import type { AnycastRoutes } from "./anycast.ts";
 import type { CrashHook } from "./crash_points.ts";
@@ -122,8 +127,9 @@ export class PodHandler {
     const want = parsePodAnnotations(annotations ?? {}, this.deps.node);
     const key = `${namespace}/${name}`;
     const taken: { pool: AddressPool; ip: IP }[] = [];
+    // Never handed to a pod: give back without cooldown, newest first, so `next` rewinds.
     const releaseTaken = () => {
-      for (const t of taken) t.pool.release(t.ip);
+      for (const t of taken.reverse()) t.pool.giveBack(t.ip);
     };
     let record: Omit<Attachment, "state" | "createdAt">;
     try {
@@ -179,7 +185,14 @@ export class PodHandler {
     if (!want || !pool) return undefined;
     let ip: IP;
     if (want.mode === "pinned" && want.pinned) {
-      pool.reserve(want.pinned);
+      try {
+        pool.reserve(want.pinned);
+      } catch (e) {
+        // Name the annotation that asked for it, as for every other bad annotation.
+        if (!(e instanceof AddressInUseError)) throw e;
+        const family = want.pinned.family === AF_INET6 ? "ipv6" : "ipv4";
+        throw new AnnotationError(ANNOTATION_PREFIX + family, e.message);
+      }
       ip = want.pinned;
     } else {
       ip = pool.allocate({ algo, range: want.range, key });
