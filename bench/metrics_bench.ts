@@ -20,6 +20,7 @@ import { parseNodeConfig } from "../agent/config.ts";
 import { createLogger } from "../agent/logger.ts";
 import type { RpcRequest } from "../agent/protocol.ts";
 import { callAgent } from "../cni.ts";
+import { createNode, type NodeFixture, TestNamespace } from "../tests/helpers/netns.ts";
 
 const { values } = parseArgs({
   options: {
@@ -33,32 +34,6 @@ if (!Number.isInteger(PODS) || PODS < 2) throw new Error("--pods must be an inte
 if (!Number.isInteger(WARMUP) || WARMUP < 0) throw new Error("--warmup must be an integer ≥ 0");
 /** The target: metrics on within this factor of off. */
 const TARGET_RATIO = 1.05;
-
-const prefix = `flk-mb-${Deno.pid}`;
-const created: string[] = [];
-
-function ip(args: string[]): void {
-  const out = new Deno.Command("ip", { args, stdout: "null", stderr: "piped" }).outputSync();
-  if (!out.success) {
-    throw new Error(`ip ${args.join(" ")}: ${new TextDecoder().decode(out.stderr).trim()}`);
-  }
-}
-
-function addNetns(name: string): string {
-  ip(["netns", "add", name]);
-  created.push(name);
-  return `/var/run/netns/${name}`;
-}
-
-function removeNamespaces(): void {
-  for (const name of created.splice(0)) {
-    try {
-      ip(["netns", "del", name]);
-    } catch (e) {
-      console.error(`cleanup: ${(e as Error).message}`);
-    }
-  }
-}
 
 function median(samples: number[]): number {
   const s = [...samples].sort((a, b) => a - b);
@@ -80,19 +55,15 @@ function row(label: string, samples: number[]): string {
 
 const dir = await Deno.makeTempDir({ prefix: "flock-metrics-bench-" });
 let agent: Agent | undefined;
+let node: NodeFixture | undefined;
+const namespaces: TestNamespace[] = [];
 try {
-  const nodePath = addNetns(`${prefix}-node`);
-  ip(["netns", "add", `${prefix}-up`]);
-  created.push(`${prefix}-up`);
-  ip([
-    "-n",
-    `${prefix}-node`,
-    ...`link add eth0 type veth peer name up0 netns ${prefix}-up`
-      .split(" "),
-  ]);
-  ip(["-n", `${prefix}-node`, "link", "set", "eth0", "up"]);
-  const podPaths = Array.from({ length: PODS }, (_, i) => addNetns(`${prefix}-p${i}`));
-  const warmPath = addNetns(`${prefix}-warm`);
+  // The node has an eth0 uplink like a real one; pods get a namespace each, made untimed.
+  node = await createNode({ prefix: "flk-mb" });
+  const nodePath = node.node.path;
+  for (let i = 0; i <= PODS; i++) namespaces.push(await TestNamespace.create("flk-mbp"));
+  const podPaths = namespaces.slice(0, PODS).map((ns) => ns.path);
+  const warmPath = namespaces[PODS].path;
 
   const socketPath = join(dir, "flock.sock");
   agent = new Agent({
@@ -180,6 +151,7 @@ try {
   );
 } finally {
   await agent?.close();
-  removeNamespaces();
+  for (const ns of namespaces) await ns.remove().catch((e) => console.error(`cleanup: ${e}`));
+  await node?.remove();
   await Deno.remove(dir, { recursive: true }).catch(() => {});
 }
