@@ -149,6 +149,16 @@ function podAddresses(pod: PodNetwork): IP[] {
   return [pod.ipv6, pod.ipv4, ...(pod.anycast ?? [])].filter((ip): ip is IP => ip !== undefined);
 }
 
+/**
+ * The source the pod's default route pins: its own address when it also holds anycast addresses
+ * of that family. Otherwise the kernel may pick an anycast address as the source (IPv6: longest
+ * match toward another anycast address of the same range; IPv4: whichever /32 comes first), and
+ * the replies would go to the nearest holder of that address instead of back to this pod.
+ */
+function sourceFor(pod: PodNetwork, own: IP): IP | undefined {
+  return pod.anycast?.some((a) => a.family === own.family) ? own : undefined;
+}
+
 function hostRoute(ip: IP, oif: number): Route {
   return { dst: hostPrefix(ip), oif, scope: RT_SCOPE_LINK, protocol: FLOCK_ROUTE_PROTOCOL };
 }
@@ -282,12 +292,22 @@ export class Datapath {
     if (!peer.up) setLinkUp(podNs, peer.index);
     if (pod.ipv6) {
       ensureAddress(podNs, peer.index, hostPrefix(pod.ipv6));
-      replaceRoute(podNs, { dst: DEFAULT6, gateway: GATEWAY6, oif: peer.index });
+      replaceRoute(podNs, {
+        dst: DEFAULT6,
+        gateway: GATEWAY6,
+        oif: peer.index,
+        prefsrc: sourceFor(pod, pod.ipv6),
+      });
     }
     if (pod.ipv4) {
       ensureAddress(podNs, peer.index, hostPrefix(pod.ipv4));
       replaceRoute(podNs, { dst: hostPrefix(GATEWAY4), oif: peer.index, scope: RT_SCOPE_LINK });
-      replaceRoute(podNs, { dst: DEFAULT4, gateway: GATEWAY4, oif: peer.index });
+      replaceRoute(podNs, {
+        dst: DEFAULT4,
+        gateway: GATEWAY4,
+        oif: peer.index,
+        prefsrc: sourceFor(pod, pod.ipv4),
+      });
     }
     // After the pod's own addresses, so those stay the first (primary) ones of each family.
     for (const ip of pod.anycast ?? []) ensureAddress(podNs, peer.index, hostPrefix(ip));
@@ -371,13 +391,17 @@ export class Datapath {
           }
           const gw = ip.family === AF_INET6 ? GATEWAY6 : GATEWAY4;
           const def = ip.family === AF_INET6 ? DEFAULT6 : DEFAULT4;
-          const hasDefault = listRoutes(podNs, { family: ip.family }).some((r) =>
+          const defaults = listRoutes(podNs, { family: ip.family }).filter((r) =>
             routeMatches(r, def) && r.gateway && ipEqual(r.gateway, gw) && r.oif === peer.index
           );
-          if (!hasDefault) {
+          if (defaults.length === 0) {
             problems.push(
               `pod lacks the ${familyName(ip.family)} default route via ${formatIP(gw)}`,
             );
+          }
+          const src = sourceFor(pod, ip);
+          if (src && !defaults.some((r) => r.prefsrc && ipEqual(r.prefsrc, src))) {
+            problems.push(`pod default route via ${formatIP(gw)} lacks src ${formatIP(src)}`);
           }
           const routes = flockRoutesTo(this.node, hostPrefix(ip));
           if (!routes.some((r) => r.oif === host.index)) {

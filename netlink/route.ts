@@ -10,6 +10,7 @@ import {
   RTA_GATEWAY,
   RTA_MULTIPATH,
   RTA_OIF,
+  RTA_PREFSRC,
   RTA_PRIORITY,
   RTA_TABLE,
   RTM_DELROUTE,
@@ -45,6 +46,8 @@ export interface Route {
   scope?: number;
   oif?: number;
   gateway?: IP;
+  /** Preferred source address for traffic this route carries (RTA_PREFSRC). */
+  prefsrc?: IP;
   priority?: number;
   /** ECMP paths; when given, `oif`/`gateway` are not used. */
   multipath?: NextHop[];
@@ -60,6 +63,9 @@ function encode(h: Handle, type: number, flags: number, r: Route) {
   if (r.gateway && r.gateway.family !== family) {
     throw new NetlinkArgumentError(`route ${formatPrefix(r.dst)}: gateway of another family`);
   }
+  if (r.prefsrc && r.prefsrc.family !== family) {
+    throw new NetlinkArgumentError(`route ${formatPrefix(r.dst)}: prefsrc of another family`);
+  }
   const table = r.table ?? RT_TABLE_MAIN;
   const msg = h.message(type, flags).raw(rtmsg({
     family,
@@ -72,6 +78,7 @@ function encode(h: Handle, type: number, flags: number, r: Route) {
   msg.u32(RTA_TABLE, table);
   msg.attr(RTA_DST, r.dst.ip.bytes);
   if (r.priority !== undefined) msg.u32(RTA_PRIORITY, r.priority);
+  if (r.prefsrc) msg.attr(RTA_PREFSRC, r.prefsrc.bytes);
   if (r.multipath?.length) {
     msg.attr(RTA_MULTIPATH, encodeNextHops(family, r.multipath));
   } else {
@@ -176,6 +183,8 @@ function decodeRoute(m: NetlinkMessage): Route & { table: number } {
   if (oif !== undefined) r.oif = oif;
   const gw = attrs.get(RTA_GATEWAY);
   if (gw) r.gateway = { family, bytes: gw.slice() };
+  const prefsrc = attrs.get(RTA_PREFSRC);
+  if (prefsrc) r.prefsrc = { family, bytes: prefsrc.slice() };
   const prio = readU32(attrs.get(RTA_PRIORITY));
   if (prio !== undefined) r.priority = prio;
   const mp = attrs.get(RTA_MULTIPATH);

@@ -74,6 +74,12 @@ Deno.test({
     // The CNI result lists the pod's own addresses only: anycast is not the pod's identity.
     assert.equal(ra.json.ips.length, 2);
     await assertHolders(node, ["any-a"], "one holder, a plain route");
+    // Traffic the pod starts (even toward another anycast address) leaves from its own address.
+    const own: string[] = ra.json.ips.map((i: { address: string }) => i.address.split("/")[0]);
+    for (const [family, to] of [["-6", "fd00:ffff::6"], ["-4", "10.255.5.9"]]) {
+      const [got] = await a.ipJson<{ prefsrc: string }[]>([family, "route", "get", to]);
+      assert.ok(own.includes(got.prefsrc), `source toward ${to}: ${got.prefsrc}`);
+    }
 
     ok(await node.cni("ADD", { containerId: "any-b", netns: b.path, extraConfig: anyBoth }), "b");
     await assertHolders(node, ["any-a", "any-b"], "two holders, ECMP");
