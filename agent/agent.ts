@@ -149,7 +149,7 @@ export class Agent {
     this.#handle ??= this.options.netnsPath
       ? Handle.forNetns(this.options.netnsPath)
       : Handle.current();
-    const datapath = new Datapath(this.#handle);
+    const datapath = new Datapath(this.#handle, { routesIPv4: node.cidr4 !== undefined });
     const pool6 = node.cidr6 ? new AddressPool(node.cidr6, { cooldownMs }) : undefined;
     const pool4 = node.cidr4 ? new AddressPool(node.cidr4, { cooldownMs }) : undefined;
     const started = performance.now();

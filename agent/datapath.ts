@@ -163,21 +163,36 @@ function hostRoute(ip: IP, oif: number): Route {
   return { dst: hostPrefix(ip), oif, scope: RT_SCOPE_LINK, protocol: FLOCK_ROUTE_PROTOCOL };
 }
 
+/** Node-wide choices of a {@link Datapath}. */
+export interface DatapathOptions {
+  /**
+   * The node hands out IPv4 addresses (it has a `cidr4`): {@link Datapath.ensureNode} then
+   * turns IPv4 forwarding on for the whole node namespace, so traffic between the uplink and
+   * the pods' veths is routed. An IPv6-only node leaves IPv4 forwarding as it found it.
+   */
+  routesIPv4?: boolean;
+}
+
 /** The pod datapath of one node, bound to the node's namespace. */
 export class Datapath {
   #nodeReady = false;
 
-  constructor(readonly node: Handle) {}
+  constructor(readonly node: Handle, readonly options: DatapathOptions = {}) {}
 
   /**
-   * Node-wide settings the pods rely on, applied once: IPv6 forwarding, loopback
-   * up, and a flock route to 169.254.1.1 so proxy ARP answers for the IPv4
-   * gateway even when the node has no IPv4 default route.
+   * Node-wide settings the pods rely on, applied once: IPv6 (and, with
+   * `routesIPv4`, IPv4) forwarding, loopback up, and a flock route to
+   * 169.254.1.1 so proxy ARP answers for the IPv4 gateway even when the node has
+   * no IPv4 default route. The sysctls are written through the handle, so they
+   * change only the node namespace this datapath is bound to.
    */
   ensureNode(): void {
     if (this.#nodeReady) return;
-    if (this.node.readSysctl("net.ipv6.conf.all.forwarding") !== "1") {
-      this.node.writeSysctl("net.ipv6.conf.all.forwarding", "1");
+    const forwarding = ["net.ipv6.conf.all.forwarding"];
+    // IPv4 forwarding is per receiving interface: "all" sets it on the uplink and every veth.
+    if (this.options.routesIPv4) forwarding.push("net.ipv4.conf.all.forwarding");
+    for (const key of forwarding) {
+      if (this.node.readSysctl(key) !== "1") this.node.writeSysctl(key, "1");
     }
     const lo = getLinkByName(this.node, "lo");
     if (lo && !lo.up) setLinkUp(this.node, lo.index);

@@ -622,3 +622,23 @@ Deno.test("bad input: typed errors and nothing left behind", async () => {
       }
     }));
 });
+
+// ---------------------------------------------------------------------------
+// Node-wide forwarding: the node routes between its uplink and the pods' veths.
+
+Deno.test("ensureNode: IPv4 forwarding on in the node namespace only when the node routes IPv4", async () => {
+  const hostBefore = (await Deno.readTextFile("/proc/sys/net/ipv4/conf/all/forwarding")).trim();
+  for (const routesIPv4 of [true, false]) {
+    await withNode(NODE_WITH_V4_DEFAULT, async (f, dp) => {
+      assert.equal(await sysctl(f.node, "ipv4/conf/all/forwarding"), "0", "a fresh netns");
+      new Datapath(dp.node, { routesIPv4 }).ensureNode();
+      const want = routesIPv4 ? "1" : "0";
+      assert.equal(await sysctl(f.node, "ipv4/conf/all/forwarding"), want);
+      // What a packet from another node needs: forwarding on the interface it arrives on.
+      assert.equal(await sysctl(f.node, "ipv4/conf/eth0/forwarding"), want);
+      assert.equal(await sysctl(f.node, "ipv6/conf/all/forwarding"), "1");
+    });
+  }
+  const hostAfter = (await Deno.readTextFile("/proc/sys/net/ipv4/conf/all/forwarding")).trim();
+  assert.equal(hostAfter, hostBefore, "the host namespace is untouched");
+});
