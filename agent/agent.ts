@@ -89,6 +89,7 @@ export class Agent {
   #pool4?: AddressPool;
   #lastBirdReload?: BirdReloadStatus;
   #routing?: NodeRouting;
+  #anycast?: AnycastRoutes;
 
   constructor(readonly options: AgentOptions) {
     this.log = options.log ?? jsonLog;
@@ -184,6 +185,9 @@ export class Agent {
       lookupAnnotations: this.options.annotationsFor,
     });
     this.#configureRouting(node);
+    this.#anycast?.stopResync();
+    this.#anycast = anycast;
+    anycast.startResync();
     return report;
   }
 
@@ -354,6 +358,7 @@ export class Agent {
 
   /** Stops serving and closes the store. */
   async close(): Promise<void> {
+    this.#anycast?.stopResync();
     await this.#routing?.close();
     await this.#server?.close();
     this.#store?.close();

@@ -120,6 +120,8 @@ export interface AnycastRoutesOptions {
 
 /** As a delete's scope, "any scope" (IPv4 matches the scope otherwise; IPv6 ignores it). */
 const RT_SCOPE_NOWHERE = 255;
+/** Default period of {@link AnycastRoutes.startResync}. */
+export const ANYCAST_RESYNC_MS = 10_000;
 /** How many flock routes to one address a removal deletes at most (strays with other metrics). */
 const MAX_STRAY_ROUTES = 8;
 
@@ -134,6 +136,7 @@ export class AnycastRoutes {
    * the cache is dropped and the route computed again.
    */
   readonly #ifindex = new Map<string, number>();
+  #timer?: ReturnType<typeof setInterval>;
 
   constructor(o: AnycastRoutesOptions) {
     this.#node = o.node;
@@ -161,6 +164,34 @@ export class AnycastRoutes {
       this.#converge(address, holders, this.#lookup(address), report);
     }
     return report;
+  }
+
+  /**
+   * Re-checks every held address now and then. The kernel flushes a whole IPv4 multipath route
+   * when one of its veths disappears without a DEL (the runtime destroyed the pod's namespace
+   * first), which would leave the other holders without a route until their next ADD or DEL.
+   * Each round costs one store query plus one FIB lookup per held address. Idempotent.
+   */
+  startResync(intervalMs: number = ANYCAST_RESYNC_MS): void {
+    this.stopResync();
+    this.#timer = setInterval(() => this.resync(), intervalMs);
+  }
+
+  /** Stops {@link startResync}. */
+  stopResync(): void {
+    if (this.#timer !== undefined) clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+
+  /** One resync round: every address a committed record holds; failures are logged. */
+  resync(): AnycastSyncReport {
+    try {
+      this.#ifindex.clear(); // a vanished veth must not linger in the cache
+      return this.sync(this.#store.listAnycastAddresses());
+    } catch (e) {
+      this.#log?.({ level: "warn", msg: "anycast resync failed", error: String(e) });
+      return { changed: [], problems: [String(e)] };
+    }
   }
 
   /** {@link sync} for clean-up paths: logs a failure instead of throwing it. */

@@ -279,3 +279,41 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "AnycastRoutes: resync restores an IPv4 ECMP route the kernel flushed with a lost veth",
+  ...ROOT_ONLY,
+  async fn() {
+    await using f = await fixture(3);
+    const any = ["10.255.0.11", "fd00:ffff::11"];
+    f.addPod(0, any);
+    f.addPod(1, any);
+    f.addPod(2, ["10.255.0.12"]);
+    f.routes.sync([...any, "10.255.0.12"]);
+    assert.deepEqual(f.store.listAnycastAddresses(), [
+      "10.255.0.11",
+      "10.255.0.12",
+      "fd00:ffff::11",
+    ]);
+    // The runtime destroys pod 0's namespace without a DEL: its veth goes, and with it the
+    // whole IPv4 multipath route (IPv6 only loses that path).
+    await f.pods[0].remove();
+    assert.deepEqual(await anycastRouteOf(f.node, "10.255.0.11"), []);
+    f.routes.startResync(50);
+    try {
+      const deadline = Date.now() + 5_000;
+      while ((await anycastRouteOf(f.node, "10.255.0.11")).length === 0) {
+        assert.ok(Date.now() < deadline, "resync did not restore the route");
+        await new Promise((r) => setTimeout(r, 25));
+      }
+    } finally {
+      f.routes.stopResync();
+    }
+    // The lost holder's record remains (its DEL has not come), but it has no veth to route to.
+    for (const a of any) {
+      const routes = await anycastRouteOf(f.node, a);
+      assert.deepEqual(routes.map((r) => r.dev), [hostIfaceName("ctr-1")], a);
+    }
+    assert.deepEqual(f.routes.resync().changed, [], "a second round changes nothing");
+  },
+});

@@ -287,6 +287,11 @@ export class Store {
     });
   }
 
+  /** Every anycast address at least one committed attachment holds, sorted. */
+  listAnycastAddresses(): string[] {
+    return (this.#stmts.anycastAddresses.all() as { address: string }[]).map((r) => r.address);
+  }
+
   /** Number of attachments in any state. */
   count(): number {
     return (this.#stmts.count.get() as { n: number }).n;
@@ -406,6 +411,11 @@ function prepareAll(db: DatabaseSync) {
     list: p(`${SELECT_ATTACHMENT} ORDER BY a.created_at, a.rowid`),
     listByState: p(`${SELECT_ATTACHMENT} WHERE a.state = ? ORDER BY a.created_at, a.rowid`),
     count: p("SELECT count(*) AS n FROM attachment"),
+    anycastAddresses: p(
+      `SELECT DISTINCT h.address FROM anycast h JOIN attachment a
+         ON a.container_id = h.container_id AND a.ifname = h.ifname
+         WHERE a.state = 'committed' ORDER BY h.address`,
+    ),
     anycastHolders: p(
       `SELECT a.container_id, a.ifname, a.host_iface, a.ipv6, a.ipv4 FROM anycast h
          JOIN attachment a ON a.container_id = h.container_id AND a.ifname = h.ifname
