@@ -51,8 +51,6 @@ export async function startBgpNode(
   await tor.attach(port);
   if (plan.ipv4) await addAddress(flock.ns, "eth0", `${plan.ipv4}/24`);
   await addAddress(flock.ns, "eth0", `${plan.ipv6}/64`);
-  // A node routes for its pods: IPv4 forwarding on the uplink too (IPv6 is the agent's job).
-  await flock.ns.exec(["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"]);
   const birdDir = join(flock.dir, "bird");
   await Deno.mkdir(birdDir);
   const bird = await BirdDaemon.start(flock.ns, {
