@@ -208,8 +208,16 @@ Deno.test({
       );
       dels.forEach((r, i) => ok(r, `DEL par-${i}`));
       await assertHolders(node, ids.slice(5), "5 parallel DELs");
+      // GC keeps only par-5 and par-6: par-7's paths go with it.
+      const valid = ["par-5", "par-6"].map((id) => ({ containerID: id, ifname: "eth0" }));
+      const gc = await node.cni("GC", {
+        ifname: "",
+        stdin: await node.netconf({ cniVersion: "1.1.0", "cni.dev/valid-attachments": valid }),
+      });
+      ok(gc, "GC");
+      await assertHolders(node, ["par-5", "par-6"], "GC released par-7");
       const rest = await Promise.all(
-        pods.slice(5).map((p, i) =>
+        pods.slice(5, 7).map((p, i) =>
           node.cni("DEL", { containerId: `par-${i + 5}`, netns: p.path })
         ),
       );
