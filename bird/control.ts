@@ -59,12 +59,16 @@ export interface BirdControlOptions {
 }
 
 /** The outcome of one command. */
-interface CommandOutput {
+export interface CommandOutput {
   code: number;
   text: string;
 }
 
-async function runCommand(
+/**
+ * Runs `program args…` (no shell) within `timeoutMs`; stdout and stderr come back as one text.
+ * Never throws: a program that cannot start is exit code 127, a timeout 124.
+ */
+export async function runCommand(
   program: string,
   args: string[],
   timeoutMs: number,
