@@ -87,6 +87,21 @@ export function gobgpPath(): string {
   return builtTool("gobgp");
 }
 
+/** kube-apiserver 1.34, built from the Go module proxy by `scripts/build_kube.sh`. */
+export function kubeApiserverPath(): string {
+  return builtTool("kube-apiserver");
+}
+
+/** kubectl, the same version as {@linkcode kubeApiserverPath}. */
+export function kubectlPath(): string {
+  return builtTool("kubectl");
+}
+
+/** etcd 3.6 (the version Kubernetes 1.34 uses as a client), built with kube-apiserver. */
+export function etcdPath(): string {
+  return builtTool("etcd");
+}
+
 /** Debian's podman 4.3. */
 export function podmanPath(): string {
   return firstExecutable("podman", onPath("podman"));
