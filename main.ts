@@ -21,7 +21,8 @@ Usage:
                                                      install the plugin binary and its conflist
   flock status [--socket PATH] [--json]              the local agent: ready or why not, pools, pods,
                                                      BGP sessions, last BIRD reload (exit 0 = ready)
-  flock demo                                         bring up a node namespace with pods (embedded config)
+  flock demo [--nodes N]                             N (default 2) node namespaces with BIRD and an
+                                                     agent each, pods pinging across nodes
   flock version                                      print the version
   flock --help                                       this text
 `;
