@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver, kubectl (Kubernetes $KUBE_VERSION) and etcd from the Go module proxy into
-# CACHE/kube-$KUBE_VERSION and links them into TOOLS (the repo's .tools/bin). Called by
-# scripts/setup.sh; runs the build only once per version (a stamp file records what was built).
+# CACHE/kube-$KUBE_VERSION and prints that directory on stdout (progress goes to stderr). Called by
+# scripts/setup.sh, which links the binaries into .tools/bin; builds only once per version (a stamp
+# file records what was built).
 #
-# Usage: scripts/build_kube.sh CACHE TOOLS
+# Usage: scripts/build_kube.sh CACHE
 #
 # Why a wrapper module: k8s.io/kubernetes requires its staging modules (k8s.io/api, ...) at
 # v0.0.0 and maps them with `replace` directives that Go ignores for a dependency, so the wrapper
@@ -20,8 +21,7 @@ STAGING=(api apiextensions-apiserver apimachinery apiserver cli-runtime client-g
   kube-aggregator kube-controller-manager kube-proxy kube-scheduler kubectl kubelet metrics
   mount-utils pod-security-admission sample-apiserver sample-cli-plugin sample-controller)
 
-cache="${1:?usage: build_kube.sh CACHE TOOLS}"
-tools="${2:?usage: build_kube.sh CACHE TOOLS}"
+cache="${1:?usage: build_kube.sh CACHE}"
 out="$cache/kube-$KUBE_VERSION"
 stamp="$out/.built"
 mod="$cache/kube-build"
@@ -33,14 +33,6 @@ go_env() {
   command -v go >/dev/null || go=/usr/local/go/bin/go
   env GOPATH="$cache/go" GOMODCACHE="$cache/go/mod" GOCACHE="$cache/go/cache" \
     GOFLAGS="-mod=mod -buildvcs=false -trimpath" GOTOOLCHAIN=local CGO_ENABLED=0 "$go" "$@"
-}
-
-link_tool() {
-  local name="$1" target="$2"
-  if [[ "$(readlink "$tools/$name" 2>/dev/null || true)" != "$target" ]]; then
-    log "linking .tools/bin/$name -> $target"
-    ln -sfn "$target" "$tools/$name"
-  fi
 }
 
 # Writes the wrapper module: k8s.io/kubernetes plus one replace per staging module.
@@ -82,12 +74,10 @@ build() {
 }
 
 main() {
-  local p
   if [[ ! -f "$stamp" ]] || ! grep -qx "kubernetes v$KUBE_VERSION" "$stamp"; then
-    (build)
+    (build) >&2
   fi
-  mkdir -p "$tools"
-  for p in kube-apiserver kubectl etcd; do link_tool "$p" "$out/$p"; done
+  echo "$out"
 }
 
 main

@@ -107,6 +107,12 @@ install_gobgp() {
   link_tool gobgp "$cache/bin/gobgp"
 }
 
+install_kube() {
+  local dir name
+  dir="$("$repo/scripts/build_kube.sh" "$cache")"
+  for name in kube-apiserver kubectl etcd; do link_tool "$name" "$dir/$name"; done
+}
+
 # Writes FILE with CONTENT only if it differs, so repeated runs change nothing.
 write_if_changed() {
   local file="$1" content="$2"
@@ -141,7 +147,7 @@ main() {
   "$tools/deno" cache --no-lock --quiet "$repo/agent/kube/api.ts" >&2
   install_cnitool
   install_gobgp
-  "$repo/scripts/build_kube.sh" "$cache" "$tools"
+  install_kube
   write_containers_conf
   "$repo/scripts/make_rootfs.sh" "$cache/rootfs"
   log "ready (cache $cache, tools in .tools/bin)"

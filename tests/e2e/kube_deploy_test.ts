@@ -24,6 +24,19 @@ function nodeConfig(name: string, spec: Record<string, unknown>): Record<string,
   };
 }
 
+/** kubectl arguments that merge-patch `body` into NodeConfig `name` via the status subresource. */
+function statusPatch(name: string, body: Record<string, unknown>): string[] {
+  return [
+    "patch",
+    "nodeconfig",
+    name,
+    "--subresource=status",
+    "--type=merge",
+    "-p",
+    JSON.stringify(body),
+  ];
+}
+
 /** Invalid specs and a piece of the message the API server must answer each with. */
 const INVALID: { why: string; spec: Record<string, unknown>; message: RegExp }[] = [
   { why: "cidr6 not a CIDR", spec: { cidr6: "fd00:1::/129" }, message: /must be an IPv6 CIDR/ },
@@ -182,15 +195,11 @@ Deno.test({
         },
       }));
       // The agent's own writer would do this through the status subresource.
-      await kube.kubectlOk([
-        "patch",
-        "nodeconfig",
-        "node-1",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        JSON.stringify({ status: { ready: true, pods: 3, bgpSessionsUp: 2, bgpSessions: 2 } }),
-      ]);
+      await kube.kubectlOk(
+        statusPatch("node-1", {
+          status: { ready: true, pods: 3, bgpSessionsUp: 2, bgpSessions: 2 },
+        }),
+      );
       const rows = table(await kube.kubectlOk(["get", "nodeconfigs"]));
       assert.equal(rows.length, 1);
       const { AGE, ...row } = rows[0];
@@ -305,15 +314,10 @@ Deno.test({
       assert.match(await watch.text(), /"type":"ADDED"/);
       await kube.kubectlOk(["get", "node", "node-1"], { kubeconfig });
       await kube.kubectlOk(["get", "nodeconfigs"], { kubeconfig });
-      await kube.kubectlOk([
-        "patch",
-        "nodeconfig",
-        "node-1",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        JSON.stringify({ status: { pods: 7 }, spec: { mtu: 9000 } }),
-      ], { kubeconfig });
+      await kube.kubectlOk(
+        statusPatch("node-1", { status: { pods: 7 }, spec: { mtu: 9000 } }),
+        { kubeconfig },
+      );
       const after = JSON.parse(await kube.kubectlOk(["get", "nodeconfig", "node-1", "-o", "json"]));
       assert.equal(after.status.pods, 7);
       assert.equal(after.spec.mtu, 1450, "a status write cannot change the spec");
