@@ -166,7 +166,13 @@ export class RpcServer {
     let response: RpcResponse;
     try {
       const line = await this.#readRequest(conn);
-      if (line === undefined) return; // hung up before sending anything: nobody to answer
+      if (line === undefined) {
+        // Hung up before sending anything: nobody to answer, but the socket is still ours.
+        try {
+          conn.close();
+        } catch { /* already closed */ }
+        return;
+      }
       response = await this.#dispatch(decodeRequest(line));
     } catch (e) {
       response = { ok: false, error: toCniError(e).toBody() };
