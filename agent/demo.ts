@@ -77,16 +77,19 @@ export async function demoMain(args: string[]): Promise<number> {
 
   const tag = crypto.randomUUID().slice(0, 6);
   const plan = planDemo(nodeCount, tag);
-  const lab = await DemoLab.create(plan);
-  const onSignal = () => lab.interrupt();
+  // Listen before the first thing is made, so that a Ctrl-C at any point is cleaned up after.
+  const interrupt = new AbortController();
+  const onSignal = () => interrupt.abort();
   for (const sig of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(sig, onSignal);
+  const lab = await DemoLab.create(plan, interrupt);
   const started = performance.now();
   let ok = false;
   const nodes: DemoNode[] = [];
   try {
     ok = await runDemo(lab, { bird, birdc }, nodes);
   } catch (e) {
-    if (e instanceof DemoInterrupted) {
+    // Ctrl-C in a terminal reaches the agents and BIRDs too, so a step may fail first.
+    if (e instanceof DemoInterrupted || lab.interrupted) {
       console.error("== interrupted: cleaning up");
     } else {
       console.error(`demo failed: ${(e as Error).message}`);

@@ -156,23 +156,27 @@ export class DemoNode {
 /** The demo's network and processes; see the module doc. */
 export class DemoLab implements AsyncDisposable {
   readonly #stack = new AsyncDisposableStack();
-  readonly #abort = new AbortController();
+  readonly #abort: AbortController;
   /** What cleanup removed, for the closing line. */
   readonly removed = { namespaces: 0, processes: 0 };
 
-  private constructor(readonly plan: DemoPlan, readonly dir: string) {}
-
-  /** Makes the work directory (removed last on dispose). */
-  static async create(plan: DemoPlan): Promise<DemoLab> {
-    const dir = await Deno.makeTempDir({ prefix: "flock-demo-" });
-    const lab = new DemoLab(plan, dir);
-    lab.#stack.defer(() => Deno.remove(dir, { recursive: true }).catch(() => {}));
-    return lab;
+  private constructor(
+    readonly plan: DemoPlan,
+    readonly dir: string,
+    abort: AbortController,
+  ) {
+    this.#abort = abort;
   }
 
-  /** Stops the demo at its next step or wait (Ctrl-C). */
-  interrupt(): void {
-    this.#abort.abort();
+  /**
+   * Makes the work directory (removed last on dispose). Aborting `interrupt` (the demo's signal
+   * handler does) stops the demo at its next step or wait; it may already be aborted.
+   */
+  static async create(plan: DemoPlan, interrupt = new AbortController()): Promise<DemoLab> {
+    const dir = await Deno.makeTempDir({ prefix: "flock-demo-" });
+    const lab = new DemoLab(plan, dir, interrupt);
+    lab.#stack.defer(() => Deno.remove(dir, { recursive: true }).catch(() => {}));
+    return lab;
   }
 
   get interrupted(): boolean {
