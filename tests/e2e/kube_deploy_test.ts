@@ -314,10 +314,18 @@ Deno.test({
       assert.match(await watch.text(), /"type":"ADDED"/);
       await kube.kubectlOk(["get", "node", "node-1"], { kubeconfig });
       await kube.kubectlOk(["get", "nodeconfigs"], { kubeconfig });
-      await kube.kubectlOk(
-        statusPatch("node-1", { status: { pods: 7 }, spec: { mtu: 9000 } }),
-        { kubeconfig },
+      // The status write as the agent makes it: a merge patch straight to the subresource (no
+      // GET first, which is why the role has no `get` on nodeconfigs/status).
+      const patched = await kube.fetch(
+        "/apis/flock.fritzlab.net/v1alpha1/nodeconfigs/node-1/status",
+        {
+          method: "PATCH",
+          headers: { ...auth, "content-type": "application/merge-patch+json" },
+          body: JSON.stringify({ status: { pods: 7 }, spec: { mtu: 9000 } }),
+        },
       );
+      assert.equal(patched.status, 200, await patched.clone().text());
+      await patched.body?.cancel();
       const after = JSON.parse(await kube.kubectlOk(["get", "nodeconfig", "node-1", "-o", "json"]));
       assert.equal(after.status.pods, 7);
       assert.equal(after.spec.mtu, 1450, "a status write cannot change the spec");
