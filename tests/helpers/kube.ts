@@ -206,6 +206,18 @@ export class KubeCluster implements AsyncDisposable {
     kubeApiserverPath();
     etcdPath();
     kubectlPath();
+    // A port found free can be taken by someone else before the daemon binds it: try again on
+    // fresh ports then.
+    for (let attempt = 1;; attempt++) {
+      try {
+        return await KubeCluster.#startOnce(options);
+      } catch (err) {
+        if (attempt >= 3 || !/address already in use/.test(String(err))) throw err;
+      }
+    }
+  }
+
+  static async #startOnce(options: KubeClusterOptions): Promise<KubeCluster> {
     const dir = await Deno.makeTempDir({ prefix: "flk-kube-" });
     let cluster: KubeCluster | undefined;
     try {
