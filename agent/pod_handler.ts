@@ -117,6 +117,16 @@ export class PodHandler {
       this.deps.anycast?.sync(existing.anycast);
       return this.#result(req, existing, links);
     }
+    const other = store.ifnamesOf(req.containerId);
+    if (other.length > 0) {
+      // The host interface is named after the container alone (one routed veth per pod): a
+      // second interface would take over the first one's veth.
+      throw new CniError(
+        CniCode.invalidConfig,
+        `CNI_IFNAME: container ${req.containerId} already has a flock interface (${other[0]})`,
+        "flock attaches one interface per container",
+      );
+    }
     const podArgs = parseCniArgs(req.args);
     const namespace = podArgs.K8S_POD_NAMESPACE ?? "";
     const name = podArgs.K8S_POD_NAME ?? "";
@@ -234,7 +244,11 @@ export class PodHandler {
   /** Tears down one attachment; everything already gone is success. */
   del(req: RpcRequest): void {
     const rec = this.deps.store.get(req.containerId, req.ifname);
-    this.release(rec ?? { containerId: req.containerId, ifname: req.ifname });
+    if (rec) return this.release(rec);
+    // No record: tear down a half-made veth by its container-derived name, unless that veth
+    // belongs to another interface of this container (a refused second ADD is followed by a DEL).
+    if (this.deps.store.ifnamesOf(req.containerId).length > 0) return;
+    this.release({ containerId: req.containerId, ifname: req.ifname });
   }
 
   /** Removes the datapath, the record and the addresses of one attachment. */

@@ -256,6 +256,11 @@ export class Store {
     return row ? fromRow(row) : undefined;
   }
 
+  /** The interface names a container has attachments for. */
+  ifnamesOf(containerId: string): string[] {
+    return (this.#stmts.ifnamesOf.all(containerId) as { ifname: string }[]).map((r) => r.ifname);
+  }
+
   /** Every attachment, oldest first. */
   list(): Attachment[] {
     return (this.#stmts.list.all() as unknown as AttachmentRow[]).map(fromRow);
@@ -408,6 +413,7 @@ function prepareAll(db: DatabaseSync) {
     commitTx: p("COMMIT"),
     rollback: p("ROLLBACK"),
     get: p(`${SELECT_ATTACHMENT} WHERE a.container_id = ? AND a.ifname = ?`),
+    ifnamesOf: p(`SELECT ifname FROM attachment WHERE container_id = ? ORDER BY ifname`),
     list: p(`${SELECT_ATTACHMENT} ORDER BY a.created_at, a.rowid`),
     listByState: p(`${SELECT_ATTACHMENT} WHERE a.state = ? ORDER BY a.created_at, a.rowid`),
     count: p("SELECT count(*) AS n FROM attachment"),

@@ -253,3 +253,32 @@ Deno.test({
     await assertNodeHolds(node, []);
   },
 });
+
+Deno.test({
+  name: "bad input: a second interface for the same container is refused; the first keeps working",
+  ...ROOT_ONLY,
+  async fn() {
+    await using node = await FlockNode.start({ config: { cidr6: "fd00:be::/64" } });
+    await using podNs = await TestNamespace.create("flk-bad");
+    const first = await node.cni("ADD", { containerId: "two-if", netns: podNs.path });
+    assert.equal(first.code, 0, first.stdout);
+    const pods: LivePod[] = [{ containerId: "two-if", ips: resultIps(first.json) }];
+    const second = await node.cni("ADD", {
+      containerId: "two-if",
+      netns: podNs.path,
+      ifname: "eth1",
+    });
+    assertCniError(
+      second,
+      7,
+      /CNI_IFNAME: container two-if already has a flock interface \(eth0\)/,
+    );
+    await assertNodeHolds(node, pods, "after the refused second interface");
+    // The runtime cleans up the failed ADD with a DEL: it must not touch the first interface.
+    const del = await node.cni("DEL", { containerId: "two-if", netns: podNs.path, ifname: "eth1" });
+    assert.equal(del.code, 0, del.stdout);
+    await assertNodeHolds(node, pods, "after DEL of the refused second interface");
+    assert.equal((await node.cni("DEL", { containerId: "two-if", netns: podNs.path })).code, 0);
+    await assertNodeHolds(node, []);
+  },
+});
