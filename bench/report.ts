@@ -82,12 +82,30 @@ export function formatTable(title: string, rows: ResultRow[]): string {
   return out.join("\n");
 }
 
-/** Reads `VmRSS` of a process in MiB from /proc/PID/status. */
-export async function rssMiB(pid: number): Promise<number> {
+/** Resident memory of a process in MiB, from /proc/PID/status. */
+export interface Rss {
+  /** VmRSS: everything resident. */
+  total: number;
+  /** RssAnon: heap, stacks, malloc arenas. */
+  anon: number;
+  /** RssFile: mapped file pages (mostly the deno executable's own code). */
+  file: number;
+}
+
+/** Reads VmRSS, RssAnon and RssFile of a process. */
+export async function rssOf(pid: number): Promise<Rss> {
   const status = await Deno.readTextFile(`/proc/${pid}/status`);
-  const m = status.match(/^VmRSS:\s+(\d+)\s+kB/m);
-  if (!m) throw new Error(`no VmRSS in /proc/${pid}/status`);
-  return Number(m[1]) / 1024;
+  const field = (name: string) => {
+    const m = status.match(new RegExp(`^${name}:\\s+(\\d+)\\s+kB`, "m"));
+    if (!m) throw new Error(`no ${name} in /proc/${pid}/status`);
+    return Number(m[1]) / 1024;
+  };
+  return { total: field("VmRSS"), anon: field("RssAnon"), file: field("RssFile") };
+}
+
+/** "62.4 MiB (anon 21.0, file 41.4)". */
+export function formatRss(rss: Rss): string {
+  return `${rss.total.toFixed(1)} MiB (anon ${rss.anon.toFixed(1)}, file ${rss.file.toFixed(1)})`;
 }
 
 /** Creates many network namespaces (lo left down) with one `ip -batch` run instead of N `ip`s. */
