@@ -119,7 +119,8 @@ export async function deleteNamespaces(names: string[]): Promise<void> {
   await ipBatch(names.map((n) => `netns del ${n}`), true);
 }
 
-async function ipBatch(lines: string[], force = false): Promise<void> {
+/** Runs `ip -batch -` with `lines`; with `force`, failing lines are skipped, not fatal. */
+export async function ipBatch(lines: string[], force = false): Promise<void> {
   const child = new Deno.Command("ip", {
     args: [...(force ? ["-force"] : []), "-batch", "-"],
     stdin: "piped",

@@ -1,22 +1,12 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { writeLauncher } from "./build.ts";
+import { run } from "../tests/helpers/exec.ts";
 
-/** Runs `launcher` as a runtime runs a CNI plugin: env, stdin, stdout. */
+/** Runs `launcher` as a runtime runs a CNI plugin: env, config on stdin, JSON on stdout. */
 async function runPlugin(launcher: string, env: Record<string, string>, stdin: string) {
-  const child = new Deno.Command(launcher, {
-    env: { PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin", ...env },
-    clearEnv: true,
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const w = child.stdin.getWriter();
-  await w.write(new TextEncoder().encode(stdin));
-  await w.close();
-  const out = await child.output();
-  const stdout = new TextDecoder().decode(out.stdout);
-  return { code: out.code, stdout, json: JSON.parse(stdout) };
+  const out = await run([launcher], { env, stdin });
+  return { code: out.code, stdout: out.stdout, json: JSON.parse(out.stdout) };
 }
 
 Deno.test("launcher: the CNI lane answers VERSION and reaches for the agent socket", async () => {
