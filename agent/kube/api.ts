@@ -1,11 +1,15 @@
 /**
- * The agent's narrow view of the Kubernetes API, over `@kubernetes/client-node`.
+ * The agent's narrow view of the Kubernetes API.
  *
- * This is the only module that imports the client library (pinned here, once), so the CNI exec
- * path and standalone mode never load it. Everything above speaks in plain JSON objects:
- * {@link ListPage}, {@link WatchEvent}. Credentials come from a kubeconfig file or, in a pod,
- * from the service account (`KUBERNETES_SERVICE_HOST/PORT`, the projected token file, re-read
- * as it rotates).
+ * Credentials come from `@kubernetes/client-node`'s KubeConfig: a kubeconfig file or, in a pod,
+ * the service account (`KUBERNETES_SERVICE_HOST/PORT`, the projected token file, re-read for
+ * every request as it rotates). This is the only module that imports the library (pinned here,
+ * once), so the CNI exec path and standalone mode never load it.
+ *
+ * The requests themselves go through Deno's own `fetch`, not the library's (npm undici): under
+ * Deno, undici's streams did not report a watch connection closed by the server (an API server
+ * stopping), so a watch hung until its inactivity timeout and an abort did not end it either.
+ * Everything above speaks plain JSON objects: {@link ListPage}, {@link WatchEvent}.
  *
  * @module
  */
@@ -77,7 +81,15 @@ export interface KubeConnectOptions {
   kubeconfig?: string;
 }
 
-/** The HTTP status of an error thrown by the client library, if it carries one. */
+/** An error answer of the API server (or a failed connection, without a status). */
+export class ApiError extends Error {
+  constructor(readonly statusCode: number | undefined, message: string) {
+    super(statusCode === undefined ? message : `HTTP ${statusCode}: ${message}`);
+    this.name = "ApiError";
+  }
+}
+
+/** The HTTP status of an error, if it carries one. */
 export function httpStatusOf(err: unknown): number | undefined {
   const e = err as { code?: unknown; statusCode?: unknown } | undefined;
   if (typeof e?.statusCode === "number") return e.statusCode;
@@ -85,36 +97,43 @@ export function httpStatusOf(err: unknown): number | undefined {
   return undefined;
 }
 
-/** A short, log-friendly description of an API error (status code and message). */
+/** A short, log-friendly description of an API error. */
 export function describeApiError(err: unknown): string {
-  const status = httpStatusOf(err);
-  const e = err as { message?: string; body?: unknown; cause?: { message?: string } };
+  const e = err as { message?: string; cause?: { message?: string } } | undefined;
   let detail = e?.message ?? String(err);
-  if (e?.cause?.message) detail += ` (${e.cause.message})`;
-  const body = e?.body as { message?: string } | string | undefined;
-  if (typeof body === "object" && body?.message) detail = body.message;
-  return status === undefined ? detail : `HTTP ${status}: ${detail}`;
+  if (e?.cause?.message && !detail.includes(e.cause.message)) detail += ` (${e.cause.message})`;
+  return detail;
+}
+
+/** A watch that received no byte (events, bookmarks) for this long is presumed dead. */
+const WATCH_IDLE_MS = 75_000;
+
+type HttpsOptions = {
+  headers?: Record<string, string>;
+  auth?: string;
+  ca?: Uint8Array | string;
+  cert?: Uint8Array | string;
+  key?: Uint8Array | string;
+};
+
+function pemText(v: Uint8Array | string | undefined): string | undefined {
+  if (v === undefined) return undefined;
+  return typeof v === "string" ? v : new TextDecoder().decode(v);
 }
 
 /** The API calls flock makes: list, watch, read a Node, patch NodeConfig status. */
 export class KubeApi {
   readonly #config: k8s.KubeConfig;
-  readonly #core: k8s.CoreV1Api;
-  readonly #custom: k8s.CustomObjectsApi;
-  readonly #watch: k8s.Watch;
+  #client?: Deno.HttpClient;
 
   constructor(options: KubeConnectOptions = {}) {
     const config = new k8s.KubeConfig();
     if (options.kubeconfig) config.loadFromFile(options.kubeconfig);
     else config.loadFromCluster();
+    if (!config.getCurrentCluster()?.server) {
+      throw new Error("the kubeconfig names no API server");
+    }
     this.#config = config;
-    this.#core = config.makeApiClient(k8s.CoreV1Api);
-    this.#custom = config.makeApiClient(k8s.CustomObjectsApi);
-    this.#watch = new k8s.Watch(config);
-    // The library aborts a watch after this long without a byte. The API server sends a
-    // bookmark about once a minute when asked to, so a quiet but healthy watch survives;
-    // a dead connection is still noticed. (TypeScript-private in the library, set on purpose.)
-    (this.#watch as unknown as { requestTimeoutMs: number }).requestTimeoutMs = 75_000;
   }
 
   /** The API server URL in use. */
@@ -122,31 +141,68 @@ export class KubeApi {
     return this.#config.getCurrentCluster()?.server ?? "";
   }
 
-  /** One page of pods across all namespaces. */
-  async listPods(query: ListQuery): Promise<ListPage> {
-    const list = await this.#core.listPodForAllNamespaces({
-      fieldSelector: query.fieldSelector,
-      limit: query.limit,
-      _continue: query.continueToken,
-    });
-    // The typed client turns objects into classes; flock only reads plain fields.
-    return {
-      items: list.items as unknown as KubeObject[],
-      resourceVersion: list.metadata?.resourceVersion ?? "",
-      continueToken: list.metadata?._continue ?? "",
-    };
+  /** Headers and TLS client for one request (the token file is re-read every time). */
+  async #auth(): Promise<{ headers: Headers; client: Deno.HttpClient }> {
+    const opts: HttpsOptions = {};
+    await this.#config.applyToHTTPSOptions(opts as never);
+    const headers = new Headers(opts.headers ?? {});
+    if (opts.auth) headers.set("authorization", `Basic ${btoa(opts.auth)}`);
+    headers.set("accept", "application/json");
+    if (!this.#client) {
+      const ca = pemText(opts.ca);
+      const cert = pemText(opts.cert);
+      const key = pemText(opts.key);
+      this.#client = Deno.createHttpClient({
+        ...(ca ? { caCerts: [ca] } : {}),
+        ...(cert && key ? { cert, key } : {}),
+      });
+    }
+    return { headers, client: this.#client };
   }
 
-  /** One page of NodeConfigs. */
-  async listNodeConfigs(query: ListQuery): Promise<ListPage> {
-    const list = await this.#custom.listClusterCustomObject({
-      group: FLOCK_GROUP,
-      version: FLOCK_VERSION,
-      plural: NODECONFIG_PLURAL,
+  #url(path: string, query: Record<string, string | number | boolean | undefined>): URL {
+    const url = new URL(this.server.replace(/\/$/, "") + path);
+    for (const [k, v] of Object.entries(query)) {
+      if (v !== undefined && v !== "") url.searchParams.set(k, String(v));
+    }
+    return url;
+  }
+
+  async #fetch(url: URL, init: RequestInit = {}): Promise<Response> {
+    const { headers, client } = await this.#auth();
+    for (const [k, v] of new Headers(init.headers)) headers.set(k, v);
+    try {
+      return await fetch(url, { ...init, headers, client });
+    } catch (e) {
+      if ((e as Error).name === "AbortError") throw e;
+      throw new ApiError(
+        undefined,
+        `${init.method ?? "GET"} ${url.pathname}: ${(e as Error).message}`,
+      );
+    }
+  }
+
+  async #json(url: URL, init: RequestInit = {}): Promise<unknown> {
+    const res = await this.#fetch(url, init);
+    const text = await res.text();
+    if (!res.ok) {
+      let message = text.slice(0, 300);
+      try {
+        message = JSON.parse(text).message ?? message;
+      } catch {
+        // not a Status object
+      }
+      throw new ApiError(res.status, `${init.method ?? "GET"} ${url.pathname}: ${message}`);
+    }
+    return JSON.parse(text);
+  }
+
+  async #list(path: string, query: ListQuery): Promise<ListPage> {
+    const list = await this.#json(this.#url(path, {
       fieldSelector: query.fieldSelector,
       limit: query.limit,
-      _continue: query.continueToken,
-    }) as { items?: KubeObject[]; metadata?: { resourceVersion?: string; continue?: string } };
+      continue: query.continueToken,
+    })) as { items?: KubeObject[]; metadata?: { resourceVersion?: string; continue?: string } };
     return {
       items: list.items ?? [],
       resourceVersion: list.metadata?.resourceVersion ?? "",
@@ -154,9 +210,21 @@ export class KubeApi {
     };
   }
 
+  /** One page of pods across all namespaces. */
+  listPods(query: ListQuery): Promise<ListPage> {
+    return this.#list(PODS_PATH, query);
+  }
+
+  /** One page of NodeConfigs. */
+  listNodeConfigs(query: ListQuery): Promise<ListPage> {
+    return this.#list(NODECONFIG_PATH, query);
+  }
+
   /** `Node.spec.podCIDRs` (or the single `podCIDR`) of one node. */
   async nodePodCIDRs(name: string): Promise<string[]> {
-    const node = await this.#core.readNode({ name });
+    const node = await this.#json(this.#url(`/api/v1/nodes/${encodeURIComponent(name)}`, {})) as {
+      spec?: { podCIDRs?: string[]; podCIDR?: string };
+    };
     const cidrs = node.spec?.podCIDRs ?? [];
     if (cidrs.length === 0 && node.spec?.podCIDR) return [node.spec.podCIDR];
     return cidrs;
@@ -164,22 +232,21 @@ export class KubeApi {
 
   /** Merge-patches the status subresource of one NodeConfig. */
   async patchNodeConfigStatus(name: string, status: object): Promise<void> {
-    await this.#custom.patchClusterCustomObjectStatus(
+    await this.#json(
+      this.#url(`${NODECONFIG_PATH}/${encodeURIComponent(name)}/status`, {}),
       {
-        group: FLOCK_GROUP,
-        version: FLOCK_VERSION,
-        plural: NODECONFIG_PLURAL,
-        name,
-        body: { status },
+        method: "PATCH",
+        headers: { "content-type": "application/merge-patch+json" },
+        body: JSON.stringify({ status }),
       },
-      k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch),
     );
   }
 
   /**
    * Starts a watch of `path` from `resourceVersion`. `onEvent` gets each event; `onDone` is
    * called once when the stream ends, with the error if it failed (an HTTP error carries its
-   * status in `statusCode`).
+   * status in `statusCode`), or nothing when it ended cleanly or was stopped. The returned
+   * promise resolves once the server has answered (or the attempt failed).
    */
   async watch(
     path: string,
@@ -188,18 +255,84 @@ export class KubeApi {
     onEvent: (event: WatchEvent) => void,
     onDone: (err: unknown) => void,
   ): Promise<WatchHandle> {
-    const params: Record<string, string | number | boolean> = {
+    const controller = new AbortController();
+    let stopped = false;
+    const handle = {
+      stop: () => {
+        stopped = true;
+        controller.abort();
+      },
+    };
+    let idle: ReturnType<typeof setTimeout> | undefined;
+    let idleExpired = false;
+    const touch = () => {
+      clearTimeout(idle);
+      idle = setTimeout(() => {
+        idleExpired = true;
+        controller.abort();
+      }, WATCH_IDLE_MS);
+    };
+    const url = this.#url(path, {
+      watch: 1,
       resourceVersion,
       allowWatchBookmarks: true,
-    };
-    if (query.fieldSelector) params.fieldSelector = query.fieldSelector;
-    if (query.timeoutSeconds) params.timeoutSeconds = query.timeoutSeconds;
-    const controller = await this.#watch.watch(
-      path,
-      params,
-      (type: string, object: WatchEvent["object"]) => onEvent({ type, object }),
-      onDone,
-    );
-    return { stop: () => controller.abort() };
+      fieldSelector: query.fieldSelector,
+      timeoutSeconds: query.timeoutSeconds,
+    });
+    let res: Response;
+    try {
+      touch();
+      res = await this.#fetch(url, { signal: controller.signal });
+      if (res.status !== 200) {
+        const text = await res.text();
+        let message = text.slice(0, 300);
+        try {
+          message = JSON.parse(text).message ?? message;
+        } catch {
+          // not a Status object
+        }
+        throw new ApiError(res.status, `watch ${path}: ${message}`);
+      }
+    } catch (e) {
+      clearTimeout(idle);
+      onDone(stopped ? undefined : e);
+      return handle;
+    }
+    void this.#readEvents(res, onEvent, touch).then(
+      () => onDone(idleExpired ? new ApiError(undefined, `watch ${path}: idle`) : undefined),
+      (e) => {
+        onDone(
+          stopped ? undefined : idleExpired ? new ApiError(undefined, `watch ${path}: idle`) : e,
+        );
+      },
+    ).finally(() => clearTimeout(idle));
+    return handle;
+  }
+
+  /** Reads newline-delimited JSON events until the stream ends. */
+  async #readEvents(
+    res: Response,
+    onEvent: (event: WatchEvent) => void,
+    touch: () => void,
+  ): Promise<void> {
+    const decoder = new TextDecoder();
+    let buffered = "";
+    for await (const chunk of res.body!) {
+      touch();
+      buffered += decoder.decode(chunk, { stream: true });
+      let nl: number;
+      while ((nl = buffered.indexOf("\n")) >= 0) {
+        const line = buffered.slice(0, nl).trim();
+        buffered = buffered.slice(nl + 1);
+        if (!line) continue;
+        let event: WatchEvent;
+        try {
+          event = JSON.parse(line);
+        } catch {
+          continue;
+        }
+        onEvent(event);
+      }
+    }
   }
 }

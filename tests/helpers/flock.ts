@@ -49,6 +49,12 @@ export interface FlockNodeOptions {
   agentArgs?: string[];
   /** Extra keys for the plugin entry of the conflist. */
   pluginExtras?: Record<string, unknown>;
+  /**
+   * Cluster mode: the agent gets its NodeConfig from the API server this kubeconfig names
+   * (`config` is then unused). It runs in the host namespace, to reach an API server on
+   * 127.0.0.1, with `--netns` so that all its kernel work happens in the node namespace.
+   */
+  kubeconfig?: string;
 }
 
 /** One CNI invocation's parameters; `netns` and `ifname` default to empty and `eth0`. */
@@ -178,16 +184,21 @@ export class FlockNode implements AsyncDisposable {
   ): Promise<void> {
     if (this.agent) throw new Error("agent already running");
     const log = await Deno.open(this.agentLogPath, { append: true, create: true });
-    const child = new Deno.Command("nsenter", {
+    const kubeconfig = this.options.kubeconfig;
+    // Standalone: the whole agent inside the node namespace. Cluster: only its netlink handle.
+    const [program, ...prefix] = kubeconfig
+      ? [this.executable]
+      : ["nsenter", `--net=${this.ns.path}`, "--", this.executable];
+    const mode = kubeconfig
+      ? ["--kubeconfig", kubeconfig, "--netns", this.ns.path, "--http", "off"]
+      : ["--config", this.configPath];
+    const child = new Deno.Command(program, {
       args: [
-        `--net=${this.ns.path}`,
-        "--",
-        this.executable,
+        ...prefix,
         "agent",
         "--node",
         this.name,
-        "--config",
-        this.configPath,
+        ...mode,
         "--state-dir",
         this.stateDir,
         "--socket",
