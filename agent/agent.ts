@@ -35,6 +35,7 @@ import {
   reloadSummary,
 } from "./routing.ts";
 import { bgpSessions } from "../bird/control.ts";
+import { trimFreedMemory } from "./malloc_trim.ts";
 
 /** Default directory of the node-local store. */
 export const DEFAULT_STATE_DIR = "/var/lib/flock";
@@ -138,6 +139,8 @@ export class Agent {
       path: this.options.socketPath,
       handler: (req) => this.#dispatch(req),
       log: this.log,
+      // After a burst of pod starts, give freed native memory back (BRIEF §8: RSS ≤ 64 MiB).
+      onIdle: trimFreedMemory,
     });
     await this.#server.start();
     this.log({ msg: "listening", socket: this.options.socketPath, node: this.options.nodeName });

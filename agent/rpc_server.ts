@@ -19,6 +19,8 @@ export const DEFAULT_MAX_REQUEST_BYTES = 1 << 20;
 export const DEFAULT_READ_TIMEOUT_MS = 30_000;
 /** Default time {@link RpcServer.close} waits for in-flight requests. */
 export const DEFAULT_CLOSE_TIMEOUT_MS = 10_000;
+/** Default quiet time after the last request before `onIdle` runs. */
+export const DEFAULT_IDLE_MS = 1_000;
 
 /** Options of an {@link RpcServer}. */
 export interface RpcServerOptions {
@@ -31,6 +33,12 @@ export interface RpcServerOptions {
   maxRequestBytes?: number;
   readTimeoutMs?: number;
   closeTimeoutMs?: number;
+  /**
+   * Runs once the server has had no request in flight for `idleMs` after some work (the agent
+   * returns freed memory to the kernel there). Errors are logged and ignored.
+   */
+  onIdle?: () => void;
+  idleMs?: number;
 }
 
 /**
@@ -73,7 +81,9 @@ export function validateRpcRequest(value: unknown): RpcRequest {
 
 /** The unix-socket RPC server of the agent. */
 export class RpcServer {
-  readonly #opts: Required<Omit<RpcServerOptions, "log">> & Pick<RpcServerOptions, "log">;
+  readonly #opts:
+    & Required<Omit<RpcServerOptions, "log" | "onIdle">>
+    & Pick<RpcServerOptions, "log" | "onIdle">;
   #listener?: Deno.Listener<Deno.UnixConn, Deno.UnixAddr>;
   #acceptLoop?: Promise<void>;
   #inFlight = new Set<Promise<void>>();
@@ -84,12 +94,14 @@ export class RpcServer {
   #signalShutdown!: () => void;
   readonly #gate = new GcGate();
   readonly #containerChains = new Map<string, Promise<void>>();
+  #idleTimer?: ReturnType<typeof setTimeout>;
 
   constructor(opts: RpcServerOptions) {
     this.#opts = {
       maxRequestBytes: DEFAULT_MAX_REQUEST_BYTES,
       readTimeoutMs: DEFAULT_READ_TIMEOUT_MS,
       closeTimeoutMs: DEFAULT_CLOSE_TIMEOUT_MS,
+      idleMs: DEFAULT_IDLE_MS,
       ...opts,
     };
     this.#shutdown = new Promise((resolve) => {
@@ -116,6 +128,7 @@ export class RpcServer {
   async close(): Promise<void> {
     if (this.#closing || !this.#listener) return;
     this.#closing = true;
+    clearTimeout(this.#idleTimer);
     this.#signalShutdown();
     try {
       this.#listener.close();
@@ -156,9 +169,30 @@ export class RpcServer {
         await new Promise((r) => setTimeout(r, 50));
         continue;
       }
-      const done = this.#serve(conn).finally(() => this.#inFlight.delete(done));
+      const done = this.#serve(conn).finally(() => {
+        this.#inFlight.delete(done);
+        if (this.#inFlight.size === 0) this.#armIdle();
+      });
       this.#inFlight.add(done);
     }
+  }
+
+  /** (Re)starts the quiet-time timer of `onIdle`; it never keeps the process alive. */
+  #armIdle(): void {
+    const onIdle = this.#opts.onIdle;
+    if (!onIdle || this.#closing) return;
+    clearTimeout(this.#idleTimer);
+    const timer = setTimeout(() => {
+      this.#idleTimer = undefined;
+      if (this.#inFlight.size > 0 || this.#closing) return;
+      try {
+        onIdle();
+      } catch (e) {
+        this.#opts.log?.({ level: "warn", msg: "rpc idle hook failed", error: String(e) });
+      }
+    }, this.#opts.idleMs);
+    Deno.unrefTimer(timer);
+    this.#idleTimer = timer;
   }
 
   /** One connection: read, dispatch, answer once, close. Never throws. */

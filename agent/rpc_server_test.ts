@@ -389,3 +389,31 @@ function randomJson(rand: () => number, depth: number): unknown {
     }
   }
 }
+
+Deno.test("RpcServer: onIdle runs once after a burst, and never while a request runs", async () => {
+  let idleCalls = 0;
+  let running = 0;
+  let idleWhileRunning = false;
+  const handler = async (_req: RpcRequest): Promise<RpcResponse> => {
+    running++;
+    await sleep(120);
+    running--;
+    return { ok: true };
+  };
+  const onIdle = () => {
+    idleCalls++;
+    if (running > 0) idleWhileRunning = true;
+  };
+  await withServer(handler, async (path) => {
+    await sleep(80);
+    assert.equal(idleCalls, 0, "no idle call before any request");
+    await Promise.all(["c1", "c2", "c3"].map((id) => call(path, request("ADD", id))));
+    // A second request arrives within the quiet time: the timer restarts.
+    await sleep(20);
+    await call(path, request("ADD", "c4"));
+    assert.equal(idleCalls, 0, "the quiet time has not passed yet");
+    await sleep(500);
+    assert.equal(idleCalls, 1);
+    assert.equal(idleWhileRunning, false);
+  }, { onIdle, idleMs: 300 });
+});

@@ -91,8 +91,9 @@ export async function runAgentBench(opts: AgentBenchOptions): Promise<ResultRow[
       return performance.now() - t;
     };
     const agentPid = node.agent!.pid;
-    // Let the agent settle after start-up (JIT of the start path, the first GC).
-    await new Promise((r) => setTimeout(r, 500));
+    // Steady state: past the agent's idle work (1 s after the last request it trims malloc).
+    const settle = () => new Promise((r) => setTimeout(r, 2_000));
+    await settle();
     const rssIdle = await rssOf(agentPid);
 
     /** `count` ADD+DEL pairs in the measuring namespace; the node keeps its pod count. */
@@ -134,7 +135,7 @@ export async function runAgentBench(opts: AgentBenchOptions): Promise<ResultRow[
     const fillSeconds = (performance.now() - fillStart) / 1000;
     const links = (await node.flockLinks()).length;
     if (links !== opts.pods) throw new Error(`expected ${opts.pods} flock links, found ${links}`);
-    await new Promise((r) => setTimeout(r, 500));
+    await settle();
     const rssFull = await rssOf(agentPid);
     const full = await series("full", opts.samples);
     progress(`${opts.pods} pods: ${opts.samples} ADD+DEL done`);
