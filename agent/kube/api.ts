@@ -220,6 +220,11 @@ export class KubeApi {
     return this.#list(NODECONFIG_PATH, query);
   }
 
+  /** One page of Nodes. */
+  listNodes(query: ListQuery): Promise<ListPage> {
+    return this.#list("/api/v1/nodes", query);
+  }
+
   /** `Node.spec.podCIDRs` (or the single `podCIDR`) of one node. */
   async nodePodCIDRs(name: string): Promise<string[]> {
     const node = await this.#json(this.#url(`/api/v1/nodes/${encodeURIComponent(name)}`, {})) as {

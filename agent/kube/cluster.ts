@@ -25,12 +25,15 @@ import { PodAnnotationIndex, type PodInfo, projectPod } from "./pod_annotations.
 import {
   canonicalJson,
   describeConfigChange,
+  meshPeersFor,
   nodeConfigFromPodCIDRs,
   type NodeConfigObject,
   parseNodeConfigObject,
   peerConfigs,
+  projectNodeAddresses,
   projectNodeConfig,
 } from "./node_configs.ts";
+import type { MeshPeer } from "../routing.ts";
 import { type AgentStats, buildStatus, StatusReporter } from "./status_reporter.ts";
 
 /** How long the agent waits for its NodeConfig before it uses `Node.spec.podCIDRs`. */
@@ -46,6 +49,8 @@ export interface ClusterAgent {
   /** Sets the reason given to CNI requests while not ready. */
   waitingFor(reason: string): void;
   stats(): AgentStats & { notReadyReason: string; outsideCIDR: number };
+  /** The other nodes of the BGP mesh (called once configured, and on every change). */
+  setMeshPeers?(peers: MeshPeer[]): Promise<void>;
   log(fields: Record<string, unknown>): void;
 }
 
@@ -60,6 +65,8 @@ export interface ClusterModeOptions {
   statusIntervalMs?: number;
   /** The other nodes' valid NodeConfigs, sorted by name, whenever they change. */
   onPeersChanged?: (peers: NodeConfig[]) => void;
+  /** Watch Nodes for the mesh peers' addresses (InternalIP); default true. */
+  watchNodes?: boolean;
   log: (fields: Record<string, unknown>) => void;
 }
 
@@ -70,6 +77,8 @@ export type ConfigSource = "NodeConfig" | "podCIDRs";
 export class ClusterMode {
   readonly pods: Reflector<PodInfo>;
   readonly configs: Reflector<NodeConfigObject>;
+  /** Node addresses, for the mesh. */
+  readonly nodes?: Reflector<string[]>;
   readonly annotations: PodAnnotationIndex;
   readonly status: StatusReporter;
   /** Where the config in force came from (undefined until configured). */
@@ -80,6 +89,7 @@ export class ClusterMode {
   #specProblem = "";
   #applying: Promise<void> = Promise.resolve();
   #peersText = "";
+  #meshText = "";
   #peersQueued = false;
   #stopped = false;
   #wake?: () => void;
@@ -118,6 +128,19 @@ export class ClusterMode {
       onListed: () => this.#queuePeers(),
       log,
     });
+    if (options.watchNodes ?? true) {
+      this.nodes = new Reflector({
+        name: "nodes",
+        source: {
+          path: "/api/v1/nodes",
+          list: (q) => api.listNodes(q),
+          watch: (...args) => api.watch(...args),
+        },
+        project: projectNodeAddresses,
+        onChange: () => this.#queuePeers(),
+        log,
+      });
+    }
     this.status = new StatusReporter({
       compute: () => this.#desiredStatus(),
       patch: (name, status) => api.patchNodeConfigStatus(name, status),
@@ -140,6 +163,7 @@ export class ClusterMode {
     this.#agent = agent;
     this.pods.start();
     this.configs.start();
+    this.nodes?.start();
     this.#acquiring = this.#acquire().catch(onFatal);
   }
 
@@ -158,7 +182,7 @@ export class ClusterMode {
     this.#stopped = true;
     this.#wake?.();
     this.status.stop();
-    await Promise.all([this.pods.stop(), this.configs.stop()]);
+    await Promise.all([this.pods.stop(), this.configs.stop(), this.nodes?.stop()]);
     await this.#acquiring;
     await this.#applying;
   }
@@ -241,6 +265,7 @@ export class ClusterMode {
       cidr4: config.spec.cidr4,
     });
     this.status.request();
+    this.#queuePeers();
   }
 
   #ownChanged(obj: NodeConfigObject | undefined): void {
@@ -318,10 +343,26 @@ export class ClusterMode {
       log({ level: "warn", msg: "ignoring invalid NodeConfig of another node", name, reason });
     });
     const text = canonicalJson(peers.map((p) => ({ name: p.name, spec: p.spec })));
-    if (text === this.#peersText) return;
-    this.#peersText = text;
-    log({ level: "info", msg: "mesh peers changed", peers: peers.map((p) => p.name) });
-    onPeersChanged?.(peers);
+    if (text !== this.#peersText) {
+      this.#peersText = text;
+      log({ level: "info", msg: "peer NodeConfigs changed", peers: peers.map((p) => p.name) });
+      onPeersChanged?.(peers);
+    }
+    // The routing layer exists only once the node is configured.
+    const agent = this.#agent;
+    if (!agent?.ready || !agent.setMeshPeers) return;
+    const mesh = meshPeersFor(peers, (name) => this.nodes?.cache.get(name));
+    const meshText = canonicalJson(mesh);
+    if (meshText === this.#meshText) return;
+    this.#meshText = meshText;
+    log({
+      level: "info",
+      msg: "mesh peers changed",
+      peers: mesh.map((p) => `${p.name}@${p.address}`),
+    });
+    agent.setMeshPeers(mesh).catch((e) => {
+      log({ level: "error", msg: "cannot apply mesh peers", error: String(e) });
+    });
   }
 
   #desiredStatus() {

@@ -11,6 +11,7 @@
 import { AF_INET, AF_INET6, formatPrefix, parsePrefix, type Prefix } from "../../netlink/ip.ts";
 import { type NodeConfig, parseNodeConfig } from "../config.ts";
 import type { KubeObject } from "./api.ts";
+import type { MeshPeer } from "../routing.ts";
 
 /** What the agent keeps of one NodeConfig object. */
 export interface NodeConfigObject {
@@ -131,4 +132,40 @@ export function peerConfigs(
     }
   }
   return out.sort((a, b) => (a.name! < b.name! ? -1 : a.name! > b.name! ? 1 : 0));
+}
+
+/** The InternalIP addresses of a Node object (kubelet lists the primary one first). */
+export function projectNodeAddresses(obj: KubeObject): string[] {
+  const status = obj.status as { addresses?: { type?: string; address?: string }[] } | undefined;
+  return (status?.addresses ?? [])
+    .filter((a) => a.type === "InternalIP" && typeof a.address === "string")
+    .map((a) => a.address!);
+}
+
+/**
+ * The BGP node mesh: one peer per other node whose NodeConfig has a `bgp.asn`, at the first
+ * InternalIP of its Node object; a node without a known address is left out until it has one.
+ */
+export function meshPeersFor(
+  peers: NodeConfig[],
+  internalIPs: (nodeName: string) => string[] | undefined,
+): MeshPeer[] {
+  const out: MeshPeer[] = [];
+  for (const p of peers) {
+    const asn = p.spec.bgp?.asn;
+    const address = internalIPs(p.name!)?.[0];
+    if (asn === undefined || !address) continue;
+    out.push({
+      name: p.name!,
+      address,
+      asn,
+      cidrs: summaryCIDRs(p),
+      ...(p.spec.anycastCIDRs?.length ? { anycastCIDRs: [...p.spec.anycastCIDRs] } : {}),
+    });
+  }
+  return out;
+}
+
+function summaryCIDRs(c: NodeConfig): string[] {
+  return [c.cidr6, c.cidr4].filter((x): x is Prefix => x !== undefined).map(formatPrefix);
 }

@@ -2,9 +2,11 @@ import assert from "node:assert/strict";
 import {
   canonicalJson,
   describeConfigChange,
+  meshPeersFor,
   nodeConfigFromPodCIDRs,
   parseNodeConfigObject,
   peerConfigs,
+  projectNodeAddresses,
   projectNodeConfig,
 } from "./node_configs.ts";
 import { parseNodeConfig } from "../config.ts";
@@ -71,4 +73,29 @@ Deno.test("canonicalJson: key order does not matter, array order does", () => {
     canonicalJson({ a: { c: 3, d: 2 }, b: 1 }),
   );
   assert.notEqual(canonicalJson([1, 2]), canonicalJson([2, 1]));
+});
+
+Deno.test("meshPeersFor: other nodes with an ASN, at their first InternalIP", () => {
+  const addresses: Record<string, string[]> = {
+    a: projectNodeAddresses({
+      status: {
+        addresses: [
+          { type: "Hostname", address: "a" },
+          { type: "InternalIP", address: "fd00:99::a" },
+          { type: "InternalIP", address: "10.99.0.10" },
+        ],
+      },
+    }),
+    b: ["fd00:99::b"],
+  };
+  assert.deepEqual(addresses.a, ["fd00:99::a", "10.99.0.10"]);
+  const peers = [
+    parseNodeConfig({ cidr6: "fd00:1::/64", cidr4: "10.1.0.0/24", bgp: { asn: 65001 } }, "a"),
+    parseNodeConfig({ cidr6: "fd00:2::/64" }, "b"), // no bgp: not in the mesh
+    parseNodeConfig({ cidr6: "fd00:3::/64", bgp: { asn: 65003 } }, "c"), // no Node address yet
+  ];
+  peers.forEach((p, i) => p.name = ["a", "b", "c"][i]);
+  assert.deepEqual(meshPeersFor(peers, (n) => addresses[n]), [
+    { name: "a", address: "fd00:99::a", asn: 65001, cidrs: ["fd00:1::/64", "10.1.0.0/24"] },
+  ]);
 });

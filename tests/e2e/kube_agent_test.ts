@@ -108,7 +108,15 @@ Deno.test({
     await kube.waitForCrd("nodeconfigs.flock.fritzlab.net");
     await kube.apply([
       nodeConfig(NODE, { cidr6: "fd00:4b::/64", cidr4: "10.75.0.0/24", mtu: 1500 }),
-      nodeConfig("flk-other-node", { cidr6: "fd00:4c::/64" }),
+      nodeConfig("flk-other-node", { cidr6: "fd00:4c::/64", bgp: { asn: 65010 } }),
+      // The other node's address for the BGP mesh comes from its Node object (data only:
+      // nothing is sent to it, this test runs no BIRD).
+      {
+        apiVersion: "v1",
+        kind: "Node",
+        metadata: { name: "flk-other-node" },
+        status: { addresses: [{ type: "InternalIP", address: "fd00:4c::1" }] },
+      },
     ]);
     const token = await kube.tokenFor("kube-system", "flock");
     const kubeconfig = await kube.kubeconfigFor(token);
@@ -184,7 +192,7 @@ Deno.test({
       assert.equal(status.observedGeneration, 1);
       const table = await kube.kubectlOk(["get", "nodeconfigs", NODE]);
       assert.match(table, new RegExp(`${NODE}\\s+fd00:4b::/64\\s+10\\.75\\.0\\.0/24\\s+4\\s`));
-      assert.match(await node.agentLog(), /mesh peers changed.*flk-other-node/);
+      assert.match(await node.agentLog(), /mesh peers changed.*flk-other-node@fd00:4c::1/);
 
       const before = await snapshot(node, pods);
       assert.ok(await ping(pods["pod-a"], "fd00:4b::d"));
@@ -312,3 +320,63 @@ async function snapshot(node: FlockNode, pods: Record<string, TestNamespace>) {
     pods: views,
   };
 }
+
+Deno.test({
+  name: "kube agent: no NodeConfig → Node.spec.podCIDRs after the wait; a later NodeConfig wins",
+  ...ROOT_ONLY,
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await using kube = await KubeCluster.start();
+    await kube.apply(await Deno.readTextFile(join(REPO_ROOT, "deploy/crd.yaml")));
+    await kube.apply(await Deno.readTextFile(join(REPO_ROOT, "deploy/rbac.yaml")));
+    await kube.waitForCrd("nodeconfigs.flock.fritzlab.net");
+    const name = "flk-kube-plain";
+    await kube.apply({
+      apiVersion: "v1",
+      kind: "Node",
+      metadata: { name },
+      spec: { podCIDRs: ["fd00:4d::/64", "10.77.0.0/24"], podCIDR: "fd00:4d::/64" },
+    });
+    const kubeconfig = await kube.kubeconfigFor(await kube.tokenFor("kube-system", "flock"));
+    await using node = await FlockNode.start({
+      name,
+      config: { cidr6: "fd00:dead::/64" },
+      kubeconfig,
+      agentArgs: ["--nodeconfig-wait-ms", "1500"],
+      startAgent: false,
+    });
+    await node.startAgent({ waitReady: false });
+    // Not ready while it waits: "try again later", with the reason.
+    const early = await eventually(
+      "the agent's not-ready answer",
+      () => node.cni("STATUS"),
+      (r) => /waiting for NodeConfig flk-kube-plain/.test(r.stdout),
+      10_000,
+    );
+    assert.notEqual(early.code, 0);
+    await node.waitReady();
+    assert.match(await node.agentLog(), /no NodeConfig for this node; using Node.spec.podCIDRs/);
+    await using pod = await TestNamespace.create("flk-kp");
+    const r = await node.cni("ADD", { containerId: "ctr-plain", netns: pod.path });
+    const ips = addresses(r);
+    assert.equal(ips.length, 2);
+    assert.ok(ips.some((a) => a.startsWith("fd00:4d::")), ips.join());
+    assert.ok(ips.some((a) => a.startsWith("10.77.0.")), ips.join());
+
+    // A NodeConfig that appears later takes over for new pods; the running pod stays.
+    await kube.apply(nodeConfig(name, { cidr6: "fd00:4d::/64", cidr4: "10.77.0.0/24", mtu: 1400 }));
+    await eventually(
+      "the NodeConfig to be applied",
+      async () => (await nodeConfigObject(kube, name)).status,
+      (s) => s?.ready === true && s?.pods === 1 && s?.observedGeneration === 1,
+    );
+    await using pod2 = await TestNamespace.create("flk-kp");
+    addresses(await node.cni("ADD", { containerId: "ctr-plain-2", netns: pod2.path }));
+    assert.equal((await podView(pod2)).mtu, 1400);
+    assert.equal((await podView(pod)).mtu, 1500);
+    for (const [id, ns] of [["ctr-plain", pod], ["ctr-plain-2", pod2]] as const) {
+      assert.equal((await node.cni("DEL", { containerId: id, netns: ns.path })).code, 0);
+    }
+  },
+});
