@@ -16,7 +16,11 @@ Usage:
   CNI_COMMAND=ADD|DEL|CHECK|GC|STATUS|VERSION flock   run as a CNI plugin (stdin: network config)
   flock agent [--node NAME] [--config FILE] [--state-dir DIR] [--socket PATH]
               [--http ADDR|off] [--log-level debug|info|warn|error]
-                                                     run the per-node agent
+                                                     run the per-node agent (standalone with
+                                                     --config, else cluster mode)
+  flock agent --node NAME [--kubeconfig FILE] [--netns PATH] [--nodeconfig-wait-ms MS]
+                                                     cluster mode: NodeConfig, pod annotations
+                                                     and status via the API server
   flock install [--bin-dir DIR] [--conf-dir DIR] [--socket PATH]
                                                      install the plugin binary and its conflist
   flock status [--socket PATH] [--json]              the local agent: ready or why not, pools, pods,
