@@ -21,6 +21,7 @@
 import type { NodeConfig } from "../config.ts";
 import { describeApiError, type KubeApi, NODECONFIG_PATH, PODS_PATH } from "./api.ts";
 import { Reflector } from "./reflector.ts";
+import { Sleeper } from "./sleeper.ts";
 import { PodAnnotationIndex, type PodInfo, projectPod } from "./pod_annotations.ts";
 import {
   canonicalJson,
@@ -92,7 +93,7 @@ export class ClusterMode {
   #meshText = "";
   #peersQueued = false;
   #stopped = false;
-  #wake?: () => void;
+  readonly #sleeper = new Sleeper();
   #acquiring?: Promise<void>;
 
   constructor(readonly options: ClusterModeOptions) {
@@ -180,7 +181,7 @@ export class ClusterMode {
   /** Stops the informers and the status writer. */
   async stop(): Promise<void> {
     this.#stopped = true;
-    this.#wake?.();
+    this.#sleeper.wake();
     this.status.stop();
     await Promise.all([this.pods.stop(), this.configs.stop(), this.nodes?.stop()]);
     await this.#acquiring;
@@ -225,7 +226,7 @@ export class ClusterMode {
         lastProblem = problem;
       }
       const left = deadline - Date.now();
-      await this.#sleep(left > 0 ? Math.min(left, 2_000) : 2_000);
+      await this.#sleeper.sleep(left > 0 ? Math.min(left, 2_000) : 2_000);
     }
   }
 
@@ -272,7 +273,7 @@ export class ClusterMode {
     const agent = this.#agent;
     if (!agent) return;
     if (!agent.ready) {
-      this.#wake?.();
+      this.#sleeper.wake();
       return;
     }
     if (!obj) {
@@ -382,16 +383,5 @@ export class ClusterMode {
     }
     const status = buildStatus(s, this.#observedGeneration, reason.slice(0, 1024));
     return { name: this.options.nodeName, status };
-  }
-
-  #sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const timer = setTimeout(done, ms);
-      function done() {
-        clearTimeout(timer);
-        resolve();
-      }
-      this.#wake = done;
-    });
   }
 }

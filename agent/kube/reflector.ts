@@ -14,6 +14,7 @@
 import type { KubeObject, ListPage, ListQuery, WatchEvent, WatchHandle } from "./api.ts";
 import { describeApiError, httpStatusOf } from "./api.ts";
 import { type CacheChange, ObjectCache } from "./object_cache.ts";
+import { Sleeper } from "./sleeper.ts";
 
 /** How a reflector reaches the API server. */
 export interface ReflectorSource {
@@ -64,7 +65,7 @@ export class Reflector<P> {
   #stopped = false;
   #running?: Promise<void>;
   #watch?: WatchHandle;
-  #wake?: () => void;
+  readonly #sleeper = new Sleeper();
   readonly #synced = Promise.withResolvers<void>();
   #hasSynced = false;
   /** Consecutive failures to list or watch; reset once a watch connects. */
@@ -93,7 +94,7 @@ export class Reflector<P> {
   async stop(): Promise<void> {
     this.#stopped = true;
     this.#watch?.stop();
-    this.#wake?.();
+    this.#sleeper.wake();
     await this.#running;
   }
 
@@ -113,7 +114,7 @@ export class Reflector<P> {
         }
         if (end.error !== undefined) throw end.error;
         // A watch that ends at once without news: do not spin.
-        if (end.events === 0 && end.ms < minBackoff) await this.#sleep(minBackoff);
+        if (end.events === 0 && end.ms < minBackoff) await this.#sleeper.sleep(minBackoff);
       } catch (err) {
         if (this.#stopped) break;
         if (httpStatusOf(err) === 410) {
@@ -133,7 +134,7 @@ export class Reflector<P> {
           });
         }
         const cap = Math.min(maxBackoff, minBackoff * 2 ** Math.min(failures - 1, 10));
-        await this.#sleep(cap / 2 + Math.random() * cap / 2);
+        await this.#sleeper.sleep(cap / 2 + Math.random() * cap / 2);
       }
     }
   }
@@ -256,16 +257,5 @@ export class Reflector<P> {
         error: (e as Error).message,
       });
     }
-  }
-
-  #sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const timer = setTimeout(done, ms);
-      function done() {
-        clearTimeout(timer);
-        resolve();
-      }
-      this.#wake = done;
-    });
   }
 }

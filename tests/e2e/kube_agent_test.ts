@@ -96,16 +96,27 @@ async function eventually<T>(
   }
 }
 
+/** An API server with deploy/'s CRD (established) and RBAC applied. */
+async function startWithFlockManifests(): Promise<KubeCluster> {
+  const kube = await KubeCluster.start();
+  try {
+    await kube.apply(await Deno.readTextFile(join(REPO_ROOT, "deploy/crd.yaml")));
+    await kube.apply(await Deno.readTextFile(join(REPO_ROOT, "deploy/rbac.yaml")));
+    await kube.waitForCrd("nodeconfigs.flock.fritzlab.net");
+    return kube;
+  } catch (e) {
+    await kube.stop();
+    throw e;
+  }
+}
+
 Deno.test({
   name: "kube agent: NodeConfig + pod annotations from the API, status, restarts change nothing",
   ...ROOT_ONLY,
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
-    await using kube = await KubeCluster.start();
-    await kube.apply(await Deno.readTextFile(join(REPO_ROOT, "deploy/crd.yaml")));
-    await kube.apply(await Deno.readTextFile(join(REPO_ROOT, "deploy/rbac.yaml")));
-    await kube.waitForCrd("nodeconfigs.flock.fritzlab.net");
+    await using kube = await startWithFlockManifests();
     await kube.apply([
       nodeConfig(NODE, { cidr6: "fd00:4b::/64", cidr4: "10.75.0.0/24", mtu: 1500 }),
       nodeConfig("flk-other-node", { cidr6: "fd00:4c::/64", bgp: { asn: 65010 } }),
@@ -127,6 +138,17 @@ Deno.test({
       kubeconfig,
     });
     const pods: Record<string, TestNamespace> = {};
+    /** A sandbox for pod `name`, set up through the plugin with only CNI_ARGS. */
+    const attach = async (name: string, uid?: string) => {
+      pods[name] = await TestNamespace.create("flk-kp");
+      return addresses(
+        await node.cni("ADD", {
+          containerId: `ctr-${name}`,
+          netns: pods[name].path,
+          args: cniArgs(name, uid),
+        }),
+      );
+    };
     try {
       // Pinned, auto with an algorithm, IPv6 only, and no annotations at all.
       const wanted: Record<string, Record<string, string>> = {
@@ -139,16 +161,7 @@ Deno.test({
         uids[name] = await createPod(kube, name, ann);
       }
       const got: Record<string, string[]> = {};
-      for (const name of Object.keys(wanted)) {
-        pods[name] = await TestNamespace.create("flk-kp");
-        got[name] = addresses(
-          await node.cni("ADD", {
-            containerId: `ctr-${name}`,
-            netns: pods[name].path,
-            args: cniArgs(name, uids[name]),
-          }),
-        );
-      }
+      for (const name of Object.keys(wanted)) got[name] = await attach(name, uids[name]);
       assert.deepEqual(got["pod-a"], ["10.75.0.10/32", "fd00:4b::a/128"]);
       assert.equal(got["pod-b"].length, 1);
       assert.match(got["pod-b"][0], /^fd00:4b::[0-9a-f]+\/128$/);
@@ -209,14 +222,7 @@ Deno.test({
       await new Promise((r) => setTimeout(r, 1_000));
       await kube.stopApiserver();
       assert.deepEqual(await snapshot(node, pods), before);
-      pods["pod-e"] = await TestNamespace.create("flk-kp");
-      got["pod-e"] = addresses(
-        await node.cni("ADD", {
-          containerId: "ctr-pod-e",
-          netns: pods["pod-e"].path,
-          args: cniArgs("pod-e"),
-        }),
-      );
+      got["pod-e"] = await attach("pod-e");
       assert.ok(got["pod-e"].includes("fd00:4b::e/128"), got["pod-e"].join());
       await kube.startApiserver();
       // The informers reconnect (or relist after 410) and the status catches up.
@@ -231,14 +237,7 @@ Deno.test({
       for (const route of before.routes) assert.ok(after.routes.includes(route), route);
       // A pod created after the restart is seen by the re-established watch.
       await createPod(kube, "pod-f", { [`${A}ipv6`]: "fd00:4b::f", [`${A}ipv4`]: "none" });
-      pods["pod-f"] = await TestNamespace.create("flk-kp");
-      got["pod-f"] = addresses(
-        await node.cni("ADD", {
-          containerId: "ctr-pod-f",
-          netns: pods["pod-f"].path,
-          args: cniArgs("pod-f"),
-        }),
-      );
+      got["pod-f"] = await attach("pod-f");
       assert.deepEqual(got["pod-f"], ["fd00:4b::f/128"]);
       for (const name of ["pod-a", "pod-b", "pod-c", "pod-d"]) {
         assert.deepEqual(await podView(pods[name]), before.pods[name], name);
@@ -261,14 +260,7 @@ Deno.test({
       // pod-a, pod-c and pod-e hold IPv4 addresses of the old range.
       assert.match(changed.reason, /^3 running pods hold addresses outside/);
       await createPod(kube, "pod-g", {});
-      pods["pod-g"] = await TestNamespace.create("flk-kp");
-      got["pod-g"] = addresses(
-        await node.cni("ADD", {
-          containerId: "ctr-pod-g",
-          netns: pods["pod-g"].path,
-          args: cniArgs("pod-g"),
-        }),
-      );
+      got["pod-g"] = await attach("pod-g");
       assert.ok(got["pod-g"].some((a) => a.startsWith("10.76.0.")), got["pod-g"].join());
       assert.equal((await podView(pods["pod-g"])).mtu, 1400);
       for (const name of ["pod-a", "pod-b", "pod-c", "pod-d"]) {
@@ -327,10 +319,7 @@ Deno.test({
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
-    await using kube = await KubeCluster.start();
-    await kube.apply(await Deno.readTextFile(join(REPO_ROOT, "deploy/crd.yaml")));
-    await kube.apply(await Deno.readTextFile(join(REPO_ROOT, "deploy/rbac.yaml")));
-    await kube.waitForCrd("nodeconfigs.flock.fritzlab.net");
+    await using kube = await startWithFlockManifests();
     const name = "flk-kube-plain";
     await kube.apply({
       apiVersion: "v1",
