@@ -129,9 +129,10 @@ function mean(values: number[]): number {
 export async function runCniBench(opts: CniBenchOptions): Promise<ResultRow[]> {
   const progress = opts.progress ?? (() => {});
   const tag = `flk-cb-${Deno.pid}`;
-  const dir = await Deno.makeTempDir({ prefix: "flock-cni-bench-" });
   const podNames: string[] = [];
   const node = await FlockNode.start({ config: FLOCK_CONFIG, name: "bench-node" });
+  // host-local's state dirs; made after the node so that a failed start leaves nothing behind.
+  const dir = await Deno.makeTempDir({ prefix: "flock-cni-bench-" });
   try {
     const refDir = referencePluginDir();
     const plugins = {
