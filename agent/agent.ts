@@ -326,6 +326,38 @@ export class Agent {
     return this.#server.exclusive(() => Promise.resolve(this.configure(node)));
   }
 
+  /**
+   * BGP sessions (configured, established) and the last BIRD reload, for the NodeConfig
+   * status; undefined when the agent drives no BIRD. Unreadable sessions count as none up.
+   */
+  async routingStatus(): Promise<
+    | {
+      sessions: number;
+      sessionsUp: number;
+      lastReload?: { time: string; ok: boolean; message?: string };
+    }
+    | undefined
+  > {
+    const read = this.statusHooks.bgpSessions;
+    const reload = this.#lastBirdReload;
+    if (!read && !reload) return undefined;
+    let sessions: { up: boolean }[] = [];
+    try {
+      sessions = (await read?.()) ?? [];
+    } catch {
+      // BIRD not answering: nothing is established as far as anyone can tell.
+    }
+    return {
+      sessions: sessions.length,
+      sessionsUp: sessions.filter((s) => s.up).length,
+      lastReload: reload && {
+        time: reload.at,
+        ok: reload.ok,
+        ...(reload.message ? { message: reload.message.slice(0, 1024) } : {}),
+      },
+    };
+  }
+
   /** Counts for the NodeConfig status: attachments, addresses per family, outside the CIDRs. */
   stats(): {
     ready: boolean;

@@ -35,10 +35,18 @@ import {
   projectNodeConfig,
 } from "./node_configs.ts";
 import type { MeshPeer } from "../routing.ts";
-import { type AgentStats, buildStatus, StatusReporter } from "./status_reporter.ts";
+import {
+  type AgentStats,
+  buildStatus,
+  type RoutingStats,
+  StatusReporter,
+} from "./status_reporter.ts";
 
 /** How long the agent waits for its NodeConfig before it uses `Node.spec.podCIDRs`. */
 export const DEFAULT_CONFIG_WAIT_MS = 60_000;
+
+/** How often the status is recomputed without a change event (for BGP session states). */
+const STATUS_REFRESH_MS = 30_000;
 
 /** What cluster mode needs of the agent. */
 export interface ClusterAgent {
@@ -52,6 +60,8 @@ export interface ClusterAgent {
   stats(): AgentStats & { notReadyReason: string; outsideCIDR: number };
   /** The other nodes of the BGP mesh (called once configured, and on every change). */
   setMeshPeers?(peers: MeshPeer[]): Promise<void>;
+  /** BGP sessions and the last BIRD reload (undefined without BIRD). */
+  routingStatus?(): Promise<RoutingStats | undefined>;
   log(fields: Record<string, unknown>): void;
 }
 
@@ -91,6 +101,7 @@ export class ClusterMode {
   #applying: Promise<void> = Promise.resolve();
   #peersText = "";
   #meshText = "";
+  #refresh?: ReturnType<typeof setInterval>;
   #peersQueued = false;
   #stopped = false;
   readonly #sleeper = new Sleeper();
@@ -166,6 +177,9 @@ export class ClusterMode {
     this.configs.start();
     this.nodes?.start();
     this.#acquiring = this.#acquire().catch(onFatal);
+    // BGP sessions change with no event to tell: look again now and then (a patch is sent
+    // only when something differs).
+    this.#refresh = setInterval(() => this.status.request(), STATUS_REFRESH_MS);
   }
 
   /** Resolves once the agent has a config (or cluster mode was stopped). */
@@ -181,6 +195,7 @@ export class ClusterMode {
   /** Stops the informers and the status writer. */
   async stop(): Promise<void> {
     this.#stopped = true;
+    clearInterval(this.#refresh);
     this.#sleeper.wake();
     this.status.stop();
     await Promise.all([this.pods.stop(), this.configs.stop(), this.nodes?.stop()]);
@@ -366,7 +381,7 @@ export class ClusterMode {
     });
   }
 
-  #desiredStatus() {
+  async #desiredStatus() {
     const agent = this.#agent;
     const own = this.configs.cache.get(this.options.nodeName);
     if (!agent || !own) return undefined;
@@ -381,7 +396,8 @@ export class ClusterMode {
       reason = `${s.outsideCIDR} running pods hold addresses outside the node's CIDRs ` +
         `(kept until they are deleted)`;
     }
-    const status = buildStatus(s, this.#observedGeneration, reason.slice(0, 1024));
+    const routing = s.ready ? await agent.routingStatus?.() : undefined;
+    const status = buildStatus(s, this.#observedGeneration, reason.slice(0, 1024), routing);
     return { name: this.options.nodeName, status };
   }
 }

@@ -29,6 +29,17 @@ export interface NodeConfigStatus {
   /** Pod attachments on the node. */
   pods: number;
   allocated: { ipv6: number; ipv4: number };
+  /** BGP sessions established and configured (only when the agent drives BIRD). */
+  bgpSessionsUp?: number;
+  bgpSessions?: number;
+  lastBirdReload?: { time: string; ok: boolean; message?: string };
+}
+
+/** The routing facts of the status, when the agent drives BIRD. */
+export interface RoutingStats {
+  sessions: number;
+  sessionsUp: number;
+  lastReload?: { time: string; ok: boolean; message?: string };
 }
 
 /** Builds the status from the agent's stats and the generation of the spec it applied. */
@@ -36,20 +47,27 @@ export function buildStatus(
   stats: AgentStats,
   observedGeneration: number,
   reason: string,
+  routing?: RoutingStats,
 ): NodeConfigStatus {
-  return {
+  const status: NodeConfigStatus = {
     ready: stats.ready,
     reason,
     observedGeneration,
     pods: stats.attachments,
     allocated: { ipv6: stats.ipv6, ipv4: stats.ipv4 },
   };
+  if (routing) {
+    status.bgpSessionsUp = routing.sessionsUp;
+    status.bgpSessions = routing.sessions;
+    if (routing.lastReload) status.lastBirdReload = routing.lastReload;
+  }
+  return status;
 }
 
 /** Options of a {@link StatusReporter}. */
 export interface StatusReporterOptions {
   /** The status to write now; undefined when there is no object to write it to. */
-  compute: () => { name: string; status: NodeConfigStatus } | undefined;
+  compute: () => Promise<{ name: string; status: NodeConfigStatus } | undefined>;
   patch: (name: string, status: NodeConfigStatus) => Promise<void>;
   /** Least time between two patches. */
   minIntervalMs?: number;
@@ -93,8 +111,7 @@ export class StatusReporter {
    * wrote last — the object was recreated, or someone edited it — write it again.
    */
   observe(status: unknown): void {
-    const want = this.options.compute();
-    if (!want || canonicalJson(status ?? null) !== canonicalJson(want.status)) {
+    if (canonicalJson(status ?? null) !== this.#lastWritten) {
       this.#lastWritten = "";
       this.request();
     }
@@ -109,8 +126,14 @@ export class StatusReporter {
 
   async #flush(): Promise<void> {
     if (this.#stopped) return;
-    const want = this.options.compute();
-    if (!want) return;
+    let want;
+    try {
+      want = await this.options.compute();
+    } catch (e) {
+      this.options.log({ level: "error", msg: "cannot compute the status", error: String(e) });
+      return;
+    }
+    if (!want || this.#stopped) return;
     const text = canonicalJson(want.status);
     if (text === this.#lastWritten) return;
     this.#inFlight = true;

@@ -28,11 +28,22 @@ Deno.test("buildStatus: the shape written to NodeConfig.status", () => {
   );
 });
 
+Deno.test("buildStatus: BGP sessions and the last BIRD reload when the agent drives BIRD", () => {
+  const s = buildStatus({ ready: true, attachments: 0, ipv6: 0, ipv4: 0 }, 2, "", {
+    sessions: 3,
+    sessionsUp: 2,
+    lastReload: { time: "2026-01-01T00:00:00.000Z", ok: true },
+  });
+  assert.equal(s.bgpSessionsUp, 2);
+  assert.equal(s.bgpSessions, 3);
+  assert.deepEqual(s.lastBirdReload, { time: "2026-01-01T00:00:00.000Z", ok: true });
+});
+
 Deno.test("StatusReporter: a burst becomes one patch per interval, with the latest status", async () => {
   let count = 0;
   const sent: NodeConfigStatus[] = [];
   const reporter = new StatusReporter({
-    compute: () => ({ name: "n1", status: status(count) }),
+    compute: () => Promise.resolve({ name: "n1", status: status(count) }),
     patch: (_name, s) => {
       sent.push(s);
       return Promise.resolve();
@@ -74,7 +85,7 @@ Deno.test("StatusReporter: a failed patch is retried until it goes through", asy
   let patches = 0;
   const logs: Record<string, unknown>[] = [];
   const reporter = new StatusReporter({
-    compute: () => ({ name: "n1", status: status(1) }),
+    compute: () => Promise.resolve({ name: "n1", status: status(1) }),
     patch: () => {
       if (failuresLeft-- > 0) return Promise.reject(new Error("connection refused"));
       patches++;
