@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { CniError, SUPPORTED_VERSIONS } from "./protocol.ts";
+import { Prng } from "../tests/helpers/prng.ts";
 import {
   parseCniInvocation,
   requestedVersion,
@@ -145,19 +146,19 @@ Deno.test("requestedVersion: reads cniVersion, never throws", () => {
 });
 
 Deno.test("parseCniInvocation fuzz: 1,000 random inputs never escape as anything but CniError", () => {
-  const rand = mulberry32(0xf10c);
+  const r = new Prng(0xf10c);
   const commands = ["ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION", "", "add", undefined];
   for (let i = 0; i < 1000; i++) {
     const env: Record<string, string | undefined> = {
-      CNI_COMMAND: commands[Math.floor(rand() * commands.length)],
-      CNI_CONTAINERID: rand() < 0.5 ? "c" + i : randomString(rand, 20),
-      CNI_NETNS: rand() < 0.5 ? "/run/netns/x" : randomString(rand, 20),
-      CNI_IFNAME: rand() < 0.5 ? "eth0" : randomString(rand, 20),
-      CNI_ARGS: randomString(rand, 30),
+      CNI_COMMAND: r.pick(commands),
+      CNI_CONTAINERID: r.chance(0.5) ? "c" + i : r.string(20),
+      CNI_NETNS: r.chance(0.5) ? "/run/netns/x" : r.string(20),
+      CNI_IFNAME: r.chance(0.5) ? "eth0" : r.string(20),
+      CNI_ARGS: r.string(30),
     };
-    const stdin = rand() < 0.5
-      ? randomString(rand, 200)
-      : JSON.stringify(randomJson(rand, 3, rand() < 0.5));
+    const stdin = r.chance(0.5)
+      ? r.string(200)
+      : JSON.stringify(r.chance(0.5) ? cniishConfig(r, 3) : r.json(3, CNI_WORDS));
     try {
       const req = parseCniInvocation(env, stdin);
       assert.equal(typeof req.config, "object");
@@ -169,58 +170,14 @@ Deno.test("parseCniInvocation fuzz: 1,000 random inputs never escape as anything
   }
 });
 
-/** A small seeded PRNG so fuzz failures are reproducible. */
-function mulberry32(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Words a CNI config is made of, so random values reach past the first field checks. */
+const CNI_WORDS = ["cniVersion", "name", "type", "prevResult", "1.0.0", "0.4.0", "flock"];
 
-/** A random string of up to `max` code units, biased towards JSON-ish characters. */
-function randomString(rand: () => number, max: number): string {
-  const alphabet = '{}[]":,0123456789abcdefnulltrue \n\\/.-_\0é😀';
-  let s = "";
-  const n = Math.floor(rand() * max);
-  for (let i = 0; i < n; i++) {
-    s += rand() < 0.9
-      ? alphabet[Math.floor(rand() * alphabet.length)]
-      : String.fromCharCode(Math.floor(rand() * 0xffff));
-  }
-  return s;
-}
-
-/** A random JSON value; with `cniish` it is an object that often looks like a CNI config. */
-function randomJson(rand: () => number, depth: number, cniish = false): unknown {
-  if (cniish) {
-    const o: Record<string, unknown> = {};
-    if (rand() < 0.8) o.cniVersion = rand() < 0.7 ? "1.0.0" : randomJson(rand, 0);
-    if (rand() < 0.8) o.name = rand() < 0.7 ? "flock" : randomJson(rand, 0);
-    if (rand() < 0.5) o.prevResult = randomJson(rand, depth);
-    return o;
-  }
-  const kind = Math.floor(rand() * (depth > 0 ? 7 : 5));
-  switch (kind) {
-    case 0:
-      return null;
-    case 1:
-      return rand() < 0.5;
-    case 2:
-      return Math.floor(rand() * 2e6) - 1e6;
-    case 3:
-      return randomString(rand, 10);
-    case 4:
-      return rand() * 1e9;
-    case 5:
-      return Array.from({ length: Math.floor(rand() * 4) }, () => randomJson(rand, depth - 1));
-    default: {
-      const o: Record<string, unknown> = {};
-      for (let i = Math.floor(rand() * 4); i > 0; i--) {
-        o[randomString(rand, 8)] = randomJson(rand, depth - 1);
-      }
-      return o;
-    }
-  }
+/** An object that often looks like a CNI config, with random values where it does not. */
+function cniishConfig(r: Prng, depth: number): Record<string, unknown> {
+  const o: Record<string, unknown> = {};
+  if (r.chance(0.8)) o.cniVersion = r.chance(0.7) ? "1.0.0" : r.json(0, CNI_WORDS);
+  if (r.chance(0.8)) o.name = r.chance(0.7) ? "flock" : r.json(0, CNI_WORDS);
+  if (r.chance(0.5)) o.prevResult = r.json(depth, CNI_WORDS);
+  return o;
 }

@@ -10,6 +10,7 @@ import {
   unusableReason,
 } from "./ipam.ts";
 import { CniCode, CniError } from "./protocol.ts";
+import { Prng } from "../tests/helpers/prng.ts";
 
 function pool(cidr: string, opts: AddressPoolOptions = {}): AddressPool {
   return new AddressPool(parsePrefix(cidr), opts);
@@ -25,15 +26,10 @@ function manualClock(start = 1_000_000) {
   return clock;
 }
 
-/** Deterministic uniform numbers (mulberry32). */
+/** Deterministic uniform numbers in [0, 1) from `seed`. */
 function seeded(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = seed;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const prng = new Prng(seed);
+  return () => prng.next();
 }
 
 Deno.test("next: round robin from the first usable address, skipping the network address", () => {

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { CniError, type RpcRequest, type RpcResponse } from "./protocol.ts";
 import { RpcServer, type RpcServerOptions, validateRpcRequest } from "./rpc_server.ts";
+import { Prng } from "../tests/helpers/prng.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -324,19 +325,19 @@ Deno.test("validateRpcRequest: defaults absent strings, keeps config", () => {
 });
 
 Deno.test("RpcServer fuzz: 1,000 random inputs, always one well-formed answer", async () => {
-  const rand = mulberry32(0x5eed);
+  const r = new Prng(0x5eed);
   await withServer(okHandler, async (path) => {
     for (let i = 0; i < 1000; i++) {
       let input: Uint8Array | string;
-      const pick = rand();
+      const pick = r.next();
       if (pick < 0.4) {
-        input = crypto.getRandomValues(new Uint8Array(Math.floor(rand() * 300)));
+        input = r.bytes(r.int(300));
       } else if (pick < 0.8) {
-        input = JSON.stringify(randomJson(rand, 3)) + (rand() < 0.8 ? "\n" : "");
+        input = JSON.stringify(r.json(3, RPC_WORDS)) + (r.chance(0.8) ? "\n" : "");
       } else {
         const req: Record<string, unknown> = { ...request("ADD", `c${i}`) };
         const key = ["command", "containerId", "netns", "ifname", "args", "config"][i % 6];
-        req[key] = randomJson(rand, 2);
+        req[key] = r.json(2, RPC_WORDS);
         input = JSON.stringify(req) + "\n";
       }
       const text = await rawCall(path, input);
@@ -355,40 +356,11 @@ Deno.test("RpcServer fuzz: 1,000 random inputs, always one well-formed answer", 
   });
 });
 
-function mulberry32(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function randomJson(rand: () => number, depth: number): unknown {
-  const kind = Math.floor(rand() * (depth > 0 ? 7 : 5));
-  switch (kind) {
-    case 0:
-      return null;
-    case 1:
-      return rand() < 0.5;
-    case 2:
-      return Math.floor(rand() * 2e6) - 1e6;
-    case 3:
-      return ["ADD", "DEL", "GC", "STATUS", "x", ""][Math.floor(rand() * 6)];
-    case 4:
-      return String.fromCharCode(...Array.from({ length: 5 }, () => Math.floor(rand() * 0xffff)));
-    case 5:
-      return Array.from({ length: Math.floor(rand() * 4) }, () => randomJson(rand, depth - 1));
-    default: {
-      const keys = ["command", "config", "containerId", "netns", "ifname", "args", "z"];
-      const o: Record<string, unknown> = {};
-      for (let i = Math.floor(rand() * 6); i > 0; i--) {
-        o[keys[Math.floor(rand() * keys.length)]] = randomJson(rand, depth - 1);
-      }
-      return o;
-    }
-  }
-}
+/** Field and command names of the protocol, so random values look like requests more often. */
+const RPC_WORDS = [
+  ...["command", "config", "containerId", "netns", "ifname", "args"],
+  ...["ADD", "DEL", "GC", "STATUS", "x"],
+];
 
 Deno.test("RpcServer: onIdle runs once after a burst, and never while a request runs", async () => {
   let idleCalls = 0;

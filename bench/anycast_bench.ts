@@ -17,6 +17,7 @@ import { Handle, parseIP } from "../netlink/mod.ts";
 import { Datapath, hostIfaceName } from "../agent/datapath.ts";
 import { AnycastRoutes } from "../agent/anycast.ts";
 import { Store } from "../agent/store.ts";
+import { addNamespaces, deleteNamespaces, summarize } from "./report.ts";
 
 const { values } = parseArgs({
   options: {
@@ -33,33 +34,8 @@ const ADD_TARGET_MS = 3; // BRIEF §8: agent-side ADD median
 const prefix = `flk-acbench-${Deno.pid}`;
 const namespaces: string[] = [];
 
-async function ipBatch(lines: string[], force = false): Promise<void> {
-  const child = new Deno.Command("ip", {
-    args: [...(force ? ["-force"] : []), "-batch", "-"],
-    stdin: "piped",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  const w = child.stdin.getWriter();
-  await w.write(new TextEncoder().encode(lines.join("\n") + "\n"));
-  await w.close();
-  const out = await child.output();
-  if (!out.success && !force) {
-    throw new Error(`ip -batch: ${new TextDecoder().decode(out.stderr).trim()}`);
-  }
-}
-
-function quantile(sorted: number[], q: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))];
-}
-
-function stats(samples: number[]): { n: number; median: number; p99: number; max: number } {
-  const s = [...samples].sort((a, b) => a - b);
-  return { n: s.length, median: quantile(s, 0.5), p99: quantile(s, 0.99), max: s[s.length - 1] };
-}
-
 function row(label: string, samples: number[], note = ""): string {
-  const { n, median, p99, max } = stats(samples);
+  const { n, median, p99, max } = summarize(samples);
   const f = (x: number) => x.toFixed(3).padStart(8);
   return `${label.padEnd(46)} ${String(n).padStart(5)} ${f(median)} ${f(p99)} ${f(max)}  ${note}`;
 }
@@ -74,7 +50,7 @@ const podName = (i: number) => `${prefix}-p${i}`;
 const nodeName = `${prefix}-node`;
 const dir = await Deno.makeTempDir({ prefix: "flock-acbench-" });
 namespaces.push(nodeName, ...Array.from({ length: PODS + HOLDERS }, (_, i) => podName(i)));
-await ipBatch(namespaces.map((n) => `netns add ${n}`));
+await addNamespaces(namespaces);
 const handle = Handle.forNetns(`/var/run/netns/${nodeName}`);
 const store = Store.open(join(dir, "state"));
 try {
@@ -157,17 +133,17 @@ try {
   console.log(row("AnycastRoutes.sync on DEL (before teardown)", syncDel));
   console.log(row("AnycastRoutes.check (CHECK, 2 addresses)", check));
   console.log(row("setup + sync (anycast ADD, agent datapath part)", add));
-  const plain = stats(setupPlain.length ? setupPlain : setupAnycast).median;
-  const added = stats(setupAnycast).median - plain + stats(syncAdd).median;
+  const plain = summarize(setupPlain.length ? setupPlain : setupAnycast).median;
+  const added = summarize(setupAnycast).median - plain + summarize(syncAdd).median;
   console.log(
     `\nanycast adds ${added.toFixed(3)} ms to a pod's ADD datapath work ` +
       `(${(added / plain).toFixed(2)}× a plain setup of ${plain.toFixed(3)} ms; ` +
-      `sync alone ${(stats(syncAdd).median / plain).toFixed(2)}×). BRIEF §8 sets no anycast ` +
+      `sync alone ${(summarize(syncAdd).median / plain).toFixed(2)}×). BRIEF §8 sets no anycast ` +
       `target of its own; its ${ADD_TARGET_MS} ms median is for the whole agent-side ADD.`,
   );
 } finally {
   store.close();
   handle.close();
-  await ipBatch(namespaces.map((n) => `netns del ${n}`), true);
+  await deleteNamespaces(namespaces);
   await Deno.remove(dir, { recursive: true });
 }

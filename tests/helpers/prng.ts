@@ -74,8 +74,14 @@ export class Prng {
     return s;
   }
 
-  /** An arbitrary JSON value nested up to `depth` levels. */
-  json(depth: number): unknown {
+  /**
+   * An arbitrary JSON value nested up to `depth` levels. With a `vocabulary`, half of the
+   * strings and object keys are words from it, so the value gets past a parser's first checks
+   * (field names, command names) more often.
+   */
+  json(depth: number, vocabulary: readonly string[] = []): unknown {
+    const text = (max: number) =>
+      vocabulary.length > 0 && this.chance(0.5) ? this.pick(vocabulary) : this.string(max);
     switch (this.int(depth > 0 ? 8 : 6)) {
       case 0:
         return null;
@@ -85,14 +91,14 @@ export class Prng {
         return this.pick([0, -1, 1.5, 1e308, -0, 2 ** 53 + 1, this.int(1_000_000)]);
       case 3:
       case 4:
-        return this.string(24);
+        return text(24);
       case 5:
         return "";
       case 6:
-        return Array.from({ length: this.int(4) }, () => this.json(depth - 1));
+        return Array.from({ length: this.int(4) }, () => this.json(depth - 1, vocabulary));
       default: {
         const o: Record<string, unknown> = {};
-        for (let i = this.int(4); i > 0; i--) o[this.string(8)] = this.json(depth - 1);
+        for (let i = this.int(4); i > 0; i--) o[text(8)] = this.json(depth - 1, vocabulary);
         return o;
       }
     }
