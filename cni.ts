@@ -24,6 +24,7 @@ import {
   parseCniInvocation,
   requestedVersion,
 } from "./agent/cni_input.ts";
+import { concatBytes, writeAll } from "./agent/bytes.ts";
 
 /** How long the plugin waits for the agent unless the config says `timeoutSeconds`. */
 export const DEFAULT_TIMEOUT_SECONDS = 120;
@@ -244,21 +245,6 @@ async function readLine(conn: Deno.Conn): Promise<Uint8Array> {
     }
   }
   return concatBytes(chunks, total);
-}
-
-function concatBytes(chunks: Uint8Array[], total: number): Uint8Array {
-  const out = new Uint8Array(total);
-  let offset = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, offset);
-    offset += chunk.length;
-  }
-  return out;
-}
-
-async function writeAll(w: { write(p: Uint8Array): Promise<number> }, data: Uint8Array) {
-  let offset = 0;
-  while (offset < data.length) offset += await w.write(data.subarray(offset));
 }
 
 /** Reads stdin to EOF with plain reads: `new Response(Deno.stdin.readable)` costs ~6 ms of startup. */

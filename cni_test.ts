@@ -5,6 +5,7 @@
 
 import assert from "node:assert/strict";
 import { RpcServer } from "./agent/rpc_server.ts";
+import { run } from "./agent/exec.ts";
 import { buildAddResult } from "./agent/cni_result.ts";
 import {
   CniError,
@@ -87,20 +88,11 @@ async function runPlugin(
   env: Record<string, string>,
   stdin: string | Uint8Array,
 ): Promise<Run> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", "--no-lock", "--quiet", wrapper],
+  return await run([Deno.execPath(), "run", "--allow-all", "--no-lock", "--quiet", wrapper], {
     env,
     clearEnv: true,
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const writer = child.stdin.getWriter();
-  await writer.write(typeof stdin === "string" ? new TextEncoder().encode(stdin) : stdin);
-  await writer.close();
-  const out = await child.output();
-  const decoder = new TextDecoder();
-  return { code: out.code, stdout: decoder.decode(out.stdout), stderr: decoder.decode(out.stderr) };
+    stdin,
+  });
 }
 
 function addEnv(overrides: Record<string, string | undefined> = {}): Record<string, string> {

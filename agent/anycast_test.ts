@@ -13,6 +13,7 @@ import { Store } from "./store.ts";
 import { formatPrefix, Handle, lookupRoute, parseIP, RT_SCOPE_LINK } from "../netlink/mod.ts";
 import { ROOT_ONLY } from "../tests/helpers/exec.ts";
 import { TestNamespace } from "../tests/helpers/netns.ts";
+import type { IpRoute } from "../tests/helpers/iproute.ts";
 
 const v6 = parseIP("fd00:ffff::5");
 const v4 = parseIP("10.255.0.5");
@@ -119,12 +120,9 @@ async function fixture(n: number) {
   };
 }
 
-type JsonRoute = { dst: string; dev?: string; gateway?: string; nexthops?: JsonHop[] };
-type JsonHop = { dev: string; gateway?: string; flags?: string[] };
-
-async function anycastRouteOf(ns: TestNamespace, address: string): Promise<JsonRoute[]> {
+async function anycastRouteOf(ns: TestNamespace, address: string): Promise<IpRoute[]> {
   const family = address.includes(":") ? "-6" : "-4";
-  const all = await ns.ipJson<JsonRoute[]>([family, "route", "show", "proto", "201"]);
+  const all = await ns.ipJson<IpRoute[]>([family, "route", "show", "proto", "201"]);
   return all.filter((r) => r.dst === address);
 }
 

@@ -22,35 +22,7 @@ import {
   type PodNetwork,
 } from "./datapath.ts";
 import { formatIP, Handle, type IP, NetnsError, parseIP } from "../netlink/mod.ts";
-
-interface IpLink {
-  ifname: string;
-  ifindex: number;
-  mtu: number;
-  flags: string[];
-  link_netnsid?: number;
-  linkinfo?: { info_kind?: string };
-  inet6_addr_gen_mode?: string;
-}
-interface IpAddr {
-  ifname: string;
-  addr_info: {
-    family: string;
-    local: string;
-    prefixlen: number;
-    scope: string;
-    nodad?: boolean;
-    tentative?: boolean;
-  }[];
-}
-interface IpRoute {
-  dst: string;
-  dev?: string;
-  gateway?: string;
-  protocol?: string | number;
-  scope?: string;
-  type?: string;
-}
+import type { IpAddr, IpLink, IpRoute } from "../tests/helpers/iproute.ts";
 
 const NODE_WITH_V4_DEFAULT: NodeOptions = {
   prefix: "flk-dpn",

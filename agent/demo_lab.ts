@@ -19,36 +19,11 @@ import {
   nodeConfigObject,
 } from "./demo_plan.ts";
 import { install, renderConflist, selfExecutable } from "./install.ts";
+import { type ExecOptions, type ExecResult, run as runCommand } from "./exec.ts";
 
-/** A finished command. */
-export interface CommandResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs a command (no shell) within `timeoutMs` (killed after that), capturing its output. */
-export async function run(
-  cmd: string,
-  args: string[],
-  opts: { stdin?: string; env?: Record<string, string>; timeoutMs?: number } = {},
-): Promise<CommandResult> {
-  const child = new Deno.Command(cmd, {
-    args,
-    env: opts.env,
-    stdin: opts.stdin === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-    signal: AbortSignal.timeout(opts.timeoutMs ?? 15_000),
-  }).spawn();
-  if (opts.stdin !== undefined) {
-    const writer = child.stdin.getWriter();
-    await writer.write(new TextEncoder().encode(opts.stdin));
-    await writer.close();
-  }
-  const out = await child.output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+/** Runs a demo step's command (no shell), killed after 15 s unless `opts` says otherwise. */
+export function run(cmd: string, args: string[], opts: ExecOptions = {}): Promise<ExecResult> {
+  return runCommand([cmd, ...args], { timeoutMs: 15_000, ...opts });
 }
 
 /** {@link run}, throwing with the command and its stderr on a non-zero exit; returns stdout. */
@@ -110,7 +85,7 @@ export class DemoNode {
   }
 
   /** One plugin invocation, exactly as a CRI runtime makes it (stdin, env, exec). */
-  cni(command: "ADD" | "DEL" | "STATUS", pod?: DemoPodPlan): Promise<CommandResult> {
+  cni(command: "ADD" | "DEL" | "STATUS", pod?: DemoPodPlan): Promise<ExecResult> {
     const env: Record<string, string> = {
       CNI_COMMAND: command,
       CNI_PATH: join(this.dir, "bin"),

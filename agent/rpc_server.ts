@@ -12,6 +12,7 @@
 
 import { CniCode, CniError, type RpcRequest, type RpcResponse } from "./protocol.ts";
 import { isRpcCommand } from "./cni_input.ts";
+import { concatBytes, writeAll } from "./bytes.ts";
 
 /** Default bound on one request line. */
 export const DEFAULT_MAX_REQUEST_BYTES = 1 << 20;
@@ -296,7 +297,7 @@ export class RpcServer {
         `at least ${total} bytes`,
       );
     }
-    return concat(chunks, total);
+    return concatBytes(chunks, total);
   }
 
   /**
@@ -418,21 +419,6 @@ function toCniError(e: unknown): CniError {
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
-}
-
-function concat(chunks: Uint8Array[], total: number): Uint8Array {
-  const out = new Uint8Array(total);
-  let offset = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, offset);
-    offset += chunk.length;
-  }
-  return out;
-}
-
-async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
-  let offset = 0;
-  while (offset < data.length) offset += await conn.write(data.subarray(offset));
 }
 
 async function exists(path: string): Promise<boolean> {

@@ -40,27 +40,7 @@ import {
   setLinkNetns,
   setLinkUp,
 } from "./mod.ts";
-
-interface IpLink {
-  ifname: string;
-  ifindex: number;
-  mtu: number;
-  flags: string[];
-  link_netnsid?: number;
-}
-interface IpAddr {
-  ifname: string;
-  addr_info: { family: string; local: string; prefixlen: number; nodad?: boolean }[];
-}
-interface IpRoute {
-  dst: string;
-  dev?: string;
-  protocol?: string;
-  scope?: string;
-  type?: string;
-  gateway?: string;
-  nexthops?: { dev: string; gateway?: string }[];
-}
+import type { IpAddr, IpLink, IpRoute } from "../tests/helpers/iproute.ts";
 
 /** Runs `fn` with a handle bound to `ns`, closing it however `fn` ends. */
 async function withHandle<T>(ns: TestNamespace, fn: (h: Handle) => Promise<T> | T): Promise<T> {

@@ -7,7 +7,7 @@
  *
  * The launcher has a fast lane for the CNI plugin, which runs once per pod
  * start and stop: when `CNI_COMMAND` is set it runs `dist/flock-cni.js`, the
- * plugin (`cni.ts` and the two modules it imports) bundled into one file by
+ * plugin (`cni.ts` and the few modules it imports) bundled into one file by
  * `deno bundle`, with only the permissions the plugin needs (env, net, read and
  * write for the agent socket and the log file; no run, no FFI, no sys).
  * That skips resolving and loading `main.ts` and three TypeScript modules on

@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { type CniOutcome, FlockNode, ping, TestNamespace } from "../helpers/flock.ts";
 import { ROOT_ONLY } from "../helpers/exec.ts";
 import { hostIfaceName } from "../../agent/datapath.ts";
+import type { IpRoute } from "../helpers/iproute.ts";
 
 const ANY6 = "fd00:ffff::5";
 const ANY4 = "10.255.5.5";
@@ -16,12 +17,10 @@ const CONFIG = {
   anycastCIDRs: ["fd00:ffff::/64", "10.255.5.0/24"],
 };
 
-type JsonRoute = { dst: string; dev?: string; gateway?: string; nexthops?: { dev: string }[] };
-
 /** The devices of the flock route to `address` on the node; [] when there is none. */
 async function routeDevs(node: FlockNode, address: string): Promise<string[]> {
   const family = address.includes(":") ? "-6" : "-4";
-  const routes = (await node.ns.ipJson<JsonRoute[]>([family, "route", "show", "proto", "201"]))
+  const routes = (await node.ns.ipJson<IpRoute[]>([family, "route", "show", "proto", "201"]))
     .filter((r) => r.dst === address);
   assert.ok(routes.length <= 1, `one route for ${address}: ${JSON.stringify(routes)}`);
   if (routes.length === 0) return [];

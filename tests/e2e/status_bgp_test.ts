@@ -4,13 +4,10 @@
  */
 
 import assert from "node:assert/strict";
-import { join } from "node:path";
 import { ROOT_ONLY, run } from "../helpers/exec.ts";
-import { FlockNode, TestNamespace } from "../helpers/flock.ts";
-import { BirdDaemon, bootstrapBirdConfig } from "../helpers/bird.ts";
+import { TestNamespace } from "../helpers/flock.ts";
+import { startBgpNode } from "../helpers/bgp_lab.ts";
 import { GobgpTor } from "../helpers/gobgp.ts";
-import { addAddress } from "../helpers/netns.ts";
-import { birdcPath } from "../helpers/tools.ts";
 
 const TOR_AS = 65000;
 const NODE_AS = 65011;
@@ -39,37 +36,16 @@ Deno.test({
       neighbors: [{ address: "10.0.0.11", asn: NODE_AS }],
     });
     cleanup.use(tor);
-    const port = tor.nextPortName();
-    const node = await FlockNode.start({
+    const { flock: node } = await startBgpNode(tor, {
       name: "status-bgp",
-      config: {
+      ipv4: "10.0.0.11",
+      ipv6: "fd00:10::11", // unused by the IPv4 session; the lab gives every node both
+      spec: {
         cidr6: "fd00:71::/64",
         cidr4: "10.71.0.0/24",
         bgp: { asn: NODE_AS, routerID: "10.0.0.11", peers: [{ address: "10.0.0.1", asn: TOR_AS }] },
       },
-      startAgent: false,
-      nodeOptions: { prefix: "flk-stb", uplink: tor.ns, uplinkIfName: port },
-    });
-    cleanup.use(node);
-    await tor.attach(port);
-    await addAddress(node.ns, "eth0", "10.0.0.11/24");
-    const birdDir = join(node.dir, "bird");
-    await Deno.mkdir(birdDir);
-    const bird = await BirdDaemon.start(node.ns, {
-      config: bootstrapBirdConfig("192.0.2.1"),
-      dir: birdDir,
-      recover: true,
-    });
-    cleanup.use(bird);
-    node.options.agentArgs = [
-      "--bird-config",
-      bird.configPath,
-      "--bird-socket",
-      bird.socketPath,
-      "--birdc",
-      birdcPath(),
-    ];
-    await node.startAgent();
+    }, cleanup);
     const pod = await TestNamespace.create("flk-stbp");
     cleanup.use(pod);
     const add = await node.cni("ADD", {

@@ -11,16 +11,7 @@ import {
 import { ROOT_ONLY } from "./exec.ts";
 import { leftoverNamespaces, TestNamespace } from "./netns.ts";
 import { referencePluginDir } from "./tools.ts";
-
-interface IpAddr {
-  ifname: string;
-  addr_info: { family: string; local: string; prefixlen: number }[];
-}
-
-interface IpRoute {
-  dst: string;
-  dev: string;
-}
+import type { IpAddr, IpRoute } from "./iproute.ts";
 
 Deno.test("cnitoolEnv renders CNI_ARGS, CAP_ARGS and CNI_PATH", () => {
   const env = cnitoolEnv({

@@ -281,24 +281,7 @@ export class FlockNode implements AsyncDisposable {
       else env[k] = v;
     }
     const stdin = call.stdin ?? await this.netconf(call.extraConfig);
-    const child = new Deno.Command(this.plugin, {
-      env,
-      clearEnv: true,
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode(stdin)).catch(() => {});
-    await w.close().catch(() => {});
-    const out = await child.output();
-    const dec = new TextDecoder();
-    const r: CniOutcome = {
-      code: out.code,
-      success: out.success,
-      stdout: dec.decode(out.stdout),
-      stderr: dec.decode(out.stderr),
-    };
+    const r: CniOutcome = await run([this.plugin], { env, clearEnv: true, stdin });
     try {
       r.json = JSON.parse(r.stdout);
     } catch {

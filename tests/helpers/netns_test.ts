@@ -9,23 +9,7 @@ import {
   TestNamespace,
   withNamespaces,
 } from "./netns.ts";
-
-interface IpLink {
-  ifname: string;
-  operstate: string;
-  flags: string[];
-}
-
-interface IpAddr {
-  ifname: string;
-  addr_info: { family: string; local: string; prefixlen: number }[];
-}
-
-interface IpRoute {
-  dst: string;
-  gateway?: string;
-  dev: string;
-}
+import type { IpAddr, IpLink, IpRoute } from "./iproute.ts";
 
 Deno.test({
   name: "TestNamespace: unique name, lo up, removed on dispose",

@@ -10,10 +10,7 @@ import {
   podmanRun,
   uniqueContainerName,
 } from "./podman.ts";
-
-interface IpLink {
-  ifname: string;
-}
+import type { IpLink } from "./iproute.ts";
 
 Deno.test("containersConf puts the caller's plugin dirs first, without duplicates", () => {
   const conf = containersConf(["/tmp/flock-bin", "/usr/lib/cni"]);
