@@ -76,8 +76,12 @@ export class ConfigError extends Error {
   }
 }
 
-/** The NodeConfig the demo and a bare `flock agent` start from. */
-export const EMBEDDED_DEFAULT_CONFIG = `# flock NodeConfig for the demo (standalone mode)
+/**
+ * flock's default NodeConfig (standalone mode): `flock demo` runs its node 1 on this spec as it
+ * is, plus BGP, and every further node on a copy with the next CIDRs (agent/demo_plan.ts).
+ */
+export const EMBEDDED_DEFAULT_CONFIG =
+  `# flock's default NodeConfig (standalone mode; node 1 of flock demo)
 apiVersion: ${NODECONFIG_API_VERSION}
 kind: ${NODECONFIG_KIND}
 metadata:
@@ -88,6 +92,7 @@ spec:
   mtu: 1500
   anycastCIDRs:
     - fd00:f10c:ffff::/112
+    - 10.244.255.0/24
 `;
 
 type Obj = Record<string, unknown>;

@@ -42,13 +42,13 @@ Deno.test("the embedded default config parses to the demo node", () => {
     cidr4: "10.244.1.0/24",
     mtu: 1500,
     anycast6: ["fd00:f10c:ffff::/112"],
-    anycast4: [],
+    anycast4: ["10.244.255.0/24"],
   });
   assert.deepEqual(c.spec, {
     cidr6: "fd00:f10c:0:1::/64",
     cidr4: "10.244.1.0/24",
     mtu: 1500,
-    anycastCIDRs: ["fd00:f10c:ffff::/112"],
+    anycastCIDRs: ["fd00:f10c:ffff::/112", "10.244.255.0/24"],
   });
 });
 

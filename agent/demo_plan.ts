@@ -11,8 +11,32 @@
  * @module
  */
 
-import { NODECONFIG_API_VERSION, NODECONFIG_KIND, type NodeConfigSpec } from "./config.ts";
+import {
+  EMBEDDED_DEFAULT_CONFIG,
+  NODECONFIG_API_VERSION,
+  NODECONFIG_KIND,
+  type NodeConfigSpec,
+  parseNodeConfigText,
+} from "./config.ts";
 import { ANNOTATION_PREFIX } from "./annotations.ts";
+import { bigIntToIP, formatPrefix, ipToBigInt, parsePrefix, prefixSize } from "../netlink/ip.ts";
+
+/** flock's embedded default spec: node 1 runs on it as it is (plus BGP), node N on a copy. */
+const DEFAULT_SPEC: NodeConfigSpec = parseNodeConfigText(EMBEDDED_DEFAULT_CONFIG, "embedded").spec;
+
+/** The default's anycast CIDR of one family (the demo's anycast pods need both). */
+function defaultAnycast(family: "6" | "4"): string {
+  const cidr = DEFAULT_SPEC.anycastCIDRs?.find((c) => c.includes(":") === (family === "6"));
+  if (!cidr) throw new Error(`the embedded default config has no IPv${family} anycast CIDR`);
+  return cidr;
+}
+
+/** `cidr` moved up by `steps` blocks of its own size: node N's copy of node 1's range. */
+export function nthBlock(cidr: string, steps: number): string {
+  const p = parsePrefix(cidr);
+  const first = ipToBigInt(p.ip) + BigInt(steps) * prefixSize(p);
+  return formatPrefix({ ip: bigIntToIP(p.ip.family, first), len: p.len });
+}
 
 /** Nodes the demo brings up unless told otherwise. */
 export const DEFAULT_DEMO_NODES = 2;
@@ -21,8 +45,8 @@ export const MAX_DEMO_NODES = 9;
 
 /** The anycast range every node serves and the address its anycast pods hold. */
 export const DEMO_ANYCAST = {
-  cidr6: "fd00:f10c:ffff::/112",
-  cidr4: "10.244.255.0/24",
+  cidr6: defaultAnycast("6"),
+  cidr4: defaultAnycast("4"),
   ipv6: "fd00:f10c:ffff::80",
   ipv4: "10.244.255.80",
 } as const;
@@ -80,10 +104,9 @@ export function planDemo(nodeCount: number, tag: string): DemoPlan {
     ipv6: `fd00:99::${10 + i}`,
     asn: 65000 + i,
     spec: {
-      cidr6: `fd00:f10c:0:${i}::/64`,
-      cidr4: `10.244.${i}.0/24`,
-      mtu: 1500,
-      anycastCIDRs: [DEMO_ANYCAST.cidr6, DEMO_ANYCAST.cidr4],
+      ...DEFAULT_SPEC,
+      cidr6: DEFAULT_SPEC.cidr6 && nthBlock(DEFAULT_SPEC.cidr6, i - 1),
+      cidr4: DEFAULT_SPEC.cidr4 && nthBlock(DEFAULT_SPEC.cidr4, i - 1),
       bgp: {
         asn: 65000 + i,
         routerID: underlay4(i),

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { DEMO_ANYCAST, MAX_DEMO_NODES, nodeConfigObject, planDemo } from "./demo_plan.ts";
-import { parseNodeConfig } from "./config.ts";
+import { DEMO_ANYCAST, MAX_DEMO_NODES, nodeConfigObject, nthBlock, planDemo } from "./demo_plan.ts";
+import { EMBEDDED_DEFAULT_CONFIG, parseNodeConfig, parseNodeConfigText } from "./config.ts";
 import { birdInputFor } from "./routing.ts";
 import { renderBirdConfig } from "../bird/config.ts";
 
@@ -34,6 +34,32 @@ Deno.test("planDemo: every node has a valid NodeConfig of its own and peers with
     );
     assert.deepEqual(config.spec.anycastCIDRs, [DEMO_ANYCAST.cidr6, DEMO_ANYCAST.cidr4]);
   }
+});
+
+Deno.test("planDemo: node 1 runs on the embedded default config, node N on its Nth blocks", () => {
+  const defaults = parseNodeConfigText(EMBEDDED_DEFAULT_CONFIG, "embedded").spec;
+  const [node1, node2, node3] = planDemo(3, "t").nodes;
+  const { bgp, ...node1Rest } = node1.spec;
+  assert.deepEqual(node1Rest, defaults, "node 1 is the default spec, plus BGP");
+  assert.equal(bgp?.asn, node1.asn);
+  assert.deepEqual(
+    [node2.spec.cidr6, node2.spec.cidr4, node3.spec.cidr6, node3.spec.cidr4],
+    ["fd00:f10c:0:2::/64", "10.244.2.0/24", "fd00:f10c:0:3::/64", "10.244.3.0/24"],
+  );
+  for (const node of [node2, node3]) {
+    assert.deepEqual(
+      { ...node.spec, cidr6: undefined, cidr4: undefined, bgp: undefined },
+      { ...defaults, cidr6: undefined, cidr4: undefined, bgp: undefined },
+      "only the CIDRs and BGP differ from the default",
+    );
+  }
+});
+
+Deno.test("nthBlock: moves a prefix up by whole blocks of its own size", () => {
+  assert.equal(nthBlock("10.244.1.0/24", 0), "10.244.1.0/24");
+  assert.equal(nthBlock("10.244.1.0/24", 8), "10.244.9.0/24");
+  assert.equal(nthBlock("10.244.255.0/24", 1), "10.245.0.0/24", "carries into the next octet");
+  assert.equal(nthBlock("fd00:f10c:0:1::/64", 2), "fd00:f10c:0:3::/64");
 });
 
 Deno.test("planDemo: node count and tag are checked", () => {
