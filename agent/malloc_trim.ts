@@ -2,7 +2,7 @@
  * Gives freed native memory back to the kernel. glibc keeps what the agent frees (the receive
  * buffer of every per-pod netlink handle, SQLite pages, request bodies) in its arenas, so a burst
  * of pod starts leaves the RSS high long after it; `malloc_trim(0)` returns those pages (2.7 MiB
- * after 1,000 pods, in 0.5 ms, measured in bench/README.md).
+ * after 1,000 pods, in 0.5 ms, measured in docs/benchmarks.md).
  *
  * @module
  */
