@@ -4,7 +4,7 @@
  * configuration and has reconciled the node — only then does it serve pods.
  */
 
-import { Handle, parseIP, prefixContains } from "../netlink/mod.ts";
+import { AF_INET6, Handle, parseIP, type Prefix, prefixContains } from "../netlink/mod.ts";
 import { Datapath } from "./datapath.ts";
 import { CniCode, CniError, type RpcRequest, type RpcResponse } from "./protocol.ts";
 import { Store } from "./store.ts";
@@ -165,7 +165,7 @@ export class Agent {
       pool4,
       cooldownMs,
       anycast,
-      keepRoute: (dst) => isSummaryRoute(node, dst),
+      keepRoute: (dst) => isSummaryRoute(node, dst) || this.#holdsPods(dst),
     });
     this.reconcileReport = report;
     this.metrics?.reconciled(report);
@@ -218,7 +218,15 @@ export class Agent {
           }));
       }
     }
-    this.#trackReload(this.#routing.configure(node));
+    this.#trackReload(this.#routing.configure(node, (dst) => this.#holdsPods(dst)));
+  }
+
+  /** Whether a committed pod holds an address inside the (summary) prefix `dst`. */
+  #holdsPods(dst: Prefix): boolean {
+    if (dst.len === (dst.ip.family === AF_INET6 ? 128 : 32)) return false;
+    return (this.#store?.listByState("committed") ?? []).some((rec) =>
+      [rec.ipv6, rec.ipv4].some((a) => a !== undefined && prefixContains(dst, parseIP(a)))
+    );
   }
 
   /**
@@ -239,7 +247,7 @@ export class Agent {
     if (!this.#routing || !this.#node) throw new Error("reconfigureRouting before configure");
     const withoutBgp = (n: NodeConfig) => JSON.stringify({ ...n.spec, bgp: undefined });
     if (withoutBgp(node) !== withoutBgp(this.#node)) return false;
-    await this.#trackReload(this.#routing.configure(node));
+    await this.#trackReload(this.#routing.configure(node, (dst) => this.#holdsPods(dst)));
     return true;
   }
 
@@ -286,6 +294,9 @@ export class Agent {
       }
       if (response.ok && raw.command !== "STATUS" && raw.command !== "CHECK") {
         this.options.onAttachmentsChanged?.();
+        if (raw.command === "DEL" || raw.command === "GC") {
+          this.#trackReload(this.#routing?.pruneDraining() ?? Promise.resolve(undefined));
+        }
       }
     } catch (e) {
       const err = e instanceof CniError ? e : toCniError(e);

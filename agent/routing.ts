@@ -119,6 +119,9 @@ export class NodeRouting {
   readonly control?: BirdControl;
   #node?: NodeConfig;
   #mesh: MeshPeer[] = [];
+  /** Summaries of an earlier NodeConfig that still hold pods: kept until their last pod goes. */
+  #draining: Prefix[] = [];
+  #holdsPods: (dst: Prefix) => boolean = () => false;
 
   constructor(options: NodeRoutingOptions) {
     this.#o = options;
@@ -144,10 +147,30 @@ export class NodeRouting {
    * are no longer summaries, and has BIRD reload if its config changed. The kernel part is
    * done when this returns; the promise settles when BIRD has answered.
    */
-  configure(node: NodeConfig): Promise<BirdReloadStatus | undefined> {
+  configure(
+    node: NodeConfig,
+    holdsPods: (dst: Prefix) => boolean = () => false,
+  ): Promise<BirdReloadStatus | undefined> {
     this.#node = node;
+    this.#holdsPods = holdsPods;
     this.#syncSummaries(node);
     return this.#render();
+  }
+
+  /**
+   * Drops draining summaries (CIDRs of an earlier NodeConfig) whose last pod has gone; call
+   * after DEL and GC. Cheap when nothing drains.
+   */
+  pruneDraining(): Promise<BirdReloadStatus | undefined> {
+    if (this.#draining.length === 0 || !this.#node) return Promise.resolve(undefined);
+    const before = this.#draining.length;
+    this.#syncSummaries(this.#node);
+    return this.#draining.length === before ? Promise.resolve(undefined) : this.#render();
+  }
+
+  /** Summaries of an earlier NodeConfig still announced because pods hold addresses in them. */
+  get draining(): readonly Prefix[] {
+    return this.#draining;
   }
 
   /** Replaces the list of other nodes (cluster mode's NodeConfig watch calls this). */
@@ -169,11 +192,18 @@ export class NodeRouting {
   #syncSummaries(node: NodeConfig): void {
     const h = this.#o.handle;
     const wanted = summaryPrefixes(node);
+    const draining: Prefix[] = [];
     for (const family of [AF_INET6, AF_INET] as const) {
       const present = listRoutes(h, { family, protocol: FLOCK_ROUTE_PROTOCOL })
         .filter((r) => r.type === RTN_BLACKHOLE);
       for (const r of present) {
         if (wanted.some((p) => routeMatches(r, p))) continue;
+        if (this.#holdsPods(r.dst)) {
+          // The node moved to another CIDR: its pods there stay reachable from other nodes
+          // until they are gone (an operator drains the node to finish the move).
+          draining.push(r.dst);
+          continue;
+        }
         deleteRoute(h, r);
         this.#o.log({ msg: "removed stale summary route", dst: formatPrefix(r.dst) });
       }
@@ -184,11 +214,22 @@ export class NodeRouting {
         this.#o.log({ msg: "installed summary route", dst: formatPrefix(p) });
       }
     }
+    for (const p of draining) {
+      if (!this.#draining.some((d) => routeMatches({ dst: d }, p))) {
+        this.#o.log({
+          msg: "keeping the summary of an earlier CIDR while pods hold addresses in it",
+          dst: formatPrefix(p),
+        });
+      }
+    }
+    this.#draining = draining;
   }
 
   async #render(): Promise<BirdReloadStatus | undefined> {
     if (!this.control || !this.#node) return undefined;
-    const text = renderBirdConfig(birdInputFor(this.#node, this.#o.nodeName, this.#mesh));
+    const input = birdInputFor(this.#node, this.#o.nodeName, this.#mesh);
+    input.cidrs.push(...this.#draining.map(formatPrefix));
+    const text = renderBirdConfig(input);
     return await this.control.update(text);
   }
 }
