@@ -7,7 +7,12 @@
  * the run completed, whatever the verdicts: figures on a shared 2-core machine are noisy, so the
  * table is the result, not the exit code.
  *
- * Run: `deno run -A --no-lock bench/run.ts [--quick]` (`--quick`: fewer samples, 200 pods)
+ * After that table it runs the other benchmarks, each printing its own table: the datapath in
+ * process, IPAM, metrics cost, anycast sync, BGP convergence at a gobgpd ToR, and cluster mode
+ * against a real kube-apiserver.
+ *
+ * Run: `deno run -A --no-lock bench/run.ts [--quick] [--lifecycle-only]` (`--quick`: fewer
+ * samples, 200 pods)
  *
  * @module
  */
@@ -17,7 +22,12 @@ import { formatTable, type ResultRow } from "./report.ts";
 import { runCniBench } from "./cni_bench.ts";
 import { runAgentBench } from "./agent_bench.ts";
 
-const { values } = parseArgs({ options: { quick: { type: "boolean", default: false } } });
+const { values } = parseArgs({
+  options: {
+    quick: { type: "boolean", default: false },
+    "lifecycle-only": { type: "boolean", default: false },
+  },
+});
 const quick = values.quick;
 const progress = (line: string) => console.error(`[bench] ${line}`);
 
@@ -52,3 +62,36 @@ console.log(
     ((performance.now() - started) / 1000).toFixed(0)
   } s; load average before ${loadBefore}, after ${loadAfter} (${navigator.hardwareConcurrency} cpus)`,
 );
+
+/** The other benchmarks, run one after another as their own processes (each cleans up itself). */
+const OTHERS: { file: string; quickArgs: string[]; denoBench?: boolean }[] = [
+  { file: "datapath_bench.ts", quickArgs: ["--pods", "50"] },
+  { file: "ipam_bench.ts", quickArgs: [], denoBench: true },
+  { file: "metrics_bench.ts", quickArgs: ["--pods", "50"] },
+  { file: "anycast_bench.ts", quickArgs: ["--pods", "50"] },
+  { file: "bgp_bench.ts", quickArgs: ["--trials", "10"] },
+  { file: "kube_bench.ts", quickArgs: ["--pods", "200", "--samples", "10"] },
+];
+
+if (!values["lifecycle-only"]) {
+  let failed = 0;
+  for (const { file, quickArgs, denoBench } of OTHERS) {
+    console.log(`\n== bench/${file}`);
+    const status = await new Deno.Command(Deno.execPath(), {
+      args: [
+        denoBench ? "bench" : "run",
+        "-A",
+        "--no-lock",
+        new URL(file, import.meta.url).pathname,
+        ...(quick ? quickArgs : []),
+      ],
+      stdout: "inherit",
+      stderr: "inherit",
+    }).spawn().status;
+    if (!status.success) {
+      failed++;
+      console.log(`bench/${file} failed (exit ${status.code})`);
+    }
+  }
+  if (failed > 0) Deno.exit(1);
+}
