@@ -22,7 +22,9 @@ Usage:
                                                      cluster mode: NodeConfig, pod annotations
                                                      and status via the API server
   flock install [--bin-dir DIR] [--conf-dir DIR] [--socket PATH]
+                [--network-name NAME] [--log-file PATH]
                                                      install the plugin binary and its conflist
+                                                     (network name default "flock")
   flock status [--socket PATH] [--json]              the local agent: ready or why not, pools, pods,
                                                      BGP sessions, last BIRD reload (exit 0 = ready)
   flock demo [--nodes N]                             N (default 2) node namespaces with BIRD and an

@@ -98,29 +98,57 @@ export async function install(o: InstallOptions): Promise<{ binary: boolean; con
   return { binary, conflist };
 }
 
+/** The conflist's network name unless `--network-name` says otherwise. */
+export const DEFAULT_NETWORK_NAME = "flock";
+
 /**
- * `flock install [--bin-dir DIR] [--conf-dir DIR] [--socket PATH] [--name NAME]
- * [--log-file PATH]`; `--log-file` becomes the plugin's `logFile` (one JSON line per call).
+ * Reads `flock install`'s flags: `[--bin-dir DIR] [--conf-dir DIR] [--socket PATH]
+ * [--network-name NAME] [--log-file PATH]`. `--name` is the older spelling of `--network-name`;
+ * `--log-file` becomes the plugin's `logFile` (one JSON line per call).
  */
-export async function installMain(args: string[]): Promise<number> {
+export function parseInstallArgs(args: string[]): InstallOptions {
   const { values } = parseArgs({
     args,
     options: {
       "bin-dir": { type: "string", default: DEFAULT_BIN_DIR },
       "conf-dir": { type: "string", default: DEFAULT_CONF_DIR },
       socket: { type: "string", default: DEFAULT_SOCKET },
-      name: { type: "string", default: "flock" },
+      "network-name": { type: "string" },
+      name: { type: "string" },
       "log-file": { type: "string" },
     },
     strict: true,
   });
-  const changed = await install({
+  if (values["network-name"] !== undefined && values.name !== undefined) {
+    throw new TypeError("--network-name and --name are the same flag; give one");
+  }
+  const networkName = values["network-name"] ?? values.name ?? DEFAULT_NETWORK_NAME;
+  // The CNI spec's rule for network names; libcni and podman refuse anything else.
+  if (!/^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$/.test(networkName)) {
+    throw new TypeError(
+      `--network-name ${JSON.stringify(networkName)}: letters, digits, '_', '.' and '-', ` +
+        "starting with a letter or digit",
+    );
+  }
+  return {
     binDir: values["bin-dir"]!,
     confDir: values["conf-dir"]!,
-    networkName: values.name!,
+    networkName,
     socketPath: values.socket!,
     pluginExtras: values["log-file"] ? { logFile: values["log-file"] } : undefined,
-  });
+  };
+}
+
+/** `flock install`: see {@link parseInstallArgs} for the flags. */
+export async function installMain(args: string[]): Promise<number> {
+  let options: InstallOptions;
+  try {
+    options = parseInstallArgs(args);
+  } catch (e) {
+    console.error(`flock install: ${(e as Error).message}`);
+    return 2;
+  }
+  const changed = await install(options);
   console.log(JSON.stringify({ installed: true, ...changed }));
   return 0;
 }

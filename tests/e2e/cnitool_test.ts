@@ -30,7 +30,7 @@ interface IpLink {
   addr_info: { local: string; prefixlen: number; scope: string }[];
 }
 
-/** A flock node plus cnitool networks over it, each with a name unique to this test process. */
+/** A flock node plus cnitool networks over it, named after the node's own unique network. */
 class CnitoolBench implements AsyncDisposable {
   readonly networks: string[] = [];
   readonly netconfPath: string;
@@ -47,7 +47,7 @@ class CnitoolBench implements AsyncDisposable {
 
   /** Writes flock's installed conflist under a new name; `header` overrides its top-level keys. */
   async network(suffix: string, header: Record<string, unknown> = {}): Promise<string> {
-    const name = `flk-e2e-${Deno.pid}-${this.node.name}-${suffix}`;
+    const name = `${this.node.networkName}-${suffix}`;
     const conflist = { ...await this.node.conflist(), ...header, name } as Record<string, unknown>;
     for (const [k, v] of Object.entries(header)) if (v === undefined) delete conflist[k];
     const plugins = conflist.plugins as Record<string, unknown>[];

@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { ROOT_ONLY, run } from "../helpers/exec.ts";
 import { FlockNode } from "../helpers/flock.ts";
-import { removeCniCache, writeConflist } from "../helpers/cnitool.ts";
+import { removeCniCache } from "../helpers/cnitool.ts";
 import {
   podman,
   podmanContainers,
@@ -21,37 +21,18 @@ import {
   uniqueContainerName,
 } from "../helpers/podman.ts";
 import { DB_FILE } from "../../agent/store.ts";
+import type { IpAddr, IpRoute } from "../helpers/iproute.ts";
 
-interface IpAddr {
-  ifname: string;
-  addr_info: { family: string; local: string; prefixlen: number; scope: string }[];
-}
-
-interface IpRoute {
-  dst: string;
-  gateway?: string;
-  dev?: string;
-}
-
-/** A flock node with a podman network of its own name (the libcni cache is machine-wide). */
+/** A flock node; podman attaches to its installed conflist (a network name of its own). */
 async function podmanOnFlock(
   config: { cidr6?: string; cidr4?: string },
 ): Promise<{ node: FlockNode; network: string; opts: PodmanOptions }> {
   const node = await FlockNode.start({ config });
-  try {
-    const network = `flk-e2e-${Deno.pid}-${node.name}`;
-    const conflist = { ...await node.conflist(), name: network };
-    const networkConfigDir = join(node.dir, "podman-net.d");
-    await writeConflist(networkConfigDir, conflist);
-    return {
-      node,
-      network,
-      opts: { netns: node.ns, networkConfigDir, pluginDirs: [node.binDir] },
-    };
-  } catch (e) {
-    await node.remove();
-    throw e;
-  }
+  return {
+    node,
+    network: node.networkName,
+    opts: { netns: node.ns, networkConfigDir: node.confDir, pluginDirs: [node.binDir] },
+  };
 }
 
 /** The path of a running container's network namespace, as podman reports it. */

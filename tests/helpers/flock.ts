@@ -50,6 +50,11 @@ export interface FlockNodeOptions {
   /** Extra keys for the plugin entry of the conflist. */
   pluginExtras?: Record<string, unknown>;
   /**
+   * The conflist's network name (`flock install --network-name`); default unique to this node
+   * and process, because libcni caches results machine-wide per network name and container ID.
+   */
+  networkName?: string;
+  /**
    * Cluster mode: the agent gets its NodeConfig from the API server this kubeconfig names
    * (`config` is then unused). It runs in the host namespace, to reach an API server on
    * 127.0.0.1, with `--netns` so that all its kernel work happens in the node namespace.
@@ -78,6 +83,7 @@ export interface CniOutcome extends ExecResult {
 }
 
 let nodes = 0;
+let networks = 0;
 
 /** A node namespace running a flock agent. */
 export class FlockNode implements AsyncDisposable {
@@ -93,6 +99,8 @@ export class FlockNode implements AsyncDisposable {
     readonly dir: string,
     readonly options: FlockNodeOptions,
     readonly executable: string,
+    /** The network name in the installed conflist (what cnitool and podman attach to). */
+    readonly networkName: string,
   ) {}
 
   /** The node's namespace. */
@@ -128,7 +136,8 @@ export class FlockNode implements AsyncDisposable {
     const name = options.name ?? `node-${++nodes}`;
     const fixture = await createNode({ prefix: "flk-fn", ...options.nodeOptions });
     const dir = await Deno.makeTempDir({ prefix: "flock-node-" });
-    const node = new FlockNode(fixture, name, dir, options, executable);
+    const networkName = options.networkName ?? `flock-${Deno.pid}-${++networks}`;
+    const node = new FlockNode(fixture, name, dir, options, executable, networkName);
     try {
       await node.writeConfig(options.config);
       await runOk([
@@ -140,6 +149,8 @@ export class FlockNode implements AsyncDisposable {
         node.confDir,
         "--socket",
         node.socketPath,
+        "--network-name",
+        networkName,
       ]);
       if (options.startAgent ?? true) await node.startAgent();
       return node;

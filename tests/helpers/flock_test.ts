@@ -9,6 +9,9 @@ Deno.test({
     await using node = await FlockNode.start({
       config: { cidr6: "fd00:77::/64", cidr4: "10.77.0.0/24" },
     });
+    // libcni caches results per network name machine-wide: every node has a name of its own.
+    assert.match(node.networkName, new RegExp(`^flock-${Deno.pid}-\\d+$`));
+    assert.equal((await node.conflist()).name, node.networkName);
     await using a = await TestNamespace.create("flk-pa");
     await using b = await TestNamespace.create("flk-pb");
     const ra = await node.cni("ADD", { containerId: "ctr-a", netns: a.path });

@@ -1,0 +1,84 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import {
+  CONFLIST_NAME,
+  DEFAULT_BIN_DIR,
+  DEFAULT_CONF_DIR,
+  DEFAULT_NETWORK_NAME,
+  install,
+  parseInstallArgs,
+  renderConflist,
+} from "./install.ts";
+import { DEFAULT_SOCKET } from "./protocol.ts";
+
+Deno.test("parseInstallArgs: defaults", () => {
+  assert.deepEqual(parseInstallArgs([]), {
+    binDir: DEFAULT_BIN_DIR,
+    confDir: DEFAULT_CONF_DIR,
+    networkName: DEFAULT_NETWORK_NAME,
+    socketPath: DEFAULT_SOCKET,
+    pluginExtras: undefined,
+  });
+  assert.equal(DEFAULT_NETWORK_NAME, "flock");
+});
+
+Deno.test("parseInstallArgs: --network-name, its older spelling --name, --log-file", () => {
+  assert.equal(parseInstallArgs(["--network-name", "pods-a"]).networkName, "pods-a");
+  assert.equal(parseInstallArgs(["--network-name=flock.v6_1"]).networkName, "flock.v6_1");
+  assert.equal(parseInstallArgs(["--name", "legacy"]).networkName, "legacy");
+  assert.deepEqual(parseInstallArgs(["--log-file", "/var/log/flock/cni.log"]).pluginExtras, {
+    logFile: "/var/log/flock/cni.log",
+  });
+});
+
+Deno.test("parseInstallArgs: a bad or doubled network name is refused, naming the flag", () => {
+  for (const bad of ["", "-x", "a b", "a/b", "é"]) {
+    assert.throws(() => parseInstallArgs(["--network-name", bad]), /--network-name/, bad);
+  }
+  assert.throws(
+    () => parseInstallArgs(["--network-name", "a", "--name", "b"]),
+    /--network-name and --name/,
+  );
+  assert.throws(() => parseInstallArgs(["--bogus"]), /bogus/);
+});
+
+Deno.test("renderConflist: the network name and the plugin entry a runtime reads", () => {
+  const conf = JSON.parse(renderConflist({ networkName: "pods-a", socketPath: "/run/x.sock" }));
+  assert.equal(conf.name, "pods-a");
+  assert.equal(conf.cniVersion, "1.0.0");
+  assert.deepEqual(conf.plugins, [{
+    type: "flock",
+    agentSocket: "/run/x.sock",
+    capabilities: { "io.kubernetes.cri.pod-annotations": true },
+  }]);
+});
+
+Deno.test("install: writes binary and conflist once, then reports nothing changed", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "flock-install-" });
+  try {
+    const source = join(dir, "flock-src");
+    await Deno.writeTextFile(source, "#!/bin/sh\n");
+    const options = {
+      ...parseInstallArgs([
+        "--bin-dir",
+        join(dir, "bin"),
+        "--conf-dir",
+        join(dir, "net.d"),
+        "--network-name",
+        "pods-a",
+      ]),
+      source,
+    };
+    assert.deepEqual(await install(options), { binary: true, conflist: true });
+    assert.deepEqual(await install(options), { binary: false, conflist: false });
+    const conf = JSON.parse(await Deno.readTextFile(join(dir, "net.d", CONFLIST_NAME)));
+    assert.equal(conf.name, "pods-a");
+    assert.equal((await Deno.stat(join(dir, "bin", "flock"))).mode! & 0o777, 0o755);
+    assert.deepEqual(await install({ ...options, networkName: "pods-b" }), {
+      binary: false,
+      conflist: true,
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
