@@ -34,6 +34,11 @@ export interface FamilyRequest {
   mode: "auto" | "pinned";
   /** The address asked for, when `mode` is `pinned`. */
   pinned?: IP;
+  /**
+   * Who pinned it, to name in errors found later (address in use): the annotation key, or the
+   * runtime's field (`runtimeConfig.ips`, `CNI_ARGS IP`).
+   */
+  pinnedBy?: string;
   /** Where to allocate from: the node CIDR or the sub-range the pod asked for. */
   range: Prefix;
 }
@@ -55,6 +60,86 @@ export class AnnotationError extends CniError {
   }
 }
 
+/** The field of the network config that carries the CNI `ips` capability (podman `--ip`). */
+export const RUNTIME_IPS_FIELD = "runtimeConfig.ips";
+/** The CNI_ARGS key podman 4 uses instead when it pins a single address. */
+export const CNI_ARGS_IP_FIELD = "CNI_ARGS IP";
+
+/** A bad address request from the runtime; "invalid configuration" naming the field. */
+export class RuntimeAddressError extends CniError {
+  constructor(readonly field: string, reason: string) {
+    super(CniCode.invalidConfig, `${field}: ${reason}`);
+    this.name = "RuntimeAddressError";
+  }
+}
+
+/** Static addresses the runtime asked for, as given, and the field they came in. */
+export interface RuntimeAddresses {
+  /** {@link RUNTIME_IPS_FIELD} or {@link CNI_ARGS_IP_FIELD}. */
+  field: string;
+  /** Expected: a list of addresses, each optionally with a prefix length (which flock ignores). */
+  entries: unknown;
+}
+
+/**
+ * The static addresses a runtime passed: `runtimeConfig.ips` (the CNI `ips` capability), else
+ * the `IP` key of CNI_ARGS (comma-separated; podman 4's CNI backend passes a single `--ip` or
+ * `--ip6` that way and only two or more through the capability); undefined when neither is set.
+ */
+export function runtimeAddresses(
+  config: Record<string, unknown>,
+  cniArgs: Record<string, string>,
+): RuntimeAddresses | undefined {
+  const rc = config.runtimeConfig;
+  if (rc && typeof rc === "object" && "ips" in rc) {
+    return { field: RUNTIME_IPS_FIELD, entries: (rc as Record<string, unknown>).ips };
+  }
+  if (cniArgs.IP !== undefined) return { field: CNI_ARGS_IP_FIELD, entries: cniArgs.IP.split(",") };
+  return undefined;
+}
+
+/** The error for a pinned address found unusable after parsing, naming who pinned it. */
+export function pinnedAddressError(request: FamilyRequest, reason: string): CniError {
+  const by = request.pinnedBy ?? "";
+  return by.startsWith(ANNOTATION_PREFIX)
+    ? new AnnotationError(by, reason)
+    : new RuntimeAddressError(by, reason);
+}
+
+/** One address per family from the runtime's entries, as canonical text. */
+function runtimePins(runtime: RuntimeAddresses): Map<Family, string> {
+  const fail = (reason: string) => new RuntimeAddressError(runtime.field, reason);
+  const { entries } = runtime;
+  if (entries === null || entries === undefined) return new Map();
+  if (!Array.isArray(entries)) throw fail("must be a list of IP addresses");
+  const pins = new Map<Family, string>();
+  for (const entry of entries) {
+    if (typeof entry !== "string") throw fail(`${JSON.stringify(entry)} is not a string`);
+    const text = entry.trim();
+    // `ips` entries may carry a prefix length; a flock pod gets a /128 and a /32 regardless.
+    const slash = text.indexOf("/");
+    const ip = slash === -1 ? tryParseIP(text) : tryParsePrefixAddress(text);
+    if (!ip) throw fail(`${JSON.stringify(entry)} is not an IP address`);
+    const previous = pins.get(ip.family);
+    if (previous !== undefined) {
+      throw fail(
+        `two ${familyName(ip.family)} addresses (${previous}, ${formatIP(ip)}); ` +
+          "a flock pod has one address per family",
+      );
+    }
+    pins.set(ip.family, formatIP(ip));
+  }
+  return pins;
+}
+
+function tryParsePrefixAddress(text: string): IP | undefined {
+  try {
+    return parsePrefix(text).ip;
+  } catch {
+    return undefined;
+  }
+}
+
 const KNOWN = new Set<string>(ANNOTATION_NAMES);
 
 /** Per-family names and node facts, so both families share one code path. */
@@ -69,11 +154,14 @@ interface FamilyView {
 /**
  * Reads the pod's flock annotations and checks them against the node. Other annotations are
  * ignored; unknown `flock.fritzlab.net/` keys are errors (a typo must not go unnoticed).
- * Throws {@link AnnotationError}.
+ * `runtime` addresses pin their families as the `ipv6`/`ipv4` annotations do, with the same
+ * checks; an annotation may only agree with them (be absent, "auto" or the same address).
+ * Throws {@link AnnotationError} or {@link RuntimeAddressError}.
  */
 export function parsePodAnnotations(
   annotations: Record<string, string> | null | undefined,
   node: NodeConfig,
+  runtime?: RuntimeAddresses,
 ): PodAddressRequest {
   const mine = new Map<string, string>();
   for (const [key, value] of Object.entries(annotations ?? {})) {
@@ -107,7 +195,11 @@ export function parsePodAnnotations(
       nodeField: "cidr4",
     },
   ];
-  const [ipv6, ipv4] = views.map((v) => familyRequest(v, mine));
+  const pins = runtime ? runtimePins(runtime) : new Map<Family, string>();
+  const [ipv6, ipv4] = views.map((v) => {
+    const pin = pins.get(v.family);
+    return familyRequest(v, mine, pin === undefined ? undefined : { field: runtime!.field, pin });
+  });
 
   if (!ipv6 && !ipv4) {
     const explicit = views.find((v) => mine.get(v.addrKey) === "none");
@@ -138,11 +230,29 @@ export function parsePodAnnotations(
   return out;
 }
 
-function familyRequest(v: FamilyView, mine: Map<string, string>): FamilyRequest | undefined {
+function familyRequest(
+  v: FamilyView,
+  mine: Map<string, string>,
+  runtime?: { field: string; pin: string },
+): FamilyRequest | undefined {
   const addrKey = ANNOTATION_PREFIX + v.addrKey;
   const cidrKey = ANNOTATION_PREFIX + v.cidrKey;
   const name = familyName(v.family);
-  const value = mine.get(v.addrKey);
+  const annotated = mine.get(v.addrKey);
+  if (runtime && annotated !== undefined && annotated !== "auto") {
+    const same = tryParseIP(annotated);
+    if (!same || formatIP(same) !== runtime.pin) {
+      throw new RuntimeAddressError(
+        runtime.field,
+        `${runtime.pin} conflicts with annotation ${addrKey}=${JSON.stringify(annotated)}`,
+      );
+    }
+  }
+  const value = runtime?.pin ?? annotated;
+  // Who asked for `value`: the runtime's field, else the annotation.
+  const pinnedBy = runtime?.field ?? addrKey;
+  const valueError = (reason: string) =>
+    runtime ? new RuntimeAddressError(runtime.field, reason) : new AnnotationError(addrKey, reason);
   const cidrText = mine.get(v.cidrKey);
   const noCidr = `the node has no ${name} CIDR (NodeConfig ${v.nodeField})`;
 
@@ -156,7 +266,7 @@ function familyRequest(v: FamilyView, mine: Map<string, string>): FamilyRequest 
     return undefined;
   }
   if (value === "") throw new AnnotationError(addrKey, "empty value");
-  if (!v.nodeCidr) throw new AnnotationError(addrKey, noCidr);
+  if (!v.nodeCidr) throw valueError(noCidr);
   const nodeCidr = v.nodeCidr;
 
   let range = nodeCidr;
@@ -192,20 +302,16 @@ function familyRequest(v: FamilyView, mine: Map<string, string>): FamilyRequest 
     throw new AnnotationError(addrKey, `${JSON.stringify(value)} is not an ${name} address`);
   }
   if (!prefixContains(nodeCidr, ip)) {
-    throw new AnnotationError(
-      addrKey,
+    throw valueError(
       `${formatIP(ip)} is outside the node's ${name} CIDR ${formatPrefix(nodeCidr)}`,
     );
   }
   if (range !== nodeCidr && !prefixContains(range, ip)) {
-    throw new AnnotationError(
-      addrKey,
-      `${formatIP(ip)} is outside ${cidrKey} ${formatPrefix(range)}`,
-    );
+    throw valueError(`${formatIP(ip)} is outside ${cidrKey} ${formatPrefix(range)}`);
   }
   const why = unusableReason(nodeCidr, ip);
-  if (why) throw new AnnotationError(addrKey, why);
-  return { mode: "pinned", pinned: ip, range };
+  if (why) throw valueError(why);
+  return { mode: "pinned", pinned: ip, pinnedBy, range };
 }
 
 function parseAnycast(

@@ -1,6 +1,15 @@
 import assert from "node:assert/strict";
 import { formatIP, formatPrefix } from "../netlink/ip.ts";
-import { AnnotationError, parsePodAnnotations, type PodAddressRequest } from "./annotations.ts";
+import {
+  AnnotationError,
+  CNI_ARGS_IP_FIELD,
+  parsePodAnnotations,
+  pinnedAddressError,
+  type PodAddressRequest,
+  RUNTIME_IPS_FIELD,
+  RuntimeAddressError,
+  runtimeAddresses,
+} from "./annotations.ts";
 import { type NodeConfig, parseNodeConfig } from "./config.ts";
 import { CniCode, CniError } from "./protocol.ts";
 
@@ -242,5 +251,116 @@ Deno.test("anycast: inside the node's anycastCIDRs, no duplicates, matching a po
     a({ anycast: "10.96.0.3", ipv4: "none" }),
     dual,
     `${key}: 10.96.0.3 needs an IPv4 pod address, but the pod gets none`,
+  );
+});
+
+/** The request for `runtimeConfig.ips` = `ips` (and annotations `kv`), in text form. */
+function withIps(ips: unknown, kv: Record<string, string> = {}, node = dual) {
+  return show(parsePodAnnotations(a(kv), node, { field: RUNTIME_IPS_FIELD, entries: ips }));
+}
+
+function rejectsIps(
+  ips: unknown,
+  message: string,
+  kv: Record<string, string> = {},
+  node = dual,
+  field = RUNTIME_IPS_FIELD,
+): void {
+  assert.throws(() => parsePodAnnotations(a(kv), node, { field, entries: ips }), (e: unknown) => {
+    assert.ok(e instanceof RuntimeAddressError, `not a RuntimeAddressError: ${e}`);
+    assert.equal(e.code, CniCode.invalidConfig);
+    assert.equal(e.message, message);
+    return true;
+  });
+}
+
+Deno.test("runtimeAddresses: runtimeConfig.ips first, else CNI_ARGS IP, else none", () => {
+  assert.deepEqual(
+    runtimeAddresses({ runtimeConfig: { ips: ["10.244.1.7"] } }, { IP: "10.244.1.8" }),
+    { field: "runtimeConfig.ips", entries: ["10.244.1.7"] },
+  );
+  assert.deepEqual(runtimeAddresses({}, { IP: "10.244.1.8,fd00::8" }), {
+    field: "CNI_ARGS IP",
+    entries: ["10.244.1.8", "fd00::8"],
+  });
+  assert.equal(runtimeAddresses({ runtimeConfig: { portMappings: [] } }, {}), undefined);
+  assert.equal(runtimeAddresses({}, { K8S_POD_NAME: "p" }), undefined);
+});
+
+Deno.test("runtimeConfig.ips pins its families like the ipv6/ipv4 annotations", () => {
+  assert.deepEqual(withIps(["fd00:f10c:0:1::7", "10.244.1.7/24"]), {
+    ipv6: "pinned fd00:f10c:0:1::7 in fd00:f10c:0:1::/64",
+    ipv4: "pinned 10.244.1.7 in 10.244.1.0/24",
+    algo: "next",
+    anycast: [],
+  });
+  // A family the runtime does not pin is allocated as usual.
+  assert.deepEqual(withIps(["10.244.1.7"]).ipv6, "auto in fd00:f10c:0:1::/64");
+  assert.deepEqual(withIps([]).ipv4, "auto in 10.244.1.0/24");
+  // An annotation may agree: absent, "auto" or the same address (in any spelling).
+  assert.deepEqual(
+    withIps(["fd00:f10c:0:1::7"], { ipv6: "fd00:f10c:0:1:0::7", ipv4: "auto" }).ipv6,
+    "pinned fd00:f10c:0:1::7 in fd00:f10c:0:1::/64",
+  );
+  assert.deepEqual(
+    withIps(["10.244.1.7"], { cidr4: "10.244.1.0/28" }).ipv4,
+    "pinned 10.244.1.7 in 10.244.1.0/28",
+  );
+  const request = parsePodAnnotations({}, dual, {
+    field: CNI_ARGS_IP_FIELD,
+    entries: ["10.244.1.9"],
+  });
+  assert.equal(request.ipv4?.pinnedBy, "CNI_ARGS IP");
+  const inUse = pinnedAddressError(request.ipv4!, "10.244.1.9 is in use");
+  assert.equal(inUse.message, "CNI_ARGS IP: 10.244.1.9 is in use");
+  const annotated = parsePodAnnotations(a({ ipv4: "10.244.1.9" }), dual);
+  assert.ok(pinnedAddressError(annotated.ipv4!, "in use") instanceof AnnotationError);
+});
+
+Deno.test("bad runtimeConfig.ips entries are invalid configuration naming the field", () => {
+  const f = "runtimeConfig.ips";
+  rejectsIps("10.244.1.7", `${f}: must be a list of IP addresses`);
+  rejectsIps([7], `${f}: 7 is not a string`);
+  rejectsIps(["web"], `${f}: "web" is not an IP address`);
+  rejectsIps(["10.244.1.7/33"], `${f}: "10.244.1.7/33" is not an IP address`);
+  rejectsIps(
+    ["10.244.1.7", "10.244.1.8"],
+    `${f}: two IPv4 addresses (10.244.1.7, 10.244.1.8); a flock pod has one address per family`,
+  );
+  rejectsIps(
+    ["10.9.0.7"],
+    `${f}: 10.9.0.7 is outside the node's IPv4 CIDR 10.244.1.0/24`,
+  );
+  rejectsIps(
+    ["10.244.1.255"],
+    `${f}: 10.244.1.255 is the broadcast address of 10.244.1.0/24`,
+  );
+  rejectsIps(
+    ["fd00:f10c:0:2::7"],
+    `${f}: the node has no IPv6 CIDR (NodeConfig cidr6)`,
+    {},
+    v4only,
+  );
+  rejectsIps(
+    ["10.244.1.200"],
+    `${f}: 10.244.1.200 is outside flock.fritzlab.net/cidr4 10.244.1.0/25`,
+    { cidr4: "10.244.1.0/25" },
+  );
+  rejectsIps(
+    ["10.244.1.7"],
+    `${f}: 10.244.1.7 conflicts with annotation flock.fritzlab.net/ipv4="10.244.1.8"`,
+    { ipv4: "10.244.1.8" },
+  );
+  rejectsIps(
+    ["fd00:f10c:0:1::7"],
+    `${f}: fd00:f10c:0:1::7 conflicts with annotation flock.fritzlab.net/ipv6="none"`,
+    { ipv6: "none" },
+  );
+  rejectsIps(
+    ["10.9.0.7"],
+    "CNI_ARGS IP: 10.9.0.7 is outside the node's IPv4 CIDR 10.244.1.0/24",
+    {},
+    dual,
+    CNI_ARGS_IP_FIELD,
   );
 });

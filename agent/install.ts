@@ -39,7 +39,9 @@ export function renderConflist(
     plugins: [{
       type: "flock",
       agentSocket: o.socketPath,
-      capabilities: { "io.kubernetes.cri.pod-annotations": true },
+      // pod-annotations: containerd/CRI-O pass the pod's annotations; ips: a runtime's static
+      // addresses (podman --ip/--ip6), honoured like the ipv6/ipv4 annotations.
+      capabilities: { "io.kubernetes.cri.pod-annotations": true, ips: true },
       ...o.pluginExtras,
     }],
   };

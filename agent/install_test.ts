@@ -49,7 +49,7 @@ Deno.test("renderConflist: the network name and the plugin entry a runtime reads
   assert.deepEqual(conf.plugins, [{
     type: "flock",
     agentSocket: "/run/x.sock",
-    capabilities: { "io.kubernetes.cri.pod-annotations": true },
+    capabilities: { "io.kubernetes.cri.pod-annotations": true, ips: true },
   }]);
 });
 

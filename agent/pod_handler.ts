@@ -7,16 +7,16 @@
  * before it, so a failed ADD leaves nothing allocated.
  */
 
-import { AF_INET6, formatIP, type IP, parseIP } from "../netlink/ip.ts";
+import { formatIP, type IP, parseIP } from "../netlink/ip.ts";
 import { type Datapath, hostIfaceName, type PodNetwork } from "./datapath.ts";
 import { CniCode, CniError, type RpcRequest, type RpcResponse } from "./protocol.ts";
 import type { Attachment, Store } from "./store.ts";
 import type { NodeConfig } from "./config.ts";
 import {
-  ANNOTATION_PREFIX,
-  AnnotationError,
   type FamilyRequest,
   parsePodAnnotations,
+  pinnedAddressError,
+  runtimeAddresses,
 } from "./annotations.ts";
 import { AddressInUseError, type AddressPool } from "./ipam.ts";
 import { buildAddResult } from "./cni_result.ts";
@@ -134,7 +134,11 @@ export class PodHandler {
     if (annotations === undefined && this.deps.lookupAnnotations && namespace && name) {
       annotations = await this.deps.lookupAnnotations(namespace, name, podArgs.K8S_POD_UID);
     }
-    const want = parsePodAnnotations(annotations ?? {}, this.deps.node);
+    const want = parsePodAnnotations(
+      annotations ?? {},
+      this.deps.node,
+      runtimeAddresses(req.config, podArgs),
+    );
     const key = `${namespace}/${name}`;
     const taken: { pool: AddressPool; ip: IP }[] = [];
     // Never handed to a pod: give back without cooldown, newest first, so `next` rewinds.
@@ -198,10 +202,9 @@ export class PodHandler {
       try {
         pool.reserve(want.pinned);
       } catch (e) {
-        // Name the annotation that asked for it, as for every other bad annotation.
+        // Name the annotation or runtime field that asked for it, as for every other bad one.
         if (!(e instanceof AddressInUseError)) throw e;
-        const family = want.pinned.family === AF_INET6 ? "ipv6" : "ipv4";
-        throw new AnnotationError(ANNOTATION_PREFIX + family, e.message);
+        throw pinnedAddressError(want, e.message);
       }
       ip = want.pinned;
     } else {

@@ -169,6 +169,26 @@ Deno.test({
       await rejected(`annotation ${name}`, 7, msg, { extraConfig: annotated(annotations) });
     }
 
+    // Static addresses from the runtime (the `ips` capability, podman's CNI_ARGS IP).
+    await rejected(
+      "runtimeConfig.ips: outside the node CIDR",
+      7,
+      /^runtimeConfig\.ips: 10\.9\.0\.7 is outside the node's IPv4 CIDR 10\.186\.0\.0\/24/,
+      { extraConfig: { runtimeConfig: { ips: ["fd00:ba::7", "10.9.0.7"] } } },
+    );
+    await rejected(
+      "runtimeConfig.ips: two addresses of a family",
+      7,
+      /^runtimeConfig\.ips: two IPv6 addresses/,
+      { extraConfig: { runtimeConfig: { ips: ["fd00:ba::7", "fd00:ba::8"] } } },
+    );
+    await rejected(
+      "CNI_ARGS IP: outside the node CIDR",
+      7,
+      /^CNI_ARGS IP: fd00:bb::7 is outside the node's IPv6 CIDR fd00:ba::\/64/,
+      { args: "IgnoreUnknown=1;IP=fd00:bb::7" },
+    );
+
     // A pinned address another pod holds: nothing of the failed pod may stay taken.
     await using holderNs = await TestNamespace.create("flk-bad");
     const holder = await node.cni("ADD", { containerId: "holder", netns: holderNs.path });
@@ -188,6 +208,13 @@ Deno.test({
       7,
       /flock\.fritzlab\.net\/ipv4.*10\.186\.0\.1.*in use/,
       { extraConfig: annotated({ [A + "ipv4"]: "10.186.0.1" }) },
+    );
+    // The same through the runtime's field: the error names it, the IPv6 taken first is freed.
+    await rejected(
+      "runtimeConfig.ips: pinned address already in use",
+      7,
+      /^runtimeConfig\.ips: address 10\.186\.0\.1 is already in use/,
+      { extraConfig: { runtimeConfig: { ips: ["fd00:ba::7", "10.186.0.1"] } } },
     );
     assert.equal((await node.cni("DEL", { containerId: "holder" })).code, 0);
     keep = [];

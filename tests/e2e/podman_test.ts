@@ -197,3 +197,59 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "podman --ip6 / --ip on flock: the container gets exactly the addresses asked for",
+  ...ROOT_ONLY,
+  async fn() {
+    const { node, network, opts } = await podmanOnFlock({
+      cidr6: "fd00:3c::/64",
+      cidr4: "10.60.0.0/24",
+    });
+    const showAddresses = ["ip", "-o", "addr", "show", "dev", "eth0"];
+    // podman 4.3 passes one static address as CNI_ARGS IP=…, two through runtimeConfig.ips.
+    const cases = [
+      { runArgs: ["--ip6", "fd00:3c::77"], want6: "fd00:3c::77", want4: /inet 10\.60\.0\.\d+\/32/ },
+      {
+        runArgs: ["--ip6", "fd00:3c::78", "--ip", "10.60.0.78"],
+        want6: "fd00:3c::78",
+        want4: /inet 10\.60\.0\.78\/32/,
+      },
+    ];
+    const names: string[] = [];
+    try {
+      for (const c of cases) {
+        const name = uniqueContainerName("flk-e2e-ip");
+        names.push(name);
+        const r = await podmanRun({
+          ...opts,
+          name,
+          network,
+          runArgs: c.runArgs,
+          cmd: showAddresses,
+        });
+        assert.equal(r.code, 0, `${c.runArgs.join(" ")}: ${r.stderr}\n${await node.agentLog()}`);
+        assert.match(r.stdout, new RegExp(`inet6 ${c.want6}/128 scope global`), r.stdout);
+        assert.match(r.stdout, c.want4, r.stdout);
+      }
+      // An address outside the node's CIDR: podman reports flock's error naming the field.
+      const name = uniqueContainerName("flk-e2e-ip");
+      names.push(name);
+      const bad = await podmanRun({
+        ...opts,
+        name,
+        network,
+        runArgs: ["--ip6", "fd00:3d::1"],
+        cmd: ["true"],
+      });
+      assert.notEqual(bad.code, 0);
+      assert.match(bad.stderr, /CNI_ARGS IP: fd00:3d::1 is outside the node's IPv6 CIDR/);
+      assert.deepEqual(await node.flockLinks(), []);
+      assert.deepEqual(storedAttachments(node), []);
+    } finally {
+      for (const name of names) await podmanRemove(name, opts).catch(() => {});
+      await node.remove();
+      await removeCniCache(network);
+    }
+  },
+});
