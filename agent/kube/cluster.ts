@@ -48,6 +48,12 @@ export const DEFAULT_CONFIG_WAIT_MS = 60_000;
 /** How often the status is recomputed without a change event (for BGP session states). */
 const STATUS_REFRESH_MS = 30_000;
 
+/**
+ * How often while some BGP session is not established: sessions come up seconds after a peer
+ * appears, and `bgpSessionsUp` should say so without waiting for the next 30 s round.
+ */
+const STATUS_REFRESH_UNSETTLED_MS = 2_000;
+
 /** What cluster mode needs of the agent. */
 export interface ClusterAgent {
   readonly ready: boolean;
@@ -102,6 +108,9 @@ export class ClusterMode {
   #peersText = "";
   #meshText = "";
   #refresh?: ReturnType<typeof setInterval>;
+  #refreshTicks = 0;
+  /** Every configured BGP session was established when the status was last computed. */
+  #bgpSettled = true;
   #peersQueued = false;
   #stopped = false;
   readonly #sleeper = new Sleeper();
@@ -178,8 +187,12 @@ export class ClusterMode {
     this.nodes?.start();
     this.#acquiring = this.#acquire().catch(onFatal);
     // BGP sessions change with no event to tell: look again now and then (a patch is sent
-    // only when something differs).
-    this.#refresh = setInterval(() => this.status.request(), STATUS_REFRESH_MS);
+    // only when something differs), often while a session is still coming up.
+    const everyTicks = STATUS_REFRESH_MS / STATUS_REFRESH_UNSETTLED_MS;
+    this.#refresh = setInterval(() => {
+      this.#refreshTicks++;
+      if (!this.#bgpSettled || this.#refreshTicks % everyTicks === 0) this.status.request();
+    }, STATUS_REFRESH_UNSETTLED_MS);
   }
 
   /** Resolves once the agent has a config (or cluster mode was stopped). */
@@ -367,7 +380,11 @@ export class ClusterMode {
     // The routing layer exists only once the node is configured.
     const agent = this.#agent;
     if (!agent?.ready || !agent.setMeshPeers) return;
-    const mesh = meshPeersFor(peers, (name) => this.nodes?.cache.get(name));
+    const mesh = meshPeersFor(
+      peers,
+      (name) => this.nodes?.cache.get(name),
+      this.nodes?.cache.get(nodeName),
+    );
     const meshText = canonicalJson(mesh);
     if (meshText === this.#meshText) return;
     this.#meshText = meshText;
@@ -376,7 +393,8 @@ export class ClusterMode {
       msg: "mesh peers changed",
       peers: mesh.map((p) => `${p.name}@${p.address}`),
     });
-    agent.setMeshPeers(mesh).catch((e) => {
+    // The session count changed: show it (and follow the new sessions until they are up).
+    agent.setMeshPeers(mesh).then(() => this.status.request(), (e) => {
       log({ level: "error", msg: "cannot apply mesh peers", error: String(e) });
     });
   }
@@ -387,17 +405,25 @@ export class ClusterMode {
     if (!agent || !own) return undefined;
     const s = agent.stats();
     let reason = "";
+    // The Ready condition's reason: a word a program can match on.
+    let code = "Serving";
     if (!s.ready) {
       reason = s.notReadyReason;
+      code = this.#specProblem ? "NodeConfigInvalid" : "WaitingForConfig";
     } else if (this.#specProblem) {
       reason =
         `the last spec change was rejected; the previous spec stays in force: ${this.#specProblem}`;
+      code = "SpecChangeRejected";
     } else if (s.outsideCIDR > 0) {
       reason = `${s.outsideCIDR} running pods hold addresses outside the node's CIDRs ` +
         `(kept until they are deleted)`;
+      code = "PodsOutsideCIDR";
     }
     const routing = s.ready ? await agent.routingStatus?.() : undefined;
-    const status = buildStatus(s, this.#observedGeneration, reason.slice(0, 1024), routing);
-    return { name: this.options.nodeName, status };
+    this.#bgpSettled = !routing || routing.sessionsUp === routing.sessions;
+    const status = buildStatus(s, this.#observedGeneration, reason.slice(0, 1024), routing, {
+      reason: code,
+    });
+    return { name: this.options.nodeName, status, current: own.status };
   }
 }

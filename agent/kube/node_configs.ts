@@ -143,17 +143,19 @@ export function projectNodeAddresses(obj: KubeObject): string[] {
 }
 
 /**
- * The BGP node mesh: one peer per other node whose NodeConfig has a `bgp.asn`, at the first
- * InternalIP of its Node object; a node without a known address is left out until it has one.
+ * The BGP node mesh: one peer per other node whose NodeConfig has a `bgp.asn`, at an InternalIP
+ * of its Node object (see {@link meshAddress}); a node without a known address is left out until
+ * it has one. `ownIPs` are this node's own InternalIPs (undefined when its Node is not known).
  */
 export function meshPeersFor(
   peers: NodeConfig[],
   internalIPs: (nodeName: string) => string[] | undefined,
+  ownIPs?: string[],
 ): MeshPeer[] {
   const out: MeshPeer[] = [];
   for (const p of peers) {
     const asn = p.spec.bgp?.asn;
-    const address = internalIPs(p.name!)?.[0];
+    const address = meshAddress(ownIPs, internalIPs(p.name!) ?? []);
     if (asn === undefined || !address) continue;
     out.push({
       name: p.name!,
@@ -164,6 +166,27 @@ export function meshPeersFor(
     });
   }
   return out;
+}
+
+/**
+ * The address to peer with on another node. Both ends of a session must pick the same family,
+ * or each dials an address the other does not expect and the session never comes up; so the
+ * choice depends only on the pair, not on which end computes it (nor on the order kubelet lists
+ * the addresses in): IPv6 when both nodes have an IPv6 InternalIP, else IPv4 when both have an
+ * IPv4 one (the other family's routes ride along: extended next hop for IPv4 over IPv6), each
+ * time the peer's first address of that family. Without this node's own addresses: the peer's
+ * first InternalIP. Undefined when the two share no family (no session is possible).
+ */
+export function meshAddress(ownIPs: string[] | undefined, peerIPs: string[]): string | undefined {
+  if (!ownIPs?.length) return peerIPs[0];
+  const isV6 = (a: string) => a.includes(":");
+  for (const v6 of [true, false]) {
+    if (ownIPs.some((a) => isV6(a) === v6)) {
+      const match = peerIPs.find((a) => isV6(a) === v6);
+      if (match) return match;
+    }
+  }
+  return undefined;
 }
 
 function summaryCIDRs(c: NodeConfig): string[] {

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import {
   canonicalJson,
   describeConfigChange,
+  meshAddress,
   meshPeersFor,
   nodeConfigFromPodCIDRs,
   parseNodeConfigObject,
@@ -98,4 +99,40 @@ Deno.test("meshPeersFor: other nodes with an ASN, at their first InternalIP", ()
   assert.deepEqual(meshPeersFor(peers, (n) => addresses[n]), [
     { name: "a", address: "fd00:99::a", asn: 65001, cidrs: ["fd00:1::/64", "10.1.0.0/24"] },
   ]);
+});
+
+Deno.test("meshAddress: both ends of a pair pick the same family, whatever the listing order", () => {
+  const v4first = ["10.0.0.11", "fd00:a::11"];
+  const v6first = ["fd00:a::12", "10.0.0.12"];
+  const v6only = ["fd00:a::13"];
+  const v4only = ["10.0.0.14"];
+  // IPv6 whenever both have it: both ends agree even though their Nodes list families apart.
+  assert.equal(meshAddress(v4first, v6first), "fd00:a::12");
+  assert.equal(meshAddress(v6first, v4first), "fd00:a::11");
+  assert.equal(meshAddress(v4first, v6only), "fd00:a::13");
+  assert.equal(meshAddress(v6only, v4first), "fd00:a::11");
+  // IPv4 when that is all they share.
+  assert.equal(meshAddress(v4first, v4only), "10.0.0.14");
+  assert.equal(meshAddress(v4only, v6first), "10.0.0.12");
+  // No common family: no session is possible.
+  assert.equal(meshAddress(v6only, v4only), undefined);
+  // This node's own Node is not known: the peer's first InternalIP.
+  assert.equal(meshAddress(undefined, v4first), "10.0.0.11");
+  assert.equal(meshAddress([], []), undefined);
+});
+
+Deno.test("meshPeersFor: with this node's own addresses, the peer's address of the shared family", () => {
+  const peers = [
+    parseNodeConfig({ cidr6: "fd00:1::/64", cidr4: "10.1.0.0/24", bgp: { asn: 65001 } }, "a"),
+  ];
+  peers[0].name = "a";
+  const nodes: Record<string, string[]> = { a: ["10.0.0.1", "fd00:a::1"] };
+  assert.deepEqual(
+    meshPeersFor(peers, (n) => nodes[n], ["fd00:a::2", "10.0.0.2"]).map((p) => p.address),
+    ["fd00:a::1"],
+  );
+  assert.deepEqual(
+    meshPeersFor(peers, (n) => nodes[n], ["10.0.0.2"]).map((p) => p.address),
+    ["10.0.0.1"],
+  );
 });

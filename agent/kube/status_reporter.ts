@@ -33,6 +33,34 @@ export interface NodeConfigStatus {
   bgpSessionsUp?: number;
   bgpSessions?: number;
   lastBirdReload?: { time: string; ok: boolean; message?: string };
+  /** `Ready`, and `BGPEstablished` when the agent drives BIRD. */
+  conditions: Condition[];
+}
+
+/** One entry of `status.conditions`, in the Kubernetes `metav1.Condition` shape (deploy/crd.yaml). */
+export interface Condition {
+  type: string;
+  status: "True" | "False" | "Unknown";
+  /** A CamelCase word a program can match on. */
+  reason: string;
+  /** The same for a human. */
+  message: string;
+  /** When `status` last changed (RFC 3339, whole seconds, as Kubernetes writes it). */
+  lastTransitionTime: string;
+  observedGeneration?: number;
+}
+
+/** What the caller knows of the `Ready` condition beyond `ready` itself. */
+export interface ReadyFacts {
+  /** CamelCase reason (default `Serving` or `NotReady`). */
+  reason?: string;
+  /** When this status is computed (default now). */
+  now?: Date;
+}
+
+/** A time as Kubernetes writes condition times: RFC 3339 with whole seconds. */
+export function conditionTime(at: Date): string {
+  return at.toISOString().replace(/\.\d{3}Z$/, "Z");
 }
 
 /** The routing facts of the status, when the agent drives BIRD. */
@@ -42,32 +70,95 @@ export interface RoutingStats {
   lastReload?: { time: string; ok: boolean; message?: string };
 }
 
-/** Builds the status from the agent's stats and the generation of the spec it applied. */
+/**
+ * Builds the status from the agent's stats and the generation of the spec it applied. Condition
+ * times are `facts.now`; {@link keepTransitionTimes} puts back the earlier time of every
+ * condition whose status did not change.
+ */
 export function buildStatus(
   stats: AgentStats,
   observedGeneration: number,
   reason: string,
   routing?: RoutingStats,
+  facts: ReadyFacts = {},
 ): NodeConfigStatus {
+  const now = conditionTime(facts.now ?? new Date());
+  const ready: Condition = {
+    type: "Ready",
+    status: stats.ready ? "True" : "False",
+    reason: facts.reason ?? (stats.ready ? "Serving" : "NotReady"),
+    message: reason || "serving CNI requests",
+    lastTransitionTime: now,
+    observedGeneration,
+  };
   const status: NodeConfigStatus = {
     ready: stats.ready,
     reason,
     observedGeneration,
     pods: stats.attachments,
     allocated: { ipv6: stats.ipv6, ipv4: stats.ipv4 },
+    conditions: [ready],
   };
   if (routing) {
     status.bgpSessionsUp = routing.sessionsUp;
     status.bgpSessions = routing.sessions;
     if (routing.lastReload) status.lastBirdReload = routing.lastReload;
+    status.conditions.push({
+      ...bgpCondition(routing),
+      lastTransitionTime: now,
+      observedGeneration,
+    });
   }
   return status;
 }
 
+/** `BGPEstablished`: true when BIRD has sessions and every one of them is established. */
+function bgpCondition(routing: RoutingStats): Omit<Condition, "lastTransitionTime"> {
+  const { sessions, sessionsUp } = routing;
+  let message = `${sessionsUp} of ${sessions} BGP sessions established`;
+  if (routing.lastReload && !routing.lastReload.ok) {
+    message += `; the last BIRD reload failed: ${routing.lastReload.message ?? "no reason given"}`;
+  }
+  if (sessions === 0) {
+    return { type: "BGPEstablished", status: "False", reason: "NoSessions", message };
+  }
+  return sessionsUp === sessions
+    ? { type: "BGPEstablished", status: "True", reason: "AllSessionsEstablished", message }
+    : { type: "BGPEstablished", status: "False", reason: "SessionsNotEstablished", message };
+}
+
+/**
+ * `status` with the `lastTransitionTime` of `previous` kept for every condition whose status is
+ * the same as before: the time says when a condition flipped, not when it was last computed.
+ */
+export function keepTransitionTimes(
+  status: NodeConfigStatus,
+  previous: readonly Condition[] | undefined,
+): NodeConfigStatus {
+  const conditions = status.conditions.map((c) => {
+    const before = previous?.find((p) => p.type === c.type);
+    return before?.status === c.status && before.lastTransitionTime
+      ? { ...c, lastTransitionTime: before.lastTransitionTime }
+      : c;
+  });
+  return { ...status, conditions };
+}
+
+/** The conditions of a status object as read from the API (anything else: none). */
+export function conditionsOf(status: unknown): Condition[] | undefined {
+  const list = (status as { conditions?: unknown } | null | undefined)?.conditions;
+  return Array.isArray(list) ? list as Condition[] : undefined;
+}
+
 /** Options of a {@link StatusReporter}. */
 export interface StatusReporterOptions {
-  /** The status to write now; undefined when there is no object to write it to. */
-  compute: () => Promise<{ name: string; status: NodeConfigStatus } | undefined>;
+  /**
+   * The status to write now; undefined when there is no object to write it to. `current` is the
+   * status the API server holds (its condition times survive an agent restart).
+   */
+  compute: () => Promise<
+    { name: string; status: NodeConfigStatus; current?: unknown } | undefined
+  >;
   patch: (name: string, status: NodeConfigStatus) => Promise<void>;
   /** Least time between two patches. */
   minIntervalMs?: number;
@@ -81,6 +172,8 @@ export class StatusReporter {
   /** Patches sent successfully (for tests and the bench). */
   patches = 0;
   #lastWritten = "";
+  /** The conditions written last, for their transition times. */
+  #conditions?: Condition[];
   #lastAt = -Infinity;
   #timer?: ReturnType<typeof setTimeout>;
   #inFlight = false;
@@ -134,16 +227,21 @@ export class StatusReporter {
       return;
     }
     if (!want || this.#stopped) return;
-    const text = canonicalJson(want.status);
+    const status = keepTransitionTimes(
+      want.status,
+      this.#conditions ?? conditionsOf(want.current),
+    );
+    const text = canonicalJson(status);
     if (text === this.#lastWritten) return;
     this.#inFlight = true;
     this.#lastAt = performance.now();
     let ok = false;
     try {
-      await this.options.patch(want.name, want.status);
+      await this.options.patch(want.name, status);
       ok = true;
       this.patches++;
       this.#lastWritten = text;
+      this.#conditions = status.conditions;
       if (this.#failures > 0) {
         this.options.log({ level: "info", msg: "status written again", failures: this.#failures });
       }

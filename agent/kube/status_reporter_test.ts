@@ -1,5 +1,12 @@
 import assert from "node:assert/strict";
-import { buildStatus, type NodeConfigStatus, StatusReporter } from "./status_reporter.ts";
+import {
+  buildStatus,
+  type Condition,
+  conditionTime,
+  keepTransitionTimes,
+  type NodeConfigStatus,
+  StatusReporter,
+} from "./status_reporter.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -17,6 +24,8 @@ Deno.test("buildStatus: the shape written to NodeConfig.status", () => {
       { ready: false, attachments: 3, ipv6: 3, ipv4: 2 },
       7,
       "waiting for NodeConfig n1",
+      undefined,
+      { reason: "WaitingForConfig", now: new Date("2026-01-02T03:04:05.678Z") },
     ),
     {
       ready: false,
@@ -24,6 +33,14 @@ Deno.test("buildStatus: the shape written to NodeConfig.status", () => {
       observedGeneration: 7,
       pods: 3,
       allocated: { ipv6: 3, ipv4: 2 },
+      conditions: [{
+        type: "Ready",
+        status: "False",
+        reason: "WaitingForConfig",
+        message: "waiting for NodeConfig n1",
+        lastTransitionTime: "2026-01-02T03:04:05Z",
+        observedGeneration: 7,
+      }],
     },
   );
 });
@@ -37,6 +54,102 @@ Deno.test("buildStatus: BGP sessions and the last BIRD reload when the agent dri
   assert.equal(s.bgpSessionsUp, 2);
   assert.equal(s.bgpSessions, 3);
   assert.deepEqual(s.lastBirdReload, { time: "2026-01-01T00:00:00.000Z", ok: true });
+  assert.deepEqual(s.conditions.map((c) => [c.type, c.status, c.reason, c.message]), [
+    ["Ready", "True", "Serving", "serving CNI requests"],
+    ["BGPEstablished", "False", "SessionsNotEstablished", "2 of 3 BGP sessions established"],
+  ]);
+});
+
+Deno.test("buildStatus: BGPEstablished is true only when every configured session is up", () => {
+  const bgp = (routing: Parameters<typeof buildStatus>[3]) =>
+    buildStatus({ ready: true, attachments: 0, ipv6: 0, ipv4: 0 }, 1, "", routing)
+      .conditions.find((c) => c.type === "BGPEstablished");
+  assert.deepEqual(
+    [bgp({ sessions: 2, sessionsUp: 2 })?.status, bgp({ sessions: 2, sessionsUp: 2 })?.reason],
+    ["True", "AllSessionsEstablished"],
+  );
+  const none = bgp({ sessions: 0, sessionsUp: 0 });
+  assert.deepEqual([none?.status, none?.reason], ["False", "NoSessions"]);
+  const failed = bgp({
+    sessions: 1,
+    sessionsUp: 1,
+    lastReload: { time: "2026-01-01T00:00:00.000Z", ok: false, message: "rejected: syntax" },
+  });
+  assert.equal(failed?.status, "True");
+  assert.match(failed!.message, /the last BIRD reload failed: rejected: syntax/);
+  assert.equal(bgp(undefined), undefined, "no BGPEstablished without BIRD");
+});
+
+Deno.test("keepTransitionTimes: the time moves only when a condition's status flips", () => {
+  const at = (iso: string, ready: boolean, up: number) =>
+    buildStatus({ ready, attachments: 0, ipv6: 0, ipv4: 0 }, 1, ready ? "" : "waiting", {
+      sessions: 2,
+      sessionsUp: up,
+    }, { now: new Date(iso) });
+  const first = at("2026-01-01T00:00:00Z", false, 0);
+  const second = keepTransitionTimes(at("2026-01-01T00:00:10Z", true, 0), first.conditions);
+  const times = (s: NodeConfigStatus) =>
+    s.conditions.map((c) => `${c.type}@${c.lastTransitionTime}`);
+  assert.deepEqual(times(second), [
+    "Ready@2026-01-01T00:00:10Z", // flipped to True
+    "BGPEstablished@2026-01-01T00:00:00Z", // still False: a new message would not move it
+  ]);
+  const third = keepTransitionTimes(at("2026-01-01T00:00:20Z", true, 2), second.conditions);
+  assert.deepEqual(times(third), [
+    "Ready@2026-01-01T00:00:10Z",
+    "BGPEstablished@2026-01-01T00:00:20Z",
+  ]);
+  // Nothing known from before (first write): the computed times stand.
+  assert.deepEqual(keepTransitionTimes(third, undefined), third);
+  assert.equal(conditionTime(new Date("2026-05-06T07:08:09.999Z")), "2026-05-06T07:08:09Z");
+});
+
+Deno.test("StatusReporter: condition times survive restarts (from the API's status) and recomputes", async () => {
+  const sent: NodeConfigStatus[] = [];
+  let ready = true;
+  const onApi: { conditions: Condition[] } = {
+    conditions: [{
+      type: "Ready",
+      status: "True",
+      reason: "Serving",
+      message: "serving CNI requests",
+      lastTransitionTime: "2025-06-01T00:00:00Z",
+    }],
+  };
+  const reporter = new StatusReporter({
+    compute: () =>
+      Promise.resolve({
+        name: "n1",
+        status: buildStatus({ ready, attachments: sent.length, ipv6: 0, ipv4: 0 }, 1, ""),
+        current: onApi,
+      }),
+    patch: (_name, s) => {
+      sent.push(s);
+      return Promise.resolve();
+    },
+    minIntervalMs: 10,
+    log: () => {},
+  });
+  const readyTime = (s: NodeConfigStatus) =>
+    s.conditions.find((c) => c.type === "Ready")?.lastTransitionTime;
+  const waitSent = async (n: number) => {
+    for (let i = 0; i < 100 && sent.length < n; i++) await sleep(10);
+    assert.equal(sent.length, n);
+  };
+  try {
+    reporter.request();
+    await waitSent(1);
+    assert.equal(readyTime(sent[0]), "2025-06-01T00:00:00Z", "kept from the API's status");
+    reporter.request(); // pods changed (sent.length is the pod count): written, time kept
+    await waitSent(2);
+    assert.equal(readyTime(sent[1]), "2025-06-01T00:00:00Z");
+    ready = false;
+    reporter.request();
+    await waitSent(3);
+    assert.notEqual(readyTime(sent[2]), "2025-06-01T00:00:00Z", "a flip moves the time");
+  } finally {
+    reporter.stop();
+  }
 });
 
 Deno.test("StatusReporter: a burst becomes one patch per interval, with the latest status", async () => {

@@ -15,11 +15,10 @@
  */
 
 import assert from "node:assert/strict";
-import { join } from "node:path";
-import { KubeCluster } from "../helpers/kube.ts";
+import { type KubeCluster, startKubeWithFlock } from "../helpers/kube.ts";
 import { type CniOutcome, FlockNode, ping, TestNamespace } from "../helpers/flock.ts";
 import { ROOT_ONLY } from "../helpers/exec.ts";
-import { REPO_ROOT } from "../helpers/tools.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const NODE = "flk-kube-node";
 const NS = "default";
@@ -77,46 +76,13 @@ async function nodeConfigObject(kube: KubeCluster, name: string) {
   return JSON.parse(await kube.kubectlOk(["get", "nodeconfig", name, "-o", "json"]));
 }
 
-/** Polls until `check` returns true; fails with `what` (and the last value) after `ms`. */
-async function eventually<T>(
-  what: string,
-  get: () => Promise<T>,
-  check: (v: T) => boolean,
-  ms = 20_000,
-): Promise<T> {
-  const deadline = Date.now() + ms;
-  let last: T;
-  for (;;) {
-    last = await get();
-    if (check(last)) return last;
-    if (Date.now() > deadline) {
-      throw new Error(`timed out waiting for ${what}; last: ${JSON.stringify(last)}`);
-    }
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
-
-/** An API server with deploy/'s CRD (established) and RBAC applied. */
-async function startWithFlockManifests(): Promise<KubeCluster> {
-  const kube = await KubeCluster.start();
-  try {
-    await kube.apply(await Deno.readTextFile(join(REPO_ROOT, "deploy/crd.yaml")));
-    await kube.apply(await Deno.readTextFile(join(REPO_ROOT, "deploy/rbac.yaml")));
-    await kube.waitForCrd("nodeconfigs.flock.fritzlab.net");
-    return kube;
-  } catch (e) {
-    await kube.stop();
-    throw e;
-  }
-}
-
 Deno.test({
   name: "kube agent: NodeConfig + pod annotations from the API, status, restarts change nothing",
   ...ROOT_ONLY,
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
-    await using kube = await startWithFlockManifests();
+    await using kube = await startKubeWithFlock();
     await kube.apply([
       nodeConfig(NODE, { cidr6: "fd00:4b::/64", cidr4: "10.75.0.0/24", mtu: 1500 }),
       nodeConfig("flk-other-node", { cidr6: "fd00:4c::/64", bgp: { asn: 65010 } }),
@@ -319,7 +285,7 @@ Deno.test({
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
-    await using kube = await startWithFlockManifests();
+    await using kube = await startKubeWithFlock();
     const name = "flk-kube-plain";
     await kube.apply({
       apiVersion: "v1",

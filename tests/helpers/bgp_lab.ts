@@ -1,7 +1,8 @@
 /**
  * A BGP lab node for tests and benchmarks: a {@linkcode FlockNode} whose `eth0` joins a
- * {@linkcode GobgpTor}'s bridge, BIRD started first on a bootstrap config inside the node
- * namespace (as the DaemonSet's sidecar does), then the agent driving that BIRD.
+ * {@linkcode GobgpTor}'s bridge (or a plain {@linkcode Fabric}'s, for a node mesh), BIRD started
+ * first on a bootstrap config inside the node namespace (as the DaemonSet's sidecar does), then
+ * the agent driving that BIRD (standalone, or in cluster mode with a kubeconfig).
  *
  * @module
  */
@@ -10,6 +11,7 @@ import { join } from "node:path";
 import { FlockNode } from "./flock.ts";
 import { BirdDaemon, bootstrapBirdConfig } from "./bird.ts";
 import type { GobgpTor } from "./gobgp.ts";
+import type { Fabric } from "./fabric.ts";
 import { addAddress } from "./netns.ts";
 import { birdcPath } from "./tools.ts";
 import type { NodeConfigSpec } from "../../agent/config.ts";
@@ -36,14 +38,16 @@ export interface BgpLabNode {
  * before the node's namespace goes).
  */
 export async function startBgpNode(
-  tor: GobgpTor,
+  tor: GobgpTor | Fabric,
   plan: BgpNodePlan,
   cleanup: AsyncDisposableStack,
+  opts: { kubeconfig?: string } = {},
 ): Promise<BgpLabNode> {
   const port = tor.nextPortName();
   const flock = await FlockNode.start({
     name: plan.name,
     config: plan.spec,
+    kubeconfig: opts.kubeconfig,
     startAgent: false,
     nodeOptions: { prefix: "flk-bgpn", uplink: tor.ns, uplinkIfName: port },
   });

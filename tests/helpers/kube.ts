@@ -27,7 +27,7 @@
 
 import { join } from "node:path";
 import { type ExecOptions, type ExecResult, run } from "./exec.ts";
-import { etcdPath, kubeApiserverPath, kubectlPath } from "./tools.ts";
+import { etcdPath, kubeApiserverPath, kubectlPath, REPO_ROOT } from "./tools.ts";
 import { ADMIN_USER, type KubePki, makeKubePki, renderKubeconfig } from "./kube_pki.ts";
 
 export { ADMIN_USER };
@@ -428,5 +428,19 @@ export class KubeCluster implements AsyncDisposable {
 
   [Symbol.asyncDispose](): Promise<void> {
     return this.stop();
+  }
+}
+
+/** An API server with deploy/'s NodeConfig CRD (established) and RBAC applied. */
+export async function startKubeWithFlock(options: KubeClusterOptions = {}): Promise<KubeCluster> {
+  const kube = await KubeCluster.start(options);
+  try {
+    await kube.apply(await Deno.readTextFile(join(REPO_ROOT, "deploy/crd.yaml")));
+    await kube.apply(await Deno.readTextFile(join(REPO_ROOT, "deploy/rbac.yaml")));
+    await kube.waitForCrd("nodeconfigs.flock.fritzlab.net");
+    return kube;
+  } catch (e) {
+    await kube.stop();
+    throw e;
   }
 }

@@ -1,0 +1,311 @@
+/**
+ * A live BGP node mesh in cluster mode, against a real kube-apiserver (etcd, TLS, RBAC):
+ *
+ * - three node namespaces on one bridge (no router), each with BIRD and an agent in cluster mode
+ *   (a TokenRequest token of deploy/'s ServiceAccount) that renders and reloads that BIRD;
+ * - NodeConfigs with `bgp.nodeMesh` and no explicit peer, Node objects with IPv4 and IPv6
+ *   InternalIPs: the agents peer with each other on their own;
+ * - what an operator checks: the other nodes' summaries in every kernel (`proto bird`), pods on
+ *   different nodes pinging over IPv6 and IPv4, `status.bgpSessionsUp` and the BGP-Up column,
+ *   the `Ready` and `BGPEstablished` conditions;
+ * - a fourth node joins (its Node lists IPv6 first: the sessions agree on the family anyway):
+ *   the others peer with it without restarting their existing sessions; its NodeConfig deleted:
+ *   the others drop it.
+ */
+
+import assert from "node:assert/strict";
+import { ROOT_ONLY } from "../helpers/exec.ts";
+import { eventually } from "../helpers/eventually.ts";
+import { ping, TestNamespace } from "../helpers/flock.ts";
+import { type BgpLabNode, type BgpNodePlan, startBgpNode } from "../helpers/bgp_lab.ts";
+import { Fabric } from "../helpers/fabric.ts";
+import { type KubeCluster, startKubeWithFlock } from "../helpers/kube.ts";
+import { bgpSessions } from "../../bird/control.ts";
+import { birdcPath } from "../helpers/tools.ts";
+
+/** Bound of every wait for the mesh to converge (it takes a few seconds). */
+const MESH_WAIT_MS = 30_000;
+
+/** One AS for the whole mesh (iBGP, as a node mesh usually is). */
+const ASN = 64512;
+
+function plan(i: number): BgpNodePlan {
+  return {
+    name: `flk-mesh-${i}`,
+    ipv4: `10.0.0.${10 + i}`,
+    ipv6: `fd00:a::${10 + i}`,
+    spec: {
+      cidr6: `fd00:50:${i}::/64`,
+      cidr4: `10.50.${i}.0/24`,
+      bgp: { asn: ASN, nodeMesh: true },
+    },
+  };
+}
+
+/** The NodeConfig and Node objects of a node; `v6First` lists its IPv6 InternalIP first. */
+function objectsFor(p: BgpNodePlan, v6First = false) {
+  const ips = [p.ipv4!, p.ipv6];
+  if (v6First) ips.reverse();
+  return [
+    {
+      apiVersion: "flock.fritzlab.net/v1alpha1",
+      kind: "NodeConfig",
+      metadata: { name: p.name },
+      spec: p.spec,
+    },
+    {
+      apiVersion: "v1",
+      kind: "Node",
+      metadata: { name: p.name },
+      status: { addresses: ips.map((address) => ({ type: "InternalIP", address })) },
+    },
+  ];
+}
+
+/** Destinations of the routes BIRD installed in a node's kernel, both families, sorted. */
+async function birdRoutes(n: BgpLabNode): Promise<string[]> {
+  const out: string[] = [];
+  for (const family of ["-6", "-4"]) {
+    const routes = await n.flock.ns.ipJson<{ dst: string }[]>([
+      family,
+      "route",
+      "show",
+      "proto",
+      "bird",
+    ]);
+    out.push(...routes.map((r) => r.dst));
+  }
+  return out.sort();
+}
+
+/** What the other nodes of `among` announce: their summaries. */
+function othersSummaries(n: BgpLabNode, among: BgpLabNode[]): string[] {
+  return among.filter((o) => o !== n).flatMap((o) => [o.plan.spec.cidr6!, o.plan.spec.cidr4!])
+    .sort();
+}
+
+/** Mesh sessions of a node's BIRD: neighbour address → established, since. */
+async function meshSessions(n: BgpLabNode) {
+  const sessions = await bgpSessions(n.bird.socketPath, { birdcPath: birdcPath() });
+  return Object.fromEntries(
+    sessions.map((
+      s,
+    ) => [s.neighborAddress ?? s.name, { up: s.established, since: s.since?.getTime() }]),
+  );
+}
+
+interface Condition {
+  type: string;
+  status: string;
+  reason: string;
+  message: string;
+  lastTransitionTime: string;
+}
+
+async function nodeConfigStatus(kube: KubeCluster, name: string) {
+  const obj = JSON.parse(await kube.kubectlOk(["get", "nodeconfig", name, "-o", "json"]));
+  return (obj.status ?? {}) as {
+    bgpSessionsUp?: number;
+    bgpSessions?: number;
+    conditions?: Condition[];
+  };
+}
+
+function condition(status: { conditions?: Condition[] }, type: string): Condition | undefined {
+  return status.conditions?.find((c) => c.type === type);
+}
+
+/** `kubectl get nodeconfigs` as an operator reads it: name → column → value. */
+async function printerTable(kube: KubeCluster): Promise<Record<string, Record<string, string>>> {
+  const lines = (await kube.kubectlOk(["get", "nodeconfigs"])).trim().split("\n");
+  const header = lines[0].trim().split(/\s+/);
+  return Object.fromEntries(
+    lines.slice(1).map((line) => {
+      const cols = line.trim().split(/\s+/);
+      return [cols[0], Object.fromEntries(header.map((h, i) => [h, cols[i]]))];
+    }),
+  );
+}
+
+/** Every node has `want` sessions, all established, in BIRD and in its NodeConfig status. */
+async function waitMeshUp(kube: KubeCluster, nodes: BgpLabNode[], want: number): Promise<void> {
+  for (const n of nodes) {
+    await eventually(
+      `${n.plan.name}: ${want} established sessions in BIRD`,
+      () => meshSessions(n),
+      (s) => Object.values(s).length === want && Object.values(s).every((x) => x.up),
+      MESH_WAIT_MS,
+    );
+    await eventually(
+      `${n.plan.name}: status.bgpSessionsUp = ${want}`,
+      () => nodeConfigStatus(kube, n.plan.name),
+      (s) =>
+        s.bgpSessionsUp === want && s.bgpSessions === want &&
+        condition(s, "BGPEstablished")?.status === "True",
+      20_000,
+    );
+  }
+}
+
+Deno.test({
+  name: "kube mesh: agents in cluster mode peer their BIRDs in a live node mesh",
+  ...ROOT_ONLY,
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn(t) {
+    await using cleanup = new AsyncDisposableStack();
+    const kube = cleanup.use(await startKubeWithFlock());
+    const fabric = cleanup.use(await Fabric.start());
+    const plans = [plan(1), plan(2), plan(3)];
+    await kube.apply(plans.flatMap((p) => objectsFor(p)));
+    const kubeconfig = await kube.kubeconfigFor(await kube.tokenFor("kube-system", "flock"));
+    const start = (p: BgpNodePlan) => startBgpNode(fabric, p, cleanup, { kubeconfig });
+    const nodes = await Promise.all(plans.map(start));
+    const all: BgpLabNode[] = [...nodes];
+    const podNs: TestNamespace[] = [];
+    const podAddrs: string[][] = [];
+
+    try {
+      await t.step("every node learns the other two nodes' summaries into its kernel", async () => {
+        for (const n of nodes) {
+          await eventually(
+            `${n.plan.name} kernel routes from BIRD`,
+            () => birdRoutes(n),
+            (got) => JSON.stringify(got) === JSON.stringify(othersSummaries(n, nodes)),
+            MESH_WAIT_MS,
+          );
+        }
+        // The sessions run over IPv6 (both ends have an IPv6 InternalIP) and still carry IPv4.
+        const sessions = await meshSessions(nodes[0]);
+        assert.deepEqual(Object.keys(sessions).sort(), ["fd00:a::12", "fd00:a::13"]);
+        const [route4] = await nodes[0].flock.ns.ipJson<
+          { via?: { family: string; host: string } }[]
+        >(
+          ["-4", "route", "show", "10.50.2.0/24", "proto", "bird"],
+        );
+        assert.deepEqual(route4?.via, { family: "inet6", host: "fd00:a::12" }, "IPv4 via IPv6");
+      });
+
+      await t.step("pods on different nodes ping each other over IPv6 and IPv4", async () => {
+        for (const n of nodes) {
+          const ns = cleanup.use(await TestNamespace.create("flk-meshp"));
+          const r = await n.flock.cni("ADD", { containerId: `pod-${n.plan.name}`, netns: ns.path });
+          assert.equal(r.code, 0, r.stdout + r.stderr);
+          podNs.push(ns);
+          podAddrs.push((r.json.ips as { address: string }[]).map((i) => i.address.split("/")[0]));
+        }
+        for (const [from, to] of [[0, 1], [1, 2], [2, 0]]) {
+          for (const address of podAddrs[to]) {
+            assert.ok(await ping(podNs[from], address), `pod on node ${from + 1} -> ${address}`);
+          }
+        }
+      });
+
+      let readySince: Record<string, string> = {};
+      await t.step(
+        "status: bgpSessionsUp = 2, the BGP-Up column, Ready and BGPEstablished",
+        async () => {
+          await waitMeshUp(kube, nodes, 2);
+          const table = await printerTable(kube);
+          for (const n of nodes) {
+            assert.equal(table[n.plan.name]["BGP-UP"], "2", JSON.stringify(table[n.plan.name]));
+            assert.equal(table[n.plan.name]["READY"], "true");
+            const s = await nodeConfigStatus(kube, n.plan.name);
+            const ready = condition(s, "Ready")!;
+            assert.deepEqual([ready.status, ready.reason, ready.message], [
+              "True",
+              "Serving",
+              "serving CNI requests",
+            ]);
+            assert.match(ready.lastTransitionTime, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+            const bgp = condition(s, "BGPEstablished")!;
+            assert.deepEqual([bgp.reason, bgp.message], [
+              "AllSessionsEstablished",
+              "2 of 2 BGP sessions established",
+            ]);
+            readySince[n.plan.name] = ready.lastTransitionTime;
+          }
+        },
+      );
+
+      await t.step(
+        "a 4th node joins: the others peer with it, existing sessions stay up",
+        async () => {
+          const before = await Promise.all(nodes.map(meshSessions));
+          for (const s of before.flatMap((b) => Object.values(b))) {
+            assert.ok(s.since !== undefined && s.since > 0, "BIRD says when each session came up");
+          }
+          const p4 = plan(4);
+          await kube.apply(objectsFor(p4, true));
+          const n4 = await start(p4);
+          all.push(n4);
+          await waitMeshUp(kube, all, 3);
+          for (const n of all) {
+            await eventually(
+              `${n.plan.name} kernel routes with node 4`,
+              () => birdRoutes(n),
+              (got) => JSON.stringify(got) === JSON.stringify(othersSummaries(n, all)),
+              MESH_WAIT_MS,
+            );
+          }
+          for (const [i, n] of nodes.entries()) {
+            assert.match(
+              await Deno.readTextFile(n.bird.configPath),
+              /neighbor fd00:a::14 as 64512;/,
+            );
+            const after = await meshSessions(n);
+            for (const [peer, s] of Object.entries(before[i])) {
+              assert.equal(
+                after[peer].since,
+                s.since,
+                `${n.plan.name}: session to ${peer} restarted`,
+              );
+            }
+          }
+        },
+      );
+
+      await t.step("deleting a NodeConfig removes that peer from the others", async () => {
+        const before = await Promise.all(nodes.map(meshSessions));
+        await kube.kubectlOk(["delete", "nodeconfig", plan(4).name]);
+        for (const [i, n] of nodes.entries()) {
+          await eventually(
+            `${n.plan.name} drops node 4`,
+            () => meshSessions(n),
+            (s) =>
+              Object.keys(s).sort().join() ===
+                nodes.filter((o) => o !== n).map((o) => o.plan.ipv6).sort().join(),
+          );
+          assert.doesNotMatch(await Deno.readTextFile(n.bird.configPath), /fd00:a::14/);
+          await eventually(
+            `${n.plan.name} kernel routes without node 4`,
+            () => birdRoutes(n),
+            (got) => JSON.stringify(got) === JSON.stringify(othersSummaries(n, nodes)),
+            MESH_WAIT_MS,
+          );
+          const after = await meshSessions(n);
+          for (const [peer, s] of Object.entries(after)) {
+            assert.equal(
+              s.since,
+              before[i][peer].since,
+              `${n.plan.name}: session to ${peer} restarted`,
+            );
+          }
+        }
+        await waitMeshUp(kube, nodes, 2);
+        // Ready never flipped through all of this: its transition time stayed put.
+        for (const n of nodes) {
+          const ready = condition(await nodeConfigStatus(kube, n.plan.name), "Ready")!;
+          assert.equal(ready.lastTransitionTime, readySince[n.plan.name]);
+        }
+        readySince = {};
+      });
+    } catch (err) {
+      for (const n of all) {
+        console.error(`--- ${n.plan.name} agent log\n${(await n.flock.agentLog()).slice(-3000)}`);
+        console.error(`--- ${n.plan.name} bird log\n${(await n.bird.log()).slice(-2000)}`);
+      }
+      throw err;
+    }
+  },
+});
