@@ -143,7 +143,8 @@ export function projectNodeAddresses(obj: KubeObject): string[] {
 }
 
 /**
- * The BGP node mesh: one peer per other node whose NodeConfig has a `bgp.asn`, at an InternalIP
+ * The BGP node mesh: one peer per other node whose NodeConfig has a `bgp.asn` and `nodeMesh` on
+ * (a node with the mesh off would never answer, leaving a session down for good), at an InternalIP
  * of its Node object (see {@link meshAddress}); a node without a known address is left out until
  * it has one. `ownIPs` are this node's own InternalIPs (undefined when its Node is not known).
  */
@@ -155,8 +156,9 @@ export function meshPeersFor(
   const out: MeshPeer[] = [];
   for (const p of peers) {
     const asn = p.spec.bgp?.asn;
+    if (asn === undefined || !p.spec.bgp?.nodeMesh) continue;
     const address = meshAddress(ownIPs, internalIPs(p.name!) ?? []);
-    if (asn === undefined || !address) continue;
+    if (!address) continue;
     out.push({
       name: p.name!,
       address,

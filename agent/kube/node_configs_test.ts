@@ -76,7 +76,7 @@ Deno.test("canonicalJson: key order does not matter, array order does", () => {
   assert.notEqual(canonicalJson([1, 2]), canonicalJson([2, 1]));
 });
 
-Deno.test("meshPeersFor: other nodes with an ASN, at their first InternalIP", () => {
+Deno.test("meshPeersFor: other nodes in the mesh, at their first InternalIP", () => {
   const addresses: Record<string, string[]> = {
     a: projectNodeAddresses({
       status: {
@@ -88,14 +88,20 @@ Deno.test("meshPeersFor: other nodes with an ASN, at their first InternalIP", ()
       },
     }),
     b: ["fd00:99::b"],
+    d: ["fd00:99::d"],
   };
   assert.deepEqual(addresses.a, ["fd00:99::a", "10.99.0.10"]);
   const peers = [
-    parseNodeConfig({ cidr6: "fd00:1::/64", cidr4: "10.1.0.0/24", bgp: { asn: 65001 } }, "a"),
+    parseNodeConfig({
+      cidr6: "fd00:1::/64",
+      cidr4: "10.1.0.0/24",
+      bgp: { asn: 65001, nodeMesh: true },
+    }, "a"),
     parseNodeConfig({ cidr6: "fd00:2::/64" }, "b"), // no bgp: not in the mesh
-    parseNodeConfig({ cidr6: "fd00:3::/64", bgp: { asn: 65003 } }, "c"), // no Node address yet
+    parseNodeConfig({ cidr6: "fd00:3::/64", bgp: { asn: 65003, nodeMesh: true } }, "c"), // no Node address yet
+    parseNodeConfig({ cidr6: "fd00:4::/64", bgp: { asn: 65004 } }, "d"), // mesh off: never answers
   ];
-  peers.forEach((p, i) => p.name = ["a", "b", "c"][i]);
+  peers.forEach((p, i) => p.name = ["a", "b", "c", "d"][i]);
   assert.deepEqual(meshPeersFor(peers, (n) => addresses[n]), [
     { name: "a", address: "fd00:99::a", asn: 65001, cidrs: ["fd00:1::/64", "10.1.0.0/24"] },
   ]);
@@ -123,7 +129,11 @@ Deno.test("meshAddress: both ends of a pair pick the same family, whatever the l
 
 Deno.test("meshPeersFor: with this node's own addresses, the peer's address of the shared family", () => {
   const peers = [
-    parseNodeConfig({ cidr6: "fd00:1::/64", cidr4: "10.1.0.0/24", bgp: { asn: 65001 } }, "a"),
+    parseNodeConfig({
+      cidr6: "fd00:1::/64",
+      cidr4: "10.1.0.0/24",
+      bgp: { asn: 65001, nodeMesh: true },
+    }, "a"),
   ];
   peers[0].name = "a";
   const nodes: Record<string, string[]> = { a: ["10.0.0.1", "fd00:a::1"] };

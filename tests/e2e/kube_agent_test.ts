@@ -85,7 +85,10 @@ Deno.test({
     await using kube = await startKubeWithFlock();
     await kube.apply([
       nodeConfig(NODE, { cidr6: "fd00:4b::/64", cidr4: "10.75.0.0/24", mtu: 1500 }),
-      nodeConfig("flk-other-node", { cidr6: "fd00:4c::/64", bgp: { asn: 65010 } }),
+      nodeConfig("flk-other-node", {
+        cidr6: "fd00:4c::/64",
+        bgp: { asn: 65010, nodeMesh: true },
+      }),
       // The other node's address for the BGP mesh comes from its Node object (data only:
       // nothing is sent to it, this test runs no BIRD).
       {
