@@ -54,6 +54,13 @@ const STATUS_REFRESH_MS = 30_000;
  */
 const STATUS_REFRESH_UNSETTLED_MS = 2_000;
 
+/**
+ * How long a NodeConfig in hand waits for the Node informer's first list: configuring before it
+ * would render bird.conf without the mesh peers (their addresses come from the Nodes), and an
+ * agent restart would then drop and re-open every mesh session.
+ */
+const NODES_SYNC_WAIT_MS = 10_000;
+
 /** What cluster mode needs of the agent. */
 export interface ClusterAgent {
   readonly ready: boolean;
@@ -226,8 +233,13 @@ export class ClusterMode {
         `then Node.spec.podCIDRs)`,
     );
     let lastProblem = "";
+    const nodesDeadline = Date.now() + NODES_SYNC_WAIT_MS;
     while (!this.#stopped) {
       const own = this.configs.cache.get(nodeName);
+      if (own && this.nodes && !this.nodes.hasSynced && Date.now() < nodesDeadline) {
+        await Promise.race([this.nodes.synced, this.#sleeper.sleep(100)]);
+        continue;
+      }
       if (own) {
         let config: NodeConfig | undefined;
         try {

@@ -228,6 +228,20 @@ Deno.test({
         },
       );
 
+      await t.step("an agent restart leaves every mesh session alone", async () => {
+        const before = await Promise.all(nodes.map(meshSessions));
+        await nodes[0].flock.restartAgent();
+        // The restarted agent renders the same bird.conf (mesh included): nothing to reload.
+        await eventually(
+          "the restarted agent's status",
+          () => nodeConfigStatus(kube, nodes[0].plan.name),
+          (s) => s.bgpSessionsUp === 2,
+        );
+        await new Promise((r) => setTimeout(r, 3_000));
+        const after = await Promise.all(nodes.map(meshSessions));
+        assert.deepEqual(after, before, "no session went down or restarted");
+      });
+
       await t.step(
         "a 4th node joins: the others peer with it, existing sessions stay up",
         async () => {
