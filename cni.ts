@@ -119,8 +119,26 @@ export async function callAgent(
   timeoutMs: number,
 ): Promise<RpcResponse> {
   let conn: Deno.Conn | undefined;
-  let timer: ReturnType<typeof setTimeout> | undefined;
   let timedOut = false;
+  // Not setTimeout: Deno 2.9 loads its node:timers polyfill (about 20 modules) on the first
+  // setTimeout call, 5-9 ms of every plugin exec; AbortSignal.timeout costs 0.3 ms and does not
+  // keep the process alive.
+  const deadline = AbortSignal.timeout(timeoutMs);
+  let onDeadline!: () => void;
+  const expired = new Promise<RpcResponse>((resolve) => {
+    onDeadline = () => {
+      timedOut = true;
+      try {
+        conn?.close();
+      } catch { /* already closed */ }
+      resolve(failure(
+        CniCode.tryAgainLater,
+        "timed out waiting for the flock agent",
+        `no answer on ${path} within ${timeoutMs} ms`,
+      ));
+    };
+    deadline.addEventListener("abort", onDeadline, { once: true });
+  });
   const work = (async (): Promise<RpcResponse> => {
     try {
       conn = await Deno.connect({ transport: "unix", path });
@@ -136,23 +154,10 @@ export async function callAgent(
     await writeAll(conn, new TextEncoder().encode(JSON.stringify(req) + "\n"));
     return parseResponse(await readLine(conn));
   })();
-  const deadline = new Promise<RpcResponse>((resolve) => {
-    timer = setTimeout(() => {
-      timedOut = true;
-      try {
-        conn?.close();
-      } catch { /* already closed */ }
-      resolve(failure(
-        CniCode.tryAgainLater,
-        "timed out waiting for the flock agent",
-        `no answer on ${path} within ${timeoutMs} ms`,
-      ));
-    }, timeoutMs);
-  });
   try {
     return await Promise.race([
       work.catch((e): RpcResponse | Promise<RpcResponse> => {
-        if (timedOut) return deadline;
+        if (timedOut) return expired;
         if (e instanceof CniError) return { ok: false, error: e.toBody() };
         return failure(
           CniCode.tryAgainLater,
@@ -160,10 +165,10 @@ export async function callAgent(
           `${path}: ${(e as Error)?.message ?? e}`,
         );
       }),
-      deadline,
+      expired,
     ]);
   } finally {
-    clearTimeout(timer);
+    deadline.removeEventListener("abort", onDeadline);
     if (!timedOut) {
       try {
         (conn as Deno.Conn | undefined)?.close();
