@@ -160,13 +160,21 @@ Deno.test({
     await kube.apply(plans.flatMap((p) => objectsFor(p)));
     const kubeconfig = await kube.kubeconfigFor(await kube.tokenFor("kube-system", "flock"));
     const start = (p: BgpNodePlan) => startBgpNode(fabric, p, cleanup, { kubeconfig });
-    const nodes = await Promise.all(plans.map(start));
+    // All settled before going on: a node still starting must not outlive the cleanup.
+    const started = await Promise.allSettled(plans.map(start));
+    const failed = started.find((r) => r.status === "rejected");
+    if (failed) throw failed.reason;
+    const nodes = started.map((r) => (r as PromiseFulfilledResult<BgpLabNode>).value);
     const all: BgpLabNode[] = [...nodes];
+    // A failed step ends the test (later steps build on it) and prints the logs below.
+    const step = async (name: string, fn: () => Promise<void>) => {
+      if (!await t.step(name, fn)) throw new Error(`step failed: ${name}`);
+    };
     const podNs: TestNamespace[] = [];
     const podAddrs: string[][] = [];
 
     try {
-      await t.step("every node learns the other two nodes' summaries into its kernel", async () => {
+      await step("every node learns the other two nodes' summaries into its kernel", async () => {
         for (const n of nodes) {
           await eventually(
             `${n.plan.name} kernel routes from BIRD`,
@@ -186,7 +194,7 @@ Deno.test({
         assert.deepEqual(route4?.via, { family: "inet6", host: "fd00:a::12" }, "IPv4 via IPv6");
       });
 
-      await t.step("pods on different nodes ping each other over IPv6 and IPv4", async () => {
+      await step("pods on different nodes ping each other over IPv6 and IPv4", async () => {
         for (const n of nodes) {
           const ns = cleanup.use(await TestNamespace.create("flk-meshp"));
           const r = await n.flock.cni("ADD", { containerId: `pod-${n.plan.name}`, netns: ns.path });
@@ -201,8 +209,8 @@ Deno.test({
         }
       });
 
-      let readySince: Record<string, string> = {};
-      await t.step(
+      const readySince: Record<string, string> = {};
+      await step(
         "status: bgpSessionsUp = 2, the BGP-Up column, Ready and BGPEstablished",
         async () => {
           await waitMeshUp(kube, nodes, 2);
@@ -225,10 +233,18 @@ Deno.test({
             ]);
             readySince[n.plan.name] = ready.lastTransitionTime;
           }
+          // What an operator scripts: wait on the conditions.
+          await kube.kubectlOk([
+            "wait",
+            "--for=condition=Ready",
+            "--for=condition=BGPEstablished",
+            "--timeout=10s",
+            ...nodes.map((n) => `nodeconfig/${n.plan.name}`),
+          ]);
         },
       );
 
-      await t.step("an agent restart leaves every mesh session alone", async () => {
+      await step("an agent restart leaves every mesh session alone", async () => {
         const before = await Promise.all(nodes.map(meshSessions));
         await nodes[0].flock.restartAgent();
         // The restarted agent renders the same bird.conf (mesh included): nothing to reload.
@@ -242,7 +258,7 @@ Deno.test({
         assert.deepEqual(after, before, "no session went down or restarted");
       });
 
-      await t.step(
+      await step(
         "a 4th node joins: the others peer with it, existing sessions stay up",
         async () => {
           const before = await Promise.all(nodes.map(meshSessions));
@@ -279,7 +295,7 @@ Deno.test({
         },
       );
 
-      await t.step("deleting a NodeConfig removes that peer from the others", async () => {
+      await step("deleting a NodeConfig removes that peer from the others", async () => {
         const before = await Promise.all(nodes.map(meshSessions));
         await kube.kubectlOk(["delete", "nodeconfig", plan(4).name]);
         for (const [i, n] of nodes.entries()) {
@@ -312,7 +328,6 @@ Deno.test({
           const ready = condition(await nodeConfigStatus(kube, n.plan.name), "Ready")!;
           assert.equal(ready.lastTransitionTime, readySince[n.plan.name]);
         }
-        readySince = {};
       });
     } catch (err) {
       for (const n of all) {
