@@ -76,6 +76,20 @@ Deno.test("canonicalJson: key order does not matter, array order does", () => {
   assert.notEqual(canonicalJson([1, 2]), canonicalJson([2, 1]));
 });
 
+/** A parsed NodeConfig named `name`. */
+function named(name: string, spec: Record<string, unknown>) {
+  const config = parseNodeConfig(spec, name);
+  config.name = name;
+  return config;
+}
+
+/** Node "a" of the mesh, dual-stack. */
+const MESH_NODE_A = {
+  cidr6: "fd00:1::/64",
+  cidr4: "10.1.0.0/24",
+  bgp: { asn: 65001, nodeMesh: true },
+};
+
 Deno.test("meshPeersFor: other nodes in the mesh, at their first InternalIP", () => {
   const addresses: Record<string, string[]> = {
     a: projectNodeAddresses({
@@ -92,16 +106,11 @@ Deno.test("meshPeersFor: other nodes in the mesh, at their first InternalIP", ()
   };
   assert.deepEqual(addresses.a, ["fd00:99::a", "10.99.0.10"]);
   const peers = [
-    parseNodeConfig({
-      cidr6: "fd00:1::/64",
-      cidr4: "10.1.0.0/24",
-      bgp: { asn: 65001, nodeMesh: true },
-    }, "a"),
-    parseNodeConfig({ cidr6: "fd00:2::/64" }, "b"), // no bgp: not in the mesh
-    parseNodeConfig({ cidr6: "fd00:3::/64", bgp: { asn: 65003, nodeMesh: true } }, "c"), // no Node address yet
-    parseNodeConfig({ cidr6: "fd00:4::/64", bgp: { asn: 65004 } }, "d"), // mesh off: never answers
+    named("a", MESH_NODE_A),
+    named("b", { cidr6: "fd00:2::/64" }), // no bgp: not in the mesh
+    named("c", { cidr6: "fd00:3::/64", bgp: { asn: 65003, nodeMesh: true } }), // no Node address yet
+    named("d", { cidr6: "fd00:4::/64", bgp: { asn: 65004 } }), // mesh off: never answers
   ];
-  peers.forEach((p, i) => p.name = ["a", "b", "c", "d"][i]);
   assert.deepEqual(meshPeersFor(peers, (n) => addresses[n]), [
     { name: "a", address: "fd00:99::a", asn: 65001, cidrs: ["fd00:1::/64", "10.1.0.0/24"] },
   ]);
@@ -128,14 +137,7 @@ Deno.test("meshAddress: both ends of a pair pick the same family, whatever the l
 });
 
 Deno.test("meshPeersFor: with this node's own addresses, the peer's address of the shared family", () => {
-  const peers = [
-    parseNodeConfig({
-      cidr6: "fd00:1::/64",
-      cidr4: "10.1.0.0/24",
-      bgp: { asn: 65001, nodeMesh: true },
-    }, "a"),
-  ];
-  peers[0].name = "a";
+  const peers = [named("a", MESH_NODE_A)];
   const nodes: Record<string, string[]> = { a: ["10.0.0.1", "fd00:a::1"] };
   assert.deepEqual(
     meshPeersFor(peers, (n) => nodes[n], ["fd00:a::2", "10.0.0.2"]).map((p) => p.address),
