@@ -1,7 +1,8 @@
 /**
  * Keeps the NodeConfig's `status` current without hammering the API server: a burst of ADDs
  * becomes one merge patch, at most one per interval, and only when the status differs from
- * what was last written. A failed patch (API server down) is retried with backoff until it
+ * what was last written. The patch names every field the agent owns, `null` where the status
+ * has none, so a field that went away is deleted on the server rather than left behind. A failed patch (API server down) is retried with backoff until it
  * goes through; the agent's pods never wait for it.
  *
  * @module
@@ -144,6 +145,86 @@ export function keepTransitionTimes(
   return { ...status, conditions };
 }
 
+/**
+ * The fields of `status` the agent owns, as a merge patch sees them: `true` is a value written
+ * whole (a JSON merge patch replaces arrays, so `conditions` is one), an object lists the fields
+ * of a nested object (a merge patch merges those field by field).
+ */
+const OWNED_STATUS_FIELDS = {
+  ready: true,
+  reason: true,
+  observedGeneration: true,
+  pods: true,
+  allocated: { ipv6: true, ipv4: true },
+  bgpSessionsUp: true,
+  bgpSessions: true,
+  lastBirdReload: { time: true, ok: true, message: true },
+  conditions: true,
+} as const satisfies { [K in keyof NodeConfigStatus]-?: FieldShape };
+
+/** Which fields of an object are owned; see {@link OWNED_STATUS_FIELDS}. */
+type FieldShape = true | { readonly [field: string]: FieldShape };
+
+/** `T` as a JSON merge patch that names every field: `null` deletes a field the value lacks. */
+export type MergePatch<T> = {
+  [K in keyof T]-?:
+    | (NonNullable<T[K]> extends readonly unknown[] ? NonNullable<T[K]>
+      : NonNullable<T[K]> extends object ? MergePatch<NonNullable<T[K]>>
+      : NonNullable<T[K]>)
+    | null;
+};
+
+/** The body of a status patch: the status, with `null` for every owned field it lacks. */
+export type NodeConfigStatusPatch = MergePatch<NodeConfigStatus>;
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/**
+ * `status` as a JSON merge patch (RFC 7386): every owned field it lacks, nested ones included,
+ * is `null`, so the API server deletes what an earlier status had there (the BGP fields once
+ * the agent drives no BIRD, a reload message after a reload that went well). Fields the agent
+ * does not own are left to whoever wrote them.
+ */
+export function statusMergePatch(status: NodeConfigStatus): NodeConfigStatusPatch {
+  return withNulls(status, OWNED_STATUS_FIELDS) as NodeConfigStatusPatch;
+}
+
+function withNulls(value: object, shape: FieldShape): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [field, sub] of Object.entries(shape)) {
+    const v = (value as Record<string, unknown>)[field];
+    if (v === undefined || v === null) out[field] = null;
+    else out[field] = sub !== true && isObject(v) ? withNulls(v, sub) : v;
+  }
+  return out;
+}
+
+/**
+ * The owned part of a status (computed, or as the API server holds it), absent and `null`
+ * alike left out, as canonical JSON: two statuses that print the same need no patch.
+ */
+export function ownedStatusText(status: unknown): string {
+  return canonicalJson(ownedPart(status, OWNED_STATUS_FIELDS) ?? {});
+}
+
+function ownedPart(value: unknown, shape: FieldShape): Record<string, unknown> | undefined {
+  if (!isObject(value)) return undefined;
+  const out: Record<string, unknown> = {};
+  for (const [field, sub] of Object.entries(shape)) {
+    const v = value[field];
+    if (v === undefined || v === null) continue;
+    if (sub === true || !isObject(v)) out[field] = v;
+    else {
+      const part = ownedPart(v, sub);
+      // An object left with no owned field is as good as none.
+      if (part && Object.keys(part).length > 0) out[field] = part;
+    }
+  }
+  return out;
+}
+
 /** The conditions of a status object as read from the API (anything else: none). */
 export function conditionsOf(status: unknown): Condition[] | undefined {
   const list = (status as { conditions?: unknown } | null | undefined)?.conditions;
@@ -159,7 +240,8 @@ export interface StatusReporterOptions {
   compute: () => Promise<
     { name: string; status: NodeConfigStatus; current?: unknown } | undefined
   >;
-  patch: (name: string, status: NodeConfigStatus) => Promise<void>;
+  /** Sends a merge patch of `status` (see {@link statusMergePatch}). */
+  patch: (name: string, status: NodeConfigStatusPatch) => Promise<void>;
   /** Least time between two patches. */
   minIntervalMs?: number;
   /** Largest retry delay after failed patches. */
@@ -204,7 +286,9 @@ export class StatusReporter {
    * wrote last — the object was recreated, or someone edited it — write it again.
    */
   observe(status: unknown): void {
-    if (canonicalJson(status ?? null) !== this.#lastWritten) {
+    // Owned fields only: a field someone else added is theirs, and writing ours again would
+    // not remove it (nor stop this from firing on every event).
+    if (ownedStatusText(status) !== this.#lastWritten) {
       this.#lastWritten = "";
       this.request();
     }
@@ -231,13 +315,13 @@ export class StatusReporter {
       want.status,
       this.#conditions ?? conditionsOf(want.current),
     );
-    const text = canonicalJson(status);
+    const text = ownedStatusText(status);
     if (text === this.#lastWritten) return;
     this.#inFlight = true;
     this.#lastAt = performance.now();
     let ok = false;
     try {
-      await this.options.patch(want.name, status);
+      await this.options.patch(want.name, statusMergePatch(status));
       ok = true;
       this.patches++;
       this.#lastWritten = text;

@@ -5,6 +5,9 @@ import {
   conditionTime,
   keepTransitionTimes,
   type NodeConfigStatus,
+  type NodeConfigStatusPatch,
+  ownedStatusText,
+  statusMergePatch,
   StatusReporter,
 } from "./status_reporter.ts";
 
@@ -105,7 +108,7 @@ Deno.test("keepTransitionTimes: the time moves only when a condition's status fl
 });
 
 Deno.test("StatusReporter: condition times survive restarts (from the API's status) and recomputes", async () => {
-  const sent: NodeConfigStatus[] = [];
+  const sent: NodeConfigStatusPatch[] = [];
   let ready = true;
   const onApi: { conditions: Condition[] } = {
     conditions: [{
@@ -130,8 +133,8 @@ Deno.test("StatusReporter: condition times survive restarts (from the API's stat
     minIntervalMs: 10,
     log: () => {},
   });
-  const readyTime = (s: NodeConfigStatus) =>
-    s.conditions.find((c) => c.type === "Ready")?.lastTransitionTime;
+  const readyTime = (s: NodeConfigStatusPatch) =>
+    s.conditions?.find((c) => c.type === "Ready")?.lastTransitionTime;
   const waitSent = async (n: number) => {
     for (let i = 0; i < 100 && sent.length < n; i++) await sleep(10);
     assert.equal(sent.length, n);
@@ -154,7 +157,7 @@ Deno.test("StatusReporter: condition times survive restarts (from the API's stat
 
 Deno.test("StatusReporter: a burst becomes one patch per interval, with the latest status", async () => {
   let count = 0;
-  const sent: NodeConfigStatus[] = [];
+  const sent: NodeConfigStatusPatch[] = [];
   const reporter = new StatusReporter({
     compute: () => Promise.resolve({ name: "n1", status: status(count) }),
     patch: (_name, s) => {
@@ -213,6 +216,125 @@ Deno.test("StatusReporter: a failed patch is retried until it goes through", asy
     for (let i = 0; i < 100 && patches === 0; i++) await sleep(20);
     assert.equal(patches, 1);
     assert.ok(logs.some((l) => l.msg === "status written again"));
+  } finally {
+    reporter.stop();
+  }
+});
+
+Deno.test("statusMergePatch: every owned field it lacks is null, nested ones too", () => {
+  const at = new Date("2026-01-02T03:04:05Z");
+  const withoutBird = statusMergePatch(
+    buildStatus({ ready: true, attachments: 1, ipv6: 1, ipv4: 0 }, 3, "", undefined, { now: at }),
+  );
+  assert.deepEqual(withoutBird, {
+    ready: true,
+    reason: "",
+    observedGeneration: 3,
+    pods: 1,
+    allocated: { ipv6: 1, ipv4: 0 },
+    bgpSessionsUp: null,
+    bgpSessions: null,
+    lastBirdReload: null,
+    conditions: [{
+      type: "Ready",
+      status: "True",
+      reason: "Serving",
+      message: "serving CNI requests",
+      lastTransitionTime: "2026-01-02T03:04:05Z",
+      observedGeneration: 3,
+    }],
+  });
+  const reloadOk = statusMergePatch(
+    buildStatus({ ready: true, attachments: 0, ipv6: 0, ipv4: 0 }, 1, "", {
+      sessions: 1,
+      sessionsUp: 1,
+      lastReload: { time: "2026-01-01T00:00:00.000Z", ok: true },
+    }),
+  );
+  // A failed reload's message is deleted by the next reload that goes well.
+  assert.deepEqual(reloadOk.lastBirdReload, {
+    time: "2026-01-01T00:00:00.000Z",
+    ok: true,
+    message: null,
+  });
+  assert.deepEqual([reloadOk.bgpSessions, reloadOk.bgpSessionsUp], [1, 1]);
+});
+
+Deno.test("ownedStatusText: absent equals null, fields the agent does not own are ignored", () => {
+  const s = status(2);
+  assert.equal(ownedStatusText({ ...statusMergePatch(s) }), ownedStatusText(s));
+  assert.equal(ownedStatusText({ ...s, note: "someone else's" }), ownedStatusText(s));
+  assert.equal(ownedStatusText({ ...s, lastBirdReload: {} }), ownedStatusText(s));
+  assert.notEqual(ownedStatusText({ ...s, bgpSessions: 0 }), ownedStatusText(s));
+  assert.equal(ownedStatusText(undefined), ownedStatusText(null));
+});
+
+/** What the API server does with a JSON merge patch (RFC 7386): null deletes, objects merge. */
+function applyMergePatch(target: unknown, patch: unknown): unknown {
+  const isObject = (v: unknown): v is Record<string, unknown> =>
+    typeof v === "object" && v !== null && !Array.isArray(v);
+  if (!isObject(patch)) return patch;
+  const out: Record<string, unknown> = isObject(target) ? { ...target } : {};
+  for (const [k, v] of Object.entries(patch)) {
+    if (v === null) delete out[k];
+    else out[k] = applyMergePatch(out[k], v);
+  }
+  return out;
+}
+
+Deno.test("StatusReporter: fields that go away are deleted on the server, and it settles", async () => {
+  type Routing = Parameters<typeof buildStatus>[3];
+  let routing: Routing = {
+    sessions: 2,
+    sessionsUp: 2,
+    lastReload: { time: "2026-01-01T00:00:00.000Z", ok: false, message: "syntax error" },
+  };
+  let stored: Record<string, unknown> = {};
+  let patches = 0;
+  const reporter = new StatusReporter({
+    compute: () =>
+      Promise.resolve({
+        name: "n1",
+        status: buildStatus({ ready: true, attachments: 0, ipv6: 0, ipv4: 0 }, 1, "", routing),
+        current: stored,
+      }),
+    patch: (_name, body) => {
+      patches++;
+      stored = applyMergePatch(JSON.parse(JSON.stringify(stored)), body) as typeof stored;
+      // The watch hands the stored status back, as the API server's event would.
+      setTimeout(() => reporter.observe(stored), 1);
+      return Promise.resolve();
+    },
+    minIntervalMs: 10,
+    log: () => {},
+  });
+  const settle = async (want: number) => {
+    for (let i = 0; i < 100 && patches < want; i++) await sleep(10);
+    await sleep(100); // ten intervals: a status that never matches would be patched again
+    assert.equal(patches, want);
+  };
+  try {
+    reporter.request();
+    await settle(1);
+    assert.equal((stored.lastBirdReload as { message?: string }).message, "syntax error");
+    routing = { ...routing!, lastReload: { time: "2026-01-01T00:01:00.000Z", ok: true } };
+    reporter.request();
+    await settle(2);
+    assert.deepEqual(stored.lastBirdReload, { time: "2026-01-01T00:01:00.000Z", ok: true });
+    routing = undefined; // BIRD no longer driven
+    reporter.request();
+    await settle(3);
+    for (const gone of ["bgpSessionsUp", "bgpSessions", "lastBirdReload"]) {
+      assert.ok(!(gone in stored), `${gone} deleted: ${JSON.stringify(stored)}`);
+    }
+    assert.deepEqual(
+      (stored.conditions as Condition[]).map((c) => c.type),
+      ["Ready"],
+    );
+    // Someone else's field is theirs: no patch, no loop.
+    stored = { ...stored, note: "written by an operator" };
+    reporter.observe(stored);
+    await settle(3);
   } finally {
     reporter.stop();
   }

@@ -258,6 +258,35 @@ Deno.test({
       );
       assert.deepEqual(final.allocated, { ipv6: 0, ipv4: 0 });
       assert.equal(final.reason, "");
+      // BGP fields this agent (no BIRD) does not have, written by someone else: deleted, and
+      // then the status stays put (no rewrite loop).
+      await kube.kubectlOk([
+        "patch",
+        "nodeconfig",
+        NODE,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        JSON.stringify({
+          status: {
+            bgpSessions: 3,
+            bgpSessionsUp: 1,
+            lastBirdReload: { time: "2026-01-01T00:00:00Z", ok: false, message: "stale" },
+          },
+        }),
+      ]);
+      await eventually(
+        "stale BGP fields deleted",
+        async () => (await nodeConfigObject(kube, NODE)).status,
+        (s) => ["bgpSessions", "bgpSessionsUp", "lastBirdReload"].every((f) => !(f in s)),
+      );
+      const settled = (await nodeConfigObject(kube, NODE)).metadata.resourceVersion;
+      await new Promise((r) => setTimeout(r, 2_500));
+      assert.equal(
+        (await nodeConfigObject(kube, NODE)).metadata.resourceVersion,
+        settled,
+        "the status is not rewritten once it matches",
+      );
       // The agent never made anything in the host namespace.
       const host = await new Deno.Command("ip", { args: ["-j", "link", "show"] }).output();
       const hostLinks = JSON.parse(new TextDecoder().decode(host.stdout)) as { ifname: string }[];
