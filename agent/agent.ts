@@ -90,6 +90,8 @@ export class Agent {
   #pool4?: AddressPool;
   #lastBirdReload?: BirdReloadStatus;
   #routing?: NodeRouting;
+  /** The node's own addresses (cluster mode: its Node's InternalIPs), for the router id. */
+  #nodeAddresses: readonly string[] = [];
   #anycast?: AnycastRoutes;
 
   constructor(readonly options: AgentOptions) {
@@ -119,6 +121,7 @@ export class Agent {
       reconcile: this.reconcileReport,
       hooks: this.statusHooks,
       lastBirdReload: this.#lastBirdReload,
+      routerId: this.#routing?.routerId(),
     }, opts);
   }
 
@@ -200,6 +203,7 @@ export class Agent {
       this.#routing = new NodeRouting({
         handle: this.#handle!,
         nodeName: this.options.nodeName,
+        nodeAddresses: this.#nodeAddresses,
         bird: this.options.bird,
         log: this.log,
       });
@@ -249,6 +253,16 @@ export class Agent {
     if (withoutBgp(node) !== withoutBgp(this.#node)) return false;
     await this.#trackReload(this.#routing.configure(node, (dst) => this.#holdsPods(dst)));
     return true;
+  }
+
+  /**
+   * The node's own addresses (cluster mode: its Node's InternalIPs): without `bgp.routerID` the
+   * first IPv4 one is BIRD's router id. Set before {@link configure}, so that the first bird.conf
+   * has it; a later change reloads BIRD. Resolves when BIRD has answered.
+   */
+  async setNodeAddresses(addresses: readonly string[]): Promise<void> {
+    this.#nodeAddresses = [...addresses];
+    if (this.#routing) await this.#trackReload(this.#routing.setNodeAddresses(addresses));
   }
 
   /** What the BIRD driver did last (undefined without BIRD). */

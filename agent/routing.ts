@@ -13,6 +13,7 @@ import {
   AF_INET,
   AF_INET6,
   deleteRoute,
+  formatIP,
   formatPrefix,
   type Handle,
   listRoutes,
@@ -20,6 +21,7 @@ import {
   replaceRoute,
   routeMatches,
   RTN_BLACKHOLE,
+  tryParseIP,
 } from "../netlink/mod.ts";
 import { type BirdConfigInput, type BirdMeshPeer, renderBirdConfig } from "../bird/config.ts";
 import { BirdControl, type BirdReloadStatus } from "../bird/control.ts";
@@ -53,6 +55,8 @@ export interface MeshPeer {
 export interface NodeRoutingOptions {
   handle: Handle;
   nodeName: string;
+  /** The node's own addresses (cluster mode: its Node's InternalIPs), for the router id. */
+  nodeAddresses?: readonly string[];
   bird?: BirdTarget;
   log: (fields: Record<string, unknown>) => void;
 }
@@ -60,19 +64,45 @@ export interface NodeRoutingOptions {
 /** The BGP graceful restart time when the NodeConfig does not set one. */
 export const DEFAULT_RESTART_TIME = 120;
 
+/** Where a node's BGP router id came from (`flock status --json` shows it). */
+export type RouterIdSource = "bgp.routerID" | "nodeInternalIP" | "nodeNameHash";
+
+/** A BGP router id and where it came from. */
+export interface RouterId {
+  id: string;
+  source: RouterIdSource;
+}
+
 /**
- * The router id: `bgp.routerID` when set, else derived from the node name (FNV-1a-32), which is
- * stable across restarts and needs no IPv4 address (IPv6-only nodes have none to offer).
+ * The router id: `bgp.routerID` when set; else the node's first IPv4 address among
+ * `nodeAddresses` (cluster mode: its Node's InternalIPs), unique within a cluster; else a hash
+ * of the node name (FNV-1a-32), stable across restarts and needing no IPv4 address (IPv6-only
+ * nodes have none to offer), but two of a large cluster's nodes may share it and then cannot
+ * keep a session with each other.
  */
-export function routerIdFor(node: NodeConfig, nodeName: string): string {
-  if (node.spec.bgp?.routerID) return node.spec.bgp.routerID;
+export function routerIdFor(
+  node: NodeConfig,
+  nodeName: string,
+  nodeAddresses: readonly string[] = [],
+): RouterId {
+  if (node.spec.bgp?.routerID) return { id: node.spec.bgp.routerID, source: "bgp.routerID" };
+  for (const text of nodeAddresses) {
+    const ip = tryParseIP(text);
+    // 0.0.0.0 is not a valid router id.
+    if (ip?.family === AF_INET && ip.bytes.some((b) => b !== 0)) {
+      return { id: formatIP(ip), source: "nodeInternalIP" };
+    }
+  }
   let hash = 0x811c9dc5;
   for (const byte of new TextEncoder().encode(nodeName)) {
     hash ^= byte;
     hash = Math.imul(hash, 0x01000193) >>> 0;
   }
   if (hash === 0) hash = 1; // 0.0.0.0 is not a valid router id
-  return [hash >>> 24, (hash >>> 16) & 255, (hash >>> 8) & 255, hash & 255].join(".");
+  return {
+    id: [hash >>> 24, (hash >>> 16) & 255, (hash >>> 8) & 255, hash & 255].join("."),
+    source: "nodeNameHash",
+  };
 }
 
 /** The node's summary CIDRs (IPv6 first). */
@@ -85,6 +115,7 @@ export function birdInputFor(
   node: NodeConfig,
   nodeName: string,
   meshPeers: MeshPeer[],
+  nodeAddresses: readonly string[] = [],
 ): BirdConfigInput {
   const bgp = node.spec.bgp ?? {};
   const mesh: BirdMeshPeer[] = bgp.nodeMesh
@@ -99,7 +130,7 @@ export function birdInputFor(
     }))
     : [];
   return {
-    routerId: routerIdFor(node, nodeName),
+    routerId: routerIdFor(node, nodeName, nodeAddresses).id,
     cidrs: summaryPrefixes(node).map(formatPrefix),
     anycastCIDRs: [...node.anycast6, ...node.anycast4].map(formatPrefix),
     routeProtocol: FLOCK_ROUTE_PROTOCOL,
@@ -119,12 +150,14 @@ export class NodeRouting {
   readonly control?: BirdControl;
   #node?: NodeConfig;
   #mesh: MeshPeer[] = [];
+  #nodeAddresses: readonly string[];
   /** Summaries of an earlier NodeConfig that still hold pods: kept until their last pod goes. */
   #draining: Prefix[] = [];
   #holdsPods: (dst: Prefix) => boolean = () => false;
 
   constructor(options: NodeRoutingOptions) {
     this.#o = options;
+    this.#nodeAddresses = [...options.nodeAddresses ?? []];
     if (options.bird) {
       this.control = new BirdControl({
         configPath: options.bird.configPath,
@@ -179,6 +212,21 @@ export class NodeRouting {
     return this.#render();
   }
 
+  /**
+   * Replaces the node's own addresses (its Node's InternalIPs changed); BIRD reloads if that
+   * changes the router id.
+   */
+  setNodeAddresses(addresses: readonly string[]): Promise<BirdReloadStatus | undefined> {
+    this.#nodeAddresses = [...addresses];
+    return this.#render();
+  }
+
+  /** The router id bird.conf has, when the agent drives BIRD and has a config. */
+  routerId(): RouterId | undefined {
+    if (!this.control || !this.#node) return undefined;
+    return routerIdFor(this.#node, this.#o.nodeName, this.#nodeAddresses);
+  }
+
   /** The last reload's status, when the agent drives BIRD. */
   birdStatus(): BirdReloadStatus | undefined {
     return this.control ? { ...this.control.status } : undefined;
@@ -227,7 +275,7 @@ export class NodeRouting {
 
   async #render(): Promise<BirdReloadStatus | undefined> {
     if (!this.control || !this.#node) return undefined;
-    const input = birdInputFor(this.#node, this.#o.nodeName, this.#mesh);
+    const input = birdInputFor(this.#node, this.#o.nodeName, this.#mesh, this.#nodeAddresses);
     input.cidrs.push(...this.#draining.map(formatPrefix));
     const text = renderBirdConfig(input);
     return await this.control.update(text);

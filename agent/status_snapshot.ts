@@ -14,6 +14,7 @@ import type { NodeConfig } from "./config.ts";
 import type { AddressPool } from "./ipam.ts";
 import type { ReconcileReport } from "./reconcile.ts";
 import type { Store } from "./store.ts";
+import type { RouterId, RouterIdSource } from "./routing.ts";
 
 /**
  * Network-config key of a STATUS request that asks for the whole snapshot (what
@@ -100,6 +101,10 @@ export interface StatusSnapshot {
   bgp: {
     /** False when no BGP provider is wired into this agent. */
     available: boolean;
+    /** BIRD's router id, when the agent drives BIRD and has a config. */
+    routerId?: string;
+    /** Where it came from: `bgp.routerID`, the Node's IPv4 InternalIP, or a node name hash. */
+    routerIdSource?: RouterIdSource;
     sessions: BgpSessionStatus[];
     /** Why the sessions could not be read. */
     error?: string;
@@ -139,6 +144,8 @@ export interface StatusSources {
   reconcile?: ReconcileReport;
   hooks: StatusHooks;
   lastBirdReload?: BirdReloadStatus;
+  /** The router id in bird.conf (undefined without BIRD). */
+  routerId?: RouterId;
   now?: () => number;
 }
 
@@ -200,7 +207,10 @@ export async function buildStatusSnapshot(
     attachments,
     anycast,
     anycastRoutes: src.hooks.anycastRoutes?.() ?? anycast.length,
-    bgp: await readBgp(src.hooks, opts.bgpTimeoutMs ?? DEFAULT_BGP_TIMEOUT_MS),
+    bgp: {
+      ...(src.routerId ? { routerId: src.routerId.id, routerIdSource: src.routerId.source } : {}),
+      ...await readBgp(src.hooks, opts.bgpTimeoutMs ?? DEFAULT_BGP_TIMEOUT_MS),
+    },
     lastBirdReload: src.lastBirdReload,
     store: {
       path: src.store?.path,

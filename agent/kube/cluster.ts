@@ -73,6 +73,11 @@ export interface ClusterAgent {
   stats(): AgentStats & { notReadyReason: string; outsideCIDR: number };
   /** The other nodes of the BGP mesh (called once configured, and on every change). */
   setMeshPeers?(peers: MeshPeer[]): Promise<void>;
+  /**
+   * This node's InternalIPs, for the BGP router id (called before `configure`, then on every
+   * change).
+   */
+  setNodeAddresses?(addresses: readonly string[]): Promise<void>;
   /** BGP sessions and the last BIRD reload (undefined without BIRD). */
   routingStatus?(): Promise<RoutingStats | undefined>;
   log(fields: Record<string, unknown>): void;
@@ -114,6 +119,8 @@ export class ClusterMode {
   #applying: Promise<void> = Promise.resolve();
   #peersText = "";
   #meshText = "";
+  /** This node's InternalIPs as last handed to the agent (undefined: not yet). */
+  #ownAddressesText?: string;
   #refresh?: ReturnType<typeof setInterval>;
   #refreshTicks = 0;
   /** Every configured BGP session was established when the status was last computed. */
@@ -294,6 +301,8 @@ export class ClusterMode {
 
   #configure(config: NodeConfig, source: ConfigSource, obj?: NodeConfigObject): void {
     const agent = this.#agent!;
+    // Before the first bird.conf: its router id is this node's IPv4 InternalIP (when it has one).
+    this.#syncOwnAddresses();
     agent.configure(config);
     this.source = source;
     this.#appliedSpec = canonicalJson(config.spec);
@@ -391,7 +400,9 @@ export class ClusterMode {
     }
     // The routing layer exists only once the node is configured.
     const agent = this.#agent;
-    if (!agent?.ready || !agent.setMeshPeers) return;
+    if (!agent?.ready) return;
+    this.#syncOwnAddresses();
+    if (!agent.setMeshPeers) return;
     const mesh = meshPeersFor(
       peers,
       (name) => this.nodes?.cache.get(name),
@@ -408,6 +419,27 @@ export class ClusterMode {
     // The session count changed: show it (and follow the new sessions until they are up).
     agent.setMeshPeers(mesh).then(() => this.status.request(), (e) => {
       log({ level: "error", msg: "cannot apply mesh peers", error: String(e) });
+    });
+  }
+
+  /** Hands this node's InternalIPs to the agent when they changed (its router id). */
+  #syncOwnAddresses(): void {
+    const agent = this.#agent;
+    if (!agent?.setNodeAddresses) return;
+    const own = this.nodes?.cache.get(this.options.nodeName) ?? [];
+    const text = own.join(",");
+    if (text === this.#ownAddressesText) return;
+    const first = this.#ownAddressesText === undefined;
+    this.#ownAddressesText = text;
+    if (!first) {
+      this.options.log({ level: "info", msg: "node addresses changed", addresses: own });
+    }
+    agent.setNodeAddresses(own).catch((e) => {
+      this.options.log({
+        level: "error",
+        msg: "cannot apply the node addresses",
+        error: String(e),
+      });
     });
   }
 

@@ -14,7 +14,7 @@
  */
 
 import assert from "node:assert/strict";
-import { ROOT_ONLY } from "../helpers/exec.ts";
+import { ROOT_ONLY, runOk } from "../helpers/exec.ts";
 import { eventually } from "../helpers/eventually.ts";
 import { ping, TestNamespace } from "../helpers/flock.ts";
 import { type BgpLabNode, type BgpNodePlan, startBgpNode } from "../helpers/bgp_lab.ts";
@@ -194,6 +194,19 @@ Deno.test({
         assert.deepEqual(route4?.via, { family: "inet6", host: "fd00:a::12" }, "IPv4 via IPv6");
       });
 
+      await step("router ids: each node's IPv4 InternalIP, as flock status shows", async () => {
+        for (const n of nodes) {
+          const want = n.plan.ipv4!;
+          const conf = await Deno.readTextFile(n.bird.configPath);
+          assert.match(conf, new RegExp(`^router id ${want.replaceAll(".", "\\.")};$`, "m"));
+          const bgp = JSON.parse(
+            (await runOk([n.flock.executable, "status", "--json", "--socket", n.flock.socketPath]))
+              .stdout,
+          ).bgp;
+          assert.deepEqual([bgp.routerId, bgp.routerIdSource], [want, "nodeInternalIP"]);
+        }
+      });
+
       await step("pods on different nodes ping each other over IPv6 and IPv4", async () => {
         for (const n of nodes) {
           const ns = cleanup.use(await TestNamespace.create("flk-meshp"));
@@ -278,6 +291,8 @@ Deno.test({
               MESH_WAIT_MS,
             );
           }
+          // Its Node lists IPv6 first; the router id is its IPv4 InternalIP all the same.
+          assert.match(await Deno.readTextFile(n4.bird.configPath), /^router id 10\.0\.0\.14;$/m);
           for (const [i, n] of nodes.entries()) {
             assert.match(
               await Deno.readTextFile(n.bird.configPath),

@@ -65,6 +65,7 @@ Deno.test({
       return s.bgp?.sessions?.some((b: { up: boolean }) => b.up) ? s : undefined;
     });
     assert.equal(snap.bgp.available, true);
+    assert.deepEqual([snap.bgp.routerId, snap.bgp.routerIdSource], ["10.0.0.11", "bgp.routerID"]);
     assert.equal(snap.bgp.sessions.length, 1);
     const session = snap.bgp.sessions[0];
     assert.equal(session.state, "Established");
