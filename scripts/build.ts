@@ -25,11 +25,17 @@ import { fileURLToPath } from "node:url";
 export const PERMISSIONS = ["--allow-all", "--no-prompt"];
 
 /**
- * V8 settings for the long-running agent: a 1 MiB young generation (V8's default lets it grow
- * to several MiB per semi-space) keeps the agent's RSS within BRIEF §8's 64 MiB at 1,000 pods;
- * scavenges of 1 MiB take well under a millisecond.
+ * V8 settings for the long-running agent (BRIEF §8: RSS ≤ 64 MiB at 1,000 pods; figures in
+ * bench/README.md, "Memory"):
+ * - a 1 MiB young generation (V8's default lets it grow to several MiB per semi-space);
+ *   scavenges of 1 MiB take well under a millisecond;
+ * - `--max-opt=1`: JavaScript runs in the interpreter and the Sparkplug baseline compiler only.
+ *   The optimising tiers (Maglev, Turbofan) are several MiB of the deno executable's code that
+ *   the agent's hot path would otherwise page in, plus their compiler memory and optimised code:
+ *   7–8 MiB of RSS at 1,000 pods, for about 0.15 ms of an ADD that is kernel-bound (netlink).
+ * The plugin is unaffected: an exec lives ~25 ms, too short for anything to be optimised.
  */
-export const V8_FLAGS = ["--v8-flags=--max-semi-space-size=1"];
+export const V8_FLAGS = ["--v8-flags=--max-semi-space-size=1,--max-opt=1"];
 
 /**
  * Environment of the launched agent: at most two glibc malloc arenas instead of one per thread
@@ -147,7 +153,10 @@ fi
   }
   const script = `#!/bin/sh
 # flock launcher (no denort available to compile): runs main.ts with the compiled binary's permissions.
-${cniLane}${LAUNCH_ENV} FLOCK_EXECUTABLE="\${FLOCK_EXECUTABLE:-$(readlink -f "$0")}" exec ${deno} run --no-config --no-lock ${
+${cniLane}# The agent starts once and runs for days: it skips V8's code cache, whose database deno run
+# maps into memory (~1 MiB of RSS); other modes keep the faster start-up.
+cache=; [ "$1" = agent ] && cache=--no-code-cache
+${LAUNCH_ENV} FLOCK_EXECUTABLE="\${FLOCK_EXECUTABLE:-$(readlink -f "$0")}" exec ${deno} run --no-config --no-lock $cache ${
     [...V8_FLAGS, ...PERMISSIONS].join(" ")
   } ${entry} "$@"
 `;
