@@ -9,6 +9,8 @@ FROM denoland/deno:debian-2.9.6 AS build
 WORKDIR /src
 # Everything main.ts may import; .dockerignore keeps tests, benchmarks and local tools out.
 COPY . .
+# build.ts bakes the agent's V8 flags into the binary (V8_FLAGS: a 1 MiB young generation and
+# --max-opt=1, no optimising JIT tiers), the same the launcher passes (bench/README.md, "Memory").
 RUN deno run --allow-all --no-lock scripts/build.ts --compile \
   # build.ts writes a launcher script if compiling fails; the image must carry the real binary.
   && head -c 4 dist/flock | grep -q ELF \
@@ -22,5 +24,8 @@ RUN apt-get update \
   && rm -rf /var/lib/apt/lists/* \
   && mkdir -p /etc/flock/bird /run/flock /var/lib/flock
 COPY --from=build /src/dist/flock /usr/local/bin/flock
+# At most two glibc malloc arenas instead of one per thread, as the launcher sets it: a few MiB
+# less RSS for the agent (a compiled binary cannot carry environment variables itself).
+ENV MALLOC_ARENA_MAX=2
 ENTRYPOINT []
 CMD ["/usr/local/bin/flock", "--help"]

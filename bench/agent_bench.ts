@@ -1,6 +1,7 @@
 /**
  * The agent's side of a pod start (BRIEF §8): the time the agent itself spends on one ADD, with
- * an empty node and with 1,000 pods on it, and the agent's memory (VmRSS) idle and at 1,000 pods.
+ * an empty node and with 1,000 pods on it, and the agent's memory (VmRSS) idle and at 1,000 pods,
+ * with where it is (bench/smaps.ts: the deno executable's code, V8's heap, malloc, …).
  *
  * The agent runs as its own process inside a node namespace (the test fixture `FlockNode`,
  * standalone mode). Requests go straight to its RPC socket, so no plugin exec is in the
@@ -28,6 +29,7 @@ import {
   rssOf,
   summarize,
 } from "./report.ts";
+import { formatBreakdown, rssBreakdownOf } from "./smaps.ts";
 
 /** Options of {@linkcode runAgentBench}. */
 export interface AgentBenchOptions {
@@ -95,6 +97,7 @@ export async function runAgentBench(opts: AgentBenchOptions): Promise<ResultRow[
     const settle = () => new Promise((r) => setTimeout(r, 2_000));
     await settle();
     const rssIdle = await rssOf(agentPid);
+    const mapsIdle = await rssBreakdownOf(agentPid);
 
     /** `count` ADD+DEL pairs in the measuring namespace; the node keeps its pod count. */
     const series = async (label: string, count: number): Promise<Series> => {
@@ -137,6 +140,7 @@ export async function runAgentBench(opts: AgentBenchOptions): Promise<ResultRow[
     if (links !== opts.pods) throw new Error(`expected ${opts.pods} flock links, found ${links}`);
     await settle();
     const rssFull = await rssOf(agentPid);
+    const mapsFull = await rssBreakdownOf(agentPid);
     const full = await series("full", opts.samples);
     progress(`${opts.pods} pods: ${opts.samples} ADD+DEL done`);
 
@@ -190,6 +194,8 @@ export async function runAgentBench(opts: AgentBenchOptions): Promise<ResultRow[
         target: "≤ 64 MiB",
         pass: rssFull.total <= 64,
       },
+      { what: "agent RSS by mapping (MiB), idle", figure: formatBreakdown(mapsIdle) },
+      { what: `agent RSS by mapping (MiB), ${opts.pods} pods`, figure: formatBreakdown(mapsFull) },
     ];
   } finally {
     // Deleting the node namespace takes every pod's host veth with it, in one kernel batch.
