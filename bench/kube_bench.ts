@@ -19,10 +19,8 @@
  */
 
 import { parseArgs } from "node:util";
-import { join } from "node:path";
-import { KubeCluster } from "../tests/helpers/kube.ts";
+import { type KubeCluster, startKubeWithFlock } from "../tests/helpers/kube.ts";
 import { FlockNode } from "../tests/helpers/flock.ts";
-import { REPO_ROOT } from "../tests/helpers/tools.ts";
 import { callAgent } from "../cni.ts";
 import type { RpcRequest } from "../agent/protocol.ts";
 import {
@@ -82,12 +80,9 @@ async function main(): Promise<void> {
   const podNs = Array.from({ length: PODS + 2 * SAMPLES }, (_, i) => `${tag}-${i}`);
   const rows: ResultRow[] = [];
   const progress = (msg: string) => console.error(`[kube_bench] ${msg}`);
-  await using kube = await KubeCluster.start();
+  await using kube = await startKubeWithFlock();
   let node: FlockNode | undefined;
   try {
-    await kube.apply(await Deno.readTextFile(join(REPO_ROOT, "deploy/crd.yaml")));
-    await kube.apply(await Deno.readTextFile(join(REPO_ROOT, "deploy/rbac.yaml")));
-    await kube.waitForCrd("nodeconfigs.flock.fritzlab.net");
     await kube.apply({
       apiVersion: "flock.fritzlab.net/v1alpha1",
       kind: "NodeConfig",

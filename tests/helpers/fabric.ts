@@ -1,7 +1,7 @@
 /**
  * A plain layer-2 fabric for tests: a namespace holding a bridge `br0` that node uplinks join,
  * with no router on it (for a BGP node mesh, where the nodes peer with each other directly).
- * {@linkcode GobgpTor} is the same with a BGP speaker; both fit `startBgpNode`.
+ * {@linkcode GobgpTor} builds on it, adding a BGP speaker; both fit `startBgpNode`.
  *
  * ```ts
  * await using fabric = await Fabric.start();

@@ -1,7 +1,8 @@
 /**
- * A gobgpd "top-of-rack router" in a test namespace: a bridge `br0` the nodes' uplinks join,
- * gobgpd started inside the namespace (nsenter --net) with its gRPC API on a unix socket in a
- * temporary directory, so the test queries it from its own namespace with `gobgp --target`.
+ * A gobgpd "top-of-rack router" in a test namespace: a {@linkcode Fabric} (bridge `br0` the
+ * nodes' uplinks join) with addresses on br0 and gobgpd started inside the namespace
+ * (nsenter --net) with its gRPC API on a unix socket in a temporary directory, so the test
+ * queries it from its own namespace with `gobgp --target`.
  *
  * The ToR keeps next hops unchanged: the nodes share br0's segment, so they forward to each
  * other directly, and IPv6 routes keep an IPv6 next hop over IPv4 sessions (notes/bird.md 6.1).
@@ -11,7 +12,8 @@
 
 import { join } from "node:path";
 import { type ExecResult, run, runOk } from "./exec.ts";
-import { addAddress, TestNamespace } from "./netns.ts";
+import { addAddress, type TestNamespace } from "./netns.ts";
+import { Fabric } from "./fabric.ts";
 import { gobgpdPath, gobgpPath } from "./tools.ts";
 
 /** One node the ToR peers with. */
@@ -96,9 +98,13 @@ export function gobgpdConfig(o: GobgpTorOptions): string {
 export class GobgpTor implements AsyncDisposable {
   #child?: Deno.ChildProcess;
   #status?: Promise<Deno.CommandStatus>;
-  #ports = 0;
 
-  private constructor(readonly ns: TestNamespace, readonly dir: string) {}
+  private constructor(readonly fabric: Fabric, readonly dir: string) {}
+
+  /** The ToR's namespace (the fabric's). */
+  get ns(): TestNamespace {
+    return this.fabric.ns;
+  }
 
   get socketPath(): string {
     return join(this.dir, "gobgp.sock");
@@ -109,12 +115,14 @@ export class GobgpTor implements AsyncDisposable {
 
   /** Creates the namespace and br0, starts gobgpd and waits for its API. */
   static async start(o: GobgpTorOptions): Promise<GobgpTor> {
-    const ns = await TestNamespace.create("flk-tor");
-    const dir = await Deno.makeTempDir({ prefix: "flock-tor-" });
-    const tor = new GobgpTor(ns, dir);
+    const fabric = await Fabric.start("flk-tor");
+    const dir = await Deno.makeTempDir({ prefix: "flock-tor-" }).catch(async (err) => {
+      await fabric.remove();
+      throw err;
+    });
+    const ns = fabric.ns;
+    const tor = new GobgpTor(fabric, dir);
     try {
-      await ns.ip(["link", "add", "br0", "type", "bridge"]);
-      await ns.ip(["link", "set", "br0", "up"]);
       for (const a of o.addresses) await addAddress(ns, "br0", a);
       const conf = join(dir, "gobgpd.toml");
       await Deno.writeTextFile(conf, gobgpdConfig(o));
@@ -156,12 +164,12 @@ export class GobgpTor implements AsyncDisposable {
 
   /** A fresh name for a veth end that joins br0 (pass as `uplinkIfName`). */
   nextPortName(): string {
-    return `port${++this.#ports}`;
+    return this.fabric.nextPortName();
   }
 
   /** Enslaves a veth end (already in the ToR namespace) to br0. */
-  async attach(ifname: string): Promise<void> {
-    await this.ns.ip(["link", "set", ifname, "master", "br0", "up"]);
+  attach(ifname: string): Promise<void> {
+    return this.fabric.attach(ifname);
   }
 
   /** Runs `gobgp --target unix://SOCK ARGS…`. */
@@ -258,7 +266,7 @@ export class GobgpTor implements AsyncDisposable {
       await this.#status;
       this.#child = undefined;
     }
-    await this.ns.remove().catch(() => {});
+    await this.fabric.remove().catch(() => {});
     await Deno.remove(this.dir, { recursive: true }).catch(() => {});
   }
 
