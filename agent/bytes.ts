@@ -24,3 +24,12 @@ export async function writeAll(
   let offset = 0;
   while (offset < data.length) offset += await writer.write(data.subarray(offset));
 }
+
+/** {@linkcode writeAll} for a synchronous writer (stdout, a file). */
+export function writeAllSync(
+  writer: { writeSync(p: Uint8Array): number },
+  data: Uint8Array,
+): void {
+  let offset = 0;
+  while (offset < data.length) offset += writer.writeSync(data.subarray(offset));
+}
