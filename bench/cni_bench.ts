@@ -18,6 +18,7 @@ import { join } from "node:path";
 import { FlockNode } from "../tests/helpers/flock.ts";
 import { referencePtpConflist } from "../tests/helpers/cnitool.ts";
 import { referencePluginDir } from "../tests/helpers/tools.ts";
+import { writeLauncher } from "../scripts/build.ts";
 import {
   addNamespaces,
   childrenCpuMs,
@@ -130,6 +131,9 @@ export async function runCniBench(opts: CniBenchOptions): Promise<ResultRow[]> {
   const progress = opts.progress ?? (() => {});
   const tag = `flk-cb-${Deno.pid}`;
   const podNames: string[] = [];
+  // A bundle older than the plugin's sources sends every exec down the launcher's slow lane
+  // (main.ts, ~10 ms more): rebuild it so that the current code is measured.
+  await writeLauncher();
   const node = await FlockNode.start({ config: FLOCK_CONFIG, name: "bench-node" });
   // host-local's state dirs; made after the node so that a failed start leaves nothing behind.
   const dir = await Deno.makeTempDir({ prefix: "flock-cni-bench-" });
