@@ -24,6 +24,21 @@ const libc = Deno.dlopen("libc.so.6", {
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   __errno_location: { parameters: [], result: "pointer" },
   strerror: { parameters: ["i32"], result: "pointer" },
+  // The same calls on a worker thread, for requests the kernel answers slowly (deleting a veth
+  // waits for RCU grace periods, ~40 ms) that must not block the event loop. errno cannot be
+  // read for these: it belongs to the worker thread.
+  sendtoOffThread: {
+    name: "sendto",
+    parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"],
+    result: "isize",
+    nonblocking: true,
+  },
+  recvfromOffThread: {
+    name: "recvfrom",
+    parameters: ["i32", "buffer", "usize", "i32", "pointer", "pointer"],
+    result: "isize",
+    nonblocking: true,
+  },
 });
 
 const sym = libc.symbols;
@@ -156,6 +171,25 @@ export function receive(fd: number, buf: Uint8Array): number {
     const e = errno();
     if (e !== EINTR) throw new SyscallError("recvfrom", e);
   }
+}
+
+/**
+ * {@linkcode sendToKernel} then one {@linkcode receive}, with both calls on a worker thread:
+ * the event loop keeps running while the kernel works. `buf` must not be touched until the
+ * promise settles. Throws a SyscallError without errno (see `sendtoOffThread`) on failure.
+ */
+export async function exchangeOffThread(
+  fd: number,
+  request: Uint8Array,
+  buf: Uint8Array,
+): Promise<number> {
+  const sent = Number(
+    await sym.sendtoOffThread(fd, request, BigInt(request.length), 0, kernelAddress, 12),
+  );
+  if (sent < 0) throw new SyscallError("sendto", 0, "(on a worker thread, errno unknown)");
+  const n = Number(await sym.recvfromOffThread(fd, buf, BigInt(buf.length), 0, null, null));
+  if (n < 0) throw new SyscallError("recvfrom", 0, "(on a worker thread, errno unknown)");
+  return n;
 }
 
 /** Writes a whole small file (a /proc/sys knob) in the current namespace. */

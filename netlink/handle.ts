@@ -8,6 +8,7 @@ import {
   closeFd,
   EINVAL,
   ENOENT,
+  exchangeOffThread,
   NETLINK_CAP_ACK,
   NETLINK_EXT_ACK,
   NETLINK_GET_STRICT_CHK,
@@ -98,6 +99,16 @@ export class Handle {
     }
   }
 
+  /**
+   * A second handle (its own socket) on the same namespace, for a request that must not share
+   * a socket with others in flight ({@link executeOffThread}). Close it after use; the namespace
+   * fd stays this handle's.
+   */
+  another(): Handle {
+    if (this.#closed) throw new Error(`netlink handle for ${this.netnsPath} is closed`);
+    return Handle.#fromFd(this.netnsFd, this.netnsPath, false);
+  }
+
   static #fromFd(nsFd: number, path: string, owns: boolean): Handle {
     let fd: number;
     try {
@@ -144,33 +155,61 @@ export class Handle {
     }
   }
 
+  /**
+   * {@link execute} with the send and the receive on a worker thread, for a request the kernel
+   * is slow to answer (a veth deletion waits for RCU grace periods): the event loop keeps
+   * running. Only one request at a time per handle, and no other request on this handle while
+   * it is in flight — use a handle of its own ({@link another}).
+   */
+  async executeOffThread(msg: MessageWriter, operation: string): Promise<NetlinkMessage[]> {
+    const exchange = this.#begin(msg, NLM_F_ACK);
+    let n = await exchangeOffThread(this.#fd, exchange.bytes, this.#buf);
+    for (;;) {
+      const done = this.#consume(exchange, n, operation);
+      if (done) return done;
+      // Not expected for an ACKed request (the ACK follows the request at once): read on.
+      n = receive(this.#fd, this.#buf);
+    }
+  }
+
   #roundTrip(msg: MessageWriter, operation: string, extraFlags: number): NetlinkMessage[] {
+    const exchange = this.#begin(msg, extraFlags);
+    sendToKernel(this.#fd, exchange.bytes);
+    for (;;) {
+      const n = receive(this.#fd, this.#buf);
+      const done = this.#consume(exchange, n, operation);
+      if (done) return done;
+    }
+  }
+
+  /** Numbers and flags one request. */
+  #begin(msg: MessageWriter, extraFlags: number): Exchange {
     if (this.#closed) throw new Error(`netlink handle for ${this.netnsPath} is closed`);
     const seq = this.#seq = (this.#seq + 1) >>> 0;
     const bytes = msg.finish(seq);
     const view = new DataView(bytes.buffer, bytes.byteOffset);
     view.setUint16(6, view.getUint16(6, true) | extraFlags, true);
-    sendToKernel(this.#fd, bytes);
-    const replies: NetlinkMessage[] = [];
-    let interrupted = false;
-    for (;;) {
-      const n = receive(this.#fd, this.#buf);
-      for (const m of parseMessages(this.#buf.subarray(0, n))) {
-        if (m.seq !== seq) continue; // a stale reply to an earlier, abandoned request
-        if (m.flags & NLM_F_DUMP_INTR) interrupted = true;
-        if (m.type === NLMSG_ERROR) {
-          const errno = -new DataView(m.body.buffer, m.body.byteOffset).getInt32(0, true);
-          if (errno !== 0) throw new NetlinkError(operation, errno, extAckMessage(m));
-          return replies;
-        }
-        if (m.type === NLMSG_DONE) {
-          if (interrupted) throw new DumpInterrupted();
-          return replies;
-        }
-        replies.push({ ...m, body: m.body.slice() });
-        if (!(m.flags & NLM_F_MULTI) && !(extraFlags & NLM_F_ACK)) return replies;
+    return { seq, bytes, extraFlags, replies: [], interrupted: false };
+  }
+
+  /** Takes one received datagram of `n` bytes; returns the replies once the request is done. */
+  #consume(x: Exchange, n: number, operation: string): NetlinkMessage[] | undefined {
+    for (const m of parseMessages(this.#buf.subarray(0, n))) {
+      if (m.seq !== x.seq) continue; // a stale reply to an earlier, abandoned request
+      if (m.flags & NLM_F_DUMP_INTR) x.interrupted = true;
+      if (m.type === NLMSG_ERROR) {
+        const errno = -new DataView(m.body.buffer, m.body.byteOffset).getInt32(0, true);
+        if (errno !== 0) throw new NetlinkError(operation, errno, extAckMessage(m));
+        return x.replies;
       }
+      if (m.type === NLMSG_DONE) {
+        if (x.interrupted) throw new DumpInterrupted();
+        return x.replies;
+      }
+      x.replies.push({ ...m, body: m.body.slice() });
+      if (!(m.flags & NLM_F_MULTI) && !(x.extraFlags & NLM_F_ACK)) return x.replies;
     }
+    return undefined;
   }
 
   /**
@@ -202,6 +241,15 @@ export class Handle {
 }
 
 class DumpInterrupted extends Error {}
+
+/** One request in flight and what came back so far. */
+interface Exchange {
+  seq: number;
+  bytes: Uint8Array;
+  extraFlags: number;
+  replies: NetlinkMessage[];
+  interrupted: boolean;
+}
 
 function sysctlPath(key: string): string {
   if (!/^net\.[A-Za-z0-9_.\-]+$/.test(key) || key.includes("..")) {

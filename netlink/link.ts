@@ -232,6 +232,27 @@ export function deleteLink(h: Handle, index: number): boolean {
   }
 }
 
+/**
+ * {@link deleteLink} without blocking the event loop: the kernel's answer to deleting a veth
+ * waits for RCU grace periods (~40 ms), so the request runs on a worker thread, on a socket of
+ * its own (other requests on `h` may run meanwhile). Resolves once the link is gone.
+ */
+export async function deleteLinkOffThread(h: Handle, index: number): Promise<boolean> {
+  const own = h.another();
+  try {
+    await own.executeOffThread(
+      own.message(RTM_DELLINK).raw(ifinfomsg(0, index)),
+      `delete link #${index}`,
+    );
+    return true;
+  } catch (e) {
+    if (isNotFound(e)) return false;
+    throw e;
+  } finally {
+    own.close();
+  }
+}
+
 /** Per-family device settings carried in IFLA_AF_SPEC. */
 export interface LinkFamilySettings {
   /** IN6_ADDR_GEN_MODE_* (NONE stops the kernel from adding an EUI-64 link-local). */

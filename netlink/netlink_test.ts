@@ -14,6 +14,7 @@ import {
   AF_INET6,
   deleteAddress,
   deleteLink,
+  deleteLinkOffThread,
   deleteRoute,
   formatIP,
   formatPrefix,
@@ -88,6 +89,38 @@ Deno.test("links: veth, get by name and index, list, up, mtu, delete", async () 
       assert.equal(deleteLink(h, a.index), false, "deleting a missing link is not an error");
       assert.equal(getLinkByName(h, "nlb"), undefined, "a veth dies with its peer");
       assert.deepEqual(await ns.ipJson<IpLink[]>(["link", "show", "type", "veth"]), []);
+    }));
+});
+
+Deno.test("links: deleteLinkOffThread deletes a veth while the event loop keeps running", async () => {
+  await withNamespaces(["flk-nl-off"], ([ns]) =>
+    withHandle(ns, async (h) => {
+      addVeth(h, { name: "offa", peerName: "offb" });
+      addVeth(h, { name: "offc", peerName: "offd" });
+      const a = getLinkByName(h, "offa")!;
+      const c = getLinkByName(h, "offc")!;
+      // The kernel takes tens of ms (RCU) per veth: timers must fire and other requests on the
+      // same handle must work meanwhile.
+      let ticks = 0;
+      const timer = setInterval(() => ticks++, 1);
+      try {
+        const deleting = deleteLinkOffThread(h, a.index);
+        assert.ok(getLinkByName(h, "offc"), "the handle serves other requests meanwhile");
+        assert.equal(await deleting, true);
+      } finally {
+        clearInterval(timer);
+      }
+      assert.ok(ticks > 0, "timers ran while the link was being deleted");
+      assert.equal(getLinkByName(h, "offa"), undefined);
+      assert.equal(getLinkByName(h, "offb"), undefined, "a veth dies with its peer");
+      assert.equal(await deleteLinkOffThread(h, a.index), false, "a missing link is not an error");
+      await Promise.all([deleteLinkOffThread(h, c.index), deleteLinkOffThread(h, c.index)]);
+      assert.deepEqual(await ns.ipJson<IpLink[]>(["link", "show", "type", "veth"]), []);
+      await assert.rejects(
+        () => deleteLinkOffThread(h, -1),
+        NetlinkError,
+        "a kernel error comes back as a NetlinkError",
+      );
     }));
 });
 
