@@ -21,8 +21,12 @@ import {
   parseIP,
 } from "../netlink/ip.ts";
 
-/** Lifecycle of an attachment: written before the datapath is built, committed after. */
-export type AttachmentState = "pending" | "committed";
+/**
+ * Lifecycle of an attachment: written `pending` before the datapath is built, `committed`
+ * after; `releasing` once a DEL has taken it off the network and answered, while its veth is
+ * still being deleted (its addresses are held until the veth is gone).
+ */
+export type AttachmentState = "pending" | "committed" | "releasing";
 
 /** One pod interface as the agent remembers it. */
 export interface Attachment {
@@ -127,6 +131,9 @@ const MIGRATIONS: readonly string[] = [
      at INTEGER NOT NULL
    ) STRICT;
    CREATE INDEX release_at ON release (at);`,
+  // A committed attachment whose DEL has been answered while its veth is still going away
+  // (state "releasing"): since when. A column, because the state's CHECK cannot be altered.
+  `ALTER TABLE attachment ADD COLUMN releasing_at INTEGER`,
 ];
 
 /** Schema version this code writes. */
@@ -146,7 +153,11 @@ interface AttachmentRow {
   anycast: string | null;
 }
 
-const SELECT_ATTACHMENT = `SELECT a.*,
+/** The state as the API sees it: a committed row with `releasing_at` set is "releasing". */
+const STATE = `CASE WHEN a.releasing_at IS NULL THEN a.state ELSE 'releasing' END`;
+
+const SELECT_ATTACHMENT = `SELECT a.container_id, a.ifname, ${STATE} AS state, a.netns,
+    a.host_iface, a.pod_namespace, a.pod_name, a.ipv6, a.ipv4, a.created_at,
     (SELECT group_concat(y.address, ' ' ORDER BY y.address) FROM anycast y
       WHERE y.container_id = a.container_id AND y.ifname = a.ifname) AS anycast
   FROM attachment a`;
@@ -352,6 +363,29 @@ export class Store {
     });
   }
 
+  /**
+   * Marks a committed attachment `releasing` (DEL took it off the network; its veth is still
+   * being deleted). False if there is no such committed attachment.
+   */
+  markReleasing(containerId: string, ifname: string, at: number): boolean {
+    return this.#transaction(() =>
+      Number(this.#stmts.markReleasing.run(at, containerId, ifname).changes) > 0
+    );
+  }
+
+  /**
+   * Removes an attachment and records the release of its addresses (for IPAM cooldown) in one
+   * transaction; false if there was no attachment.
+   */
+  finishRelease(containerId: string, ifname: string, released: string[], at: number): boolean {
+    const addresses = released.map((ip) => canonical(ip));
+    return this.#transaction(() => {
+      const deleted = Number(this.#stmts.delete.run(containerId, ifname).changes) > 0;
+      for (const ip of addresses) this.#stmts.recordRelease.run(ip, at);
+      return deleted;
+    });
+  }
+
   /** Removes an attachment and its anycast rows; false if there was none. */
   delete(containerId: string, ifname: string): boolean {
     return this.#transaction(() => Number(this.#stmts.delete.run(containerId, ifname).changes) > 0);
@@ -415,17 +449,18 @@ function prepareAll(db: DatabaseSync) {
     get: p(`${SELECT_ATTACHMENT} WHERE a.container_id = ? AND a.ifname = ?`),
     ifnamesOf: p(`SELECT ifname FROM attachment WHERE container_id = ? ORDER BY ifname`),
     list: p(`${SELECT_ATTACHMENT} ORDER BY a.created_at, a.rowid`),
-    listByState: p(`${SELECT_ATTACHMENT} WHERE a.state = ? ORDER BY a.created_at, a.rowid`),
+    listByState: p(`${SELECT_ATTACHMENT} WHERE ${STATE} = ? ORDER BY a.created_at, a.rowid`),
     count: p("SELECT count(*) AS n FROM attachment"),
     anycastAddresses: p(
       `SELECT DISTINCT h.address FROM anycast h JOIN attachment a
          ON a.container_id = h.container_id AND a.ifname = h.ifname
-         WHERE a.state = 'committed' ORDER BY h.address`,
+         WHERE a.state = 'committed' AND a.releasing_at IS NULL ORDER BY h.address`,
     ),
     anycastHolders: p(
       `SELECT a.container_id, a.ifname, a.host_iface, a.ipv6, a.ipv4 FROM anycast h
          JOIN attachment a ON a.container_id = h.container_id AND a.ifname = h.ifname
-         WHERE h.address = ? AND a.state = 'committed' ORDER BY a.created_at, a.rowid`,
+         WHERE h.address = ? AND a.state = 'committed' AND a.releasing_at IS NULL
+         ORDER BY a.created_at, a.rowid`,
     ),
     holderV6: p("SELECT container_id, ifname FROM attachment WHERE ipv6 = ?"),
     holderV4: p("SELECT container_id, ifname FROM attachment WHERE ipv4 = ?"),
@@ -439,6 +474,10 @@ function prepareAll(db: DatabaseSync) {
         WHERE container_id = ? AND ifname = ? AND state = 'pending'`,
     ),
     delete: p("DELETE FROM attachment WHERE container_id = ? AND ifname = ?"),
+    markReleasing: p(
+      `UPDATE attachment SET releasing_at = ?
+        WHERE container_id = ? AND ifname = ? AND state = 'committed'`,
+    ),
     recordRelease: p(
       `INSERT INTO release (ip, at) VALUES (?, ?)
          ON CONFLICT (ip) DO UPDATE SET at = max(at, excluded.at)`,

@@ -249,6 +249,64 @@ Deno.test("state dir is 0700, database files are 0600", async () => {
   }
 });
 
+Deno.test("releasing: marked after commit, listed by state, out of anycast, finished in one go", () =>
+  withStore((store) => {
+    store.insertPending(
+      attachment("r1", { ipv6: "fd00::1", ipv4: "10.0.0.1", anycast: ["10.9.9.9"] }),
+    );
+    assert.equal(store.markReleasing("r1", "eth0", 1000), false, "a pending record is not");
+    store.commit("r1", "eth0");
+    store.insertPending(attachment("r2", { ipv6: "fd00::2", anycast: ["10.9.9.9"] }));
+    store.commit("r2", "eth0");
+    assert.deepEqual(store.listAnycastHolders("10.9.9.9").map((h) => h.containerId), ["r1", "r2"]);
+
+    assert.equal(store.markReleasing("r1", "eth0", 1000), true);
+    assert.equal(store.get("r1", "eth0")?.state, "releasing");
+    assert.deepEqual(store.listByState("releasing").map((a) => a.containerId), ["r1"]);
+    assert.deepEqual(store.listByState("committed").map((a) => a.containerId), ["r2"]);
+    assert.deepEqual(store.list().map((a) => a.state), ["releasing", "committed"]);
+    assert.deepEqual(store.listAnycastHolders("10.9.9.9").map((h) => h.containerId), ["r2"]);
+    store.commit("r1", "eth0");
+    assert.equal(store.get("r1", "eth0")?.state, "releasing", "commit does not undo it");
+    assert.throws(
+      () => store.insertPending(attachment("r3", { ipv6: "fd00::1" })),
+      AddressConflictError,
+      "a releasing record still holds its addresses",
+    );
+
+    assert.equal(store.finishRelease("r1", "eth0", ["FD00::1", "10.0.0.1"], 2000), true);
+    assert.equal(store.get("r1", "eth0"), undefined);
+    assert.deepEqual(store.recentReleases(0), [
+      { ip: "10.0.0.1", at: 2000 },
+      { ip: "fd00::1", at: 2000 },
+    ]);
+    assert.equal(store.finishRelease("r1", "eth0", [], 3000), false);
+  }));
+
+Deno.test("a schema-1 database (before releasing) is migrated and keeps its records", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "flock-store-" });
+  try {
+    Store.open(dir).close();
+    // Back to what schema 1 wrote: no releasing_at column.
+    const raw = new DatabaseSync(join(dir, DB_FILE));
+    raw.exec("ALTER TABLE attachment DROP COLUMN releasing_at; PRAGMA user_version = 1");
+    raw.exec(`INSERT INTO attachment (container_id, ifname, state, netns, host_iface, ipv6,
+      created_at) VALUES ('old', 'eth0', 'committed', '/x', 'flkold', 'fd00::9', 1)`);
+    raw.close();
+    const store = Store.open(dir);
+    try {
+      assert.equal(store.pragmas().userVersion, SCHEMA_VERSION);
+      assert.equal(store.get("old", "eth0")?.state, "committed");
+      assert.equal(store.markReleasing("old", "eth0", 5), true);
+      assert.equal(store.get("old", "eth0")?.state, "releasing");
+    } finally {
+      store.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("a database from a newer schema is refused", async () => {
   const dir = await Deno.makeTempDir({ prefix: "flock-store-" });
   try {
