@@ -13,7 +13,7 @@ import { AddressPool } from "./ipam.ts";
 import { parseCniArgs, PodHandler } from "./pod_handler.ts";
 import { reconcile, type ReconcileReport } from "./reconcile.ts";
 import { AnycastRoutes } from "./anycast.ts";
-import { RpcServer } from "./rpc_server.ts";
+import { type HoldWork, RpcServer } from "./rpc_server.ts";
 import { parseCniInvocation } from "./cni_input.ts";
 import { AgentMetrics } from "./agent_metrics.ts";
 import { createLogger } from "./logger.ts";
@@ -140,7 +140,7 @@ export class Agent {
   async listen(): Promise<void> {
     this.#server = new RpcServer({
       path: this.options.socketPath,
-      handler: (req) => this.#dispatch(req),
+      handler: (req, hold) => this.#dispatch(req, hold),
       log: this.log,
       // After a burst of pod starts, give freed native memory back (BRIEF §8: RSS ≤ 64 MiB).
       onIdle: trimFreedMemory,
@@ -276,7 +276,7 @@ export class Agent {
     }, (e) => this.log({ level: "error", msg: "bird config failed", error: String(e) }));
   }
 
-  async #dispatch(raw: RpcRequest): Promise<RpcResponse> {
+  async #dispatch(raw: RpcRequest, hold?: HoldWork): Promise<RpcResponse> {
     if (raw.command === "STATUS" && raw.config[STATUS_DETAIL_KEY] === true) {
       // `flock status`: answered ready or not, so the operator sees why.
       return { ok: true, result: { ...await this.status({ integrity: true }) } };
@@ -302,7 +302,7 @@ export class Agent {
         );
       }
       const req = revalidate(raw);
-      response = await this.#handler.handle(req);
+      response = await this.#handler.handle(req, hold);
       if (response.ok && response.result) {
         fields.ips = (response.result.ips as { address: string }[])?.map((i) => i.address);
       }

@@ -87,7 +87,7 @@ export class AgentMetrics {
     });
     const attachments = r.gauge({
       name: "flock_attachments",
-      help: "Pod interfaces in the node store, by state (committed, pending).",
+      help: "Pod interfaces in the node store, by state (committed, pending, releasing).",
       labelNames: ["state"],
     });
     const anycastRoutes = r.gauge({
@@ -113,7 +113,7 @@ export class AgentMetrics {
         free.labels(p.family, p.cidr).set(Number(BigInt(p.capacity) - BigInt(p.allocated)));
         cooling.labels(p.family, p.cidr).set(p.cooling);
       }
-      const byState = { committed: 0, pending: 0 } as Record<string, number>;
+      const byState = { committed: 0, pending: 0, releasing: 0 } as Record<string, number>;
       for (const a of s.attachments) byState[a.state] = (byState[a.state] ?? 0) + 1;
       attachments.reset();
       for (const [state, n] of Object.entries(byState)) attachments.labels(state).set(n);

@@ -16,7 +16,12 @@ export const CRASH_POINTS = [
   "add-after-datapath",
   /** ADD: the record is committed, the answer not yet sent. */
   "add-after-commit",
-  /** DEL: the datapath is gone, the record still stored. */
+  /** DEL: the record is releasing and the pod off the network, the answer not yet sent. */
+  "del-after-releasing",
+  /**
+   * DEL: the veth is gone, the record still stored (through the RPC server the DEL has already
+   * answered; a synchronous release, as GC's, has not).
+   */
   "del-after-teardown",
 ] as const;
 

@@ -14,6 +14,7 @@ import {
   AF_INET6,
   deleteAddress,
   deleteLink,
+  deleteLinkOffThread,
   deleteRoute,
   familyName,
   formatIP,
@@ -157,6 +158,13 @@ function podAddresses(pod: PodNetwork): IP[] {
  */
 function sourceFor(pod: PodNetwork, own: IP): IP | undefined {
   return pod.anycast?.some((a) => a.family === own.family) ? own : undefined;
+}
+
+function checkedContainerId(containerId: string): string {
+  if (typeof containerId !== "string" || !CONTAINER_ID.test(containerId)) {
+    throw new DatapathInputError(`invalid container ID ${JSON.stringify(containerId)}`);
+  }
+  return containerId;
 }
 
 function hostRoute(ip: IP, oif: number): Route {
@@ -333,12 +341,39 @@ export class Datapath {
    * gone is fine; the pod's namespace need not exist.
    */
   teardown(containerId: string, addresses: { ipv6?: IP; ipv4?: IP } = {}): void {
-    if (typeof containerId !== "string" || !CONTAINER_ID.test(containerId)) {
-      throw new DatapathInputError(`invalid container ID ${JSON.stringify(containerId)}`);
-    }
-    const host = getLinkByName(this.node, hostIfaceName(containerId));
+    const host = getLinkByName(this.node, hostIfaceName(checkedContainerId(containerId)));
     if (host) deleteLink(this.node, host.index);
-    // Host routes die with the link; these catch routes that outlived a lost link.
+    this.#deleteLeftoverRoutes(addresses);
+  }
+
+  /**
+   * The first half of a {@link teardown} that does not wait for the kernel: takes the pod off
+   * the network at once (the node's routes to it go, its host veth goes down), leaving the
+   * veth's deletion, which waits tens of ms for RCU grace periods, to {@link removeVeth}.
+   * Everything already gone is fine.
+   */
+  detach(containerId: string, addresses: { ipv6?: IP; ipv4?: IP } = {}): void {
+    const host = getLinkByName(this.node, hostIfaceName(checkedContainerId(containerId)));
+    if (!host) return;
+    for (const ip of [addresses.ipv6, addresses.ipv4]) {
+      if (ip) deleteRoute(this.node, hostRoute(ip, host.index));
+    }
+    if (host.up) setLinkUp(this.node, host.index, false);
+  }
+
+  /**
+   * The second half: deletes the pod's veth (both ends) with the kernel's wait on a worker
+   * thread, so the event loop keeps serving; resolves once it is gone (and any host route
+   * that outlived it is removed).
+   */
+  async removeVeth(containerId: string, addresses: { ipv6?: IP; ipv4?: IP } = {}): Promise<void> {
+    const host = getLinkByName(this.node, hostIfaceName(checkedContainerId(containerId)));
+    if (host) await deleteLinkOffThread(this.node, host.index);
+    this.#deleteLeftoverRoutes(addresses);
+  }
+
+  /** Host routes die with the link; these catch routes that outlived a lost link. */
+  #deleteLeftoverRoutes(addresses: { ipv6?: IP; ipv4?: IP }): void {
     for (const ip of [addresses.ipv6, addresses.ipv4]) {
       if (!ip) continue;
       for (const r of flockRoutesTo(this.node, hostPrefix(ip))) deleteRoute(this.node, r);

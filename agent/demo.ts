@@ -184,10 +184,16 @@ async function runDemo(lab: DemoLab, programs: BirdPrograms, nodes: DemoNode[]):
     const r = await p.node.cni("DEL", p.pod);
     if (r.code !== 0) throw new Error(`DEL ${p.pod.id} failed: ${r.stdout}${r.stderr}`);
   }
+  // A DEL answers before the kernel has finished deleting its veth (~40 ms): allow 2 s.
   let left = 0;
-  for (const node of nodes) {
-    const links = await must("ip", ["-n", node.plan.ns, "-br", "link"]);
-    left += links.split("\n").filter((l) => l.startsWith("flock")).length;
+  for (let attempt = 0; attempt < 40; attempt++) {
+    left = 0;
+    for (const node of nodes) {
+      const links = await must("ip", ["-n", node.plan.ns, "-br", "link"]);
+      left += links.split("\n").filter((l) => l.startsWith("flock")).length;
+    }
+    if (left === 0) break;
+    await new Promise((resolve) => setTimeout(resolve, 50));
   }
   console.log(`   flock links left on the nodes: ${left}`);
   return failures === 0 && left === 0;

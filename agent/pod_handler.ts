@@ -5,12 +5,20 @@
  * ADD is idempotent on retry; DEL is symmetric and succeeds with the netns,
  * the record or both already gone. Every step that can fail undoes the steps
  * before it, so a failed ADD leaves nothing allocated.
+ *
+ * DEL through the RPC server answers before the pod's veth is gone: the kernel's deletion of a
+ * veth waits ~40 ms for RCU grace periods. Before the answer the pod is off the network and
+ * its record is durably `releasing`; the veth's deletion runs off the event loop, and only
+ * then are its addresses released (so no other pod can get one while the old veth still
+ * exists). The RPC server holds the container meanwhile; an ADD into the same netns waits for
+ * it; a crash leaves a `releasing` record that the start-up reconcile finishes.
  */
 
 import { formatIP, type IP, parseIP } from "../netlink/ip.ts";
 import { type Datapath, hostIfaceName, type PodNetwork } from "./datapath.ts";
 import { CniCode, CniError, type RpcRequest, type RpcResponse } from "./protocol.ts";
 import type { Attachment, Store } from "./store.ts";
+import type { HoldWork } from "./rpc_server.ts";
 import type { NodeConfig } from "./config.ts";
 import {
   type FamilyRequest,
@@ -86,16 +94,24 @@ function parseOptional(text: string | undefined): IP | undefined {
 
 /** The handler for ADD, DEL, CHECK and GC. */
 export class PodHandler {
+  /** Veth deletions still running, by the pod netns they empty. */
+  readonly #removals = new Map<string, Promise<void>>();
+
   constructor(private readonly deps: PodHandlerDeps) {}
 
-  /** Dispatches one RPC request. */
-  async handle(req: RpcRequest): Promise<RpcResponse> {
+  /**
+   * Dispatches one RPC request. With `hold` (the RPC server's), DEL answers before the veth
+   * is gone and hands the rest to `hold`; without it, DEL is synchronous.
+   */
+  async handle(req: RpcRequest, hold?: HoldWork): Promise<RpcResponse> {
     switch (req.command) {
       case "ADD":
         return { ok: true, result: await this.add(req) };
-      case "DEL":
-        this.del(req);
+      case "DEL": {
+        const removing = this.del(req, hold !== undefined);
+        if (removing) hold!(removing);
         return { ok: true };
+      }
       case "CHECK":
         this.check(req);
         return { ok: true };
@@ -109,7 +125,14 @@ export class PodHandler {
 
   async add(req: RpcRequest): Promise<Record<string, unknown>> {
     const { store, datapath } = this.deps;
-    const existing = store.get(req.containerId, req.ifname);
+    // A veth of an earlier pod may still be leaving this netns (with the same ifname).
+    await this.#removals.get(req.netns);
+    let existing = store.get(req.containerId, req.ifname);
+    if (existing?.state === "releasing") {
+      // Its DEL answered but the veth's deletion failed: finish it, then start afresh.
+      this.release(existing);
+      existing = undefined;
+    }
     if (existing) {
       // A retry: converge the datapath for the addresses already held.
       const links = datapath.setup(this.#podNetwork(req, existing));
@@ -143,12 +166,25 @@ export class PodHandler {
     const taken: { pool: AddressPool; ip: IP }[] = [];
     // Never handed to a pod: give back without cooldown, newest first, so `next` rewinds.
     const releaseTaken = () => {
-      for (const t of taken.reverse()) t.pool.giveBack(t.ip);
+      for (const t of taken.splice(0).reverse()) t.pool.giveBack(t.ip);
     };
+    const takeBoth = () => [
+      this.#take(want.ipv6, this.deps.pool6, want.algo, key, taken),
+      this.#take(want.ipv4, this.deps.pool4, want.algo, key, taken),
+    ];
     let record: Omit<Attachment, "state" | "createdAt">;
     try {
-      const ipv6 = this.#take(want.ipv6, this.deps.pool6, want.algo, key, taken);
-      const ipv4 = this.#take(want.ipv4, this.deps.pool4, want.algo, key, taken);
+      let ipv6: IP | undefined, ipv4: IP | undefined;
+      try {
+        [ipv6, ipv4] = takeBoth();
+      } catch (e) {
+        // A DEL that answered is still releasing its addresses (its veth is not gone yet): an
+        // exhausted pool or a pinned address may be free in a moment. Once, then as it is.
+        if (this.#removals.size === 0) throw e;
+        releaseTaken();
+        await Promise.all(this.#removals.values());
+        [ipv6, ipv4] = takeBoth();
+      }
       record = {
         containerId: req.containerId,
         ifname: req.ifname,
@@ -244,10 +280,18 @@ export class PodHandler {
     });
   }
 
-  /** Tears down one attachment; everything already gone is success. */
-  del(req: RpcRequest): void {
+  /**
+   * Tears down one attachment; everything already gone is success. With `background`, a
+   * committed attachment goes off the network now and its veth's deletion is returned still
+   * running (see {@link releaseInBackground}).
+   */
+  del(req: RpcRequest, background = false): Promise<void> | undefined {
     const rec = this.deps.store.get(req.containerId, req.ifname);
-    if (rec) return this.release(rec);
+    if (rec?.state === "committed" && background) return this.releaseInBackground(rec);
+    if (rec) {
+      this.release(rec);
+      return;
+    }
     // No record: tear down a half-made veth by its container-derived name, unless that veth
     // belongs to another interface of this container (a refused second ADD is followed by a DEL).
     if (this.deps.store.ifnamesOf(req.containerId).length > 0) return;
@@ -256,24 +300,67 @@ export class PodHandler {
 
   /** Removes the datapath, the record and the addresses of one attachment. */
   release(rec: Pick<Attachment, "containerId" | "ifname"> & Partial<Attachment>): void {
-    const { store, datapath } = this.deps;
     const ipv6 = parseOptional(rec.ipv6);
     const ipv4 = parseOptional(rec.ipv4);
     // Drop this pod's anycast paths while its veth still exists (see AnycastRoutes.sync).
     if (rec.anycast?.length) this.deps.anycast?.sync(rec.anycast, { without: rec });
-    datapath.teardown(rec.containerId, { ipv6, ipv4 });
+    this.deps.datapath.teardown(rec.containerId, { ipv6, ipv4 });
     if (rec.state === undefined) return;
     this.deps.crashAt?.("del-after-teardown");
-    store.delete(rec.containerId, rec.ifname);
-    const now = (this.deps.now ?? Date.now)();
-    if (ipv6) {
-      this.deps.pool6?.release(ipv6);
-      store.recordRelease(formatIP(ipv6), now);
-    }
-    if (ipv4) {
-      this.deps.pool4?.release(ipv4);
-      store.recordRelease(formatIP(ipv4), now);
-    }
+    this.#finishRelease(rec, ipv6, ipv4);
+  }
+
+  /**
+   * DEL's release of a committed attachment, in two halves. Now: the record turns `releasing`
+   * (durable: a crash from here on is finished by the start-up reconcile), its anycast paths go,
+   * and the pod goes off the network (routes, link down). Returned, still running: the veth's
+   * deletion off the event loop, then the record's removal and the addresses' release. The
+   * promise never rejects: a failure is logged and the record stays `releasing` for a DEL
+   * retry, an ADD of the same container, GC or the next start to finish.
+   */
+  releaseInBackground(rec: Attachment): Promise<void> {
+    const { store, datapath } = this.deps;
+    const ipv6 = parseOptional(rec.ipv6);
+    const ipv4 = parseOptional(rec.ipv4);
+    store.markReleasing(rec.containerId, rec.ifname, (this.deps.now ?? Date.now)());
+    if (rec.anycast.length) this.deps.anycast?.sync(rec.anycast, { without: rec });
+    datapath.detach(rec.containerId, { ipv6, ipv4 });
+    this.deps.crashAt?.("del-after-releasing");
+    const removal = (async () => {
+      try {
+        await datapath.removeVeth(rec.containerId, { ipv6, ipv4 });
+        this.deps.crashAt?.("del-after-teardown");
+        this.#finishRelease(rec, ipv6, ipv4);
+      } catch (e) {
+        this.deps.log({
+          level: "error",
+          msg: "veth deletion after DEL failed; the attachment stays releasing",
+          containerId: rec.containerId,
+          ifname: rec.ifname,
+          error: String(e),
+        });
+      }
+    })();
+    const earlier = this.#removals.get(rec.netns);
+    const all = earlier ? Promise.all([earlier, removal]).then(() => {}) : removal;
+    this.#removals.set(rec.netns, all);
+    all.then(() => {
+      if (this.#removals.get(rec.netns) === all) this.#removals.delete(rec.netns);
+    });
+    return removal;
+  }
+
+  /** The record goes and the addresses return to IPAM (cooling), in one store transaction. */
+  #finishRelease(rec: Pick<Attachment, "containerId" | "ifname">, ipv6?: IP, ipv4?: IP): void {
+    const released = [ipv6, ipv4].filter((ip) => ip !== undefined);
+    this.deps.store.finishRelease(
+      rec.containerId,
+      rec.ifname,
+      released.map(formatIP),
+      (this.deps.now ?? Date.now)(),
+    );
+    if (ipv6) this.deps.pool6?.release(ipv6);
+    if (ipv4) this.deps.pool4?.release(ipv4);
   }
 
   check(req: RpcRequest): void {

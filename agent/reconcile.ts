@@ -5,6 +5,8 @@
  * - committed records go back into IPAM, and their datapath is repaired when
  *   their namespace still exists;
  * - pending records (an ADD that died half-way) are torn down and released;
+ * - releasing records (a DEL that answered but died before the veth was gone) are torn down
+ *   and released, their addresses cooling down like any other release;
  * - flock-named links and flock-tagged routes that no record explains are removed;
  * - anycast routes are rebuilt from the committed records (after the orphan links went, since
  *   deleting a link can take a whole IPv4 multipath route with it).
@@ -80,12 +82,15 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
   const node = d.datapath.node;
   d.datapath.ensureNode();
 
-  for (const rec of d.store.listByState("pending")) {
+  const now = (d.now ?? Date.now)();
+  for (const rec of [...d.store.listByState("pending"), ...d.store.listByState("releasing")]) {
     d.datapath.teardown(rec.containerId, {
       ipv6: rec.ipv6 ? parseIP(rec.ipv6) : undefined,
       ipv4: rec.ipv4 ? parseIP(rec.ipv4) : undefined,
     });
-    d.store.delete(rec.containerId, rec.ifname);
+    // A pending pod never got its addresses; a releasing one did, so they cool down.
+    const used = rec.state === "releasing" ? [rec.ipv6, rec.ipv4] : [];
+    d.store.finishRelease(rec.containerId, rec.ifname, used.filter((ip) => ip !== undefined), now);
     report.released++;
   }
 
@@ -122,7 +127,6 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
   }
 
   // Addresses released shortly before the restart stay cooling.
-  const now = (d.now ?? Date.now)();
   for (const r of d.store.recentReleases(now - d.cooldownMs)) {
     const ip = parseIP(r.ip);
     const pool = poolFor(ip, d);

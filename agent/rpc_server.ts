@@ -5,7 +5,9 @@
  * Ordering guarantees: requests for the same container run one after another (an ADD and its
  * DEL never overlap), different containers run concurrently, GC runs alone (it waits for the
  * in-flight requests and holds new ones back), and STATUS is never held back at all, because
- * runtimes poll it and a stuck STATUS marks the node NotReady.
+ * runtimes poll it and a stuck STATUS marks the node NotReady. A handler may answer before its
+ * work is over (a DEL answers while its veth is still being deleted): what it passes to `hold`
+ * keeps its container (and GC, and {@link RpcServer.exclusive}) waiting until that settles.
  *
  * @module
  */
@@ -27,8 +29,11 @@ export const DEFAULT_IDLE_MS = 1_000;
 export interface RpcServerOptions {
   /** The unix socket path. */
   path: string;
-  /** Serves one validated-shape request; a thrown CniError becomes its error body. */
-  handler: (req: RpcRequest) => Promise<RpcResponse>;
+  /**
+   * Serves one validated-shape request; a thrown CniError becomes its error body. Work passed
+   * to `hold` may go on after the answer; see the module doc.
+   */
+  handler: (req: RpcRequest, hold: HoldWork) => Promise<RpcResponse>;
   /** Structured log sink for transport problems (bad requests, hung-up clients). */
   log?: (fields: Record<string, unknown>) => void;
   maxRequestBytes?: number;
@@ -41,6 +46,12 @@ export interface RpcServerOptions {
   onIdle?: () => void;
   idleMs?: number;
 }
+
+/**
+ * Keeps a request's container held (later requests for it, GC and exclusive work wait) until
+ * `work` settles, after the request has been answered. A rejection is the handler's to log.
+ */
+export type HoldWork = (work: Promise<unknown>) => void;
 
 /**
  * Checks that a decoded value has the shape of an {@link RpcRequest}. Absent string fields
@@ -90,9 +101,13 @@ export class RpcServer {
   #inFlight = new Set<Promise<void>>();
   #socketIno?: number | null;
   #closing = false;
-  /** Resolves when close() begins; aborts connections still waiting for their request. */
-  #shutdown: Promise<"shutdown">;
-  #signalShutdown!: () => void;
+  /**
+   * Aborts of the connections still waiting for their request; close() calls them. Each is
+   * removed once its request is read: racing every read against one long-lived "shutdown"
+   * promise instead left a reaction on it per request, a leak of about 1 KiB per request
+   * (bench/README.md, "Memory").
+   */
+  readonly #abortReads = new Set<(why: "shutdown") => void>();
   readonly #gate = new GcGate();
   readonly #containerChains = new Map<string, Promise<void>>();
   #idleTimer?: ReturnType<typeof setTimeout>;
@@ -105,9 +120,6 @@ export class RpcServer {
       idleMs: DEFAULT_IDLE_MS,
       ...opts,
     };
-    this.#shutdown = new Promise((resolve) => {
-      this.#signalShutdown = () => resolve("shutdown");
-    });
   }
 
   /** Creates the socket (0600) and starts accepting connections. */
@@ -130,7 +142,7 @@ export class RpcServer {
     if (this.#closing || !this.#listener) return;
     this.#closing = true;
     clearTimeout(this.#idleTimer);
-    this.#signalShutdown();
+    for (const abort of this.#abortReads) abort("shutdown");
     try {
       this.#listener.close();
     } catch { /* already closed */ }
@@ -247,13 +259,11 @@ export class RpcServer {
     let total = 0;
     let oversized = false;
     const buf = new Uint8Array(64 * 1024);
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const abort = Promise.race([
-      this.#shutdown,
-      new Promise<"timeout">((resolve) => {
-        timer = setTimeout(() => resolve("timeout"), this.#opts.readTimeoutMs);
-      }),
-    ]);
+    // Per connection, and dropped with it (see #abortReads).
+    const { promise: abort, resolve: abortWith } = Promise.withResolvers<"timeout" | "shutdown">();
+    const timer = setTimeout(() => abortWith("timeout"), this.#opts.readTimeoutMs);
+    this.#abortReads.add(abortWith);
+    if (this.#closing) abortWith("shutdown");
     try {
       while (true) {
         const read = conn.read(buf);
@@ -289,6 +299,7 @@ export class RpcServer {
       }
     } finally {
       clearTimeout(timer);
+      this.#abortReads.delete(abortWith);
     }
     if (oversized) {
       throw new CniError(
@@ -310,20 +321,37 @@ export class RpcServer {
 
   /** Runs the handler under the ordering rules (see module doc). */
   #dispatch(req: RpcRequest): Promise<RpcResponse> {
-    const call = () => this.#call(req);
+    const held: Promise<unknown>[] = [];
+    const hold: HoldWork = (work) => held.push(work.catch(() => {}));
+    const call = () => this.#call(req, hold);
+    // Called once the handler has answered (so `held` is complete); undefined: nothing held.
+    let heldDone: Promise<void> | undefined;
+    const settled = (): Promise<void> | undefined => {
+      if (held.length === 0 || heldDone) return heldDone;
+      const all: Promise<void> = Promise.all(held).then(() => {
+        this.#inFlight.delete(all);
+        if (this.#inFlight.size === 0) this.#armIdle();
+      });
+      this.#inFlight.add(all);
+      return heldDone = all;
+    };
     switch (req.command) {
       case "STATUS":
         return call();
       case "GC":
         return this.#gate.exclusive(call);
       default:
-        return this.#perContainer(req.containerId, () => this.#gate.shared(call));
+        return this.#perContainer(
+          req.containerId,
+          () => this.#gate.shared(call, settled),
+          settled,
+        );
     }
   }
 
-  async #call(req: RpcRequest): Promise<RpcResponse> {
+  async #call(req: RpcRequest, hold: HoldWork): Promise<RpcResponse> {
     try {
-      const response = await this.#opts.handler(req);
+      const response = await this.#opts.handler(req, hold);
       if (!isPlainObject(response) || typeof response.ok !== "boolean") {
         throw new Error(`handler returned a malformed response for ${req.command}`);
       }
@@ -333,19 +361,29 @@ export class RpcServer {
     }
   }
 
-  /** Chains calls per container ID so that they never overlap. */
-  async #perContainer<T>(key: string, fn: () => Promise<T>): Promise<T> {
+  /**
+   * Chains calls per container ID so that they never overlap; the next call also waits for
+   * what `settled` resolves (work held after the answer).
+   */
+  async #perContainer<T>(
+    key: string,
+    fn: () => Promise<T>,
+    settled: () => Promise<void> | undefined,
+  ): Promise<T> {
     const previous = this.#containerChains.get(key) ?? Promise.resolve();
     let release!: () => void;
     const mine = new Promise<void>((resolve) => release = resolve);
     const tail = previous.then(() => mine);
     this.#containerChains.set(key, tail);
+    const done = () => {
+      release();
+      if (this.#containerChains.get(key) === tail) this.#containerChains.delete(key);
+    };
     try {
       await previous;
       return await fn();
     } finally {
-      release();
-      if (this.#containerChains.get(key) === tail) this.#containerChains.delete(key);
+      afterHeld(settled(), done);
     }
   }
 }
@@ -361,16 +399,20 @@ class GcGate {
   #drainWaiters: (() => void)[] = [];
   #exclusiveWaiters: (() => void)[] = [];
 
-  async shared<T>(fn: () => Promise<T>): Promise<T> {
+  /** Runs `fn` sharing the gate, which stays taken until `settled` (after `fn`) resolves. */
+  async shared<T>(fn: () => Promise<T>, settled: () => Promise<void> | undefined): Promise<T> {
     while (this.#exclusivePending > 0) {
       await new Promise<void>((resolve) => this.#exclusiveWaiters.push(resolve));
     }
     this.#shared++;
+    const done = () => {
+      this.#shared--;
+      if (this.#shared === 0) wake(this.#drainWaiters);
+    };
     try {
       return await fn();
     } finally {
-      this.#shared--;
-      if (this.#shared === 0) wake(this.#drainWaiters);
+      afterHeld(settled(), done);
     }
   }
 
@@ -391,6 +433,12 @@ class GcGate {
       if (this.#exclusivePending === 0) wake(this.#exclusiveWaiters);
     }
   }
+}
+
+/** Runs `done` once `held` settles, or at once when nothing is held. */
+function afterHeld(held: Promise<void> | undefined, done: () => void): void {
+  if (held) held.then(done, done);
+  else done();
 }
 
 function wake(waiters: (() => void)[]): void {

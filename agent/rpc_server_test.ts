@@ -182,6 +182,43 @@ Deno.test("RpcServer: GC waits for in-flight requests, holds new ones, STATUS pa
   assert.ok(t.span("STATUS:").start < gc.end, "STATUS waited for GC");
 });
 
+Deno.test("RpcServer: work held after the answer holds its container, GC and exclusive", async () => {
+  const events: string[] = [];
+  let finishHeld!: () => void;
+  const handler: RpcServerOptions["handler"] = (req, hold) => {
+    events.push(`${req.command}:${req.containerId}`);
+    if (req.command === "DEL") {
+      hold(new Promise<void>((resolve) => finishHeld = resolve).then(() => events.push("held")));
+    }
+    return Promise.resolve({ ok: true });
+  };
+  await withServer(handler, async (path, server) => {
+    // The DEL answers while its held work is still running.
+    assert.deepEqual(await call(path, request("DEL", "c1")), { ok: true });
+    const readd = call(path, request("ADD", "c1"));
+    const gc = call(path, { ...request("GC", ""), netns: "", ifname: "" });
+    const exclusive = server.exclusive(() => Promise.resolve(events.push("exclusive")));
+    assert.deepEqual(await call(path, request("STATUS", "")), { ok: true });
+    await sleep(50);
+    assert.deepEqual(events, ["DEL:c1", "STATUS:"], "ADD, GC and exclusive wait for the held work");
+    finishHeld();
+    await Promise.all([readd, gc, exclusive]);
+    assert.equal(events[2], "held");
+    assert.deepEqual(events.slice(3).sort(), ["ADD:c1", "GC:", "exclusive"]);
+  });
+});
+
+Deno.test("RpcServer: a held work that fails does not wedge the container", async () => {
+  const handler: RpcServerOptions["handler"] = (req, hold) => {
+    if (req.command === "DEL") hold(Promise.reject(new Error("veth deletion failed")));
+    return Promise.resolve({ ok: true });
+  };
+  await withServer(handler, async (path) => {
+    assert.deepEqual(await call(path, request("DEL", "c1")), { ok: true });
+    assert.deepEqual(await call(path, request("ADD", "c1")), { ok: true });
+  });
+});
+
 Deno.test("RpcServer: malformed requests get a well-formed error", async () => {
   let calls = 0;
   const handler = () => (calls++, Promise.resolve({ ok: true } as RpcResponse));

@@ -108,6 +108,8 @@ export async function runAgentBench(opts: AgentBenchOptions): Promise<ResultRow[
         ids.push(id);
         rpcAdd.push(await call(request("ADD", id, measureNs)));
         await call(request("DEL", id, measureNs));
+        // DEL answers before its veth is gone; the next ADD into this netns would wait for it.
+        await node.settled();
       }
       // The log reaches the file through this process's pipe: wait (bounded) for the last line.
       let times = new Map<string, number>();

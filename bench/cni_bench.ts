@@ -193,6 +193,10 @@ export async function runCniBench(opts: CniBenchOptions): Promise<ResultRow[]> {
       const agentCpu = key === "flock" ? await processCpuMs(agentPid) : 0;
       const add = ok(await execPlugin(node.ns.path, plugin, "ADD", id, netns), `${key} ADD`);
       const del = ok(await execPlugin(node.ns.path, plugin, "DEL", id, netns), `${key} DEL`);
+      // flock's DEL answers before its veth is gone; the kernel's deletion (~40 ms) would slow
+      // the reference's next veth deletion (measured: ptp's DEL 26 → 45 ms). Untimed, and
+      // before the agent's CPU is read, so that the deletion's CPU is counted.
+      if (key === "flock") await node.settled();
       samples[key].add.push(add.ms);
       samples[key].del.push(del.ms);
       samples[key].cycle.push(add.ms + del.ms);

@@ -78,8 +78,12 @@ class CnitoolBench implements AsyncDisposable {
     return (await this.pluginLog(command)).at(-1)?.code;
   }
 
-  /** Attachments in the agent's store, read from its database file read-only. */
-  attachments(): string[] {
+  /**
+   * Attachments in the agent's store, read from its database file read-only once pending DELs
+   * have settled (a DEL answers before its veth, and so its record, is gone).
+   */
+  async attachments(): Promise<string[]> {
+    await this.node.settled();
     const db = new DatabaseSync(join(this.node.stateDir, DB_FILE), { readOnly: true });
     try {
       const rows = db.prepare("SELECT container_id, ifname FROM attachment ORDER BY 1").all();
@@ -183,7 +187,7 @@ Deno.test({
         [`${ip4.address.split("/")[0]} ${hostIface}`, `${ip6.address.split("/")[0]} ${hostIface}`],
       );
       assert.deepEqual(await node.flockLinks(), [hostIface]);
-      assert.deepEqual(bench.attachments(), [`${containerId}/eth0`]);
+      assert.deepEqual(await bench.attachments(), [`${containerId}/eth0`]);
 
       const check = await bench.cnitool("check", network, pod);
       assert.equal(check.code, 0, `${version} check: ${check.stderr}`);
@@ -201,7 +205,7 @@ Deno.test({
         assert.equal(await podEth0(pod), undefined);
         assert.deepEqual(await node.flockLinks(), []);
         assert.deepEqual(await bench.podRoutes(), []);
-        assert.deepEqual(bench.attachments(), []);
+        assert.deepEqual(await bench.attachments(), []);
         assert.deepEqual(await cniCacheEntries(network), []);
       }
     }
@@ -230,7 +234,7 @@ Deno.test({
     const delGone = await bench.cnitool("del", network, gonePath);
     assert.equal(delGone.code, 0, delGone.stderr);
     const uncachedId = await cnitoolContainerId(uncached.path);
-    assert.deepEqual(bench.attachments(), [`${uncachedId}/eth0`]);
+    assert.deepEqual(await bench.attachments(), [`${uncachedId}/eth0`]);
     assert.deepEqual(await node.flockLinks(), [hostIfaceName(uncachedId)]);
     assert.equal((await bench.podRoutes()).length, 2);
 
@@ -238,7 +242,7 @@ Deno.test({
     assert.equal((await removeCniCache(network)).length, 1);
     const delUncached = await bench.cnitool("del", network, uncached);
     assert.equal(delUncached.code, 0, delUncached.stderr);
-    assert.deepEqual(bench.attachments(), []);
+    assert.deepEqual(await bench.attachments(), []);
     assert.deepEqual(await node.flockLinks(), []);
     assert.deepEqual(await bench.podRoutes(), []);
     assert.equal(await podEth0(uncached), undefined);
@@ -287,7 +291,7 @@ Deno.test({
     assert.equal(gc.code, 0, gc.stdout);
     assert.equal(gc.stdout, "");
     assert.deepEqual(
-      bench.attachments(),
+      await bench.attachments(),
       [cachedId, keptId, "leak-kept"].sort().map((id) => `${id}/eth0`),
     );
     assert.equal(await podEth0(leakedGone), undefined);
@@ -299,7 +303,7 @@ Deno.test({
     // releases the rest (the leaked one it never knew about).
     const gcAll = await bench.cnitool("gc", network, kept);
     assert.equal(gcAll.code, 0, gcAll.stderr);
-    assert.deepEqual(bench.attachments(), []);
+    assert.deepEqual(await bench.attachments(), []);
     assert.deepEqual(await node.flockLinks(), []);
     assert.deepEqual(await bench.podRoutes(), []);
     for (const pod of [kept, cached, leakedKept]) assert.equal(await podEth0(pod), undefined);
@@ -383,7 +387,7 @@ Deno.test({
     await node.startAgent();
     const del = await bench.cnitool("del", network, pod);
     assert.equal(del.code, 0, del.stderr);
-    assert.deepEqual(bench.attachments(), []);
+    assert.deepEqual(await bench.attachments(), []);
     assert.deepEqual(await node.flockLinks(), []);
   },
 });

@@ -361,21 +361,46 @@ Deno.test({
     );
 
     await t.step(
-      "del-after-teardown: the restart restores the pod, the DEL retry removes it",
+      "del-after-releasing: the restart finishes the release, the DEL retry succeeds",
       async () => {
         const add = await node.cni("ADD", pod);
         assert.equal(add.code, 0, add.stdout);
-        await crashDuring("del-after-teardown", "DEL");
-        // The record outlived the crash, so the pod is whole again until the runtime's retry.
-        await assertNodeHolds(node, [peer, { containerId: "victim", ips: podIps }]);
-        await reachable();
+        await crashDuring("del-after-releasing", "DEL");
+        // The record was durably releasing: the restart's reconcile removed what was left.
+        await assertNodeHolds(node, [peer], "after the crash before DEL answered");
+        assert.deepEqual(await podAddresses(podNs), [], "the pod interface is gone");
         const retry = await node.cni("DEL", pod);
         assert.equal(retry.code, 0, retry.stdout);
         await assertNodeHolds(node, [peer]);
       },
     );
 
+    await t.step(
+      "del-after-teardown: DEL answered, the agent died before releasing; the restart does it",
+      async () => {
+        const add = await node.cni("ADD", pod);
+        assert.equal(add.code, 0, add.stdout);
+        await node.kill();
+        await node.startAgent({ env: { [CRASH_ENV]: "del-after-teardown" } });
+        // The veth goes after the answer, so the DEL succeeds and the agent dies afterwards.
+        const del = await node.cni("DEL", pod);
+        assert.equal(del.code, 0, del.stdout);
+        assert.equal((await agentExit(node)).signal, "SIGKILL", "the agent died after answering");
+        await node.kill();
+        await node.startAgent();
+        await assertNodeHolds(node, [peer], "after the restart");
+        // The addresses were released (cooldown 0): a new pod gets the same ones.
+        const again = await node.cni("ADD", pod);
+        assert.equal(again.code, 0, again.stdout);
+        assert.deepEqual(resultIps(again.json).sort(), podIps);
+        await reachable();
+        assert.equal((await node.cni("DEL", pod)).code, 0);
+        await assertNodeHolds(node, [peer]);
+      },
+    );
+
     assert.equal((await node.cni("DEL", { containerId: "peer", netns: peerNs.path })).code, 0);
+    await node.settled();
     assert.deepEqual(storeRecords(node), []);
     await assertNodeHolds(node, []);
   },

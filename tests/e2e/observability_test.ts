@@ -144,7 +144,10 @@ Deno.test({
       args: podArgs("web-1"),
     });
     assert.equal(del.code, 0, del.stdout);
+    // DEL answers before its veth is gone; the addresses are released after.
+    await node.settled();
     const m2 = await scrape(node);
+    assert.equal(m2.get('flock_attachments{state="releasing"}'), 0);
     assert.equal(m2.get('flock_cni_requests_total{command="DEL",result="ok"}'), 1);
     assert.equal(m2.get('flock_cni_request_duration_seconds_count{command="DEL"}'), 1);
     assert.equal(m2.get('flock_ipam_addresses_allocated{family="ipv6",cidr="fd00:66::/64"}'), 1);

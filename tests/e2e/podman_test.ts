@@ -133,8 +133,9 @@ Deno.test({
       // agent killed with SIGKILL and started again keeps every running container's network.
       const stop = await podman(["stop", "--time", "0", names[1]], opts);
       assert.equal(stop.code, 0, stop.stderr);
-      assert.deepEqual(storedAttachments(node).length, 1);
+      // flockLinks first: it waits for the DEL's veth deletion, which ends with the record's.
       assert.equal((await node.flockLinks()).length, 1);
+      assert.deepEqual(storedAttachments(node).length, 1);
       const start = await podman(["start", names[1]], opts);
       assert.equal(start.code, 0, `${start.stderr}\n${await node.agentLog()}`);
       addresses[1] = (await containerAddresses(await sandboxOf(names[1], opts)))

@@ -19,6 +19,8 @@ import { type ExecResult, run, runOk } from "./exec.ts";
 import { createNode, type NodeFixture, type NodeOptions, TestNamespace } from "./netns.ts";
 import { denoPath, REPO_ROOT } from "./tools.ts";
 import type { NodeConfigSpec } from "../../agent/config.ts";
+import { callAgent } from "../../cni.ts";
+import { STATUS_DETAIL_KEY, type StatusSnapshot } from "../../agent/status_snapshot.ts";
 
 export { TestNamespace };
 
@@ -324,8 +326,39 @@ export class FlockNode implements AsyncDisposable {
     return JSON.parse(r.stdout);
   }
 
-  /** Names of the flock host interfaces on the node. */
+  /**
+   * Waits until no attachment is `releasing`: a DEL answers before its veth is gone (the
+   * kernel takes ~40 ms to delete one), so what a test reads of the node right after a DEL
+   * must wait for that. Returns at once when no agent answers (nothing can progress until a
+   * restart, whose reconcile finishes them); throws after `timeoutMs`.
+   */
+  async settled(timeoutMs = 10_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const r = await callAgent(this.socketPath, {
+        command: "STATUS",
+        containerId: "",
+        netns: "",
+        ifname: "",
+        args: "",
+        config: { cniVersion: "1.1.0", name: "settled", type: "flock", [STATUS_DETAIL_KEY]: true },
+      }, 5_000);
+      if (!r.ok) return;
+      const releasing = (r.result as unknown as StatusSnapshot).attachments
+        .filter((a) => a.state === "releasing");
+      if (releasing.length === 0) return;
+      if (Date.now() > deadline) {
+        throw new Error(
+          `still releasing after ${timeoutMs} ms: ${releasing.map((a) => a.containerId)}`,
+        );
+      }
+      await new Promise((res) => setTimeout(res, 5));
+    }
+  }
+
+  /** Names of the flock host interfaces on the node, once pending DELs have {@link settled}. */
   async flockLinks(): Promise<string[]> {
+    await this.settled();
     const links = await this.ns.ipJson<{ ifname: string }[]>(["link", "show"]);
     return links.map((l) => l.ifname).filter((n) => n.startsWith("flock"));
   }
@@ -338,6 +371,7 @@ export class FlockNode implements AsyncDisposable {
   async flockRoutes(
     withSummaries = false,
   ): Promise<{ dst: string; dev?: string; type?: string }[]> {
+    await this.settled();
     const out: { dst: string; dev?: string; type?: string }[] = [];
     for (const family of ["-4", "-6"]) {
       out.push(
