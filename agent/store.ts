@@ -204,6 +204,13 @@ export class Store {
   readonly path: string;
   #db: DatabaseSync;
   #stmts: ReturnType<typeof prepareAll>;
+  /**
+   * Diagnostic statements, prepared on first use and kept: Deno 2.9.6's node:sqlite does not
+   * give a statement's native memory back when the statement is garbage-collected (~27 KiB
+   * for an integrity check), so preparing per call grew the agent by ~55 KiB per
+   * `flock status` (bench/README.md, "Memory").
+   */
+  readonly #diagnostics = new Map<string, StatementSync>();
 
   private constructor(path: string, db: DatabaseSync) {
     this.path = path;
@@ -252,7 +259,7 @@ export class Store {
     foreignKeys: number;
     userVersion: number;
   } {
-    const one = (sql: string) => Object.values(this.#db.prepare(sql).get() ?? {})[0];
+    const one = (sql: string) => Object.values(this.#diagnostic(sql).get() ?? {})[0];
     return {
       journalMode: String(one("PRAGMA journal_mode")),
       synchronous: Number(one("PRAGMA synchronous")),
@@ -413,12 +420,17 @@ export class Store {
 
   /** "ok", or the problems found by SQLite's integrity and foreign-key checks. */
   integrityCheck(): string {
-    const problems = (this.#db.prepare("PRAGMA integrity_check").all() as Record<string, unknown>[])
-      .map((r) => String(Object.values(r)[0]))
-      .filter((m) => m !== "ok");
-    const fk = this.#db.prepare("PRAGMA foreign_key_check").all() as Record<string, unknown>[];
+    const integrity = this.#diagnostic("PRAGMA integrity_check").all() as Record<string, unknown>[];
+    const problems = integrity.map((r) => String(Object.values(r)[0])).filter((m) => m !== "ok");
+    const fk = this.#diagnostic("PRAGMA foreign_key_check").all() as Record<string, unknown>[];
     for (const r of fk) problems.push(`foreign key violation: ${JSON.stringify({ ...r })}`);
     return problems.length === 0 ? "ok" : problems.join("; ");
+  }
+
+  #diagnostic(sql: string): StatementSync {
+    let statement = this.#diagnostics.get(sql);
+    if (!statement) this.#diagnostics.set(sql, statement = this.#db.prepare(sql));
+    return statement;
   }
 
   /** Closes the database; the store is unusable afterwards. Idempotent. */
