@@ -44,7 +44,7 @@ export interface AgentBenchOptions {
 const CONFIG = { cidr6: "fd00:98::/64", cidr4: "10.98.0.0/16" };
 const RPC_TIMEOUT_MS = 30_000;
 /** Quiet time before the last RSS reading (V8's memory reducer starts 8 s after activity). */
-const LONG_IDLE_MS = 12_000;
+const LONG_IDLE_MS = 20_000;
 
 /** Agent-side and round-trip times of one series of requests. */
 interface Series {
