@@ -37,6 +37,9 @@ import {
 import { bgpSessions } from "../bird/control.ts";
 import { trimFreedMemory } from "./malloc_trim.ts";
 
+/** How often DEL releases whose background veth deletion failed are retried. */
+const RELEASE_SWEEP_MS = 30_000;
+
 /** Default directory of the node-local store. */
 export const DEFAULT_STATE_DIR = "/var/lib/flock";
 /** How long a released address rests before it is handed out again. */
@@ -93,6 +96,7 @@ export class Agent {
   /** The node's own addresses (cluster mode: its Node's InternalIPs), for the router id. */
   #nodeAddresses: readonly string[] = [];
   #anycast?: AnycastRoutes;
+  #releaseSweep?: ReturnType<typeof setInterval>;
 
   constructor(readonly options: AgentOptions) {
     this.log = options.log ?? jsonLog;
@@ -194,7 +198,34 @@ export class Agent {
     this.#anycast?.stopResync();
     this.#anycast = anycast;
     anycast.startResync();
+    this.#releaseSweep ??= setInterval(() => this.#finishStuckReleases(), RELEASE_SWEEP_MS);
+    Deno.unrefTimer(this.#releaseSweep);
     return report;
+  }
+
+  /**
+   * A DEL whose background veth deletion failed leaves its record `releasing` (addresses held),
+   * and runtimes never repeat a DEL that succeeded: retry those here. Under `exclusive`, so every
+   * removal still in flight has settled and what is left is stuck.
+   */
+  async #finishStuckReleases(): Promise<void> {
+    const handler = this.#handler;
+    if (!handler || !this.#server || !this.#store?.listByState("releasing").length) return;
+    await this.#server.exclusive(async () => {
+      for (const rec of this.#store?.listByState("releasing") ?? []) {
+        try {
+          handler.release(rec);
+          this.log({ msg: "finished a stuck release", containerId: rec.containerId });
+        } catch (e) {
+          this.log({
+            level: "error",
+            msg: "retrying a stuck release failed",
+            containerId: rec.containerId,
+            error: String(e),
+          });
+        }
+      }
+    }).catch((e) => this.log({ level: "error", msg: "release sweep failed", error: String(e) }));
   }
 
   /** Summary routes now; BIRD's reload runs in the background and is recorded when done. */
@@ -418,6 +449,7 @@ export class Agent {
 
   /** Stops serving and closes the store. */
   async close(): Promise<void> {
+    clearInterval(this.#releaseSweep);
     this.#anycast?.stopResync();
     await this.#routing?.close();
     await this.#server?.close();
