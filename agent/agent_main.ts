@@ -58,6 +58,17 @@ export async function agentMain(args: string[]): Promise<number> {
     console.error(`flock agent: --http: ${(e as Error).message}`);
     return 2;
   }
+  if ((values["bird-config"] === undefined) !== (values["bird-socket"] === undefined)) {
+    console.error("flock agent: --bird-config and --bird-socket go together");
+    return 2;
+  }
+  const bird = values["bird-config"]
+    ? {
+      configPath: values["bird-config"],
+      socketPath: values["bird-socket"]!,
+      birdcPath: values.birdc,
+    }
+    : undefined;
   const log = createLogger({ level });
   // Cluster mode (no --config): the Kubernetes client is loaded here and only here.
   let cluster: ClusterMode | undefined;
@@ -76,17 +87,6 @@ export async function agentMain(args: string[]): Promise<number> {
       return 2;
     }
   }
-  if ((values["bird-config"] === undefined) !== (values["bird-socket"] === undefined)) {
-    console.error("flock agent: --bird-config and --bird-socket go together");
-    return 2;
-  }
-  const bird = values["bird-config"]
-    ? {
-      configPath: values["bird-config"],
-      socketPath: values["bird-socket"]!,
-      birdcPath: values.birdc,
-    }
-    : undefined;
   const agent = new Agent({
     bird,
     log,
@@ -141,11 +141,11 @@ export async function agentMain(args: string[]): Promise<number> {
   }
   agent.configure(config);
   agent.log({ msg: "ready", node: nodeName });
+  const { promise: stopped, resolve } = Promise.withResolvers<string>();
+  for (const sig of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(sig, () => resolve(sig));
   // SIGHUP re-reads the config file and applies BGP changes without touching pods.
   const configPath = values.config;
   Deno.addSignalListener("SIGHUP", () => reloadRouting(agent, configPath));
-  const { promise: stopped, resolve } = Promise.withResolvers<string>();
-  for (const sig of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(sig, () => resolve(sig));
   const signal = await stopped;
   agent.log({ msg: "stopping", signal });
   await http?.close();
