@@ -211,7 +211,7 @@ export class Agent {
   async #finishStuckReleases(): Promise<void> {
     const handler = this.#handler;
     if (!handler || !this.#server || !this.#store?.listByState("releasing").length) return;
-    await this.#server.exclusive(async () => {
+    await this.#server.exclusive(() => {
       for (const rec of this.#store?.listByState("releasing") ?? []) {
         try {
           handler.release(rec);
@@ -225,6 +225,7 @@ export class Agent {
           });
         }
       }
+      return Promise.resolve();
     }).catch((e) => this.log({ level: "error", msg: "release sweep failed", error: String(e) }));
   }
 
