@@ -225,6 +225,9 @@ export class DemoLab implements AsyncDisposable {
     await must("ip", ["-n", ns, "addr", "add", `${plan.ipv4}/24`, "dev", "eth0"]);
     // nodad: the address is usable at once (BIRD announces it as the IPv6 next hop).
     await must("ip", ["-n", ns, "addr", "add", `${plan.ipv6}/64`, "dev", "eth0", "nodad"]);
+    // A fresh link-local is tentative for ~1 s (DAD), and the kernel sends no neighbour
+    // solicitation without a usable one: the first cross-node IPv6 packet would wait 1 s.
+    await must("ip", ["netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0"]);
     await must("ip", ["-n", ns, "link", "set", "eth0", "up"]);
     // The agent's health endpoint listens on the node's loopback.
     await must("ip", ["-n", ns, "link", "set", "lo", "up"]);
