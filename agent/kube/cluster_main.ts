@@ -10,8 +10,6 @@ import { KubeApi } from "./api.ts";
 import { ClusterMode, DEFAULT_CONFIG_WAIT_MS } from "./cluster.ts";
 import type { NodeConfig } from "../config.ts";
 
-export { ClusterMode };
-
 /** Options of {@link openClusterMode}. */
 export interface OpenClusterOptions {
   nodeName: string;

@@ -13,12 +13,10 @@
  * @module
  */
 
+import { ANNOTATION_PREFIX } from "../annotations.ts";
 import { CniCode, CniError } from "../protocol.ts";
 import type { KubeObject } from "./api.ts";
 import type { CacheChange } from "./object_cache.ts";
-
-/** Annotation prefix flock reads. */
-export const FLOCK_ANNOTATION_PREFIX = "flock.fritzlab.net/";
 
 /** Default bound of the wait for a pod the informer has not delivered yet. */
 export const DEFAULT_POD_WAIT_MS = 5_000;
@@ -33,7 +31,7 @@ export interface PodInfo {
 export function projectPod(obj: KubeObject): PodInfo {
   const annotations: Record<string, string> = {};
   for (const [k, v] of Object.entries(obj.metadata?.annotations ?? {})) {
-    if (k.startsWith(FLOCK_ANNOTATION_PREFIX) && typeof v === "string") annotations[k] = v;
+    if (k.startsWith(ANNOTATION_PREFIX) && typeof v === "string") annotations[k] = v;
   }
   return { uid: obj.metadata?.uid ?? "", annotations };
 }
