@@ -49,8 +49,6 @@ export interface FlockNodeOptions {
   startAgent?: boolean;
   /** Extra arguments for `flock agent` (e.g. `--bird-config`, `--bird-socket`). */
   agentArgs?: string[];
-  /** Extra keys for the plugin entry of the conflist. */
-  pluginExtras?: Record<string, unknown>;
   /**
    * The conflist's network name (`flock install --network-name`); default unique to this node
    * and process, because libcni caches results machine-wide per network name and container ID.
