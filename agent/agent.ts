@@ -9,7 +9,7 @@ import { Datapath } from "./datapath.ts";
 import { CniCode, CniError, type RpcRequest, type RpcResponse } from "./protocol.ts";
 import { Store } from "./store.ts";
 import type { NodeConfig } from "./config.ts";
-import { AddressPool } from "./ipam.ts";
+import { AddressPool, DEFAULT_COOLDOWN_MS } from "./ipam.ts";
 import { parseCniArgs, PodHandler } from "./pod_handler.ts";
 import { reconcile, type ReconcileReport } from "./reconcile.ts";
 import { AnycastRoutes } from "./anycast.ts";
@@ -42,8 +42,6 @@ const RELEASE_SWEEP_MS = 30_000;
 
 /** Default directory of the node-local store. */
 export const DEFAULT_STATE_DIR = "/var/lib/flock";
-/** How long a released address rests before it is handed out again. */
-export const DEFAULT_COOLDOWN_MS = 30_000;
 
 /** Options of an {@link Agent}. */
 export interface AgentOptions {
