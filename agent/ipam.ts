@@ -24,6 +24,7 @@ import {
   prefixSize,
 } from "../netlink/ip.ts";
 import { CniCode, CniError } from "./protocol.ts";
+import { fnv1a64 } from "./fnv.ts";
 
 /** How a free address is picked; the `flock.fritzlab.net/ip-algo` annotation. */
 export type AlgoName = "next" | "lowest" | "random" | "hash";
@@ -91,15 +92,6 @@ function reservedBounds(cidr: Prefix): [bigint | undefined, bigint | undefined] 
   const base = ipToBigInt(networkOf(cidr));
   const last = base + prefixSize(cidr) - 1n;
   return [base, cidr.ip.family === AF_INET ? last : undefined];
-}
-
-/** 64-bit FNV-1a of the UTF-8 bytes of `text`. */
-export function fnv1a64(text: string): bigint {
-  let h = 0xcbf29ce484222325n;
-  for (const byte of new TextEncoder().encode(text)) {
-    h = BigInt.asUintN(64, (h ^ BigInt(byte)) * 0x100000001b3n);
-  }
-  return h;
 }
 
 /** Options of an {@link AddressPool}. */

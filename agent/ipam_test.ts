@@ -4,7 +4,6 @@ import {
   AddressInUseError,
   AddressPool,
   type AddressPoolOptions,
-  fnv1a64,
   NO_FREE_ADDRESS,
   PoolExhaustedError,
   unusableReason,
@@ -112,12 +111,6 @@ Deno.test("hash: stable per key, different keys spread, collisions probe forward
   c.release(parseIP(first));
   clock.t += 30_000;
   assert.equal(formatIP(c.allocate({ algo: "hash", key: "kube-system/dns" })), first);
-});
-
-Deno.test("fnv1a64 matches the reference vectors", () => {
-  assert.equal(fnv1a64(""), 0xcbf29ce484222325n);
-  assert.equal(fnv1a64("a"), 0xaf63dc4c8601ec8cn);
-  assert.equal(fnv1a64("foobar"), 0x85944171f73967e8n);
 });
 
 Deno.test("sub-range: every algorithm stays inside it", () => {

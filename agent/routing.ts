@@ -27,6 +27,7 @@ import { type BirdConfigInput, type BirdMeshPeer, renderBirdConfig } from "../bi
 import { BirdControl, type BirdReloadStatus } from "../bird/control.ts";
 import type { NodeConfig } from "./config.ts";
 import { FLOCK_ROUTE_PROTOCOL } from "./datapath.ts";
+import { fnv1a32 } from "./fnv.ts";
 
 /** Where BIRD is, when the agent drives one. */
 export interface BirdTarget {
@@ -93,11 +94,7 @@ export function routerIdFor(
       return { id: formatIP(ip), source: "nodeInternalIP" };
     }
   }
-  let hash = 0x811c9dc5;
-  for (const byte of new TextEncoder().encode(nodeName)) {
-    hash ^= byte;
-    hash = Math.imul(hash, 0x01000193) >>> 0;
-  }
+  let hash = fnv1a32(nodeName);
   if (hash === 0) hash = 1; // 0.0.0.0 is not a valid router id
   return {
     id: [hash >>> 24, (hash >>> 16) & 255, (hash >>> 8) & 255, hash & 255].join("."),
