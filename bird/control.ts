@@ -17,6 +17,8 @@
  * @module
  */
 
+import { run } from "../agent/exec.ts";
+
 /** What the last reload did, for logs and `flock status`. */
 export interface BirdReloadStatus {
   /**
@@ -65,34 +67,19 @@ export interface CommandOutput {
 }
 
 /**
- * Runs `program args…` (no shell) within `timeoutMs`; stdout and stderr come back as one text.
- * Never throws: a program that cannot start is exit code 127, a timeout 124.
+ * Runs `program args…` (no shell) within `timeoutMs`; stdout and stderr come back as one text
+ * (a timeout says so at its end). Never throws: a program that cannot start is exit code 127.
  */
 export async function runCommand(
   program: string,
   args: string[],
   timeoutMs: number,
 ): Promise<CommandOutput> {
-  const abort = new AbortController();
-  const timer = setTimeout(() => abort.abort(), timeoutMs);
   try {
-    const out = await new Deno.Command(program, {
-      args,
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-      signal: abort.signal,
-    }).output();
-    const dec = new TextDecoder();
-    const text = (dec.decode(out.stdout) + dec.decode(out.stderr)).trim();
-    if (abort.signal.aborted) {
-      return { code: 124, text: `${text}\n[timed out after ${timeoutMs} ms]` };
-    }
-    return { code: out.code, text };
+    const out = await run([program, ...args], { timeoutMs });
+    return { code: out.code, text: (out.stdout + out.stderr).trim() };
   } catch (e) {
     return { code: 127, text: `cannot run ${program}: ${(e as Error).message}` };
-  } finally {
-    clearTimeout(timer);
   }
 }
 
