@@ -36,6 +36,7 @@ import {
   type Route,
   routeMatches,
   RT_SCOPE_LINK,
+  RT_SCOPE_NOWHERE,
   setLinkFamilySettings,
   setLinkMtu,
   setLinkNetns,
@@ -55,6 +56,8 @@ export const GATEWAY4: IP = parseIP("169.254.1.1");
 const GATEWAY6_PREFIX: Prefix = parsePrefix("fe80::1/64");
 const DEFAULT6: Prefix = parsePrefix("::/0");
 const DEFAULT4: Prefix = parsePrefix("0.0.0.0/0");
+/** Bound on the leftover host routes one teardown deletes per address. */
+const MAX_ROUTES_PER_PREFIX = 8;
 
 /** A bad argument to the datapath (nothing was changed). */
 export class DatapathInputError extends Error {
@@ -372,11 +375,20 @@ export class Datapath {
     this.#deleteLeftoverRoutes(addresses);
   }
 
-  /** Host routes die with the link; these catch routes that outlived a lost link. */
+  /**
+   * Host routes die with the link; these catch routes that outlived a lost link. Deleted by
+   * exact prefix and flock's protocol, whatever their interface, so no route dump per pod.
+   */
   #deleteLeftoverRoutes(addresses: { ipv6?: IP; ipv4?: IP }): void {
     for (const ip of [addresses.ipv6, addresses.ipv4]) {
       if (!ip) continue;
-      for (const r of flockRoutesTo(this.node, hostPrefix(ip))) deleteRoute(this.node, r);
+      const leftover: Route = {
+        dst: hostPrefix(ip),
+        protocol: FLOCK_ROUTE_PROTOCOL,
+        scope: RT_SCOPE_NOWHERE, // any scope (IPv4 matches it on delete)
+      };
+      // One route per delete: repeat until none is left (bounded; normally one or none).
+      for (let i = 0; i < MAX_ROUTES_PER_PREFIX && deleteRoute(this.node, leftover); i++);
     }
   }
 
@@ -453,8 +465,13 @@ export class Datapath {
           if (src && !defaults.some((r) => r.prefsrc && ipEqual(r.prefsrc, src))) {
             problems.push(`pod default route via ${formatIP(gw)} lacks src ${formatIP(src)}`);
           }
-          const routes = flockRoutesTo(this.node, hostPrefix(ip));
-          if (!routes.some((r) => r.oif === host.index)) {
+          // Only the routes on the pod's host veth (filtered by the kernel), not every pod's.
+          const routes = listRoutes(this.node, {
+            family: ip.family,
+            protocol: FLOCK_ROUTE_PROTOCOL,
+            oif: host.index,
+          });
+          if (!routes.some((r) => routeMatches(r, hostPrefix(ip)))) {
             problems.push(`node lacks the flock route ${formatIP(ip)} dev ${name}`);
           }
         }
@@ -478,11 +495,4 @@ function hasAddress(h: Handle, index: number, p: Prefix): boolean {
 
 function ensureAddress(h: Handle, index: number, p: Prefix): void {
   addAddress(h, { index, prefix: p, noDad: true, replace: true });
-}
-
-/** flock-tagged routes in the main table to exactly `p`. */
-export function flockRoutesTo(h: Handle, p: Prefix): Route[] {
-  return listRoutes(h, { family: p.ip.family, protocol: FLOCK_ROUTE_PROTOCOL }).filter((r) =>
-    routeMatches(r, p)
-  );
 }

@@ -99,6 +99,8 @@ export const RTN_BLACKHOLE = 6;
 export const RT_SCOPE_UNIVERSE = 0;
 export const RT_SCOPE_LINK = 253;
 export const RT_SCOPE_HOST = 254;
+/** On a route delete: match a route of any scope. */
+export const RT_SCOPE_NOWHERE = 255;
 export const RTPROT_KERNEL = 2;
 export const RTPROT_BOOT = 3;
 export const RTPROT_STATIC = 4;
