@@ -29,6 +29,8 @@ export const NODECONFIG_PLURAL = "nodeconfigs";
 export const NODECONFIG_PATH = `/apis/${FLOCK_GROUP}/${FLOCK_VERSION}/${NODECONFIG_PLURAL}`;
 /** REST path of the pods of every namespace. */
 export const PODS_PATH = "/api/v1/pods";
+/** REST path of the Nodes. */
+export const NODES_PATH = "/api/v1/nodes";
 
 /** The metadata fields flock reads. */
 export interface ObjectMeta {
@@ -116,6 +118,18 @@ type HttpsOptions = {
   key?: Uint8Array | string;
 };
 
+/** An error answer as an {@link ApiError}, with its Status object's message when it has one. */
+async function responseError(res: Response, what: string): Promise<ApiError> {
+  const text = await res.text();
+  let message = text.slice(0, 300);
+  try {
+    message = JSON.parse(text).message ?? message;
+  } catch {
+    // not a Status object
+  }
+  return new ApiError(res.status, `${what}: ${message}`);
+}
+
 function pemText(v: Uint8Array | string | undefined): string | undefined {
   if (v === undefined) return undefined;
   return typeof v === "string" ? v : new TextDecoder().decode(v);
@@ -184,17 +198,8 @@ export class KubeApi {
 
   async #json(url: URL, init: RequestInit = {}): Promise<unknown> {
     const res = await this.#fetch(url, init);
-    const text = await res.text();
-    if (!res.ok) {
-      let message = text.slice(0, 300);
-      try {
-        message = JSON.parse(text).message ?? message;
-      } catch {
-        // not a Status object
-      }
-      throw new ApiError(res.status, `${init.method ?? "GET"} ${url.pathname}: ${message}`);
-    }
-    return JSON.parse(text);
+    if (!res.ok) throw await responseError(res, `${init.method ?? "GET"} ${url.pathname}`);
+    return await res.json();
   }
 
   async #list(path: string, query: ListQuery): Promise<ListPage> {
@@ -222,12 +227,12 @@ export class KubeApi {
 
   /** One page of Nodes. */
   listNodes(query: ListQuery): Promise<ListPage> {
-    return this.#list("/api/v1/nodes", query);
+    return this.#list(NODES_PATH, query);
   }
 
   /** `Node.spec.podCIDRs` (or the single `podCIDR`) of one node. */
   async nodePodCIDRs(name: string): Promise<string[]> {
-    const node = await this.#json(this.#url(`/api/v1/nodes/${encodeURIComponent(name)}`, {})) as {
+    const node = await this.#json(this.#url(`${NODES_PATH}/${encodeURIComponent(name)}`, {})) as {
       spec?: { podCIDRs?: string[]; podCIDR?: string };
     };
     const cidrs = node.spec?.podCIDRs ?? [];
@@ -288,16 +293,7 @@ export class KubeApi {
     try {
       touch();
       res = await this.#fetch(url, { signal: controller.signal });
-      if (res.status !== 200) {
-        const text = await res.text();
-        let message = text.slice(0, 300);
-        try {
-          message = JSON.parse(text).message ?? message;
-        } catch {
-          // not a Status object
-        }
-        throw new ApiError(res.status, `watch ${path}: ${message}`);
-      }
+      if (res.status !== 200) throw await responseError(res, `watch ${path}`);
     } catch (e) {
       clearTimeout(idle);
       onDone(stopped ? undefined : e);

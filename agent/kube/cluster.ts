@@ -19,7 +19,7 @@
  */
 
 import type { NodeConfig } from "../config.ts";
-import { describeApiError, type KubeApi, NODECONFIG_PATH, PODS_PATH } from "./api.ts";
+import { describeApiError, type KubeApi, NODECONFIG_PATH, NODES_PATH, PODS_PATH } from "./api.ts";
 import { Reflector } from "./reflector.ts";
 import { Sleeper } from "./sleeper.ts";
 import { PodAnnotationIndex, type PodInfo, projectPod } from "./pod_annotations.ts";
@@ -167,7 +167,7 @@ export class ClusterMode {
       this.nodes = new Reflector({
         name: "nodes",
         source: {
-          path: "/api/v1/nodes",
+          path: NODES_PATH,
           list: (q) => api.listNodes(q),
           watch: (...args) => api.watch(...args),
         },
