@@ -24,6 +24,7 @@ import {
   AF_INET,
   AF_INET6,
   deleteRoute,
+  deleteRoutesTo,
   formatIP,
   formatPrefix,
   getLinkByName,
@@ -118,12 +119,8 @@ export interface AnycastRoutesOptions {
   log?: (fields: Record<string, unknown>) => void;
 }
 
-/** As a delete's scope, "any scope" (IPv4 matches the scope otherwise; IPv6 ignores it). */
-const RT_SCOPE_NOWHERE = 255;
 /** Default period of {@link AnycastRoutes.startResync}. */
 export const ANYCAST_RESYNC_MS = 10_000;
-/** How many flock routes to one address a removal deletes at most (strays with other metrics). */
-const MAX_STRAY_ROUTES = 8;
 
 /** Keeps the node's anycast routes equal to the store's committed holders. */
 export class AnycastRoutes {
@@ -305,12 +302,7 @@ export class AnycastRoutes {
     if (want) return replaceRoute(this.#node, want);
     // No holder left: delete by destination, which also finds routes the lookup did not show
     // (shadowed by a rule or another table's match).
-    const dst = {
-      dst: hostPrefix(address),
-      protocol: FLOCK_ROUTE_PROTOCOL,
-      scope: RT_SCOPE_NOWHERE,
-    };
-    for (let i = 0; i < MAX_STRAY_ROUTES && deleteRoute(this.#node, dst); i++);
+    deleteRoutesTo(this.#node, hostPrefix(address), FLOCK_ROUTE_PROTOCOL);
   }
 
   /** flock's route to exactly `address` in the main table, as the FIB has it (0 or 1 route). */

@@ -16,6 +16,7 @@ import {
   deleteLink,
   deleteLinkOffThread,
   deleteRoute,
+  deleteRoutesTo,
   familyName,
   formatIP,
   getLinkByIndex,
@@ -36,7 +37,6 @@ import {
   type Route,
   routeMatches,
   RT_SCOPE_LINK,
-  RT_SCOPE_NOWHERE,
   setLinkFamilySettings,
   setLinkMtu,
   setLinkNetns,
@@ -56,8 +56,6 @@ export const GATEWAY4: IP = parseIP("169.254.1.1");
 const GATEWAY6_PREFIX: Prefix = parsePrefix("fe80::1/64");
 const DEFAULT6: Prefix = parsePrefix("::/0");
 const DEFAULT4: Prefix = parsePrefix("0.0.0.0/0");
-/** Bound on the leftover host routes one teardown deletes per address. */
-const MAX_ROUTES_PER_PREFIX = 8;
 
 /** A bad argument to the datapath (nothing was changed). */
 export class DatapathInputError extends Error {
@@ -381,14 +379,7 @@ export class Datapath {
    */
   #deleteLeftoverRoutes(addresses: { ipv6?: IP; ipv4?: IP }): void {
     for (const ip of [addresses.ipv6, addresses.ipv4]) {
-      if (!ip) continue;
-      const leftover: Route = {
-        dst: hostPrefix(ip),
-        protocol: FLOCK_ROUTE_PROTOCOL,
-        scope: RT_SCOPE_NOWHERE, // any scope (IPv4 matches it on delete)
-      };
-      // One route per delete: repeat until none is left (bounded; normally one or none).
-      for (let i = 0; i < MAX_ROUTES_PER_PREFIX && deleteRoute(this.node, leftover); i++);
+      if (ip) deleteRoutesTo(this.node, hostPrefix(ip), FLOCK_ROUTE_PROTOCOL);
     }
   }
 

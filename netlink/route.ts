@@ -4,6 +4,7 @@ import {
   NLM_F_CREATE,
   NLM_F_EXCL,
   NLM_F_REPLACE,
+  RT_SCOPE_NOWHERE,
   RT_SCOPE_UNIVERSE,
   RT_TABLE_MAIN,
   RTA_DST,
@@ -155,6 +156,21 @@ export function deleteRoute(h: Handle, r: Route): boolean {
     if (isNotFound(e)) return false;
     throw e;
   }
+}
+
+/** Bound on the routes one {@link deleteRoutesTo} deletes (normally one or none). */
+const MAX_ROUTES_TO_ONE_PREFIX = 8;
+
+/**
+ * Deletes the routes of `protocol` in the main table to exactly `dst`, whatever their
+ * interface, gateway or scope: one request per route, no dump. Returns how many went.
+ */
+export function deleteRoutesTo(h: Handle, dst: Prefix, protocol: number): number {
+  // Scope "nowhere" on a delete matches any scope (IPv4 compares it; IPv6 ignores it).
+  const match: Route = { dst, protocol, scope: RT_SCOPE_NOWHERE };
+  let deleted = 0;
+  while (deleted < MAX_ROUTES_TO_ONE_PREFIX && deleteRoute(h, match)) deleted++;
+  return deleted;
 }
 
 /** Filter for {@link listRoutes}; table and protocol are filtered by the kernel (strict checking). */
