@@ -8,7 +8,13 @@
 import assert from "node:assert/strict";
 import { type CniCall, FlockNode, TestNamespace } from "../helpers/flock.ts";
 import { ROOT_ONLY } from "../helpers/exec.ts";
-import { assertNodeHolds, type LivePod, podAddresses, resultIps } from "../helpers/node_state.ts";
+import {
+  addLivePod,
+  assertNodeHolds,
+  type LivePod,
+  podAddresses,
+  resultIps,
+} from "../helpers/node_state.ts";
 import { assertCniError } from "../helpers/cni_output.ts";
 
 const A = "flock.fritzlab.net/";
@@ -191,9 +197,7 @@ Deno.test({
 
     // A pinned address another pod holds: nothing of the failed pod may stay taken.
     await using holderNs = await TestNamespace.create("flk-bad");
-    const holder = await node.cni("ADD", { containerId: "holder", netns: holderNs.path });
-    assert.equal(holder.code, 0, holder.stdout);
-    keep = [{ containerId: "holder", ips: resultIps(holder.json) }];
+    keep = [await addLivePod(node, "holder", holderNs.path)];
     assert.deepEqual(keep[0].ips.sort(), ["10.186.0.1", "fd00:ba::1"]);
     lowest = ["10.186.0.2", "fd00:ba::2"];
     await rejected(
@@ -287,9 +291,7 @@ Deno.test({
   async fn() {
     await using node = await FlockNode.start({ config: { cidr6: "fd00:be::/64" } });
     await using podNs = await TestNamespace.create("flk-bad");
-    const first = await node.cni("ADD", { containerId: "two-if", netns: podNs.path });
-    assert.equal(first.code, 0, first.stdout);
-    const pods: LivePod[] = [{ containerId: "two-if", ips: resultIps(first.json) }];
+    const pods: LivePod[] = [await addLivePod(node, "two-if", podNs.path)];
     const second = await node.cni("ADD", {
       containerId: "two-if",
       netns: podNs.path,

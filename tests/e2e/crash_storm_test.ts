@@ -13,6 +13,7 @@ import { FlockNode, ping, TestNamespace } from "../helpers/flock.ts";
 import { ROOT_ONLY } from "../helpers/exec.ts";
 import { Prng } from "../helpers/prng.ts";
 import {
+  addLivePod,
   assertNodeHolds,
   type LivePod,
   podAddresses,
@@ -307,9 +308,7 @@ Deno.test({
     });
     await using peerNs = await TestNamespace.create("flk-cp");
     await using podNs = await TestNamespace.create("flk-cp");
-    const peerAdd = await node.cni("ADD", { containerId: "peer", netns: peerNs.path });
-    assert.equal(peerAdd.code, 0, peerAdd.stdout);
-    const peer: LivePod = { containerId: "peer", ips: resultIps(peerAdd.json) };
+    const peer = await addLivePod(node, "peer", peerNs.path);
     // The peer holds ::1 and .1, and released addresses are reusable at once (cooldown 0).
     const podIps = ["10.198.0.2", "fd00:c6::2"];
     const pod = { containerId: "victim", netns: podNs.path };

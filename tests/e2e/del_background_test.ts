@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { FlockNode, ping, TestNamespace } from "../helpers/flock.ts";
 import { ROOT_ONLY } from "../helpers/exec.ts";
-import { assertNodeHolds, type LivePod, resultIps } from "../helpers/node_state.ts";
+import { addLivePod, assertNodeHolds, resultIps } from "../helpers/node_state.ts";
 import { hostIfaceName } from "../../agent/datapath.ts";
 import type { IpLink, IpRoute } from "../helpers/iproute.ts";
 
@@ -20,9 +20,7 @@ Deno.test({
     });
     await using peer = await TestNamespace.create("flk-dbp");
     await using pod = await TestNamespace.create("flk-dba");
-    const peerAdd = await node.cni("ADD", { containerId: "peer", netns: peer.path });
-    assert.equal(peerAdd.code, 0, peerAdd.stdout);
-    const peerPod: LivePod = { containerId: "peer", ips: resultIps(peerAdd.json) };
+    const peerPod = await addLivePod(node, "peer", peer.path);
 
     const add = await node.cni("ADD", { containerId: "victim", netns: pod.path });
     assert.equal(add.code, 0, add.stdout);
@@ -57,9 +55,7 @@ Deno.test({
 
     // Another container into the same netns right after the DEL (a runtime reusing it).
     assert.equal((await node.cni("DEL", { containerId: "victim", netns: pod.path })).code, 0);
-    const other = await node.cni("ADD", { containerId: "successor", netns: pod.path });
-    assert.equal(other.code, 0, other.stdout);
-    const successor: LivePod = { containerId: "successor", ips: resultIps(other.json) };
+    const successor = await addLivePod(node, "successor", pod.path);
     await assertNodeHolds(node, [peerPod, successor]);
     assert.equal((await node.cni("DEL", { containerId: "successor", netns: pod.path })).code, 0);
 

@@ -51,6 +51,17 @@ export function resultIps(json: { ips?: { address: string }[] }): string[] {
   return (json?.ips ?? []).map((i) => i.address.split("/")[0]);
 }
 
+/** ADDs `containerId` into `netns` through the plugin, asserts it succeeded, and tracks it. */
+export async function addLivePod(
+  node: FlockNode,
+  containerId: string,
+  netns: string,
+): Promise<LivePod> {
+  const r = await node.cni("ADD", { containerId, netns });
+  assert.equal(r.code, 0, r.stdout);
+  return { containerId, ips: resultIps(r.json) };
+}
+
 /**
  * Asserts that the node holds exactly `pods`: one committed record each with exactly their
  * addresses, no other record, one host link each, one host route per address and nothing else.
