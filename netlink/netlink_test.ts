@@ -16,6 +16,7 @@ import {
   deleteLink,
   deleteLinkOffThread,
   deleteRoute,
+  deleteRoutesTo,
   formatIP,
   formatPrefix,
   getLinkByIndex,
@@ -229,6 +230,30 @@ Deno.test("addresses: add (nodad), list, delete — both families", async () => 
         listAddresses(h, { index }).map((a) => formatPrefix(a.prefix)),
         ["fe80::1/64"],
       );
+    }));
+});
+
+Deno.test("deleteRoutesTo: every route of the protocol to the prefix, any dev or scope", async () => {
+  await withNamespaces(["flk-nl"], ([ns]) =>
+    withHandle(ns, async (h) => {
+      addVeth(h, { name: "rda", peerName: "rdb" });
+      const a = getLinkByName(h, "rda")!.index;
+      const b = getLinkByName(h, "rdb")!.index;
+      setLinkUp(h, a);
+      setLinkUp(h, b);
+      const v4 = parsePrefix("10.9.0.8/32");
+      const v6 = parsePrefix("fd00::8/128");
+      addRoute(h, { dst: v4, oif: a, scope: RT_SCOPE_LINK, protocol: PROTO });
+      addRoute(h, { dst: v4, oif: b, protocol: PROTO, priority: 20 });
+      addRoute(h, { dst: v4, oif: b, scope: RT_SCOPE_LINK, priority: 50 }); // not ours
+      addRoute(h, { dst: v6, oif: a, protocol: PROTO });
+
+      assert.equal(deleteRoutesTo(h, v4, PROTO), 2);
+      assert.equal(deleteRoutesTo(h, v6, PROTO), 1);
+      assert.equal(deleteRoutesTo(h, v6, PROTO), 0, "nothing left is not an error");
+      const left = await ns.ipJson<IpRoute[]>(["route", "show", "10.9.0.8/32"]);
+      assert.deepEqual(left.map((r) => `${r.dev} ${r.protocol}`), ["rdb static"]);
+      assert.deepEqual(await ns.ipJson<IpRoute[]>(["-6", "route", "show", "fd00::8/128"]), []);
     }));
 });
 
