@@ -16,6 +16,7 @@
 
 import { join } from "node:path";
 import { type ExecResult, run, runOk } from "./exec.ts";
+import { appendToLog } from "./child_log.ts";
 import { createNode, type NodeFixture, type NodeOptions, TestNamespace } from "./netns.ts";
 import { denoPath, REPO_ROOT } from "./tools.ts";
 import type { NodeConfigSpec } from "../../agent/config.ts";
@@ -194,7 +195,6 @@ export class FlockNode implements AsyncDisposable {
     opts: { waitReady?: boolean; env?: Record<string, string> } = {},
   ): Promise<void> {
     if (this.agent) throw new Error("agent already running");
-    const log = await Deno.open(this.agentLogPath, { append: true, create: true });
     const kubeconfig = this.options.kubeconfig;
     // Standalone: the whole agent inside the node namespace. Cluster: only its netlink handle.
     const [program, ...prefix] = kubeconfig
@@ -223,9 +223,9 @@ export class FlockNode implements AsyncDisposable {
       stdout: "null",
       stderr: "piped",
     }).spawn();
-    copyToFile(child.stderr, log);
     this.agent = child;
     this.#agentStatus = child.status;
+    await appendToLog(this.agentLogPath, child.stderr);
     if (opts.waitReady ?? true) await this.waitReady();
   }
 
@@ -399,25 +399,6 @@ export class FlockNode implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     return this.remove();
   }
-}
-
-/**
- * Appends every chunk of `stream` to `file` as it arrives, then closes the file. (`pipeTo` of
- * the file's `writable` held the agent's lines back until the agent exited, so a log read
- * while the agent ran came back empty.)
- */
-function copyToFile(stream: ReadableStream<Uint8Array>, file: Deno.FsFile): void {
-  (async () => {
-    try {
-      for await (const chunk of stream) {
-        for (let done = 0; done < chunk.length;) done += await file.write(chunk.subarray(done));
-      }
-    } catch {
-      // the agent went away mid-line; what arrived is in the file
-    } finally {
-      file.close();
-    }
-  })();
 }
 
 /** Runs `ping -c 1` from `from` to `address`; true when a reply came. */

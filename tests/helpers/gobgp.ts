@@ -12,6 +12,7 @@
 
 import { join } from "node:path";
 import { type ExecResult, run, runOk } from "./exec.ts";
+import { appendToLog } from "./child_log.ts";
 import { addAddress, type TestNamespace } from "./netns.ts";
 import { Fabric } from "./fabric.ts";
 import { gobgpdPath, gobgpPath } from "./tools.ts";
@@ -127,7 +128,6 @@ export class GobgpTor implements AsyncDisposable {
       const conf = join(dir, "gobgpd.toml");
       await Deno.writeTextFile(conf, gobgpdConfig(o));
       await runOk([gobgpdPath(), "-f", conf, "-t", "toml", "-d"]);
-      const log = await Deno.open(tor.logPath, { append: true, create: true });
       const child = new Deno.Command("nsenter", {
         args: [
           `--net=${ns.path}`,
@@ -146,10 +146,9 @@ export class GobgpTor implements AsyncDisposable {
         stdout: "piped",
         stderr: "piped",
       }).spawn();
-      child.stdout.pipeTo(log.writable).catch(() => {});
-      child.stderr.pipeTo(Deno.openSync(tor.logPath, { append: true }).writable).catch(() => {});
       tor.#child = child;
       tor.#status = child.status;
+      await appendToLog(tor.logPath, child.stdout, child.stderr);
       const deadline = Date.now() + 10_000;
       while ((await tor.gobgp(["global"])).code !== 0) {
         if (Date.now() > deadline) throw new Error(`gobgpd not up:\n${await tor.log()}`);
