@@ -95,12 +95,13 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
   }
 
   const committed = d.store.listByState("committed");
-  const held: IP[] = [];
+  /** Addresses of committed pods, canonical text (a set: one lookup per route, not per pod). */
+  const held = new Set<string>();
   for (const rec of committed) {
     for (const text of [rec.ipv6, rec.ipv4]) {
       if (!text) continue;
       const ip = parseIP(text);
-      held.push(ip);
+      held.add(formatIP(ip));
       const pool = poolFor(ip, d);
       try {
         pool?.reserve(ip);
@@ -153,8 +154,8 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
       if (r.dst.len === 32 && ipEqual(r.dst.ip, GATEWAY4)) continue;
       if (d.keepRoute?.(r.dst)) continue;
       const full = r.dst.len === (family === AF_INET ? 32 : 128);
-      if (full && held.some((ip) => ipEqual(ip, r.dst.ip))) continue;
-      if (full && anycast?.held.has(formatIP(r.dst.ip))) continue;
+      const dstText = formatIP(r.dst.ip);
+      if (full && (held.has(dstText) || anycast?.held.has(dstText))) continue;
       deleteRoute(node, r);
       report.orphanRoutes++;
       report.problems.push(`removed orphan route ${formatPrefix(r.dst)}`);
