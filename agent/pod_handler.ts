@@ -27,7 +27,7 @@ import {
   runtimeAddresses,
 } from "./annotations.ts";
 import { AddressInUseError, type AddressPool } from "./ipam.ts";
-import { buildAddResult } from "./cni_result.ts";
+import { buildAddResult, parsePrevResult } from "./cni_result.ts";
 import type { AnycastRoutes } from "./anycast.ts";
 import type { CrashHook } from "./crash_points.ts";
 
@@ -373,15 +373,12 @@ export class PodHandler {
     }
     const problems = this.deps.datapath.check(this.#podNetwork(req, rec));
     problems.push(...this.deps.anycast?.check(rec) ?? []);
-    const prev = req.config.prevResult as { ips?: { address?: string }[] } | undefined;
-    if (prev && Array.isArray(prev.ips)) {
-      const have = new Set([rec.ipv6, rec.ipv4].filter(Boolean));
-      for (const ip of prev.ips) {
-        const addr = String(ip?.address ?? "").split("/")[0];
-        const canonical = addr ? formatIP(parseIP(addr)) : "";
-        if (!have.has(canonical)) {
-          problems.push(`prevResult address ${addr} is not held by this attachment`);
-        }
+    const have = new Set([rec.ipv6, rec.ipv4].filter(Boolean));
+    for (const ip of parsePrevResult(req.config)?.ips ?? []) {
+      const addr = ip.address.split("/")[0];
+      const canonical = addr ? formatIP(parseIP(addr)) : "";
+      if (!have.has(canonical)) {
+        problems.push(`prevResult address ${addr} is not held by this attachment`);
       }
     }
     if (problems.length) {
