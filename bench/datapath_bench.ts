@@ -16,6 +16,7 @@ import { parseArgs } from "node:util";
 import { getLinkByName, Handle, parseIP } from "../netlink/mod.ts";
 import type { MessageWriter, NetlinkMessage } from "../netlink/wire.ts";
 import { Datapath, hostIfaceName, type PodNetwork } from "../agent/datapath.ts";
+import { summarize } from "./report.ts";
 
 const { values } = parseArgs({
   options: { pods: { type: "string", default: "200" }, warmup: { type: "string", default: "20" } },
@@ -95,19 +96,8 @@ function measured<T>(fn: () => T): { ms: number; requests: RequestLog; value: T 
 
 // ---- statistics ---------------------------------------------------------------------------
 
-function quantile(sorted: number[], q: number): number {
-  if (sorted.length === 0) return NaN;
-  const i = Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1);
-  return sorted[Math.max(0, i)];
-}
-
-function stats(samples: number[]) {
-  const s = [...samples].sort((a, b) => a - b);
-  return { n: s.length, median: quantile(s, 0.5), p99: quantile(s, 0.99), max: s[s.length - 1] };
-}
-
 function row(label: string, samples: number[], note = ""): string {
-  const { n, median, p99, max } = stats(samples);
+  const { n, median, p99, max } = summarize(samples);
   const f = (x: number) => x.toFixed(3).padStart(8);
   return `${label.padEnd(44)} ${String(n).padStart(5)} ${f(median)} ${f(p99)} ${f(max)}  ${note}`;
 }
@@ -188,7 +178,7 @@ try {
       Handle.forNetns(podPaths[i % PODS]).close();
       openNs.push(performance.now() - t);
     }
-    const requestsPerSetup = stats(setupRequests).median;
+    const requestsPerSetup = summarize(setupRequests).median;
     const replay: number[] = [];
     for (let i = 0; i < 300; i++) {
       const t = performance.now();
@@ -239,9 +229,9 @@ try {
       `\nrequests per setup: ${requestsPerSetup} (${setupOps.join(", ")})`,
     );
     console.log(
-      `requests per teardown: ${stats(teardownRequests).median} (${teardownOps.join(", ")})`,
+      `requests per teardown: ${summarize(teardownRequests).median} (${teardownOps.join(", ")})`,
     );
-    const median = stats(setup).median;
+    const median = summarize(setup).median;
     console.log(`\nsetup median ${median.toFixed(3)} ms: ${median < 3 ? "PASS" : "FAIL"} (< 3 ms)`);
   } finally {
     node.close();

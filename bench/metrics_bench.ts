@@ -21,6 +21,7 @@ import { createLogger } from "../agent/logger.ts";
 import type { RpcRequest } from "../agent/protocol.ts";
 import { callAgent } from "../cni.ts";
 import { createNode, type NodeFixture, TestNamespace } from "../tests/helpers/netns.ts";
+import { summarize } from "./report.ts";
 
 const { values } = parseArgs({
   options: {
@@ -35,22 +36,13 @@ if (!Number.isInteger(WARMUP) || WARMUP < 0) throw new Error("--warmup must be a
 /** The target: metrics on within this factor of off. */
 const TARGET_RATIO = 1.05;
 
-function median(samples: number[]): number {
-  const s = [...samples].sort((a, b) => a - b);
-  return s[Math.floor((s.length - 1) / 2)];
-}
-
-function p99(samples: number[]): number {
-  const s = [...samples].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.ceil(0.99 * s.length) - 1)];
-}
+const median = (samples: number[]) => summarize(samples).median;
 
 const fmt = (ms: number) => ms.toFixed(3).padStart(8);
 
 function row(label: string, samples: number[]): string {
-  return `${label.padEnd(34)} ${String(samples.length).padStart(5)} ${fmt(median(samples))} ${
-    fmt(p99(samples))
-  }`;
+  const { n, median, p99 } = summarize(samples);
+  return `${label.padEnd(34)} ${String(n).padStart(5)} ${fmt(median)} ${fmt(p99)}`;
 }
 
 const dir = await Deno.makeTempDir({ prefix: "flock-metrics-bench-" });
