@@ -44,6 +44,7 @@ import {
   setNeighTableParams,
   validateIfname,
 } from "../netlink/mod.ts";
+import { fnv1a32 } from "./fnv.ts";
 
 /** The route protocol number on every route flock installs (`ip route show proto 201`). */
 export const FLOCK_ROUTE_PROTOCOL = 201;
@@ -98,12 +99,7 @@ export interface PodInterfaces {
 
 /** FNV-1a-32 of the container ID as `flock<8 hex>` (13 bytes, fits IFNAMSIZ). */
 export function hostIfaceName(containerId: string): string {
-  let hash = 0x811c9dc5;
-  for (const byte of new TextEncoder().encode(containerId)) {
-    hash ^= byte;
-    hash = Math.imul(hash, 0x01000193) >>> 0;
-  }
-  return HOST_IFACE_PREFIX + hash.toString(16).padStart(8, "0");
+  return HOST_IFACE_PREFIX + fnv1a32(containerId).toString(16).padStart(8, "0");
 }
 
 /** Whether an interface name is one flock creates on the node. */
