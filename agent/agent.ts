@@ -40,9 +40,6 @@ import { trimFreedMemory } from "./malloc_trim.ts";
 /** How often DEL releases whose background veth deletion failed are retried. */
 const RELEASE_SWEEP_MS = 30_000;
 
-/** Default directory of the node-local store. */
-export const DEFAULT_STATE_DIR = "/var/lib/flock";
-
 /** Options of an {@link Agent}. */
 export interface AgentOptions {
   nodeName: string;
@@ -69,9 +66,6 @@ export interface AgentOptions {
   onAttachmentsChanged?: () => void;
 }
 
-/** One structured log line on stderr (level info and up). */
-export const jsonLog: (fields: Record<string, unknown>) => void = createLogger();
-
 /** The agent of one node. */
 export class Agent {
   readonly log: (fields: Record<string, unknown>) => void;
@@ -97,7 +91,8 @@ export class Agent {
   #releaseSweep?: ReturnType<typeof setInterval>;
 
   constructor(readonly options: AgentOptions) {
-    this.log = options.log ?? jsonLog;
+    // Default: JSON lines on stderr, level info and up.
+    this.log = options.log ?? createLogger();
     if (options.metrics ?? true) {
       this.metrics = new AgentMetrics(() => this.status(), this.startedAt, FLOCK_VERSION);
     }

@@ -1,7 +1,8 @@
 /** `flock agent`: argument parsing, start-up order and signal handling. */
 
 import { parseArgs } from "node:util";
-import { Agent, DEFAULT_STATE_DIR } from "./agent.ts";
+import { Agent } from "./agent.ts";
+import { DEFAULT_STATE_DIR } from "./store.ts";
 import { DEFAULT_SOCKET } from "./protocol.ts";
 import { loadNodeConfigFile } from "./config.ts";
 import { createLogger, isLogLevel, LOG_LEVELS } from "./logger.ts";
