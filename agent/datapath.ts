@@ -23,6 +23,7 @@ import {
   getLinkByName,
   Handle,
   hostPrefix,
+  IFA_F_NOPREFIXROUTE,
   IFA_F_TENTATIVE,
   IN6_ADDR_GEN_MODE_NONE,
   type IP,
@@ -34,6 +35,8 @@ import {
   parsePrefix,
   type Prefix,
   replaceRoute,
+  RequestBatch,
+  type Requester,
   type Route,
   routeMatches,
   RT_SCOPE_LINK,
@@ -213,11 +216,17 @@ export class Datapath {
     try {
       this.ensureNode();
       const { host, peer, created } = this.#ensurePair(pod, podNs);
-      this.#configureHostSide(host, pod.mtu);
-      this.#configurePodSide(pod, podNs, peer, created);
-      for (const ip of [pod.ipv6, pod.ipv4]) {
-        if (ip) replaceRoute(this.node, hostRoute(ip, host.index));
-      }
+      if (!created) removeStrayAddresses(pod, podNs, peer);
+      // One batch per side, the pod's first: a new pair's host side is still down, so the
+      // carrier comes up only with the host side's batch. The kernel then takes the link-up
+      // and DAD work it defers to its own threads (each a walk over every route and address of
+      // the node) after our last request, instead of holding the RTNL lock between them.
+      const podSide = new RequestBatch(podNs);
+      this.#configurePodSide(podSide, pod, peer);
+      podSide.flush();
+      const hostSide = new RequestBatch(this.node);
+      this.#configureHostSide(hostSide, pod, host);
+      hostSide.flush();
       return {
         hostIface: host.name,
         hostIndex: host.index,
@@ -276,43 +285,44 @@ export class Datapath {
     return { host, peer: peer!, created };
   }
 
-  #configureHostSide(host: Link, mtu?: number): void {
-    if (mtu && host.mtu !== mtu) setLinkMtu(this.node, host.index, mtu);
+  #configureHostSide(b: RequestBatch, pod: PodNetwork, host: Link): void {
+    if (pod.mtu && host.mtu !== pod.mtu) setLinkMtu(b, host.index, pod.mtu);
     if (
       host.ipv6AddrGenMode !== IN6_ADDR_GEN_MODE_NONE || !host.ipv4?.forwarding ||
       !host.ipv4?.proxyArp
     ) {
-      setLinkFamilySettings(this.node, host.index, {
+      setLinkFamilySettings(b, host.index, {
         ipv6AddrGenMode: IN6_ADDR_GEN_MODE_NONE,
         ipv4Forwarding: true,
         ipv4ProxyArp: true,
       });
       // Proxy ARP otherwise waits up to 0.8 s before answering for 169.254.1.1.
-      setNeighTableParams(this.node, AF_INET, host.index, { proxyDelayMs: 0 });
+      setNeighTableParams(b, AF_INET, host.index, { proxyDelayMs: 0 });
     }
-    if (!host.up) setLinkUp(this.node, host.index);
-    ensureAddress(this.node, host.index, GATEWAY6_PREFIX);
+    // No fe80::/64 route per veth: the node never sends to a pod's link-local address (pods
+    // have none), and every such route is one more entry the kernel walks on each link change.
+    addAddress(b, {
+      index: host.index,
+      prefix: GATEWAY6_PREFIX,
+      noDad: true,
+      replace: true,
+      flags: IFA_F_NOPREFIXROUTE,
+    });
+    if (!host.up) setLinkUp(b, host.index);
+    for (const ip of [pod.ipv6, pod.ipv4]) {
+      if (ip) replaceRoute(b, hostRoute(ip, host.index));
+    }
   }
 
-  #configurePodSide(pod: PodNetwork, podNs: Handle, peer: Link, created: boolean): void {
-    if (pod.mtu && peer.mtu !== pod.mtu) setLinkMtu(podNs, peer.index, pod.mtu);
-    if (!created) {
-      // A reused interface may carry an address of an earlier attempt (a retry that got
-      // another address from IPAM): remove what the pod should not have.
-      const wanted = podAddresses(pod);
-      for (const a of listAddresses(podNs, { index: peer.index })) {
-        if (!wanted.some((ip) => ipEqual(ip, a.prefix.ip))) {
-          deleteAddress(podNs, peer.index, a.prefix);
-        }
-      }
-    }
+  #configurePodSide(b: RequestBatch, pod: PodNetwork, peer: Link): void {
+    if (pod.mtu && peer.mtu !== pod.mtu) setLinkMtu(b, peer.index, pod.mtu);
     if (peer.ipv6AddrGenMode !== IN6_ADDR_GEN_MODE_NONE) {
-      setLinkFamilySettings(podNs, peer.index, { ipv6AddrGenMode: IN6_ADDR_GEN_MODE_NONE });
+      setLinkFamilySettings(b, peer.index, { ipv6AddrGenMode: IN6_ADDR_GEN_MODE_NONE });
     }
-    if (!peer.up) setLinkUp(podNs, peer.index);
+    if (!peer.up) setLinkUp(b, peer.index);
     if (pod.ipv6) {
-      ensureAddress(podNs, peer.index, hostPrefix(pod.ipv6));
-      replaceRoute(podNs, {
+      ensureAddress(b, peer.index, hostPrefix(pod.ipv6));
+      replaceRoute(b, {
         dst: DEFAULT6,
         gateway: GATEWAY6,
         oif: peer.index,
@@ -320,9 +330,9 @@ export class Datapath {
       });
     }
     if (pod.ipv4) {
-      ensureAddress(podNs, peer.index, hostPrefix(pod.ipv4));
-      replaceRoute(podNs, { dst: hostPrefix(GATEWAY4), oif: peer.index, scope: RT_SCOPE_LINK });
-      replaceRoute(podNs, {
+      ensureAddress(b, peer.index, hostPrefix(pod.ipv4));
+      replaceRoute(b, { dst: hostPrefix(GATEWAY4), oif: peer.index, scope: RT_SCOPE_LINK });
+      replaceRoute(b, {
         dst: DEFAULT4,
         gateway: GATEWAY4,
         oif: peer.index,
@@ -330,7 +340,7 @@ export class Datapath {
       });
     }
     // After the pod's own addresses, so those stay the first (primary) ones of each family.
-    for (const ip of pod.anycast ?? []) ensureAddress(podNs, peer.index, hostPrefix(ip));
+    for (const ip of pod.anycast ?? []) ensureAddress(b, peer.index, hostPrefix(ip));
   }
 
   /**
@@ -480,6 +490,17 @@ function hasAddress(h: Handle, index: number, p: Prefix): boolean {
   );
 }
 
-function ensureAddress(h: Handle, index: number, p: Prefix): void {
+/**
+ * A reused pod interface may carry an address of an earlier attempt (a retry that got another
+ * address from IPAM): removes what the pod should not have.
+ */
+function removeStrayAddresses(pod: PodNetwork, podNs: Handle, peer: Link): void {
+  const wanted = podAddresses(pod);
+  for (const a of listAddresses(podNs, { index: peer.index })) {
+    if (!wanted.some((ip) => ipEqual(ip, a.prefix.ip))) deleteAddress(podNs, peer.index, a.prefix);
+  }
+}
+
+function ensureAddress(h: Requester, index: number, p: Prefix): void {
   addAddress(h, { index, prefix: p, noDad: true, replace: true });
 }

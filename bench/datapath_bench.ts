@@ -5,7 +5,8 @@
  *
  * Pod namespaces are created with `ip netns add` before the timed region and
  * deleted afterwards (also on failure). Every request the library sends is
- * counted and timed by wrapping `Handle.prototype.execute` / `dump`.
+ * counted and timed by wrapping `Handle.prototype.execute`, `dump` and `executeAll` (a batch of
+ * requests sent in one datagram counts as one round trip).
  *
  * Run as root: `deno run -A --no-lock bench/datapath_bench.ts [--pods 200]`
  *
@@ -13,7 +14,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { getLinkByName, Handle, parseIP } from "../netlink/mod.ts";
+import { getLinkByName, Handle, parseIP, type QueuedRequest } from "../netlink/mod.ts";
 import type { MessageWriter, NetlinkMessage } from "../netlink/wire.ts";
 import { Datapath, hostIfaceName, type PodNetwork } from "../agent/datapath.ts";
 import { summarize } from "./report.ts";
@@ -65,22 +66,35 @@ const proto = Handle.prototype as unknown as Record<
   "execute" | "dump",
   (this: Handle, msg: MessageWriter, op: string) => NetlinkMessage[]
 >;
+const short = (op: string) => op.replace(/#\d+|[0-9a-f:.]+\/\d+|flock[0-9a-f]{8}/g, "…");
+/** Times `call` as one round trip named `op` when a measurement is running. */
+function logged<T>(op: () => string, call: () => T): T {
+  if (!log) return call();
+  const t0 = performance.now();
+  try {
+    return call();
+  } finally {
+    const ms = performance.now() - t0;
+    log.ms += ms;
+    log.opMs.push(ms);
+    log.count++;
+    log.ops.push(op());
+  }
+}
 for (const method of ["execute", "dump"] as const) {
   const original = proto[method];
   proto[method] = function (msg, op) {
-    if (!log) return original.call(this, msg, op);
-    const t0 = performance.now();
-    try {
-      return original.call(this, msg, op);
-    } finally {
-      const ms = performance.now() - t0;
-      log.ms += ms;
-      log.opMs.push(ms);
-      log.count++;
-      log.ops.push(op.replace(/#\d+|[0-9a-f:.]+\/\d+|flock[0-9a-f]{8}/g, "…"));
-    }
+    return logged(() => short(op), () => original.call(this, msg, op));
   };
 }
+// A batch is one round trip: one datagram out, its ACKs back.
+const executeAll = Handle.prototype.executeAll;
+Handle.prototype.executeAll = function (requests: QueuedRequest[]) {
+  return logged(
+    () => `batch [${requests.map((r) => short(r.operation)).join("; ")}]`,
+    () => executeAll.call(this, requests),
+  );
+};
 
 function measured<T>(fn: () => T): { ms: number; requests: RequestLog; value: T } {
   const requests: RequestLog = { count: 0, ms: 0, ops: [], opMs: [] };
@@ -226,10 +240,10 @@ try {
       row(`bare: ${requestsPerSetup} × RTM_GETLINK (= setup's count)`, replay),
     );
     console.log(
-      `\nrequests per setup: ${requestsPerSetup} (${setupOps.join(", ")})`,
+      `\nround trips per setup: ${requestsPerSetup} (${setupOps.join(", ")})`,
     );
     console.log(
-      `requests per teardown: ${summarize(teardownRequests).median} (${teardownOps.join(", ")})`,
+      `round trips per teardown: ${summarize(teardownRequests).median} (${teardownOps.join(", ")})`,
     );
     const median = summarize(setup).median;
     console.log(`\nsetup median ${median.toFixed(3)} ms: ${median < 3 ? "PASS" : "FAIL"} (< 3 ms)`);

@@ -14,7 +14,7 @@ import {
   RTM_NEWADDR,
 } from "./consts.ts";
 import { type Family, formatPrefix, type IP, type Prefix } from "./ip.ts";
-import type { Handle } from "./handle.ts";
+import type { Handle, Requester } from "./handle.ts";
 import { isNotFound } from "./errors.ts";
 import { ifaddrmsg, parseAttributes, readU32 } from "./wire.ts";
 
@@ -41,7 +41,7 @@ export interface AddAddressOptions {
 }
 
 /** Adds an address to a link. */
-export function addAddress(h: Handle, o: AddAddressOptions): void {
+export function addAddress(h: Requester, o: AddAddressOptions): void {
   const flags = (o.flags ?? 0) | (o.noDad ? IFA_F_NODAD : 0);
   const { family, bytes } = o.prefix.ip;
   const msg = h.message(RTM_NEWADDR, NLM_F_CREATE | (o.replace ? NLM_F_REPLACE : NLM_F_EXCL))

@@ -51,8 +51,25 @@ const RECEIVE_TIMEOUT_MS = 10_000;
 /** Dumps interrupted by concurrent changes are retried this many times. */
 const DUMP_RETRIES = 5;
 
+/**
+ * What an operation that only sends a request and waits for its ACK needs: a way to start a
+ * message and to send it. A {@link Handle} sends at once; a `RequestBatch` (batch.ts) collects.
+ */
+export interface Requester {
+  /** Starts a request message of `type`. */
+  message(type: number, flags?: number): MessageWriter;
+  /** Sends (or queues) the request; `operation` names it in errors. */
+  execute(msg: MessageWriter, operation: string): NetlinkMessage[];
+}
+
+/** One request of {@link Handle.executeAll}. */
+export interface QueuedRequest {
+  msg: MessageWriter;
+  operation: string;
+}
+
 /** A netlink socket bound to a network namespace. */
-export class Handle {
+export class Handle implements Requester {
   #fd: number;
   #seq = Math.floor(Math.random() * 0x7fffffff);
   #buf = new Uint8Array(64 * 1024);
@@ -142,6 +159,40 @@ export class Handle {
    */
   execute(msg: MessageWriter, operation: string): NetlinkMessage[] {
     return this.#roundTrip(msg, operation, NLM_F_ACK);
+  }
+
+  /**
+   * Sends several ACKed requests in one datagram and waits for every ACK. The kernel runs them
+   * in order and runs each one even when an earlier one failed; the first failure is thrown
+   * (as a {@link NetlinkError} named by its `operation`) once all of them are answered.
+   */
+  executeAll(requests: QueuedRequest[]): void {
+    if (requests.length === 0) return;
+    const exchanges = requests.map((r) => this.#begin(r.msg, NLM_F_ACK));
+    const size = exchanges.reduce((n, x) => n + x.bytes.length, 0);
+    const datagram = new Uint8Array(size);
+    let off = 0;
+    for (const x of exchanges) {
+      datagram.set(x.bytes, off);
+      off += x.bytes.length;
+    }
+    sendToKernel(this.#fd, datagram);
+    const pending = new Map(exchanges.map((x, i) => [x.seq, i]));
+    const errors: (Error | undefined)[] = [];
+    while (pending.size > 0) {
+      const n = receive(this.#fd, this.#buf);
+      for (const m of parseMessages(this.#buf.subarray(0, n))) {
+        const i = pending.get(m.seq);
+        if (i === undefined || m.type !== NLMSG_ERROR) continue;
+        pending.delete(m.seq);
+        const errno = -new DataView(m.body.buffer, m.body.byteOffset).getInt32(0, true);
+        if (errno !== 0) {
+          errors[i] = new NetlinkError(requests[i].operation, errno, extAckMessage(m));
+        }
+      }
+    }
+    const first = errors.find((e) => e !== undefined);
+    if (first) throw first;
   }
 
   /** Runs a dump request; returns every message of the dump. */

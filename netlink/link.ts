@@ -26,7 +26,7 @@ import {
   VETH_INFO_PEER,
 } from "./consts.ts";
 import { AF_INET, AF_INET6 } from "./ip.ts";
-import type { Handle } from "./handle.ts";
+import type { Handle, Requester } from "./handle.ts";
 import { isNotFound, NetlinkArgumentError } from "./errors.ts";
 import {
   formatMac,
@@ -200,13 +200,13 @@ export function addVeth(h: Handle, o: VethOptions): void {
 }
 
 /** Sets the link up or down. */
-export function setLinkUp(h: Handle, index: number, up = true): void {
+export function setLinkUp(h: Requester, index: number, up = true): void {
   const msg = h.message(RTM_NEWLINK).raw(ifinfomsg(0, index, up ? IFF_UP : 0, IFF_UP));
   h.execute(msg, `set link #${index} ${up ? "up" : "down"}`);
 }
 
 /** Sets the link's MTU. */
-export function setLinkMtu(h: Handle, index: number, mtu: number): void {
+export function setLinkMtu(h: Requester, index: number, mtu: number): void {
   const msg = h.message(RTM_NEWLINK).raw(ifinfomsg(0, index)).u32(IFLA_MTU, mtu);
   h.execute(msg, `set link #${index} mtu ${mtu}`);
 }
@@ -263,7 +263,7 @@ export interface LinkFamilySettings {
 }
 
 /** Applies IPv6 addr_gen_mode and IPv4 devconf through IFLA_AF_SPEC (no sysctl files). */
-export function setLinkFamilySettings(h: Handle, index: number, s: LinkFamilySettings): void {
+export function setLinkFamilySettings(h: Requester, index: number, s: LinkFamilySettings): void {
   const msg = h.message(RTM_NEWLINK).raw(ifinfomsg(0, index));
   const spec = msg.beginNested(IFLA_AF_SPEC);
   const conf: [number, number][] = [];

@@ -7,7 +7,8 @@
 
 export * from "./consts.ts";
 export * from "./errors.ts";
-export { Handle } from "./handle.ts";
+export { Handle, type QueuedRequest, type Requester } from "./handle.ts";
+export { RequestBatch } from "./batch.ts";
 export * from "./ip.ts";
 export * from "./link.ts";
 export * from "./addr.ts";

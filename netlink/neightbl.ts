@@ -1,6 +1,6 @@
 /** Neighbour-table parameters per device (what `ip ntable change` does). */
 
-import type { Handle } from "./handle.ts";
+import type { Requester } from "./handle.ts";
 import { AF_INET, type Family } from "./ip.ts";
 
 const RTM_SETNEIGHTBL = 67;
@@ -20,7 +20,7 @@ export interface NeighTableParams {
  * proxy ARP answer at once instead of after up to 0.8 s.
  */
 export function setNeighTableParams(
-  h: Handle,
+  h: Requester,
   family: Family,
   index: number,
   p: NeighTableParams,

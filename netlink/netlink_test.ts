@@ -35,6 +35,7 @@ import {
   parseIP,
   parsePrefix,
   replaceRoute,
+  RequestBatch,
   RT_SCOPE_LINK,
   RTN_BLACKHOLE,
   setLinkFamilySettings,
@@ -393,6 +394,48 @@ Deno.test("routes: ECMP over two veths — IPv4 by device, IPv6 via gateways", a
       assert.equal(deleteRoute(h, { dst: parsePrefix("10.50.0.1/32"), protocol: PROTO }), true);
       assert.deepEqual(await ns.ipJson(["route", "show", "proto", String(PROTO)]), []);
       assert.deepEqual(await ns.ipJson(["-6", "route", "show", "proto", String(PROTO)]), []);
+    }));
+});
+
+Deno.test("RequestBatch: one datagram, run in order, every request run, first failure thrown", async () => {
+  await withNamespaces(["flk-nl"], ([ns]) =>
+    withHandle(ns, async (h) => {
+      addVeth(h, { name: "bta", peerName: "btb" });
+      const { index } = getLinkByName(h, "bta")!;
+      const batch = new RequestBatch(h);
+      batch.flush(); // nothing queued: nothing sent
+      // Order matters: the route needs the link up, which comes earlier in the same datagram.
+      setLinkUp(batch, index);
+      addAddress(batch, { index, prefix: parsePrefix("fd00::7/128"), noDad: true });
+      replaceRoute(batch, {
+        dst: parsePrefix("10.7.0.0/24"),
+        oif: index,
+        scope: RT_SCOPE_LINK,
+        protocol: PROTO,
+      });
+      assert.equal(batch.size, 3);
+      batch.flush();
+      assert.equal(batch.size, 0);
+      assert.ok(getLinkByName(h, "bta")!.up);
+      const [route] = await ns.ipJson<IpRoute[]>(["route", "show", "proto", String(PROTO)]);
+      assert.equal(route.dst, "10.7.0.0/24");
+
+      // A failure in the middle: the requests after it still run; the first failure is thrown,
+      // named by its operation.
+      addAddress(batch, { index: 99999, prefix: parsePrefix("10.8.0.1/32") });
+      addAddress(batch, { index, prefix: parsePrefix("10.8.0.2/32") });
+      addAddress(batch, { index, prefix: parsePrefix("fd00::7/128"), noDad: true }); // EEXIST
+      assert.throws(
+        () => batch.flush(),
+        (e: unknown) =>
+          e instanceof NetlinkError && e.notFound && /add address 10\.8\.0\.1\/32/.test(e.message),
+      );
+      assert.deepEqual(
+        listAddresses(h, { index }).map((a) => formatPrefix(a.prefix)).sort(),
+        ["10.8.0.2/32", "fd00::7/128"],
+      );
+      // The socket is left clean: the next request reads its own answer.
+      assert.equal(getLinkByName(h, "bta")!.index, index);
     }));
 });
 

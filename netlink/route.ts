@@ -22,7 +22,7 @@ import {
   RTPROT_STATIC,
 } from "./consts.ts";
 import { AF_INET, type Family, formatIP, formatPrefix, type IP, type Prefix } from "./ip.ts";
-import type { Handle } from "./handle.ts";
+import type { Handle, Requester } from "./handle.ts";
 import { isNotFound, NetlinkArgumentError, NetlinkError } from "./errors.ts";
 import { align4, type NetlinkMessage, parseAttributes, readU32, rtmsg } from "./wire.ts";
 
@@ -59,7 +59,7 @@ function describe(r: Route): string {
     (r.multipath ? ` (${r.multipath.length} paths)` : "");
 }
 
-function encode(h: Handle, type: number, flags: number, r: Route) {
+function encode(h: Requester, type: number, flags: number, r: Route) {
   const family = r.dst.ip.family;
   if (r.gateway && r.gateway.family !== family) {
     throw new NetlinkArgumentError(`route ${formatPrefix(r.dst)}: gateway of another family`);
@@ -135,12 +135,12 @@ export function decodeNextHops(family: Family, data: Uint8Array): NextHop[] {
 }
 
 /** Adds a route; fails with EEXIST when the same route exists. */
-export function addRoute(h: Handle, r: Route): void {
+export function addRoute(h: Requester, r: Route): void {
   h.execute(encode(h, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, r), `add route ${describe(r)}`);
 }
 
 /** Adds the route or replaces the one with the same destination (idempotent). */
-export function replaceRoute(h: Handle, r: Route): void {
+export function replaceRoute(h: Requester, r: Route): void {
   h.execute(
     encode(h, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, r),
     `replace route ${describe(r)}`,
