@@ -34,7 +34,8 @@ Usage:
 `;
 
 async function main(args: string[]): Promise<number> {
-  if (Deno.env.get("CNI_COMMAND") !== undefined) {
+  // Empty counts as unset, as in the reference skel: the about text, not an error.
+  if (Deno.env.get("CNI_COMMAND")) {
     const { cniMain } = await import("./cni.ts");
     return await cniMain();
   }

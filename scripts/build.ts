@@ -6,7 +6,7 @@
  * permissions, so both paths behave the same.
  *
  * The launcher has a fast lane for the CNI plugin, which runs once per pod
- * start and stop: when `CNI_COMMAND` is set it runs `dist/flock-cni.js`, the
+ * start and stop: when `CNI_COMMAND` is set (non-empty) it runs `dist/flock-cni.js`, the
  * plugin (`cni.ts` and the few modules it imports) bundled into one file by
  * `deno bundle`, with only the permissions the plugin needs (env, net, read and
  * write for the agent socket and the log file; no run, no FFI, no sys).
@@ -146,7 +146,7 @@ export async function writeLauncher(outDir: string = distDir): Promise<string> {
     const fresh = sources.map((src) => `[ "$b" -nt ${shellQuote(src)} ]`).join(" && ");
     cniLane = `# CNI plugin fast lane: the bundled plugin, used only while newer than its sources.
 b=${shellQuote(bundle)}
-if [ -n "\${CNI_COMMAND+set}" ] && ${fresh}; then
+if [ -n "\${CNI_COMMAND}" ] && ${fresh}; then
   DENO_NO_UPDATE_CHECK=1 exec ${deno} run --no-config --no-lock ${CNI_PERMISSIONS.join(" ")} "$b"
 fi
 `;

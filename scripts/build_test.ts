@@ -14,7 +14,7 @@ Deno.test("launcher: the CNI lane answers VERSION and reaches for the agent sock
   try {
     const launcher = await writeLauncher(dir);
     const script = await Deno.readTextFile(launcher);
-    assert.match(script, /CNI_COMMAND\+set/, "the launcher has the CNI lane");
+    assert.match(script, /-n "\$\{CNI_COMMAND\}"/, "the launcher has the CNI lane");
     assert.match(script, /flock-cni\.js/);
     for (const source of ["cni.ts", "agent/protocol.ts", "agent/cni_input.ts"]) {
       assert.ok(script.includes(source), `freshness check covers ${source}`);

@@ -281,6 +281,15 @@ Deno.test({
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stdout, "");
     assert.match(r.stderr, /CNI_COMMAND=ADD\|DEL/);
+    // Set but empty is the same (skel tests for "").
+    const empty = await node.cni("ADD", {
+      containerId: "c1",
+      netns: podNs.path,
+      env: { CNI_COMMAND: "" },
+    });
+    assert.equal(empty.code, 0, empty.stderr);
+    assert.equal(empty.stdout, "");
+    assert.match(empty.stderr, /CNI_COMMAND=ADD\|DEL/);
     await assertNodeHolds(node, []);
   },
 });

@@ -308,7 +308,7 @@ Deno.test({
           env: { ...inv.env, CNI_PATH: node.binDir },
         });
         const label = `plugin ${JSON.stringify(inv.env)} stdin ${inv.stdin.slice(0, 200)}`;
-        if (inv.env.CNI_COMMAND === undefined) {
+        if (!inv.env.CNI_COMMAND) {
           if (r.code !== 0 || r.stdout !== "") {
             problems.push(`${label}: no CNI_COMMAND: ${r.stdout}`);
           }
