@@ -27,6 +27,7 @@ import {
 } from "./status_snapshot.ts";
 import { FLOCK_VERSION } from "../version.ts";
 import { crashHookFromEnv } from "./crash_points.ts";
+import { releaseSweepMsFromEnv, vethDeleteFaultFromEnv } from "./test_faults.ts";
 import {
   type BirdTarget,
   isSummaryRoute,
@@ -89,6 +90,8 @@ export class Agent {
   #nodeAddresses: readonly string[] = [];
   #anycast?: AnycastRoutes;
   #releaseSweep?: ReturnType<typeof setInterval>;
+  /** Test-only; read once, so a reconfigure does not re-arm it. */
+  readonly #vethDeleteFault = vethDeleteFaultFromEnv();
 
   constructor(readonly options: AgentOptions) {
     // Default: JSON lines on stderr, level info and up.
@@ -185,13 +188,17 @@ export class Agent {
       pool4,
       log: this.log,
       crashAt: crashHookFromEnv(),
+      vethDeleteFault: this.#vethDeleteFault,
       lookupAnnotations: this.options.annotationsFor,
     });
     this.#configureRouting(node);
     this.#anycast?.stopResync();
     this.#anycast = anycast;
     anycast.startResync();
-    this.#releaseSweep ??= setInterval(() => this.#finishStuckReleases(), RELEASE_SWEEP_MS);
+    this.#releaseSweep ??= setInterval(
+      () => this.#finishStuckReleases(),
+      releaseSweepMsFromEnv(RELEASE_SWEEP_MS),
+    );
     Deno.unrefTimer(this.#releaseSweep);
     return report;
   }

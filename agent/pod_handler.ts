@@ -30,6 +30,7 @@ import { AddressInUseError, type AddressPool } from "./ipam.ts";
 import { buildAddResult, parsePrevResult } from "./cni_result.ts";
 import type { AnycastRoutes } from "./anycast.ts";
 import type { CrashHook } from "./crash_points.ts";
+import type { VethDeleteFault } from "./test_faults.ts";
 
 /** CNI error code for a CHECK that found the datapath differing (plugin-specific range). */
 export const CODE_CHECK_FAILED = 101;
@@ -53,6 +54,8 @@ export interface PodHandlerDeps {
   anycast?: AnycastRoutes;
   /** Test-only: kills the agent at a named step (see crash_points.ts). */
   crashAt?: CrashHook;
+  /** Test-only: makes DEL's background veth deletion throw (see test_faults.ts). */
+  vethDeleteFault?: VethDeleteFault;
 }
 
 /** Pod identity from CNI_ARGS (`K8S_POD_NAMESPACE=…;K8S_POD_NAME=…`). */
@@ -328,6 +331,7 @@ export class PodHandler {
     this.deps.crashAt?.("del-after-releasing");
     const removal = (async () => {
       try {
+        this.deps.vethDeleteFault?.();
         await datapath.removeVeth(rec.containerId, { ipv6, ipv4 });
         this.deps.crashAt?.("del-after-teardown");
         this.#finishRelease(rec, ipv6, ipv4);
