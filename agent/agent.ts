@@ -88,6 +88,8 @@ export class Agent {
   #routing?: NodeRouting;
   /** The node's own addresses (cluster mode: its Node's InternalIPs), for the router id. */
   #nodeAddresses: readonly string[] = [];
+  /** Passwords of the BGP peers' Secrets (cluster mode); never logged or shown. */
+  #secretPasswords: ReadonlyMap<string, string> = new Map();
   #anycast?: AnycastRoutes;
   #releaseSweep?: ReturnType<typeof setInterval>;
   /** Test-only; read once, so a reconfigure does not re-arm it. */
@@ -236,6 +238,7 @@ export class Agent {
         handle: this.#handle!,
         nodeName: this.options.nodeName,
         nodeAddresses: this.#nodeAddresses,
+        secretPasswords: this.#secretPasswords,
         bird: this.options.bird,
         log: this.log,
       });
@@ -295,6 +298,16 @@ export class Agent {
   async setNodeAddresses(addresses: readonly string[]): Promise<void> {
     this.#nodeAddresses = [...addresses];
     if (this.#routing) await this.#trackReload(this.#routing.setNodeAddresses(addresses));
+  }
+
+  /**
+   * The passwords of the BGP peers' `passwordSecretRef`s, by `name/key` (cluster mode reads the
+   * Secrets). Set before {@link configure}, so that the first bird.conf has them; a later change
+   * reloads BIRD. A peer whose password is missing here is left out of bird.conf.
+   */
+  async setSecretPasswords(passwords: ReadonlyMap<string, string>): Promise<void> {
+    this.#secretPasswords = passwords;
+    if (this.#routing) await this.#trackReload(this.#routing.setSecretPasswords(passwords));
   }
 
   /** What the BIRD driver did last (undefined without BIRD). */

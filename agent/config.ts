@@ -28,11 +28,24 @@ export const NODECONFIG_KIND = "NodeConfig";
 /** Default pod MTU. */
 export const DEFAULT_MTU = 1500;
 
+/** A key of a Secret in the agent's own namespace (cluster mode only). */
+export interface SecretKeyRef {
+  name: string;
+  key: string;
+}
+
+/** `name/key`: one entry of the resolved-password map cluster mode hands to the routing. */
+export function secretKeyId(ref: SecretKeyRef): string {
+  return `${ref.name}/${ref.key}`;
+}
+
 /** One BGP neighbour of this node (typically the top-of-rack router). */
 export interface BgpPeerSpec {
   address: string;
   asn: number;
   password?: string;
+  /** Where the password is, instead of `password` (cluster mode only). */
+  passwordSecretRef?: SecretKeyRef;
   multihop?: number;
   bfd?: boolean;
 }
@@ -199,11 +212,24 @@ function overlaps(a: Prefix, b: Prefix): boolean {
   return prefixCovers(a, b) || prefixCovers(b, a);
 }
 
+/** How a NodeConfig is read. */
+export interface ParseOptions {
+  /**
+   * Accept `bgp.peers[].passwordSecretRef` (cluster mode, where the agent can read the Secret);
+   * default false: a config file must give `password` itself.
+   */
+  secretRefs?: boolean;
+}
+
 /**
  * Validates a NodeConfig object (`{apiVersion, kind, metadata, spec}`) or a bare spec.
  * `source` names where it came from in error messages (a file name, `NodeConfig node-1`).
  */
-export function parseNodeConfig(obj: unknown, source: string): NodeConfig {
+export function parseNodeConfig(
+  obj: unknown,
+  source: string,
+  options: ParseOptions = {},
+): NodeConfig {
   if (!isObject(obj)) {
     throw new ConfigError(source, "", `expected a NodeConfig object, not ${describe(obj)}`);
   }
@@ -234,12 +260,12 @@ export function parseNodeConfig(obj: unknown, source: string): NodeConfig {
   } else {
     specFields = new Fields(source, "", obj);
   }
-  const config = parseSpec(specFields);
+  const config = parseSpec(specFields, options);
   if (name !== undefined) config.name = name;
   return config;
 }
 
-function parseSpec(f: Fields): NodeConfig {
+function parseSpec(f: Fields, options: ParseOptions): NodeConfig {
   const spec: NodeConfigSpec = {};
   const cidr6Text = f.string("cidr6");
   const cidr4Text = f.string("cidr4");
@@ -285,14 +311,14 @@ function parseSpec(f: Fields): NodeConfig {
   }
 
   const bgp = f.object("bgp");
-  if (bgp) spec.bgp = parseBgp(bgp);
+  if (bgp) spec.bgp = parseBgp(bgp, options);
   f.noOthers();
   return { spec, cidr6, cidr4, mtu: mtu ?? DEFAULT_MTU, anycast6, anycast4 };
 }
 
 const MAX_ASN = 4294967295;
 
-function parseBgp(f: Fields): BgpSpec {
+function parseBgp(f: Fields, options: ParseOptions): BgpSpec {
   const out: BgpSpec = {};
   const asn = f.integer("asn", 1, MAX_ASN);
   if (asn !== undefined) out.asn = asn;
@@ -335,6 +361,8 @@ function parseBgp(f: Fields): BgpSpec {
         }
         peer.password = password;
       }
+      const ref = p.object("passwordSecretRef");
+      if (ref) peer.passwordSecretRef = parseSecretRef(p, ref, password !== undefined, options);
       const multihop = p.integer("multihop", 1, 255);
       if (multihop !== undefined) peer.multihop = multihop;
       const bfd = p.boolean("bfd");
@@ -359,6 +387,43 @@ function parseBgp(f: Fields): BgpSpec {
   }
   f.noOthers();
   return out;
+}
+
+/** A Secret name: a DNS subdomain (RFC 1123), as Kubernetes requires. */
+const SECRET_NAME = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
+
+/** A key of a Secret's `data`, as Kubernetes allows it. */
+const SECRET_KEY = /^[-._a-zA-Z0-9]{1,253}$/;
+
+function parseSecretRef(
+  peer: Fields,
+  ref: Fields,
+  hasPassword: boolean,
+  options: ParseOptions,
+): SecretKeyRef {
+  const field = "passwordSecretRef";
+  if (hasPassword) {
+    throw peer.error(field, "cannot be set together with password: give one of them");
+  }
+  if (!options.secretRefs) {
+    throw peer.error(
+      field,
+      "is read only in cluster mode (a NodeConfig from the API server); a config file gives " +
+        "password itself",
+    );
+  }
+  const name = ref.string("name");
+  if (name === undefined || name === "") throw ref.error("name", "is required");
+  if (!SECRET_NAME.test(name)) {
+    throw ref.error("name", `${JSON.stringify(name)} is not a valid Secret name`);
+  }
+  const key = ref.string("key");
+  if (key === undefined || key === "") throw ref.error("key", "is required");
+  if (!SECRET_KEY.test(key)) {
+    throw ref.error("key", `${JSON.stringify(key)} is not a valid Secret key`);
+  }
+  ref.noOthers();
+  return { name, key };
 }
 
 /**

@@ -272,3 +272,51 @@ Deno.test("loadNodeConfigFile reads YAML and JSON and names the file in errors",
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("config: passwordSecretRef in cluster mode only, never together with password", () => {
+  const base = { cidr6: "fd00::/64" };
+  const peer = (p: Record<string, unknown>) =>
+    wrap({ ...base, bgp: { asn: 1, peers: [{ address: "fd00::1", asn: 2, ...p }] } });
+  const ref = { passwordSecretRef: { name: "bgp-passwords", key: "tor-1" } };
+  const cluster = parseNodeConfig(peer(ref), "test", { secretRefs: true });
+  assert.deepEqual(cluster.spec.bgp?.peers, [
+    { address: "fd00::1", asn: 2, passwordSecretRef: { name: "bgp-passwords", key: "tor-1" } },
+  ]);
+  const rejectsInCluster = (obj: unknown, message: string) =>
+    assert.throws(() => parseNodeConfig(obj, "test", { secretRefs: true }), { message });
+  // A config file (standalone mode) has nobody to read the Secret.
+  rejects(
+    peer(ref),
+    "test: spec.bgp.peers[0].passwordSecretRef: is read only in cluster mode (a NodeConfig " +
+      "from the API server); a config file gives password itself",
+  );
+  rejectsInCluster(
+    peer({ password: "pw", ...ref }),
+    "test: spec.bgp.peers[0].passwordSecretRef: cannot be set together with password: give " +
+      "one of them",
+  );
+  rejectsInCluster(
+    peer({ passwordSecretRef: { key: "k" } }),
+    "test: spec.bgp.peers[0].passwordSecretRef.name: is required",
+  );
+  rejectsInCluster(
+    peer({ passwordSecretRef: { name: "s", key: "" } }),
+    "test: spec.bgp.peers[0].passwordSecretRef.key: is required",
+  );
+  rejectsInCluster(
+    peer({ passwordSecretRef: { name: "Not_A_Name", key: "k" } }),
+    'test: spec.bgp.peers[0].passwordSecretRef.name: "Not_A_Name" is not a valid Secret name',
+  );
+  rejectsInCluster(
+    peer({ passwordSecretRef: { name: "s", key: "a/b" } }),
+    'test: spec.bgp.peers[0].passwordSecretRef.key: "a/b" is not a valid Secret key',
+  );
+  rejectsInCluster(
+    peer({ passwordSecretRef: { name: "s", key: "k", namespace: "other" } }),
+    "test: spec.bgp.peers[0].passwordSecretRef.namespace: unknown field",
+  );
+  rejectsInCluster(
+    peer({ passwordSecretRef: "s/k" }),
+    'test: spec.bgp.peers[0].passwordSecretRef: must be an object, not string "s/k"',
+  );
+});

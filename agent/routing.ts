@@ -25,7 +25,7 @@ import {
 } from "../netlink/mod.ts";
 import { type BirdConfigInput, type BirdMeshPeer, renderBirdConfig } from "../bird/config.ts";
 import { BirdControl, type BirdReloadStatus } from "../bird/control.ts";
-import type { NodeConfig } from "./config.ts";
+import { type NodeConfig, secretKeyId } from "./config.ts";
 import { FLOCK_ROUTE_PROTOCOL } from "./datapath.ts";
 import { fnv1a32 } from "./fnv.ts";
 
@@ -58,6 +58,8 @@ export interface NodeRoutingOptions {
   nodeName: string;
   /** The node's own addresses (cluster mode: its Node's InternalIPs), for the router id. */
   nodeAddresses?: readonly string[];
+  /** Passwords of the peers' `passwordSecretRef`s, by {@link secretKeyId} (cluster mode). */
+  secretPasswords?: ReadonlyMap<string, string>;
   bird?: BirdTarget;
   log: (fields: Record<string, unknown>) => void;
 }
@@ -107,12 +109,17 @@ export function summaryPrefixes(node: NodeConfig): Prefix[] {
   return [node.cidr6, node.cidr4].filter((p): p is Prefix => p !== undefined);
 }
 
-/** What {@link renderBirdConfig} gets for a node and its mesh peers. */
+/**
+ * What {@link renderBirdConfig} gets for a node and its mesh peers. A peer whose password is in
+ * a Secret gets it from `secretPasswords` (by {@link secretKeyId}); one whose Secret could not be
+ * read is left out: rendered without its password it would run an unprotected session, or none.
+ */
 export function birdInputFor(
   node: NodeConfig,
   nodeName: string,
   meshPeers: MeshPeer[],
   nodeAddresses: readonly string[] = [],
+  secretPasswords: ReadonlyMap<string, string> = new Map(),
 ): BirdConfigInput {
   const bgp = node.spec.bgp ?? {};
   const mesh: BirdMeshPeer[] = bgp.nodeMesh
@@ -132,7 +139,11 @@ export function birdInputFor(
     anycastCIDRs: [...node.anycast6, ...node.anycast4].map(formatPrefix),
     routeProtocol: FLOCK_ROUTE_PROTOCOL,
     asn: bgp.asn,
-    peers: (bgp.peers ?? []).map((p) => ({ ...p })),
+    peers: (bgp.peers ?? []).flatMap(({ passwordSecretRef: ref, ...peer }) => {
+      if (!ref) return [peer];
+      const password = secretPasswords.get(secretKeyId(ref));
+      return password === undefined ? [] : [{ ...peer, password }];
+    }),
     meshPeers: mesh,
     gracefulRestart: {
       enabled: bgp.gracefulRestart?.enabled ?? true,
@@ -148,6 +159,7 @@ export class NodeRouting {
   #node?: NodeConfig;
   #mesh: MeshPeer[] = [];
   #nodeAddresses: readonly string[];
+  #secretPasswords: ReadonlyMap<string, string>;
   /** Summaries of an earlier NodeConfig that still hold pods: kept until their last pod goes. */
   #draining: Prefix[] = [];
   #holdsPods: (dst: Prefix) => boolean = () => false;
@@ -155,6 +167,7 @@ export class NodeRouting {
   constructor(options: NodeRoutingOptions) {
     this.#o = options;
     this.#nodeAddresses = [...options.nodeAddresses ?? []];
+    this.#secretPasswords = options.secretPasswords ?? new Map();
     if (options.bird) {
       this.control = new BirdControl({
         configPath: options.bird.configPath,
@@ -218,6 +231,17 @@ export class NodeRouting {
     return this.#render();
   }
 
+  /**
+   * Replaces the passwords read from the peers' Secrets (cluster mode); BIRD reloads if that
+   * changes bird.conf (a peer comes back, a password rotated).
+   */
+  setSecretPasswords(
+    passwords: ReadonlyMap<string, string>,
+  ): Promise<BirdReloadStatus | undefined> {
+    this.#secretPasswords = passwords;
+    return this.#render();
+  }
+
   /** The router id bird.conf has, when the agent drives BIRD and has a config. */
   routerId(): RouterId | undefined {
     if (!this.control || !this.#node) return undefined;
@@ -272,7 +296,13 @@ export class NodeRouting {
 
   async #render(): Promise<BirdReloadStatus | undefined> {
     if (!this.control || !this.#node) return undefined;
-    const input = birdInputFor(this.#node, this.#o.nodeName, this.#mesh, this.#nodeAddresses);
+    const input = birdInputFor(
+      this.#node,
+      this.#o.nodeName,
+      this.#mesh,
+      this.#nodeAddresses,
+      this.#secretPasswords,
+    );
     input.cidrs.push(...this.#draining.map(formatPrefix));
     const text = renderBirdConfig(input);
     return await this.control.update(text);

@@ -40,3 +40,30 @@ Deno.test("birdInputFor: bird.conf's router id follows the node's addresses", ()
     /^router id 192\.0\.2\.7;$/m,
   );
 });
+
+Deno.test("birdInputFor: a Secret's password is rendered; a peer without one is left out", () => {
+  const node = parseNodeConfig(
+    {
+      cidr6: "fd00:1::/64",
+      bgp: {
+        asn: 64512,
+        peers: [
+          { address: "fd00:a::1", asn: 65000, passwordSecretRef: { name: "bgp", key: "tor-1" } },
+          { address: "fd00:a::2", asn: 65000, passwordSecretRef: { name: "bgp", key: "tor-2" } },
+          { address: "fd00:a::3", asn: 65000, password: "inline" },
+        ],
+      },
+    },
+    "t",
+    { secretRefs: true },
+  );
+  const input = birdInputFor(node, "node-1", [], [], new Map([["bgp/tor-1", "from-secret"]]));
+  assert.deepEqual(input.peers, [
+    { address: "fd00:a::1", asn: 65000, password: "from-secret" },
+    { address: "fd00:a::3", asn: 65000, password: "inline" },
+  ]);
+  const text = renderBirdConfig(input);
+  assert.match(text, /password "from-secret";/);
+  assert.doesNotMatch(text, /fd00:a::2/);
+  assert.doesNotMatch(text, /password "";/);
+});

@@ -135,7 +135,9 @@ function pemText(v: Uint8Array | string | undefined): string | undefined {
   return typeof v === "string" ? v : new TextDecoder().decode(v);
 }
 
-/** The API calls flock makes: list, watch, read a Node, patch NodeConfig status. */
+/**
+ * The API calls flock makes: list, watch, read a Node and a Secret, patch NodeConfig status.
+ */
 export class KubeApi {
   readonly #config: k8s.KubeConfig;
   #client?: Deno.HttpClient;
@@ -153,6 +155,15 @@ export class KubeApi {
   /** The API server URL in use. */
   get server(): string {
     return this.#config.getCurrentCluster()?.server ?? "";
+  }
+
+  /**
+   * The namespace of the current context: in a pod the service account's (the client reads its
+   * `namespace` file), else what the kubeconfig's context names; undefined when neither does.
+   */
+  get contextNamespace(): string | undefined {
+    return this.#config.getContextObject(this.#config.getCurrentContext())?.namespace ||
+      undefined;
   }
 
   /** Headers and TLS client for one request (the token file is re-read every time). */
@@ -238,6 +249,18 @@ export class KubeApi {
     const cidrs = node.spec?.podCIDRs ?? [];
     if (cidrs.length === 0 && node.spec?.podCIDR) return [node.spec.podCIDR];
     return cidrs;
+  }
+
+  /**
+   * The `data` of Secret `namespace/name` (values base64, as the API serves them). A missing
+   * Secret is an {@link ApiError} with status 404; never log what this returns.
+   */
+  async readSecretData(namespace: string, name: string): Promise<Record<string, string>> {
+    const path = `/api/v1/namespaces/${encodeURIComponent(namespace)}/secrets/${
+      encodeURIComponent(name)
+    }`;
+    const secret = await this.#json(this.#url(path, {})) as { data?: Record<string, string> };
+    return secret.data ?? {};
   }
 
   /** Merge-patches the status subresource of one NodeConfig. */

@@ -11,6 +11,8 @@
  *   running on its last config.
  * - The other nodes' NodeConfigs are handed to `onPeersChanged` (the BGP node mesh).
  * - Pods of this node feed the annotation lookups of ADDs that came without annotations.
+ * - BGP passwords named by `passwordSecretRef` are read from Secrets of the agent's namespace
+ *   before bird.conf is rendered, and kept current (see bgp_secrets.ts).
  * - The NodeConfig's status is kept current (rate-limited, coalesced).
  * - API server restarts and watch expiry are absorbed by the informers; nothing here touches
  *   a running pod because the API server went away.
@@ -35,6 +37,7 @@ import {
   projectNodeConfig,
 } from "./node_configs.ts";
 import type { MeshPeer } from "../routing.ts";
+import { BgpSecrets, passwordCondition } from "./bgp_secrets.ts";
 import {
   type AgentStats,
   buildStatus,
@@ -78,6 +81,11 @@ export interface ClusterAgent {
    * change).
    */
   setNodeAddresses?(addresses: readonly string[]): Promise<void>;
+  /**
+   * The passwords of the BGP peers' Secrets, by `name/key` (called before `configure`, then on
+   * every change).
+   */
+  setSecretPasswords?(passwords: ReadonlyMap<string, string>): Promise<void>;
   /** BGP sessions and the last BIRD reload (undefined without BIRD). */
   routingStatus?(): Promise<RoutingStats | undefined>;
   log(fields: Record<string, unknown>): void;
@@ -96,6 +104,11 @@ export interface ClusterModeOptions {
   onPeersChanged?: (peers: NodeConfig[]) => void;
   /** Watch Nodes for the mesh peers' addresses (InternalIP); default true. */
   watchNodes?: boolean;
+  /** The agent's namespace: where the Secrets of `passwordSecretRef` are. */
+  namespace?: string;
+  /** Period of the Secret re-reads (default 60 s) and while one is unavailable (default 5 s). */
+  secretRefreshMs?: number;
+  secretRetryMs?: number;
   log: (fields: Record<string, unknown>) => void;
 }
 
@@ -110,6 +123,8 @@ export class ClusterMode {
   readonly nodes?: Reflector<string[]>;
   readonly annotations: PodAnnotationIndex;
   readonly status: StatusReporter;
+  /** The BGP passwords named by the NodeConfig's `passwordSecretRef`s. */
+  readonly secrets: BgpSecrets;
   /** Where the config in force came from (undefined until configured). */
   source?: ConfigSource;
   #agent?: ClusterAgent;
@@ -176,6 +191,14 @@ export class ClusterMode {
         log,
       });
     }
+    this.secrets = new BgpSecrets({
+      namespace: options.namespace,
+      readSecret: (namespace, name) => api.readSecretData(namespace, name),
+      onChange: () => this.#secretsChanged(),
+      refreshMs: options.secretRefreshMs,
+      retryMs: options.secretRetryMs,
+      log,
+    });
     this.status = new StatusReporter({
       compute: () => this.#desiredStatus(),
       patch: (name, status) => api.patchNodeConfigStatus(name, status),
@@ -224,6 +247,7 @@ export class ClusterMode {
     this.#stopped = true;
     clearInterval(this.#refresh);
     this.#sleeper.wake();
+    this.secrets.stop();
     this.status.stop();
     await Promise.all([this.pods.stop(), this.configs.stop(), this.nodes?.stop()]);
     await this.#acquiring;
@@ -261,7 +285,7 @@ export class ClusterMode {
         }
         if (config) {
           this.#specProblem = "";
-          this.#configure(config, "NodeConfig", own);
+          await this.#configure(config, "NodeConfig", own);
           return;
         }
       } else if (Date.now() >= deadline && this.configs.hasSynced) {
@@ -295,13 +319,22 @@ export class ClusterMode {
       podCIDRs: cidrs,
       waitedMs: this.options.waitForConfigMs ?? DEFAULT_CONFIG_WAIT_MS,
     });
-    this.#configure(config, "podCIDRs");
+    await this.#configure(config, "podCIDRs");
     return undefined;
   }
 
-  #configure(config: NodeConfig, source: ConfigSource, obj?: NodeConfigObject): void {
+  async #configure(
+    config: NodeConfig,
+    source: ConfigSource,
+    obj?: NodeConfigObject,
+  ): Promise<void> {
     const agent = this.#agent!;
-    // Before the first bird.conf: its router id is this node's IPv4 InternalIP (when it has one).
+    // Before the first bird.conf: its peers' passwords, and its router id is this node's IPv4
+    // InternalIP (when it has one). A bird.conf without a peer would drop its session on every
+    // agent restart.
+    await this.secrets.use(config);
+    if (this.#stopped) return;
+    await agent.setSecretPasswords?.(this.secrets.passwords);
     this.#syncOwnAddresses();
     agent.configure(config);
     this.source = source;
@@ -369,6 +402,10 @@ export class ClusterMode {
     const old = agent.node;
     const changes = old ? describeConfigChange(old, next) : [];
     for (const change of changes) log({ level: "info", msg: "NodeConfig changed", change });
+    // The new spec's Secrets are read before it reaches BIRD; both reach it in one reload
+    // (BirdControl coalesces the two renders).
+    await this.secrets.use(next);
+    void agent.setSecretPasswords?.(this.secrets.passwords);
     await agent.reconfigure(next);
     this.source = "NodeConfig";
     this.#appliedSpec = canonicalJson(next.spec);
@@ -422,6 +459,21 @@ export class ClusterMode {
     });
   }
 
+  /** A periodic read of the peers' Secrets changed something: re-render bird.conf, report. */
+  #secretsChanged(): void {
+    const agent = this.#agent;
+    if (agent?.ready) {
+      agent.setSecretPasswords?.(this.secrets.passwords).catch((e) => {
+        this.options.log({
+          level: "error",
+          msg: "cannot apply the BGP passwords",
+          error: String(e),
+        });
+      });
+    }
+    this.status.request();
+  }
+
   /** Hands this node's InternalIPs to the agent when they changed (its router id). */
   #syncOwnAddresses(): void {
     const agent = this.#agent;
@@ -465,8 +517,10 @@ export class ClusterMode {
     }
     const routing = s.ready ? await agent.routingStatus?.() : undefined;
     this.#bgpSettled = !routing || routing.sessionsUp === routing.sessions;
+    const passwords = passwordCondition(this.secrets.referenced, this.secrets.problems);
     const status = buildStatus(s, this.#observedGeneration, reason.slice(0, 1024), routing, {
       reason: code,
+      conditions: passwords && s.ready ? [passwords] : [],
     });
     return { name: this.options.nodeName, status, current: own.status };
   }

@@ -26,7 +26,11 @@ export class ClusterUsageError extends Error {
   override name = "ClusterUsageError";
 }
 
-/** Reads the credentials and returns the (not yet started) cluster side of the agent. */
+/**
+ * Reads the credentials and returns the (not yet started) cluster side of the agent. Its
+ * namespace (where the BGP password Secrets are) is `POD_NAMESPACE` (the DaemonSet sets it from
+ * the downward API), else the service account's, else the kubeconfig context's.
+ */
 export function openClusterMode(opts: OpenClusterOptions): ClusterMode {
   const wait = opts.waitForConfigMs;
   if (wait !== undefined && !/^\d+$/.test(wait)) {
@@ -46,10 +50,12 @@ export function openClusterMode(opts: OpenClusterOptions): ClusterMode {
   } catch (e) {
     throw new ClusterUsageError(`cannot load Kubernetes credentials: ${(e as Error).message}`);
   }
-  opts.log({ msg: "cluster mode", server: api.server, node: opts.nodeName });
+  const namespace = Deno.env.get("POD_NAMESPACE") || api.contextNamespace;
+  opts.log({ msg: "cluster mode", server: api.server, node: opts.nodeName, namespace });
   return new ClusterMode({
     nodeName: opts.nodeName,
     api,
+    namespace,
     waitForConfigMs: wait === undefined ? DEFAULT_CONFIG_WAIT_MS : Number(wait),
     onPeersChanged: opts.onPeersChanged,
     log: opts.log,

@@ -31,9 +31,12 @@ export function projectNodeConfig(obj: KubeObject): NodeConfigObject {
   };
 }
 
-/** Validates the spec of a NodeConfig object with the same rules as a config file. */
+/**
+ * Validates the spec of a NodeConfig object with the same rules as a config file, except that a
+ * BGP peer may name its password's Secret (`passwordSecretRef`): the agent can read it here.
+ */
 export function parseNodeConfigObject(obj: NodeConfigObject): NodeConfig {
-  const config = parseNodeConfig(obj.spec ?? {}, `NodeConfig ${obj.name}`);
+  const config = parseNodeConfig(obj.spec ?? {}, `NodeConfig ${obj.name}`, { secretRefs: true });
   config.name = obj.name;
   return config;
 }

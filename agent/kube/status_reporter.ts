@@ -34,7 +34,10 @@ export interface NodeConfigStatus {
   bgpSessionsUp?: number;
   bgpSessions?: number;
   lastBirdReload?: { time: string; ok: boolean; message?: string };
-  /** `Ready`, and `BGPEstablished` when the agent drives BIRD. */
+  /**
+   * `Ready`, `BGPEstablished` when the agent drives BIRD, `BGPPasswordsAvailable` when a peer's
+   * password is in a Secret.
+   */
   conditions: Condition[];
 }
 
@@ -57,6 +60,8 @@ export interface ReadyFacts {
   reason?: string;
   /** When this status is computed (default now). */
   now?: Date;
+  /** Further conditions (e.g. `BGPPasswordsAvailable`), appended after the others. */
+  conditions?: Omit<Condition, "lastTransitionTime" | "observedGeneration">[];
 }
 
 /** A time as Kubernetes writes condition times: RFC 3339 with whole seconds. */
@@ -109,6 +114,9 @@ export function buildStatus(
       lastTransitionTime: now,
       observedGeneration,
     });
+  }
+  for (const c of facts.conditions ?? []) {
+    status.conditions.push({ ...c, lastTransitionTime: now, observedGeneration });
   }
   return status;
 }

@@ -1,0 +1,221 @@
+import assert from "node:assert/strict";
+import { parseNodeConfig } from "../config.ts";
+import { ApiError } from "./api.ts";
+import {
+  BgpSecrets,
+  decodePassword,
+  passwordCondition,
+  type PasswordProblem,
+  secretRefsOf,
+} from "./bgp_secrets.ts";
+
+const PASSWORD = "Tor-1-s3cret";
+
+const config = parseNodeConfig(
+  {
+    cidr6: "fd00:1::/64",
+    bgp: {
+      asn: 64512,
+      peers: [
+        { address: "fd00:a::1", asn: 65000, passwordSecretRef: { name: "bgp", key: "tor-1" } },
+        { address: "fd00:a::2", asn: 65000, passwordSecretRef: { name: "bgp", key: "tor-1" } },
+        { address: "fd00:a::3", asn: 65000, passwordSecretRef: { name: "bgp", key: "tor-3" } },
+        { address: "fd00:a::4", asn: 65000, passwordSecretRef: { name: "other", key: "k" } },
+        { address: "fd00:a::5", asn: 65000, password: "inline" },
+      ],
+    },
+  },
+  "t",
+  { secretRefs: true },
+);
+
+/** Secrets of one namespace as the API serves them (base64 data); counts the GETs. */
+class SecretStore {
+  secrets = new Map<string, Record<string, string>>();
+  gets: string[] = [];
+  /** When set, every read fails like an unreachable API server. */
+  down = false;
+
+  set(name: string, values: Record<string, string>): void {
+    this.secrets.set(
+      name,
+      Object.fromEntries(Object.entries(values).map(([k, v]) => [k, btoa(v)])),
+    );
+  }
+
+  read = (namespace: string, name: string): Promise<Record<string, string>> => {
+    this.gets.push(`${namespace}/${name}`);
+    if (this.down) return Promise.reject(new ApiError(undefined, "connection refused"));
+    const data = this.secrets.get(name);
+    if (!data) return Promise.reject(new ApiError(404, `secrets "${name}" not found`));
+    return Promise.resolve(data);
+  };
+}
+
+function secretsFor(store: SecretStore, logs: Record<string, unknown>[], onChange = () => {}) {
+  return new BgpSecrets({
+    namespace: "kube-system",
+    readSecret: store.read,
+    onChange,
+    log: (f) => logs.push(f),
+    refreshMs: 60_000,
+    retryMs: 10,
+  });
+}
+
+Deno.test("secretRefsOf: each referenced key once, with the peers that use it", () => {
+  const refs = secretRefsOf(config);
+  assert.deepEqual([...refs.keys()], ["bgp/tor-1", "bgp/tor-3", "other/k"]);
+  assert.deepEqual(refs.get("bgp/tor-1")?.peers, ["fd00:a::1", "fd00:a::2"]);
+  assert.equal(secretRefsOf(undefined).size, 0);
+});
+
+Deno.test("decodePassword: usable values only, and no message ever shows the value", () => {
+  const data = (v: string) => ({ k: btoa(v) });
+  assert.deepEqual(decodePassword(data(PASSWORD), "k"), { password: PASSWORD });
+  const problems: [Record<string, string>, RegExp][] = [
+    [{}, /the Secret has no key "k"/],
+    [{ k: "***" }, /not valid base64/],
+    [{ k: btoa("\xff\xfe") }, /not UTF-8/],
+    [data(""), /is empty/],
+    [data(`${PASSWORD}\n`), /line break \(created from a file that ends in a newline\?\)/],
+    [data('a"b'), /quote/],
+    [data("x".repeat(81)), /longer than 80 bytes/],
+  ];
+  for (const [d, message] of problems) {
+    const r = decodePassword(d, "k");
+    assert.ok("problem" in r, JSON.stringify(d));
+    assert.match(r.problem, message);
+    assert.ok(!r.problem.includes(PASSWORD));
+  }
+});
+
+Deno.test("BgpSecrets: reads each Secret once, reports what is missing, never logs a password", async () => {
+  const store = new SecretStore();
+  store.set("bgp", { "tor-1": PASSWORD, unrelated: "x" });
+  const logs: Record<string, unknown>[] = [];
+  const secrets = secretsFor(store, logs);
+  try {
+    await secrets.use(config);
+    assert.deepEqual(store.gets.sort(), ["kube-system/bgp", "kube-system/other"]);
+    assert.deepEqual([...secrets.passwords], [["bgp/tor-1", PASSWORD]]);
+    assert.deepEqual(
+      secrets.problems,
+      [
+        {
+          secret: "kube-system/bgp",
+          key: "tor-3",
+          peers: ["fd00:a::3"],
+          reason: 'the Secret has no key "tor-3"',
+        },
+        {
+          secret: "kube-system/other",
+          key: "k",
+          peers: ["fd00:a::4"],
+          reason: "the Secret does not exist",
+        },
+      ] satisfies PasswordProblem[],
+    );
+    const errors = logs.filter((l) => l.level === "error");
+    assert.deepEqual(errors.map((l) => [l.secret, l.key]), [
+      ["kube-system/bgp", "tor-3"],
+      ["kube-system/other", "k"],
+    ]);
+    assert.ok(!JSON.stringify(logs).includes(PASSWORD));
+  } finally {
+    secrets.stop();
+  }
+});
+
+Deno.test("BgpSecrets: a Secret created later is picked up by the retry; an outage keeps passwords", async () => {
+  const store = new SecretStore();
+  const logs: Record<string, unknown>[] = [];
+  let changes = 0;
+  const changed = Promise.withResolvers<void>();
+  const secrets = secretsFor(store, logs, () => {
+    changes++;
+    if (secrets.problems.length === 0) changed.resolve();
+  });
+  try {
+    const one = parseNodeConfig(
+      {
+        cidr6: "fd00:1::/64",
+        bgp: {
+          asn: 1,
+          peers: [{ address: "fd00:a::1", asn: 2, passwordSecretRef: { name: "bgp", key: "k" } }],
+        },
+      },
+      "t",
+      { secretRefs: true },
+    );
+    await secrets.use(one);
+    assert.equal(secrets.passwords.size, 0);
+    assert.equal(passwordCondition(secrets.referenced, secrets.problems)?.status, "False");
+    store.set("bgp", { k: PASSWORD });
+    const timeout = setTimeout(() => changed.reject(new Error("no change within 5 s")), 5_000);
+    await changed.promise.finally(() => clearTimeout(timeout));
+    assert.ok(changes >= 1);
+    assert.deepEqual([...secrets.passwords], [["bgp/k", PASSWORD]]);
+    assert.ok(logs.some((l) => l.msg === "BGP password available" && l.key === "k"));
+
+    // The API server goes away: the session keeps its password, nothing is reported.
+    store.down = true;
+    await secrets.use(one);
+    assert.deepEqual([...secrets.passwords], [["bgp/k", PASSWORD]]);
+    assert.deepEqual(secrets.problems, []);
+    // A rotated password replaces the old one.
+    store.down = false;
+    store.set("bgp", { k: "rotated" });
+    await secrets.use(one);
+    assert.deepEqual([...secrets.passwords], [["bgp/k", "rotated"]]);
+    assert.ok(logs.some((l) => l.msg === "BGP password changed"));
+    assert.ok(!JSON.stringify(logs).includes(PASSWORD));
+    assert.ok(!JSON.stringify(logs).includes("rotated"));
+  } finally {
+    secrets.stop();
+  }
+});
+
+Deno.test("passwordCondition: absent without references; names the Secret, key and peers", () => {
+  assert.equal(passwordCondition(0, []), undefined);
+  assert.deepEqual(passwordCondition(2, []), {
+    type: "BGPPasswordsAvailable",
+    status: "True",
+    reason: "PasswordsAvailable",
+    message: "every BGP password referenced by passwordSecretRef (2) was read",
+  });
+  assert.deepEqual(
+    passwordCondition(1, [{
+      secret: "kube-system/bgp",
+      key: "k",
+      peers: ["fd00:a::1"],
+      reason: "the Secret does not exist",
+    }]),
+    {
+      type: "BGPPasswordsAvailable",
+      status: "False",
+      reason: "BGPPasswordUnavailable",
+      message: 'secret kube-system/bgp key "k": the Secret does not exist; peer fd00:a::1 left ' +
+        "out of BIRD's config",
+    },
+  );
+});
+
+Deno.test("BgpSecrets: without a namespace every reference is a problem saying so", async () => {
+  const store = new SecretStore();
+  const secrets = new BgpSecrets({
+    namespace: undefined,
+    readSecret: store.read,
+    onChange: () => {},
+    log: () => {},
+    retryMs: 60_000,
+  });
+  try {
+    await secrets.use(config);
+    assert.equal(store.gets.length, 0);
+    assert.equal(secrets.problems.length, 3);
+    assert.match(secrets.problems[0].reason, /POD_NAMESPACE/);
+  } finally {
+    secrets.stop();
+  }
+});
