@@ -6,13 +6,15 @@ Deno.test("deploy/flock.yaml is up to date with its parts (run scripts/deploy_bu
   assert.equal(bundle, await renderBundle());
   for (const part of DEPLOY_PARTS) assert.ok(bundle.includes(`# --- from deploy/${part}\n`), part);
   // One object per document: the CRD, the ServiceAccount, ClusterRole and binding, the
-  // ConfigMap, the DaemonSet.
+  // namespaced Role and binding (BGP password Secrets), the ConfigMap, the DaemonSet.
   const kinds = [...bundle.matchAll(/^kind: (\w+)$/gm)].map((m) => m[1]);
   assert.deepEqual(kinds, [
     "CustomResourceDefinition",
     "ServiceAccount",
     "ClusterRole",
     "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
     "ConfigMap",
     "DaemonSet",
   ]);

@@ -2,7 +2,8 @@
  * deploy/ against a real kube-apiserver 1.34: every manifest passes server-side dry-run, the
  * NodeConfig schema refuses nonsense at admission, `kubectl get nodeconfigs` shows the printer
  * columns, and the agent's ServiceAccount can do exactly its job and nothing more (checked with
- * `kubectl auth can-i` and with real requests that get 403).
+ * `kubectl auth can-i` and with real requests that get 403): among others, it reads Secrets of
+ * its own namespace by name (BGP passwords) and cannot list, watch or write any.
  */
 
 import assert from "node:assert/strict";
@@ -78,6 +79,59 @@ const INVALID: { why: string; spec: Record<string, unknown>; message: RegExp }[]
     message: /spec\.bgp\.peers\[0\]\.password/,
   },
   {
+    why: "password and passwordSecretRef together",
+    spec: {
+      cidr6: "fd00:1::/64",
+      bgp: {
+        asn: 65001,
+        peers: [{
+          address: "fd00::1",
+          asn: 65000,
+          password: "pw",
+          passwordSecretRef: { name: "bgp", key: "k" },
+        }],
+      },
+    },
+    message: /passwordSecretRef: .*password and passwordSecretRef cannot be set together/,
+  },
+  {
+    why: "passwordSecretRef without key",
+    spec: {
+      cidr6: "fd00:1::/64",
+      bgp: {
+        asn: 65001,
+        peers: [{ address: "fd00::1", asn: 65000, passwordSecretRef: { name: "bgp" } }],
+      },
+    },
+    message: /spec\.bgp\.peers\[0\]\.passwordSecretRef\.key: Required value/,
+  },
+  {
+    why: "passwordSecretRef without name",
+    spec: {
+      cidr6: "fd00:1::/64",
+      bgp: {
+        asn: 65001,
+        peers: [{ address: "fd00::1", asn: 65000, passwordSecretRef: { key: "k" } }],
+      },
+    },
+    message: /spec\.bgp\.peers\[0\]\.passwordSecretRef\.name: Required value/,
+  },
+  {
+    why: "passwordSecretRef with an invalid Secret name",
+    spec: {
+      cidr6: "fd00:1::/64",
+      bgp: {
+        asn: 65001,
+        peers: [{
+          address: "fd00::1",
+          asn: 65000,
+          passwordSecretRef: { name: "No_Such", key: "k" },
+        }],
+      },
+    },
+    message: /spec\.bgp\.peers\[0\]\.passwordSecretRef\.name: Invalid value/,
+  },
+  {
     why: "mtu 100",
     spec: { cidr4: "10.1.0.0/24", mtu: 100 },
     message: /greater than or equal to 576/,
@@ -142,6 +196,8 @@ Deno.test({
           "serviceaccount/flock created",
           "clusterrole.rbac.authorization.k8s.io/flock created",
           "clusterrolebinding.rbac.authorization.k8s.io/flock created",
+          "role.rbac.authorization.k8s.io/flock-bgp-passwords created",
+          "rolebinding.rbac.authorization.k8s.io/flock-bgp-passwords created",
           "configmap/flock-bird-bootstrap created",
           "daemonset.apps/flock created",
         ]
@@ -226,6 +282,12 @@ Deno.test({
       });
       await kube.apply({
         apiVersion: "v1",
+        kind: "Secret",
+        metadata: { name: "elsewhere", namespace: "default" },
+        stringData: { peer: "not for flock" },
+      });
+      await kube.apply({
+        apiVersion: "v1",
         kind: "Pod",
         metadata: {
           name: "web",
@@ -261,14 +323,24 @@ Deno.test({
         ["watch", "nodeconfigs.flock.fritzlab.net"],
         ["patch", "nodeconfigs.flock.fritzlab.net", "--subresource=status"],
         ["update", "nodeconfigs.flock.fritzlab.net", "--subresource=status"],
+        // BGP passwords (passwordSecretRef): one Secret by name, in its own namespace only.
+        ["get", "secrets", "-n", NAMESPACE],
+        ["get", "secret/bgp-passwords", "-n", NAMESPACE],
       ];
       const denied = [
         ["create", "pods", "-n", "default"],
         ["patch", "pods", "-n", "default"],
         ["delete", "pods", "-n", "default"],
         ["create", "pods", "--subresource=eviction", "-n", "default"],
-        ["get", "secrets", "-n", NAMESPACE],
+        ["list", "secrets", "-n", NAMESPACE],
+        ["watch", "secrets", "-n", NAMESPACE],
+        ["create", "secrets", "-n", NAMESPACE],
+        ["update", "secrets", "-n", NAMESPACE],
+        ["patch", "secrets", "-n", NAMESPACE],
+        ["delete", "secrets", "-n", NAMESPACE],
+        ["get", "secrets", "-n", "default"],
         ["list", "secrets", "--all-namespaces"],
+        ["get", "secrets", "--all-namespaces"],
         ["get", "configmaps", "-n", NAMESPACE],
         ["update", "nodeconfigs.flock.fritzlab.net"],
         ["patch", "nodeconfigs.flock.fritzlab.net"],
@@ -330,9 +402,17 @@ Deno.test({
       assert.equal(after.status.pods, 7);
       assert.equal(after.spec.mtu, 1450, "a status write cannot change the spec");
 
+      // A BGP password Secret, read as the agent reads it: one GET by name in its namespace.
+      const own = await kube.fetch(`/api/v1/namespaces/${NAMESPACE}/secrets/bgp-passwords`, {
+        headers: auth,
+      });
+      assert.equal(own.status, 200, await own.clone().text());
+      assert.equal(atob((await own.json()).data.peer), "s3cret");
+
       // ... and what it must not do gets 403 Forbidden from the server.
       const forbidden: [string, string[], string?][] = [
-        ["read a secret", ["get", "secret", "bgp-passwords", "-n", NAMESPACE]],
+        ["read a secret of another namespace", ["get", "secret", "elsewhere", "-n", "default"]],
+        ["list the secrets of its namespace", ["get", "secrets", "-n", NAMESPACE]],
         ["label a pod", ["label", "pod", "web", "-n", "default", "hacked=true"]],
         ["delete a pod", ["delete", "pod", "web", "-n", "default", "--wait=false"]],
         ["change a NodeConfig's spec", [
@@ -361,11 +441,17 @@ Deno.test({
         assert.notEqual(r.code, 0, `${what} must fail`);
         assert.match(r.stderr, /Forbidden|forbidden/, `${what}: ${r.stderr}`);
       }
-      const secret = await kube.fetch(`/api/v1/namespaces/${NAMESPACE}/secrets/bgp-passwords`, {
+      const secret = await kube.fetch("/api/v1/namespaces/default/secrets/elsewhere", {
         headers: auth,
       });
       assert.equal(secret.status, 403);
       assert.equal((await secret.json()).reason, "Forbidden");
+      const secretWatch = await kube.fetch(
+        `/api/v1/namespaces/${NAMESPACE}/secrets?watch=1&timeoutSeconds=1`,
+        { headers: auth },
+      );
+      assert.equal(secretWatch.status, 403);
+      await secretWatch.body?.cancel();
       const createPod = await kube.fetch("/api/v1/namespaces/default/pods", {
         method: "POST",
         headers: { ...auth, "content-type": "application/json" },

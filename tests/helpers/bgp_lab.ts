@@ -35,13 +35,13 @@ export interface BgpLabNode {
 
 /**
  * Starts a node under `tor`; everything it makes is registered on `cleanup` (BIRD is killed
- * before the node's namespace goes).
+ * before the node's namespace goes). `opts.env` adds variables to the agent's environment.
  */
 export async function startBgpNode(
   tor: GobgpTor | Fabric,
   plan: BgpNodePlan,
   cleanup: AsyncDisposableStack,
-  opts: { kubeconfig?: string } = {},
+  opts: { kubeconfig?: string; env?: Record<string, string> } = {},
 ): Promise<BgpLabNode> {
   const port = tor.nextPortName();
   const flock = await FlockNode.start({
@@ -71,6 +71,6 @@ export async function startBgpNode(
     "--birdc",
     birdcPath(),
   ];
-  await flock.startAgent();
+  await flock.startAgent({ env: opts.env });
   return { plan, flock, bird };
 }
