@@ -107,6 +107,9 @@ export function describeApiError(err: unknown): string {
   return detail;
 }
 
+/** Bound of one Secret read (a timeout counts as the API server being unreachable). */
+const SECRET_READ_TIMEOUT_MS = 10_000;
+
 /** A watch that received no byte (events, bookmarks) for this long is presumed dead. */
 const WATCH_IDLE_MS = 75_000;
 
@@ -259,7 +262,10 @@ export class KubeApi {
     const path = `/api/v1/namespaces/${encodeURIComponent(namespace)}/secrets/${
       encodeURIComponent(name)
     }`;
-    const secret = await this.#json(this.#url(path, {})) as { data?: Record<string, string> };
+    // Bounded: the node's first bird.conf waits for this read.
+    const secret = await this.#json(this.#url(path, {}), {
+      signal: AbortSignal.timeout(SECRET_READ_TIMEOUT_MS),
+    }) as { data?: Record<string, string> };
     return secret.data ?? {};
   }
 
