@@ -1,7 +1,7 @@
 /**
  * Requests that go to the kernel together: one datagram, one system call, instead of a round
- * trip each. rtnetlink takes the RTNL lock per request, so a batch also keeps work the kernel
- * defers to its own threads (link-state events, DAD) from running between our requests.
+ * trip each. The kernel still runs them one at a time, in order, each taking its locks as if
+ * sent alone.
  */
 
 import type { Handle, QueuedRequest, Requester } from "./handle.ts";
