@@ -92,6 +92,8 @@ export class Agent {
   #secretPasswords: ReadonlyMap<string, string> = new Map();
   #anycast?: AnycastRoutes;
   #releaseSweep?: ReturnType<typeof setInterval>;
+  /** The stuck-release sweep in progress, if any (close waits for it). */
+  #sweep?: Promise<void>;
   /** Test-only; read once, so a reconfigure does not re-arm it. */
   readonly #vethDeleteFault = vethDeleteFaultFromEnv();
 
@@ -208,15 +210,22 @@ export class Agent {
   /**
    * A DEL whose background veth deletion failed leaves its record `releasing` (addresses held),
    * and runtimes never repeat a DEL that succeeded: retry those here. Under `exclusive`, so every
-   * removal still in flight has settled and what is left is stuck.
+   * removal still in flight has settled, what is left is stuck, and no ADD or DEL of the same
+   * container races the retry. The veth deletions run off the event loop as DEL's do, so the
+   * agent keeps answering STATUS and metrics meanwhile; one at a time, since stuck releases are
+   * rare and each holds only ~40 ms of the kernel's time.
    */
-  async #finishStuckReleases(): Promise<void> {
+  #finishStuckReleases(): Promise<void> {
     const handler = this.#handler;
-    if (!handler || !this.#server || !this.#store?.listByState("releasing").length) return;
-    await this.#server.exclusive(() => {
-      for (const rec of this.#store?.listByState("releasing") ?? []) {
+    // A sweep that outlasts the interval is not joined by a second one.
+    if (this.#sweep || !handler || !this.#server) return Promise.resolve();
+    if (!this.#store?.listByState("releasing").length) return Promise.resolve();
+    return this.#sweep = this.#server.exclusive(async () => {
+      const stuck = this.#store?.listByState("releasing") ?? [];
+      if (stuck.length) this.log({ msg: "retrying stuck releases", count: stuck.length });
+      for (const rec of stuck) {
         try {
-          handler.release(rec);
+          await handler.retryRelease(rec);
           this.log({ msg: "finished a stuck release", containerId: rec.containerId });
         } catch (e) {
           this.log({
@@ -227,8 +236,8 @@ export class Agent {
           });
         }
       }
-      return Promise.resolve();
-    }).catch((e) => this.log({ level: "error", msg: "release sweep failed", error: String(e) }));
+    }).catch((e) => this.log({ level: "error", msg: "release sweep failed", error: String(e) }))
+      .finally(() => this.#sweep = undefined);
   }
 
   /** Summary routes now; BIRD's reload runs in the background and is recorded when done. */
@@ -464,6 +473,8 @@ export class Agent {
   /** Stops serving and closes the store. */
   async close(): Promise<void> {
     clearInterval(this.#releaseSweep);
+    // Its veth deletion runs off the event loop and then writes the store: let it land first.
+    await this.#sweep;
     this.#anycast?.stopResync();
     await this.#routing?.close();
     await this.#server?.close();

@@ -54,7 +54,7 @@ export interface PodHandlerDeps {
   anycast?: AnycastRoutes;
   /** Test-only: kills the agent at a named step (see crash_points.ts). */
   crashAt?: CrashHook;
-  /** Test-only: makes DEL's background veth deletion throw (see test_faults.ts). */
+  /** Test-only: makes background veth deletions (DEL's, the sweep's) throw (test_faults.ts). */
   vethDeleteFault?: VethDeleteFault;
 }
 
@@ -318,8 +318,9 @@ export class PodHandler {
    * (durable: a crash from here on is finished by the start-up reconcile), its anycast paths go,
    * and the pod goes off the network (routes, link down). Returned, still running: the veth's
    * deletion off the event loop, then the record's removal and the addresses' release. The
-   * promise never rejects: a failure is logged and the record stays `releasing` for a DEL
-   * retry, an ADD of the same container, GC or the next start to finish.
+   * promise never rejects: a failure is logged and the record stays `releasing` for the agent's
+   * sweep ({@link retryRelease}), a DEL retry, an ADD of the same container, GC or the next
+   * start to finish.
    */
   releaseInBackground(rec: Attachment): Promise<void> {
     const { store, datapath } = this.deps;
@@ -329,22 +330,15 @@ export class PodHandler {
     if (rec.anycast.length) this.deps.anycast?.sync(rec.anycast, { without: rec });
     datapath.detach(rec.containerId, { ipv6, ipv4 });
     this.deps.crashAt?.("del-after-releasing");
-    const removal = (async () => {
-      try {
-        this.deps.vethDeleteFault?.();
-        await datapath.removeVeth(rec.containerId, { ipv6, ipv4 });
-        this.deps.crashAt?.("del-after-teardown");
-        this.#finishRelease(rec, ipv6, ipv4);
-      } catch (e) {
-        this.deps.log({
-          level: "error",
-          msg: "veth deletion after DEL failed; the attachment stays releasing",
-          containerId: rec.containerId,
-          ifname: rec.ifname,
-          error: String(e),
-        });
-      }
-    })();
+    const removal = this.#removeVethThenFinish(rec).catch((e) => {
+      this.deps.log({
+        level: "error",
+        msg: "veth deletion after DEL failed; the attachment stays releasing",
+        containerId: rec.containerId,
+        ifname: rec.ifname,
+        error: String(e),
+      });
+    });
     const earlier = this.#removals.get(rec.netns);
     const all = earlier ? Promise.all([earlier, removal]).then(() => {}) : removal;
     this.#removals.set(rec.netns, all);
@@ -352,6 +346,31 @@ export class PodHandler {
       if (this.#removals.get(rec.netns) === all) this.#removals.delete(rec.netns);
     });
     return removal;
+  }
+
+  /**
+   * Retries the release of a `releasing` attachment whose background veth deletion failed (the
+   * agent's sweep): its anycast paths go (again; a no-op when DEL dropped them), then the same
+   * second half as DEL's, with the veth's deletion off the event loop. Rejects when it fails
+   * again; the record then stays `releasing` for the next try.
+   */
+  async retryRelease(rec: Attachment): Promise<void> {
+    if (rec.anycast.length) this.deps.anycast?.sync(rec.anycast, { without: rec });
+    await this.#removeVethThenFinish(rec);
+  }
+
+  /**
+   * The second half of a background release: deletes the veth off the event loop, then removes
+   * the record and releases the addresses. Rejects when the deletion fails (the record stays
+   * `releasing`); the test fault applies here, to DEL's deletions and the sweep's alike.
+   */
+  async #removeVethThenFinish(rec: Attachment): Promise<void> {
+    const ipv6 = parseOptional(rec.ipv6);
+    const ipv4 = parseOptional(rec.ipv4);
+    this.deps.vethDeleteFault?.();
+    await this.deps.datapath.removeVeth(rec.containerId, { ipv6, ipv4 });
+    this.deps.crashAt?.("del-after-teardown");
+    this.#finishRelease(rec, ipv6, ipv4);
   }
 
   /** The record goes and the addresses return to IPAM (cooling), in one store transaction. */

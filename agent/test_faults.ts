@@ -1,7 +1,8 @@
 /**
  * Test-only faults and timings for the DEL path's stuck releases, in the style of
- * crash_points.ts: end-to-end tests make DEL's background veth deletion fail and shorten the
- * retry sweep, so they can prove that a stuck release is visible and gets finished.
+ * crash_points.ts: end-to-end tests make background veth deletions (DEL's and the sweep's
+ * retries) fail and shorten the retry sweep, so they can prove that a stuck release is visible,
+ * that a failed retry leaves it stuck, and that a later sweep finishes it.
  *
  * Off unless the variables are set when the agent starts; read once, so a running agent's
  * behaviour never changes and the hot path pays one `undefined` check.
@@ -9,13 +10,16 @@
  * @module
  */
 
-/** Makes the first N background veth deletions after DEL throw, before touching the kernel. */
+/**
+ * Makes the first N background veth deletions throw, before touching the kernel: DEL's and the
+ * stuck-release sweep's retries count alike, in the order they run.
+ */
 export const FAIL_VETH_DELETE_ENV = "FLOCK_TEST_FAIL_VETH_DELETE";
 
 /** Replaces the stuck-release sweep's interval (milliseconds). */
 export const RELEASE_SWEEP_ENV = "FLOCK_TEST_RELEASE_SWEEP_MS";
 
-/** Called before DEL's background veth deletion; throws while an armed failure is left. */
+/** Called before each background veth deletion; throws while an armed failure is left. */
 export type VethDeleteFault = () => void;
 
 /** A positive integer from a test variable, or undefined when it is unset or empty. */

@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { FlockNode, ping, TestNamespace } from "../helpers/flock.ts";
 import { ROOT_ONLY, run } from "../helpers/exec.ts";
+import { callAgent } from "../../cni.ts";
 import { addLivePod, assertNodeHolds, resultIps, storeRecords } from "../helpers/node_state.ts";
 import { hostIfaceName } from "../../agent/datapath.ts";
 import { FAIL_VETH_DELETE_ENV, RELEASE_SWEEP_ENV } from "../../agent/test_faults.ts";
@@ -271,6 +272,11 @@ Deno.test({
       ["releasing"],
     );
     assert.equal((await linksNow(node)).length, 2, "the stuck veth is still there");
+    await assert.rejects(
+      node.settled(300),
+      /1 attachment\(s\) still releasing after \d+ ms \(limit 300 ms\): again\/eth0;/,
+      "settled() names the stuck container when it gives up",
+    );
 
     // The runtime starts the same sandbox again (same container ID and netns).
     const again = await node.cni("ADD", { containerId: "again", netns: pod.path });
@@ -282,5 +288,252 @@ Deno.test({
     // Its next DEL goes the ordinary way (the fault was armed once).
     assert.equal((await node.cni("DEL", { containerId: "again", netns: pod.path })).code, 0);
     await assertNodeHolds(node, [peerPod], "after the second DEL");
+  },
+});
+
+/** One STATUS round trip to the agent over its socket, as the plugin makes it (cni.ts). */
+interface StatusProbe {
+  /** Date.now() when the request was sent and when the answer arrived. */
+  sent: number;
+  answered: number;
+  ok: boolean;
+}
+
+/** A bound no STATUS answer may exceed (a blocked event loop would stall them all). */
+const STATUS_BOUND_MS = 2_000;
+
+/**
+ * Asks the agent for STATUS back to back (`gapMs` apart) until `stop()`, or for at most
+ * `maxMs`; `stop()` resolves to the timing of every answer.
+ */
+function probeStatus(
+  node: FlockNode,
+  gapMs = 10,
+  maxMs = 60_000,
+): { stop(): Promise<StatusProbe[]> } {
+  let stopped = false;
+  const probes: StatusProbe[] = [];
+  const until = Date.now() + maxMs;
+  const loop = (async () => {
+    while (!stopped && Date.now() < until) {
+      const sent = Date.now();
+      const r = await callAgent(node.socketPath, {
+        command: "STATUS",
+        containerId: "",
+        netns: "",
+        ifname: "",
+        args: "",
+        config: { cniVersion: "1.1.0", name: "probe", type: "flock" },
+      }, STATUS_BOUND_MS * 2);
+      probes.push({ sent, answered: Date.now(), ok: r.ok });
+      await new Promise((res) => setTimeout(res, gapMs));
+    }
+  })();
+  return {
+    async stop() {
+      stopped = true;
+      await loop;
+      return probes;
+    },
+  };
+}
+
+/** Asserts that every STATUS was answered, each within {@link STATUS_BOUND_MS}. */
+function assertStatusAnswered(probes: StatusProbe[], why: string): void {
+  assert.ok(probes.length > 0, `no STATUS was sent (${why})`);
+  const failed = probes.filter((p) => !p.ok).length;
+  assert.equal(failed, 0, `${failed} of ${probes.length} STATUS requests failed (${why})`);
+  const slowest = Math.max(...probes.map((p) => p.answered - p.sent));
+  assert.ok(
+    slowest < STATUS_BOUND_MS,
+    `the slowest STATUS took ${slowest} ms (bound ${STATUS_BOUND_MS} ms; ${why})`,
+  );
+}
+
+/** The agent's JSON log lines. */
+async function agentEvents(node: FlockNode): Promise<Record<string, unknown>[]> {
+  const events: Record<string, unknown>[] = [];
+  for (const line of (await node.agentLog()).split("\n")) {
+    if (!line.startsWith("{")) continue;
+    try {
+      events.push(JSON.parse(line));
+    } catch {
+      // not one of the agent's log lines
+    }
+  }
+  return events;
+}
+
+/** Log events of the stuck-release sweep (agent/agent.ts), for one container or all. */
+async function sweepEvents(
+  node: FlockNode,
+  msg: "retrying stuck releases" | "retrying a stuck release failed" | "finished a stuck release",
+  containerId?: string,
+): Promise<Record<string, unknown>[]> {
+  return (await agentEvents(node)).filter((e) =>
+    e.msg === msg && (containerId === undefined || e.containerId === containerId)
+  );
+}
+
+Deno.test({
+  name: "DEL in the background: a sweep whose retry fails too leaves the release stuck; the next " +
+    "sweep finishes it, and STATUS is answered throughout",
+  ...ROOT_ONLY,
+  async fn() {
+    // Long enough to read the state between the two sweeps, short enough for a quick test.
+    const sweepMs = 1_500;
+    await using node = await FlockNode.start({
+      config: { cidr6: "fd00:df::/64", cidr4: "10.223.0.0/24" },
+      // Released addresses cool for a minute: "cooling" proves the sweep released them.
+      cooldownMs: 60_000,
+      startAgent: false,
+    });
+    // The DEL's background deletion fails, and so does the first sweep's retry of it.
+    await node.startAgent({
+      env: { [FAIL_VETH_DELETE_ENV]: "2", [RELEASE_SWEEP_ENV]: String(sweepMs) },
+    });
+    await using peer = await TestNamespace.create("flk-dsp");
+    await using pod = await TestNamespace.create("flk-dsa");
+    const peerPod = await addLivePod(node, "peer", peer.path);
+    const add = await node.cni("ADD", { containerId: "stuck", netns: pod.path });
+    assert.equal(add.code, 0, add.stdout);
+    const host = hostIfaceName("stuck");
+    const stuckState = () =>
+      storeRecords(node).filter((r) => r.containerId === "stuck").map((r) => r.state);
+
+    const probes = probeStatus(node);
+    let allProbes: StatusProbe[] | undefined;
+    try {
+      const del = await node.cni("DEL", { containerId: "stuck", netns: pod.path });
+      const answeredAt = performance.now();
+      assert.equal(del.code, 0, del.stdout);
+      await eventually(
+        "the DEL's failed deletion",
+        () => node.agentLog(),
+        (l) => STUCK_LOG.test(l),
+      );
+      assert.deepEqual(stuckState(), ["releasing"], "after the DEL");
+
+      // The first sweep retries and fails (the second armed fault): still releasing, logged.
+      const [retryFailed] = await eventually(
+        "the first sweep's failed retry",
+        () => sweepEvents(node, "retrying a stuck release failed", "stuck"),
+        (events) => events.length > 0,
+        sweepMs + 10_000,
+        50,
+      );
+      assert.match(String(retryFailed.error), /injected veth deletion failure/);
+      assert.equal(retryFailed.level, "error");
+      assert.deepEqual(stuckState(), ["releasing"], "after the first sweep");
+      assert.ok(
+        (await linksNow(node)).some((l) => l.ifname === host),
+        "the stuck veth is still there after the first sweep",
+      );
+      assert.deepEqual(
+        await sweepEvents(node, "finished a stuck release"),
+        [],
+        "nothing finished by the first sweep",
+      );
+
+      // The second sweep finishes it.
+      await eventually(
+        "the second sweep to finish the stuck release",
+        () => Promise.resolve(stuckState()),
+        (states) => states.length === 0,
+        sweepMs + 10_000,
+        50,
+      );
+      const sweptMs = Math.round(performance.now() - answeredAt);
+      allProbes = await probes.stop();
+      console.log(
+        `the second sweep (every ${sweepMs} ms) finished the release ${sweptMs} ms after DEL ` +
+          `answered; ${allProbes.length} STATUS answered meanwhile, the slowest in ` +
+          `${Math.max(...allProbes.map((p) => p.answered - p.sent))} ms`,
+      );
+    } finally {
+      allProbes ??= await probes.stop();
+    }
+    assertStatusAnswered(allProbes, "from the DEL through both sweeps");
+    assert.equal((await sweepEvents(node, "finished a stuck release", "stuck")).length, 1);
+    await assertNodeHolds(node, [peerPod], "after the second sweep");
+    const after = await flockStatusJson(node);
+    assert.deepEqual(
+      after.pools.map((p) => [p.family, p.allocated, p.cooling]),
+      [["ipv6", 1, 1], ["ipv4", 1, 1]],
+      "the stuck pod's addresses are released and cooling",
+    );
+    // A CNI STATUS through the plugin, as the runtime asks it.
+    const status = await node.cni("STATUS");
+    assert.equal(status.code, 0, status.stdout + status.stderr);
+  },
+});
+
+Deno.test({
+  name: "DEL in the background: the sweep deletes stuck veths off the event loop, STATUS is " +
+    "answered between its deletions",
+  ...ROOT_ONLY,
+  async fn() {
+    const pods = 8;
+    // Long enough that all the DELs fail before the first sweep looks (checked below).
+    const sweepMs = 5_000;
+    await using node = await FlockNode.start({
+      config: { cidr6: "fd00:e0::/64", cidr4: "10.224.0.0/24" },
+      startAgent: false,
+    });
+    // Every DEL's background deletion fails: each pod is left releasing for the sweep.
+    await node.startAgent({
+      env: { [FAIL_VETH_DELETE_ENV]: String(pods), [RELEASE_SWEEP_ENV]: String(sweepMs) },
+    });
+    const namespaces = await Promise.all(
+      Array.from({ length: pods }, () => TestNamespace.create("flk-dsw")),
+    );
+    const probes = probeStatus(node, 5);
+    let allProbes: StatusProbe[] | undefined;
+    try {
+      const ids = namespaces.map((_, i) => `sw${i}`);
+      const adds = await Promise.all(
+        namespaces.map((ns, i) => node.cni("ADD", { containerId: ids[i], netns: ns.path })),
+      );
+      for (const r of adds) assert.equal(r.code, 0, r.stdout);
+      const dels = await Promise.all(
+        namespaces.map((ns, i) => node.cni("DEL", { containerId: ids[i], netns: ns.path })),
+      );
+      for (const r of dels) assert.equal(r.code, 0, r.stdout);
+      await eventually(
+        "the sweep to finish every stuck release",
+        () => Promise.resolve(storeRecords(node).length),
+        (n) => n === 0,
+        2 * sweepMs + 20_000,
+        50,
+      );
+      allProbes = await probes.stop();
+    } finally {
+      allProbes ??= await probes.stop();
+      for (const ns of namespaces) await ns.remove().catch(() => {});
+    }
+    assertStatusAnswered(allProbes, "from the ADDs through the sweep");
+    await assertNodeHolds(node, [], "after the sweep");
+
+    // The sweep that retried them all, and when it finished each one (the agent's clock).
+    const sweeps = await sweepEvents(node, "retrying stuck releases");
+    assert.deepEqual(
+      sweeps.map((e) => e.count),
+      [pods],
+      `one sweep retried all ${pods} stuck releases (the DELs all failed before it looked)`,
+    );
+    const finished = await sweepEvents(node, "finished a stuck release");
+    assert.equal(finished.length, pods);
+    const startedAt = Date.parse(String(sweeps[0].ts));
+    const doneAt = Date.parse(String(finished.at(-1)!.ts));
+    // A sweep blocking the event loop answers nothing between its start and its last deletion.
+    const during = allProbes.filter((p) => p.sent > startedAt && p.answered < doneAt);
+    console.log(
+      `the sweep deleted ${pods} stuck veths in ${doneAt - startedAt} ms; ` +
+        `${during.length} STATUS requests were sent and answered within it`,
+    );
+    assert.ok(
+      during.length > 0,
+      `no STATUS was answered during the ${doneAt - startedAt} ms sweep (${allProbes.length} sent)`,
+    );
   },
 });

@@ -36,6 +36,9 @@ export async function flockExecutable(): Promise<string> {
   return path;
 }
 
+/** How often {@linkcode FlockNode.settled} asks the agent whether releases are still running. */
+export const SETTLED_POLL_MS = 20;
+
 /** Options of {@linkcode FlockNode.start}. */
 export interface FlockNodeOptions {
   /** The NodeConfig spec the agent reads from its config file. */
@@ -328,10 +331,12 @@ export class FlockNode implements AsyncDisposable {
    * Waits until no attachment is `releasing`: a DEL answers before its veth is gone (the
    * kernel takes ~40 ms to delete one), so what a test reads of the node right after a DEL
    * must wait for that. Returns at once when no agent answers (nothing can progress until a
-   * restart, whose reconcile finishes them); throws after `timeoutMs`.
+   * restart, whose reconcile finishes them); throws after `timeoutMs`, naming the containers
+   * still releasing. Polls every {@link SETTLED_POLL_MS}: each poll is a full `flock status`
+   * (with the store's integrity check), which the agent must not spend its time on.
    */
   async settled(timeoutMs = 10_000): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
+    const started = Date.now();
     for (;;) {
       const r = await callAgent(this.socketPath, {
         command: "STATUS",
@@ -345,12 +350,16 @@ export class FlockNode implements AsyncDisposable {
       const releasing = (r.result as unknown as StatusSnapshot).attachments
         .filter((a) => a.state === "releasing");
       if (releasing.length === 0) return;
-      if (Date.now() > deadline) {
+      const waited = Date.now() - started;
+      if (waited >= timeoutMs) {
+        const stuck = releasing.map((a) => `${a.containerId}/${a.ifname}`).join(", ");
         throw new Error(
-          `still releasing after ${timeoutMs} ms: ${releasing.map((a) => a.containerId)}`,
+          `FlockNode.settled: ${releasing.length} attachment(s) still releasing after ` +
+            `${waited} ms (limit ${timeoutMs} ms): ${stuck}; their veth deletion failed or ` +
+            `hangs, see the agent log ${this.agentLogPath}`,
         );
       }
-      await new Promise((res) => setTimeout(res, 5));
+      await new Promise((res) => setTimeout(res, Math.min(SETTLED_POLL_MS, timeoutMs - waited)));
     }
   }
 
