@@ -225,7 +225,7 @@ export class Agent {
       if (stuck.length) this.log({ msg: "retrying stuck releases", count: stuck.length });
       for (const rec of stuck) {
         try {
-          await handler.retryRelease(rec);
+          await handler.release(rec);
           this.log({ msg: "finished a stuck release", containerId: rec.containerId });
         } catch (e) {
           this.log({

@@ -16,7 +16,7 @@ export const CRASH_POINTS = [
   "add-after-datapath",
   /** ADD: the record is committed, the answer not yet sent. */
   "add-after-commit",
-  /** DEL: the record is releasing and the pod off the network, the answer not yet sent. */
+  /** DEL (and GC): the record is releasing and the pod off the network, the answer not yet sent. */
   "del-after-releasing",
   /**
    * DEL: the veth is gone, the record still stored (through the RPC server the DEL has already

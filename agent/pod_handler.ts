@@ -12,6 +12,10 @@
  * then are its addresses released (so no other pod can get one while the old veth still
  * exists). The RPC server holds the container meanwhile; an ADD into the same netns waits for
  * it; a crash leaves a `releasing` record that the start-up reconcile finishes.
+ *
+ * No release blocks the event loop on the kernel (STATUS and metrics keep being answered): the
+ * other paths (GC, a DEL or ADD of a container whose release is stuck, the agent's sweep) delete
+ * the veth off the event loop too, and answer once it is gone.
  */
 
 import { formatIP, type IP, parseIP } from "../netlink/ip.ts";
@@ -31,6 +35,7 @@ import { buildAddResult, parsePrevResult } from "./cni_result.ts";
 import type { AnycastRoutes } from "./anycast.ts";
 import type { CrashHook } from "./crash_points.ts";
 import type { VethDeleteFault } from "./test_faults.ts";
+import { forEachBounded } from "./bounded.ts";
 
 /** CNI error code for a CHECK that found the datapath differing (plugin-specific range). */
 export const CODE_CHECK_FAILED = 101;
@@ -54,7 +59,7 @@ export interface PodHandlerDeps {
   anycast?: AnycastRoutes;
   /** Test-only: kills the agent at a named step (see crash_points.ts). */
   crashAt?: CrashHook;
-  /** Test-only: makes background veth deletions (DEL's, the sweep's) throw (test_faults.ts). */
+  /** Test-only: makes the veth deletions of releases (DEL, GC, sweep) throw (test_faults.ts). */
   vethDeleteFault?: VethDeleteFault;
 }
 
@@ -111,7 +116,7 @@ export class PodHandler {
       case "ADD":
         return { ok: true, result: await this.add(req) };
       case "DEL": {
-        const removing = this.del(req, hold !== undefined);
+        const { removing } = await this.del(req, hold !== undefined);
         if (removing) hold!(removing);
         return { ok: true };
       }
@@ -119,7 +124,7 @@ export class PodHandler {
         this.check(req);
         return { ok: true };
       case "GC":
-        this.gc(req);
+        await this.gc(req);
         return { ok: true };
       case "STATUS":
         return { ok: true };
@@ -133,7 +138,7 @@ export class PodHandler {
     let existing = store.get(req.containerId, req.ifname);
     if (existing?.state === "releasing") {
       // Its DEL answered but the veth's deletion failed: finish it, then start afresh.
-      this.release(existing);
+      await this.release(existing);
       existing = undefined;
     }
     if (existing) {
@@ -214,7 +219,8 @@ export class PodHandler {
       return this.#result(req, record, links);
     } catch (e) {
       try {
-        datapath.teardown(req.containerId, {
+        // Off the event loop as every release: the half-made veth may exist.
+        await datapath.removeVeth(req.containerId, {
           ipv6: parseOptional(record.ipv6),
           ipv4: parseOptional(record.ipv4),
         });
@@ -285,51 +291,48 @@ export class PodHandler {
 
   /**
    * Tears down one attachment; everything already gone is success. With `background`, a
-   * committed attachment goes off the network now and its veth's deletion is returned still
-   * running (see {@link releaseInBackground}).
+   * committed attachment goes off the network now and `removing` is its veth's deletion, still
+   * running (see {@link releaseInBackground}); otherwise the release is over when this resolves.
    */
-  del(req: RpcRequest, background = false): Promise<void> | undefined {
+  async del(req: RpcRequest, background = false): Promise<{ removing?: Promise<void> }> {
     const rec = this.deps.store.get(req.containerId, req.ifname);
-    if (rec?.state === "committed" && background) return this.releaseInBackground(rec);
+    if (rec?.state === "committed" && background) {
+      return { removing: this.releaseInBackground(rec) };
+    }
     if (rec) {
-      this.release(rec);
-      return;
+      await this.release(rec);
+      return {};
     }
     // No record: tear down a half-made veth by its container-derived name, unless that veth
     // belongs to another interface of this container (a refused second ADD is followed by a DEL).
-    if (this.deps.store.ifnamesOf(req.containerId).length > 0) return;
-    this.release({ containerId: req.containerId, ifname: req.ifname });
-  }
-
-  /** Removes the datapath, the record and the addresses of one attachment. */
-  release(rec: Pick<Attachment, "containerId" | "ifname"> & Partial<Attachment>): void {
-    const ipv6 = parseOptional(rec.ipv6);
-    const ipv4 = parseOptional(rec.ipv4);
-    // Drop this pod's anycast paths while its veth still exists (see AnycastRoutes.sync).
-    if (rec.anycast?.length) this.deps.anycast?.sync(rec.anycast, { without: rec });
-    this.deps.datapath.teardown(rec.containerId, { ipv6, ipv4 });
-    if (rec.state === undefined) return;
-    this.deps.crashAt?.("del-after-teardown");
-    this.#finishRelease(rec, ipv6, ipv4);
+    if (this.deps.store.ifnamesOf(req.containerId).length === 0) {
+      await this.deps.datapath.removeVeth(req.containerId);
+    }
+    return {};
   }
 
   /**
-   * DEL's release of a committed attachment, in two halves. Now: the record turns `releasing`
-   * (durable: a crash from here on is finished by the start-up reconcile), its anycast paths go,
-   * and the pod goes off the network (routes, link down). Returned, still running: the veth's
-   * deletion off the event loop, then the record's removal and the addresses' release. The
-   * promise never rejects: a failure is logged and the record stays `releasing` for the agent's
-   * sweep ({@link retryRelease}), a DEL retry, an ADD of the same container, GC or the next
-   * start to finish.
+   * Releases one attachment whole, with the veth's deletion off the event loop: resolves once
+   * the veth and the record are gone and the addresses cooling. A committed attachment first
+   * goes off the network and turns `releasing` ({@link #takeOffNetwork}), so when the deletion
+   * fails (this rejects) it stays `releasing` for the next try, as after a failed background DEL.
+   * Used by a DEL without `hold`, a DEL or ADD of a container whose release is stuck, and the
+   * agent's stuck-release sweep; GC uses the same two steps for many attachments at once.
+   */
+  async release(rec: Attachment): Promise<void> {
+    this.#takeOffNetwork(rec);
+    await this.#removeVethThenFinish(rec);
+  }
+
+  /**
+   * DEL's release of a committed attachment, in two halves. Now: the pod goes off the network
+   * ({@link #takeOffNetwork}). Returned, still running: the veth's deletion off the event loop,
+   * then the record's removal and the addresses' release. The promise never rejects: a failure
+   * is logged and the record stays `releasing` for the agent's sweep, a DEL retry, an ADD of the
+   * same container, GC or the next start to finish (each through {@link release}).
    */
   releaseInBackground(rec: Attachment): Promise<void> {
-    const { store, datapath } = this.deps;
-    const ipv6 = parseOptional(rec.ipv6);
-    const ipv4 = parseOptional(rec.ipv4);
-    store.markReleasing(rec.containerId, rec.ifname, (this.deps.now ?? Date.now)());
-    if (rec.anycast.length) this.deps.anycast?.sync(rec.anycast, { without: rec });
-    datapath.detach(rec.containerId, { ipv6, ipv4 });
-    this.deps.crashAt?.("del-after-releasing");
+    this.#takeOffNetwork(rec);
     const removal = this.#removeVethThenFinish(rec).catch((e) => {
       this.deps.log({
         level: "error",
@@ -349,20 +352,26 @@ export class PodHandler {
   }
 
   /**
-   * Retries the release of a `releasing` attachment whose background veth deletion failed (the
-   * agent's sweep): its anycast paths go (again; a no-op when DEL dropped them), then the same
-   * second half as DEL's, with the veth's deletion off the event loop. Rejects when it fails
-   * again; the record then stays `releasing` for the next try.
+   * The first half of every release, without waiting for the kernel: a committed record turns
+   * `releasing` (durable: a crash from here on is finished by the start-up reconcile), the pod's
+   * anycast paths go while its veth still exists (see AnycastRoutes.sync), and the node's routes
+   * to it go and its host veth goes down. Repeating it for a `releasing` record is harmless.
    */
-  async retryRelease(rec: Attachment): Promise<void> {
+  #takeOffNetwork(rec: Attachment): void {
+    const turned = rec.state === "committed" &&
+      this.deps.store.markReleasing(rec.containerId, rec.ifname, (this.deps.now ?? Date.now)());
     if (rec.anycast.length) this.deps.anycast?.sync(rec.anycast, { without: rec });
-    await this.#removeVethThenFinish(rec);
+    this.deps.datapath.detach(rec.containerId, {
+      ipv6: parseOptional(rec.ipv6),
+      ipv4: parseOptional(rec.ipv4),
+    });
+    if (turned) this.deps.crashAt?.("del-after-releasing");
   }
 
   /**
-   * The second half of a background release: deletes the veth off the event loop, then removes
-   * the record and releases the addresses. Rejects when the deletion fails (the record stays
-   * `releasing`); the test fault applies here, to DEL's deletions and the sweep's alike.
+   * The second half of every release: deletes the veth off the event loop, then removes the
+   * record and releases the addresses. Rejects when the deletion fails (the record stays
+   * `releasing`); the test fault applies here, to every release path alike.
    */
   async #removeVethThenFinish(rec: Attachment): Promise<void> {
     const ipv6 = parseOptional(rec.ipv6);
@@ -413,28 +422,89 @@ export class PodHandler {
     }
   }
 
-  /** Releases every attachment the runtime no longer lists as valid. */
-  gc(req: RpcRequest): void {
-    const listed = req.config["cni.dev/valid-attachments"] ?? req.config["cni.dev/attachments"];
-    const valid = new Set<string>();
-    if (Array.isArray(listed)) {
-      for (const a of listed) {
-        const att = a as { containerID?: unknown; ifname?: unknown };
-        if (typeof att?.containerID === "string" && typeof att?.ifname === "string") {
-          valid.add(`${att.containerID}\u0000${att.ifname}`);
-        }
+  /**
+   * Releases every attachment the runtime no longer lists as valid, and answers once all of them
+   * are released (records gone, addresses cooling). All go off the network first, then their
+   * veths are deleted off the event loop, {@link GC_DELETIONS_IN_FLIGHT} at a time. Every one is
+   * tried whatever happens to the others (the spec: continue past errors and report them); the
+   * failed ones stay `releasing` for the agent's sweep or the next GC.
+   *
+   * @throws {CniError} code 11 (try again later) naming every attachment that failed: the failure
+   *   is one a retry can clear, and the sweep retries it anyway.
+   */
+  async gc(req: RpcRequest): Promise<void> {
+    const valid = validAttachments(req.config);
+    const stale = this.deps.store.list().filter((rec) => !valid.has(attachmentKey(rec)));
+    const failures: { rec: Attachment; error: unknown }[] = [];
+    const offNetwork = stale.filter((rec) => {
+      try {
+        this.#takeOffNetwork(rec);
+        return true;
+      } catch (error) {
+        failures.push({ rec, error });
+        return false;
       }
+    });
+    const outcomes = await forEachBounded(offNetwork, GC_DELETIONS_IN_FLIGHT, async (rec) => {
+      await this.#removeVethThenFinish(rec);
+      this.deps.log({
+        level: "info",
+        msg: "gc released attachment",
+        containerId: rec.containerId,
+        ifname: rec.ifname,
+      });
+    });
+    outcomes.forEach((o, i) => {
+      if (o.status === "rejected") failures.push({ rec: offNetwork[i], error: o.reason });
+    });
+    if (failures.length === 0) return;
+    for (const { rec, error } of failures) {
+      this.deps.log({
+        level: "error",
+        msg: "gc could not release attachment; it stays releasing",
+        containerId: rec.containerId,
+        ifname: rec.ifname,
+        error: String(error),
+      });
     }
-    for (const rec of this.deps.store.list()) {
-      if (!valid.has(`${rec.containerId}\u0000${rec.ifname}`)) {
-        this.release(rec);
-        this.deps.log({
-          level: "info",
-          msg: "gc released attachment",
-          containerId: rec.containerId,
-          ifname: rec.ifname,
-        });
+    throw new CniError(
+      CniCode.tryAgainLater,
+      `GC released ${stale.length - failures.length} of ${stale.length} attachments; ` +
+        `${failures[0].rec.containerId}/${failures[0].rec.ifname}: ${
+          errorMessage(failures[0].error)
+        }`,
+      failures.map(({ rec, error }) => `${rec.containerId}/${rec.ifname}: ${errorMessage(error)}`)
+        .join("; "),
+    );
+  }
+}
+
+/**
+ * Veth deletions GC runs at once. The kernel overlaps them (bench/veth_delete_bench.ts: 12
+ * veths with 4 in flight take about a third of the time of one at a time); the bound keeps the
+ * worker threads, netlink sockets and rtnl contention of a large GC small.
+ */
+export const GC_DELETIONS_IN_FLIGHT = 4;
+
+/** The attachments GC must keep: `cni.dev/valid-attachments` (or the spec's older key). */
+function validAttachments(config: Record<string, unknown>): Set<string> {
+  const listed = config["cni.dev/valid-attachments"] ?? config["cni.dev/attachments"];
+  const valid = new Set<string>();
+  if (Array.isArray(listed)) {
+    for (const a of listed) {
+      const att = a as { containerID?: unknown; ifname?: unknown };
+      if (typeof att?.containerID === "string" && typeof att?.ifname === "string") {
+        valid.add(attachmentKey({ containerId: att.containerID, ifname: att.ifname }));
       }
     }
   }
+  return valid;
+}
+
+function attachmentKey(a: Pick<Attachment, "containerId" | "ifname">): string {
+  return `${a.containerId}\u0000${a.ifname}`;
+}
+
+function errorMessage(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
 }

@@ -1,7 +1,7 @@
 /**
  * Test-only faults and timings for the DEL path's stuck releases, in the style of
- * crash_points.ts: end-to-end tests make background veth deletions (DEL's and the sweep's
- * retries) fail and shorten the retry sweep, so they can prove that a stuck release is visible,
+ * crash_points.ts: end-to-end tests make veth deletions (DEL's, GC's and the sweep's retries)
+ * fail and shorten the retry sweep, so they can prove that a stuck release is visible,
  * that a failed retry leaves it stuck, and that a later sweep finishes it.
  *
  * Off unless the variables are set when the agent starts; read once, so a running agent's
@@ -11,8 +11,8 @@
  */
 
 /**
- * Makes the first N background veth deletions throw, before touching the kernel: DEL's and the
- * stuck-release sweep's retries count alike, in the order they run.
+ * Makes the first N veth deletions of releases throw, before touching the kernel: DEL's, GC's
+ * and the stuck-release sweep's retries count alike, in the order they run.
  */
 export const FAIL_VETH_DELETE_ENV = "FLOCK_TEST_FAIL_VETH_DELETE";
 

@@ -6,15 +6,22 @@
 
 import assert from "node:assert/strict";
 import { FlockNode, ping, TestNamespace } from "../helpers/flock.ts";
-import { ROOT_ONLY, run } from "../helpers/exec.ts";
-import { callAgent } from "../../cni.ts";
+import { ROOT_ONLY } from "../helpers/exec.ts";
 import { addLivePod, assertNodeHolds, resultIps, storeRecords } from "../helpers/node_state.ts";
 import { hostIfaceName } from "../../agent/datapath.ts";
 import { FAIL_VETH_DELETE_ENV, RELEASE_SWEEP_ENV } from "../../agent/test_faults.ts";
-import type { StatusSnapshot } from "../../agent/status_snapshot.ts";
 import { assertCniError } from "../helpers/cni_output.ts";
 import { eventually } from "../helpers/eventually.ts";
 import type { IpLink, IpRoute } from "../helpers/iproute.ts";
+import {
+  agentEvents,
+  assertStatusAnswered,
+  flockStatusJson,
+  loggedEvents,
+  probeStatus,
+  slowestStatusMs,
+  type StatusProbe,
+} from "../helpers/status_probe.ts";
 
 Deno.test({
   name: "DEL in the background: the pod is off the network at the answer, the veth goes after",
@@ -125,15 +132,6 @@ const FAIL_FIRST_VETH_DELETE = { [FAIL_VETH_DELETE_ENV]: "1" };
 /** Log line of a background veth deletion that failed (agent/pod_handler.ts). */
 const STUCK_LOG = /veth deletion after DEL failed; the attachment stays releasing/;
 
-/** The agent's state as `flock status --json` prints it. */
-async function flockStatusJson(node: FlockNode): Promise<StatusSnapshot> {
-  const r = await run([node.executable, "status", "--json", "--socket", node.socketPath], {
-    timeoutMs: 30_000,
-  });
-  assert.equal(r.code, 0, r.stderr);
-  return JSON.parse(r.stdout);
-}
-
 /** The flock host links of the node now, without waiting for releases to settle. */
 async function linksNow(node: FlockNode): Promise<IpLink[]> {
   return (await node.ns.ipJson<IpLink[]>(["link", "show"]))
@@ -231,7 +229,7 @@ Deno.test({
       `stuck state read ${stuckCheckedMs} ms after DEL answered; ` +
         `the sweep (every ${sweepMs} ms) finished the release ${sweptMs} ms after it`,
     );
-    assert.match(await node.agentLog(), /finished a stuck release/);
+    await loggedEvents(node, (e) => e.msg === "finished a stuck release");
     await assertNodeHolds(node, [peerPod], "after the sweep");
     const after = await flockStatusJson(node);
     assert.deepEqual(
@@ -290,79 +288,6 @@ Deno.test({
     await assertNodeHolds(node, [peerPod], "after the second DEL");
   },
 });
-
-/** One STATUS round trip to the agent over its socket, as the plugin makes it (cni.ts). */
-interface StatusProbe {
-  /** Date.now() when the request was sent and when the answer arrived. */
-  sent: number;
-  answered: number;
-  ok: boolean;
-}
-
-/** A bound no STATUS answer may exceed (a blocked event loop would stall them all). */
-const STATUS_BOUND_MS = 2_000;
-
-/**
- * Asks the agent for STATUS back to back (`gapMs` apart) until `stop()`, or for at most
- * `maxMs`; `stop()` resolves to the timing of every answer.
- */
-function probeStatus(
-  node: FlockNode,
-  gapMs = 10,
-  maxMs = 60_000,
-): { stop(): Promise<StatusProbe[]> } {
-  let stopped = false;
-  const probes: StatusProbe[] = [];
-  const until = Date.now() + maxMs;
-  const loop = (async () => {
-    while (!stopped && Date.now() < until) {
-      const sent = Date.now();
-      const r = await callAgent(node.socketPath, {
-        command: "STATUS",
-        containerId: "",
-        netns: "",
-        ifname: "",
-        args: "",
-        config: { cniVersion: "1.1.0", name: "probe", type: "flock" },
-      }, STATUS_BOUND_MS * 2);
-      probes.push({ sent, answered: Date.now(), ok: r.ok });
-      await new Promise((res) => setTimeout(res, gapMs));
-    }
-  })();
-  return {
-    async stop() {
-      stopped = true;
-      await loop;
-      return probes;
-    },
-  };
-}
-
-/** Asserts that every STATUS was answered, each within {@link STATUS_BOUND_MS}. */
-function assertStatusAnswered(probes: StatusProbe[], why: string): void {
-  assert.ok(probes.length > 0, `no STATUS was sent (${why})`);
-  const failed = probes.filter((p) => !p.ok).length;
-  assert.equal(failed, 0, `${failed} of ${probes.length} STATUS requests failed (${why})`);
-  const slowest = Math.max(...probes.map((p) => p.answered - p.sent));
-  assert.ok(
-    slowest < STATUS_BOUND_MS,
-    `the slowest STATUS took ${slowest} ms (bound ${STATUS_BOUND_MS} ms; ${why})`,
-  );
-}
-
-/** The agent's JSON log lines. */
-async function agentEvents(node: FlockNode): Promise<Record<string, unknown>[]> {
-  const events: Record<string, unknown>[] = [];
-  for (const line of (await node.agentLog()).split("\n")) {
-    if (!line.startsWith("{")) continue;
-    try {
-      events.push(JSON.parse(line));
-    } catch {
-      // not one of the agent's log lines
-    }
-  }
-  return events;
-}
 
 /** Log events of the stuck-release sweep (agent/agent.ts), for one container or all. */
 async function sweepEvents(
@@ -448,13 +373,17 @@ Deno.test({
       console.log(
         `the second sweep (every ${sweepMs} ms) finished the release ${sweptMs} ms after DEL ` +
           `answered; ${allProbes.length} STATUS answered meanwhile, the slowest in ` +
-          `${Math.max(...allProbes.map((p) => p.answered - p.sent))} ms`,
+          `${slowestStatusMs(allProbes)} ms`,
       );
     } finally {
       allProbes ??= await probes.stop();
     }
     assertStatusAnswered(allProbes, "from the DEL through both sweeps");
-    assert.equal((await sweepEvents(node, "finished a stuck release", "stuck")).length, 1);
+    const finishedStuck = await loggedEvents(
+      node,
+      (e) => e.msg === "finished a stuck release" && e.containerId === "stuck",
+    );
+    assert.equal(finishedStuck.length, 1);
     await assertNodeHolds(node, [peerPod], "after the second sweep");
     const after = await flockStatusJson(node);
     assert.deepEqual(
@@ -521,7 +450,7 @@ Deno.test({
       [pods],
       `one sweep retried all ${pods} stuck releases (the DELs all failed before it looked)`,
     );
-    const finished = await sweepEvents(node, "finished a stuck release");
+    const finished = await loggedEvents(node, (e) => e.msg === "finished a stuck release", pods);
     assert.equal(finished.length, pods);
     const startedAt = Date.parse(String(sweeps[0].ts));
     const doneAt = Date.parse(String(finished.at(-1)!.ts));

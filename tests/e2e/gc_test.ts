@@ -1,0 +1,219 @@
+/**
+ * GC after a runtime restart: many attachments released in one request. GC answers once every
+ * one of them is gone (records, veths, routes) and its addresses are cooling, and the agent keeps
+ * answering STATUS meanwhile (the veth deletions run off the event loop). One failed deletion
+ * does not stop the others; GC reports it and the stuck-release sweep finishes it.
+ */
+
+import assert from "node:assert/strict";
+import { FlockNode, TestNamespace } from "../helpers/flock.ts";
+import { ROOT_ONLY } from "../helpers/exec.ts";
+import { callAgent } from "../../cni.ts";
+import { hostIfaceName } from "../../agent/datapath.ts";
+import type { IpLink } from "../helpers/iproute.ts";
+import { addLivePod, assertNodeHolds, type LivePod, storeRecords } from "../helpers/node_state.ts";
+import { FAIL_VETH_DELETE_ENV, RELEASE_SWEEP_ENV } from "../../agent/test_faults.ts";
+import { assertCniError } from "../helpers/cni_output.ts";
+import { eventually } from "../helpers/eventually.ts";
+import {
+  assertStatusAnswered,
+  flockStatusJson,
+  loggedEvents,
+  probeStatus,
+  slowestStatusMs,
+  type StatusProbe,
+} from "../helpers/status_probe.ts";
+
+/** Each STATUS answered during a GC within this (a GC blocking the event loop would stall). */
+const STATUS_DURING_GC_BOUND_MS = 500;
+/** STATUS answers (sent back to back) that must fall within a GC of 12 (measured: ~30). */
+const MIN_STATUS_DURING_GC = 5;
+
+/** `cni.dev/valid-attachments` naming `pods` (on eth0), in both spellings libcni sends. */
+function validAttachments(pods: LivePod[]): Record<string, unknown> {
+  const valid = pods.map((p) => ({ containerID: p.containerId, ifname: "eth0" }));
+  return { cniVersion: "1.1.0", "cni.dev/valid-attachments": valid, "cni.dev/attachments": valid };
+}
+
+/** Creates `count` pod namespaces and ADDs a pod into each (concurrently). */
+async function addPods(
+  node: FlockNode,
+  prefix: string,
+  count: number,
+): Promise<{ namespaces: TestNamespace[]; pods: LivePod[] }> {
+  const namespaces: TestNamespace[] = [];
+  try {
+    for (let i = 0; i < count; i++) namespaces.push(await TestNamespace.create("flk-gcp"));
+    const pods = await Promise.all(
+      namespaces.map((ns, i) => addLivePod(node, `${prefix}${i}`, ns.path)),
+    );
+    return { namespaces, pods };
+  } catch (e) {
+    await removeAll(namespaces);
+    throw e;
+  }
+}
+
+async function removeAll(namespaces: TestNamespace[]): Promise<void> {
+  for (const ns of namespaces) await ns.remove().catch(() => {});
+}
+
+/** [family, allocated, cooling] of each pool, as `flock status` shows them. */
+async function poolCounts(node: FlockNode): Promise<[string, number, number][]> {
+  return (await flockStatusJson(node)).pools.map((p) => [p.family, p.allocated, p.cooling]);
+}
+
+Deno.test({
+  name: "GC releases 12 attachments at once, off the event loop: STATUS is answered throughout",
+  ...ROOT_ONLY,
+  async fn() {
+    const stale = 12;
+    await using node = await FlockNode.start({
+      config: { cidr6: "fd00:e1::/64", cidr4: "10.225.0.0/24" },
+      // Released addresses cool for a minute: "cooling" proves GC released them.
+      cooldownMs: 60_000,
+    });
+    const kept = await addPods(node, "keep", 2);
+    const gone = await addPods(node, "gone", stale);
+    try {
+      await assertNodeHolds(node, [...kept.pods, ...gone.pods], "before GC");
+      const probes = probeStatus(node, 2);
+      let allProbes: StatusProbe[] | undefined;
+      let gcStarted = 0, gcAnswered = 0;
+      try {
+        // Straight to the agent's socket (as the plugin forwards it), to time the agent's work.
+        gcStarted = Date.now();
+        const gc = await callAgent(node.socketPath, {
+          command: "GC",
+          containerId: "",
+          netns: "",
+          ifname: "",
+          args: "",
+          config: JSON.parse(await node.netconf(validAttachments(kept.pods))),
+        }, 60_000);
+        gcAnswered = Date.now();
+        assert.deepEqual(gc, { ok: true }, "GC succeeds");
+      } finally {
+        allProbes = await probes.stop();
+      }
+      // At the answer, not eventually: GC answers only once everything is released.
+      await assertNodeHolds(node, kept.pods, "right after GC answered");
+      assert.deepEqual(
+        await poolCounts(node),
+        [["ipv6", 2, stale], ["ipv4", 2, stale]],
+        "the kept pods' addresses allocated, every released one cooling",
+      );
+      const released = await loggedEvents(node, (e) => e.msg === "gc released attachment", stale);
+      assert.deepEqual(
+        released.map((e) => e.containerId).sort(),
+        gone.pods.map((p) => p.containerId).sort(),
+      );
+      const during = allProbes.filter((p) => p.sent >= gcStarted && p.answered <= gcAnswered);
+      const duringMs = during.map((p) => p.answered - p.sent);
+      console.log(
+        `GC released ${stale} attachments in ${gcAnswered - gcStarted} ms; ` +
+          `${during.length} STATUS answered within it (slowest ${Math.max(0, ...duringMs)} ms), ` +
+          `${allProbes.length} in all (slowest ${slowestStatusMs(allProbes)} ms)`,
+      );
+      assertStatusAnswered(allProbes, "around a GC of 12", STATUS_DURING_GC_BOUND_MS);
+      // A GC blocking the event loop answers at most the STATUS already in flight when it started
+      // and the one it held back (measured: 0-2, the held one waiting ~400 ms for 12 veths).
+      assert.ok(
+        during.length >= MIN_STATUS_DURING_GC,
+        `${during.length} STATUS answered during the ${gcAnswered - gcStarted} ms GC, want at ` +
+          `least ${MIN_STATUS_DURING_GC} (${allProbes.length} sent)`,
+      );
+      // The kept pods still work through the plugin, and a second GC has nothing to do.
+      const again = await node.cni("GC", { ifname: "", extraConfig: validAttachments(kept.pods) });
+      assert.equal(again.code, 0, again.stdout);
+      await assertNodeHolds(node, kept.pods, "after a second GC");
+    } finally {
+      await removeAll([...kept.namespaces, ...gone.namespaces]);
+    }
+  },
+});
+
+Deno.test({
+  name: "GC where one veth deletion fails: code 11, the others released, the sweep finishes it",
+  ...ROOT_ONLY,
+  async fn() {
+    const stale = 4;
+    // Long enough that the state right after GC is read before the first sweep (checked below).
+    const sweepMs = 5_000;
+    await using node = await FlockNode.start({
+      config: { cidr6: "fd00:e2::/64", cidr4: "10.226.0.0/24" },
+      cooldownMs: 60_000,
+      startAgent: false,
+    });
+    await node.startAgent({
+      env: { [FAIL_VETH_DELETE_ENV]: "1", [RELEASE_SWEEP_ENV]: String(sweepMs) },
+    });
+    const agentStarted = performance.now();
+    const kept = await addPods(node, "keep", 1);
+    const gone = await addPods(node, "gone", stale);
+    try {
+      // Through the installed plugin, as the runtime calls it.
+      const gc = await node.cni("GC", { ifname: "", extraConfig: validAttachments(kept.pods) });
+      // The state right after the answer, read before the sweep can change it.
+      const records = storeRecords(node);
+      const [pools, links] = await Promise.all([
+        poolCounts(node),
+        // Not node.flockLinks(): it waits for releases to settle, and one is stuck.
+        node.ns.ipJson<IpLink[]>(["link", "show"]),
+      ]);
+      const readAt = Math.round(performance.now() - agentStarted);
+      const why = `read ${readAt} ms after the agent started (sweep every ${sweepMs} ms)`;
+      assertCniError(
+        gc,
+        11,
+        new RegExp(`GC released ${stale - 1} of ${stale} attachments; gone\\d/eth0: .*injected`),
+      );
+      // Exactly one stale attachment is left, releasing, its addresses still held.
+      const stuck = records.filter((r) => r.state === "releasing");
+      assert.equal(stuck.length, 1, `one attachment stays releasing (${why})`);
+      const [failed] = stuck;
+      assert.match(gc.json.details, new RegExp(`^${failed.containerId}/eth0: `));
+      assert.deepEqual(
+        records.filter((r) => r.state !== "releasing").map((r) => r.containerId),
+        kept.pods.map((p) => p.containerId),
+        "every other stale attachment is released",
+      );
+      assert.deepEqual(
+        pools,
+        [["ipv6", 2, stale - 1], ["ipv4", 2, stale - 1]],
+        `the kept and the stuck pod's addresses allocated, the others cooling (${why})`,
+      );
+      const host = links.find((l) => l.ifname === hostIfaceName(failed.containerId));
+      assert.ok(host, `the stuck veth is still there (${why})`);
+      assert.ok(!host.flags.includes("UP"), `the stuck veth is down: ${host.flags}`);
+      assert.deepEqual(
+        links.filter((l) => l.ifname.startsWith("flock")).map((l) => l.ifname).sort(),
+        [...kept.pods.map((p) => p.containerId), failed.containerId].map(hostIfaceName).sort(),
+        "the released attachments' veths are gone",
+      );
+      await loggedEvents(
+        node,
+        (e) =>
+          e.msg === "gc could not release attachment; it stays releasing" &&
+          e.containerId === failed.containerId && e.level === "error",
+      );
+
+      // The sweep finishes it.
+      await eventually(
+        "the sweep to finish the release GC left stuck",
+        () => Promise.resolve(storeRecords(node).length),
+        (n) => n === kept.pods.length,
+        2 * sweepMs + 10_000,
+        50,
+      );
+      await loggedEvents(
+        node,
+        (e) => e.msg === "finished a stuck release" && e.containerId === failed.containerId,
+      );
+      await assertNodeHolds(node, kept.pods, "after the sweep");
+      assert.deepEqual(await poolCounts(node), [["ipv6", 1, stale], ["ipv4", 1, stale]]);
+    } finally {
+      await removeAll([...kept.namespaces, ...gone.namespaces]);
+    }
+  },
+});
