@@ -19,7 +19,16 @@
 import { parseArgs } from "node:util";
 import { deleteLinkOffThread, getLinkByName, Handle } from "../netlink/mod.ts";
 import { forEachBounded } from "../agent/bounded.ts";
-import { formatTable, ms, ratio, type ResultRow, summarize } from "./report.ts";
+import { runOk } from "../tests/helpers/exec.ts";
+import {
+  addNamespaces,
+  deleteNamespaces,
+  formatTable,
+  ms,
+  ratio,
+  type ResultRow,
+  summarize,
+} from "./report.ts";
 
 const { values } = parseArgs({
   options: {
@@ -34,30 +43,6 @@ if (!Number.isInteger(ROUNDS) || ROUNDS < 1) throw new Error("--rounds must be a
 const CONCURRENCIES = [...new Set([1, 2, 4, 8, PODS])].filter((c) => c <= PODS);
 
 const prefix = `flk-vdb-${Deno.pid}`;
-const created: string[] = [];
-
-function ip(args: string[]): void {
-  const out = new Deno.Command("ip", { args, stdout: "null", stderr: "piped" }).outputSync();
-  if (!out.success) {
-    throw new Error(`ip ${args.join(" ")}: ${new TextDecoder().decode(out.stderr).trim()}`);
-  }
-}
-
-function addNetns(name: string): void {
-  ip(["netns", "add", name]);
-  created.push(name);
-}
-
-function removeAll(): void {
-  for (const name of created.splice(0)) {
-    try {
-      ip(["netns", "del", name]);
-    } catch (e) {
-      console.error(`cleanup: ${(e as Error).message}`);
-    }
-  }
-}
-globalThis.addEventListener("unload", removeAll);
 
 /** Deletes every veth, at most `concurrency` in flight; the wall time and the longest stall. */
 async function deleteAll(
@@ -84,20 +69,32 @@ async function deleteAll(
   return { wallMs: performance.now() - started, stallMs };
 }
 
+const nodeName = `${prefix}-node`;
+const pods = Array.from({ length: PODS }, (_, i) => `${prefix}-p${i}`);
 try {
-  const nodeName = `${prefix}-node`;
-  addNetns(nodeName);
-  const pods = Array.from({ length: PODS }, (_, i) => `${prefix}-p${i}`);
-  for (const p of pods) addNetns(p);
+  await addNamespaces([nodeName, ...pods]);
   const names = pods.map((_, i) => `vdb${i}`);
   using node = Handle.forNetns(`/var/run/netns/${nodeName}`);
   const wall = new Map<number, number[]>(CONCURRENCIES.map((c) => [c, []]));
   const stall = new Map<number, number[]>(CONCURRENCIES.map((c) => [c, []]));
   for (let round = 0; round < ROUNDS; round++) {
     for (const c of CONCURRENCIES) {
-      names.forEach((name, i) => {
-        ip(["-n", nodeName, "link", "add", name, "type", "veth", "peer", "eth0", "netns", pods[i]]);
-      });
+      for (const [i, name] of names.entries()) {
+        await runOk([
+          "ip",
+          "-n",
+          nodeName,
+          "link",
+          "add",
+          name,
+          "type",
+          "veth",
+          "peer",
+          "eth0",
+          "netns",
+          pods[i],
+        ]);
+      }
       const r = await deleteAll(node, names, c);
       wall.get(c)!.push(r.wallMs);
       stall.get(c)!.push(r.stallMs);
@@ -120,5 +117,5 @@ try {
     formatTable(`veth deletion concurrency (${navigator.hardwareConcurrency} cpus)`, rows),
   );
 } finally {
-  removeAll();
+  await deleteNamespaces([nodeName, ...pods]);
 }
