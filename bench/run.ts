@@ -66,6 +66,7 @@ console.log(
 /** The other benchmarks, run one after another as their own processes (each cleans up itself). */
 const OTHERS: { file: string; quickArgs: string[]; denoBench?: boolean }[] = [
   { file: "datapath_bench.ts", quickArgs: ["--pods", "50"] },
+  { file: "veth_delete_bench.ts", quickArgs: [] },
   { file: "ipam_bench.ts", quickArgs: [], denoBench: true },
   { file: "metrics_bench.ts", quickArgs: ["--pods", "50"] },
   { file: "anycast_bench.ts", quickArgs: ["--pods", "50"] },
