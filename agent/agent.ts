@@ -34,6 +34,7 @@ import {
   type MeshPeer,
   NodeRouting,
   reloadSummary,
+  type RouterId,
 } from "./routing.ts";
 import { bgpSessions } from "../bird/control.ts";
 import { trimFreedMemory } from "./malloc_trim.ts";
@@ -414,6 +415,8 @@ export class Agent {
       sessions: number;
       sessionsUp: number;
       lastReload?: { time: string; ok: boolean; message?: string };
+      /** The router id in bird.conf (cluster mode publishes it in the NodeConfig status). */
+      routerId?: RouterId;
     }
     | undefined
   > {
@@ -434,6 +437,7 @@ export class Agent {
         ok: reload.ok,
         ...(reload.message ? { message: reload.message.slice(0, 1024) } : {}),
       },
+      routerId: this.#routing?.routerId(),
     };
   }
 

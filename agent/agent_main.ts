@@ -99,6 +99,7 @@ export async function agentMain(args: string[]): Promise<number> {
     netnsPath: values.netns,
     cooldownMs: cooldown === undefined ? undefined : Number(cooldown),
   });
+  if (cluster) agent.statusHooks.routerIdConflicts = () => cluster.routerIdConflicts;
   await agent.listen();
   let http: HttpEndpoint | undefined;
   if (httpAddress) {

@@ -94,6 +94,15 @@ export function renderStatus(s: StatusSnapshot): string {
   }
 
   out.push("", "BGP sessions");
+  if (s.bgp.routerId) {
+    out.push(`  router id ${s.bgp.routerId} (from ${s.bgp.routerIdSource ?? "unknown"})`);
+  }
+  if (s.bgp.routerIdConflicts?.length) {
+    out.push(
+      `  CONFLICT: node ${s.bgp.routerIdConflicts.join(", ")} uses the same router id; ` +
+        `set a unique spec.bgp.routerID`,
+    );
+  }
   if (!s.bgp.available) out.push("  not available (BGP is not wired into this agent)");
   else if (s.bgp.error) out.push(`  cannot read them from BIRD: ${s.bgp.error}`);
   else if (s.bgp.sessions.length === 0) out.push("  none configured");

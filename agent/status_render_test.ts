@@ -116,6 +116,20 @@ Deno.test("status table: not ready says why; no BGP wired, no reload, no pods", 
   assert.match(failed, /^Last BIRD reload: t FAILED \(rejected: syntax error\)$/m);
 });
 
+Deno.test("status table: the router id, and other nodes sharing it", () => {
+  const bgp = { available: true, sessions: [], routerId: "10.0.0.11" };
+  const unique = renderStatus(snapshot({ bgp: { ...bgp, routerIdSource: "nodeInternalIP" } }));
+  assert.match(unique, /^BGP sessions\n {2}router id 10\.0\.0\.11 \(from nodeInternalIP\)$/m);
+  assert.doesNotMatch(unique, /CONFLICT/);
+  const shared = renderStatus(snapshot({
+    bgp: { ...bgp, routerIdSource: "bgp.routerID", routerIdConflicts: ["node-b", "node-c"] },
+  }));
+  assert.match(
+    shared,
+    /^ {2}CONFLICT: node node-b, node-c uses the same router id; set a unique spec\.bgp\.routerID$/m,
+  );
+});
+
 Deno.test("status helpers: durations, use and tables", () => {
   assert.equal(formatDuration(0), "0s");
   assert.equal(formatDuration(59.9), "59s");

@@ -57,6 +57,8 @@ export interface StatusHooks {
   bgpSessions?: () => Promise<BgpSessionStatus[]>;
   /** Number of anycast routes installed; default: distinct anycast addresses held by pods. */
   anycastRoutes?: () => number;
+  /** Other nodes publishing this node's BGP router id (cluster mode; see kube/router_ids.ts). */
+  routerIdConflicts?: () => readonly string[];
 }
 
 /** Use of one address family's node CIDR. */
@@ -105,6 +107,8 @@ export interface StatusSnapshot {
     routerId?: string;
     /** Where it came from: `bgp.routerID`, the Node's IPv4 InternalIP, or a node name hash. */
     routerIdSource?: RouterIdSource;
+    /** Other nodes whose NodeConfig status publishes the same router id (absent: none). */
+    routerIdConflicts?: string[];
     sessions: BgpSessionStatus[];
     /** Why the sessions could not be read. */
     error?: string;
@@ -209,6 +213,7 @@ export async function buildStatusSnapshot(
     anycastRoutes: src.hooks.anycastRoutes?.() ?? anycast.length,
     bgp: {
       ...(src.routerId ? { routerId: src.routerId.id, routerIdSource: src.routerId.source } : {}),
+      ...routerIdConflicts(src),
       ...await readBgp(src.hooks, opts.bgpTimeoutMs ?? DEFAULT_BGP_TIMEOUT_MS),
     },
     lastBirdReload: src.lastBirdReload,
@@ -219,6 +224,11 @@ export async function buildStatusSnapshot(
     reconcile: src.reconcile && { ...src.reconcile, problems: [...src.reconcile.problems] },
   };
   return snapshot;
+}
+
+function routerIdConflicts(src: StatusSources): { routerIdConflicts?: string[] } {
+  const others = src.routerId ? src.hooks.routerIdConflicts?.() ?? [] : [];
+  return others.length ? { routerIdConflicts: [...others] } : {};
 }
 
 async function readBgp(

@@ -13,7 +13,8 @@
  * - Pods of this node feed the annotation lookups of ADDs that came without annotations.
  * - BGP passwords named by `passwordSecretRef` are read from Secrets of the agent's namespace
  *   before bird.conf is rendered, and kept current (see bgp_secrets.ts).
- * - The NodeConfig's status is kept current (rate-limited, coalesced).
+ * - The NodeConfig's status is kept current (rate-limited, coalesced). It publishes the BGP
+ *   router id, which is compared with those the other NodeConfigs publish (router_ids.ts).
  * - API server restarts and watch expiry are absorbed by the informers; nothing here touches
  *   a running pod because the API server went away.
  *
@@ -36,7 +37,8 @@ import {
   projectNodeAddresses,
   projectNodeConfig,
 } from "./node_configs.ts";
-import type { MeshPeer } from "../routing.ts";
+import type { MeshPeer, RouterId } from "../routing.ts";
+import { routerIdCondition, RouterIdConflictLog, routerIdConflicts } from "./router_ids.ts";
 import { BgpSecrets, passwordCondition } from "./bgp_secrets.ts";
 import {
   type AgentStats,
@@ -144,9 +146,13 @@ export class ClusterMode {
   #stopped = false;
   readonly #sleeper = new Sleeper();
   #acquiring?: Promise<void>;
+  /** The router id in bird.conf when the status was last computed (undefined without BIRD). */
+  #routerId?: RouterId;
+  readonly #routerIdConflicts: RouterIdConflictLog;
 
   constructor(readonly options: ClusterModeOptions) {
     const { api, nodeName, log } = options;
+    this.#routerIdConflicts = new RouterIdConflictLog(log);
     this.pods = new Reflector({
       name: `pods on ${nodeName}`,
       source: {
@@ -235,6 +241,11 @@ export class ClusterMode {
   /** Resolves once the agent has a config (or cluster mode was stopped). */
   get configured(): Promise<void> {
     return this.#acquiring ?? Promise.resolve();
+  }
+
+  /** The other nodes whose NodeConfig status publishes this node's BGP router id. */
+  get routerIdConflicts(): readonly string[] {
+    return this.#routerIdConflicts.others;
   }
 
   /** Attachments changed (ADD/DEL/GC): refresh the status soon. */
@@ -426,6 +437,8 @@ export class ClusterMode {
   #emitPeers(): void {
     const { nodeName, log, onPeersChanged } = this.options;
     const objects = this.configs.cache.entries().map(([, v]) => v);
+    // Another node's status may now publish this node's router id, or no longer.
+    if (this.#checkRouterIds(objects)) this.status.request();
     const peers = peerConfigs(objects, nodeName, (name, reason) => {
       log({ level: "warn", msg: "ignoring invalid NodeConfig of another node", name, reason });
     });
@@ -474,6 +487,16 @@ export class ClusterMode {
     this.status.request();
   }
 
+  /**
+   * Compares this node's router id with those the other NodeConfigs publish; true when the
+   * conflict changed (the log says so).
+   */
+  #checkRouterIds(objects: NodeConfigObject[]): boolean {
+    const id = this.#routerId?.id;
+    const others = id ? routerIdConflicts(id, this.options.nodeName, objects) : [];
+    return this.#routerIdConflicts.update(id, others);
+  }
+
   /** Hands this node's InternalIPs to the agent when they changed (its router id). */
   #syncOwnAddresses(): void {
     const agent = this.#agent;
@@ -517,10 +540,17 @@ export class ClusterMode {
     }
     const routing = s.ready ? await agent.routingStatus?.() : undefined;
     this.#bgpSettled = !routing || routing.sessionsUp === routing.sessions;
+    this.#routerId = routing?.routerId;
+    this.#checkRouterIds(this.configs.cache.entries().map(([, v]) => v));
+    const conditions = [];
+    if (this.#routerId) {
+      conditions.push(routerIdCondition(this.#routerId, this.#routerIdConflicts.others));
+    }
     const passwords = passwordCondition(this.secrets.referenced, this.secrets.problems);
+    if (passwords && s.ready) conditions.push(passwords);
     const status = buildStatus(s, this.#observedGeneration, reason.slice(0, 1024), routing, {
       reason: code,
-      conditions: passwords && s.ready ? [passwords] : [],
+      conditions,
     });
     return { name: this.options.nodeName, status, current: own.status };
   }

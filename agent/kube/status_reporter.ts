@@ -9,6 +9,7 @@
  */
 
 import { canonicalJson } from "./node_configs.ts";
+import type { RouterId, RouterIdSource } from "../routing.ts";
 
 /** The agent's own facts that end up in `status`. */
 export interface AgentStats {
@@ -34,9 +35,11 @@ export interface NodeConfigStatus {
   bgpSessionsUp?: number;
   bgpSessions?: number;
   lastBirdReload?: { time: string; ok: boolean; message?: string };
+  /** The BGP router id in bird.conf and where it came from (only when the agent drives BIRD). */
+  bgp?: { routerID: string; routerIDSource: RouterIdSource };
   /**
-   * `Ready`, `BGPEstablished` when the agent drives BIRD, `BGPPasswordsAvailable` when a peer's
-   * password is in a Secret.
+   * `Ready`, `BGPEstablished` and `RouterIDUnique` when the agent drives BIRD,
+   * `BGPPasswordsAvailable` when a peer's password is in a Secret.
    */
   conditions: Condition[];
 }
@@ -74,6 +77,8 @@ export interface RoutingStats {
   sessions: number;
   sessionsUp: number;
   lastReload?: { time: string; ok: boolean; message?: string };
+  /** The router id in bird.conf (other nodes compare theirs with it). */
+  routerId?: RouterId;
 }
 
 /**
@@ -109,6 +114,9 @@ export function buildStatus(
     status.bgpSessionsUp = routing.sessionsUp;
     status.bgpSessions = routing.sessions;
     if (routing.lastReload) status.lastBirdReload = routing.lastReload;
+    if (routing.routerId) {
+      status.bgp = { routerID: routing.routerId.id, routerIDSource: routing.routerId.source };
+    }
     status.conditions.push({
       ...bgpCondition(routing),
       lastTransitionTime: now,
@@ -167,6 +175,7 @@ const OWNED_STATUS_FIELDS = {
   bgpSessionsUp: true,
   bgpSessions: true,
   lastBirdReload: { time: true, ok: true, message: true },
+  bgp: { routerID: true, routerIDSource: true },
   conditions: true,
 } as const satisfies { [K in keyof NodeConfigStatus]-?: FieldShape };
 

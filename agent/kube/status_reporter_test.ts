@@ -235,6 +235,7 @@ Deno.test("statusMergePatch: every owned field it lacks is null, nested ones too
     bgpSessionsUp: null,
     bgpSessions: null,
     lastBirdReload: null,
+    bgp: null,
     conditions: [{
       type: "Ready",
       status: "True",
@@ -258,6 +259,17 @@ Deno.test("statusMergePatch: every owned field it lacks is null, nested ones too
     message: null,
   });
   assert.deepEqual([reloadOk.bgpSessions, reloadOk.bgpSessionsUp], [1, 1]);
+  assert.equal(reloadOk.bgp, null, "no router id known: the published one is deleted");
+});
+
+Deno.test("buildStatus: the router id in bird.conf is published in status.bgp", () => {
+  const s = buildStatus({ ready: true, attachments: 0, ipv6: 0, ipv4: 0 }, 1, "", {
+    sessions: 0,
+    sessionsUp: 0,
+    routerId: { id: "10.0.0.11", source: "nodeInternalIP" },
+  });
+  assert.deepEqual(s.bgp, { routerID: "10.0.0.11", routerIDSource: "nodeInternalIP" });
+  assert.deepEqual(statusMergePatch(s).bgp, s.bgp);
 });
 
 Deno.test("ownedStatusText: absent equals null, fields the agent does not own are ignored", () => {

@@ -300,6 +300,8 @@ Deno.test({
               "AllSessionsEstablished",
               "2 of 2 BGP sessions established",
             ]);
+            // Distinct InternalIPs, distinct router ids: no collision reported.
+            assert.equal(condition(s, "RouterIDUnique")?.status, "True");
             readySince[n.plan.name] = ready.lastTransitionTime;
           }
           // What an operator scripts: wait on the conditions.

@@ -1,0 +1,125 @@
+/**
+ * BGP router-id collisions in cluster mode, against a real kube-apiserver (etcd, TLS, RBAC): two
+ * node namespaces, each with BIRD and an agent authenticated as deploy/'s ServiceAccount, whose
+ * NodeConfigs set the same `spec.bgp.routerID`.
+ *
+ * - each agent publishes its router id in `status.bgp`; each sees the other's and sets
+ *   `RouterIDUnique` False (reason `RouterIDConflict`) naming the other node and the id, logs one
+ *   error line, and `flock status --json` names the other node;
+ * - one NodeConfig gets another routerID: both conditions turn True, the log says it ended.
+ */
+
+import assert from "node:assert/strict";
+import { ROOT_ONLY, runOk } from "../helpers/exec.ts";
+import { eventually } from "../helpers/eventually.ts";
+import { type BgpLabNode, type BgpNodePlan, startBgpNode } from "../helpers/bgp_lab.ts";
+import { Fabric } from "../helpers/fabric.ts";
+import { type KubeCluster, startKubeWithFlock } from "../helpers/kube.ts";
+import type { NodeConfigStatus } from "../../agent/kube/status_reporter.ts";
+
+/** Bound of every wait for the agents to see each other's status. */
+const WAIT_MS = 30_000;
+const SHARED_ID = "192.0.2.77";
+
+function plan(i: number, routerID: string): BgpNodePlan {
+  return {
+    name: `flk-rid-${i}`,
+    ipv4: `10.0.0.${10 + i}`,
+    ipv6: `fd00:a::${10 + i}`,
+    spec: { cidr6: `fd00:51:${i}::/64`, bgp: { asn: 64512, routerID } },
+  };
+}
+
+function nodeConfig(p: BgpNodePlan) {
+  return {
+    apiVersion: "flock.fritzlab.net/v1alpha1",
+    kind: "NodeConfig",
+    metadata: { name: p.name },
+    spec: p.spec,
+  };
+}
+
+/** What an operator reads of the router id: `status.bgp` and the `RouterIDUnique` condition. */
+async function routerIdStatus(kube: KubeCluster, name: string) {
+  const obj = JSON.parse(await kube.kubectlOk(["get", "nodeconfig", name, "-o", "json"]));
+  const status = (obj.status ?? {}) as Partial<NodeConfigStatus>;
+  return {
+    bgp: status.bgp,
+    unique: status.conditions?.find((c) => c.type === "RouterIDUnique"),
+  };
+}
+
+/** `flock status --json` of a node. */
+async function statusJson(n: BgpLabNode) {
+  const args = [n.flock.executable, "status", "--json", "--socket", n.flock.socketPath];
+  return JSON.parse((await runOk(args)).stdout);
+}
+
+Deno.test({
+  name: "kube router id: nodes sharing a BGP router id are told so, and it clears",
+  ...ROOT_ONLY,
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn(t) {
+    await using cleanup = new AsyncDisposableStack();
+    const kube = cleanup.use(await startKubeWithFlock());
+    const fabric = cleanup.use(await Fabric.start());
+    const plans = [plan(1, SHARED_ID), plan(2, SHARED_ID)];
+    await kube.apply(plans.map(nodeConfig));
+    const kubeconfig = await kube.kubeconfigFor(await kube.tokenFor("kube-system", "flock"));
+    const nodes: BgpLabNode[] = [];
+    for (const p of plans) nodes.push(await startBgpNode(fabric, p, cleanup, { kubeconfig }));
+    const step = async (name: string, fn: () => Promise<void>) => {
+      if (!await t.step(name, fn)) throw new Error(`step failed: ${name}`);
+    };
+    try {
+      await step("both NodeConfigs say RouterIDConflict, naming each other", async () => {
+        for (const [i, n] of nodes.entries()) {
+          const other = nodes[1 - i].plan.name;
+          const s = await eventually(
+            `${n.plan.name}: RouterIDUnique False`,
+            () => routerIdStatus(kube, n.plan.name),
+            (s) => s.unique?.status === "False",
+            WAIT_MS,
+          );
+          assert.deepEqual(s.bgp, { routerID: SHARED_ID, routerIDSource: "bgp.routerID" });
+          assert.equal(s.unique!.reason, "RouterIDConflict");
+          assert.match(s.unique!.message, new RegExp(`${SHARED_ID}.*used by node ${other}\\b`));
+          assert.match(s.unique!.message, /spec\.bgp\.routerID/);
+          const bgp = (await statusJson(n)).bgp;
+          assert.deepEqual([bgp.routerId, bgp.routerIdConflicts], [SHARED_ID, [other]]);
+          const log = await n.flock.agentLog();
+          assert.equal(log.match(/BGP router id used by other nodes too/g)?.length, 1, log);
+        }
+      });
+
+      await step("a new routerID on one node clears both conditions", async () => {
+        const moved = {
+          ...plans[1],
+          spec: { ...plans[1].spec, bgp: { asn: 64512, routerID: "192.0.2.78" } },
+        };
+        await kube.apply(nodeConfig(moved));
+        for (const n of nodes) {
+          const s = await eventually(
+            `${n.plan.name}: RouterIDUnique True`,
+            () => routerIdStatus(kube, n.plan.name),
+            (s) => s.unique?.status === "True",
+            WAIT_MS,
+          );
+          assert.equal(s.unique!.reason, "RouterIDUnique");
+          assert.equal((await statusJson(n)).bgp.routerIdConflicts, undefined);
+          assert.match(await n.flock.agentLog(), /BGP router id conflict resolved/);
+        }
+        assert.deepEqual((await routerIdStatus(kube, nodes[1].plan.name)).bgp, {
+          routerID: "192.0.2.78",
+          routerIDSource: "bgp.routerID",
+        });
+      });
+    } catch (err) {
+      for (const n of nodes) {
+        console.error(`--- ${n.plan.name} agent log\n${(await n.flock.agentLog()).slice(-3000)}`);
+      }
+      throw err;
+    }
+  },
+});
