@@ -30,10 +30,12 @@ import {
   canonicalJson,
   describeConfigChange,
   meshPeersFor,
+  nodeAddressesChanged,
   nodeConfigFromPodCIDRs,
   type NodeConfigObject,
   parseNodeConfigObject,
-  peerConfigs,
+  peerChangeMatters,
+  PeerConfigs,
   projectNodeAddresses,
   projectNodeConfig,
 } from "./node_configs.ts";
@@ -143,6 +145,7 @@ export class ClusterMode {
   /** Every configured BGP session was established when the status was last computed. */
   #bgpSettled = true;
   #peersQueued = false;
+  readonly #peerConfigs = new PeerConfigs();
   #stopped = false;
   readonly #sleeper = new Sleeper();
   #acquiring?: Promise<void>;
@@ -179,7 +182,7 @@ export class ClusterMode {
       project: projectNodeConfig,
       onChange: (c) => {
         if (c.key === nodeName) this.#ownChanged(c.type === "upsert" ? c.value : undefined);
-        else this.#queuePeers();
+        else if (peerChangeMatters(c)) this.#queuePeers();
       },
       onListed: () => this.#queuePeers(),
       log,
@@ -193,7 +196,9 @@ export class ClusterMode {
           watch: (...args) => api.watch(...args),
         },
         project: projectNodeAddresses,
-        onChange: () => this.#queuePeers(),
+        onChange: (c) => {
+          if (nodeAddressesChanged(c)) this.#queuePeers();
+        },
         log,
       });
     }
@@ -439,7 +444,7 @@ export class ClusterMode {
     const objects = this.configs.cache.entries().map(([, v]) => v);
     // Another node's status may now publish this node's router id, or no longer.
     if (this.#checkRouterIds(objects)) this.status.request();
-    const peers = peerConfigs(objects, nodeName, (name, reason) => {
+    const peers = this.#peerConfigs.of(objects, nodeName, (name, reason) => {
       log({ level: "warn", msg: "ignoring invalid NodeConfig of another node", name, reason });
     });
     const text = canonicalJson(peers.map((p) => ({ name: p.name, spec: p.spec })));

@@ -11,6 +11,8 @@
 import { AF_INET, AF_INET6, formatPrefix, parsePrefix, type Prefix } from "../../netlink/ip.ts";
 import { type NodeConfig, parseNodeConfig } from "../config.ts";
 import type { KubeObject } from "./api.ts";
+import type { CacheChange } from "./object_cache.ts";
+import { publishedRouterId } from "./router_ids.ts";
 import type { MeshPeer } from "../routing.ts";
 
 /** What the agent keeps of one NodeConfig object. */
@@ -119,22 +121,66 @@ export function describeConfigChange(old: NodeConfig, next: NodeConfig): string[
   return out;
 }
 
-/** The valid NodeConfigs of every node but `self`, sorted by name; invalid ones are reported. */
-export function peerConfigs(
-  objects: NodeConfigObject[],
-  self: string,
-  onInvalid: (name: string, reason: string) => void,
-): NodeConfig[] {
-  const out: NodeConfig[] = [];
-  for (const obj of objects) {
-    if (obj.name === self) continue;
-    try {
-      out.push(parseNodeConfigObject(obj));
-    } catch (e) {
-      onInvalid(obj.name, (e as Error).message);
+/**
+ * The valid NodeConfigs of every node but `self`, sorted by name; invalid ones are reported.
+ * Each object is parsed once per `metadata.generation` (the API server bumps it on every spec
+ * change, never on a status write): the mesh is recomputed whenever any node's config or
+ * address changes, and at 1,000 nodes re-parsing them all each time would cost every agent
+ * tens of milliseconds per event. An invalid one is reported once per generation.
+ */
+export class PeerConfigs {
+  readonly #parsed = new Map<string, { generation: number; config?: NodeConfig }>();
+
+  of(
+    objects: NodeConfigObject[],
+    self: string,
+    onInvalid: (name: string, reason: string) => void,
+  ): NodeConfig[] {
+    const out: NodeConfig[] = [];
+    const seen = new Set<string>();
+    for (const obj of objects) {
+      if (obj.name === self) continue;
+      seen.add(obj.name);
+      let entry = this.#parsed.get(obj.name);
+      // Without a generation (not from an API server) nothing says the spec is unchanged.
+      if (!entry || entry.generation !== obj.generation || obj.generation === 0) {
+        entry = { generation: obj.generation };
+        try {
+          entry.config = parseNodeConfigObject(obj);
+        } catch (e) {
+          onInvalid(obj.name, (e as Error).message);
+        }
+        this.#parsed.set(obj.name, entry);
+      }
+      if (entry.config) out.push(entry.config);
     }
+    for (const name of this.#parsed.keys()) if (!seen.has(name)) this.#parsed.delete(name);
+    return out.sort((a, b) => (a.name! < b.name! ? -1 : a.name! > b.name! ? 1 : 0));
   }
-  return out.sort((a, b) => (a.name! < b.name! ? -1 : a.name! > b.name! ? 1 : 0));
+}
+
+/**
+ * Whether a change to another node's NodeConfig can change what this node derives from the
+ * others (its BGP mesh, a router-id clash): one added or deleted, a new spec (generation), or a
+ * new router id in its status. Not the status writes that only move counters: every node makes
+ * one at most once a second while its pods change, and each would otherwise make every agent
+ * recompute its whole mesh.
+ */
+export function peerChangeMatters(change: CacheChange<NodeConfigObject>): boolean {
+  if (change.type === "delete" || !change.previous) return true;
+  const { value, previous } = change;
+  return value.generation !== previous.generation || value.generation === 0 ||
+    publishedRouterId(value.status) !== publishedRouterId(previous.status);
+}
+
+/**
+ * Whether a Node change moved its InternalIPs (the only part of a Node the mesh reads): kubelet
+ * rewrites Node status on its own schedule, which must not recompute every agent's mesh.
+ */
+export function nodeAddressesChanged(change: CacheChange<string[]>): boolean {
+  if (change.type === "delete" || !change.previous) return true;
+  const a = change.value, b = change.previous;
+  return a.length !== b.length || a.some((address, i) => address !== b[i]);
 }
 
 /** The InternalIP addresses of a Node object (kubelet lists the primary one first). */

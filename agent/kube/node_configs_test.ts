@@ -4,9 +4,11 @@ import {
   describeConfigChange,
   meshAddress,
   meshPeersFor,
+  nodeAddressesChanged,
   nodeConfigFromPodCIDRs,
   parseNodeConfigObject,
-  peerConfigs,
+  peerChangeMatters,
+  PeerConfigs,
   projectNodeAddresses,
   projectNodeConfig,
 } from "./node_configs.ts";
@@ -55,7 +57,7 @@ Deno.test("describeConfigChange: one sentence per changed field, pods are kept",
   assert.match(lines[3], /bgp changed/);
 });
 
-Deno.test("peerConfigs: every valid other node, sorted; invalid ones reported", () => {
+Deno.test("PeerConfigs: every valid other node, sorted; invalid ones reported", () => {
   const objs = [
     { name: "zeta", generation: 1, spec: { cidr4: "10.3.0.0/24" }, status: undefined },
     { name: "self", generation: 1, spec: { cidr4: "10.1.0.0/24" }, status: undefined },
@@ -63,9 +65,78 @@ Deno.test("peerConfigs: every valid other node, sorted; invalid ones reported", 
     { name: "bad", generation: 1, spec: { cidr4: "nonsense" }, status: undefined },
   ];
   const invalid: string[] = [];
-  const peers = peerConfigs(objs, "self", (name) => invalid.push(name));
+  const peers = new PeerConfigs().of(objs, "self", (name) => invalid.push(name));
   assert.deepEqual(peers.map((p) => p.name), ["alpha", "zeta"]);
   assert.deepEqual(invalid, ["bad"]);
+});
+
+Deno.test("PeerConfigs: parses an object again only when its generation changes", () => {
+  const configs = new PeerConfigs();
+  const invalid: string[] = [];
+  const report = (name: string) => invalid.push(name);
+  const a1 = { name: "a", generation: 1, spec: { cidr4: "10.2.0.0/24" }, status: undefined };
+  const bad = { name: "bad", generation: 1, spec: { cidr4: "nonsense" }, status: undefined };
+  const first = configs.of([a1, bad], "self", report)[0];
+  // A status write: same generation, a new object. Same parse, and the invalid one is not
+  // reported again.
+  const again = configs.of([{ ...a1, status: { allocated: 3 } }, { ...bad }], "self", report)[0];
+  assert.equal(again, first);
+  assert.deepEqual(invalid, ["bad"]);
+  // A new spec.
+  const a2 = { ...a1, generation: 2, spec: { cidr4: "10.9.0.0/24" } };
+  const changed = configs.of([a2], "self", report)[0];
+  assert.notEqual(changed, first);
+  assert.equal(changed.spec.cidr4, "10.9.0.0/24");
+  // Gone, then back with generation 1: parsed afresh.
+  assert.deepEqual(configs.of([], "self", report), []);
+  assert.notEqual(configs.of([a1], "self", report)[0], first);
+});
+
+Deno.test("peerChangeMatters: spec, membership and router id; not counter-only status writes", () => {
+  const obj = (generation: number, status?: unknown) => ({
+    name: "n2",
+    generation,
+    spec: {},
+    status,
+  });
+  const upsert = (value: ReturnType<typeof obj>, previous?: ReturnType<typeof obj>) => ({
+    type: "upsert" as const,
+    key: "n2",
+    value,
+    previous,
+  });
+  assert.equal(peerChangeMatters(upsert(obj(1))), true, "a new node");
+  assert.equal(peerChangeMatters({ type: "delete", key: "n2", previous: obj(1) }), true);
+  assert.equal(peerChangeMatters(upsert(obj(2), obj(1))), true, "a new spec");
+  assert.equal(
+    peerChangeMatters(
+      upsert(obj(1, { allocated: { ipv6: 4 } }), obj(1, { allocated: { ipv6: 3 } })),
+    ),
+    false,
+    "counters only",
+  );
+  assert.equal(
+    peerChangeMatters(upsert(obj(1, { bgp: { routerID: "192.0.2.1" } }), obj(1, {}))),
+    true,
+    "a router id published",
+  );
+});
+
+Deno.test("nodeAddressesChanged: only a change of InternalIPs counts", () => {
+  const upsert = (value: string[], previous?: string[]) => ({
+    type: "upsert" as const,
+    key: "n",
+    value,
+    previous,
+  });
+  assert.equal(nodeAddressesChanged(upsert(["fd00::1"])), true);
+  assert.equal(nodeAddressesChanged(upsert(["fd00::1"], ["fd00::1"])), false);
+  assert.equal(nodeAddressesChanged(upsert(["fd00::1", "10.0.0.1"], ["fd00::1"])), true);
+  assert.equal(
+    nodeAddressesChanged(upsert(["10.0.0.1", "fd00::1"], ["fd00::1", "10.0.0.1"])),
+    true,
+  );
+  assert.equal(nodeAddressesChanged({ type: "delete", key: "n", previous: ["fd00::1"] }), true);
 });
 
 Deno.test("canonicalJson: key order does not matter, array order does", () => {
