@@ -52,6 +52,14 @@ import {
 /** How long the agent waits for its NodeConfig before it uses `Node.spec.podCIDRs`. */
 export const DEFAULT_CONFIG_WAIT_MS = 60_000;
 
+/**
+ * Least time between status writes that change only the pod and address counters. Every agent
+ * watches every NodeConfig, so a write reaches every node: at 1,000 nodes, one a second each
+ * during a rollout would be up to a million watch events a second. Readiness, conditions and
+ * BGP still go out within a second.
+ */
+export const STATUS_COUNTERS_INTERVAL_MS = 10_000;
+
 /** How often the status is recomputed without a change event (for BGP session states). */
 const STATUS_REFRESH_MS = 30_000;
 
@@ -104,6 +112,8 @@ export interface ClusterModeOptions {
   podWaitMs?: number;
   /** Least time between two status patches. */
   statusIntervalMs?: number;
+  /** Least time between status writes that only move the pod and address counters. */
+  statusCountersIntervalMs?: number;
   /** The other nodes' valid NodeConfigs, sorted by name, whenever they change. */
   onPeersChanged?: (peers: NodeConfig[]) => void;
   /** Watch Nodes for the mesh peers' addresses (InternalIP); default true. */
@@ -214,6 +224,7 @@ export class ClusterMode {
       compute: () => this.#desiredStatus(),
       patch: (name, status) => api.patchNodeConfigStatus(name, status),
       minIntervalMs: options.statusIntervalMs,
+      countersIntervalMs: options.statusCountersIntervalMs ?? STATUS_COUNTERS_INTERVAL_MS,
       log,
     });
   }

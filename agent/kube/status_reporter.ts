@@ -261,6 +261,12 @@ export interface StatusReporterOptions {
   patch: (name: string, status: NodeConfigStatusPatch) => Promise<void>;
   /** Least time between two patches. */
   minIntervalMs?: number;
+  /**
+   * Least time between two patches when only the counters (`pods`, `allocated`) changed; the
+   * default is `minIntervalMs`. Every agent watches every NodeConfig, so each status write is
+   * sent to every node of the cluster: pod churn must not make that once a second per node.
+   */
+  countersIntervalMs?: number;
   /** Largest retry delay after failed patches. */
   maxBackoffMs?: number;
   log: (fields: Record<string, unknown>) => void;
@@ -275,6 +281,10 @@ export class StatusReporter {
   #conditions?: Condition[];
   #lastAt = -Infinity;
   #timer?: ReturnType<typeof setTimeout>;
+  /** The pending timer holds back a counters-only change (see `countersIntervalMs`). */
+  #deferred = false;
+  /** {@link ownedStatusText} of the last written status without its counters. */
+  #lastSignificant = "";
   #inFlight = false;
   #again = false;
   #failures = 0;
@@ -289,7 +299,13 @@ export class StatusReporter {
       this.#again = true;
       return;
     }
-    if (this.#timer !== undefined) return;
+    if (this.#timer !== undefined) {
+      // A held-back counters change must not hold back what comes next (it may be more).
+      if (!this.#deferred) return;
+      clearTimeout(this.#timer);
+      this.#timer = undefined;
+      this.#deferred = false;
+    }
     const interval = this.options.minIntervalMs ?? 1_000;
     const wait = Math.max(0, this.#lastAt + interval - performance.now());
     this.#timer = setTimeout(() => {
@@ -334,6 +350,19 @@ export class StatusReporter {
     );
     const text = ownedStatusText(status);
     if (text === this.#lastWritten) return;
+    const significant = ownedStatusText({ ...status, pods: undefined, allocated: undefined });
+    if (this.#lastWritten !== "" && significant === this.#lastSignificant) {
+      const due = this.#lastAt + (this.options.countersIntervalMs ?? 0);
+      if (due > performance.now()) {
+        this.#deferred = true;
+        this.#timer = setTimeout(() => {
+          this.#timer = undefined;
+          this.#deferred = false;
+          void this.#flush();
+        }, due - performance.now());
+        return;
+      }
+    }
     this.#inFlight = true;
     this.#lastAt = performance.now();
     let ok = false;
@@ -342,6 +371,7 @@ export class StatusReporter {
       ok = true;
       this.patches++;
       this.#lastWritten = text;
+      this.#lastSignificant = significant;
       this.#conditions = status.conditions;
       if (this.#failures > 0) {
         this.options.log({ level: "info", msg: "status written again", failures: this.#failures });

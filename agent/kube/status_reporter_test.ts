@@ -351,3 +351,44 @@ Deno.test("StatusReporter: fields that go away are deleted on the server, and it
     reporter.stop();
   }
 });
+
+Deno.test("StatusReporter: counters-only changes wait for their own interval; others do not", async () => {
+  let pods = 0;
+  let reason = "";
+  const sent: NodeConfigStatusPatch[] = [];
+  const reporter = new StatusReporter({
+    compute: () =>
+      Promise.resolve({
+        name: "n1",
+        status: buildStatus({ ready: true, attachments: pods, ipv6: pods, ipv4: 0 }, 1, reason),
+      }),
+    patch: (_name, s) => {
+      sent.push(s);
+      return Promise.resolve();
+    },
+    minIntervalMs: 10,
+    countersIntervalMs: 400,
+    log: () => {},
+  });
+  try {
+    reporter.request();
+    await sleep(50);
+    assert.equal(sent.length, 1, "the first status goes out at once");
+    pods = 3;
+    reporter.request();
+    await sleep(100);
+    assert.equal(sent.length, 1, "pods only: held back");
+    reason = "something is wrong";
+    reporter.request();
+    await sleep(100);
+    assert.equal(sent.length, 2, "a new reason goes out within the short interval");
+    assert.equal(sent[1].pods, 3, "with the counters of the moment");
+    pods = 5;
+    reporter.request();
+    for (let i = 0; i < 100 && sent.length < 3; i++) await sleep(10);
+    assert.equal(sent.length, 3, "the held-back counters go out after their interval");
+    assert.equal(sent[2].pods, 5);
+  } finally {
+    reporter.stop();
+  }
+});
