@@ -95,7 +95,8 @@ export class Agent {
   #releaseSweep?: ReturnType<typeof setInterval>;
   /** The stuck-release sweep in progress, if any (close waits for it). */
   #sweep?: Promise<void>;
-  /** Test-only; read once, so a reconfigure does not re-arm it. */
+  /** Test-only (crash_points.ts, test_faults.ts); read once, so a reconfigure does not re-arm them. */
+  readonly #crashAt = crashHookFromEnv();
   readonly #vethDeleteFault = vethDeleteFaultFromEnv();
 
   constructor(readonly options: AgentOptions) {
@@ -192,7 +193,7 @@ export class Agent {
       pool6,
       pool4,
       log: this.log,
-      crashAt: crashHookFromEnv(),
+      crashAt: this.#crashAt,
       vethDeleteFault: this.#vethDeleteFault,
       lookupAnnotations: this.options.annotationsFor,
     });

@@ -185,10 +185,7 @@ export class Handle implements Requester {
         const i = pending.get(m.seq);
         if (i === undefined || m.type !== NLMSG_ERROR) continue;
         pending.delete(m.seq);
-        const errno = -new DataView(m.body.buffer, m.body.byteOffset).getInt32(0, true);
-        if (errno !== 0) {
-          errors[i] = new NetlinkError(requests[i].operation, errno, extAckMessage(m));
-        }
+        errors[i] = ackError(m, requests[i].operation);
       }
     }
     const first = errors.find((e) => e !== undefined);
@@ -249,8 +246,8 @@ export class Handle implements Requester {
       if (m.seq !== x.seq) continue; // a stale reply to an earlier, abandoned request
       if (m.flags & NLM_F_DUMP_INTR) x.interrupted = true;
       if (m.type === NLMSG_ERROR) {
-        const errno = -new DataView(m.body.buffer, m.body.byteOffset).getInt32(0, true);
-        if (errno !== 0) throw new NetlinkError(operation, errno, extAckMessage(m));
+        const error = ackError(m, operation);
+        if (error) throw error;
         return x.replies;
       }
       if (m.type === NLMSG_DONE) {
@@ -307,6 +304,12 @@ function sysctlPath(key: string): string {
     throw new Error(`not a network sysctl: ${key}`);
   }
   return "/proc/sys/" + key.replaceAll(".", "/");
+}
+
+/** The failure an NLMSG_ERROR reports, named by `operation`; undefined for a plain ACK. */
+function ackError(m: NetlinkMessage, operation: string): NetlinkError | undefined {
+  const errno = -new DataView(m.body.buffer, m.body.byteOffset).getInt32(0, true);
+  return errno === 0 ? undefined : new NetlinkError(operation, errno, extAckMessage(m));
 }
 
 function extAckMessage(m: NetlinkMessage): string | undefined {

@@ -7,7 +7,13 @@
 import assert from "node:assert/strict";
 import { FlockNode, ping, TestNamespace } from "../helpers/flock.ts";
 import { ROOT_ONLY } from "../helpers/exec.ts";
-import { addLivePod, assertNodeHolds, resultIps, storeRecords } from "../helpers/node_state.ts";
+import {
+  addLivePod,
+  assertNodeHolds,
+  flockLinksNow,
+  resultIps,
+  storeRecords,
+} from "../helpers/node_state.ts";
 import { hostIfaceName } from "../../agent/datapath.ts";
 import { FAIL_VETH_DELETE_ENV, RELEASE_SWEEP_ENV } from "../../agent/test_faults.ts";
 import { assertCniError } from "../helpers/cni_output.ts";
@@ -18,6 +24,7 @@ import {
   assertStatusAnswered,
   flockStatusJson,
   loggedEvents,
+  poolCounts,
   probeStatus,
   slowestStatusMs,
   type StatusProbe,
@@ -132,12 +139,6 @@ const FAIL_FIRST_VETH_DELETE = { [FAIL_VETH_DELETE_ENV]: "1" };
 /** Log line of a background veth deletion that failed (agent/pod_handler.ts). */
 const STUCK_LOG = /veth deletion after DEL failed; the attachment stays releasing/;
 
-/** The flock host links of the node now, without waiting for releases to settle. */
-async function linksNow(node: FlockNode): Promise<IpLink[]> {
-  return (await node.ns.ipJson<IpLink[]>(["link", "show"]))
-    .filter((l) => l.ifname.startsWith("flock"));
-}
-
 Deno.test({
   name: "DEL in the background: a failed veth deletion stays releasing until the sweep finishes it",
   ...ROOT_ONLY,
@@ -193,7 +194,7 @@ Deno.test({
       node.httpGet("/metrics"),
       // Another pod pinning the held IPv6 address is refused: the address is still taken.
       pinnedAdd(),
-      linksNow(node),
+      flockLinksNow(node),
       node.ns.ipJson<IpRoute[]>(["-6", "route", "show", "proto", "201"]),
     ]);
     const stuckCheckedMs = Math.round(performance.now() - answeredAt);
@@ -205,7 +206,7 @@ Deno.test({
       `flock status: the attachment is releasing, its addresses held (${why})`,
     );
     assert.deepEqual(
-      status.pools.map((p) => [p.family, p.allocated, p.cooling]),
+      poolCounts(status),
       [["ipv6", 2, 0], ["ipv4", 2, 0]],
       `flock status: the peer's and the stuck pod's addresses are allocated (${why})`,
     );
@@ -233,7 +234,7 @@ Deno.test({
     await assertNodeHolds(node, [peerPod], "after the sweep");
     const after = await flockStatusJson(node);
     assert.deepEqual(
-      after.pools.map((p) => [p.family, p.allocated, p.cooling]),
+      poolCounts(after),
       [["ipv6", 1, 1], ["ipv4", 1, 1]],
       "the stuck pod's addresses are released and cooling",
     );
@@ -269,7 +270,7 @@ Deno.test({
       storeRecords(node).filter((r) => r.containerId === "again").map((r) => r.state),
       ["releasing"],
     );
-    assert.equal((await linksNow(node)).length, 2, "the stuck veth is still there");
+    assert.equal((await flockLinksNow(node)).length, 2, "the stuck veth is still there");
     await assert.rejects(
       node.settled(300),
       /1 attachment\(s\) still releasing after \d+ ms \(limit 300 ms\): again\/eth0;/,
@@ -351,7 +352,7 @@ Deno.test({
       assert.equal(retryFailed.level, "error");
       assert.deepEqual(stuckState(), ["releasing"], "after the first sweep");
       assert.ok(
-        (await linksNow(node)).some((l) => l.ifname === host),
+        (await flockLinksNow(node)).some((l) => l.ifname === host),
         "the stuck veth is still there after the first sweep",
       );
       assert.deepEqual(
@@ -387,7 +388,7 @@ Deno.test({
     await assertNodeHolds(node, [peerPod], "after the second sweep");
     const after = await flockStatusJson(node);
     assert.deepEqual(
-      after.pools.map((p) => [p.family, p.allocated, p.cooling]),
+      poolCounts(after),
       [["ipv6", 1, 1], ["ipv4", 1, 1]],
       "the stuck pod's addresses are released and cooling",
     );

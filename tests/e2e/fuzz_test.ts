@@ -9,6 +9,7 @@
  */
 
 import assert from "node:assert/strict";
+import { forEachBounded } from "../../agent/bounded.ts";
 import { FlockNode, TestNamespace } from "../helpers/flock.ts";
 import { ROOT_ONLY } from "../helpers/exec.ts";
 import { Prng } from "../helpers/prng.ts";
@@ -262,12 +263,10 @@ function rpcAnswerProblem(text: string): string | undefined {
   return cniErrorProblem({ cniVersion: "1.0.0", ...(v.error as object) });
 }
 
-/** Runs `jobs` with at most `lanes` at once. */
+/** Runs `jobs` with at most `lanes` at once; throws the first job's failure. */
 async function inLanes<T>(jobs: T[], lanes: number, fn: (job: T) => Promise<void>) {
-  let next = 0;
-  await Promise.all(Array.from({ length: lanes }, async () => {
-    while (next < jobs.length) await fn(jobs[next++]);
-  }));
+  const failed = (await forEachBounded(jobs, lanes, fn)).find((o) => o.status === "rejected");
+  if (failed) throw failed.reason;
 }
 
 Deno.test({

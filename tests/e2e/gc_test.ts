@@ -10,8 +10,13 @@ import { FlockNode, TestNamespace } from "../helpers/flock.ts";
 import { ROOT_ONLY } from "../helpers/exec.ts";
 import { callAgent } from "../../cni.ts";
 import { hostIfaceName } from "../../agent/datapath.ts";
-import type { IpLink } from "../helpers/iproute.ts";
-import { addLivePod, assertNodeHolds, type LivePod, storeRecords } from "../helpers/node_state.ts";
+import {
+  addLivePod,
+  assertNodeHolds,
+  flockLinksNow,
+  type LivePod,
+  storeRecords,
+} from "../helpers/node_state.ts";
 import { FAIL_VETH_DELETE_ENV, RELEASE_SWEEP_ENV } from "../../agent/test_faults.ts";
 import { assertCniError } from "../helpers/cni_output.ts";
 import { eventually } from "../helpers/eventually.ts";
@@ -19,6 +24,7 @@ import {
   assertStatusAnswered,
   flockStatusJson,
   loggedEvents,
+  poolCounts,
   probeStatus,
   slowestStatusMs,
   type StatusProbe,
@@ -58,11 +64,6 @@ async function removeAll(namespaces: TestNamespace[]): Promise<void> {
   for (const ns of namespaces) await ns.remove().catch(() => {});
 }
 
-/** [family, allocated, cooling] of each pool, as `flock status` shows them. */
-async function poolCounts(node: FlockNode): Promise<[string, number, number][]> {
-  return (await flockStatusJson(node)).pools.map((p) => [p.family, p.allocated, p.cooling]);
-}
-
 Deno.test({
   name: "GC releases 12 attachments at once, off the event loop: STATUS is answered throughout",
   ...ROOT_ONLY,
@@ -99,7 +100,7 @@ Deno.test({
       // At the answer, not eventually: GC answers only once everything is released.
       await assertNodeHolds(node, kept.pods, "right after GC answered");
       assert.deepEqual(
-        await poolCounts(node),
+        await flockStatusJson(node).then(poolCounts),
         [["ipv6", 2, stale], ["ipv4", 2, stale]],
         "the kept pods' addresses allocated, every released one cooling",
       );
@@ -157,9 +158,9 @@ Deno.test({
       // The state right after the answer, read before the sweep can change it.
       const records = storeRecords(node);
       const [pools, links] = await Promise.all([
-        poolCounts(node),
+        flockStatusJson(node).then(poolCounts),
         // Not node.flockLinks(): it waits for releases to settle, and one is stuck.
-        node.ns.ipJson<IpLink[]>(["link", "show"]),
+        flockLinksNow(node),
       ]);
       const readAt = Math.round(performance.now() - agentStarted);
       const why = `read ${readAt} ms after the agent started (sweep every ${sweepMs} ms)`;
@@ -187,7 +188,7 @@ Deno.test({
       assert.ok(host, `the stuck veth is still there (${why})`);
       assert.ok(!host.flags.includes("UP"), `the stuck veth is down: ${host.flags}`);
       assert.deepEqual(
-        links.filter((l) => l.ifname.startsWith("flock")).map((l) => l.ifname).sort(),
+        links.map((l) => l.ifname).sort(),
         [...kept.pods.map((p) => p.containerId), failed.containerId].map(hostIfaceName).sort(),
         "the released attachments' veths are gone",
       );
@@ -211,7 +212,11 @@ Deno.test({
         (e) => e.msg === "finished a stuck release" && e.containerId === failed.containerId,
       );
       await assertNodeHolds(node, kept.pods, "after the sweep");
-      assert.deepEqual(await poolCounts(node), [["ipv6", 1, stale], ["ipv4", 1, stale]]);
+      assert.deepEqual(await flockStatusJson(node).then(poolCounts), [["ipv6", 1, stale], [
+        "ipv4",
+        1,
+        stale,
+      ]]);
     } finally {
       await removeAll([...kept.namespaces, ...gone.namespaces]);
     }

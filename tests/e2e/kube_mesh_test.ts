@@ -14,8 +14,9 @@
  */
 
 import assert from "node:assert/strict";
-import { ROOT_ONLY, runOk } from "../helpers/exec.ts";
+import { ROOT_ONLY } from "../helpers/exec.ts";
 import { eventually } from "../helpers/eventually.ts";
+import { flockStatusJson } from "../helpers/status_probe.ts";
 import { ping, TestNamespace } from "../helpers/flock.ts";
 import { type BgpLabNode, type BgpNodePlan, startBgpNode } from "../helpers/bgp_lab.ts";
 import { Fabric } from "../helpers/fabric.ts";
@@ -255,10 +256,7 @@ Deno.test({
           const want = n.plan.ipv4!;
           const conf = await Deno.readTextFile(n.bird.configPath);
           assert.match(conf, new RegExp(`^router id ${want.replaceAll(".", "\\.")};$`, "m"));
-          const bgp = JSON.parse(
-            (await runOk([n.flock.executable, "status", "--json", "--socket", n.flock.socketPath]))
-              .stdout,
-          ).bgp;
+          const bgp = (await flockStatusJson(n.flock)).bgp!;
           assert.deepEqual([bgp.routerId, bgp.routerIdSource], [want, "nodeInternalIP"]);
         }
       });

@@ -10,8 +10,9 @@
  */
 
 import assert from "node:assert/strict";
-import { ROOT_ONLY, runOk } from "../helpers/exec.ts";
+import { ROOT_ONLY } from "../helpers/exec.ts";
 import { eventually } from "../helpers/eventually.ts";
+import { flockStatusJson } from "../helpers/status_probe.ts";
 import { type BgpLabNode, type BgpNodePlan, startBgpNode } from "../helpers/bgp_lab.ts";
 import { Fabric } from "../helpers/fabric.ts";
 import { type KubeCluster, startKubeWithFlock } from "../helpers/kube.ts";
@@ -49,12 +50,6 @@ async function routerIdStatus(kube: KubeCluster, name: string) {
   };
 }
 
-/** `flock status --json` of a node. */
-async function statusJson(n: BgpLabNode) {
-  const args = [n.flock.executable, "status", "--json", "--socket", n.flock.socketPath];
-  return JSON.parse((await runOk(args)).stdout);
-}
-
 Deno.test({
   name: "kube router id: nodes sharing a BGP router id are told so, and it clears",
   ...ROOT_ONLY,
@@ -86,7 +81,7 @@ Deno.test({
           assert.equal(s.unique!.reason, "RouterIDConflict");
           assert.match(s.unique!.message, new RegExp(`${SHARED_ID}.*used by node ${other}\\b`));
           assert.match(s.unique!.message, /spec\.bgp\.routerID/);
-          const bgp = (await statusJson(n)).bgp;
+          const bgp = (await flockStatusJson(n.flock)).bgp;
           assert.deepEqual([bgp.routerId, bgp.routerIdConflicts], [SHARED_ID, [other]]);
           const log = await n.flock.agentLog();
           assert.equal(log.match(/BGP router id used by other nodes too/g)?.length, 1, log);
@@ -107,7 +102,7 @@ Deno.test({
             WAIT_MS,
           );
           assert.equal(s.unique!.reason, "RouterIDUnique");
-          assert.equal((await statusJson(n)).bgp.routerIdConflicts, undefined);
+          assert.equal((await flockStatusJson(n.flock)).bgp.routerIdConflicts, undefined);
           assert.match(await n.flock.agentLog(), /BGP router id conflict resolved/);
         }
         assert.deepEqual((await routerIdStatus(kube, nodes[1].plan.name)).bgp, {

@@ -11,6 +11,7 @@ import { type Attachment, Store } from "../../agent/store.ts";
 import { hostIfaceName } from "../../agent/datapath.ts";
 import type { FlockNode } from "./flock.ts";
 import type { TestNamespace } from "./netns.ts";
+import type { IpLink } from "./iproute.ts";
 
 /** One pod as the tests track it. */
 export interface LivePod {
@@ -36,6 +37,15 @@ export function storeRecords(node: FlockNode): Attachment[] {
   } finally {
     store.close();
   }
+}
+
+/**
+ * The node's flock host links as `ip` shows them now. Unlike `node.flockLinks()` it does not
+ * wait for releases to settle: for looking at a node whose release is stuck or still running.
+ */
+export async function flockLinksNow(node: FlockNode): Promise<IpLink[]> {
+  return (await node.ns.ipJson<IpLink[]>(["link", "show"]))
+    .filter((l) => l.ifname.startsWith("flock"));
 }
 
 /** Records, links and pod routes of the node. */

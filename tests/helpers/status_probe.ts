@@ -122,3 +122,8 @@ export async function flockStatusJson(node: FlockNode): Promise<StatusSnapshot> 
   assert.equal(r.code, 0, r.stderr);
   return JSON.parse(r.stdout);
 }
+
+/** `[family, allocated, cooling]` of each pool of a `flock status --json` snapshot. */
+export function poolCounts(status: StatusSnapshot): [string, number, number][] {
+  return status.pools.map((p) => [p.family, p.allocated, p.cooling]);
+}
