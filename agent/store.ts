@@ -5,6 +5,8 @@
  * so the database itself refuses to hand one address to two pods. Every mutation is a single
  * `BEGIN IMMEDIATE … COMMIT` transaction in WAL mode with `synchronous=FULL`, so a crash at any
  * instant leaves either the old or the new state, and a committed answer survives power loss.
+ * The one exception is the pending insert, which is never an answer: it commits without its own
+ * fsync (see {@linkcode Store.insertPending}).
  *
  * The API is synchronous on purpose: the agent drives netlink synchronously on one thread, and
  * `BEGIN IMMEDIATE` serialises it against any other process (a CLI) opening the same file.
@@ -322,6 +324,14 @@ export class Store {
 
   /**
    * Records a new attachment as pending, with its anycast rows, in one transaction.
+   *
+   * The transaction is atomic but not fsynced on its own (`synchronous=NORMAL` for this one
+   * commit), which takes ~0.3–0.5 ms off every ADD. Nothing is lost by it:
+   * - a crashed or killed agent loses nothing (the commit is in the OS's page cache);
+   * - the ADD's `commit` is fsynced, and WAL frames are written in order, so that fsync makes this
+   *   row durable too before any answer goes out;
+   * - only a power loss or kernel crash in between can drop the row, and that reboot also takes
+   *   the half-made veth with it; start-up's sweep removes any flock link without a record.
    * @throws {AttachmentExistsError} if the key exists.
    * @throws {AddressConflictError} if its IPv6 or IPv4 address belongs to another attachment.
    * @throws {InvalidAddressError} if an address does not parse or is of the wrong family.
@@ -354,7 +364,7 @@ export class Store {
         Date.now(),
       );
       for (const addr of anycast) s.insertAnycast.run(a.containerId, a.ifname, addr);
-    });
+    }, { durable: false });
   }
 
   /**
@@ -438,16 +448,22 @@ export class Store {
     if (this.#db.isOpen) this.#db.close();
   }
 
-  #transaction<T>(fn: () => T): T {
+  /** Runs `fn` in one transaction; `durable: false` commits it without an fsync of its own. */
+  #transaction<T>(fn: () => T, { durable = true } = {}): T {
     const s = this.#stmts;
-    s.begin.run();
+    if (!durable) s.syncNormal.run();
     try {
-      const result = fn();
-      s.commitTx.run();
-      return result;
-    } catch (e) {
-      if (this.#db.isTransaction) s.rollback.run();
-      throw e;
+      s.begin.run();
+      try {
+        const result = fn();
+        s.commitTx.run();
+        return result;
+      } catch (e) {
+        if (this.#db.isTransaction) s.rollback.run();
+        throw e;
+      }
+    } finally {
+      if (!durable) s.syncFull.run();
     }
   }
 }
@@ -455,6 +471,8 @@ export class Store {
 function prepareAll(db: DatabaseSync) {
   const p = (sql: string): StatementSync => db.prepare(sql);
   return {
+    syncNormal: p("PRAGMA synchronous = NORMAL"),
+    syncFull: p("PRAGMA synchronous = FULL"),
     begin: p("BEGIN IMMEDIATE"),
     commitTx: p("COMMIT"),
     rollback: p("ROLLBACK"),

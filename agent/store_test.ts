@@ -220,6 +220,17 @@ Deno.test("WAL, synchronous=FULL, foreign keys and schema version are in effect"
     }
   }));
 
+Deno.test("a pending insert, failed or not, leaves the connection at synchronous=FULL", () =>
+  withStore((store) => {
+    const rec = attachment("sync", { ipv6: "fd00::51", ipv4: "10.0.0.51" });
+    store.insertPending(rec);
+    assert.equal(store.pragmas().synchronous, 2);
+    assert.throws(() => store.insertPending(rec), AttachmentExistsError);
+    assert.equal(store.pragmas().synchronous, 2);
+    store.commit(rec.containerId, rec.ifname);
+    assert.equal(store.get(rec.containerId, rec.ifname)?.state, "committed");
+  }));
+
 Deno.test("state dir is 0700, database files are 0600", async () => {
   const parent = await Deno.makeTempDir({ prefix: "flock-store-" });
   const oldUmask = Deno.umask(0o022);
