@@ -19,6 +19,7 @@ import {
   deleteRoutesTo,
   familyName,
   formatIP,
+  formatMac,
   getLinkByIndex,
   getLinkByName,
   Handle,
@@ -28,6 +29,7 @@ import {
   IN6_ADDR_GEN_MODE_NONE,
   type IP,
   ipEqual,
+  isExists,
   type Link,
   listAddresses,
   listRoutes,
@@ -242,6 +244,10 @@ export class Datapath {
   /** Finds or makes the veth pair; repairs a peer left on the node. */
   #ensurePair(pod: PodNetwork, podNs: Handle): { host: Link; peer: Link; created: boolean } {
     const name = hostIfaceName(pod.containerId);
+    // A new pod, nearly every call: create at once. An existing name (a retry, a crash's
+    // leftovers, a foreign interface in the pod) fails it and takes the careful path below.
+    const made = this.#createPair(pod, podNs, name);
+    if (made) return { ...made, created: true };
     let host = getLinkByName(this.node, name);
     let peer = getLinkByName(podNs, pod.ifname);
     let created = false;
@@ -271,18 +277,56 @@ export class Datapath {
           `interface ${pod.ifname} already exists in ${pod.netns} and was not made by flock`,
         );
       }
-      addVeth(this.node, {
+      const again = this.#createPair(pod, podNs, name);
+      if (!again) throw new InterfaceConflictError(`${name} appeared while it was being repaired`);
+      ({ host, peer } = again);
+      created = true;
+    }
+    return { host, peer: peer!, created };
+  }
+
+  /**
+   * Creates the pair; undefined if the host name or the pod's interface name exists. The peer's
+   * MAC is chosen here (random, locally administered, as the kernel would) and the kernel echoes
+   * the new host end with the peer's index, so a new pair needs one round trip, not three.
+   */
+  #createPair(
+    pod: PodNetwork,
+    podNs: Handle,
+    name: string,
+  ): { host: Link; peer: Link } | undefined {
+    const peerMac = randomMac();
+    let host: Link | undefined;
+    try {
+      host = addVeth(this.node, {
         name,
         peerName: pod.ifname,
         peerNetnsFd: podNs.netnsFd,
         mtu: pod.mtu,
+        peerMac,
       });
-      created = true;
-      host = getLinkByName(this.node, name);
-      peer = getLinkByName(podNs, pod.ifname);
-      if (!host || !peer) throw new Error(`veth ${name} vanished right after creation`);
+    } catch (e) {
+      if (isExists(e)) return undefined;
+      throw e;
     }
-    return { host, peer: peer!, created };
+    if (host?.peerIndex) {
+      // Both ends were made with the same MTU, down, with the settings below still to apply.
+      const peer: Link = {
+        index: host.peerIndex,
+        name: pod.ifname,
+        flags: 0,
+        up: false,
+        mtu: host.mtu,
+        mac: formatMac(peerMac),
+        kind: "veth",
+      };
+      return { host, peer };
+    }
+    // A kernel without the echo (before 6.3): look both ends up.
+    host = getLinkByName(this.node, name);
+    const peer = getLinkByName(podNs, pod.ifname);
+    if (!host || !peer) throw new Error(`veth ${name} vanished right after creation`);
+    return { host, peer };
   }
 
   #configureHostSide(b: RequestBatch, pod: PodNetwork, host: Link): void {
@@ -503,4 +547,11 @@ function removeStrayAddresses(pod: PodNetwork, podNs: Handle, peer: Link): void 
 
 function ensureAddress(h: Requester, index: number, p: Prefix): void {
   addAddress(h, { index, prefix: p, noDad: true, replace: true });
+}
+
+/** A random unicast, locally administered MAC address (what the kernel picks for a veth). */
+function randomMac(): Uint8Array {
+  const mac = crypto.getRandomValues(new Uint8Array(6));
+  mac[0] = (mac[0] & 0xfe) | 0x02;
+  return mac;
 }

@@ -231,6 +231,11 @@ for (
         assert.equal(ifa.hostIface, hostIfaceName(a.containerId));
         assert.notEqual(ifa.hostIndex, ifb.hostIndex);
         assert.match(ifa.podMac, /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/);
+        // What the Result reports is what the pod and the node have.
+        const [podEth0] = await podA.ipJson<IpLink[]>(["link", "show", "eth0"]);
+        assert.deepEqual([ifa.podMac, ifa.podIndex], [podEth0.address, podEth0.ifindex]);
+        const [hostEnd] = await node.ipJson<IpLink[]>(["link", "show", ifa.hostIface]);
+        assert.deepEqual([ifa.hostMac, ifa.hostIndex], [hostEnd.address, hostEnd.ifindex]);
 
         await assertContract(node, podA, a);
         await assertContract(node, podB, b);

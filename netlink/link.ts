@@ -18,6 +18,7 @@ import {
   IFLA_NET_NS_FD,
   IFLA_OPERSTATE,
   NLM_F_CREATE,
+  NLM_F_ECHO,
   NLM_F_EXCL,
   RTEXT_FILTER_SKIP_STATS,
   RTM_DELLINK,
@@ -175,17 +176,25 @@ export interface VethOptions {
   /** Namespace fd the peer is created in directly (default: the handle's namespace). */
   peerNetnsFd?: number;
   mtu?: number;
+  /** MAC address of the peer (default: a random one, chosen by the kernel). */
+  peerMac?: Uint8Array;
 }
 
 /**
  * Creates a veth pair in one RTM_NEWLINK, with the peer created straight in
  * its target namespace under its final name — there is never a moment when the
  * peer sits in this namespace, so it cannot collide with a local `eth0`.
+ *
+ * @returns the new end as the kernel echoes it (its `peerIndex` is the peer's ifindex in the
+ *   peer's namespace), or undefined on a kernel that does not echo a new link (before 6.3)
  */
-export function addVeth(h: Handle, o: VethOptions): void {
+export function addVeth(h: Handle, o: VethOptions): Link | undefined {
   validateIfname(o.name, "host interface name");
   validateIfname(o.peerName, "peer interface name");
-  const msg = h.message(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL).raw(ifinfomsg(0, 0))
+  if (o.peerMac && o.peerMac.length !== 6) {
+    throw new NetlinkArgumentError(`peer MAC address has ${o.peerMac.length} bytes, not 6`);
+  }
+  const msg = h.message(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO).raw(ifinfomsg(0, 0))
     .str(IFLA_IFNAME, o.name);
   if (o.mtu) msg.u32(IFLA_MTU, o.mtu);
   const info = msg.beginNested(IFLA_LINKINFO);
@@ -194,9 +203,12 @@ export function addVeth(h: Handle, o: VethOptions): void {
   const peer = msg.beginNested(VETH_INFO_PEER);
   msg.raw(ifinfomsg(0, 0)).str(IFLA_IFNAME, o.peerName);
   if (o.mtu) msg.u32(IFLA_MTU, o.mtu);
+  if (o.peerMac) msg.attr(IFLA_ADDRESS, o.peerMac);
   if (o.peerNetnsFd !== undefined) msg.u32(IFLA_NET_NS_FD, o.peerNetnsFd);
   msg.endNested(peer).endNested(data).endNested(info);
-  h.execute(msg, `add veth ${o.name} <-> ${o.peerName}`);
+  const echoed = h.execute(msg, `add veth ${o.name} <-> ${o.peerName}`)
+    .filter((m) => m.type === RTM_NEWLINK).map(decodeLink);
+  return echoed.find((link) => link.name === o.name);
 }
 
 /** Sets the link up or down. */

@@ -9,6 +9,7 @@ export * from "./consts.ts";
 export * from "./errors.ts";
 export { Handle, type QueuedRequest, type Requester } from "./handle.ts";
 export { RequestBatch } from "./batch.ts";
+export { formatMac } from "./wire.ts";
 export * from "./ip.ts";
 export * from "./link.ts";
 export * from "./addr.ts";

@@ -134,12 +134,23 @@ Deno.test("links: veth peer created straight in another namespace, and moved", a
         withHandle(pod, async (p) => {
           // The node has its own eth0; the pod's eth0 must never meet it.
           await node.ip(["link", "add", "eth0", "type", "veth", "peer", "name", "up0"]);
-          addVeth(h, { name: "flockx", peerName: "eth0", peerNetnsFd: p.netnsFd });
+          const peerMac = new Uint8Array([0x0a, 0x58, 0xfe, 0x01, 0x02, 0x03]);
+          const echoed = addVeth(h, {
+            name: "flockx",
+            peerName: "eth0",
+            peerNetnsFd: p.netnsFd,
+            peerMac,
+          });
           const host = getLinkByName(h, "flockx")!;
           const peer = getLinkByName(p, "eth0")!;
           assert.notEqual(host.peerNetnsId, undefined, "peer is in another namespace");
           assert.equal(host.peerIndex, peer.index);
           assert.equal(peer.peerIndex, host.index);
+          assert.equal(peer.mac, "0a:58:fe:01:02:03");
+          // The kernel (6.3 and later) echoes the new end, with the peer's index in its namespace.
+          assert.equal(echoed?.index, host.index);
+          assert.equal(echoed?.peerIndex, peer.index);
+          assert.equal(echoed?.mac, host.mac);
           const podLinks = await pod.ipJson<IpLink[]>(["link", "show"]);
           assert.deepEqual(podLinks.map((l) => l.ifname).sort(), ["eth0", "lo"]);
           const nodeLinks = await node.ipJson<IpLink[]>(["link", "show"]);

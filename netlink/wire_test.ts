@@ -16,6 +16,7 @@ import {
   NLA_F_NESTED,
   NLM_F_ACK,
   NLM_F_DUMP_INTR,
+  NLM_F_ECHO,
   NLM_F_MULTI,
   NLM_F_REQUEST,
   NLMSG_HDRLEN,
@@ -265,11 +266,12 @@ Deno.test("MessageWriter reproduces ip's veth request byte for byte", () => {
   assert.deepEqual(msg.finish(0), IP_VETH);
 });
 
-// addVeth's own bytes for the same request. Two deliberate differences from ip, both
-// accepted by every kernel flock supports: NLA_F_NESTED on the nested attributes, and a
-// NUL-terminated IFLA_INFO_KIND (so IFLA_LINKINFO is 4 bytes longer).
+// addVeth's own bytes for the same request. Three deliberate differences from ip, all
+// accepted by every kernel flock supports: NLM_F_ECHO (6.3+ answers with the new link, older
+// kernels ignore it), NLA_F_NESTED on the nested attributes, and a NUL-terminated
+// IFLA_INFO_KIND (so IFLA_LINKINFO is 4 bytes longer).
 const FLOCK_VETH = hex(
-  header(96, RTM_NEWLINK, ADD_FLAGS) + ZERO16 +
+  header(96, RTM_NEWLINK, ADD_FLAGS | NLM_F_ECHO) + ZERO16 +
     "0a 00 03 00 76 65 74 68 41 00 00 00" +
     "34 00 12 80" + // IFLA_LINKINFO | NLA_F_NESTED
     "09 00 01 00 76 65 74 68 00 00 00 00" + // IFLA_INFO_KIND "veth\0"
@@ -281,7 +283,7 @@ const FLOCK_VETH = hex(
 Deno.test("addVeth: the documented bytes, and what the kernel reads equals ip's request", () => {
   const ours = sendOne((h) => addVeth(h, { name: "vethA", peerName: "vethB" }));
   assert.deepEqual(ours, FLOCK_VETH);
-  assert.deepEqual(vethSummary(ours), vethSummary(IP_VETH));
+  assert.deepEqual(vethSummary(ours), { ...vethSummary(IP_VETH), flags: ADD_FLAGS | NLM_F_ECHO });
   assert.equal(vethSummary(ours).kind, "veth");
 });
 
@@ -290,7 +292,7 @@ Deno.test("addVeth with the peer placed in another netns carries the same attrib
   // ip puts IFLA_NET_NS_FD before IFLA_IFNAME in the peer; the kernel does not care
   // (vethSummary lists attribute types sorted).
   const want = vethSummary(IP_VETH_NETNS);
-  assert.deepEqual(vethSummary(ours), want);
+  assert.deepEqual(vethSummary(ours), { ...want, flags: want.flags | NLM_F_ECHO });
   assert.deepEqual(want.peerLevel, [String(IFLA_NET_NS_FD), String(IFLA_IFNAME)].sort());
   assert.equal(want.peerName, "eth0");
   assert.equal(want.peerNetnsFd, 4);

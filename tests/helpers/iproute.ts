@@ -13,6 +13,8 @@ export interface IpLink {
   mtu: number;
   flags: string[];
   operstate: string;
+  /** The MAC address. */
+  address?: string;
   /** Set when the peer of a veth lives in another namespace. */
   link_netnsid?: number;
   /** With `-d`: the link type. */
