@@ -219,10 +219,11 @@ export class Datapath {
       this.ensureNode();
       const { host, peer, created } = this.#ensurePair(pod, podNs);
       if (!created) removeStrayAddresses(pod, podNs, peer);
-      // One batch per side (7 round trips instead of 18), the pod's first: a new pair's host
-      // side is still down then, so the carrier comes up only with the host side's batch, and
-      // the link-up work the kernel defers to its own threads (a walk over every IPv6 route of
-      // the node, under the RTNL lock) cannot hold up the pod side's requests.
+      // One batch per side (3 round trips for a new pod, the veth's creation included), the
+      // pod's first: a new pair's host side is still down then, so the carrier comes up only
+      // with the host side's batch, and the link-up work the kernel defers to its own threads
+      // (a walk over every IPv6 route of the node, under the RTNL lock) cannot hold up the pod
+      // side's requests.
       const podSide = new RequestBatch(podNs);
       this.#configurePodSide(podSide, pod, peer);
       podSide.flush();

@@ -45,20 +45,13 @@ import { BgpSecrets, passwordCondition } from "./bgp_secrets.ts";
 import {
   type AgentStats,
   buildStatus,
+  countersIntervalMs,
   type RoutingStats,
   StatusReporter,
 } from "./status_reporter.ts";
 
 /** How long the agent waits for its NodeConfig before it uses `Node.spec.podCIDRs`. */
 export const DEFAULT_CONFIG_WAIT_MS = 60_000;
-
-/**
- * Least time between status writes that change only the pod and address counters. Every agent
- * watches every NodeConfig, so a write reaches every node: at 1,000 nodes, one a second each
- * during a rollout would be up to a million watch events a second. Readiness, conditions and
- * BGP still go out within a second.
- */
-export const STATUS_COUNTERS_INTERVAL_MS = 10_000;
 
 /** How often the status is recomputed without a change event (for BGP session states). */
 const STATUS_REFRESH_MS = 30_000;
@@ -112,7 +105,8 @@ export interface ClusterModeOptions {
   podWaitMs?: number;
   /** Least time between two status patches. */
   statusIntervalMs?: number;
-  /** Least time between status writes that only move the pod and address counters. */
+  /** Least time between status writes that only move the pod and address counters; the floor of
+   * {@link countersIntervalMs}, which grows with the cluster. */
   statusCountersIntervalMs?: number;
   /** The other nodes' valid NodeConfigs, sorted by name, whenever they change. */
   onPeersChanged?: (peers: NodeConfig[]) => void;
@@ -224,7 +218,8 @@ export class ClusterMode {
       compute: () => this.#desiredStatus(),
       patch: (name, status) => api.patchNodeConfigStatus(name, status),
       minIntervalMs: options.statusIntervalMs,
-      countersIntervalMs: options.statusCountersIntervalMs ?? STATUS_COUNTERS_INTERVAL_MS,
+      countersIntervalMs: () =>
+        countersIntervalMs(this.configs.cache.size, options.statusCountersIntervalMs),
       log,
     });
   }

@@ -248,6 +248,28 @@ export function conditionsOf(status: unknown): Condition[] | undefined {
   return Array.isArray(list) ? list as Condition[] : undefined;
 }
 
+/**
+ * Least time between status writes that change only the pod and address counters. Every agent
+ * watches every NodeConfig, so a write reaches every node: at 1,000 nodes, one a second each
+ * during a rollout would be up to a million watch events a second. Readiness, conditions and
+ * BGP still go out within a second.
+ */
+export const STATUS_COUNTERS_INTERVAL_MS = 10_000;
+
+/**
+ * Counter-only writes the whole cluster makes per second at most, once it is large enough for
+ * {@link STATUS_COUNTERS_INTERVAL_MS} alone to allow more: each write is a watch event on every
+ * node, so N nodes writing every 10 s send N²/10 events a second (100,000 at 1,000 nodes). With
+ * the interval at N / 2 seconds it is 2N (2,000 at 1,000 nodes; counters then 8 minutes old at
+ * most; `flock status` and the metrics are always current).
+ */
+export const STATUS_COUNTER_WRITES_PER_SECOND = 2;
+
+/** The counters interval for a cluster of `nodes` NodeConfigs. */
+export function countersIntervalMs(nodes: number, floorMs = STATUS_COUNTERS_INTERVAL_MS): number {
+  return Math.max(floorMs, Math.ceil(nodes / STATUS_COUNTER_WRITES_PER_SECOND * 1000));
+}
+
 /** Options of a {@link StatusReporter}. */
 export interface StatusReporterOptions {
   /**
@@ -265,8 +287,9 @@ export interface StatusReporterOptions {
    * Least time between two patches when only the counters (`pods`, `allocated`) changed; the
    * default is `minIntervalMs`. Every agent watches every NodeConfig, so each status write is
    * sent to every node of the cluster: pod churn must not make that once a second per node.
+   * A function is asked each time (the interval can follow the cluster's size).
    */
-  countersIntervalMs?: number;
+  countersIntervalMs?: number | (() => number);
   /** Largest retry delay after failed patches. */
   maxBackoffMs?: number;
   log: (fields: Record<string, unknown>) => void;
@@ -352,7 +375,8 @@ export class StatusReporter {
     if (text === this.#lastWritten) return;
     const significant = ownedStatusText({ ...status, pods: undefined, allocated: undefined });
     if (this.#lastWritten !== "" && significant === this.#lastSignificant) {
-      const due = this.#lastAt + (this.options.countersIntervalMs ?? 0);
+      const interval = this.options.countersIntervalMs;
+      const due = this.#lastAt + (typeof interval === "function" ? interval() : interval ?? 0);
       if (due > performance.now()) {
         this.#deferred = true;
         this.#timer = setTimeout(() => {

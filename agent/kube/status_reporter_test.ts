@@ -3,10 +3,13 @@ import {
   buildStatus,
   type Condition,
   conditionTime,
+  countersIntervalMs,
   keepTransitionTimes,
   type NodeConfigStatus,
   type NodeConfigStatusPatch,
   ownedStatusText,
+  STATUS_COUNTER_WRITES_PER_SECOND,
+  STATUS_COUNTERS_INTERVAL_MS,
   statusMergePatch,
   StatusReporter,
 } from "./status_reporter.ts";
@@ -367,7 +370,7 @@ Deno.test("StatusReporter: counters-only changes wait for their own interval; ot
       return Promise.resolve();
     },
     minIntervalMs: 10,
-    countersIntervalMs: 400,
+    countersIntervalMs: () => 400,
     log: () => {},
   });
   try {
@@ -391,4 +394,16 @@ Deno.test("StatusReporter: counters-only changes wait for their own interval; ot
   } finally {
     reporter.stop();
   }
+});
+
+Deno.test("countersIntervalMs: 10 s up to 20 nodes, then at most 2 counter writes a second in all", () => {
+  assert.equal(countersIntervalMs(1), STATUS_COUNTERS_INTERVAL_MS);
+  assert.equal(countersIntervalMs(20), 10_000);
+  assert.equal(countersIntervalMs(100), 50_000);
+  assert.equal(countersIntervalMs(1000), 500_000);
+  // The cluster's rate: N nodes, one counter write each per interval.
+  for (const n of [50, 200, 1000, 5000]) {
+    assert.ok(n / (countersIntervalMs(n) / 1000) <= STATUS_COUNTER_WRITES_PER_SECOND);
+  }
+  assert.equal(countersIntervalMs(3, 400), 1500, "a smaller floor (tests) still scales");
 });
