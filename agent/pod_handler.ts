@@ -480,9 +480,10 @@ export class PodHandler {
 }
 
 /**
- * Veth deletions GC runs at once. The kernel overlaps them (bench/veth_delete_bench.ts: 12
- * veths with 4 in flight take about a third of the time of one at a time); the bound keeps the
- * worker threads, netlink sockets and rtnl contention of a large GC small.
+ * Veth deletions GC (and the agent's stuck-release sweep) run at once. The kernel overlaps them
+ * (bench/veth_delete_bench.ts: 12 veths with 4 in flight take about a third of the time of one
+ * at a time); the bound keeps the worker threads, netlink sockets and rtnl contention of a large
+ * GC small.
  */
 export const GC_DELETIONS_IN_FLIGHT = 4;
 

@@ -135,10 +135,12 @@ Deno.test({
 });
 
 Deno.test({
-  name: "GC where one veth deletion fails: code 11, the others released, the sweep finishes it",
+  name: "GC where veth deletions fail: code 11, the others released, the sweep finishes them",
   ...ROOT_ONLY,
   async fn() {
     const stale = 4;
+    // Two, so that the sweep has several stuck releases to retry at once.
+    const failing = 2;
     // Long enough that the state right after GC is read before the first sweep (checked below).
     const sweepMs = 5_000;
     await using node = await FlockNode.start({
@@ -147,7 +149,7 @@ Deno.test({
       startAgent: false,
     });
     await node.startAgent({
-      env: { [FAIL_VETH_DELETE_ENV]: "1", [RELEASE_SWEEP_ENV]: String(sweepMs) },
+      env: { [FAIL_VETH_DELETE_ENV]: String(failing), [RELEASE_SWEEP_ENV]: String(sweepMs) },
     });
     const agentStarted = performance.now();
     const kept = await addPods(node, "keep", 1);
@@ -167,13 +169,19 @@ Deno.test({
       assertCniError(
         gc,
         11,
-        new RegExp(`GC released ${stale - 1} of ${stale} attachments; gone\\d/eth0: .*injected`),
+        new RegExp(
+          `GC released ${stale - failing} of ${stale} attachments; gone\\d/eth0: .*injected`,
+        ),
       );
-      // Exactly one stale attachment is left, releasing, its addresses still held.
+      // Exactly the failed stale attachments are left, releasing, their addresses still held.
       const stuck = records.filter((r) => r.state === "releasing");
-      assert.equal(stuck.length, 1, `one attachment stays releasing (${why})`);
-      const [failed] = stuck;
-      assert.match(gc.json.details, new RegExp(`^${failed.containerId}/eth0: `));
+      assert.equal(stuck.length, failing, `${failing} attachments stay releasing (${why})`);
+      const failedIds = stuck.map((r) => r.containerId).sort();
+      assert.deepEqual(
+        gc.json.details.split("; ").map((d: string) => d.split("/")[0]).sort(),
+        failedIds,
+        "the details name every attachment GC could not release",
+      );
       assert.deepEqual(
         records.filter((r) => r.state !== "releasing").map((r) => r.containerId),
         kept.pods.map((p) => p.containerId),
@@ -181,36 +189,43 @@ Deno.test({
       );
       assert.deepEqual(
         pools,
-        [["ipv6", 2, stale - 1], ["ipv4", 2, stale - 1]],
-        `the kept and the stuck pod's addresses allocated, the others cooling (${why})`,
+        [["ipv6", 1 + failing, stale - failing], ["ipv4", 1 + failing, stale - failing]],
+        `the kept and the stuck pods' addresses allocated, the others cooling (${why})`,
       );
-      const host = links.find((l) => l.ifname === hostIfaceName(failed.containerId));
-      assert.ok(host, `the stuck veth is still there (${why})`);
-      assert.ok(!host.flags.includes("UP"), `the stuck veth is down: ${host.flags}`);
+      for (const id of failedIds) {
+        const host = links.find((l) => l.ifname === hostIfaceName(id));
+        assert.ok(host, `the stuck veth of ${id} is still there (${why})`);
+        assert.ok(!host.flags.includes("UP"), `the stuck veth is down: ${host.flags}`);
+      }
       assert.deepEqual(
         links.map((l) => l.ifname).sort(),
-        [...kept.pods.map((p) => p.containerId), failed.containerId].map(hostIfaceName).sort(),
+        [...kept.pods.map((p) => p.containerId), ...failedIds].map(hostIfaceName).sort(),
         "the released attachments' veths are gone",
       );
-      await loggedEvents(
-        node,
-        (e) =>
-          e.msg === "gc could not release attachment; it stays releasing" &&
-          e.containerId === failed.containerId && e.level === "error",
-      );
+      for (const id of failedIds) {
+        await loggedEvents(
+          node,
+          (e) =>
+            e.msg === "gc could not release attachment; it stays releasing" &&
+            e.containerId === id && e.level === "error",
+        );
+      }
 
-      // The sweep finishes it.
+      // One sweep finishes them (its retries run concurrently).
       await eventually(
-        "the sweep to finish the release GC left stuck",
+        "the sweep to finish the releases GC left stuck",
         () => Promise.resolve(storeRecords(node).length),
         (n) => n === kept.pods.length,
         2 * sweepMs + 10_000,
         50,
       );
-      await loggedEvents(
-        node,
-        (e) => e.msg === "finished a stuck release" && e.containerId === failed.containerId,
-      );
+      for (const id of failedIds) {
+        await loggedEvents(
+          node,
+          (e) => e.msg === "finished a stuck release" && e.containerId === id,
+        );
+      }
+      await loggedEvents(node, (e) => e.msg === "retrying stuck releases" && e.count === failing);
       await assertNodeHolds(node, kept.pods, "after the sweep");
       assert.deepEqual(await flockStatusJson(node).then(poolCounts), [["ipv6", 1, stale], [
         "ipv4",
