@@ -203,6 +203,8 @@ export class ClusterMode {
         onChange: (c) => {
           if (nodeAddressesChanged(c)) this.#queuePeers();
         },
+        // Which nodes exist decides which NodeConfigs count for router-id conflicts.
+        onListed: () => this.#queuePeers(),
         log,
       });
     }
@@ -504,7 +506,12 @@ export class ClusterMode {
    */
   #checkRouterIds(objects: NodeConfigObject[]): boolean {
     const id = this.#routerId?.id;
-    const others = id ? routerIdConflicts(id, this.options.nodeName, objects) : [];
+    // A removed node's NodeConfig keeps the id its agent last published; it peers with nobody.
+    const nodes = this.nodes;
+    const members = nodes?.hasSynced
+      ? objects.filter((o) => nodes.cache.get(o.name) !== undefined)
+      : objects;
+    const others = id ? routerIdConflicts(id, this.options.nodeName, members) : [];
     return this.#routerIdConflicts.update(id, others);
   }
 

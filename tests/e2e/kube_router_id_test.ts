@@ -6,7 +6,9 @@
  * - each agent publishes its router id in `status.bgp`; each sees the other's and sets
  *   `RouterIDUnique` False (reason `RouterIDConflict`) naming the other node and the id, logs one
  *   error line, and `flock status --json` names the other node;
- * - one NodeConfig gets another routerID: both conditions turn True, the log says it ended.
+ * - one NodeConfig gets another routerID: both conditions turn True, the log says it ended;
+ * - a node whose Node object is gone (removed from the cluster) no longer counts: its NodeConfig
+ *   may still publish the id, but the remaining node says RouterIDUnique.
  */
 
 import assert from "node:assert/strict";
@@ -40,6 +42,18 @@ function nodeConfig(p: BgpNodePlan) {
   };
 }
 
+/** The node's Node object, as kubelet registers it. */
+function nodeObject(p: BgpNodePlan) {
+  return {
+    apiVersion: "v1",
+    kind: "Node",
+    metadata: { name: p.name },
+    status: {
+      addresses: [p.ipv4!, p.ipv6].map((address) => ({ type: "InternalIP", address })),
+    },
+  };
+}
+
 /** What an operator reads of the router id: `status.bgp` and the `RouterIDUnique` condition. */
 async function routerIdStatus(kube: KubeCluster, name: string) {
   const obj = JSON.parse(await kube.kubectlOk(["get", "nodeconfig", name, "-o", "json"]));
@@ -60,7 +74,7 @@ Deno.test({
     const kube = cleanup.use(await startKubeWithFlock());
     const fabric = cleanup.use(await Fabric.start());
     const plans = [plan(1, SHARED_ID), plan(2, SHARED_ID)];
-    await kube.apply(plans.map(nodeConfig));
+    await kube.apply([...plans.map(nodeConfig), ...plans.map(nodeObject)]);
     const kubeconfig = await kube.kubeconfigFor(await kube.tokenFor("kube-system", "flock"));
     const nodes: BgpLabNode[] = [];
     for (const p of plans) nodes.push(await startBgpNode(fabric, p, cleanup, { kubeconfig }));
@@ -109,6 +123,25 @@ Deno.test({
           routerID: "192.0.2.78",
           routerIDSource: "bgp.routerID",
         });
+      });
+
+      await step("a removed node's NodeConfig no longer counts", async () => {
+        const [kept, removed] = nodes;
+        await kube.kubectlOk(["delete", "node", removed.plan.name]);
+        // The removed node's agent still runs here and publishes the shared id again.
+        await kube.apply(nodeConfig(plans[1]));
+        await eventually(
+          `${removed.plan.name} publishes ${SHARED_ID} again`,
+          () => routerIdStatus(kube, removed.plan.name),
+          (s) => s.bgp?.routerID === SHARED_ID && s.unique?.status === "False",
+          WAIT_MS,
+        );
+        // The kept node has seen that status (both agents watch every NodeConfig); give its
+        // check a moment, then it must still be unique.
+        await new Promise((resolve) => setTimeout(resolve, 1_000));
+        const s = await routerIdStatus(kube, kept.plan.name);
+        assert.equal(s.unique?.status, "True", JSON.stringify(s.unique));
+        assert.equal((await flockStatusJson(kept.flock)).bgp.routerIdConflicts, undefined);
       });
     } catch (err) {
       for (const n of nodes) {
