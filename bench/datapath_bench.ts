@@ -66,6 +66,9 @@ const proto = Handle.prototype as unknown as Record<
   "execute" | "dump",
   (this: Handle, msg: MessageWriter, op: string) => NetlinkMessage[]
 >;
+/** Marks requests sent into a pod's namespace (the node's are the others). */
+const podSide = (h: Handle) =>
+  h.netnsPath.startsWith(`/var/run/netns/${prefix}-node`) ? "" : " [pod]";
 const short = (op: string) => op.replace(/#\d+|[0-9a-f:.]+\/\d+|flock[0-9a-f]{8}/g, "…");
 /** Times `call` as one round trip named `op` when a measurement is running. */
 function logged<T>(op: () => string, call: () => T): T {
@@ -84,12 +87,18 @@ function logged<T>(op: () => string, call: () => T): T {
 for (const method of ["execute", "dump"] as const) {
   const original = proto[method];
   proto[method] = function (msg, op) {
-    return logged(() => short(op), () => original.call(this, msg, op));
+    return logged(() => short(op) + podSide(this), () => original.call(this, msg, op));
   };
 }
-// A batch is one round trip: one datagram out, its ACKs back.
+// A batch is one round trip: one datagram out, its ACKs back. While `unbatched` is set, each of
+// its requests is sent on its own instead, so that each is timed (see perRequest).
+let unbatched = false;
 const executeAll = Handle.prototype.executeAll;
 Handle.prototype.executeAll = function (requests: QueuedRequest[]) {
+  if (unbatched) {
+    for (const r of requests) this.execute(r.msg, r.operation);
+    return;
+  }
   return logged(
     () => `batch [${requests.map((r) => short(r.operation)).join("; ")}]`,
     () => executeAll.call(this, requests),
@@ -106,6 +115,35 @@ function measured<T>(fn: () => T): { ms: number; requests: RequestLog; value: T 
   } finally {
     log = undefined;
   }
+}
+
+/**
+ * Sets up `count` pods one after the other in `netns` with every request on its own (no
+ * batches), tearing each down and letting the kernel's deferred work finish before the next;
+ * returns each request's times, in the order setup sends them, and their names.
+ */
+async function perRequest(
+  dp: Datapath,
+  netns: string,
+  first: number,
+  count: number,
+): Promise<{ ops: string[]; ms: number[][] }> {
+  const ms: number[][] = [];
+  let ops: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const p = pod(first + i, netns);
+    unbatched = true;
+    try {
+      const m = measured(() => dp.setup(p));
+      m.requests.opMs.forEach((t, k) => (ms[k] ??= []).push(t));
+      ops = m.requests.ops;
+    } finally {
+      unbatched = false;
+    }
+    dp.teardown(p.containerId, p);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  return { ops, ms };
 }
 
 // ---- statistics ---------------------------------------------------------------------------
@@ -159,6 +197,9 @@ try {
       dp.teardown(p.containerId, p);
     }
 
+    const STEP_SAMPLES = 40;
+    const stepsEmpty = await perRequest(dp, warmPath, 61_000, STEP_SAMPLES);
+
     const setup: number[] = [];
     const setupNetlink: number[] = [];
     const setupRequests: number[] = [];
@@ -172,6 +213,7 @@ try {
     }
     const problems = dp.check(pod(PODS - 1, podPaths[PODS - 1]));
     if (problems.length) throw new Error(`last pod is not right: ${problems.join("; ")}`);
+    const stepsFull = await perRequest(dp, warmPath, 62_000, STEP_SAMPLES);
 
     // Bare round trips with PODS pods present.
     const getlink: number[] = [];
@@ -241,6 +283,23 @@ try {
     );
     console.log(
       `\nround trips per setup: ${requestsPerSetup} (${setupOps.join(", ")})`,
+    );
+    console.log(
+      `\nsetup's requests sent one by one (no batches), medians of ${STEP_SAMPLES} setups ` +
+        `(ms): with 0 pods / with ${PODS} pods present`,
+    );
+    stepsEmpty.ops.forEach((op, k) => {
+      const a = summarize(stepsEmpty.ms[k]).median, b = summarize(stepsFull.ms[k] ?? []).median;
+      console.log(
+        `  ${String(k + 1).padStart(2)}. ${op.padEnd(44)} ${a.toFixed(3)} / ${b.toFixed(3)}`,
+      );
+    });
+    const sum = (steps: { ms: number[][] }) =>
+      steps.ms.reduce((total, times) => total + summarize(times).median, 0);
+    console.log(
+      `  sum of the medians${" ".repeat(38)} ${sum(stepsEmpty).toFixed(3)} / ${
+        sum(stepsFull).toFixed(3)
+      }`,
     );
     console.log(
       `round trips per teardown: ${summarize(teardownRequests).median} (${teardownOps.join(", ")})`,
