@@ -91,6 +91,20 @@ export interface PodNetwork {
   /** Anycast addresses the pod also answers on (/128 or /32, no DAD); see anycast.ts. */
   anycast?: IP[];
   mtu?: number;
+  /**
+   * The host-side veth's name, as the pod's record holds it; default
+   * {@link hostIfaceName}(containerId). Another name only when that one is taken (a hash
+   * collision with another container).
+   */
+  hostIface?: string;
+}
+
+/** Which pod's veth `teardown`, `detach` and `removeVeth` act on, and its host routes. */
+export interface PodAddresses {
+  ipv6?: IP;
+  ipv4?: IP;
+  /** The host-side veth's name when it is not {@link hostIfaceName}(containerId). */
+  hostIface?: string;
 }
 
 /** What `setup` made, for the CNI Result. */
@@ -104,7 +118,16 @@ export interface PodInterfaces {
 
 /** FNV-1a-32 of the container ID as `flock<8 hex>` (13 bytes, fits IFNAMSIZ). */
 export function hostIfaceName(containerId: string): string {
-  return HOST_IFACE_PREFIX + fnv1a32(containerId).toString(16).padStart(8, "0");
+  return hostIfaceCandidate(containerId, 0);
+}
+
+/**
+ * The host veth names a container can have: {@link hostIfaceName} first (`attempt` 0), then,
+ * for when another container's ID has the same 32-bit hash, FNV-1a-32 of `<containerId>/<attempt>`.
+ */
+export function hostIfaceCandidate(containerId: string, attempt: number): string {
+  const text = attempt === 0 ? containerId : `${containerId}/${attempt}`;
+  return HOST_IFACE_PREFIX + fnv1a32(text).toString(16).padStart(8, "0");
 }
 
 /** Whether an interface name is one flock creates on the node. */
@@ -134,6 +157,9 @@ export function validatePodNetwork(pod: PodNetwork): void {
     throw new DatapathInputError(`ipv4 address ${formatIP(pod.ipv4)} is not an IPv4 address`);
   }
   if (!pod.ipv6 && !pod.ipv4) throw new DatapathInputError("the pod has no address");
+  if (pod.hostIface !== undefined && !isFlockIfaceName(pod.hostIface)) {
+    throw new DatapathInputError(`invalid host interface name ${JSON.stringify(pod.hostIface)}`);
+  }
   for (const ip of pod.anycast ?? []) {
     // The pod answers anycast traffic over its default route, which needs an address of that family.
     if (!(ip.family === AF_INET6 ? pod.ipv6 : pod.ipv4)) {
@@ -160,6 +186,18 @@ function podAddresses(pod: PodNetwork): IP[] {
  */
 function sourceFor(pod: PodNetwork, own: IP): IP | undefined {
   return pod.anycast?.some((a) => a.family === own.family) ? own : undefined;
+}
+
+/** The host veth's name of the pod `containerId` whose record says `addresses.hostIface`. */
+function hostIfaceOf(containerId: string, addresses: PodAddresses): string {
+  checkedContainerId(containerId);
+  if (addresses.hostIface === undefined) return hostIfaceName(containerId);
+  if (!isFlockIfaceName(addresses.hostIface)) {
+    throw new DatapathInputError(
+      `invalid host interface name ${JSON.stringify(addresses.hostIface)}`,
+    );
+  }
+  return addresses.hostIface;
 }
 
 function checkedContainerId(containerId: string): string {
@@ -244,7 +282,7 @@ export class Datapath {
 
   /** Finds or makes the veth pair; repairs a peer left on the node. */
   #ensurePair(pod: PodNetwork, podNs: Handle): { host: Link; peer: Link; created: boolean } {
-    const name = hostIfaceName(pod.containerId);
+    const name = pod.hostIface ?? hostIfaceName(pod.containerId);
     // A new pod, nearly every call: create at once. An existing name (a retry, a crash's
     // leftovers, a foreign interface in the pod) fails it and takes the careful path below.
     const made = this.#createPair(pod, podNs, name);
@@ -392,8 +430,8 @@ export class Datapath {
    * Removes the pod's veth (both ends) and its host routes. Everything already
    * gone is fine; the pod's namespace need not exist.
    */
-  teardown(containerId: string, addresses: { ipv6?: IP; ipv4?: IP } = {}): void {
-    const host = getLinkByName(this.node, hostIfaceName(checkedContainerId(containerId)));
+  teardown(containerId: string, addresses: PodAddresses = {}): void {
+    const host = getLinkByName(this.node, hostIfaceOf(containerId, addresses));
     if (host) deleteLink(this.node, host.index);
     this.#deleteLeftoverRoutes(addresses);
   }
@@ -404,8 +442,8 @@ export class Datapath {
    * veth's deletion, which waits tens of ms for RCU grace periods, to {@link removeVeth}.
    * Everything already gone is fine.
    */
-  detach(containerId: string, addresses: { ipv6?: IP; ipv4?: IP } = {}): void {
-    const host = getLinkByName(this.node, hostIfaceName(checkedContainerId(containerId)));
+  detach(containerId: string, addresses: PodAddresses = {}): void {
+    const host = getLinkByName(this.node, hostIfaceOf(containerId, addresses));
     if (!host) return;
     for (const ip of [addresses.ipv6, addresses.ipv4]) {
       if (ip) deleteRoute(this.node, hostRoute(ip, host.index));
@@ -418,8 +456,8 @@ export class Datapath {
    * thread, so the event loop keeps serving; resolves once it is gone (and any host route
    * that outlived it is removed).
    */
-  async removeVeth(containerId: string, addresses: { ipv6?: IP; ipv4?: IP } = {}): Promise<void> {
-    const host = getLinkByName(this.node, hostIfaceName(checkedContainerId(containerId)));
+  async removeVeth(containerId: string, addresses: PodAddresses = {}): Promise<void> {
+    const host = getLinkByName(this.node, hostIfaceOf(containerId, addresses));
     if (host) await deleteLinkOffThread(this.node, host.index);
     this.#deleteLeftoverRoutes(addresses);
   }
@@ -428,7 +466,7 @@ export class Datapath {
    * Host routes die with the link; these catch routes that outlived a lost link. Deleted by
    * exact prefix and flock's protocol, whatever their interface, so no route dump per pod.
    */
-  #deleteLeftoverRoutes(addresses: { ipv6?: IP; ipv4?: IP }): void {
+  #deleteLeftoverRoutes(addresses: PodAddresses): void {
     for (const ip of [addresses.ipv6, addresses.ipv4]) {
       if (ip) deleteRoutesTo(this.node, hostPrefix(ip), FLOCK_ROUTE_PROTOCOL);
     }
@@ -438,7 +476,7 @@ export class Datapath {
   check(pod: PodNetwork): string[] {
     validatePodNetwork(pod);
     const problems: string[] = [];
-    const name = hostIfaceName(pod.containerId);
+    const name = pod.hostIface ?? hostIfaceName(pod.containerId);
     const host = getLinkByName(this.node, name);
     if (!host) return [`host interface ${name} is missing`];
     if (host.kind !== "veth") problems.push(`host interface ${name} is a ${host.kind}, not a veth`);

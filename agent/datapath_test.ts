@@ -16,6 +16,7 @@ import {
   Datapath,
   DatapathInputError,
   FLOCK_ROUTE_PROTOCOL,
+  hostIfaceCandidate,
   hostIfaceName,
   InterfaceConflictError,
   isFlockIfaceName,
@@ -211,6 +212,12 @@ Deno.test("hostIfaceName is FNV-1a-32 of the container ID, flock<8 hex>", () => 
   assert.ok(isFlockIfaceName(hostIfaceName(long)));
   assert.ok(!isFlockIfaceName("flock123"));
   assert.ok(!isFlockIfaceName("eth0"));
+  // The alternatives for a colliding ID: the hash of "<id>/<attempt>", all distinct.
+  assert.equal(hostIfaceCandidate("foobar", 0), hostIfaceName("foobar"));
+  assert.equal(hostIfaceCandidate("a", 1), hostIfaceName("a/1"));
+  const alternatives = new Set([0, 1, 2, 3].map((k) => hostIfaceCandidate("collide462789", k)));
+  assert.equal(alternatives.size, 4);
+  assert.equal(hostIfaceName("collide462789"), hostIfaceName("collide679192"), "a known pair");
 });
 
 for (

@@ -19,7 +19,7 @@
  */
 
 import { formatIP, type IP, parseIP } from "../netlink/ip.ts";
-import { type Datapath, hostIfaceName, type PodNetwork } from "./datapath.ts";
+import { type Datapath, hostIfaceCandidate, hostIfaceName, type PodNetwork } from "./datapath.ts";
 import { CniCode, CniError, type RpcRequest, type RpcResponse } from "./protocol.ts";
 import type { Attachment, Store } from "./store.ts";
 import type { HoldWork } from "./rpc_server.ts";
@@ -197,7 +197,7 @@ export class PodHandler {
         containerId: req.containerId,
         ifname: req.ifname,
         netns: req.netns,
-        hostIface: hostIfaceName(req.containerId),
+        hostIface: this.#freeHostIface(req.containerId),
         podNamespace: namespace || undefined,
         podName: name || undefined,
         ipv6: ipv6 && formatIP(ipv6),
@@ -223,6 +223,7 @@ export class PodHandler {
         await datapath.removeVeth(req.containerId, {
           ipv6: parseOptional(record.ipv6),
           ipv4: parseOptional(record.ipv4),
+          hostIface: record.hostIface,
         });
       } finally {
         store.delete(req.containerId, req.ifname);
@@ -232,6 +233,23 @@ export class PodHandler {
       }
       throw e;
     }
+  }
+
+  /**
+   * The host veth's name for a new attachment: BRIEF §2's hash of the container ID, or, when
+   * another attachment holds that (two IDs with the same 32-bit hash), the first alternative no
+   * attachment holds. A retry finds its record, so it never picks again.
+   */
+  #freeHostIface(containerId: string): string {
+    for (let attempt = 0; attempt < HOST_IFACE_ATTEMPTS; attempt++) {
+      const name = hostIfaceCandidate(containerId, attempt);
+      if (!this.deps.store.hostIfaceHolder(name)) return name;
+    }
+    throw new CniError(
+      CniCode.internal,
+      `no free host interface name for container ${containerId} ` +
+        `(${HOST_IFACE_ATTEMPTS} candidates all in use)`,
+    );
   }
 
   #take(
@@ -259,9 +277,13 @@ export class PodHandler {
     return ip;
   }
 
-  #podNetwork(req: RpcRequest, rec: Pick<Attachment, "ipv6" | "ipv4" | "anycast">): PodNetwork {
+  #podNetwork(
+    req: RpcRequest,
+    rec: Pick<Attachment, "ipv6" | "ipv4" | "anycast" | "hostIface">,
+  ): PodNetwork {
     return {
       containerId: req.containerId,
+      hostIface: rec.hostIface,
       netns: req.netns,
       ifname: req.ifname,
       ipv6: parseOptional(rec.ipv6),
@@ -304,8 +326,12 @@ export class PodHandler {
       return {};
     }
     // No record: tear down a half-made veth by its container-derived name, unless that veth
-    // belongs to another interface of this container (a refused second ADD is followed by a DEL).
-    if (this.deps.store.ifnamesOf(req.containerId).length === 0) {
+    // belongs to another interface of this container (a refused second ADD is followed by a DEL)
+    // or to another container whose ID hashes to the same name.
+    if (
+      this.deps.store.ifnamesOf(req.containerId).length === 0 &&
+      !this.deps.store.hostIfaceHolder(hostIfaceName(req.containerId))
+    ) {
       await this.deps.datapath.removeVeth(req.containerId);
     }
     return {};
@@ -364,6 +390,7 @@ export class PodHandler {
     this.deps.datapath.detach(rec.containerId, {
       ipv6: parseOptional(rec.ipv6),
       ipv4: parseOptional(rec.ipv4),
+      hostIface: rec.hostIface,
     });
     if (turned) this.deps.crashAt?.("del-after-releasing");
   }
@@ -377,7 +404,7 @@ export class PodHandler {
     const ipv6 = parseOptional(rec.ipv6);
     const ipv4 = parseOptional(rec.ipv4);
     this.deps.vethDeleteFault?.();
-    await this.deps.datapath.removeVeth(rec.containerId, { ipv6, ipv4 });
+    await this.deps.datapath.removeVeth(rec.containerId, { ipv6, ipv4, hostIface: rec.hostIface });
     this.deps.crashAt?.("del-after-teardown");
     this.#finishRelease(rec, ipv6, ipv4);
   }
@@ -478,6 +505,9 @@ export class PodHandler {
     );
   }
 }
+
+/** Host interface names tried for one new attachment (each further one is a 2^-32 chance). */
+const HOST_IFACE_ATTEMPTS = 8;
 
 /**
  * Veth deletions GC (and the agent's stuck-release sweep) run at once. The kernel overlaps them

@@ -27,13 +27,7 @@ import {
   parseIP,
   prefixContains,
 } from "../netlink/mod.ts";
-import {
-  type Datapath,
-  FLOCK_ROUTE_PROTOCOL,
-  GATEWAY4,
-  hostIfaceName,
-  isFlockIfaceName,
-} from "./datapath.ts";
+import { type Datapath, FLOCK_ROUTE_PROTOCOL, GATEWAY4, isFlockIfaceName } from "./datapath.ts";
 import type { Store } from "./store.ts";
 import type { AddressPool } from "./ipam.ts";
 import type { AnycastRoutes } from "./anycast.ts";
@@ -87,6 +81,7 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
     d.datapath.teardown(rec.containerId, {
       ipv6: rec.ipv6 ? parseIP(rec.ipv6) : undefined,
       ipv4: rec.ipv4 ? parseIP(rec.ipv4) : undefined,
+      hostIface: rec.hostIface,
     });
     // A pending pod never got its addresses; a releasing one did, so they cool down.
     const used = rec.state === "releasing" ? [rec.ipv6, rec.ipv4] : [];
@@ -110,10 +105,11 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
       }
     }
     report.restored++;
-    if (!getLinkByName(node, hostIfaceName(rec.containerId)) && netnsExists(rec.netns)) {
+    if (!getLinkByName(node, rec.hostIface) && netnsExists(rec.netns)) {
       try {
         d.datapath.setup({
           containerId: rec.containerId,
+          hostIface: rec.hostIface,
           netns: rec.netns,
           ifname: rec.ifname,
           ipv6: rec.ipv6 ? parseIP(rec.ipv6) : undefined,
@@ -137,7 +133,7 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
   }
   d.store.pruneReleases(now - d.cooldownMs);
 
-  const known = new Set(committed.map((r) => hostIfaceName(r.containerId)));
+  const known = new Set(committed.map((r) => r.hostIface));
   for (const link of listLinks(node)) {
     if (isFlockIfaceName(link.name) && !known.has(link.name)) {
       deleteLink(node, link.index);

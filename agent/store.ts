@@ -79,6 +79,16 @@ export class AttachmentExistsError extends Error {
   }
 }
 
+/** Raised when inserting an attachment whose host interface name another attachment has. */
+export class HostIfaceConflictError extends Error {
+  constructor(hostIface: string, holder: { containerId: string; ifname: string }) {
+    super(
+      `host interface ${hostIface} is already used by ${holder.containerId}/${holder.ifname}`,
+    );
+    this.name = "HostIfaceConflictError";
+  }
+}
+
 /** Raised when committing an attachment that is not in the store. */
 export class AttachmentNotFoundError extends Error {
   constructor(containerId: string, ifname: string) {
@@ -136,6 +146,10 @@ const MIGRATIONS: readonly string[] = [
   // A committed attachment whose DEL has been answered while its veth is still going away
   // (state "releasing"): since when. A column, because the state's CHECK cannot be altered.
   `ALTER TABLE attachment ADD COLUMN releasing_at INTEGER`,
+  // Host interface names are unique per node: the agent looks a name up before it takes it (two
+  // container IDs can hash to the same one). Not a UNIQUE index: a database from before may hold
+  // such a pair, and the agent must still start with it.
+  `CREATE INDEX IF NOT EXISTS attachment_host_iface ON attachment (host_iface)`,
 ];
 
 /** Schema version this code writes. */
@@ -281,6 +295,14 @@ export class Store {
     return (this.#stmts.ifnamesOf.all(containerId) as { ifname: string }[]).map((r) => r.ifname);
   }
 
+  /** The attachment whose host-side veth is `hostIface`, if any. */
+  hostIfaceHolder(hostIface: string): { containerId: string; ifname: string } | undefined {
+    const row = this.#stmts.holderOfHostIface.get(hostIface) as
+      | { container_id: string; ifname: string }
+      | undefined;
+    return row && { containerId: row.container_id, ifname: row.ifname };
+  }
+
   /** Every attachment, oldest first. */
   list(): Attachment[] {
     return (this.#stmts.list.all() as unknown as AttachmentRow[]).map(fromRow);
@@ -334,6 +356,7 @@ export class Store {
    *   the half-made veth with it; start-up's sweep removes any flock link without a record.
    * @throws {AttachmentExistsError} if the key exists.
    * @throws {AddressConflictError} if its IPv6 or IPv4 address belongs to another attachment.
+   * @throws {HostIfaceConflictError} if its host interface name belongs to another attachment.
    * @throws {InvalidAddressError} if an address does not parse or is of the wrong family.
    */
   insertPending(a: Omit<Attachment, "state" | "createdAt">): void {
@@ -345,6 +368,8 @@ export class Store {
       if (s.get.get(a.containerId, a.ifname)) {
         throw new AttachmentExistsError(a.containerId, a.ifname);
       }
+      const ifaceHolder = this.hostIfaceHolder(a.hostIface);
+      if (ifaceHolder) throw new HostIfaceConflictError(a.hostIface, ifaceHolder);
       for (const [addr, holderOf] of [[ipv6, s.holderV6], [ipv4, s.holderV4]] as const) {
         if (addr === null) continue;
         const h = holderOf.get(addr) as { container_id: string; ifname: string } | undefined;
@@ -493,6 +518,7 @@ function prepareAll(db: DatabaseSync) {
          ORDER BY a.created_at, a.rowid`,
     ),
     holderV6: p("SELECT container_id, ifname FROM attachment WHERE ipv6 = ?"),
+    holderOfHostIface: p("SELECT container_id, ifname FROM attachment WHERE host_iface = ?"),
     holderV4: p("SELECT container_id, ifname FROM attachment WHERE ipv4 = ?"),
     insert: p(
       `INSERT INTO attachment (container_id, ifname, state, netns, host_iface, pod_namespace,

@@ -8,6 +8,7 @@ import {
   AttachmentExistsError,
   AttachmentNotFoundError,
   DB_FILE,
+  HostIfaceConflictError,
   SCHEMA_VERSION,
   SchemaVersionError,
   Store,
@@ -20,7 +21,7 @@ function attachment(id: string, extra: Partial<NewAttachment> = {}): NewAttachme
     containerId: id,
     ifname: "eth0",
     netns: `/var/run/netns/${id}`,
-    hostIface: `flk${id}`,
+    hostIface: `flk${id}.${extra.ifname ?? "eth0"}`,
     anycast: [],
     ...extra,
   };
@@ -56,7 +57,7 @@ Deno.test("round trip keeps every field and canonicalises addresses", () =>
       ifname: "eth0",
       state: "pending",
       netns: "/var/run/netns/c1",
-      hostIface: "flkc1",
+      hostIface: "flkc1.eth0",
       podNamespace: "default",
       podName: "web-0",
       ipv6: "fd00::a",
@@ -220,6 +221,24 @@ Deno.test("WAL, synchronous=FULL, foreign keys and schema version are in effect"
     }
   }));
 
+Deno.test("host interface names: looked up by name, and no two attachments share one", () =>
+  withStore((store) => {
+    store.insertPending(attachment("first", { hostIface: "flock91061e8b" }));
+    assert.deepEqual(store.hostIfaceHolder("flock91061e8b"), {
+      containerId: "first",
+      ifname: "eth0",
+    });
+    assert.equal(store.hostIfaceHolder("flock00000000"), undefined);
+    assert.throws(
+      () => store.insertPending(attachment("second", { hostIface: "flock91061e8b" })),
+      (e: Error) =>
+        e instanceof HostIfaceConflictError && /flock91061e8b .* first\/eth0/.test(e.message),
+    );
+    assert.equal(store.get("second", "eth0"), undefined, "nothing of the refused one is kept");
+    store.delete("first", "eth0");
+    assert.equal(store.hostIfaceHolder("flock91061e8b"), undefined);
+  }));
+
 Deno.test("a pending insert, failed or not, leaves the connection at synchronous=FULL", () =>
   withStore((store) => {
     const rec = attachment("sync", { ipv6: "fd00::51", ipv4: "10.0.0.51" });
@@ -300,7 +319,10 @@ Deno.test("a schema-1 database (before releasing) is migrated and keeps its reco
     Store.open(dir).close();
     // Back to what schema 1 wrote: no releasing_at column.
     const raw = new DatabaseSync(join(dir, DB_FILE));
-    raw.exec("ALTER TABLE attachment DROP COLUMN releasing_at; PRAGMA user_version = 1");
+    raw.exec(
+      "DROP INDEX attachment_host_iface; ALTER TABLE attachment DROP COLUMN releasing_at; " +
+        "PRAGMA user_version = 1",
+    );
     raw.exec(`INSERT INTO attachment (container_id, ifname, state, netns, host_iface, ipv6,
       created_at) VALUES ('old', 'eth0', 'committed', '/x', 'flkold', 'fd00::9', 1)`);
     raw.close();
@@ -370,7 +392,7 @@ for (let i = 0; i < 200_000 && Date.now() < deadline; i++) {
   const slot = i % 64;
   const id = "r" + run + "-" + i;
   store.insertPending({
-    containerId: id, ifname: "eth0", netns: "/var/run/netns/" + id, hostIface: "flk" + i,
+    containerId: id, ifname: "eth0", netns: "/var/run/netns/" + id, hostIface: "flk" + run + "-" + i,
     ipv6: "fd00::" + run + ":" + slot.toString(16), ipv4: "10." + run + ".0." + slot,
     anycast: ["fd00:ac::1", "10.99.0.1"],
   });

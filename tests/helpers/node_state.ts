@@ -8,7 +8,6 @@
 
 import assert from "node:assert/strict";
 import { type Attachment, Store } from "../../agent/store.ts";
-import { hostIfaceName } from "../../agent/datapath.ts";
 import type { FlockNode } from "./flock.ts";
 import type { TestNamespace } from "./netns.ts";
 import type { IpLink } from "./iproute.ts";
@@ -96,9 +95,10 @@ export async function assertNodeHolds(node: FlockNode, pods: LivePod[], why = ""
     })),
     `store records vs live pods${label}`,
   );
+  // Each record's own name: hostIfaceName(containerId) unless two container IDs collide.
   assert.deepEqual(
     [...state.links].sort(),
-    want.map((p) => hostIfaceName(p.containerId)).sort(),
+    have.map((r) => r.hostIface).sort(),
     `flock links vs live pods${label}`,
   );
   const ips = want.flatMap((p) => p.ips);
