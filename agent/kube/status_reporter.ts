@@ -303,6 +303,8 @@ export class StatusReporter {
   /** The conditions written last, for their transition times. */
   #conditions?: Condition[];
   #lastAt = -Infinity;
+  /** When the status was last computed, written or not. */
+  #lastComputedAt = -Infinity;
   #timer?: ReturnType<typeof setTimeout>;
   /** The pending timer holds back a counters-only change (see `countersIntervalMs`). */
   #deferred = false;
@@ -329,8 +331,11 @@ export class StatusReporter {
       this.#timer = undefined;
       this.#deferred = false;
     }
+    // Computing the status reads every attachment: at most once per interval too, or every ADD
+    // of a node with 1,000 pods would read 1,000 records while counters are held back.
     const interval = this.options.minIntervalMs ?? 1_000;
-    const wait = Math.max(0, this.#lastAt + interval - performance.now());
+    const since = Math.max(this.#lastAt, this.#lastComputedAt);
+    const wait = Math.max(0, since + interval - performance.now());
     this.#timer = setTimeout(() => {
       this.#timer = undefined;
       void this.#flush();
@@ -360,6 +365,7 @@ export class StatusReporter {
   async #flush(): Promise<void> {
     if (this.#stopped) return;
     let want;
+    this.#lastComputedAt = performance.now();
     try {
       want = await this.options.compute();
     } catch (e) {

@@ -407,3 +407,44 @@ Deno.test("countersIntervalMs: 10 s up to 20 nodes, then at most 2 counter write
   }
   assert.equal(countersIntervalMs(3, 400), 1500, "a smaller floor (tests) still scales");
 });
+
+Deno.test("StatusReporter: while counters are held back, a burst of changes is computed at most once per interval", async () => {
+  let pods = 0;
+  let computes = 0;
+  const sent: NodeConfigStatusPatch[] = [];
+  const reporter = new StatusReporter({
+    compute: () => {
+      computes++;
+      return Promise.resolve({
+        name: "n1",
+        status: buildStatus({ ready: true, attachments: pods, ipv6: pods, ipv4: 0 }, 1, ""),
+      });
+    },
+    patch: (_name, s) => {
+      sent.push(s);
+      return Promise.resolve();
+    },
+    minIntervalMs: 100,
+    countersIntervalMs: 60_000,
+    log: () => {},
+  });
+  try {
+    reporter.request();
+    await sleep(50);
+    assert.equal(sent.length, 1);
+    const before = computes;
+    // 50 ADDs over about 500 ms: each only moves the counters.
+    for (let i = 0; i < 50; i++) {
+      pods++;
+      reporter.request();
+      await sleep(10);
+    }
+    await sleep(150);
+    const during = computes - before;
+    assert.ok(during <= 8, `${during} computes for 50 requests in ~0.65 s (interval 100 ms)`);
+    assert.ok(during >= 1, "the burst was looked at");
+    assert.equal(sent.length, 1, "counters only: still held back");
+  } finally {
+    reporter.stop();
+  }
+});
