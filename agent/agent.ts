@@ -175,6 +175,7 @@ export class Agent {
       pool4,
       cooldownMs,
       anycast,
+      mtu: node.mtu,
       keepRoute: (dst) => isSummaryRoute(node, dst) || this.#holdsPods(dst),
     });
     this.reconcileReport = report;

@@ -54,6 +54,8 @@ export interface ReconcileDeps {
   keepRoute?: (dst: { ip: IP; len: number }) => boolean;
   /** Rebuilds the anycast routes; without it, every anycast route counts as an orphan. */
   anycast?: AnycastRoutes;
+  /** The node's pod MTU (NodeConfig `mtu`), which a repaired veth gets as ADD gives it. */
+  mtu?: number;
   cooldownMs: number;
   now?: () => number;
 }
@@ -115,6 +117,7 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
           ipv6: rec.ipv6 ? parseIP(rec.ipv6) : undefined,
           ipv4: rec.ipv4 ? parseIP(rec.ipv4) : undefined,
           anycast: rec.anycast.map(parseIP),
+          mtu: d.mtu,
         });
         report.repaired++;
       } catch (e) {
