@@ -25,11 +25,10 @@ import {
   listLinks,
   listRoutes,
   parseIP,
-  prefixContains,
 } from "../netlink/mod.ts";
 import { type Datapath, FLOCK_ROUTE_PROTOCOL, GATEWAY4, isFlockIfaceName } from "./datapath.ts";
 import type { Store } from "./store.ts";
-import type { AddressPool } from "./ipam.ts";
+import { type AddressPool, unusableReason } from "./ipam.ts";
 import type { AnycastRoutes } from "./anycast.ts";
 
 /** What reconciliation did, for logs, metrics and `flock status`. */
@@ -126,11 +125,12 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
     }
   }
 
-  // Addresses released shortly before the restart stay cooling.
+  // Addresses released shortly before the restart stay cooling. After a CIDR change one may be
+  // outside the new CIDR or its network or broadcast address: the pool never hands those out.
   for (const r of d.store.recentReleases(now - d.cooldownMs)) {
     const ip = parseIP(r.ip);
     const pool = poolFor(ip, d);
-    if (!pool || pool.isAllocated(ip) || !prefixContains(pool.cidr, ip)) continue;
+    if (!pool || pool.isAllocated(ip) || unusableReason(pool.cidr, ip)) continue;
     pool.reserve(ip);
     pool.release(ip);
   }
