@@ -433,7 +433,12 @@ export class PodHandler {
     const problems = this.deps.datapath.check(this.#podNetwork(req, rec));
     problems.push(...this.deps.anycast?.check(rec) ?? []);
     const have = new Set([rec.ipv6, rec.ipv4].filter(Boolean));
-    for (const ip of parsePrevResult(req.config)?.ips ?? []) {
+    const prev = parsePrevResult(req.config);
+    for (const ip of prev?.ips ?? []) {
+      // The cached result is the whole chain's: an address a later plugin put on another
+      // interface is not flock's to check (the spec: allow for later plugins' changes).
+      const iface = ip.interface === undefined ? undefined : prev?.interfaces[ip.interface];
+      if (iface && (iface.name !== req.ifname || !iface.sandbox)) continue;
       const addr = ip.address.split("/")[0];
       const canonical = addr ? formatIP(parseIP(addr)) : "";
       if (!have.has(canonical)) {
