@@ -365,6 +365,7 @@ export class Agent {
         );
       }
       const req = revalidate(raw);
+      if (req.command === "ADD") refuseNodeNetns(req.netns, this.#handle!);
       response = await this.#handler.handle(req, hold);
       if (response.ok && response.result) {
         fields.ips = (response.result.ips as { address: string }[])?.map((i) => i.address);
@@ -505,6 +506,28 @@ function revalidate(req: RpcRequest): RpcRequest {
     CNI_ARGS: req.args,
   };
   return parseCniInvocation(env, JSON.stringify(req.config));
+}
+
+/**
+ * Refuses an ADD whose CNI_NETNS is the node's own namespace (`ctr run --cni --net-host` hands
+ * the plugin the host's): the pod side's default routes would replace the node's. libcni's skel
+ * refuses it with code 8 too.
+ */
+function refuseNodeNetns(netns: string, node: Handle): void {
+  let pod: Deno.FileInfo, own: Deno.FileInfo;
+  try {
+    pod = Deno.statSync(netns);
+    own = Deno.statSync(`/proc/self/fd/${node.netnsFd}`);
+  } catch {
+    return; // a path that cannot be read fails when the datapath opens it, with code 8
+  }
+  if (pod.dev === own.dev && pod.ino === own.ino) {
+    throw new CniError(
+      CniCode.invalidNetns,
+      `CNI_NETNS ${netns} is the node's own network namespace`,
+      "a pod needs a network namespace of its own",
+    );
+  }
 }
 
 function toCniError(e: unknown): CniError {

@@ -10,6 +10,54 @@ import { ROOT_ONLY } from "../helpers/exec.ts";
 import { assertCniError } from "../helpers/cni_output.ts";
 
 const NODE_CONFIG = { cidr6: "fd00:5e::/64", cidr4: "10.94.0.0/24" };
+const UPLINK = {
+  ipv6: { node: "fd00:ff::2/64", peer: "fd00:ff::1/64" },
+  ipv4: { node: "192.0.2.2/24", peer: "192.0.2.1/24" },
+  defaultRoute6: true,
+  defaultRoute4: true,
+};
+
+Deno.test({
+  name: "cni spec edges: ADD into the node's own namespace is code 8 and the node keeps its routes",
+  ...ROOT_ONLY,
+  async fn() {
+    await using node = await FlockNode.start({ config: NODE_CONFIG, nodeOptions: UPLINK });
+    const routesBefore = [
+      await node.ns.ip(["-6", "route", "show", "default"]),
+      await node.ns.ip(["-4", "route", "show", "default"]),
+    ];
+    const linksBefore = await node.ns.ip(["-o", "link", "show"]);
+    // `ctr run --cni --net-host` hands the plugin the host's own namespace as the pod's.
+    const r = await node.cni("ADD", {
+      containerId: "hostnet",
+      netns: node.ns.path,
+      ifname: "eth9",
+    });
+    assertCniError(r, 8, /CNI_NETNS.*own network namespace/);
+    assert.deepEqual(
+      [
+        await node.ns.ip(["-6", "route", "show", "default"]),
+        await node.ns.ip(["-4", "route", "show", "default"]),
+      ],
+      routesBefore,
+      "the node's default routes are untouched",
+    );
+    assert.equal(
+      (await node.ns.ip(["-o", "link", "show"])).replace(/\\\s+/g, " "),
+      linksBefore.replace(/\\\s+/g, " "),
+      "no link made",
+    );
+    assert.equal((await node.cni("DEL", { containerId: "hostnet", ifname: "eth9" })).code, 0);
+    assert.deepEqual(
+      [
+        await node.ns.ip(["-6", "route", "show", "default"]),
+        await node.ns.ip(["-4", "route", "show", "default"]),
+      ],
+      routesBefore,
+      "still, after the DEL",
+    );
+  },
+});
 
 Deno.test({
   name:
