@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { FlockNode, ping, TestNamespace } from "../helpers/flock.ts";
 import { ROOT_ONLY } from "../helpers/exec.ts";
-import { addLivePod, resultIps, storeRecords } from "../helpers/node_state.ts";
+import { addLivePod, assertNodeHolds, resultIps, storeRecords } from "../helpers/node_state.ts";
 
 /** The MTU `ip link` shows for `ifname` in `ns`. */
 async function mtuOf(ns: TestNamespace, ifname: string): Promise<number> {
@@ -67,3 +67,60 @@ Deno.test({
     assert.deepEqual(routes.sort(), [...podA.ips, ...podB.ips].sort());
   },
 });
+
+Deno.test({
+  name: "reconcile: gone netns, a releasing record without netns, orphan routes and foreign links",
+  ...ROOT_ONLY,
+  async fn() {
+    await using node = await FlockNode.start({
+      config: { cidr6: "fd00:e2::/64", cidr4: "10.226.0.0/24" },
+    });
+    await using nsA = await TestNamespace.create("flk-rea");
+    const nsB = await TestNamespace.create("flk-reb");
+    const nsC = await TestNamespace.create("flk-rec");
+    try {
+      const podA = await addLivePod(node, "re-a", nsA.path);
+      const podB = await addLivePod(node, "re-b", nsB.path);
+      await addLivePod(node, "re-c", nsC.path);
+
+      // C's DEL dies once its record is releasing; then its netns goes, as B's does.
+      await node.kill("SIGKILL");
+      await node.startAgent({ env: { FLOCK_TEST_CRASH_AT: "del-after-releasing" } });
+      const del = await node.cni("DEL", { containerId: "re-c", netns: nsC.path });
+      assert.notEqual(del.code, 0, "the agent died in the DEL");
+      await node.kill("SIGKILL");
+      assert.equal(storeRecords(node).find((r) => r.containerId === "re-c")?.state, "releasing");
+      await nsB.remove();
+      await nsC.remove();
+      // Left by hand: flock routes to no pod, a flock-named veth with both ends on the node.
+      await node.ns.ip(["-6", "route", "add", "fd00:e2::dead/128", "dev", "lo", "proto", "201"]);
+      await node.ns.ip(["route", "add", "10.226.0.250/32", "dev", "lo", "proto", "201"]);
+      await node.ns.ip(["link", "add", "flock0badcafe", "type", "veth", "peer", "flk-stray"]);
+      await node.startAgent();
+
+      const records = storeRecords(node).map((r) => `${r.containerId} ${r.state}`).sort();
+      assert.deepEqual(records, ["re-a committed", "re-b committed"], "B waits for its DEL");
+      assert.deepEqual(await node.flockLinks(), [hostOf(node, "re-a")]);
+      const links = await node.ns.ipJson<{ ifname: string }[]>(["link", "show"]);
+      assert.ok(!links.some((l) => l.ifname === "flk-stray"), "the stray peer went with it");
+      const routes = (await node.flockRoutes()).map((r) => r.dst.replace(/\/(32|128)$/, ""))
+        .filter((d) => d !== "169.254.1.1");
+      assert.deepEqual(routes.sort(), [...podA.ips].sort());
+      const delB = await node.cni("DEL", { containerId: "re-b", netns: nsB.path });
+      assert.equal(delB.code, 0, delB.stdout);
+      await assertNodeHolds(node, [podA], "after B's DEL");
+      // B's and C's addresses are free again (cooldown 0): two new pods may take them.
+      await using nsD = await TestNamespace.create("flk-red");
+      const podD = await addLivePod(node, "re-d", nsD.path);
+      assert.ok(podD.ips.every((ip) => !podA.ips.includes(ip)));
+      assert.ok(podB.ips.length === 2);
+    } finally {
+      await nsB.remove();
+      await nsC.remove();
+    }
+  },
+});
+
+function hostOf(node: FlockNode, containerId: string): string {
+  return storeRecords(node).find((r) => r.containerId === containerId)!.hostIface;
+}
