@@ -400,8 +400,10 @@ export class ClusterMode {
     const agent = this.#agent!;
     const { log } = this.options;
     if (canonicalJson(obj.spec ?? {}) === this.#appliedSpec) {
-      if (obj.generation !== this.#observedGeneration) {
+      // A rejected change reverted: the spec asked for is the one in force again.
+      if (obj.generation !== this.#observedGeneration || this.#specProblem) {
         this.#observedGeneration = obj.generation;
+        this.#specProblem = "";
         this.status.request();
       }
       return;
