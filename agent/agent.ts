@@ -203,12 +203,24 @@ export class Agent {
     this.#anycast?.stopResync();
     this.#anycast = anycast;
     anycast.startResync();
-    this.#releaseSweep ??= setInterval(
-      () => this.#finishStuckReleases(),
-      releaseSweepMsFromEnv(RELEASE_SWEEP_MS),
-    );
+    this.#releaseSweep ??= setInterval(() => {
+      this.#pruneCooledReleases(cooldownMs);
+      this.#finishStuckReleases();
+    }, releaseSweepMsFromEnv(RELEASE_SWEEP_MS));
     Deno.unrefTimer(this.#releaseSweep);
     return report;
+  }
+
+  /**
+   * Drops the stored releases whose cooldown is over. Without this the release table grows by a
+   * row per deleted pod (`next` over a /64 never reuses an address) until the next start.
+   */
+  #pruneCooledReleases(cooldownMs: number): void {
+    try {
+      this.#store?.pruneReleases(Date.now() - cooldownMs);
+    } catch (e) {
+      this.log({ level: "error", msg: "pruning cooled-down releases failed", error: String(e) });
+    }
   }
 
   /**

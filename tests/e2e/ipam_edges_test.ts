@@ -3,8 +3,12 @@
  */
 
 import assert from "node:assert/strict";
+import { join } from "node:path";
+import { DatabaseSync } from "node:sqlite";
 import { FlockNode, TestNamespace } from "../helpers/flock.ts";
 import { ROOT_ONLY } from "../helpers/exec.ts";
+import { DB_FILE } from "../../agent/store.ts";
+import { RELEASE_SWEEP_ENV } from "../../agent/test_faults.ts";
 
 /** The network config fields that pass pod annotations as the CRI does. */
 function annotated(annotations: Record<string, string>): Record<string, unknown> {
@@ -40,5 +44,44 @@ Deno.test({
     const again = await node.cni("ADD", { containerId: "after-shrink", netns: pod.path });
     assert.equal(again.code, 0, again.stdout);
     assert.equal(again.json.ips[0].address, "10.73.0.1/32");
+  },
+});
+
+/** Rows of the store's release table (the cooldowns that survive a restart). */
+function releaseRows(node: FlockNode): number {
+  const db = new DatabaseSync(join(node.stateDir, DB_FILE), { readOnly: true });
+  try {
+    return Number((db.prepare("SELECT count(*) AS n FROM release").get() as { n: number }).n);
+  } finally {
+    db.close();
+  }
+}
+
+Deno.test({
+  name: "release table: rows of cooled-down addresses are dropped while the agent runs",
+  ...ROOT_ONLY,
+  async fn() {
+    const cooldownMs = 1_500;
+    await using node = await FlockNode.start({
+      config: { cidr6: "fd00:73::/64" },
+      cooldownMs,
+      startAgent: false,
+    });
+    await node.startAgent({ env: { [RELEASE_SWEEP_ENV]: "100" } });
+    await using pod = await TestNamespace.create("flk-ipe");
+    // `next` over a /64 gives every pod a new address: one more row per deleted pod.
+    for (let i = 0; i < 5; i++) {
+      const add = await node.cni("ADD", { containerId: `churn-${i}`, netns: pod.path });
+      assert.equal(add.code, 0, add.stdout);
+      const del = await node.cni("DEL", { containerId: `churn-${i}`, netns: pod.path });
+      assert.equal(del.code, 0, del.stdout);
+      await node.settled();
+    }
+    assert.ok(releaseRows(node) > 0, "the latest release is cooling");
+    const deadline = Date.now() + 10_000;
+    while (releaseRows(node) > 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(releaseRows(node), 0, "cooled-down releases are still stored");
   },
 });
