@@ -141,7 +141,16 @@ export async function agentMain(args: string[]): Promise<number> {
     await agent.close();
     return 1;
   }
-  agent.configure(config);
+  try {
+    agent.configure(config);
+  } catch (e) {
+    // An unusable state dir (read-only, not a directory) or store: one error line, as in
+    // cluster mode, not an uncaught exception.
+    agent.log({ level: "error", msg: "cannot configure the node", error: String(e) });
+    await http?.close();
+    await agent.close();
+    return 1;
+  }
   agent.log({ msg: "ready", node: nodeName });
   const { promise: stopped, resolve } = Promise.withResolvers<string>();
   for (const sig of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(sig, () => resolve(sig));

@@ -6,7 +6,9 @@
 
 import assert from "node:assert/strict";
 import { FlockNode, ping, TestNamespace } from "../helpers/flock.ts";
-import { ROOT_ONLY } from "../helpers/exec.ts";
+import { ROOT_ONLY, run } from "../helpers/exec.ts";
+import { join } from "node:path";
+import { flockExecutable } from "../helpers/flock.ts";
 import { addLivePod, assertNodeHolds, resultIps, storeRecords } from "../helpers/node_state.ts";
 
 /** The MTU `ip link` shows for `ifname` in `ns`. */
@@ -124,3 +126,60 @@ Deno.test({
 function hostOf(node: FlockNode, containerId: string): string {
   return storeRecords(node).find((r) => r.containerId === containerId)!.hostIface;
 }
+
+Deno.test({
+  name: "a state dir on a read-only file system: the agent logs why and exits 1",
+  ...ROOT_ONLY,
+  async fn() {
+    await using ns = await TestNamespace.create("flk-ro");
+    const dir = await Deno.makeTempDir({ prefix: "flock-ro-" });
+    try {
+      const readOnly = join(dir, "ro");
+      await Deno.mkdir(readOnly);
+      const config = join(dir, "nodeconfig.json");
+      await Deno.writeTextFile(
+        config,
+        JSON.stringify({
+          apiVersion: "flock.fritzlab.net/v1alpha1",
+          kind: "NodeConfig",
+          metadata: { name: "ro" },
+          spec: { cidr6: "fd00:e3::/64" },
+        }),
+      );
+      const agent = [
+        await flockExecutable(),
+        "agent",
+        "--node",
+        "ro",
+        "--config",
+        config,
+        "--state-dir",
+        join(readOnly, "state"),
+        "--socket",
+        join(dir, "flock.sock"),
+        "--http",
+        "off",
+      ].join(" ");
+      // A read-only mount seen only by the agent's own mount namespace, in a test netns.
+      const r = await run([
+        "nsenter",
+        `--net=${ns.path}`,
+        "--",
+        "unshare",
+        "-m",
+        "sh",
+        "-c",
+        `mount --make-rprivate / && mount -t tmpfs -o ro tmpfs ${readOnly} && exec ${agent}`,
+      ], { timeoutMs: 30_000 });
+      assert.equal(r.code, 1, r.stderr);
+      assert.doesNotMatch(r.stderr, /Uncaught/, "an error line, not a crash");
+      const errors = r.stderr.split("\n").filter((l) => l.startsWith("{"))
+        .map((l) => JSON.parse(l)).filter((l) => l.level === "error");
+      assert.equal(errors.length, 1, r.stderr);
+      assert.match(errors[0].error, /Read-only file system/);
+      assert.ok(errors[0].error.includes(join(readOnly, "state")), "names the state dir");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
