@@ -153,7 +153,15 @@ export async function callAgent(
     // 5-9 ms) on the first setTimeout call. AbortSignal.timeout does not keep the process alive.
     deadline = AbortSignal.timeout(timeoutMs);
     deadline.addEventListener("abort", onDeadline, { once: true });
-    await sent;
+    try {
+      await sent;
+    } catch (e) {
+      // The agent stops reading an oversized request and answers at once, then closes: the
+      // write fails (EPIPE) but that answer is waiting on the socket, and it is the one to give.
+      const answer = await readLine(conn).catch(() => undefined);
+      if (answer?.length) return parseResponse(answer);
+      throw e;
+    }
     return parseResponse(await readLine(conn));
   })();
   try {

@@ -392,3 +392,14 @@ Deno.test("cni: exec round-trip latency of ADD (median of 20)", async () => {
     assert.ok(median < 2000, `median ${median} ms`);
   });
 });
+
+Deno.test("cni: a stdin far larger than the agent takes is its code 6, not 11", async () => {
+  await withFixture(async (f) => {
+    // The agent stops reading at 16× its 1 MiB bound and answers; the plugin, still writing,
+    // gets EPIPE. The agent's answer is waiting on the socket and is the one to print: "try
+    // again later" would have the runtime retry a config that can never pass.
+    const huge = JSON.stringify({ ...CONFIG, padding: "x".repeat(20 << 20) });
+    expectError(await f.run(addEnv({ CNI_COMMAND: "DEL" }), huge), 6, /request too large/);
+    assert.equal(f.requests.length, 0);
+  });
+});
