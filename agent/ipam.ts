@@ -139,6 +139,8 @@ export class AddressPool {
   readonly #used = new Set<bigint>();
   /** Released address → release time; kept in release order. */
   readonly #cooling = new Map<bigint, number>();
+  /** Cooling addresses taken before their time (pinned, or the last resort) → release time. */
+  readonly #cutShort = new Map<bigint, number>();
   /** Latest release time seen, to notice a backdated release arriving out of order. */
   #newestRelease = -Infinity;
   /** Per-range position of the last `next` allocation. */
@@ -230,11 +232,17 @@ export class AddressPool {
     if (ip.family !== this.cidr.ip.family) return;
     const v = ipToBigInt(ip);
     if (!this.#used.delete(v)) return;
-    const at = releasedAt ?? this.#now();
+    this.#cutShort.delete(v);
+    this.#startCooling(v, releasedAt ?? this.#now(), releasedAt !== undefined);
+  }
+
+  /** Puts `v` into the release-ordered cooling map; `backdated` ones may land out of order. */
+  #startCooling(v: bigint, at: number, backdated: boolean): void {
     this.#cooling.delete(v);
     this.#cooling.set(v, at);
-    if (releasedAt !== undefined && at < this.#newestRelease) {
-      // Keep the map in release order (only backdated releases, at start, get here).
+    if (backdated && at < this.#newestRelease) {
+      // Keep the map in release order (only releases restored at start and give-backs of a
+      // cut-short cooldown get here).
       const sorted = [...this.#cooling].sort((x, y) => x[1] - y[1]);
       this.#cooling.clear();
       for (const [k, t] of sorted) this.#cooling.set(k, t);
@@ -257,12 +265,22 @@ export class AddressPool {
       else this.#cursors.set(last.spanId, last.previous);
     }
     this.#lastNext = undefined;
+    // An address whose cooldown the failed ADD cut short cools on: it was another pod's.
+    const releasedAt = this.#cutShort.get(v);
+    this.#cutShort.delete(v);
+    if (releasedAt !== undefined && this.#now() - releasedAt < this.#cooldownMs) {
+      this.#startCooling(v, releasedAt, true);
+      return;
+    }
     this.#cooled(v); // free again: below a `lowest` frontier it goes back on the heap
   }
 
   #take(v: bigint): void {
     this.#used.add(v);
+    const releasedAt = this.#cooling.get(v);
+    if (releasedAt === undefined) return;
     this.#cooling.delete(v);
+    this.#cutShort.set(v, releasedAt);
   }
 
   /** Drops expired cooldowns from the front of the release-ordered map. */

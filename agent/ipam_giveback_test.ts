@@ -54,3 +54,14 @@ Deno.test("giveBack: a pinned reservation undone; unknown and foreign addresses 
   p.giveBack(parseIP("fd00::1"));
   assert.equal(p.allocated, 0);
 });
+
+Deno.test("giveBack: a pinned reservation of a cooling address undone keeps it cooling", () => {
+  const p = pool();
+  assert.deepEqual([lowest(p), lowest(p)], ["10.0.0.1", "10.0.0.2"]);
+  p.release(parseIP("10.0.0.1")); // a deleted pod's address, cooling for an hour
+  p.reserve(parseIP("10.0.0.1")); // another pod pins it, but its ADD fails
+  p.giveBack(parseIP("10.0.0.1"));
+  assert.equal(p.cooling, 1, "the deleted pod's cooldown goes on");
+  assert.equal(lowest(p), "10.0.0.3");
+  assert.equal(next(p), "10.0.0.4");
+});
