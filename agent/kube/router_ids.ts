@@ -57,9 +57,25 @@ export function routerIdCondition(
     type: ROUTER_ID_CONDITION,
     status: "False",
     reason: "RouterIDConflict",
-    message: `BGP router id ${routerId.id} (${from}) is also used by node ${others.join(", ")}: ` +
+    message: `BGP router id ${routerId.id} (${from}) is also used by node ${nodeList(others)}: ` +
       `nodes with the same router id cannot keep a BGP session with each other; ${fix}`,
   };
+}
+
+/** Node names listed in a condition message at most; the rest are counted. */
+const MAX_LISTED_NODES = 20;
+
+/**
+ * `others` for a message, cut to {@link MAX_LISTED_NODES} names: a NodeConfig template with one
+ * `bgp.routerID` shared by 1,000 nodes would otherwise exceed the CRD's 32768-byte message limit
+ * and the API server would reject every status write of every node.
+ */
+function nodeList(others: readonly string[]): string {
+  if (others.length <= MAX_LISTED_NODES) return others.join(", ");
+  const more = others.length - MAX_LISTED_NODES;
+  return `${
+    others.slice(0, MAX_LISTED_NODES).join(", ")
+  } and ${more} more (${others.length} nodes)`;
 }
 
 /**

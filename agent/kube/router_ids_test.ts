@@ -65,3 +65,18 @@ Deno.test("RouterIdConflictLog: one error line when a conflict starts, one info 
   assert.equal(log.update(undefined, ["d"]), true);
   assert.deepEqual(log.others, []);
 });
+
+Deno.test("routerIdCondition: 1,000 nodes sharing the id still fit the CRD's message limit", () => {
+  // Every NodeConfig copied from one template with the same spec.bgp.routerID: the message must
+  // stay within deploy/crd.yaml's maxLength (32768), or the API server rejects every status write.
+  const others = Array.from(
+    { length: 1_000 },
+    (_, i) => `ip-10-0-${i >> 8}-${i & 255}.eu-west-1.compute.internal`,
+  );
+  const c = routerIdCondition({ id: "10.0.0.1", source: "bgp.routerID" }, others);
+  assert.equal(c.reason, "RouterIDConflict");
+  assert.ok(c.message.length <= 32_768, `message of ${c.message.length} characters`);
+  assert.match(c.message, /is also used by node ip-10-0-0-0\.eu-west-1\.compute\.internal, /);
+  assert.match(c.message, /and \d+ more \(1000 nodes\)/);
+  assert.match(c.message, /give one of them a different spec\.bgp\.routerID/);
+});
