@@ -325,10 +325,13 @@ function socketPath(config: Record<string, unknown>, env: Record<string, string>
   return env.FLOCK_SOCKET || DEFAULT_SOCKET;
 }
 
+/** The longest delay a timer holds; a longer one fires at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 function timeoutMs(config: Record<string, unknown>): number {
   const seconds = config.timeoutSeconds;
   return typeof seconds === "number" && Number.isFinite(seconds) && seconds > 0
-    ? seconds * 1000
+    ? Math.min(seconds * 1000, MAX_TIMER_MS)
     : DEFAULT_TIMEOUT_SECONDS * 1000;
 }
 

@@ -65,6 +65,9 @@ function testHandler(req: RpcRequest, seen: RpcRequest[]): Promise<RpcResponse> 
     throw new CniError(3, "container gone", `no attachment for ${req.containerId}`);
   }
   if (req.containerId === "crash") throw new RangeError("kaboom");
+  if (req.containerId === "slow") {
+    return new Promise((resolve) => setTimeout(() => resolve({ ok: true }), 200));
+  }
   if (req.command !== "ADD") return Promise.resolve({ ok: true });
   return Promise.resolve({ ok: true, result: resultFor(req) });
 }
@@ -401,5 +404,15 @@ Deno.test("cni: a stdin far larger than the agent takes is its code 6, not 11", 
     const huge = JSON.stringify({ ...CONFIG, padding: "x".repeat(20 << 20) });
     expectError(await f.run(addEnv({ CNI_COMMAND: "DEL" }), huge), 6, /request too large/);
     assert.equal(f.requests.length, 0);
+  });
+});
+
+Deno.test("cni: a timeoutSeconds beyond what a timer holds (~24.8 days) waits, not fails", async () => {
+  await withFixture(async (f) => {
+    // 2^31 ms and more overflow the timer, which then fires at once: every call "timed out".
+    const config = JSON.stringify({ ...CONFIG, timeoutSeconds: 30 * 24 * 3600 });
+    const run = await f.run(addEnv({ CNI_COMMAND: "DEL", CNI_CONTAINERID: "slow" }), config);
+    assert.equal(run.code, 0, run.stdout);
+    assert.equal(run.stdout, "");
   });
 });
