@@ -7,6 +7,7 @@ import {
   AF_INET,
   AF_INET6,
   type Family,
+  familyBits,
   familyName,
   formatIP,
   formatPrefix,
@@ -285,6 +286,11 @@ function familyRequest(
         cidrKey,
         `${formatPrefix(sub)} is not inside the node's ${name} CIDR ${formatPrefix(nodeCidr)}`,
       );
+    }
+    // A single address that is the node CIDR's network or broadcast address: nothing to hand out.
+    const unusable = sub.len === familyBits(v.family) && unusableReason(nodeCidr, sub.ip);
+    if (unusable) {
+      throw new AnnotationError(cidrKey, `${formatPrefix(sub)} has no usable address: ${unusable}`);
     }
     range = sub;
   }

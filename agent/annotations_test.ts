@@ -364,3 +364,22 @@ Deno.test("bad runtimeConfig.ips entries are invalid configuration naming the fi
     CNI_ARGS_IP_FIELD,
   );
 });
+
+Deno.test("a sub-range with no usable address is an error naming the annotation", () => {
+  rejects(
+    a({ cidr4: "10.244.1.255/32" }),
+    dual,
+    "annotation flock.fritzlab.net/cidr4: 10.244.1.255/32 has no usable address: " +
+      "10.244.1.255 is the broadcast address of 10.244.1.0/24",
+  );
+  rejects(
+    a({ cidr6: "fd00:f10c:0:1::/128" }),
+    dual,
+    "annotation flock.fritzlab.net/cidr6: fd00:f10c:0:1::/128 has no usable address: " +
+      "fd00:f10c:0:1:: is the subnet-router anycast address of fd00:f10c:0:1::/64",
+  );
+  assert.equal(
+    show(parsePodAnnotations(a({ cidr4: "10.244.1.254/32" }), dual)).ipv4,
+    "auto in 10.244.1.254/32",
+  );
+});
