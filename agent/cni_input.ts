@@ -120,7 +120,8 @@ export function validateContainerId(id: string | undefined): string {
 }
 
 /**
- * Checks CNI_IFNAME as libcni does: 1–15 bytes, not `.`/`..`, no `/`, `:` or whitespace.
+ * Checks CNI_IFNAME as libcni does: 1–15 bytes, not `.`/`..`, no `/`, `:` or whitespace; and
+ * no `%`, which the kernel would expand.
  *
  * @throws {CniError} code 4 naming the variable.
  */
@@ -140,6 +141,9 @@ export function validateIfname(ifname: string | undefined): string {
   if (ifname === "." || ifname === "..") throw bad("it must not be '.' or '..'");
   // \0 too: the kernel would silently truncate the name there.
   if (/[/:\s\0]/.test(ifname)) throw bad("it must not contain '/', ':', NUL or whitespace");
+  // The kernel reads '%' as a pattern ("eth%d": the first free number), so the interface would
+  // get another name than the Result reports.
+  if (ifname.includes("%")) throw bad("it must not contain '%'");
   return ifname;
 }
 

@@ -181,3 +181,12 @@ function cniishConfig(r: Prng, depth: number): Record<string, unknown> {
   if (r.chance(0.5)) o.prevResult = r.json(depth, CNI_WORDS);
   return o;
 }
+
+Deno.test("validateIfname: '%' is refused (the kernel would name the link after a pattern)", () => {
+  // "eth%d" made the kernel pick "eth0" while the Result said "eth%d"; CHECK then always failed.
+  for (const name of ["eth%d", "%d", "a%"]) {
+    const e = cniErrorOf(() => validateIfname(name));
+    assert.equal(e.code, 4, JSON.stringify(name));
+    assert.match(e.message, /CNI_IFNAME.*%/);
+  }
+});

@@ -91,3 +91,17 @@ Deno.test({
     assert.equal((await node.cni("DEL", { containerId: "chained", netns: podNs.path })).code, 0);
   },
 });
+
+Deno.test({
+  name: "cni spec edges: a CNI_IFNAME with '%' is code 4 and makes no interface",
+  ...ROOT_ONLY,
+  async fn() {
+    await using node = await FlockNode.start({ config: NODE_CONFIG });
+    await using podNs = await TestNamespace.create("flk-edge");
+    // The kernel reads '%d' as "the first free number": the pod would get eth0, not eth%d.
+    const r = await node.cni("ADD", { containerId: "pct", netns: podNs.path, ifname: "eth%d" });
+    assertCniError(r, 4, /CNI_IFNAME.*%/);
+    assert.deepEqual(await node.flockLinks(), [], "no host veth");
+    assert.doesNotMatch(await podNs.ip(["-o", "link", "show"]), /eth0/, "no pod interface");
+  },
+});
