@@ -373,6 +373,10 @@ export class ClusterMode {
     });
     this.status.request();
     this.#queuePeers();
+    // The NodeConfig appeared or changed during the awaits above, while the agent was not
+    // ready yet: that event only woke the wait, so apply it now.
+    const own = this.configs.cache.get(this.options.nodeName);
+    if (own && own !== obj) this.#ownChanged(own);
   }
 
   #ownChanged(obj: NodeConfigObject | undefined): void {

@@ -1,0 +1,141 @@
+/**
+ * ClusterMode against a small scripted fake of the API (lists, watches, reads): the order of
+ * events around the node's first configuration.
+ */
+
+import assert from "node:assert/strict";
+import { ClusterMode } from "./cluster.ts";
+import type { KubeApi, KubeObject, ListPage, WatchEvent, WatchHandle } from "./api.ts";
+import { NODECONFIG_PATH } from "./api.ts";
+import type { NodeConfig } from "../config.ts";
+
+/** Lists NodeConfigs from `objects`; watches stay open until stopped; events pushed by tests. */
+class FakeApi {
+  readonly objects: KubeObject[] = [];
+  readonly watchers = new Map<string, (event: WatchEvent) => void>();
+  rv = 1;
+  /** `nodePodCIDRs` resolves when this does. */
+  podCIDRsGate = Promise.withResolvers<void>();
+  podCIDRsAsked = Promise.withResolvers<void>();
+
+  #page(items: KubeObject[]): Promise<ListPage> {
+    return Promise.resolve({ items, resourceVersion: String(this.rv), continueToken: "" });
+  }
+  listPods(): Promise<ListPage> {
+    return this.#page([]);
+  }
+  listNodeConfigs(): Promise<ListPage> {
+    return this.#page([...this.objects]);
+  }
+  listNodes(): Promise<ListPage> {
+    return this.#page([]);
+  }
+  watch(
+    path: string,
+    _rv: string,
+    _q: unknown,
+    onEvent: (e: WatchEvent) => void,
+    onDone: (err: unknown) => void,
+  ): Promise<WatchHandle> {
+    this.watchers.set(path, onEvent);
+    return Promise.resolve({
+      stop: () => {
+        this.watchers.delete(path);
+        onDone(undefined);
+      },
+    });
+  }
+  async nodePodCIDRs(): Promise<string[]> {
+    this.podCIDRsAsked.resolve();
+    await this.podCIDRsGate.promise;
+    return ["fd00:aa::/64"];
+  }
+  readSecretData(): Promise<Record<string, string>> {
+    return Promise.resolve({});
+  }
+  patchNodeConfigStatus(): Promise<void> {
+    return Promise.resolve();
+  }
+  /** A NodeConfig created in the API: its watch event. */
+  create(name: string, spec: Record<string, unknown>): void {
+    const obj = {
+      metadata: { name, resourceVersion: String(++this.rv), generation: 1 },
+      spec,
+    };
+    this.objects.push(obj);
+    this.watchers.get(NODECONFIG_PATH)?.({ type: "ADDED", object: obj });
+  }
+}
+
+/** The agent as cluster mode sees it: what it was configured with, in order. */
+class FakeAgent {
+  node: NodeConfig | undefined;
+  applied: string[] = [];
+  get ready(): boolean {
+    return this.node !== undefined;
+  }
+  configure(node: NodeConfig): void {
+    this.node = node;
+    this.applied.push(`configure ${node.spec.cidr6}`);
+  }
+  reconfigure(node: NodeConfig): Promise<void> {
+    this.node = node;
+    this.applied.push(`reconfigure ${node.spec.cidr6}`);
+    return Promise.resolve();
+  }
+  waitingFor(): void {}
+  stats() {
+    return {
+      ready: this.ready,
+      notReadyReason: "",
+      attachments: 0,
+      ipv6: 0,
+      ipv4: 0,
+      outsideCIDR: 0,
+    };
+  }
+  log(): void {}
+}
+
+async function until(what: string, check: () => boolean, ms = 5_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+Deno.test("cluster: a NodeConfig created while the podCIDRs fallback is being applied wins", async () => {
+  const api = new FakeApi();
+  const agent = new FakeAgent();
+  const cluster = new ClusterMode({
+    nodeName: "n1",
+    api: api as unknown as KubeApi,
+    waitForConfigMs: 0,
+    watchNodes: false,
+    namespace: "kube-system",
+    log: () => {},
+  });
+  cluster.start(agent, (e) => {
+    throw e;
+  });
+  try {
+    // No NodeConfig after the wait: the agent reads Node.spec.podCIDRs; the NodeConfig
+    // appears while that read is under way.
+    await api.podCIDRsAsked.promise;
+    await until("the NodeConfig watch", () => api.watchers.has(NODECONFIG_PATH));
+    api.create("n1", { cidr6: "fd00:bb::/64" });
+    api.podCIDRsGate.resolve();
+    await cluster.configured;
+    await until(
+      "the NodeConfig applied",
+      () => agent.node?.spec.cidr6 === "fd00:bb::/64",
+      2_000,
+    ).catch((e) => {
+      throw new Error(`${e.message}; applied: ${agent.applied.join(" | ")}`);
+    });
+    assert.equal(cluster.source, "NodeConfig");
+  } finally {
+    await cluster.stop();
+  }
+});
