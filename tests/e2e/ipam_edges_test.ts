@@ -85,3 +85,45 @@ Deno.test({
     assert.equal(releaseRows(node), 0, "cooled-down releases are still stored");
   },
 });
+
+Deno.test({
+  name: "restart: an address released before it keeps cooling; a pinned one overrides that",
+  ...ROOT_ONLY,
+  async fn() {
+    await using node = await FlockNode.start({
+      config: { cidr6: "fd00:74::/120", cidr4: "10.74.0.0/29" },
+      cooldownMs: 120_000,
+    });
+    await using pod = await TestNamespace.create("flk-ipe");
+    const lowest = annotated({ "flock.fritzlab.net/ip-algo": "lowest" });
+    const first = await node.cni("ADD", { containerId: "a", netns: pod.path, extraConfig: lowest });
+    assert.equal(first.code, 0, first.stdout);
+    assert.deepEqual(first.json.ips.map((i: { address: string }) => i.address), [
+      "fd00:74::1/128",
+      "10.74.0.1/32",
+    ]);
+    assert.equal((await node.cni("DEL", { containerId: "a", netns: pod.path })).code, 0);
+    await node.settled();
+    await node.restartAgent();
+
+    const second = await node.cni("ADD", {
+      containerId: "b",
+      netns: pod.path,
+      extraConfig: lowest,
+    });
+    assert.equal(second.code, 0, second.stdout);
+    assert.deepEqual(second.json.ips.map((i: { address: string }) => i.address), [
+      "fd00:74::2/128",
+      "10.74.0.2/32",
+    ]);
+    assert.equal((await node.cni("DEL", { containerId: "b", netns: pod.path })).code, 0);
+    await node.settled();
+    const pinned = await node.cni("ADD", {
+      containerId: "c",
+      netns: pod.path,
+      extraConfig: annotated({ "flock.fritzlab.net/ipv4": "10.74.0.1" }),
+    });
+    assert.equal(pinned.code, 0, pinned.stdout);
+    assert.equal(pinned.json.ips[1].address, "10.74.0.1/32");
+  },
+});
