@@ -127,3 +127,32 @@ Deno.test({
     assert.equal(pinned.json.ips[1].address, "10.74.0.1/32");
   },
 });
+
+Deno.test({
+  name: "a failed ADD that pinned a cooling address leaves it cooling",
+  ...ROOT_ONLY,
+  async fn() {
+    await using node = await FlockNode.start({
+      config: { cidr4: "10.75.0.0/29" },
+      cooldownMs: 120_000,
+    });
+    await using pod = await TestNamespace.create("flk-ipe");
+    const lowest = annotated({ "flock.fritzlab.net/ip-algo": "lowest" });
+    const first = await node.cni("ADD", { containerId: "a", netns: pod.path, extraConfig: lowest });
+    assert.equal(first.json?.ips?.[0]?.address, "10.75.0.1/32", first.stdout);
+    assert.equal((await node.cni("DEL", { containerId: "a", netns: pod.path })).code, 0);
+    await node.settled();
+
+    const failed = await node.cni("ADD", {
+      containerId: "b",
+      netns: `${pod.path}-gone`,
+      extraConfig: annotated({ "flock.fritzlab.net/ipv4": "10.75.0.1" }),
+    });
+    // Fails in the datapath, after IPAM: the pinned address is given back.
+    assert.equal(failed.json?.code, 8, failed.stdout);
+    assert.equal((await node.cni("DEL", { containerId: "b", netns: `${pod.path}-gone` })).code, 0);
+
+    const next = await node.cni("ADD", { containerId: "c", netns: pod.path, extraConfig: lowest });
+    assert.equal(next.json?.ips?.[0]?.address, "10.75.0.2/32", next.stdout);
+  },
+});
