@@ -522,17 +522,28 @@ const HOST_IFACE_ATTEMPTS = 8;
  */
 export const GC_DELETIONS_IN_FLIGHT = 4;
 
-/** The attachments GC must keep: `cni.dev/valid-attachments` (or the spec's older key). */
+/**
+ * The attachments GC must keep: `cni.dev/valid-attachments` (or the spec's older key). Absent or
+ * null is an empty list (libcni's GC without arguments, a runtime with no pods).
+ *
+ * @throws {CniError} code 7 for a list that is not one of `{containerID, ifname}` strings: read
+ *   as "nothing is valid", it would release every pod of the node.
+ */
 function validAttachments(config: Record<string, unknown>): Set<string> {
-  const listed = config["cni.dev/valid-attachments"] ?? config["cni.dev/attachments"];
+  const key = config["cni.dev/valid-attachments"] != null
+    ? "cni.dev/valid-attachments"
+    : "cni.dev/attachments";
+  const listed = config[key] ?? [];
+  const malformed = (why: string) =>
+    new CniError(CniCode.invalidConfig, `${key} is malformed: ${why}`, JSON.stringify(listed));
+  if (!Array.isArray(listed)) throw malformed("expected a list");
   const valid = new Set<string>();
-  if (Array.isArray(listed)) {
-    for (const a of listed) {
-      const att = a as { containerID?: unknown; ifname?: unknown };
-      if (typeof att?.containerID === "string" && typeof att?.ifname === "string") {
-        valid.add(attachmentKey({ containerId: att.containerID, ifname: att.ifname }));
-      }
+  for (const a of listed) {
+    const att = a as { containerID?: unknown; ifname?: unknown };
+    if (typeof att?.containerID !== "string" || typeof att?.ifname !== "string") {
+      throw malformed("each entry needs the strings containerID and ifname");
     }
+    valid.add(attachmentKey({ containerId: att.containerID, ifname: att.ifname }));
   }
   return valid;
 }

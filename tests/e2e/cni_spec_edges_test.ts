@@ -105,3 +105,40 @@ Deno.test({
     assert.doesNotMatch(await podNs.ip(["-o", "link", "show"]), /eth0/, "no pod interface");
   },
 });
+
+Deno.test({
+  name: "cni spec edges: GC with a malformed valid-attachments list is code 7 and releases nothing",
+  ...ROOT_ONLY,
+  async fn() {
+    await using node = await FlockNode.start({ config: NODE_CONFIG });
+    await using podNs = await TestNamespace.create("flk-edge");
+    const add = await node.cni("ADD", { containerId: "keep", netns: podNs.path });
+    assert.equal(add.code, 0, add.stdout);
+    const links = await node.flockLinks();
+    assert.equal(links.length, 1);
+    const malformed: [string, unknown][] = [
+      ["an object, not a list", { containerID: "keep", ifname: "eth0" }],
+      ["an entry with a misspelt key", [{ containerId: "keep", ifname: "eth0" }]],
+      ["an entry that is not an object", ["keep/eth0"]],
+    ];
+    for (const [why, list] of malformed) {
+      const gc = await node.cni("GC", { extraConfig: { "cni.dev/valid-attachments": list } });
+      assertCniError(gc, 7, /cni\.dev\/valid-attachments/);
+      assert.deepEqual(await node.flockLinks(), links, `the pod keeps its veth (${why})`);
+    }
+    const check = await node.cni("CHECK", {
+      containerId: "keep",
+      netns: podNs.path,
+      extraConfig: { prevResult: add.json },
+    });
+    assert.equal(check.code, 0, check.stdout);
+    // A well-formed list still works, and an empty one releases everything.
+    const keep = [{ containerID: "keep", ifname: "eth0" }];
+    const gc = await node.cni("GC", { extraConfig: { "cni.dev/valid-attachments": keep } });
+    assert.equal(gc.code, 0, gc.stdout);
+    assert.deepEqual(await node.flockLinks(), links);
+    const all = await node.cni("GC", { extraConfig: { "cni.dev/valid-attachments": [] } });
+    assert.equal(all.code, 0, all.stdout);
+    assert.deepEqual(await node.flockLinks(), []);
+  },
+});
