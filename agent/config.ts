@@ -212,6 +212,32 @@ function overlaps(a: Prefix, b: Prefix): boolean {
   return prefixCovers(a, b) || prefixCovers(b, a);
 }
 
+/**
+ * Ranges no pod or anycast address may come from: the pods' gateways live in the link-local
+ * ones (`fe80::1`, `169.254.1.1` on every host veth), and the others are not unicast host
+ * addresses. A node CIDR overlapping one would hand a pod the gateway or an unroutable address.
+ */
+const RESERVED: readonly { prefix: Prefix; what: string }[] = [
+  { prefix: parsePrefix("::/128"), what: "the unspecified address" },
+  { prefix: parsePrefix("::1/128"), what: "the loopback address" },
+  { prefix: parsePrefix("fe80::/10"), what: "link-local addresses (the pods' gateway fe80::1)" },
+  { prefix: parsePrefix("ff00::/8"), what: "multicast" },
+  { prefix: parsePrefix("0.0.0.0/8"), what: "'this network' (0.0.0.0/8)" },
+  { prefix: parsePrefix("127.0.0.0/8"), what: "loopback" },
+  {
+    prefix: parsePrefix("169.254.0.0/16"),
+    what: "link-local addresses (the pods' gateway 169.254.1.1)",
+  },
+  { prefix: parsePrefix("224.0.0.0/4"), what: "multicast" },
+  { prefix: parsePrefix("240.0.0.0/4"), what: "reserved addresses (240.0.0.0/4)" },
+];
+
+/** Throws when the prefix `text` of `field` overlaps a {@link RESERVED} range. */
+function checkNotReserved(f: Fields, field: string, text: string, p: Prefix): void {
+  const hit = RESERVED.find((r) => r.prefix.ip.family === p.ip.family && overlaps(r.prefix, p));
+  if (hit) throw f.error(field, `${text} overlaps ${formatPrefix(hit.prefix)}: ${hit.what}`);
+}
+
 /** How a NodeConfig is read. */
 export interface ParseOptions {
   /**
@@ -271,6 +297,8 @@ function parseSpec(f: Fields, options: ParseOptions): NodeConfig {
   const cidr4Text = f.string("cidr4");
   const cidr6 = cidr6Text === undefined ? undefined : prefixField(f, "cidr6", cidr6Text, AF_INET6);
   const cidr4 = cidr4Text === undefined ? undefined : prefixField(f, "cidr4", cidr4Text, AF_INET);
+  if (cidr6) checkNotReserved(f, "cidr6", cidr6Text!, cidr6);
+  if (cidr4) checkNotReserved(f, "cidr4", cidr4Text!, cidr4);
   if (!cidr6 && !cidr4) {
     throw new ConfigError(
       f.source,
@@ -297,6 +325,7 @@ function parseSpec(f: Fields, options: ParseOptions): NodeConfig {
       const field = `anycastCIDRs[${i}]`;
       if (typeof item !== "string") throw f.error(field, `must be a string, not ${describe(item)}`);
       const p = prefixField(f, field, item);
+      checkNotReserved(f, field, item, p);
       for (const [label, own] of [["cidr6", cidr6], ["cidr4", cidr4]] as const) {
         if (own && overlaps(own, p)) {
           throw f.error(field, `${item} overlaps ${label} ${formatPrefix(own)}`);

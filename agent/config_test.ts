@@ -170,6 +170,43 @@ Deno.test("anycastCIDRs: each a clean prefix, not overlapping the node CIDRs or 
   );
 });
 
+Deno.test("node and anycast CIDRs: never the gateways' link-local ranges, loopback or multicast", () => {
+  rejects(
+    wrap({ cidr4: "169.254.1.0/24" }),
+    "test: spec.cidr4: 169.254.1.0/24 overlaps 169.254.0.0/16: " +
+      "link-local addresses (the pods' gateway 169.254.1.1)",
+  );
+  rejects(
+    wrap({ cidr6: "fe80::/64" }),
+    "test: spec.cidr6: fe80::/64 overlaps fe80::/10: link-local addresses (the pods' gateway fe80::1)",
+  );
+  // A node CIDR that contains a reserved range is refused as well.
+  rejects(
+    wrap({ cidr4: "0.0.0.0/0" }),
+    "test: spec.cidr4: 0.0.0.0/0 overlaps 0.0.0.0/8: 'this network' (0.0.0.0/8)",
+  );
+  rejects(
+    wrap({ cidr4: "127.0.0.0/24" }),
+    "test: spec.cidr4: 127.0.0.0/24 overlaps 127.0.0.0/8: loopback",
+  );
+  rejects(wrap({ cidr6: "ff02::/16" }), "test: spec.cidr6: ff02::/16 overlaps ff00::/8: multicast");
+  rejects(
+    wrap({ cidr6: "::1/128" }),
+    "test: spec.cidr6: ::1/128 overlaps ::1/128: the loopback address",
+  );
+  rejects(
+    wrap({ cidr6: "fd00:1::/64", anycastCIDRs: ["224.0.0.0/24"] }),
+    "test: spec.anycastCIDRs[0]: 224.0.0.0/24 overlaps 224.0.0.0/4: multicast",
+  );
+  // Ordinary private and global ranges are fine.
+  for (const cidr4 of ["10.0.0.0/8", "100.64.0.0/10", "192.168.0.0/16", "203.0.113.0/24"]) {
+    parseNodeConfig(wrap({ cidr4 }), "test");
+  }
+  for (const cidr6 of ["fd00::/8", "2001:db8::/32", "fc00::/7"]) {
+    parseNodeConfig(wrap({ cidr6 }), "test");
+  }
+});
+
 Deno.test("bgp: every field checked", () => {
   const base = { cidr6: "fd00:1::/64" };
   const bgp = (b: unknown) => wrap({ ...base, bgp: b });
