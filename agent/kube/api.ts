@@ -81,6 +81,8 @@ export interface ListQuery {
 export interface KubeConnectOptions {
   /** A kubeconfig file; without it, the in-cluster service account. */
   kubeconfig?: string;
+  /** Bound of one list, read or patch (default {@link REQUEST_TIMEOUT_MS}). */
+  requestTimeoutMs?: number;
 }
 
 /** An error answer of the API server (or a failed connection, without a status). */
@@ -109,6 +111,13 @@ export function describeApiError(err: unknown): string {
 
 /** Bound of one Secret read (a timeout counts as the API server being unreachable). */
 const SECRET_READ_TIMEOUT_MS = 10_000;
+
+/**
+ * Bound of every other request but a watch: a list page, a Node read, a status patch. Without
+ * one, a connection whose peer vanished (a control-plane node powered off) holds the request
+ * until TCP gives up, about 15 minutes, with the relist or the status writer stuck behind it.
+ */
+export const REQUEST_TIMEOUT_MS = 60_000;
 
 /** A watch that received no byte (events, bookmarks) for this long is presumed dead. */
 const WATCH_IDLE_MS = 75_000;
@@ -143,9 +152,11 @@ function pemText(v: Uint8Array | string | undefined): string | undefined {
  */
 export class KubeApi {
   readonly #config: k8s.KubeConfig;
+  readonly #requestTimeoutMs: number;
   #client?: Deno.HttpClient;
 
   constructor(options: KubeConnectOptions = {}) {
+    this.#requestTimeoutMs = options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
     const config = new k8s.KubeConfig();
     if (options.kubeconfig) config.loadFromFile(options.kubeconfig);
     else config.loadFromCluster();
@@ -203,17 +214,38 @@ export class KubeApi {
       return await fetch(url, { ...init, headers, client });
     } catch (e) {
       if ((e as Error).name === "AbortError") throw e;
-      throw new ApiError(
-        undefined,
-        `${init.method ?? "GET"} ${url.pathname}: ${(e as Error).message}`,
-      );
+      throw this.#failure(e, `${init.method ?? "GET"} ${url.pathname}`);
     }
   }
 
+  /** A request that got no answer or failed to connect, as an {@link ApiError}. */
+  #failure(e: unknown, what: string): ApiError {
+    if ((e as Error).name === "TimeoutError") {
+      // The pooled connection may be dead (its peer gone without a reset): the next request
+      // gets a new one. Requests still running on the old one fail and are retried.
+      this.#dropClient();
+      return new ApiError(undefined, `${what}: no answer in time`);
+    }
+    return new ApiError(undefined, `${what}: ${(e as Error).message}`);
+  }
+
+  #dropClient(): void {
+    try {
+      this.#client?.close();
+    } catch { /* already closed */ }
+    this.#client = undefined;
+  }
+
   async #json(url: URL, init: RequestInit = {}): Promise<unknown> {
-    const res = await this.#fetch(url, init);
-    if (!res.ok) throw await responseError(res, `${init.method ?? "GET"} ${url.pathname}`);
-    return await res.json();
+    const what = `${init.method ?? "GET"} ${url.pathname}`;
+    const signal = init.signal ?? AbortSignal.timeout(this.#requestTimeoutMs);
+    const res = await this.#fetch(url, { ...init, signal });
+    if (!res.ok) throw await responseError(res, what);
+    try {
+      return await res.json();
+    } catch (e) {
+      throw e instanceof SyntaxError ? e : this.#failure(e, what);
+    }
   }
 
   async #list(path: string, query: ListQuery): Promise<ListPage> {
@@ -309,6 +341,8 @@ export class KubeApi {
       idle = setTimeout(() => {
         idleExpired = true;
         controller.abort();
+        // Not even a bookmark for this long: the connection is likely dead, take a new one.
+        this.#dropClient();
       }, WATCH_IDLE_MS);
     };
     const url = this.#url(path, {
