@@ -90,7 +90,8 @@ export async function cniMain(): Promise<number> {
     });
   }
   // STATUS is polled every few seconds by containerd and CRI-O: log it only when it fails.
-  const log = logPath(config, env);
+  // A call refused before the agent (bad CNI_CONTAINERID, cniVersion…) still goes to logFile.
+  const log = logPath(config ?? configOf(stdin), env);
   if (log && !(command === "STATUS" && response.ok)) {
     appendLog(log, {
       ts: new Date().toISOString(),
@@ -333,6 +334,16 @@ function timeoutMs(config: Record<string, unknown>): number {
   return typeof seconds === "number" && Number.isFinite(seconds) && seconds > 0
     ? Math.min(seconds * 1000, MAX_TIMER_MS)
     : DEFAULT_TIMEOUT_SECONDS * 1000;
+}
+
+/** The network configuration on stdin when it is a JSON object, else undefined; never throws. */
+function configOf(stdin: string): Record<string, unknown> | undefined {
+  try {
+    const value = JSON.parse(stdin);
+    return isObject(value) ? value : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function logPath(

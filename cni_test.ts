@@ -378,6 +378,26 @@ Deno.test("cni: log lines go to FLOCK_CNI_LOG or the config's logFile, never std
   });
 });
 
+Deno.test("cni: a call refused before reaching the agent is logged to the config's logFile", async () => {
+  await withFixture(async (f) => {
+    const configLog = `${f.dir}/config.log`;
+    const config = JSON.stringify({ ...CONFIG, logFile: configLog });
+    expectError(await f.run(addEnv({ CNI_CONTAINERID: "bad id!" }), config), 4, /CONTAINERID/);
+    expectError(
+      await f.run(addEnv(), JSON.stringify({ ...CONFIG, cniVersion: "9.9.9", logFile: configLog })),
+      1,
+      /incompatible/,
+    );
+    const lines = (await Deno.readTextFile(configLog).catch(() => "")).trim().split("\n")
+      .filter(Boolean).map((l) => JSON.parse(l));
+    assert.deepEqual(lines.map((l) => [l.command, l.level, l.code]), [
+      ["ADD", "error", 4],
+      ["ADD", "error", 1],
+    ]);
+    assert.equal(f.requests.length, 0, "neither reached the agent");
+  });
+});
+
 Deno.test("cni: exec round-trip latency of ADD (median of 20)", async () => {
   await withFixture(async (f) => {
     const times: number[] = [];
