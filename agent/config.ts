@@ -382,6 +382,11 @@ function parseBgp(f: Fields, options: ParseOptions): BgpSpec {
       const peerAsn = p.integer("asn", 1, MAX_ASN);
       if (peerAsn === undefined) throw p.error("asn", "is required");
       const peer: BgpPeerSpec = { address, asn: peerAsn };
+      // Checked here, not by p.string: its message quotes the value, and this one is a secret.
+      const rawPassword = p.get("password");
+      if (rawPassword !== undefined && rawPassword !== null && typeof rawPassword !== "string") {
+        throw p.error("password", "must be a string (quote it in YAML; the value is not shown)");
+      }
       const password = p.string("password");
       if (password !== undefined) {
         if (password === "") throw p.error("password", "must not be empty (leave it out instead)");

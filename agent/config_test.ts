@@ -357,3 +357,13 @@ Deno.test("config: passwordSecretRef in cluster mode only, never together with p
     'test: spec.bgp.peers[0].passwordSecretRef: must be an object, not string "s/k"',
   );
 });
+
+Deno.test("config: a password that YAML reads as a number is refused without echoing it", () => {
+  const text = "cidr6: fd00:1::/64\nbgp:\n  asn: 65001\n  peers:\n" +
+    "    - address: fd00::1\n      asn: 65000\n      password: 83917265\n";
+  assert.throws(() => parseNodeConfigText(text, "test"), (e: Error) => {
+    assert.match(e.message, /bgp\.peers\[0\]\.password: must be a string/);
+    assert.doesNotMatch(e.message, /83917265/, "the error goes to the log and the status");
+    return true;
+  });
+});
