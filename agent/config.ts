@@ -401,6 +401,11 @@ function parseBgp(f: Fields, options: ParseOptions): BgpSpec {
       if (multihop !== undefined) peer.multihop = multihop;
       const bfd = p.boolean("bfd");
       if (bfd !== undefined) peer.bfd = bfd;
+      if (bfd && multihop !== undefined) {
+        // BIRD refuses a multihop session with BFD unless it names the local address, which
+        // flock does not render: the whole bird.conf would be rejected, every session with it.
+        throw p.error("bfd", "cannot be used with multihop (BIRD needs a local address for it)");
+      }
       p.noOthers();
       out.peers!.push(peer);
     });

@@ -62,8 +62,8 @@ Deno.test("a full spec with BGP, wrapped or bare", () => {
       routerID: "10.0.0.1",
       nodeMesh: true,
       peers: [
-        { address: "fd00::1", asn: 65000, password: "pw", multihop: 2, bfd: true },
-        { address: "10.0.0.254", asn: 4200000000 },
+        { address: "fd00::1", asn: 65000, password: "pw", multihop: 2 },
+        { address: "10.0.0.254", asn: 4200000000, bfd: true },
       ],
       gracefulRestart: { enabled: true, restartTime: 120 },
     },

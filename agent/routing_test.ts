@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import { birdInputFor, routerIdFor } from "./routing.ts";
-import { parseNodeConfig } from "./config.ts";
+import { ConfigError, parseNodeConfig } from "./config.ts";
+import { run } from "../tests/helpers/exec.ts";
+import { birdPath, hasTool } from "../tests/helpers/tools.ts";
 import { renderBirdConfig } from "../bird/config.ts";
 
 const plain = parseNodeConfig({ cidr6: "fd00:1::/64", bgp: { asn: 64512, nodeMesh: true } }, "t");
@@ -66,4 +68,56 @@ Deno.test("birdInputFor: a Secret's password is rendered; a peer without one is 
   assert.match(text, /password "from-secret";/);
   assert.doesNotMatch(text, /fd00:a::2/);
   assert.doesNotMatch(text, /password "";/);
+});
+
+/**
+ * What an operator gets from a NodeConfig: either the parser refuses it with a ConfigError, or
+ * the bird.conf rendered from it is one real BIRD accepts. A config that parses but that BIRD
+ * refuses leaves the node with no BGP session at all (the whole reload is rejected).
+ */
+async function refusedOrAcceptedByBird(spec: Record<string, unknown>): Promise<string> {
+  let text: string;
+  try {
+    const node = parseNodeConfig(spec, "t");
+    text = renderBirdConfig(birdInputFor(node, "node-1", [], ["10.0.0.11"]));
+  } catch (e) {
+    if (e instanceof ConfigError) return "refused";
+    throw e;
+  }
+  const dir = await Deno.makeTempDir({ prefix: "flk-birdp-" });
+  try {
+    await Deno.writeTextFile(`${dir}/bird.conf`, text);
+    const r = await run([birdPath(), "-p", "-c", `${dir}/bird.conf`], { timeoutMs: 10_000 });
+    assert.equal(r.code, 0, `parsed, but BIRD refuses the rendered config: ${r.stderr}`);
+    return "accepted";
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+const withPeer = (peer: Record<string, unknown>) => ({
+  cidr6: "fd00:1::/64",
+  cidr4: "10.244.1.0/24",
+  bgp: { asn: 65001, peers: [{ asn: 65000, ...peer }] },
+});
+
+const BIRD_P = { ignore: !hasTool(birdPath) && Deno.env.get("CI") !== "true" };
+
+Deno.test({
+  name: "NodeConfig: a multihop peer with BFD is refused or rendered so that BIRD accepts it",
+  ...BIRD_P,
+  fn: async () => {
+    assert.equal(
+      await refusedOrAcceptedByBird(withPeer({ address: "10.0.0.1", multihop: 1, bfd: false })),
+      "accepted",
+    );
+    assert.equal(
+      await refusedOrAcceptedByBird(withPeer({ address: "10.0.0.1", bfd: true })),
+      "accepted",
+    );
+    assert.equal(
+      await refusedOrAcceptedByBird(withPeer({ address: "192.0.2.1", multihop: 2, bfd: true })),
+      "refused",
+    );
+  },
 });
