@@ -481,6 +481,9 @@ export class Datapath {
     if (!host) return [`host interface ${name} is missing`];
     if (host.kind !== "veth") problems.push(`host interface ${name} is a ${host.kind}, not a veth`);
     if (!host.up) problems.push(`host interface ${name} is down`);
+    if (pod.mtu && host.mtu !== pod.mtu) {
+      problems.push(`host interface ${name} has mtu ${host.mtu}, want ${pod.mtu}`);
+    }
     if (host.ipv6AddrGenMode !== IN6_ADDR_GEN_MODE_NONE) {
       problems.push(
         `host interface ${name} has IPv6 addr_gen_mode ${host.ipv6AddrGenMode}, not none`,

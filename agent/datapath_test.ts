@@ -313,6 +313,20 @@ Deno.test("single-stack pods: IPv6 only and IPv4 only", async () => {
     }));
 });
 
+Deno.test("check: the host veth's MTU differing from the pod's is reported (the veth drops larger packets)", async () => {
+  await withNode(NODE_WITH_V4_DEFAULT, (f, dp) =>
+    withPods(1, async ([pod]) => {
+      const p = podIn(pod, { mtu: 1400 });
+      dp.setup(p);
+      const host = hostIfaceName(p.containerId);
+      await f.node.ip(["link", "set", host, "mtu", "9000"]);
+      assert.deepEqual(dp.check(p), [`host interface ${host} has mtu 9000, want 1400`]);
+      dp.setup(p);
+      assert.deepEqual(dp.check(p), []);
+      dp.teardown(p.containerId, p);
+    }));
+});
+
 // ---------------------------------------------------------------------------
 // Crash repair: each half-made state built by hand, then setup must converge.
 
