@@ -376,6 +376,14 @@ function parseBgp(f: Fields, options: ParseOptions): BgpSpec {
       if (address === undefined) throw p.error("address", "is required");
       const ip = tryParseIP(address);
       if (!ip) throw p.error("address", `not an IP address: ${JSON.stringify(address)}`);
+      if (ip.bytes.every((b) => b === 0)) {
+        throw p.error("address", `${address} is the unspecified address, not a neighbour`);
+      }
+      if (ip.family === AF_INET6 && ip.bytes[0] === 0xfe && (ip.bytes[1] & 0xc0) === 0x80) {
+        // bird.conf would need the interface (`fe80::1%eth0`), which flock cannot name: BIRD
+        // rejects the whole config, every session with it.
+        throw p.error("address", `${address} is link-local: give the peer's global address`);
+      }
       const canonical = `${ip.family}:${ip.bytes.join(".")}`;
       if (addresses.has(canonical)) throw p.error("address", `${address} is listed twice`);
       addresses.add(canonical);

@@ -121,3 +121,17 @@ Deno.test({
     );
   },
 });
+
+Deno.test({
+  name: "NodeConfig: a link-local or unspecified peer address is refused, not rendered for BIRD",
+  ...BIRD_P,
+  fn: async () => {
+    // BIRD: "Link-local addresses require defined interface", "Neighbor must be configured".
+    for (const address of ["fe80::1", "FE80::a:1", "::", "0.0.0.0"]) {
+      assert.equal(await refusedOrAcceptedByBird(withPeer({ address })), "refused", address);
+    }
+    for (const address of ["fd00:a::1", "10.0.0.1", "2001:db8:1::1"]) {
+      assert.equal(await refusedOrAcceptedByBird(withPeer({ address })), "accepted", address);
+    }
+  },
+});
