@@ -62,6 +62,8 @@ export const GATEWAY4: IP = parseIP("169.254.1.1");
 const GATEWAY6_PREFIX: Prefix = parsePrefix("fe80::1/64");
 const DEFAULT6: Prefix = parsePrefix("::/0");
 const DEFAULT4: Prefix = parsePrefix("0.0.0.0/0");
+/** Below this MTU the kernel runs no IPv6 on a link (no addr_gen_mode, no fe80::1 to add). */
+const IPV6_MIN_MTU = 1280;
 
 /** A bad argument to the datapath (nothing was changed). */
 export class DatapathInputError extends Error {
@@ -171,6 +173,17 @@ export function validatePodNetwork(pod: PodNetwork): void {
   if (pod.mtu !== undefined && (!Number.isInteger(pod.mtu) || pod.mtu < 576 || pod.mtu > 65535)) {
     throw new DatapathInputError(`mtu ${pod.mtu} is out of range (576..65535)`);
   }
+  if (pod.ipv6 && !carriesIPv6(pod)) {
+    throw new DatapathInputError(`mtu ${pod.mtu} is below 1280, the minimum for IPv6`);
+  }
+}
+
+/**
+ * Whether the pod's veth runs IPv6. An IPv4-only pod may have an MTU below 1280, and then the
+ * kernel gives neither end any IPv6 state: IPv6 settings are refused (EAFNOSUPPORT) there.
+ */
+function carriesIPv6(pod: PodNetwork): boolean {
+  return pod.mtu === undefined || pod.mtu >= IPV6_MIN_MTU;
 }
 
 /** Every address the pod's interface carries: its own, then its anycast addresses. */
@@ -370,12 +383,13 @@ export class Datapath {
 
   #configureHostSide(b: RequestBatch, pod: PodNetwork, host: Link): void {
     if (pod.mtu && host.mtu !== pod.mtu) setLinkMtu(b, host.index, pod.mtu);
+    const ipv6 = carriesIPv6(pod);
     if (
-      host.ipv6AddrGenMode !== IN6_ADDR_GEN_MODE_NONE || !host.ipv4?.forwarding ||
+      (ipv6 && host.ipv6AddrGenMode !== IN6_ADDR_GEN_MODE_NONE) || !host.ipv4?.forwarding ||
       !host.ipv4?.proxyArp
     ) {
       setLinkFamilySettings(b, host.index, {
-        ipv6AddrGenMode: IN6_ADDR_GEN_MODE_NONE,
+        ipv6AddrGenMode: ipv6 ? IN6_ADDR_GEN_MODE_NONE : undefined,
         ipv4Forwarding: true,
         ipv4ProxyArp: true,
       });
@@ -384,13 +398,15 @@ export class Datapath {
     }
     // No fe80::/64 route per veth: the node never sends to a pod's link-local address (pods
     // have none), and every such route is one more entry the kernel walks on each link change.
-    addAddress(b, {
-      index: host.index,
-      prefix: GATEWAY6_PREFIX,
-      noDad: true,
-      replace: true,
-      flags: IFA_F_NOPREFIXROUTE,
-    });
+    if (ipv6) {
+      addAddress(b, {
+        index: host.index,
+        prefix: GATEWAY6_PREFIX,
+        noDad: true,
+        replace: true,
+        flags: IFA_F_NOPREFIXROUTE,
+      });
+    }
     if (!host.up) setLinkUp(b, host.index);
     for (const ip of [pod.ipv6, pod.ipv4]) {
       if (ip) replaceRoute(b, hostRoute(ip, host.index));
@@ -399,7 +415,7 @@ export class Datapath {
 
   #configurePodSide(b: RequestBatch, pod: PodNetwork, peer: Link): void {
     if (pod.mtu && peer.mtu !== pod.mtu) setLinkMtu(b, peer.index, pod.mtu);
-    if (peer.ipv6AddrGenMode !== IN6_ADDR_GEN_MODE_NONE) {
+    if (carriesIPv6(pod) && peer.ipv6AddrGenMode !== IN6_ADDR_GEN_MODE_NONE) {
       setLinkFamilySettings(b, peer.index, { ipv6AddrGenMode: IN6_ADDR_GEN_MODE_NONE });
     }
     if (!peer.up) setLinkUp(b, peer.index);
@@ -484,14 +500,14 @@ export class Datapath {
     if (pod.mtu && host.mtu !== pod.mtu) {
       problems.push(`host interface ${name} has mtu ${host.mtu}, want ${pod.mtu}`);
     }
-    if (host.ipv6AddrGenMode !== IN6_ADDR_GEN_MODE_NONE) {
+    if (carriesIPv6(pod) && host.ipv6AddrGenMode !== IN6_ADDR_GEN_MODE_NONE) {
       problems.push(
         `host interface ${name} has IPv6 addr_gen_mode ${host.ipv6AddrGenMode}, not none`,
       );
     }
     if (!host.ipv4?.forwarding) problems.push(`host interface ${name} has IPv4 forwarding off`);
     if (!host.ipv4?.proxyArp) problems.push(`host interface ${name} has proxy_arp off`);
-    if (!hasAddress(this.node, host.index, GATEWAY6_PREFIX)) {
+    if (carriesIPv6(pod) && !hasAddress(this.node, host.index, GATEWAY6_PREFIX)) {
       problems.push(`host interface ${name} lacks fe80::1/64`);
     }
     let podNs: Handle;

@@ -313,6 +313,33 @@ Deno.test("single-stack pods: IPv6 only and IPv4 only", async () => {
     }));
 });
 
+Deno.test("IPv4-only pods with an MTU below IPv6's minimum (NodeConfig allows 576..1279 without cidr6)", async () => {
+  await withNode(NODE_WITH_V4_DEFAULT, (f, dp) =>
+    withPods(2, async ([a, b]) => {
+      const pods = [
+        podIn(a, { ipv6: undefined, mtu: 1000 }),
+        podIn(b, { ipv6: undefined, mtu: 576 }),
+      ];
+      for (const p of pods) dp.setup(p);
+      for (const [ns, p] of [[a, pods[0]], [b, pods[1]]] as const) {
+        const host = hostIfaceName(p.containerId);
+        const [hl] = await f.node.ipJson<IpLink[]>(["link", "show", host]);
+        const [pl] = await ns.ipJson<IpLink[]>(["link", "show", "eth0"]);
+        assert.deepEqual([hl.mtu, pl.mtu], [p.mtu, p.mtu]);
+        assert.equal(await sysctl(f.node, `ipv4/conf/${host}/proxy_arp`), "1");
+        assert.deepEqual(dp.check(p), []);
+      }
+      await ping(a, pods[1].ipv4!);
+      assert.throws(
+        () => dp.setup(podIn(a, { ifname: "eth1", mtu: 1000 })),
+        (e: unknown) => e instanceof DatapathInputError && /1280/.test(e.message),
+        "an IPv6 pod needs an MTU of at least 1280",
+      );
+      for (const p of pods) dp.teardown(p.containerId, p);
+      assert.deepEqual(await flockLinks(f.node), []);
+    }));
+});
+
 Deno.test("check: the host veth's MTU differing from the pod's is reported (the veth drops larger packets)", async () => {
   await withNode(NODE_WITH_V4_DEFAULT, (f, dp) =>
     withPods(1, async ([pod]) => {
