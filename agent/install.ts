@@ -150,7 +150,15 @@ export async function installMain(args: string[]): Promise<number> {
     console.error(`flock install: ${(e as Error).message}`);
     return 2;
   }
-  const changed = await install(options);
+  let changed;
+  try {
+    changed = await install(options);
+  } catch (e) {
+    // A read-only or non-directory CNI dir: one line the init container's log shows, not a
+    // stack trace.
+    console.error(`flock install: ${(e as Error).message}`);
+    return 1;
+  }
   console.log(JSON.stringify({ installed: true, ...changed }));
   return 0;
 }

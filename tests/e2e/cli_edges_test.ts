@@ -1,0 +1,73 @@
+/**
+ * The command line at its edges, as an operator meets it: `flock install` where it cannot write
+ * (a read-only or non-directory CNI dir), an unknown flag of a mode, and `flock install` run
+ * straight from the sources (`deno run main.ts`), which has no flock executable to copy. Each
+ * must end in one clear line naming the mode and a non-zero exit, never a stack trace or a
+ * CNI bin dir holding something that is not flock.
+ */
+
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { ROOT_ONLY, run } from "../helpers/exec.ts";
+import { flockExecutable } from "../helpers/flock.ts";
+
+/** A JavaScript stack frame line, as an uncaught exception prints it (colours or not). */
+const STACK_FRAME = new RegExp(`^\\s+(?:${String.fromCharCode(27)}\\[[0-9;]*m)*at `, "m");
+
+/** Asserts one `flock <mode>: …` error line on stderr and no stack trace. */
+function assertCleanError(stderr: string, mode: string, message: RegExp): void {
+  assert.doesNotMatch(stderr, STACK_FRAME, `no stack trace:\n${stderr}`);
+  assert.doesNotMatch(stderr, /Uncaught/, stderr);
+  assert.match(stderr, new RegExp(`^flock ${mode}: `), stderr);
+  assert.match(stderr, message, stderr);
+}
+
+Deno.test("flock install: a conf dir that is a file is one error line and exit 1", async () => {
+  const flock = await flockExecutable();
+  const dir = await Deno.makeTempDir({ prefix: "flock-cli-" });
+  try {
+    const confDir = join(dir, "net.d");
+    await Deno.writeTextFile(confDir, "not a directory\n");
+    const r = await run([
+      flock,
+      "install",
+      `--bin-dir=${join(dir, "bin")}`,
+      `--conf-dir=${confDir}`,
+    ]);
+    assert.equal(r.code, 1, r.stderr);
+    assertCleanError(r.stderr, "install", /net\.d/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "flock install: a read-only CNI bin dir is one error line, exit 1, nothing written",
+  ...ROOT_ONLY,
+  fn: async () => {
+    const flock = await flockExecutable();
+    const dir = await Deno.makeTempDir({ prefix: "flock-cli-" });
+    try {
+      const binDir = join(dir, "bin");
+      await Deno.mkdir(binDir);
+      // A private mount namespace: the read-only tmpfs exists for this one command only.
+      const r = await run([
+        "unshare",
+        "--mount",
+        "--propagation=private",
+        "sh",
+        "-c",
+        'mount -t tmpfs -o ro tmpfs "$1" && exec "$2" install --bin-dir "$1" --conf-dir "$3"',
+        "sh",
+        binDir,
+        flock,
+        join(dir, "net.d"),
+      ]);
+      assert.equal(r.code, 1, r.stderr);
+      assertCleanError(r.stderr, "install", /Read-only file system/);
+      assert.deepEqual([...Deno.readDirSync(binDir)], [], "nothing left in the bin dir");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
