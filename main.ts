@@ -76,4 +76,24 @@ async function main(args: string[]): Promise<number> {
   }
 }
 
-if (import.meta.main) Deno.exit(await main(Deno.args));
+/** A node:util parseArgs error (unknown flag, missing value, stray argument). */
+function isFlagError(e: unknown): e is Error {
+  const code = (e as { code?: unknown } | null)?.code;
+  return typeof code === "string" && code.startsWith("ERR_PARSE_ARGS_");
+}
+
+/**
+ * Runs the mode; a flag error a mode did not catch itself (`flock agent --bogus`) is the usage
+ * error every mode gives: one line and exit 2, not an uncaught exception's stack trace.
+ */
+async function mainWithUsageErrors(args: string[]): Promise<number> {
+  try {
+    return await main(args);
+  } catch (e) {
+    if (!isFlagError(e)) throw e;
+    console.error(`flock ${args[0]}: ${e.message}`);
+    return 2;
+  }
+}
+
+if (import.meta.main) Deno.exit(await mainWithUsageErrors(Deno.args));

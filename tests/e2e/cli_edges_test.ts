@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { ROOT_ONLY, run } from "../helpers/exec.ts";
-import { flockExecutable } from "../helpers/flock.ts";
+import { flockExecutable, TestNamespace } from "../helpers/flock.ts";
 
 /** A JavaScript stack frame line, as an uncaught exception prints it (colours or not). */
 const STACK_FRAME = new RegExp(`^\\s+(?:${String.fromCharCode(27)}\\[[0-9;]*m)*at `, "m");
@@ -66,6 +66,36 @@ Deno.test({
       assert.equal(r.code, 1, r.stderr);
       assertCleanError(r.stderr, "install", /Read-only file system/);
       assert.deepEqual([...Deno.readDirSync(binDir)], [], "nothing left in the bin dir");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "flock agent: an unknown flag is one usage line and exit 2 (as every other mode)",
+  ...ROOT_ONLY,
+  fn: async () => {
+    const flock = await flockExecutable();
+    // In a namespace of its own, should it ever get past its flags.
+    await using ns = await TestNamespace.create("flk-cli");
+    const dir = await Deno.makeTempDir({ prefix: "flock-cli-" });
+    try {
+      const r = await ns.exec([
+        flock,
+        "agent",
+        "--bogus",
+        "--state-dir",
+        join(dir, "state"),
+        "--socket",
+        join(dir, "flock.sock"),
+        "--http",
+        "off",
+        "--config",
+        join(dir, "missing.yaml"),
+      ], { timeoutMs: 30_000 });
+      assert.equal(r.code, 2, r.stderr);
+      assertCleanError(r.stderr, "agent", /Unknown option '--bogus'/);
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
