@@ -52,9 +52,21 @@ export function renderConflist(
  * The file that is "the running executable": a compiled flock binary is
  * `Deno.execPath()`; under the development launcher it is the launcher script,
  * which says so in `FLOCK_EXECUTABLE`.
+ *
+ * @throws {Error} under a bare `deno run`, which has neither
  */
 export function selfExecutable(): string {
-  return Deno.env.get("FLOCK_EXECUTABLE") ?? Deno.execPath();
+  const launcher = Deno.env.get("FLOCK_EXECUTABLE");
+  if (launcher) return launcher;
+  // Under a bare `deno run main.ts` the running executable is deno itself: installed as the
+  // plugin it would read the netconf on stdin as a script.
+  if (!Deno.build.standalone) {
+    throw new Error(
+      "no flock executable to use: this is `deno run` on the sources; run dist/flock " +
+        "(make compile) or the compiled binary",
+    );
+  }
+  return Deno.execPath();
 }
 
 async function atomicWrite(path: string, write: (tmp: string) => Promise<void>, mode: number) {

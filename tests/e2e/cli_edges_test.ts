@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { ROOT_ONLY, run } from "../helpers/exec.ts";
 import { flockExecutable, TestNamespace } from "../helpers/flock.ts";
+import { denoPath, REPO_ROOT } from "../helpers/tools.ts";
 
 /** A JavaScript stack frame line, as an uncaught exception prints it (colours or not). */
 const STACK_FRAME = new RegExp(`^\\s+(?:${String.fromCharCode(27)}\\[[0-9;]*m)*at `, "m");
@@ -100,4 +101,29 @@ Deno.test({
       await Deno.remove(dir, { recursive: true });
     }
   },
+});
+
+Deno.test("flock install from the sources (deno run main.ts) never installs deno as the plugin", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "flock-cli-" });
+  try {
+    const binDir = join(dir, "bin");
+    const env = Deno.env.toObject();
+    delete env.FLOCK_EXECUTABLE;
+    const r = await run([
+      denoPath(),
+      "run",
+      "-A",
+      "--no-lock",
+      join(REPO_ROOT, "main.ts"),
+      "install",
+      `--bin-dir=${binDir}`,
+      `--conf-dir=${join(dir, "net.d")}`,
+    ], { env, clearEnv: true });
+    assert.equal(r.code, 1, r.stderr);
+    assertCleanError(r.stderr, "install", /dist\/flock/);
+    const installed = await Deno.stat(join(binDir, "flock")).then(() => true, () => false);
+    assert.equal(installed, false, "no plugin binary was installed");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
