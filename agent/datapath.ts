@@ -9,6 +9,7 @@
 
 import {
   addAddress,
+  type Address,
   addVeth,
   AF_INET,
   AF_INET6,
@@ -529,14 +530,14 @@ export class Datapath {
         }
         const podAddrs = listAddresses(podNs, { index: peer.index });
         const wanted = podAddresses(pod);
-        const extra = podAddrs.filter((a) => !wanted.some((ip) => ipEqual(ip, a.prefix.ip)));
+        const extra = podAddrs.filter((a) => !wanted.some((ip) => isHostAddress(a, ip)));
         for (const a of extra) {
           problems.push(
             `pod interface has unexpected address ${formatIP(a.prefix.ip)}/${a.prefix.len}`,
           );
         }
         for (const ip of pod.anycast ?? []) {
-          const a = podAddrs.find((x) => ipEqual(x.prefix.ip, ip));
+          const a = podAddrs.find((x) => isHostAddress(x, ip));
           if (!a) problems.push(`pod interface lacks anycast address ${formatIP(ip)}`);
           else if (a.flags & IFA_F_TENTATIVE) {
             problems.push(`pod anycast address ${formatIP(ip)} is tentative`);
@@ -544,7 +545,7 @@ export class Datapath {
         }
         for (const ip of [pod.ipv6, pod.ipv4]) {
           if (!ip) continue;
-          const a = podAddrs.find((x) => ipEqual(x.prefix.ip, ip));
+          const a = podAddrs.find((x) => isHostAddress(x, ip));
           if (!a) {
             problems.push(`pod interface lacks ${familyName(ip.family)} address ${formatIP(ip)}`);
           } else if (a.flags & IFA_F_TENTATIVE) {
@@ -599,8 +600,16 @@ function hasAddress(h: Handle, index: number, p: Prefix): boolean {
 function removeStrayAddresses(pod: PodNetwork, podNs: Handle, peer: Link): void {
   const wanted = podAddresses(pod);
   for (const a of listAddresses(podNs, { index: peer.index })) {
-    if (!wanted.some((ip) => ipEqual(ip, a.prefix.ip))) deleteAddress(podNs, peer.index, a.prefix);
+    if (!wanted.some((ip) => isHostAddress(a, ip))) deleteAddress(podNs, peer.index, a.prefix);
   }
+}
+
+/**
+ * Whether `a` is `ip` as flock assigns it, a /128 or /32: the same address with a shorter prefix
+ * (added by hand) also puts a connected route in the pod, so it is not the contract's.
+ */
+function isHostAddress(a: Address, ip: IP): boolean {
+  return a.prefix.len === hostPrefix(ip).len && ipEqual(a.prefix.ip, ip);
 }
 
 function ensureAddress(h: Requester, index: number, p: Prefix): void {

@@ -484,6 +484,15 @@ Deno.test("repair: pod side down, wrong MTU and an extra address", async () => {
   });
 });
 
+Deno.test("repair: the pod's own IPv4 address added again by hand with a /24 (a connected route in the pod)", async () => {
+  await repairCase(async ({ pod, p, dp }) => {
+    dp.setup(p);
+    await pod.ip(["addr", "add", `${formatIP(p.ipv4!)}/24`, "dev", "eth0"]);
+  }, {
+    expectCheck: (p) => [`pod interface has unexpected address ${formatIP(p.ipv4!)}/24`],
+  });
+});
+
 Deno.test("repair: stale flock<hash> veth whose peer is in a different pod namespace", async () => {
   await withNode(NODE_WITH_V4_DEFAULT, (f, dp) =>
     withPods(2, async ([pod, other]) => {
