@@ -6,7 +6,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { dirname, join } from "node:path";
+import { dirname, isAbsolute, join } from "node:path";
 import { DEFAULT_SOCKET } from "./protocol.ts";
 
 /** Where the conflist and binary go by default. */
@@ -143,6 +143,13 @@ export function parseInstallArgs(args: string[]): InstallOptions {
       `--network-name ${JSON.stringify(networkName)}: letters, digits, '_', '.' and '-', ` +
         "starting with a letter or digit",
     );
+  }
+  // The runtime execs the plugin from its own working directory, so these must be absolute.
+  for (const flag of ["socket", "log-file"] as const) {
+    const path = values[flag];
+    if (path && !isAbsolute(path)) {
+      throw new TypeError(`--${flag} ${JSON.stringify(path)}: must be an absolute path`);
+    }
   }
   return {
     binDir: values["bin-dir"]!,

@@ -82,3 +82,11 @@ Deno.test("install: writes binary and conflist once, then reports nothing change
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("parseInstallArgs: a relative --socket or --log-file is refused, naming the flag", () => {
+  // The runtime execs the plugin from its own working directory (/ for containerd), so a
+  // relative path in the conflist would name a different file on every runtime.
+  assert.throws(() => parseInstallArgs(["--socket", "flock.sock"]), /--socket .*absolute/);
+  assert.throws(() => parseInstallArgs(["--log-file", "log/cni.log"]), /--log-file .*absolute/);
+  assert.equal(parseInstallArgs(["--socket", "/run/x.sock"]).socketPath, "/run/x.sock");
+});
