@@ -398,7 +398,8 @@ function parseBgp(f: Fields, options: ParseOptions): BgpSpec {
       const password = p.string("password");
       if (password !== undefined) {
         if (password === "") throw p.error("password", "must not be empty (leave it out instead)");
-        if (/["\\\n]/.test(password)) {
+        // bird.conf quotes it (the renderer refuses "\r" too); BIRD would cut it at a NUL.
+        if (/["\\\n\r\0]/.test(password)) {
           throw p.error("password", "must not contain quotes, backslashes or newlines");
         }
         peer.password = password;

@@ -135,3 +135,19 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "NodeConfig: a password with a carriage return or NUL is refused, not left to the renderer",
+  ...BIRD_P,
+  fn: async () => {
+    // The renderer refuses "\r" (a line break in bird.conf): every render then failed, so BIRD
+    // kept an old config while the status still showed the last reload as fine. BIRD would cut
+    // a password at NUL (a C string) and sign with another key than the peer.
+    for (const password of ["s3cret\r", "s3\u0000cret"]) {
+      const spec = withPeer({ address: "10.0.0.1", password });
+      assert.equal(await refusedOrAcceptedByBird(spec), "refused", JSON.stringify(password));
+    }
+    const spec = withPeer({ address: "10.0.0.1", password: "s3cr\u00e9t 'with' $pace{}" });
+    assert.equal(await refusedOrAcceptedByBird(spec), "accepted");
+  },
+});
