@@ -191,7 +191,7 @@ export class BirdControl {
     while (this.#pending && !this.#closed) {
       this.#pending = false;
       const waiters = this.#waiters.splice(0);
-      await this.#apply(this.#wanted!);
+      await this.#apply(this.#wanted!).catch((e) => this.#failed(e));
       for (const w of waiters) w({ ...this.status });
     }
   }
@@ -272,6 +272,18 @@ export class BirdControl {
       error: message,
       rejectedFile: `${this.#o.configPath}.rejected`,
     });
+  }
+
+  /**
+   * The config could not be written or moved (directory missing, disk full): BIRD keeps the
+   * running one. Reported and retried; thrown on, it would end the agent (and CNI with it).
+   */
+  #failed(e: unknown): void {
+    this.status.lastAttempt = new Date().toISOString();
+    this.status.result = "rejected";
+    this.status.error = `cannot apply ${this.#o.configPath}: ${(e as Error)?.message ?? e}`;
+    this.#log({ level: "error", msg: "bird config not applied", error: this.status.error });
+    this.#retry();
   }
 
   #retry(): void {

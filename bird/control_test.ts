@@ -139,3 +139,31 @@ Deno.test({
     }
   },
 });
+
+Deno.test("BirdControl: a config file it cannot write is a reported failure, not a crash", async () => {
+  // e.g. the shared bird directory not mounted, or a full disk: the agent must keep serving CNI.
+  const dir = await Deno.makeTempDir({ prefix: "flk-birdctl-" });
+  const control = new BirdControl({
+    configPath: `${dir}/missing/bird.conf`,
+    socketPath: `${dir}/missing/bird.ctl`,
+    birdcPath: "/nonexistent/birdc",
+    birdPath: "/nonexistent/bird",
+    coalesceMs: 1,
+    retryMs: 60_000,
+  });
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    const status = await Promise.race([
+      control.update(config("fd00:1::/64")),
+      new Promise<undefined>((r) => timer = setTimeout(() => r(undefined), 5_000)),
+    ]);
+    assert.ok(status, "update() settles");
+    assert.notEqual(status.result, "ok");
+    assert.match(status.error ?? "", /bird\.conf/);
+    assert.equal(control.status.result, status.result);
+  } finally {
+    clearTimeout(timer);
+    await control.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
