@@ -60,6 +60,7 @@ export const CLONE_NEWNET = 0x40000000;
 export const O_RDONLY = 0;
 export const O_WRONLY = 1;
 export const O_CLOEXEC = 0o2000000;
+export const O_NONBLOCK = 0o4000;
 
 export const EPERM = 1;
 export const ENOENT = 2;

@@ -13,6 +13,9 @@ import {
   NETLINK_EXT_ACK,
   NETLINK_GET_STRICT_CHK,
   netlinkSocket,
+  O_CLOEXEC,
+  O_NONBLOCK,
+  O_RDONLY,
   openPath,
   readFileSync,
   receive,
@@ -101,7 +104,8 @@ export class Handle implements Requester {
     }
     let nsFd: number;
     try {
-      nsFd = openPath(path);
+      // Non-blocking: a FIFO at `path` would otherwise block the only JS thread for good.
+      nsFd = openPath(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     } catch (e) {
       if (e instanceof SyscallError && e.errno === ENOENT) {
         throw new NetnsError(path, "does not exist");

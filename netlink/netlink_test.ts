@@ -44,6 +44,8 @@ import {
   setLinkUp,
 } from "./mod.ts";
 import type { IpAddr, IpLink, IpRoute } from "../tests/helpers/iproute.ts";
+import { run, runOk } from "../tests/helpers/exec.ts";
+import { denoPath } from "../tests/helpers/tools.ts";
 
 /** Runs `fn` with a handle bound to `ns`, closing it however `fn` ends. */
 async function withHandle<T>(ns: TestNamespace, fn: (h: Handle) => Promise<T> | T): Promise<T> {
@@ -514,6 +516,28 @@ Deno.test("Handle.forNetns: missing path, non-netns files, other namespace kinds
     h.close();
   }
   assert.throws(() => getLinkByName(h, "lo"), /is closed/);
+});
+
+Deno.test("Handle.forNetns: a FIFO as the namespace path is refused, not a hang of the whole process", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "flk-fifo-" });
+  try {
+    const fifo = `${dir}/netns`;
+    await runOk(["mkfifo", fifo]);
+    // In a child: opening a FIFO for reading waits for a writer, on the only JS thread.
+    const code = `import { Handle } from ${
+      JSON.stringify(new URL("./mod.ts", import.meta.url).href)
+    };
+      try { Handle.forNetns(${JSON.stringify(fifo)}); console.log("opened"); }
+      catch (e) { console.log(e.message); }`;
+    const r = await run([denoPath(), "eval", "--no-lock", code], { timeoutMs: 20_000 });
+    assert.equal(
+      r.stdout.trim(),
+      `network namespace ${JSON.stringify(fifo)}: is not a network namespace`,
+      r.stderr,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("handles act in their own namespace whichever namespace runs next", async () => {
