@@ -353,7 +353,9 @@ function parseBgp(f: Fields, options: ParseOptions): BgpSpec {
   if (asn !== undefined) out.asn = asn;
   const routerID = f.string("routerID");
   if (routerID !== undefined) {
-    if (tryParseIP(routerID)?.family !== AF_INET) {
+    const id = tryParseIP(routerID);
+    // BIRD reads 0.0.0.0 as "not set": it keeps its old id, or fails to start without IPv4.
+    if (id?.family !== AF_INET || id.bytes.every((b) => b === 0)) {
       throw f.error(
         "routerID",
         `must be a dotted-quad (IPv4-style) id, not ${JSON.stringify(routerID)}`,

@@ -151,3 +151,19 @@ Deno.test({
     assert.equal(await refusedOrAcceptedByBird(spec), "accepted");
   },
 });
+
+Deno.test("NodeConfig: bgp.routerID 0.0.0.0 is refused (BIRD reads it as 'not set')", () => {
+  // BIRD keeps its previous id (or picks one from the interfaces) for `router id 0.0.0.0;`, so
+  // the id flock publishes and compares across nodes would not be the one BIRD uses.
+  assert.throws(
+    () => parseNodeConfig({ cidr6: "fd00:1::/64", bgp: { asn: 65001, routerID: "0.0.0.0" } }, "t"),
+    (e) => e instanceof ConfigError && /routerID/.test(e.message),
+  );
+  assert.equal(
+    routerIdFor(
+      parseNodeConfig({ cidr6: "fd00:1::/64", bgp: { asn: 65001, routerID: "0.0.0.1" } }, "t"),
+      "n",
+    ).id,
+    "0.0.0.1",
+  );
+});
