@@ -404,6 +404,11 @@ function parseBgp(f: Fields, options: ParseOptions): BgpSpec {
         if (/["\\\n\r\0]/.test(password)) {
           throw p.error("password", "must not contain quotes, backslashes or newlines");
         }
+        // Linux keeps at most 80 bytes of TCP MD5 key: BIRD would take the config, then shut the
+        // session down for good ("Kernel MD5 auth failed").
+        if (new TextEncoder().encode(password).length > 80) {
+          throw p.error("password", "is longer than the 80 bytes TCP MD5 allows");
+        }
         peer.password = password;
       }
       const ref = p.object("passwordSecretRef");

@@ -167,3 +167,18 @@ Deno.test("NodeConfig: bgp.routerID 0.0.0.0 is refused (BIRD reads it as 'not se
     "0.0.0.1",
   );
 });
+
+Deno.test("NodeConfig: a password longer than TCP MD5's 80 bytes is refused", () => {
+  // Linux keeps at most 80 bytes of key (TCP_MD5SIG_MAXKEYLEN): BIRD takes the config, then
+  // shuts the session down for good with "Error: Kernel MD5 auth failed".
+  const spec = (password: string) => withPeer({ address: "10.0.0.1", password });
+  assert.throws(
+    () => parseNodeConfig(spec("a".repeat(81)), "t"),
+    (e) => e instanceof ConfigError && /password/.test(e.message) && /80 bytes/.test(e.message),
+  );
+  assert.throws(() => parseNodeConfig(spec("\u00e9".repeat(41)), "t"), ConfigError);
+  assert.equal(
+    parseNodeConfig(spec("a".repeat(80)), "t").spec.bgp?.peers?.[0].password?.length,
+    80,
+  );
+});
