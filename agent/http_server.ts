@@ -33,7 +33,8 @@ export interface ListenAddress {
 }
 
 /**
- * Parses `HOST:PORT`, `[V6]:PORT` or `:PORT` (all interfaces). Port 0 picks a free one.
+ * Parses `HOST:PORT`, `[V6]:PORT` or `:PORT` (all interfaces, IPv6 and IPv4: `::`, which Linux
+ * binds for both families). Port 0 picks a free one.
  *
  * @throws {Error} with a message naming the bad part
  */
@@ -42,11 +43,14 @@ export function parseListenAddress(text: string): ListenAddress {
   if (!m) throw new Error(`expected HOST:PORT or [IPV6]:PORT, got ${JSON.stringify(text)}`);
   const port = Number(m[3]);
   if (port > 65535) throw new Error(`port ${port} is out of range`);
-  const hostname = m[1] ?? (m[2] || "0.0.0.0");
+  const hostname = m[1] ?? (m[2] || ALL_INTERFACES);
   return { hostname, port };
 }
 
 const TEXT = { "content-type": "text/plain; charset=utf-8" };
+
+/** `:PORT`'s host: IPv6's any address, which takes IPv4 connections too (`bindv6only` is 0). */
+const ALL_INTERFACES = "::";
 
 /** Answers one request; exported so tests and other transports can reuse the routing. */
 export async function handleHttp(req: Request, source: HttpEndpointSource): Promise<Response> {
@@ -87,6 +91,20 @@ export interface HttpEndpoint extends AsyncDisposable {
 
 /** Starts the endpoint; resolves once it listens. */
 export async function startHttpEndpoint(
+  address: ListenAddress,
+  source: HttpEndpointSource,
+  log?: LogFn,
+): Promise<HttpEndpoint> {
+  try {
+    return await serveOn(address, source, log);
+  } catch (e) {
+    // A node with IPv6 turned off cannot bind `::`: all interfaces are then IPv4's.
+    if (address.hostname !== ALL_INTERFACES) throw e;
+    return await serveOn({ ...address, hostname: "0.0.0.0" }, source, log);
+  }
+}
+
+async function serveOn(
   address: ListenAddress,
   source: HttpEndpointSource,
   log?: LogFn,

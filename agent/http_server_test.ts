@@ -9,10 +9,20 @@ import { TestNamespace } from "../tests/helpers/netns.ts";
 Deno.test("http: listen addresses", () => {
   assert.deepEqual(parseListenAddress("127.0.0.1:9603"), { hostname: "127.0.0.1", port: 9603 });
   assert.deepEqual(parseListenAddress("[::1]:0"), { hostname: "::1", port: 0 });
-  assert.deepEqual(parseListenAddress(":9603"), { hostname: "0.0.0.0", port: 9603 });
+  assert.deepEqual(parseListenAddress(":9603"), { hostname: "::", port: 9603 });
   assert.deepEqual(parseListenAddress("localhost:80"), { hostname: "localhost", port: 80 });
   for (const bad of ["9603", "1.2.3.4", "::1:9603", "h:70000", "h:x"]) {
     assert.throws(() => parseListenAddress(bad), Error, bad);
+  }
+});
+
+Deno.test("http: `:PORT` answers on IPv6 and IPv4 loopback alike", async () => {
+  const source = { notReadyReason: () => undefined, metrics: () => Promise.resolve("") };
+  await using http = await startHttpEndpoint(parseListenAddress(":0"), source);
+  for (const host of ["127.0.0.1", "[::1]"]) {
+    const res = await fetch(`http://${host}:${http.address.port}/healthz`);
+    assert.equal(res.status, 200, host);
+    await res.body?.cancel();
   }
 });
 
