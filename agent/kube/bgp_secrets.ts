@@ -107,10 +107,10 @@ export function decodePassword(
   if (bytes.length > MAX_PASSWORD_BYTES) {
     return { problem: `key "${key}" is longer than ${MAX_PASSWORD_BYTES} bytes` };
   }
-  if (/["\\\n\r]/.test(password)) {
+  if (/["\\\n\r\0]/.test(password)) {
     return {
-      problem: `key "${key}" contains a quote, backslash or line break (created from a file ` +
-        `that ends in a newline?)`,
+      problem: `key "${key}" contains a quote, backslash, line break or NUL (created from a ` +
+        `file that ends in a newline?)`,
     };
   }
   return { password };

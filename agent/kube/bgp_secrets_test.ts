@@ -78,8 +78,10 @@ Deno.test("decodePassword: usable values only, and no message ever shows the val
     [{ k: "***" }, /not valid base64/],
     [{ k: btoa("\xff\xfe") }, /not UTF-8/],
     [data(""), /is empty/],
-    [data(`${PASSWORD}\n`), /line break \(created from a file that ends in a newline\?\)/],
+    [data(`${PASSWORD}\n`), /line break or NUL \(created from a file that ends in a newline\?\)/],
     [data('a"b'), /quote/],
+    // BIRD would cut the password off at a NUL.
+    [data("ab\0cd"), /NUL/],
     [data("x".repeat(81)), /longer than 80 bytes/],
   ];
   for (const [d, message] of problems) {
