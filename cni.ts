@@ -142,11 +142,7 @@ export async function callAgent(
       // Needs no deadline: the socket is nonblocking, so even a full backlog fails at once.
       conn = await Deno.connect({ transport: "unix", path });
     } catch (e) {
-      return failure(
-        CniCode.tryAgainLater,
-        "flock agent is not running",
-        `cannot connect to ${path}: ${(e as Error).message}`,
-      );
+      return connectFailure(path, e);
     }
     const sent = writeAll(conn, new TextEncoder().encode(JSON.stringify(req) + "\n"));
     // Armed once the request is on its way, so that setting it up (~0.5 ms) overlaps the
@@ -186,6 +182,23 @@ export async function callAgent(
       } catch { /* already closed */ }
     }
   }
+}
+
+/**
+ * The answer when the agent's socket cannot be connected to: code 11 either way (the runtime
+ * retries), but a socket the caller may not open (`flock status` run without root) is not "not
+ * running", which would send an operator looking at a healthy agent.
+ */
+export function connectFailure(path: string, e: unknown): RpcResponse {
+  const details = `cannot connect to ${path}: ${(e as Error)?.message ?? e}`;
+  if (e instanceof Deno.errors.PermissionDenied) {
+    return failure(
+      CniCode.tryAgainLater,
+      "no permission to connect to the flock agent's socket (it is root's only)",
+      details,
+    );
+  }
+  return failure(CniCode.tryAgainLater, "flock agent is not running", details);
 }
 
 /**

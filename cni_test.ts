@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { RpcServer } from "./agent/rpc_server.ts";
 import { run } from "./agent/exec.ts";
 import { buildAddResult } from "./agent/cni_result.ts";
+import { connectFailure } from "./cni.ts";
 import {
   CniError,
   type RpcRequest,
@@ -273,6 +274,23 @@ Deno.test("cni: agent down is code 11 naming the socket", async () => {
     const wrongConfig = await f.run(addEnv(), JSON.stringify({ ...CONFIG, agentSocket: missing }));
     expectError(wrongConfig, 11, "flock agent is not running");
   });
+});
+
+Deno.test("cni: a socket the caller may not open is not reported as an agent that is down", () => {
+  const denied = connectFailure(
+    "/run/flock/flock.sock",
+    new Deno.errors.PermissionDenied("Permission denied (os error 13)"),
+  );
+  assert.deepEqual(denied, {
+    ok: false,
+    error: {
+      code: 11,
+      msg: "no permission to connect to the flock agent's socket (it is root's only)",
+      details: "cannot connect to /run/flock/flock.sock: Permission denied (os error 13)",
+    },
+  });
+  const missing = connectFailure("/x.sock", new Deno.errors.NotFound("No such file"));
+  assert.equal(!missing.ok && missing.error.msg, "flock agent is not running");
 });
 
 Deno.test("cni: STATUS with the agent down is code 50 (STATUS has no code 11)", async () => {
