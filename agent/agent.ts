@@ -271,6 +271,8 @@ export class Agent {
         secretPasswords: this.#secretPasswords,
         bird: this.options.bird,
         log: this.log,
+        // Every attempt, retries included: a reload retried after a timeout must show as done.
+        onBirdReload: (s) => this.recordBirdReload(reloadSummary(s)),
       });
       const bird = this.options.bird;
       if (bird) {
@@ -345,10 +347,12 @@ export class Agent {
     return this.#routing?.birdStatus();
   }
 
+  /** Waits for a reload (NodeRouting's onBirdReload hook records its outcome); logs a throw. */
   #trackReload(done: ReturnType<NodeRouting["configure"]>): Promise<void> {
-    return done.then((s) => {
-      if (s && s.result !== "never") this.recordBirdReload(reloadSummary(s));
-    }, (e) => this.log({ level: "error", msg: "bird config failed", error: String(e) }));
+    return done.then(
+      () => {},
+      (e) => this.log({ level: "error", msg: "bird config failed", error: String(e) }),
+    );
   }
 
   async #dispatch(raw: RpcRequest, hold?: HoldWork): Promise<RpcResponse> {

@@ -13,6 +13,8 @@ export interface ExecResult {
   success: boolean;
   stdout: string;
   stderr: string;
+  /** The command was killed because it ran past its `timeoutMs` (a hang, not a failure). */
+  timedOut?: boolean;
 }
 
 /** Options for {@linkcode run}. */
@@ -68,6 +70,7 @@ export async function run(cmd: string[], opts: ExecOptions = {}): Promise<ExecRe
       code: killed ?? out.code,
       success: out.success,
       stdout: decoder.decode(out.stdout),
+      timedOut: abort.signal.aborted,
       // Say so when it was us who killed it, so a hang is not mistaken for a crash.
       stderr: abort.signal.aborted ? `${stderr}\n[timed out after ${timeoutMs} ms]` : stderr,
     };

@@ -36,6 +36,10 @@ export interface BirdTarget {
   birdcPath?: string;
   birdPath?: string;
   coalesceMs?: number;
+  /** Bound on one birdc call (default 10 s): past it the reload is `failed` and retried. */
+  commandTimeoutMs?: number;
+  /** Retry period of a failed or unreachable reload (default 2 s). */
+  retryMs?: number;
 }
 
 /** Another node of the mesh, as the cluster (or a file) describes it. */
@@ -62,6 +66,11 @@ export interface NodeRoutingOptions {
   secretPasswords?: ReadonlyMap<string, string>;
   bird?: BirdTarget;
   log: (fields: Record<string, unknown>) => void;
+  /**
+   * Called after every BIRD reload attempt, including the retries of a failed or unreachable
+   * one that no caller awaits (`flock status` must see a retry succeed).
+   */
+  onBirdReload?: (status: BirdReloadStatus) => void;
 }
 
 /** The BGP graceful restart time when the NodeConfig does not set one. */
@@ -175,7 +184,10 @@ export class NodeRouting {
         birdcPath: options.bird.birdcPath,
         birdPath: options.bird.birdPath,
         coalesceMs: options.bird.coalesceMs,
+        commandTimeoutMs: options.bird.commandTimeoutMs,
+        retryMs: options.bird.retryMs,
         log: options.log,
+        onAttempt: options.onBirdReload,
       });
     }
   }

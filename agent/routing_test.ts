@@ -1,8 +1,11 @@
 import assert from "node:assert/strict";
-import { birdInputFor, routerIdFor } from "./routing.ts";
+import { birdInputFor, NodeRouting, reloadSummary, routerIdFor } from "./routing.ts";
 import { ConfigError, parseNodeConfig } from "./config.ts";
-import { run } from "../tests/helpers/exec.ts";
-import { birdPath, hasTool } from "../tests/helpers/tools.ts";
+import { ROOT_ONLY, run } from "../tests/helpers/exec.ts";
+import { birdcPath, birdPath, hasTool } from "../tests/helpers/tools.ts";
+import { TestNamespace } from "../tests/helpers/netns.ts";
+import { BirdDaemon, bootstrapBirdConfig } from "../tests/helpers/bird.ts";
+import { Handle } from "../netlink/mod.ts";
 import { renderBirdConfig } from "../bird/config.ts";
 
 const plain = parseNodeConfig({ cidr6: "fd00:1::/64", bgp: { asn: 64512, nodeMesh: true } }, "t");
@@ -181,4 +184,63 @@ Deno.test("NodeConfig: a password longer than TCP MD5's 80 bytes is refused", ()
     parseNodeConfig(spec("a".repeat(80)), "t").spec.bgp?.peers?.[0].password?.length,
     80,
   );
+});
+
+Deno.test({
+  name:
+    "NodeRouting: a BIRD reload that timed out is reported failed, then ok when the retry lands",
+  ...ROOT_ONLY,
+  async fn() {
+    await using ns = await TestNamespace.create("flk-rtslow");
+    await using bird = await BirdDaemon.start(ns, { config: bootstrapBirdConfig("10.9.9.9") });
+    const handle = Handle.forNetns(ns.path);
+    // What the agent records for `flock status` and the reload metric.
+    const reported: ReturnType<typeof reloadSummary>[] = [];
+    const routing = new NodeRouting({
+      handle,
+      nodeName: "node-1",
+      bird: {
+        configPath: bird.configPath,
+        socketPath: bird.socketPath,
+        birdcPath: birdcPath(),
+        birdPath: birdPath(),
+        coalesceMs: 10,
+        commandTimeoutMs: 500,
+        retryMs: 200,
+      },
+      log: () => {},
+      onBirdReload: (s) => reported.push(reloadSummary(s)),
+    });
+    const spec = { cidr6: "fd00:1::/64", bgp: { asn: 64512, routerID: "10.9.9.9" } };
+    try {
+      assert.equal((await routing.configure(parseNodeConfig(spec, "t")))?.result, "ok");
+      assert.equal(reported.at(-1)?.ok, true);
+
+      bird.signal("SIGSTOP");
+      try {
+        const withTor = {
+          ...spec,
+          bgp: { ...spec.bgp, peers: [{ address: "fd00:9::1", asn: 65000 }] },
+        };
+        const s = await routing.configure(parseNodeConfig(withTor, "t"));
+        assert.equal(s?.result, "failed");
+        assert.equal(reported.at(-1)?.ok, false);
+        assert.match(reported.at(-1)?.message ?? "", /^failed: BIRD did not answer .* retrying/);
+      } finally {
+        bird.signal("SIGCONT");
+      }
+
+      // No further change: the retry alone brings BIRD to the new config, and says so.
+      const deadline = Date.now() + 15_000;
+      while (!reported.at(-1)?.ok && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.equal(reported.at(-1)?.ok, true, JSON.stringify(reported.at(-1)));
+      assert.equal(routing.birdStatus()?.result, "ok");
+      assert.match((await bird.birdc(["show", "protocols"])).stdout, /^peer_\S+\s+BGP/m);
+    } finally {
+      await routing.close();
+      handle.close();
+    }
+  },
 });

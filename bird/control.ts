@@ -10,7 +10,9 @@
  * leaves the running one in place and is kept next to it as `bird.conf.rejected`; the error
  * is in {@link BirdControl.status}. When BIRD is not reachable the candidate is checked
  * offline with `bird -p` and written for BIRD to read when it starts, and the reload is
- * retried.
+ * retried. A reload that could not be completed (BIRD did not answer within
+ * `commandTimeoutMs`, being busy or stopped, or the file could not be written) is `failed`, not
+ * `rejected`: nothing judged the config, so it is retried every `retryMs` until BIRD takes it.
  *
  * Every command runs with an argument list (Deno.Command), never through a shell.
  *
@@ -23,10 +25,13 @@ import { run } from "../agent/exec.ts";
 export interface BirdReloadStatus {
   /**
    * `never` before the first attempt; `ok` when BIRD runs the current config; `rejected` when
-   * BIRD (or `bird -p`) refused the newest one and runs the previous one; `unreachable` when
-   * BIRD's control socket did not answer (a retry is scheduled).
+   * BIRD (or `bird -p`) refused the newest one and runs the previous one (not retried: the same
+   * text would be refused again); `unreachable` when BIRD's control socket did not answer
+   * (a retry is scheduled); `failed` when the reload could not be completed, BIRD accepting the
+   * connection but not answering within `commandTimeoutMs` or the file not being writable
+   * (BIRD may still run the previous config; a retry is scheduled).
    */
-  result: "never" | "ok" | "rejected" | "unreachable";
+  result: "never" | "ok" | "rejected" | "unreachable" | "failed";
   /** When the last reload attempt finished (ISO 8601). */
   lastAttempt?: string;
   /** When BIRD last accepted a config (ISO 8601). */
@@ -55,15 +60,22 @@ export interface BirdControlOptions {
   coalesceMs?: number;
   /** Retry period while BIRD is unreachable (default 2 s). */
   retryMs?: number;
-  /** Bound on one birdc call (default 10 s). */
+  /** Bound on one birdc call (default 10 s); past it the reload is `failed` and retried. */
   commandTimeoutMs?: number;
   log?: (fields: Record<string, unknown>) => void;
+  /**
+   * Called with the status after every reload attempt, retries included (which no
+   * {@link BirdControl.update} caller waits for), so `flock status` sees a retry succeed.
+   */
+  onAttempt?: (status: BirdReloadStatus) => void;
 }
 
 /** The outcome of one command. */
 export interface CommandOutput {
   code: number;
   text: string;
+  /** The program was killed after running past its time bound. */
+  timedOut?: boolean;
 }
 
 /**
@@ -77,7 +89,7 @@ export async function runCommand(
 ): Promise<CommandOutput> {
   try {
     const out = await run([program, ...args], { timeoutMs });
-    return { code: out.code, text: (out.stdout + out.stderr).trim() };
+    return { code: out.code, text: (out.stdout + out.stderr).trim(), timedOut: out.timedOut };
   } catch (e) {
     return { code: 127, text: `cannot run ${program}: ${(e as Error).message}` };
   }
@@ -88,6 +100,8 @@ export interface ConfigureReply {
   ok: boolean;
   /** The control socket could not be reached (BIRD not running). */
   unreachable: boolean;
+  /** birdc was killed waiting for BIRD (busy or stopped): BIRD judged nothing. */
+  timedOut: boolean;
   /** The meaningful lines (banner and "Reading configuration" dropped). */
   message: string;
 }
@@ -100,13 +114,18 @@ const SUCCESS_REPLIES = [
 ];
 
 /** Judges birdc's output and exit code for `configure` and `configure check`. */
-export function parseConfigureReply(code: number, text: string): ConfigureReply {
+export function parseConfigureReply(
+  code: number,
+  text: string,
+  timedOut = false,
+): ConfigureReply {
   const message = text.split("\n")
     .filter((l) => !/^BIRD [\d.]+ ready\.$/.test(l) && !/^Reading configuration from /.test(l))
     .join("\n").trim();
   const unreachable = /Unable to connect to server control socket/.test(text);
-  const ok = code === 0 && !unreachable && SUCCESS_REPLIES.some((re) => re.test(message));
-  return { ok, unreachable, message: message || `birdc exited with ${code}` };
+  const ok = code === 0 && !unreachable && !timedOut &&
+    SUCCESS_REPLIES.some((re) => re.test(message));
+  return { ok, unreachable, timedOut, message: message || `birdc exited with ${code}` };
 }
 
 function quoted(path: string): string {
@@ -116,8 +135,9 @@ function quoted(path: string): string {
 
 /** Applies configs to one BIRD; see the module doc. */
 export class BirdControl {
-  readonly #o: Required<Omit<BirdControlOptions, "log">>;
+  readonly #o: Required<Omit<BirdControlOptions, "log" | "onAttempt">>;
   readonly #log: (fields: Record<string, unknown>) => void;
+  readonly #onAttempt: (status: BirdReloadStatus) => void;
   /** The text BIRD accepted last (undefined until the first success). */
   #accepted?: string;
   /** The newest text asked for. */
@@ -137,9 +157,12 @@ export class BirdControl {
       coalesceMs: 50,
       retryMs: 2_000,
       commandTimeoutMs: 10_000,
-      ...options,
-    };
+      // An option passed as undefined (NodeRouting forwards unset ones) keeps its default: a
+      // retryMs of undefined would be a retry loop without pause.
+      ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)),
+    } as Required<Omit<BirdControlOptions, "log" | "onAttempt">>;
     this.#log = options.log ?? (() => {});
+    this.#onAttempt = options.onAttempt ?? (() => {});
   }
 
   /**
@@ -192,6 +215,11 @@ export class BirdControl {
       this.#pending = false;
       const waiters = this.#waiters.splice(0);
       await this.#apply(this.#wanted!).catch((e) => this.#failed(e));
+      try {
+        this.#onAttempt({ ...this.status });
+      } catch (e) {
+        this.#log({ level: "error", msg: "bird reload hook failed", error: String(e) });
+      }
       for (const w of waiters) w({ ...this.status });
     }
   }
@@ -208,6 +236,10 @@ export class BirdControl {
     // The config may carry BGP passwords: readable by root only.
     await Deno.writeTextFile(candidate, text, { mode: 0o600 });
     const check = await this.#birdc(["configure", "check", quoted(candidate)]);
+    if (check.timedOut) {
+      this.#timedOut("configure check");
+      return;
+    }
     if (check.unreachable) {
       await this.#applyOffline(candidate, check.message);
       return;
@@ -218,6 +250,12 @@ export class BirdControl {
     }
     await Deno.rename(candidate, configPath);
     const reply = await this.#birdc(["configure", quoted(configPath)]);
+    if (reply.timedOut) {
+      // The file is the checked candidate; BIRD may or may not read it once it wakes up, so
+      // only a retry that BIRD answers says which config runs.
+      this.#timedOut("configure");
+      return;
+    }
     const now = new Date().toISOString();
     this.status.lastAttempt = now;
     if (reply.ok) {
@@ -245,6 +283,10 @@ export class BirdControl {
       ["-p", "-c", candidate],
       this.#o.commandTimeoutMs,
     );
+    if (parsed.timedOut) {
+      this.#timedOut("bird -p");
+      return;
+    }
     if (parsed.code !== 0) {
       await this.#reject(candidate, parsed.text || `bird -p exited with ${parsed.code}`);
       return;
@@ -280,9 +322,23 @@ export class BirdControl {
    */
   #failed(e: unknown): void {
     this.status.lastAttempt = new Date().toISOString();
-    this.status.result = "rejected";
-    this.status.error = `cannot apply ${this.#o.configPath}: ${(e as Error)?.message ?? e}`;
+    this.status.result = "failed";
+    this.status.error = `cannot apply ${this.#o.configPath}: ${(e as Error)?.message ?? e}; ` +
+      `retrying every ${this.#o.retryMs} ms`;
     this.#log({ level: "error", msg: "bird config not applied", error: this.status.error });
+    this.#retry();
+  }
+
+  /**
+   * BIRD took the connection but did not answer in time (busy, or stopped): it judged nothing,
+   * so this is no rejection. Reported and retried until BIRD answers.
+   */
+  #timedOut(step: string): void {
+    this.status.lastAttempt = new Date().toISOString();
+    this.status.result = "failed";
+    this.status.error = `BIRD did not answer '${step}' within ${this.#o.commandTimeoutMs} ms ` +
+      `(busy or stopped); retrying every ${this.#o.retryMs} ms`;
+    this.#log({ level: "warn", msg: "bird reload timed out", error: this.status.error });
     this.#retry();
   }
 
@@ -303,7 +359,7 @@ export class BirdControl {
       ["-s", this.#o.socketPath, ...command],
       this.#o.commandTimeoutMs,
     );
-    return parseConfigureReply(out.code, out.text);
+    return parseConfigureReply(out.code, out.text, out.timedOut);
   }
 }
 

@@ -4,7 +4,12 @@
  */
 
 import assert from "node:assert/strict";
-import { BirdControl, parseConfigureReply, parseShowProtocols } from "./control.ts";
+import {
+  BirdControl,
+  type BirdReloadStatus,
+  parseConfigureReply,
+  parseShowProtocols,
+} from "./control.ts";
 import { renderBirdConfig } from "./config.ts";
 import { ROOT_ONLY } from "../tests/helpers/exec.ts";
 import { TestNamespace } from "../tests/helpers/netns.ts";
@@ -59,7 +64,12 @@ Deno.test("parseConfigureReply: success, syntax error, unreachable", () => {
     0,
     "BIRD 2.0.12 ready.\nReading configuration from /x\nReconfigured",
   );
-  assert.deepEqual(ok, { ok: true, unreachable: false, message: "Reconfigured" });
+  assert.deepEqual(ok, {
+    ok: true,
+    unreachable: false,
+    timedOut: false,
+    message: "Reconfigured",
+  });
   const bad = parseConfigureReply(
     1,
     "BIRD 2.0.12 ready.\nReading configuration from /x\n/x:2:19 syntax error, unexpected '}'",
@@ -72,6 +82,10 @@ Deno.test("parseConfigureReply: success, syntax error, unreachable", () => {
   );
   assert.equal(down.unreachable, true);
   assert.equal(down.ok, false);
+  // birdc killed while BIRD was busy: not a verdict on the config.
+  const slow = parseConfigureReply(143, "BIRD 2.0.12 ready.\n[timed out after 10000 ms]", true);
+  assert.equal(slow.ok, false);
+  assert.equal(slow.timedOut, true);
 });
 
 function config(cidr6: string): string {
@@ -166,4 +180,68 @@ Deno.test("BirdControl: a config file it cannot write is a reported failure, not
     await control.close();
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test({
+  name: "BirdControl: a reload BIRD does not answer in time is failed and retried until it runs",
+  ...ROOT_ONLY,
+  async fn() {
+    await using ns = await TestNamespace.create("flk-birdslow");
+    await using bird = await BirdDaemon.start(ns, { config: bootstrapBirdConfig("10.9.9.9") });
+    const attempts: BirdReloadStatus[] = [];
+    const control = new BirdControl({
+      configPath: bird.configPath,
+      socketPath: bird.socketPath,
+      birdcPath: birdcPath(),
+      birdPath: birdPath(),
+      coalesceMs: 10,
+      commandTimeoutMs: 500,
+      retryMs: 200,
+      onAttempt: (s) => attempts.push(s),
+    });
+    // A session to a ToR: visible in `show protocols` once BIRD runs this config.
+    const withPeer = renderBirdConfig({
+      routerId: "10.9.9.9",
+      cidrs: ["fd00:2::/64"],
+      anycastCIDRs: [],
+      routeProtocol: 201,
+      asn: 64512,
+      peers: [{ address: "fd00:9::1", asn: 65000 }],
+    });
+    try {
+      assert.equal((await control.update(config("fd00:1::/64"))).result, "ok");
+
+      // BIRD stopped (as a BIRD busy for longer than the bound): birdc gets no answer.
+      bird.signal("SIGSTOP");
+      try {
+        const s = await control.update(withPeer);
+        assert.equal(s.result, "failed", "a timeout is no rejection");
+        assert.match(s.error ?? "", /did not answer 'configure check' within 500 ms/);
+        assert.match(s.error ?? "", /retrying/);
+        await assert.rejects(Deno.stat(`${bird.configPath}.rejected`), Deno.errors.NotFound);
+        // Retried while BIRD stays stopped, reported as failed each time.
+        const deadline = Date.now() + 10_000;
+        while (attempts.length < 4 && Date.now() < deadline) {
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        assert.ok(attempts.length >= 4, `retries: ${JSON.stringify(attempts)}`);
+        assert.ok(attempts.slice(1).every((a) => a.result === "failed"));
+      } finally {
+        bird.signal("SIGCONT");
+      }
+
+      // BIRD back: the retry applies the config without any further update().
+      const deadline = Date.now() + 15_000;
+      while (control.status.result !== "ok" && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.equal(control.status.result, "ok", JSON.stringify(control.status));
+      assert.equal(control.status.error, undefined);
+      assert.equal(attempts.at(-1)?.result, "ok", "the retry's outcome is reported");
+      assert.match(await Deno.readTextFile(bird.configPath), /fd00:9::1/);
+      assert.match((await bird.birdc(["show", "protocols"])).stdout, /^peer_\S+\s+BGP/m);
+    } finally {
+      await control.close();
+    }
+  },
 });

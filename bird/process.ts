@@ -166,6 +166,14 @@ export class BirdProcess {
     await this.#wait(10_000);
   }
 
+  /**
+   * Sends `signal` to bird without waiting for anything (tests pause BIRD with SIGSTOP and
+   * resume it with SIGCONT). Does nothing when bird is not running.
+   */
+  signal(signal: Deno.Signal): void {
+    if (this.running) this.#child?.kill(signal);
+  }
+
   /** Sends `signal` to bird and waits (bounded, then SIGKILL) for it to exit. */
   async kill(signal: Deno.Signal = "SIGTERM"): Promise<void> {
     if (this.running) {

@@ -99,6 +99,11 @@ export class BirdDaemon implements AsyncDisposable {
     return this.process.kill(signal);
   }
 
+  /** Sends `signal` to bird and returns at once (SIGSTOP pauses it, SIGCONT resumes it). */
+  signal(signal: Deno.Signal): void {
+    this.process.signal(signal);
+  }
+
   /** BIRD's log so far. */
   log(): Promise<string> {
     return this.process.log();
