@@ -301,6 +301,8 @@ function session(
     }
     lines.push(`  multihop ${peer.multihop};`);
   } else if (peer.asn === input.asn) {
+    // A mesh peer in another subnet never comes up (BIRD waits for it as Idle); multihop alone
+    // would not do either, learned next hops would not resolve: docs/cluster-mode.md "Limit".
     lines.push(`  direct;  # an iBGP neighbour on the shared segment`);
   }
   if (peer.password !== undefined) {
