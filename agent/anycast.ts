@@ -221,9 +221,14 @@ export class AnycastRoutes {
       }
     }
     for (const text of held) {
-      const address = parseIP(text);
-      const current = routes.get(formatPrefix(hostPrefix(address))) ?? [];
-      this.#converge(address, this.#store.listAnycastHolders(text), current, report);
+      // One address the kernel refuses must not leave the others unbuilt (or stop a start).
+      try {
+        const address = parseIP(text);
+        const current = routes.get(formatPrefix(hostPrefix(address))) ?? [];
+        this.#converge(address, this.#store.listAnycastHolders(text), current, report);
+      } catch (e) {
+        report.problems.push(`anycast ${text}: route not rebuilt: ${(e as Error).message}`);
+      }
     }
     return { ...report, held };
   }
@@ -318,7 +323,14 @@ export class AnycastRoutes {
     const text = formatIP(address);
     const paths: AnycastPath[] = [];
     for (const h of holders) {
-      const oif = this.#resolve(h.hostIface);
+      let oif: number | undefined;
+      try {
+        oif = this.#resolve(h.hostIface);
+      } catch (e) {
+        // A record naming no possible link (a bad host interface name) costs only its own path.
+        problems.push(`anycast ${text}: ${h.containerId} left out: ${(e as Error).message}`);
+        continue;
+      }
       if (oif === undefined) {
         problems.push(`anycast ${text}: ${h.containerId} left out, ${h.hostIface} is missing`);
         continue;

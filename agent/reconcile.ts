@@ -19,15 +19,16 @@ import {
   deleteRoute,
   formatIP,
   formatPrefix,
-  getLinkByName,
   type IP,
   ipEqual,
+  type Link,
   listLinks,
   listRoutes,
   parseIP,
+  RT_TABLE_MAIN,
 } from "../netlink/mod.ts";
 import { type Datapath, FLOCK_ROUTE_PROTOCOL, GATEWAY4, isFlockIfaceName } from "./datapath.ts";
-import type { Store } from "./store.ts";
+import type { Attachment, Store } from "./store.ts";
 import { type AddressPool, unusableReason } from "./ipam.ts";
 import type { AnycastRoutes } from "./anycast.ts";
 
@@ -79,35 +80,41 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
 
   const now = (d.now ?? Date.now)();
   for (const rec of [...d.store.listByState("pending"), ...d.store.listByState("releasing")]) {
-    d.datapath.teardown(rec.containerId, {
-      ipv6: rec.ipv6 ? parseIP(rec.ipv6) : undefined,
-      ipv4: rec.ipv4 ? parseIP(rec.ipv4) : undefined,
-      hostIface: rec.hostIface,
-    });
-    // A pending pod never got its addresses; a releasing one did, so they cool down.
-    const used = rec.state === "releasing" ? [rec.ipv6, rec.ipv4] : [];
-    d.store.finishRelease(rec.containerId, rec.ifname, used.filter((ip) => ip !== undefined), now);
-    report.released++;
+    try {
+      releaseLeftover(d, rec, now);
+      report.released++;
+    } catch (e) {
+      // One bad record must not stop the agent (a crash loop): it stays as it is, its addresses
+      // held, for a retried ADD or DEL, the stuck-release sweep or the next start.
+      report.problems.push(
+        `${rec.containerId}: cannot release the ${rec.state} attachment: ${(e as Error).message}`,
+      );
+      restoreAddresses(d, rec, new Set(), report);
+    }
   }
+
+  // One dump each of links and flock routes, taken once the leftovers are gone: enough to find
+  // the committed pods whose datapath lost something, and the orphans.
+  const links = new Map(listLinks(node).map((l) => [l.name, l]));
+  const routes = ([AF_INET6, AF_INET] as const).flatMap((family) =>
+    listRoutes(node, { family, protocol: FLOCK_ROUTE_PROTOCOL })
+  );
+  const hostRoutes = new Set(
+    routes.filter((r) => r.table === RT_TABLE_MAIN && r.oif !== undefined)
+      .map((r) => hostRouteKey(formatIP(r.dst.ip), r.dst.len, r.oif!)),
+  );
 
   const committed = d.store.listByState("committed");
   /** Addresses of committed pods, canonical text (a set: one lookup per route, not per pod). */
   const held = new Set<string>();
+  /** Anycast addresses of committed pods: their routes are the anycast sync's to keep. */
+  const anycastHeld = new Set(committed.flatMap((r) => r.anycast));
   for (const rec of committed) {
-    for (const text of [rec.ipv6, rec.ipv4]) {
-      if (!text) continue;
-      const ip = parseIP(text);
-      held.add(formatIP(ip));
-      const pool = poolFor(ip, d);
-      try {
-        pool?.reserve(ip);
-      } catch (e) {
-        report.problems.push(`${rec.containerId}: cannot restore ${text}: ${(e as Error).message}`);
-      }
-    }
+    restoreAddresses(d, rec, held, report);
     report.restored++;
-    if (!getLinkByName(node, rec.hostIface) && netnsExists(rec.netns)) {
-      try {
+    try {
+      const missing = missingHostState(rec, links, hostRoutes);
+      if (missing && netnsExists(rec.netns)) {
         d.datapath.setup({
           containerId: rec.containerId,
           hostIface: rec.hostIface,
@@ -119,9 +126,9 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
           mtu: d.mtu,
         });
         report.repaired++;
-      } catch (e) {
-        report.problems.push(`${rec.containerId}: repair failed: ${(e as Error).message}`);
       }
+    } catch (e) {
+      report.problems.push(`${rec.containerId}: repair failed: ${(e as Error).message}`);
     }
   }
 
@@ -137,30 +144,98 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
   d.store.pruneReleases(now - d.cooldownMs);
 
   const known = new Set(committed.map((r) => r.hostIface));
-  for (const link of listLinks(node)) {
-    if (isFlockIfaceName(link.name) && !known.has(link.name)) {
-      deleteLink(node, link.index);
-      report.orphanLinks++;
+  // A repair may have remade a veth (a new index): look again rather than trust the dump.
+  const linksNow = report.repaired ? listLinks(node) : links.values();
+  for (const link of linksNow) {
+    if (!isFlockIfaceName(link.name) || known.has(link.name)) continue;
+    try {
+      if (deleteLink(node, link.index)) report.orphanLinks++;
+    } catch (e) {
+      report.problems.push(`cannot remove orphan link ${link.name}: ${(e as Error).message}`);
     }
   }
-  const anycast = d.anycast?.syncAll();
-  if (anycast) {
-    report.anycastChanged = anycast.changed.length;
-    report.problems.push(...anycast.problems);
+  try {
+    const anycast = d.anycast?.syncAll();
+    if (anycast) {
+      report.anycastChanged = anycast.changed.length;
+      report.problems.push(...anycast.problems);
+    }
+  } catch (e) {
+    report.problems.push(`anycast routes not rebuilt: ${(e as Error).message}`);
   }
-  for (const family of [AF_INET6, AF_INET] as const) {
-    for (const r of listRoutes(node, { family, protocol: FLOCK_ROUTE_PROTOCOL })) {
-      if (r.dst.len === 32 && ipEqual(r.dst.ip, GATEWAY4)) continue;
-      if (d.keepRoute?.(r.dst)) continue;
-      const full = r.dst.len === (family === AF_INET ? 32 : 128);
-      const dstText = formatIP(r.dst.ip);
-      if (full && (held.has(dstText) || anycast?.held.has(dstText))) continue;
-      deleteRoute(node, r);
+  // The dump from before the repairs still names every orphan: repairs and the anycast sync
+  // touch only held addresses' routes, and a route that went with an orphan link is skipped.
+  for (const r of routes) {
+    const family = r.dst.ip.family;
+    if (r.dst.len === 32 && ipEqual(r.dst.ip, GATEWAY4)) continue;
+    if (d.keepRoute?.(r.dst)) continue;
+    const full = r.dst.len === (family === AF_INET ? 32 : 128);
+    const dstText = formatIP(r.dst.ip);
+    if (full && (held.has(dstText) || (d.anycast && anycastHeld.has(dstText)))) continue;
+    try {
+      if (!deleteRoute(node, r)) continue;
       report.orphanRoutes++;
       report.problems.push(`removed orphan route ${formatPrefix(r.dst)}`);
+    } catch (e) {
+      report.problems.push(
+        `cannot remove orphan route ${formatPrefix(r.dst)}: ${(e as Error).message}`,
+      );
     }
   }
   return report;
+}
+
+/** Tears down a pending or releasing record's datapath and removes the record. */
+function releaseLeftover(d: ReconcileDeps, rec: Attachment, now: number): void {
+  d.datapath.teardown(rec.containerId, {
+    ipv6: rec.ipv6 ? parseIP(rec.ipv6) : undefined,
+    ipv4: rec.ipv4 ? parseIP(rec.ipv4) : undefined,
+    hostIface: rec.hostIface,
+  });
+  // A pending pod never got its addresses; a releasing one did, so they cool down.
+  const used = rec.state === "releasing" ? [rec.ipv6, rec.ipv4] : [];
+  d.store.finishRelease(rec.containerId, rec.ifname, used.filter((ip) => ip !== undefined), now);
+}
+
+/** Takes the record's addresses back into IPAM and adds them to `held`, each on its own. */
+function restoreAddresses(
+  d: ReconcileDeps,
+  rec: Attachment,
+  held: Set<string>,
+  report: ReconcileReport,
+): void {
+  for (const text of [rec.ipv6, rec.ipv4]) {
+    if (!text) continue;
+    try {
+      const ip = parseIP(text);
+      held.add(formatIP(ip));
+      poolFor(ip, d)?.reserve(ip);
+    } catch (e) {
+      report.problems.push(`${rec.containerId}: cannot restore ${text}: ${(e as Error).message}`);
+    }
+  }
+}
+
+function hostRouteKey(ip: string, len: number, oif: number): string {
+  return `${ip}/${len}%${oif}`;
+}
+
+/**
+ * Whether a committed pod's node side lost something a restart must put back: its host veth
+ * (deleted), the link being up, or a /128 or /32 host route through it (`ip route del`, or a
+ * down and up of the veth, which drops its routes). Looked up in the start-up dumps, so a
+ * node whose pods are whole costs no request per pod.
+ */
+function missingHostState(rec: Attachment, links: Map<string, Link>, routes: Set<string>): boolean {
+  const link = links.get(rec.hostIface);
+  if (!link?.up) return true;
+  for (const text of [rec.ipv6, rec.ipv4]) {
+    if (!text) continue;
+    const ip = parseIP(text);
+    const len = ip.family === AF_INET6 ? 128 : 32;
+    if (!routes.has(hostRouteKey(formatIP(ip), len, link.index))) return true;
+  }
+  return false;
 }
 
 function netnsExists(path: string): boolean {
