@@ -2,14 +2,18 @@
  * Start-up reconciliation: make the node's kernel state and the store agree
  * before the agent serves a single request (BRIEF §3).
  *
- * - committed records go back into IPAM, and their datapath is repaired when
- *   their namespace still exists;
+ * - committed records go back into IPAM, and their datapath is set up again when their host
+ *   veth is missing or down or one of their host routes is missing, and their namespace still
+ *   exists (whole pods cost no request);
  * - pending records (an ADD that died half-way) are torn down and released;
  * - releasing records (a DEL that answered but died before the veth was gone) are torn down
  *   and released, their addresses cooling down like any other release;
  * - flock-named links and flock-tagged routes that no record explains are removed;
  * - anycast routes are rebuilt from the committed records (after the orphan links went, since
  *   deleting a link can take a whole IPv4 multipath route with it).
+ *
+ * A record that cannot be handled (its teardown or repair throws) goes into the report's
+ * `problems` and the rest goes on: one bad record must not keep the agent from starting.
  */
 
 import {
