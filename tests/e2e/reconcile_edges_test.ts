@@ -9,7 +9,7 @@ import { FlockNode, ping, TestNamespace } from "../helpers/flock.ts";
 import { ROOT_ONLY, run } from "../helpers/exec.ts";
 import { join } from "node:path";
 import { flockExecutable } from "../helpers/flock.ts";
-import { addLivePod, assertNodeHolds, resultIps, storeRecords } from "../helpers/node_state.ts";
+import { addLivePod, assertNodeHolds, storeRecords } from "../helpers/node_state.ts";
 
 /** The MTU `ip link` shows for `ifname` in `ns`. */
 async function mtuOf(ns: TestNamespace, ifname: string): Promise<number> {
@@ -31,17 +31,9 @@ Deno.test({
     });
     await using nsA = await TestNamespace.create("flk-rea");
     await using nsB = await TestNamespace.create("flk-reb");
-    const a = await node.cni("ADD", {
-      containerId: "re-a",
-      netns: nsA.path,
-      extraConfig: {
-        runtimeConfig: {
-          "io.kubernetes.cri.pod-annotations": { "flock.fritzlab.net/anycast": "fd00:e1ff::7" },
-        },
-      },
+    const podA = await addLivePod(node, "re-a", nsA.path, {
+      "flock.fritzlab.net/anycast": "fd00:e1ff::7",
     });
-    assert.equal(a.code, 0, a.stdout);
-    const podA = { containerId: "re-a", ips: resultIps(a.json) };
     const podB = await addLivePod(node, "re-b", nsB.path);
     const hostA = storeRecords(node).find((r) => r.containerId === "re-a")!.hostIface;
     assert.equal(await mtuOf(node.ns, hostA), 1400);

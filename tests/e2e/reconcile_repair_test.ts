@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { FlockNode, ping, TestNamespace } from "../helpers/flock.ts";
 import { ROOT_ONLY } from "../helpers/exec.ts";
-import { addLivePod, assertNodeHolds, resultIps, storeRecords } from "../helpers/node_state.ts";
+import { addLivePod, assertNodeHolds, storeRecords } from "../helpers/node_state.ts";
 import { flockStatusJson } from "../helpers/status_probe.ts";
 import { Store } from "../../agent/store.ts";
 
@@ -79,17 +79,9 @@ Deno.test({
     await using nsA = await TestNamespace.create("flk-rpa");
     await using nsB = await TestNamespace.create("flk-rpb");
     await using nsBad = await TestNamespace.create("flk-rpx");
-    const a = await node.cni("ADD", {
-      containerId: "rp-a",
-      netns: nsA.path,
-      extraConfig: {
-        runtimeConfig: {
-          "io.kubernetes.cri.pod-annotations": { "flock.fritzlab.net/anycast": "fd00:e5ff::7" },
-        },
-      },
+    const podA = await addLivePod(node, "rp-a", nsA.path, {
+      "flock.fritzlab.net/anycast": "fd00:e5ff::7",
     });
-    assert.equal(a.code, 0, a.stdout);
-    const podA = { containerId: "rp-a", ips: resultIps(a.json) };
     const podB = await addLivePod(node, "rp-b", nsB.path);
     const hostA = hostOf(node, "rp-a");
 

@@ -60,13 +60,19 @@ export function resultIps(json: { ips?: { address: string }[] }): string[] {
   return (json?.ips ?? []).map((i) => i.address.split("/")[0]);
 }
 
-/** ADDs `containerId` into `netns` through the plugin, asserts it succeeded, and tracks it. */
+/**
+ * ADDs `containerId` into `netns` through the plugin, asserts it succeeded, and tracks it.
+ * `annotations` reach the agent as the runtime passes them (`io.kubernetes.cri.pod-annotations`).
+ */
 export async function addLivePod(
   node: FlockNode,
   containerId: string,
   netns: string,
+  annotations?: Record<string, string>,
 ): Promise<LivePod> {
-  const r = await node.cni("ADD", { containerId, netns });
+  const extraConfig = annotations &&
+    { runtimeConfig: { "io.kubernetes.cri.pod-annotations": annotations } };
+  const r = await node.cni("ADD", { containerId, netns, extraConfig });
   assert.equal(r.code, 0, r.stdout);
   return { containerId, ips: resultIps(r.json) };
 }
