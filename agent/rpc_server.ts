@@ -131,7 +131,15 @@ export class RpcServer {
     // then private, so the socket is never reachable through a looser directory of ours.
     if (!(await exists(dir))) await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
     await removeStaleSocket(path);
-    this.#listener = Deno.listen({ transport: "unix", path });
+    // bind() creates the socket with 0777 & ~umask and it accepts connections at once: with a
+    // lax umask anyone could connect before the chmod (and stay connected after it). The umask
+    // is set only around this synchronous call, so no other file of the process is affected.
+    const umask = Deno.umask(0o177);
+    try {
+      this.#listener = Deno.listen({ transport: "unix", path });
+    } finally {
+      Deno.umask(umask);
+    }
     await Deno.chmod(path, 0o600);
     this.#socketIno = (await Deno.lstat(path)).ino;
     this.#acceptLoop = this.#accept(this.#listener);

@@ -92,6 +92,40 @@ Deno.test("RpcServer: an existing directory keeps its mode", async () => {
   await Deno.remove(dir, { recursive: true });
 });
 
+Deno.test("RpcServer: the socket is 0600 from the moment it listens, whatever the umask", async () => {
+  // A connection made before a later chmod stays open after it: the socket must never be
+  // connectable by others, not even between listen and chmod (a DaemonSet may run umask 0).
+  const dir = await Deno.makeTempDir({ prefix: "flock-rpc-" });
+  await Deno.chmod(dir, 0o755);
+  const path = `${dir}/flock.sock`;
+  const listen = Deno.listen;
+  let modeWhenListening: number | undefined;
+  const previousUmask = Deno.umask(0);
+  // deno-lint-ignore no-explicit-any
+  (Deno as any).listen = (opts: Deno.UnixListenOptions & { transport: "unix" }) => {
+    const listener = listen(opts);
+    modeWhenListening = Deno.lstatSync(opts.path).mode! & 0o777;
+    return listener;
+  };
+  const server = new RpcServer({ path, handler: okHandler });
+  try {
+    await server.start();
+  } finally {
+    // deno-lint-ignore no-explicit-any
+    (Deno as any).listen = listen;
+    Deno.umask(previousUmask);
+  }
+  try {
+    assert.equal(modeWhenListening, 0o600);
+    assert.equal((await Deno.lstat(path)).mode! & 0o777, 0o600);
+    assert.equal(Deno.umask(previousUmask), previousUmask, "the process umask is restored");
+    assert.deepEqual(await call(path, request("STATUS")), { ok: true });
+  } finally {
+    await server.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("RpcServer: replaces a stale socket, refuses a live one or a regular file", async () => {
   const dir = await Deno.makeTempDir({ prefix: "flock-rpc-" });
   const path = `${dir}/flock.sock`;
