@@ -144,6 +144,9 @@ export class PodHandler {
     if (existing) {
       // A retry: converge the datapath for the addresses already held.
       const links = datapath.setup(this.#podNetwork(req, existing));
+      // Retried with a new sandbox netns: setup moved the pod there, and the start-up repair,
+      // DEL's wait for the veth and every later step must look there, not in the old one.
+      if (existing.netns !== req.netns) store.setNetns(req.containerId, req.ifname, req.netns);
       if (existing.state === "pending") store.commit(req.containerId, req.ifname);
       this.deps.anycast?.sync(existing.anycast);
       return this.#result(req, existing, links);

@@ -406,6 +406,16 @@ export class Store {
   }
 
   /**
+   * Records the netns an attachment's pod interface now lives in (an ADD retried by the runtime
+   * with a new sandbox netns moved it there); false if there is no such attachment.
+   */
+  setNetns(containerId: string, ifname: string, netns: string): boolean {
+    return this.#transaction(() =>
+      Number(this.#stmts.setNetns.run(netns, containerId, ifname).changes) > 0
+    );
+  }
+
+  /**
    * Marks a committed attachment `releasing` (DEL took it off the network; its veth is still
    * being deleted). False if there is no such committed attachment.
    */
@@ -530,6 +540,7 @@ function prepareAll(db: DatabaseSync) {
         WHERE container_id = ? AND ifname = ? AND state = 'pending'`,
     ),
     delete: p("DELETE FROM attachment WHERE container_id = ? AND ifname = ?"),
+    setNetns: p("UPDATE attachment SET netns = ? WHERE container_id = ? AND ifname = ?"),
     markReleasing: p(
       `UPDATE attachment SET releasing_at = ?
         WHERE container_id = ? AND ifname = ? AND state = 'committed'`,
