@@ -34,6 +34,7 @@ import {
   isNotFound,
   listRoutes,
   lookupRoute,
+  NetlinkError,
   type NextHop,
   parseIP,
   replaceRoute,
@@ -44,6 +45,9 @@ import {
 } from "../netlink/mod.ts";
 import { FLOCK_ROUTE_PROTOCOL } from "./datapath.ts";
 import type { AnycastHolder, Attachment, Store } from "./store.ts";
+
+/** EMSGSIZE: the kernel's answer did not fit in its message. */
+const EMSGSIZE = 90;
 
 /** RTNH_F_ONLINK: the gateway is on the link without any route saying so. */
 export const RTNH_F_ONLINK = 4;
@@ -312,10 +316,24 @@ export class AnycastRoutes {
 
   /** flock's route to exactly `address` in the main table, as the FIB has it (0 or 1 route). */
   #lookup(address: IP): Route[] {
-    const r = lookupRoute(this.#node, address);
+    let r: ReturnType<typeof lookupRoute>;
+    try {
+      r = lookupRoute(this.#node, address);
+    } catch (e) {
+      // The lookup's answer is one page: an ECMP route of more than ~130 IPv6 (~450 IPv4)
+      // paths does not fit (EMSGSIZE). A dump's messages are larger; it costs more, but only
+      // for such an address.
+      if (!(e instanceof NetlinkError && e.errno === EMSGSIZE)) throw e;
+      const dst = hostPrefix(address);
+      return listRoutes(this.#node, {
+        family: address.family,
+        protocol: FLOCK_ROUTE_PROTOCOL,
+        table: RT_TABLE_MAIN,
+      }).filter((x) => routeMatches(x, dst));
+    }
     const ours = r && r.protocol === FLOCK_ROUTE_PROTOCOL && r.table === RT_TABLE_MAIN &&
       routeMatches(r, hostPrefix(address));
-    return ours ? [r] : [];
+    return r && ours ? [r] : [];
   }
 
   /** The usable paths of these holders; the ones left out are explained in `problems`. */

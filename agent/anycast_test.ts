@@ -10,7 +10,16 @@ import {
 } from "./anycast.ts";
 import { Datapath, FLOCK_ROUTE_PROTOCOL, hostIfaceName } from "./datapath.ts";
 import { Store } from "./store.ts";
-import { formatPrefix, Handle, lookupRoute, parseIP, RT_SCOPE_LINK } from "../netlink/mod.ts";
+import {
+  AF_INET,
+  AF_INET6,
+  formatPrefix,
+  Handle,
+  listRoutes,
+  lookupRoute,
+  parseIP,
+  RT_SCOPE_LINK,
+} from "../netlink/mod.ts";
 import { ROOT_ONLY } from "../tests/helpers/exec.ts";
 import { TestNamespace } from "../tests/helpers/netns.ts";
 import type { IpRoute } from "../tests/helpers/iproute.ts";
@@ -318,5 +327,60 @@ Deno.test({
       assert.deepEqual(routes.map((r) => r.dev), [hostIfaceName("ctr-1")], a);
     }
     assert.deepEqual(f.routes.resync().changed, [], "a second round changes nothing");
+  },
+});
+
+Deno.test({
+  name: "AnycastRoutes: 200 holders of one address (more paths than a FIB lookup answer holds)",
+  ...ROOT_ONLY,
+  async fn() {
+    // A lookup's answer is one page (~3.7 KiB): an IPv6 route with more than ~130 paths does
+    // not fit in it (EMSGSIZE), which failed the ADD of every further holder, every CHECK and
+    // every resync round of the node.
+    const holders = 200;
+    await using node = await TestNamespace.create("flk-acmany");
+    const dir = await Deno.makeTempDir({ prefix: "flock-anycast-many-" });
+    const handle = Handle.forNetns(node.path);
+    const store = Store.open(join(dir, "state"));
+    const routes = new AnycastRoutes({ node: handle, store });
+    try {
+      // Host veths only (peers stay in the node namespace): a path needs nothing more.
+      const links = Array.from(
+        { length: holders },
+        (_, i) =>
+          `link add flkm${i} type veth peer name flkmp${i}\n` +
+          `link set flkmp${i} up\nlink set flkm${i} up\n`,
+      ).join("");
+      await Deno.writeTextFile(join(dir, "links"), links);
+      await node.ip(["-batch", join(dir, "links")]);
+      const any = ["fd00:ffff::77", "10.255.0.77"];
+      for (let i = 0; i < holders; i++) {
+        const containerId = `many-${i}`;
+        store.insertPending({
+          containerId,
+          ifname: "eth0",
+          netns: "/proc/self/ns/net",
+          hostIface: `flkm${i}`,
+          ipv6: `fd00:1::${(i + 16).toString(16)}`,
+          ipv4: `10.1.0.${i + 16}`,
+          anycast: any,
+        });
+        store.commit(containerId, "eth0");
+        routes.sync(any);
+      }
+      // `ip route` cannot show such a route (its dump buffer is too small): flock's dump can.
+      const pathsOf = (a: string) =>
+        listRoutes(handle, { family: a.includes(":") ? AF_INET6 : AF_INET, protocol: 201 })
+          .filter((r) => formatPrefix(r.dst).startsWith(a + "/")).map((r) => r.multipath?.length);
+      for (const a of any) assert.deepEqual(pathsOf(a), [holders], a);
+      assert.deepEqual(routes.check(store.get("many-0", "eth0")!), []);
+      assert.deepEqual(routes.resync(), { changed: [], problems: [] });
+      routes.sync(any, { without: { containerId: "many-0", ifname: "eth0" } });
+      for (const a of any) assert.deepEqual(pathsOf(a), [holders - 1], a);
+    } finally {
+      store.close();
+      handle.close();
+      await Deno.remove(dir, { recursive: true });
+    }
   },
 });
