@@ -32,9 +32,9 @@ import {
   hostPrefix,
   type IP,
   isNotFound,
+  isTooLarge,
   listRoutes,
   lookupRoute,
-  NetlinkError,
   type NextHop,
   parseIP,
   replaceRoute,
@@ -45,9 +45,6 @@ import {
 } from "../netlink/mod.ts";
 import { FLOCK_ROUTE_PROTOCOL } from "./datapath.ts";
 import type { AnycastHolder, Attachment, Store } from "./store.ts";
-
-/** EMSGSIZE: the kernel's answer did not fit in its message. */
-const EMSGSIZE = 90;
 
 /** RTNH_F_ONLINK: the gateway is on the link without any route saying so. */
 export const RTNH_F_ONLINK = 4;
@@ -323,7 +320,7 @@ export class AnycastRoutes {
       // The lookup's answer is one page: an ECMP route of more than ~130 IPv6 (~450 IPv4)
       // paths does not fit (EMSGSIZE). A dump's messages are larger; it costs more, but only
       // for such an address.
-      if (!(e instanceof NetlinkError && e.errno === EMSGSIZE)) throw e;
+      if (!isTooLarge(e)) throw e;
       const dst = hostPrefix(address);
       return listRoutes(this.#node, {
         family: address.family,

@@ -160,9 +160,7 @@ export function validatePodNetwork(pod: PodNetwork): void {
     throw new DatapathInputError(`ipv4 address ${formatIP(pod.ipv4)} is not an IPv4 address`);
   }
   if (!pod.ipv6 && !pod.ipv4) throw new DatapathInputError("the pod has no address");
-  if (pod.hostIface !== undefined && !isFlockIfaceName(pod.hostIface)) {
-    throw new DatapathInputError(`invalid host interface name ${JSON.stringify(pod.hostIface)}`);
-  }
+  hostIfaceOf(pod.containerId, pod);
   for (const ip of pod.anycast ?? []) {
     // The pod answers anycast traffic over its default route, which needs an address of that family.
     if (!(ip.family === AF_INET6 ? pod.ipv6 : pod.ipv4)) {
@@ -296,7 +294,7 @@ export class Datapath {
 
   /** Finds or makes the veth pair; repairs a peer left on the node. */
   #ensurePair(pod: PodNetwork, podNs: Handle): { host: Link; peer: Link; created: boolean } {
-    const name = pod.hostIface ?? hostIfaceName(pod.containerId);
+    const name = hostIfaceOf(pod.containerId, pod);
     // A new pod, nearly every call: create at once. An existing name (a retry, a crash's
     // leftovers, a foreign interface in the pod) fails it and takes the careful path below.
     const made = this.#createPair(pod, podNs, name);
@@ -493,7 +491,7 @@ export class Datapath {
   check(pod: PodNetwork): string[] {
     validatePodNetwork(pod);
     const problems: string[] = [];
-    const name = pod.hostIface ?? hostIfaceName(pod.containerId);
+    const name = hostIfaceOf(pod.containerId, pod);
     const host = getLinkByName(this.node, name);
     if (!host) return [`host interface ${name} is missing`];
     if (host.kind !== "veth") problems.push(`host interface ${name} is a ${host.kind}, not a veth`);

@@ -502,14 +502,14 @@ export class PodHandler {
         error: String(error),
       });
     }
+    const described = failures.map(({ rec, error }) =>
+      `${rec.containerId}/${rec.ifname}: ${errorMessage(error)}`
+    );
     throw new CniError(
       CniCode.tryAgainLater,
       `GC released ${stale.length - failures.length} of ${stale.length} attachments; ` +
-        `${failures[0].rec.containerId}/${failures[0].rec.ifname}: ${
-          errorMessage(failures[0].error)
-        }`,
-      failures.map(({ rec, error }) => `${rec.containerId}/${rec.ifname}: ${errorMessage(error)}`)
-        .join("; "),
+        described[0],
+      described.join("; "),
     );
   }
 }

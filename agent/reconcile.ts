@@ -23,6 +23,7 @@ import {
   deleteRoute,
   formatIP,
   formatPrefix,
+  hostPrefix,
   type IP,
   ipEqual,
   type Link,
@@ -170,10 +171,9 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
   // The dump from before the repairs still names every orphan: repairs and the anycast sync
   // touch only held addresses' routes, and a route that went with an orphan link is skipped.
   for (const r of routes) {
-    const family = r.dst.ip.family;
     if (r.dst.len === 32 && ipEqual(r.dst.ip, GATEWAY4)) continue;
     if (d.keepRoute?.(r.dst)) continue;
-    const full = r.dst.len === (family === AF_INET ? 32 : 128);
+    const full = r.dst.len === hostPrefix(r.dst.ip).len;
     const dstText = formatIP(r.dst.ip);
     if (full && (held.has(dstText) || (d.anycast && anycastHeld.has(dstText)))) continue;
     try {
@@ -235,8 +235,7 @@ function missingHostState(rec: Attachment, links: Map<string, Link>, routes: Set
   if (!link?.up) return true;
   for (const text of [rec.ipv6, rec.ipv4]) {
     if (!text) continue;
-    const ip = parseIP(text);
-    const len = ip.family === AF_INET6 ? 128 : 32;
+    const { ip, len } = hostPrefix(parseIP(text));
     if (!routes.has(hostRouteKey(formatIP(ip), len, link.index))) return true;
   }
   return false;

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { birdInputFor, NodeRouting, reloadSummary, routerIdFor } from "./routing.ts";
 import { ConfigError, parseNodeConfig } from "./config.ts";
 import { ROOT_ONLY, run } from "../tests/helpers/exec.ts";
-import { birdcPath, birdPath, hasTool } from "../tests/helpers/tools.ts";
+import { birdPath, hasTool } from "../tests/helpers/tools.ts";
 import { TestNamespace } from "../tests/helpers/netns.ts";
 import { BirdDaemon, bootstrapBirdConfig } from "../tests/helpers/bird.ts";
 import { Handle } from "../netlink/mod.ts";
@@ -200,10 +200,7 @@ Deno.test({
       handle,
       nodeName: "node-1",
       bird: {
-        configPath: bird.configPath,
-        socketPath: bird.socketPath,
-        birdcPath: birdcPath(),
-        birdPath: birdPath(),
+        ...bird.controlOptions(),
         coalesceMs: 10,
         commandTimeoutMs: 500,
         retryMs: 200,

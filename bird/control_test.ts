@@ -14,7 +14,6 @@ import { renderBirdConfig } from "./config.ts";
 import { ROOT_ONLY } from "../tests/helpers/exec.ts";
 import { TestNamespace } from "../tests/helpers/netns.ts";
 import { BirdDaemon, bootstrapBirdConfig } from "../tests/helpers/bird.ts";
-import { birdcPath, birdPath } from "../tests/helpers/tools.ts";
 
 const SHOW_PROTOCOLS_ALL = `BIRD 2.0.12 ready.
 Name       Proto      Table      State  Since         Info
@@ -104,10 +103,7 @@ Deno.test({
     await using ns = await TestNamespace.create("flk-birdctl");
     await using bird = await BirdDaemon.start(ns, { config: bootstrapBirdConfig("10.9.9.9") });
     const control = new BirdControl({
-      configPath: bird.configPath,
-      socketPath: bird.socketPath,
-      birdcPath: birdcPath(),
-      birdPath: birdPath(),
+      ...bird.controlOptions(),
       coalesceMs: 30,
     });
     try {
@@ -190,10 +186,7 @@ Deno.test({
     await using bird = await BirdDaemon.start(ns, { config: bootstrapBirdConfig("10.9.9.9") });
     const attempts: BirdReloadStatus[] = [];
     const control = new BirdControl({
-      configPath: bird.configPath,
-      socketPath: bird.socketPath,
-      birdcPath: birdcPath(),
-      birdPath: birdPath(),
+      ...bird.controlOptions(),
       coalesceMs: 10,
       commandTimeoutMs: 500,
       retryMs: 200,

@@ -1,6 +1,6 @@
 /** Typed errors for netlink operations. */
 
-import { EADDRNOTAVAIL, EEXIST, ENODEV, ENOENT, ESRCH, strerror } from "./ffi.ts";
+import { EADDRNOTAVAIL, EEXIST, EMSGSIZE, ENODEV, ENOENT, ESRCH, strerror } from "./ffi.ts";
 
 /** The kernel refused a netlink request (the NLMSG_ERROR payload was non-zero). */
 export class NetlinkError extends Error {
@@ -40,6 +40,11 @@ export function isNotFound(e: unknown): boolean {
 /** Whether `e` is a NetlinkError saying the object already exists. */
 export function isExists(e: unknown): boolean {
   return e instanceof NetlinkError && e.exists;
+}
+
+/** Whether `e` is a NetlinkError saying the answer did not fit in one message (EMSGSIZE). */
+export function isTooLarge(e: unknown): boolean {
+  return e instanceof NetlinkError && e.errno === EMSGSIZE;
 }
 
 /** A path given as a network namespace is missing or is something else. */

@@ -73,6 +73,7 @@ export const EEXIST = 17;
 export const ENODEV = 19;
 export const EINVAL = 22;
 export const ERANGE = 34;
+export const EMSGSIZE = 90;
 export const EADDRNOTAVAIL = 99;
 export const ENETUNREACH = 101;
 

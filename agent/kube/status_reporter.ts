@@ -287,9 +287,9 @@ export interface StatusReporterOptions {
    * Least time between two patches when only the counters (`pods`, `allocated`) changed; the
    * default is `minIntervalMs`. Every agent watches every NodeConfig, so each status write is
    * sent to every node of the cluster: pod churn must not make that once a second per node.
-   * A function is asked each time (the interval can follow the cluster's size).
+   * Asked each time, so that it can follow the cluster's size.
    */
-  countersIntervalMs?: number | (() => number);
+  countersIntervalMs?: () => number;
   /** Largest retry delay after failed patches. */
   maxBackoffMs?: number;
   log: (fields: Record<string, unknown>) => void;
@@ -381,8 +381,7 @@ export class StatusReporter {
     if (text === this.#lastWritten) return;
     const significant = ownedStatusText({ ...status, pods: undefined, allocated: undefined });
     if (this.#lastWritten !== "" && significant === this.#lastSignificant) {
-      const interval = this.options.countersIntervalMs;
-      const due = this.#lastAt + (typeof interval === "function" ? interval() : interval ?? 0);
+      const due = this.#lastAt + (this.options.countersIntervalMs?.() ?? 0);
       if (due > performance.now()) {
         this.#deferred = true;
         this.#timer = setTimeout(() => {

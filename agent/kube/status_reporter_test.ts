@@ -425,7 +425,7 @@ Deno.test("StatusReporter: while counters are held back, a burst of changes is c
       return Promise.resolve();
     },
     minIntervalMs: 100,
-    countersIntervalMs: 60_000,
+    countersIntervalMs: () => 60_000,
     log: () => {},
   });
   try {

@@ -54,6 +54,21 @@ export class BirdDaemon implements AsyncDisposable {
     return this.process.running;
   }
 
+  /** Where flock's BIRD driver (BirdControl) finds this BIRD, its config and its tools. */
+  controlOptions(): {
+    configPath: string;
+    socketPath: string;
+    birdcPath: string;
+    birdPath: string;
+  } {
+    return {
+      configPath: this.configPath,
+      socketPath: this.socketPath,
+      birdcPath: birdcPath(),
+      birdPath: birdPath(),
+    };
+  }
+
   /** Writes the config and starts BIRD; waits until its control socket answers. */
   static async start(ns: TestNamespace, opts: BirdDaemonOptions): Promise<BirdDaemon> {
     const dir = opts.dir ?? await Deno.makeTempDir({ prefix: "flock-bird-" });
