@@ -208,6 +208,31 @@ function prefixField(f: Fields, field: string, text: string, family?: Family): P
   return p;
 }
 
+/** The longest TCP MD5 key the kernel takes (TCP_MD5SIG_MAXKEYLEN). */
+export const MAX_BGP_PASSWORD_BYTES = 80;
+
+/** What makes a text unusable as a BGP peer's TCP-MD5 password; see {@link bgpPasswordFault}. */
+export type BgpPasswordFault = "empty" | "characters" | "length";
+
+const PASSWORD_FAULT_MESSAGES: Record<BgpPasswordFault, string> = {
+  empty: "must not be empty (leave it out instead)",
+  characters: "must not contain quotes, backslashes or newlines",
+  length: `is longer than the ${MAX_BGP_PASSWORD_BYTES} bytes TCP MD5 allows`,
+};
+
+/**
+ * Why `password` cannot be a peer's password, wherever it comes from (the NodeConfig or a
+ * Secret): bird.conf quotes it (the renderer refuses "\r" too) and BIRD would cut it at a NUL;
+ * Linux keeps at most 80 bytes of TCP MD5 key, so BIRD would take a longer one and then shut the
+ * session down for good ("Kernel MD5 auth failed").
+ */
+export function bgpPasswordFault(password: string): BgpPasswordFault | undefined {
+  if (password === "") return "empty";
+  if (/["\\\n\r\0]/.test(password)) return "characters";
+  if (new TextEncoder().encode(password).length > MAX_BGP_PASSWORD_BYTES) return "length";
+  return undefined;
+}
+
 function overlaps(a: Prefix, b: Prefix): boolean {
   return prefixCovers(a, b) || prefixCovers(b, a);
 }
@@ -399,16 +424,8 @@ function parseBgp(f: Fields, options: ParseOptions): BgpSpec {
       }
       const password = p.string("password");
       if (password !== undefined) {
-        if (password === "") throw p.error("password", "must not be empty (leave it out instead)");
-        // bird.conf quotes it (the renderer refuses "\r" too); BIRD would cut it at a NUL.
-        if (/["\\\n\r\0]/.test(password)) {
-          throw p.error("password", "must not contain quotes, backslashes or newlines");
-        }
-        // Linux keeps at most 80 bytes of TCP MD5 key: BIRD would take the config, then shut the
-        // session down for good ("Kernel MD5 auth failed").
-        if (new TextEncoder().encode(password).length > 80) {
-          throw p.error("password", "is longer than the 80 bytes TCP MD5 allows");
-        }
+        const fault = bgpPasswordFault(password);
+        if (fault) throw p.error("password", PASSWORD_FAULT_MESSAGES[fault]);
         peer.password = password;
       }
       const ref = p.object("passwordSecretRef");

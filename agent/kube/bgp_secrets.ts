@@ -23,7 +23,13 @@
  * @module
  */
 
-import { type NodeConfig, secretKeyId, type SecretKeyRef } from "../config.ts";
+import {
+  bgpPasswordFault,
+  MAX_BGP_PASSWORD_BYTES,
+  type NodeConfig,
+  secretKeyId,
+  type SecretKeyRef,
+} from "../config.ts";
 import { describeApiError, httpStatusOf } from "./api.ts";
 
 /** How often the referenced Secrets are read again when all of them were usable. */
@@ -31,9 +37,6 @@ export const SECRET_REFRESH_MS = 60_000;
 
 /** How often while one of them is not (a Secret created after the NodeConfig). */
 export const SECRET_RETRY_MS = 5_000;
-
-/** The longest TCP MD5 key the kernel takes (TCP_MD5SIG_MAXKEYLEN). */
-const MAX_PASSWORD_BYTES = 80;
 
 /** One referenced key that has no usable password now. */
 export interface PasswordProblem {
@@ -103,15 +106,16 @@ export function decodePassword(
   } catch {
     return { problem: `key "${key}" is not UTF-8 text` };
   }
-  if (password === "") return { problem: `key "${key}" is empty` };
-  if (bytes.length > MAX_PASSWORD_BYTES) {
-    return { problem: `key "${key}" is longer than ${MAX_PASSWORD_BYTES} bytes` };
-  }
-  if (/["\\\n\r\0]/.test(password)) {
-    return {
-      problem: `key "${key}" contains a quote, backslash, line break or NUL (created from a ` +
-        `file that ends in a newline?)`,
-    };
+  switch (bgpPasswordFault(password)) {
+    case "empty":
+      return { problem: `key "${key}" is empty` };
+    case "characters":
+      return {
+        problem: `key "${key}" contains a quote, backslash, line break or NUL (created from a ` +
+          `file that ends in a newline?)`,
+      };
+    case "length":
+      return { problem: `key "${key}" is longer than ${MAX_BGP_PASSWORD_BYTES} bytes` };
   }
   return { password };
 }
