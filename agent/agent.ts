@@ -4,7 +4,14 @@
  * configuration and has reconciled the node — only then does it serve pods.
  */
 
-import { AF_INET6, Handle, parseIP, type Prefix, prefixContains } from "../netlink/mod.ts";
+import {
+  AF_INET6,
+  formatPrefix,
+  Handle,
+  parseIP,
+  type Prefix,
+  prefixContains,
+} from "../netlink/mod.ts";
 import { Datapath } from "./datapath.ts";
 import { CniCode, CniError, type RpcRequest, type RpcResponse } from "./protocol.ts";
 import { Store } from "./store.ts";
@@ -442,6 +449,8 @@ export class Agent {
       lastReload?: { time: string; ok: boolean; message?: string };
       /** The router id in bird.conf (cluster mode publishes it in the NodeConfig status). */
       routerId?: RouterId;
+      /** Summaries of an earlier config still announced while pods hold addresses in them. */
+      drainingCIDRs?: string[];
     }
     | undefined
   > {
@@ -463,6 +472,7 @@ export class Agent {
         ...(reload.message ? { message: reload.message.slice(0, 1024) } : {}),
       },
       routerId: this.#routing?.routerId(),
+      drainingCIDRs: this.#routing?.draining.map(formatPrefix),
     };
   }
 

@@ -476,6 +476,10 @@ export class ClusterMode {
       peers,
       (name) => this.nodes?.cache.get(name),
       this.nodes?.cache.get(nodeName),
+      {
+        statusOf: (name) => this.configs.cache.get(name)?.status,
+        ownCIDRs: [agent.node?.cidr6, agent.node?.cidr4].filter((p) => p !== undefined),
+      },
     );
     const meshText = canonicalJson(mesh);
     if (meshText === this.#meshText) return;

@@ -8,7 +8,14 @@
  * @module
  */
 
-import { AF_INET, AF_INET6, formatPrefix, parsePrefix, type Prefix } from "../../netlink/ip.ts";
+import {
+  AF_INET,
+  AF_INET6,
+  formatPrefix,
+  parsePrefix,
+  type Prefix,
+  prefixCovers,
+} from "../../netlink/ip.ts";
 import { type NodeConfig, parseNodeConfig } from "../config.ts";
 import type { KubeObject } from "./api.ts";
 import type { CacheChange } from "./object_cache.ts";
@@ -170,7 +177,63 @@ export function peerChangeMatters(change: CacheChange<NodeConfigObject>): boolea
   if (change.type === "delete" || !change.previous) return true;
   const { value, previous } = change;
   return value.generation !== previous.generation || value.generation === 0 ||
-    publishedRouterId(value.status) !== publishedRouterId(previous.status);
+    publishedRouterId(value.status) !== publishedRouterId(previous.status) ||
+    publishedDrainingCIDRs(value.status).join() !== publishedDrainingCIDRs(previous.status).join();
+}
+
+/** Most draining CIDRs taken from one node's status (the CRD allows no more). */
+export const MAX_DRAINING_CIDRS = 16;
+
+/**
+ * The CIDRs a NodeConfig `status` publishes as draining (`status.drainingCIDRs`): summaries of
+ * an earlier spec that the node's running pods still hold addresses in. Only well-formed CIDRs
+ * (no bits after the prefix length), canonical and sorted; anything else is ignored.
+ */
+export function publishedDrainingCIDRs(status: unknown): string[] {
+  const list = (status as { drainingCIDRs?: unknown } | null | undefined)?.drainingCIDRs;
+  if (!Array.isArray(list)) return [];
+  const out = new Set<string>();
+  for (const text of list.slice(0, MAX_DRAINING_CIDRS)) {
+    if (typeof text !== "string") continue;
+    try {
+      out.add(formatPrefix(parsePrefix(text, true)));
+    } catch {
+      // Not a CIDR: nothing a route could be accepted for.
+    }
+  }
+  return [...out].sort();
+}
+
+/** Where {@link meshPeersFor} learns which old CIDRs each peer still drains. */
+export interface DrainingSource {
+  /** The NodeConfig `status` of a node, as the API server holds it. */
+  statusOf(nodeName: string): unknown;
+  /** This node's own summary CIDRs: no peer may claim them. */
+  ownCIDRs: readonly Prefix[];
+}
+
+/**
+ * The draining CIDRs of each peer (see {@link publishedDrainingCIDRs}) that the mesh accepts
+ * routes in, by node name: a status is no spec, so a draining CIDR that overlaps a current CIDR
+ * of any node (this one included) is refused: a node must never attract another's pods' traffic.
+ * An operator moves a range between nodes only after its old owner has drained it.
+ */
+export function acceptedDrainingCIDRs(
+  peers: NodeConfig[],
+  source: DrainingSource,
+): Map<string, string[]> {
+  const current = [...source.ownCIDRs, ...peers.flatMap(summaryPrefixesOf)];
+  const overlaps = (a: Prefix, b: Prefix) =>
+    a.ip.family === b.ip.family && (prefixCovers(a, b) || prefixCovers(b, a));
+  const out = new Map<string, string[]>();
+  for (const p of peers) {
+    const accepted = publishedDrainingCIDRs(source.statusOf(p.name!)).filter((text) => {
+      const cidr = parsePrefix(text, true);
+      return !current.some((c) => overlaps(c, cidr));
+    });
+    if (accepted.length) out.set(p.name!, accepted);
+  }
+  return out;
 }
 
 /**
@@ -196,12 +259,16 @@ export function projectNodeAddresses(obj: KubeObject): string[] {
  * (a node with the mesh off would never answer, leaving a session down for good), at an InternalIP
  * of its Node object (see {@link meshAddress}); a node without a known address is left out until
  * it has one. `ownIPs` are this node's own InternalIPs (undefined when its Node is not known).
+ * With `draining`, a peer's CIDRs include the old ones it still drains
+ * (see {@link acceptedDrainingCIDRs}): its pods there stay reachable through a CIDR change.
  */
 export function meshPeersFor(
   peers: NodeConfig[],
   internalIPs: (nodeName: string) => string[] | undefined,
   ownIPs?: string[],
+  draining?: DrainingSource,
 ): MeshPeer[] {
+  const held = draining ? acceptedDrainingCIDRs(peers, draining) : new Map<string, string[]>();
   const out: MeshPeer[] = [];
   for (const p of peers) {
     const asn = p.spec.bgp?.asn;
@@ -212,7 +279,7 @@ export function meshPeersFor(
       name: p.name!,
       address,
       asn,
-      cidrs: summaryCIDRs(p),
+      cidrs: [...summaryPrefixesOf(p).map(formatPrefix), ...held.get(p.name!) ?? []],
       ...(p.spec.anycastCIDRs?.length ? { anycastCIDRs: [...p.spec.anycastCIDRs] } : {}),
     });
   }
@@ -240,6 +307,6 @@ export function meshAddress(ownIPs: string[] | undefined, peerIPs: string[]): st
   return undefined;
 }
 
-function summaryCIDRs(c: NodeConfig): string[] {
-  return [c.cidr6, c.cidr4].filter((x): x is Prefix => x !== undefined).map(formatPrefix);
+function summaryPrefixesOf(c: NodeConfig): Prefix[] {
+  return [c.cidr6, c.cidr4].filter((x): x is Prefix => x !== undefined);
 }

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import {
+  acceptedDrainingCIDRs,
   canonicalJson,
   describeConfigChange,
   meshAddress,
@@ -11,7 +12,9 @@ import {
   PeerConfigs,
   projectNodeAddresses,
   projectNodeConfig,
+  publishedDrainingCIDRs,
 } from "./node_configs.ts";
+import { parsePrefix } from "../../netlink/ip.ts";
 import { parseNodeConfig } from "../config.ts";
 
 Deno.test("nodeConfigFromPodCIDRs: the first CIDR of each family; none gives undefined", () => {
@@ -120,6 +123,26 @@ Deno.test("peerChangeMatters: spec, membership and router id; not counter-only s
     true,
     "a router id published",
   );
+  assert.equal(
+    peerChangeMatters(upsert(obj(1, { drainingCIDRs: ["fd00:2::/64"] }), obj(1, {}))),
+    true,
+    "a draining CIDR published",
+  );
+  assert.equal(
+    peerChangeMatters(upsert(obj(1, {}), obj(1, { drainingCIDRs: ["fd00:2::/64"] }))),
+    true,
+    "a draining CIDR released",
+  );
+  assert.equal(
+    peerChangeMatters(
+      upsert(
+        obj(1, { drainingCIDRs: ["fd00:2::/64"], pods: 2 }),
+        obj(1, { drainingCIDRs: ["fd00:2::/64"], pods: 3 }),
+      ),
+    ),
+    false,
+    "the same draining CIDRs, counters moved",
+  );
 });
 
 Deno.test("nodeAddressesChanged: only a change of InternalIPs counts", () => {
@@ -218,4 +241,55 @@ Deno.test("meshPeersFor: with this node's own addresses, the peer's address of t
     meshPeersFor(peers, (n) => nodes[n], ["10.0.0.2"]).map((p) => p.address),
     ["10.0.0.1"],
   );
+});
+
+Deno.test("publishedDrainingCIDRs: well-formed CIDRs only, canonical and sorted", () => {
+  assert.deepEqual(
+    publishedDrainingCIDRs({
+      drainingCIDRs: ["FD00:2:0::/64", "10.2.0.0/24", "10.3.0.1/24", "garbage", 7, "10.2.0.0/24"],
+    }),
+    ["10.2.0.0/24", "fd00:2::/64"],
+  );
+  assert.deepEqual(publishedDrainingCIDRs(undefined), []);
+  assert.deepEqual(publishedDrainingCIDRs({ drainingCIDRs: "fd00:2::/64" }), []);
+  const many = Array.from({ length: 40 }, (_, i) => `10.9.${i}.0/24`);
+  assert.equal(publishedDrainingCIDRs({ drainingCIDRs: many }).length, 16);
+});
+
+Deno.test("meshPeersFor: a peer's draining CIDRs are accepted unless they overlap a current CIDR", () => {
+  const peers = [
+    named("a", MESH_NODE_A),
+    named("b", { cidr6: "fd00:5::/64", bgp: { asn: 65001, nodeMesh: true } }),
+  ];
+  const statuses: Record<string, unknown> = {
+    a: {
+      drainingCIDRs: [
+        "fd00:11::/64", // a's old range: accepted
+        "10.11.0.0/24", // accepted
+        "fd00:5::/48", // covers b's current range: refused
+        "fd00:9::/80", // inside this node's own range: refused
+        "10.1.0.0/24", // a's own current range (already accepted as such)
+      ],
+    },
+    b: { drainingCIDRs: ["fd00:1::/64"] }, // a's current range: refused
+  };
+  const draining = {
+    statusOf: (name: string) => statuses[name],
+    ownCIDRs: [parsePrefix("fd00:9::/64")],
+  };
+  const ips = (n: string) => [`fd00:99::${n}`];
+  const mesh = meshPeersFor(peers, ips, undefined, draining);
+  assert.deepEqual(mesh.map((p) => [p.name, p.cidrs]), [
+    ["a", ["fd00:1::/64", "10.1.0.0/24", "10.11.0.0/24", "fd00:11::/64"]],
+    ["b", ["fd00:5::/64"]],
+  ]);
+  assert.deepEqual(
+    [...acceptedDrainingCIDRs(peers, draining)],
+    [["a", ["10.11.0.0/24", "fd00:11::/64"]]],
+  );
+  // Without a draining source (or once released) only the current CIDRs.
+  assert.deepEqual(meshPeersFor(peers, ips).map((p) => p.cidrs), [
+    ["fd00:1::/64", "10.1.0.0/24"],
+    ["fd00:5::/64"],
+  ]);
 });

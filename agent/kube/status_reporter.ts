@@ -38,6 +38,12 @@ export interface NodeConfigStatus {
   /** The BGP router id in bird.conf and where it came from (only when the agent drives BIRD). */
   bgp?: { routerID: string; routerIDSource: RouterIdSource };
   /**
+   * Summaries of an earlier spec that running pods still hold addresses in (only when the
+   * agent drives BIRD and some drain): the other nodes' mesh filters accept them from this node
+   * until they are released.
+   */
+  drainingCIDRs?: string[];
+  /**
    * `Ready`, `BGPEstablished` and `RouterIDUnique` when the agent drives BIRD,
    * `BGPPasswordsAvailable` when a peer's password is in a Secret.
    */
@@ -79,6 +85,8 @@ export interface RoutingStats {
   lastReload?: { time: string; ok: boolean; message?: string };
   /** The router id in bird.conf (other nodes compare theirs with it). */
   routerId?: RouterId;
+  /** Summaries of an earlier spec still announced because pods hold addresses in them. */
+  drainingCIDRs?: readonly string[];
 }
 
 /**
@@ -117,6 +125,7 @@ export function buildStatus(
     if (routing.routerId) {
       status.bgp = { routerID: routing.routerId.id, routerIDSource: routing.routerId.source };
     }
+    if (routing.drainingCIDRs?.length) status.drainingCIDRs = [...routing.drainingCIDRs].sort();
     status.conditions.push({
       ...bgpCondition(routing),
       lastTransitionTime: now,
@@ -176,6 +185,7 @@ const OWNED_STATUS_FIELDS = {
   bgpSessions: true,
   lastBirdReload: { time: true, ok: true, message: true },
   bgp: { routerID: true, routerIDSource: true },
+  drainingCIDRs: true,
   conditions: true,
 } as const satisfies { [K in keyof NodeConfigStatus]-?: FieldShape };
 

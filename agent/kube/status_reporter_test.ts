@@ -239,6 +239,7 @@ Deno.test("statusMergePatch: every owned field it lacks is null, nested ones too
     bgpSessions: null,
     lastBirdReload: null,
     bgp: null,
+    drainingCIDRs: null,
     conditions: [{
       type: "Ready",
       status: "True",
@@ -444,6 +445,51 @@ Deno.test("StatusReporter: while counters are held back, a burst of changes is c
     assert.ok(during <= 8, `${during} computes for 50 requests in ~0.65 s (interval 100 ms)`);
     assert.ok(during >= 1, "the burst was looked at");
     assert.equal(sent.length, 1, "counters only: still held back");
+  } finally {
+    reporter.stop();
+  }
+});
+
+Deno.test("StatusReporter: draining CIDRs go out within the short interval, their release too", async () => {
+  let draining: string[] = [];
+  let pods = 1;
+  const sent: NodeConfigStatusPatch[] = [];
+  const reporter = new StatusReporter({
+    compute: () =>
+      Promise.resolve({
+        name: "n1",
+        status: buildStatus({ ready: true, attachments: pods, ipv6: pods, ipv4: 0 }, 1, "", {
+          sessions: 1,
+          sessionsUp: 1,
+          drainingCIDRs: draining,
+        }),
+      }),
+    patch: (_name, s) => {
+      sent.push(s);
+      return Promise.resolve();
+    },
+    minIntervalMs: 10,
+    // Far longer than this test: only a change that is not counters-only can go out.
+    countersIntervalMs: () => 60_000,
+    log: () => {},
+  });
+  try {
+    reporter.request();
+    await sleep(50);
+    assert.equal(sent.length, 1);
+    assert.equal(sent[0].drainingCIDRs, null, "nothing drains: the field is deleted");
+    draining = ["fd00:2::/64", "10.2.0.0/24"];
+    reporter.request();
+    await sleep(100);
+    assert.equal(sent.length, 2, "the old CIDRs are published at once");
+    assert.deepEqual(sent[1].drainingCIDRs, ["10.2.0.0/24", "fd00:2::/64"], "sorted");
+    // The last old pod deleted: one pod fewer and no draining CIDR, in one prompt write.
+    pods = 0;
+    draining = [];
+    reporter.request();
+    await sleep(100);
+    assert.equal(sent.length, 3, "the release goes out at once, not with the counters");
+    assert.deepEqual([sent[2].drainingCIDRs, sent[2].pods], [null, 0]);
   } finally {
     reporter.stop();
   }
