@@ -6,7 +6,8 @@
  */
 
 import { parseArgs } from "node:util";
-import { dirname, isAbsolute, join } from "node:path";
+import { Buffer } from "node:buffer";
+import { basename, dirname, isAbsolute, join } from "node:path";
 import { DEFAULT_SOCKET } from "./protocol.ts";
 
 /** Where the conflist and binary go by default. */
@@ -69,46 +70,136 @@ export function selfExecutable(): string {
   return Deno.execPath();
 }
 
-async function atomicWrite(path: string, write: (tmp: string) => Promise<void>, mode: number) {
-  const tmp = join(dirname(path), `.${crypto.randomUUID()}.tmp`);
+/**
+ * Names of the temp files an install writes next to its targets (`.flock.<uuid>.tmp`,
+ * `.01-flock.conflist.<uuid>.tmp`; before: `.<uuid>.tmp`), so the next install can tell a
+ * leftover of a killed one from anybody else's file.
+ */
+const TEMP_NAME = new RegExp(
+  `^\\.(?:flock\\.|${CONFLIST_NAME.replaceAll(".", "\\.")}\\.)?` +
+    "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\\.tmp$",
+);
+
+/** Chunk size of the streaming compare: the executable may be ~100 MB (a compiled binary). */
+const COMPARE_CHUNK = 1 << 20;
+
+/**
+ * Holds an exclusive lock on `dir` (flock(2) on the directory itself, so nothing is left in a
+ * CNI bin dir) while `fn` runs: a second `flock install` into the same directory waits, so the
+ * temp files found under the lock are all leftovers of a killed install.
+ */
+async function withDirLock<T>(dir: string, fn: (dir: Deno.FsFile) => Promise<T>): Promise<T> {
+  using handle = await Deno.open(dir, { read: true });
+  await handle.lock(true);
+  return await fn(handle);
+}
+
+/** Removes the temp files a killed install left in `dir` (only names of {@link TEMP_NAME}). */
+export async function removeStaleTemps(dir: string): Promise<string[]> {
+  const removed: string[] = [];
+  for await (const entry of Deno.readDir(dir)) {
+    if (!entry.isFile || !TEMP_NAME.test(entry.name)) continue;
+    await Deno.remove(join(dir, entry.name)).catch(() => {});
+    removed.push(entry.name);
+  }
+  return removed;
+}
+
+/**
+ * Replaces `path` with what `write` puts in a temp file: temp → fsync → rename → fsync of the
+ * directory, so after a power loss the name holds the old or the new file, whole, never an
+ * empty or partial one (ext4/xfs may otherwise commit the rename before the data). A file in
+ * use keeps running: the rename swaps names, it never writes into the old inode.
+ */
+async function atomicWrite(
+  dir: Deno.FsFile,
+  path: string,
+  write: (tmp: string) => Promise<void>,
+  mode: number,
+): Promise<void> {
+  const tmp = join(dirname(path), `.${basename(path)}.${crypto.randomUUID()}.tmp`);
   try {
     await write(tmp);
+    {
+      using file = await Deno.open(tmp, { write: true });
+      await file.sync();
+    }
+    // The create's mode went through the umask (copyFile even took the source's).
     await Deno.chmod(tmp, mode);
     await Deno.rename(tmp, path);
   } catch (e) {
     await Deno.remove(tmp).catch(() => {});
     throw e;
   }
+  await dir.sync();
 }
 
-async function sameContent(a: string, b: string): Promise<boolean> {
+/** Reads into `buf` until it is full or the file ends; returns the bytes read. */
+async function readFull(file: Deno.FsFile, buf: Uint8Array): Promise<number> {
+  let filled = 0;
+  while (filled < buf.length) {
+    const n = await file.read(buf.subarray(filled));
+    if (n === null) break;
+    filled += n;
+  }
+  return filled;
+}
+
+/** Whether two files hold the same bytes: sizes first, then 1 MiB chunks, never whole. */
+export async function sameContent(a: string, b: string): Promise<boolean> {
   try {
-    const [x, y] = await Promise.all([Deno.readFile(a), Deno.readFile(b)]);
-    return x.length === y.length && x.every((v, i) => v === y[i]);
+    const [sa, sb] = await Promise.all([Deno.stat(a), Deno.stat(b)]);
+    if (!sa.isFile || !sb.isFile || sa.size !== sb.size) return false;
+    using fa = await Deno.open(a, { read: true });
+    using fb = await Deno.open(b, { read: true });
+    const bufA = new Uint8Array(COMPARE_CHUNK);
+    const bufB = new Uint8Array(COMPARE_CHUNK);
+    for (;;) {
+      const [na, nb] = await Promise.all([readFull(fa, bufA), readFull(fb, bufB)]);
+      if (na !== nb) return false;
+      if (na === 0) return true;
+      if (Buffer.compare(bufA.subarray(0, na), bufB.subarray(0, nb)) !== 0) return false;
+    }
   } catch {
     return false;
   }
 }
 
-/** Installs binary and conflist; returns what changed. Idempotent. */
+/**
+ * Installs binary and conflist; returns what changed. Idempotent. Each directory is locked
+ * while it is written, and temp files a killed install left there are removed first.
+ */
 export async function install(o: InstallOptions): Promise<{ binary: boolean; conflist: boolean }> {
   await Deno.mkdir(o.binDir, { recursive: true });
   await Deno.mkdir(o.confDir, { recursive: true });
   const source = o.source ?? selfExecutable();
   const binPath = join(o.binDir, "flock");
-  let binary = false;
-  if (!(await sameContent(source, binPath))) {
-    await atomicWrite(binPath, (tmp) => Deno.copyFile(source, tmp), 0o755);
-    binary = true;
-  }
+  const binary = await withDirLock(o.binDir, async (dir) => {
+    await removeStaleTemps(o.binDir);
+    // A same-content binary someone made non-executable is installed again.
+    const executable = await Deno.stat(binPath).then(
+      (st) => (st.mode! & 0o111) === 0o111,
+      () => false,
+    );
+    if (executable && await sameContent(source, binPath)) return false;
+    // copyFile: the kernel copies (copy_file_range), nothing passes through this process.
+    await atomicWrite(dir, binPath, (tmp) => Deno.copyFile(source, tmp), 0o755);
+    return true;
+  });
   const confPath = join(o.confDir, CONFLIST_NAME);
   const text = renderConflist(o);
-  let conflist = false;
-  const current = await Deno.readTextFile(confPath).catch(() => undefined);
-  if (current !== text) {
-    await atomicWrite(confPath, (tmp) => Deno.writeTextFile(tmp, text), 0o644);
-    conflist = true;
-  }
+  const conflist = await withDirLock(o.confDir, async (dir) => {
+    await removeStaleTemps(o.confDir);
+    const current = await Deno.readTextFile(confPath).catch(() => undefined);
+    if (current === text) return false;
+    await atomicWrite(
+      dir,
+      confPath,
+      (tmp) => Deno.writeTextFile(tmp, text, { createNew: true, mode: 0o644 }),
+      0o644,
+    );
+    return true;
+  });
   return { binary, conflist };
 }
 

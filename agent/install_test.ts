@@ -90,3 +90,75 @@ Deno.test("parseInstallArgs: a relative --socket or --log-file is refused, namin
   assert.throws(() => parseInstallArgs(["--log-file", "log/cni.log"]), /--log-file .*absolute/);
   assert.equal(parseInstallArgs(["--socket", "/run/x.sock"]).socketPath, "/run/x.sock");
 });
+
+/** Options installing `source` into `<dir>/bin` and `<dir>/net.d`. */
+function optionsIn(dir: string, source: string) {
+  return {
+    ...parseInstallArgs(["--bin-dir", join(dir, "bin"), "--conf-dir", join(dir, "net.d")]),
+    source,
+  };
+}
+
+Deno.test("install: temp files a killed install left are removed on the next run, others kept", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "flock-install-" });
+  try {
+    const source = join(dir, "flock-src");
+    await Deno.writeTextFile(source, "#!/bin/sh\n");
+    const options = optionsIn(dir, source);
+    await install(options);
+    const uuid = () => crypto.randomUUID();
+    const leftovers = [
+      join(dir, "bin", `.flock.${uuid()}.tmp`),
+      join(dir, "bin", `.${uuid()}.tmp`), // the naming of earlier versions
+      join(dir, "net.d", `.${CONFLIST_NAME}.${uuid()}.tmp`),
+    ];
+    const others = [
+      join(dir, "bin", "ptp"),
+      join(dir, "net.d", `.10-other.conflist.${uuid()}.tmp`),
+    ];
+    for (const path of [...leftovers, ...others]) await Deno.writeTextFile(path, "partial");
+    // Nothing to change, yet the leftovers go.
+    assert.deepEqual(await install(options), { binary: false, conflist: false });
+    for (const path of leftovers) {
+      assert.equal(await Deno.lstat(path).then(() => true, () => false), false, path);
+    }
+    for (const path of others) assert.equal(await Deno.readTextFile(path), "partial", path);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("install: a binary differing in its last byte of several MiB is replaced, by rename", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "flock-install-" });
+  try {
+    const source = join(dir, "flock-src");
+    // Crosses the 1 MiB compare chunks, and ends in a partial one.
+    const content = new Uint8Array(3 * (1 << 20) + 5).fill(7);
+    await Deno.writeFile(source, content);
+    const options = optionsIn(dir, source);
+    assert.deepEqual(await install(options), { binary: true, conflist: true });
+    assert.deepEqual(await install(options), { binary: false, conflist: false });
+    // A runtime exec'ing the old binary holds its inode: it must stay whole and unchanged.
+    const installed = join(dir, "bin", "flock");
+    using running = await Deno.open(installed, { read: true });
+    content[content.length - 1] = 8;
+    await Deno.writeFile(source, content);
+    assert.deepEqual(await install(options), { binary: true, conflist: false });
+    assert.deepEqual(await Deno.readFile(installed), content);
+    const old = new Uint8Array(content.length);
+    let filled = 0;
+    while (filled < old.length) filled += (await running.read(old.subarray(filled)))!;
+    assert.equal(old[old.length - 1], 7, "the running inode was not written into");
+    // Same bytes but no longer executable: installed again.
+    await Deno.chmod(installed, 0o644);
+    assert.deepEqual(await install(options), { binary: true, conflist: false });
+    assert.equal((await Deno.stat(installed)).mode! & 0o777, 0o755);
+    assert.deepEqual(
+      [...Deno.readDirSync(join(dir, "bin"))].map((e) => e.name),
+      ["flock"],
+      "no temp file left",
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

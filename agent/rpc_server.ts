@@ -15,6 +15,7 @@
 import { CniCode, CniError, type RpcRequest, type RpcResponse } from "./protocol.ts";
 import { isRpcCommand } from "./cni_input.ts";
 import { concatBytes, writeAll } from "./bytes.ts";
+import { assertSafeDirSync, UnsafePathError } from "./safe_path.ts";
 
 /** Default bound on one request line. */
 export const DEFAULT_MAX_REQUEST_BYTES = 1 << 20;
@@ -130,6 +131,8 @@ export class RpcServer {
     // The directory may be shared with other components: create it only when missing, and
     // then private, so the socket is never reachable through a looser directory of ours.
     if (!(await exists(dir))) await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+    // Root binds here: a directory others may write to would let them plant links at the name.
+    assertSafeDirSync(dir, "socket directory");
     await removeStaleSocket(path);
     // bind() creates the socket with 0777 & ~umask and it accepts connections at once: with a
     // lax umask anyone could connect before the chmod (and stay connected after it). The umask
@@ -140,8 +143,15 @@ export class RpcServer {
     } finally {
       Deno.umask(umask);
     }
-    await Deno.chmod(path, 0o600);
-    this.#socketIno = (await Deno.lstat(path)).ino;
+    // No chmod: the umask above made it 0600 already, and a chmod by path would follow a link
+    // put in its place meanwhile.
+    const socket = await Deno.lstat(path);
+    if (!socket.isSocket) {
+      this.#listener.close();
+      this.#listener = undefined;
+      throw new UnsafePathError(`refusing ${path}: replaced by something else than our socket`);
+    }
+    this.#socketIno = socket.ino;
     this.#acceptLoop = this.#accept(this.#listener);
   }
 

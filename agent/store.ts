@@ -14,6 +14,8 @@
 
 import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { join } from "node:path";
+import { ensurePrivateFileSync } from "./private_file.ts";
+import { assertSafeDirSync } from "./safe_path.ts";
 import {
   AF_INET,
   AF_INET6,
@@ -245,13 +247,13 @@ export class Store {
       Deno.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
       Deno.chmodSync(stateDir, 0o700);
     }
+    // Root writes here: a directory others may write to would let them plant links below.
+    assertSafeDirSync(stateDir, "state directory");
     const path = join(stateDir, DB_FILE);
-    // SQLite creates the -wal and -shm files with the main file's mode, so fixing it here
-    // before the first open keeps every file private regardless of umask.
-    Deno.openSync(path, { create: true, write: true, mode: 0o600 }).close();
-    for (const file of [path, `${path}-wal`, `${path}-shm`]) {
-      if (exists(file)) Deno.chmodSync(file, 0o600);
-    }
+    // SQLite creates the -wal and -shm files with the main file's mode and follows a link at
+    // their names, so all three are made here first: private regardless of umask, and never
+    // through a link (SQLite then opens the files that are already there).
+    for (const file of [path, `${path}-wal`, `${path}-shm`]) ensurePrivateFileSync(file);
     const db = new DatabaseSync(path, { enableForeignKeyConstraints: true });
     try {
       db.exec("PRAGMA busy_timeout = 5000");
