@@ -25,6 +25,7 @@ import {
   requestedVersion,
 } from "./agent/cni_input.ts";
 import { concatBytes, writeAll, writeAllSync } from "./agent/bytes.ts";
+import { appendLogLineSync } from "./agent/log_file.ts";
 
 /** How long the plugin waits for the agent unless the config says `timeoutSeconds`. */
 export const DEFAULT_TIMEOUT_SECONDS = 120;
@@ -368,27 +369,21 @@ function logPath(
 }
 
 /**
- * Appends one JSON line; logging is best effort and never fails the call. A missing directory
- * (say /var/log/flock on a fresh node) is created once, private. Synchronous: the plugin has
- * nothing else to do, and each async file op is a hop to a blocking thread.
+ * Appends one JSON line (rotated at 10 MiB to `<name>.1`, see agent/log_file.ts); logging is
+ * best effort and never fails the call. Synchronous: the plugin has nothing else to do, and each
+ * async file op is a hop to a blocking thread. A path refused as unsafe (a symbolic link, a
+ * directory others may write to) is said once on stderr, which runtimes keep in their logs.
  */
 function appendLog(path: string, fields: Record<string, unknown>): void {
-  const line = JSON.stringify(fields) + "\n";
-  // Not Deno.writeTextFile: it goes through streams, which cost the plugin ~3 ms of start-up.
-  const append = () => {
-    using file = Deno.openSync(path, { append: true, create: true, mode: 0o600 });
-    writeAllSync(file, new TextEncoder().encode(line));
-  };
   try {
-    append();
+    appendLogLineSync(path, JSON.stringify(fields) + "\n");
   } catch (e) {
-    if (!(e instanceof Deno.errors.NotFound)) return;
+    if ((e as Error)?.name !== "UnsafePathError") return;
     try {
-      Deno.mkdirSync(path.slice(0, path.lastIndexOf("/")) || "/", {
-        recursive: true,
-        mode: 0o700,
-      });
-      append();
+      writeAllSync(
+        Deno.stderr,
+        new TextEncoder().encode(`flock: not logging: ${(e as Error).message}\n`),
+      );
     } catch { /* best effort */ }
   }
 }
