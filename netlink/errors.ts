@@ -1,6 +1,23 @@
 /** Typed errors for netlink operations. */
 
-import { EADDRNOTAVAIL, EEXIST, EMSGSIZE, ENODEV, ENOENT, ESRCH, strerror } from "./ffi.ts";
+import {
+  EADDRNOTAVAIL,
+  EAGAIN,
+  EEXIST,
+  EMSGSIZE,
+  ENOBUFS,
+  ENODEV,
+  ENOENT,
+  ESRCH,
+  strerror,
+} from "./ffi.ts";
+
+/** `File exists (errno 17) — kernel says: …` */
+function describeErrno(errno: number, kernelMessage?: string): string {
+  return `${strerror(errno)} (errno ${errno})${
+    kernelMessage ? ` — kernel says: ${kernelMessage}` : ""
+  }`;
+}
 
 /** The kernel refused a netlink request (the NLMSG_ERROR payload was non-zero). */
 export class NetlinkError extends Error {
@@ -12,11 +29,7 @@ export class NetlinkError extends Error {
     /** The kernel's extended-ack message, when it gave one. */
     readonly kernelMessage?: string,
   ) {
-    super(
-      `${operation}: ${strerror(errno)} (errno ${errno})${
-        kernelMessage ? ` — kernel says: ${kernelMessage}` : ""
-      }`,
-    );
+    super(`${operation}: ${describeErrno(errno, kernelMessage)}`);
     this.name = "NetlinkError";
   }
 
@@ -29,6 +42,75 @@ export class NetlinkError extends Error {
   get notFound(): boolean {
     return this.errno === ENODEV || this.errno === ENOENT || this.errno === ESRCH ||
       this.errno === EADDRNOTAVAIL;
+  }
+}
+
+/**
+ * A dump the kernel stopped part-way with an error (the errno in its NLMSG_DONE): the replies
+ * so far are not the whole table, so none are returned.
+ */
+export class DumpIncompleteError extends NetlinkError {
+  constructor(operation: string, errno: number, kernelMessage?: string) {
+    super(operation, errno, kernelMessage);
+    this.name = "DumpIncompleteError";
+    this.message = `${operation}: the kernel stopped the dump part-way: ${
+      describeErrno(errno, kernelMessage)
+    }`;
+  }
+}
+
+/**
+ * Every attempt at a dump was interrupted (NLM_F_DUMP_INTR): the kernel's table kept changing
+ * while it was read, so no consistent answer was had.
+ */
+export class DumpInterruptedError extends Error {
+  constructor(
+    /** What was being done, e.g. `list routes`. */
+    readonly operation: string,
+    /** The request type, e.g. `RTM_GETROUTE`. */
+    readonly request: string,
+    /** How many dumps were tried. */
+    readonly attempts: number,
+  ) {
+    super(
+      `${operation}: ${request} dump interrupted ${attempts} times in a row ` +
+        `(the table kept changing while it was read)`,
+    );
+    this.name = "DumpInterruptedError";
+  }
+}
+
+/** A reply did not fit the receive buffer and could not be asked for again. */
+export class ReplyTruncatedError extends Error {
+  constructor(
+    readonly operation: string,
+    /** The datagram's real size. */
+    readonly bytes: number,
+    /** The receive buffer's size when it arrived. */
+    readonly bufferBytes: number,
+    reason: string,
+  ) {
+    super(
+      `${operation}: the kernel's reply (${bytes} bytes) did not fit the receive buffer ` +
+        `(${bufferBytes} bytes); ${reason}`,
+    );
+    this.name = "ReplyTruncatedError";
+  }
+}
+
+/** Reading the reply from the socket failed (no reply in time, receive queue overflowed…). */
+export class NetlinkSocketError extends Error {
+  constructor(readonly operation: string, readonly errno: number) {
+    super(
+      `${operation}: receiving the kernel's reply failed: ${strerror(errno)} (errno ${errno})${
+        errno === ENOBUFS
+          ? " — the socket's receive queue overflowed and replies were lost"
+          : errno === EAGAIN
+          ? " — no reply in time"
+          : ""
+      }`,
+    );
+    this.name = "NetlinkSocketError";
   }
 }
 

@@ -61,6 +61,8 @@ export const O_RDONLY = 0;
 export const O_WRONLY = 1;
 export const O_CLOEXEC = 0o2000000;
 export const O_NONBLOCK = 0o4000;
+/** recv flag: return a datagram's real length even when it did not fit the buffer. */
+export const MSG_TRUNC = 0x20;
 
 export const EPERM = 1;
 export const ENOENT = 2;
@@ -73,6 +75,7 @@ export const EEXIST = 17;
 export const ENODEV = 19;
 export const EINVAL = 22;
 export const ERANGE = 34;
+export const ENOBUFS = 105;
 export const EMSGSIZE = 90;
 export const EADDRNOTAVAIL = 99;
 export const ENETUNREACH = 101;
@@ -165,10 +168,14 @@ export function sendToKernel(fd: number, data: Uint8Array): void {
   }
 }
 
-/** Receives one datagram into `buf`; returns its length. */
+/**
+ * Receives one datagram into `buf`; returns its real length. A result above `buf.length` means
+ * the datagram did not fit: only its first `buf.length` bytes were kept, the rest is lost
+ * (MSG_TRUNC makes netlink report the full size instead of the copied one).
+ */
 export function receive(fd: number, buf: Uint8Array): number {
   for (;;) {
-    const n = Number(sym.recvfrom(fd, buf, BigInt(buf.length), 0, null, null));
+    const n = Number(sym.recvfrom(fd, buf, BigInt(buf.length), MSG_TRUNC, null, null));
     if (n >= 0) return n;
     const e = errno();
     if (e !== EINTR) throw new SyscallError("recvfrom", e);
@@ -179,6 +186,7 @@ export function receive(fd: number, buf: Uint8Array): number {
  * {@linkcode sendToKernel} then one {@linkcode receive}, with both calls on a worker thread:
  * the event loop keeps running while the kernel works. `buf` must not be touched until the
  * promise settles. Throws a SyscallError without errno (see `sendtoOffThread`) on failure.
+ * Returns the datagram's real length, as {@linkcode receive} does.
  */
 export async function exchangeOffThread(
   fd: number,
@@ -189,7 +197,9 @@ export async function exchangeOffThread(
     await sym.sendtoOffThread(fd, request, BigInt(request.length), 0, kernelAddress, 12),
   );
   if (sent < 0) throw new SyscallError("sendto", 0, "(on a worker thread, errno unknown)");
-  const n = Number(await sym.recvfromOffThread(fd, buf, BigInt(buf.length), 0, null, null));
+  const n = Number(
+    await sym.recvfromOffThread(fd, buf, BigInt(buf.length), MSG_TRUNC, null, null),
+  );
   if (n < 0) throw new SyscallError("recvfrom", 0, "(on a worker thread, errno unknown)");
   return n;
 }

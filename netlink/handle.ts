@@ -22,37 +22,57 @@ import {
   sendToKernel,
   setReceiveTimeout,
   setSocketOption,
+  SO_RCVBUF,
   SOL_NETLINK,
+  SOL_SOCKET,
   SyscallError,
   withNetns,
   writeFileSync,
 } from "./ffi.ts";
 import {
   NLM_F_ACK,
-  NLM_F_ACK_TLVS,
-  NLM_F_CAPPED,
   NLM_F_DUMP,
-  NLM_F_DUMP_INTR,
-  NLM_F_MULTI,
   NLM_F_REQUEST,
-  NLMSG_DONE,
   NLMSG_ERROR,
-  NLMSG_HDRLEN,
-  NLMSGERR_ATTR_MSG,
+  RTM_GETADDR,
+  RTM_GETLINK,
+  RTM_GETROUTE,
 } from "./consts.ts";
+import { MessageWriter, type NetlinkMessage, parseMessages } from "./wire.ts";
 import {
-  MessageWriter,
-  type NetlinkMessage,
-  parseAttributes,
-  parseMessages,
-  readString,
-} from "./wire.ts";
-import { NetlinkError, NetnsError } from "./errors.ts";
+  DumpInterruptedError,
+  NetlinkError,
+  NetlinkSocketError,
+  NetnsError,
+  ReplyTruncatedError,
+} from "./errors.ts";
+import { ackError, type Reply, ReplyCollector } from "./reply.ts";
 
 /** How long a reply may take before the request is declared lost. */
 const RECEIVE_TIMEOUT_MS = 10_000;
 /** Dumps interrupted by concurrent changes are retried this many times. */
 const DUMP_RETRIES = 5;
+/** The receive buffer a handle starts with; it grows when a reply does not fit. */
+const RECEIVE_BUFFER_BYTES = 64 * 1024;
+/** The receive buffer never grows beyond this (no netlink reply comes near it). */
+const MAX_RECEIVE_BUFFER_BYTES = 16 * 1024 * 1024;
+/** A read-only request whose reply did not fit is asked again at most this many times. */
+const TRUNCATION_RETRIES = 2;
+
+/** Settings of a {@link Handle}'s socket; the defaults suit every caller. */
+export interface HandleOptions {
+  /** The receive buffer's starting size (bytes); it grows to fit a bigger reply. */
+  receiveBufferBytes?: number;
+  /** SO_RCVBUF: how much the kernel queues for the socket before dropping (ENOBUFS). */
+  receiveQueueBytes?: number;
+}
+
+/** Request types that only read, so asking again is harmless. */
+const READ_REQUESTS = new Map([
+  [RTM_GETLINK, "RTM_GETLINK"],
+  [RTM_GETADDR, "RTM_GETADDR"],
+  [RTM_GETROUTE, "RTM_GETROUTE"],
+]);
 
 /**
  * What an operation that only sends a request and waits for its ACK needs: a way to start a
@@ -75,7 +95,7 @@ export interface QueuedRequest {
 export class Handle implements Requester {
   #fd: number;
   #seq = Math.floor(Math.random() * 0x7fffffff);
-  #buf = new Uint8Array(64 * 1024);
+  #buf: Uint8Array;
   #closed = false;
 
   private constructor(
@@ -85,20 +105,22 @@ export class Handle implements Requester {
     /** The path the namespace was opened from. */
     readonly netnsPath: string,
     readonly ownsNetnsFd: boolean,
+    readonly options: HandleOptions,
   ) {
     this.#fd = fd;
+    this.#buf = new Uint8Array(options.receiveBufferBytes ?? RECEIVE_BUFFER_BYTES);
   }
 
   /** A handle for the namespace the process runs in. */
-  static current(): Handle {
-    return Handle.forNetns("/proc/thread-self/ns/net");
+  static current(options: HandleOptions = {}): Handle {
+    return Handle.forNetns("/proc/thread-self/ns/net", options);
   }
 
   /**
    * A handle for the namespace at `path` (`/var/run/netns/X`, `/proc/PID/ns/net`).
    * Throws {@link NetnsError} when the path is missing or not a network namespace.
    */
-  static forNetns(path: string): Handle {
+  static forNetns(path: string, options: HandleOptions = {}): Handle {
     if (typeof path !== "string" || path === "") {
       throw new NetnsError(String(path), "no path given");
     }
@@ -113,7 +135,7 @@ export class Handle implements Requester {
       throw new NetnsError(path, (e as Error).message);
     }
     try {
-      return Handle.#fromFd(nsFd, path, true);
+      return Handle.#fromFd(nsFd, path, true, options);
     } catch (e) {
       closeFd(nsFd);
       throw e;
@@ -127,29 +149,41 @@ export class Handle implements Requester {
    */
   another(): Handle {
     if (this.#closed) throw new Error(`netlink handle for ${this.netnsPath} is closed`);
-    return Handle.#fromFd(this.netnsFd, this.netnsPath, false);
+    return Handle.#fromFd(this.netnsFd, this.netnsPath, false, this.options);
   }
 
-  static #fromFd(nsFd: number, path: string, owns: boolean): Handle {
+  static #fromFd(nsFd: number, path: string, owns: boolean, options: HandleOptions): Handle {
     let fd: number;
     try {
-      fd = withNetns(nsFd, () => netlinkSocket());
+      fd = openSocket(nsFd, options);
     } catch (e) {
       if (e instanceof SyscallError && e.call === "setns" && e.errno === EINVAL) {
         throw new NetnsError(path, "is not a network namespace");
       }
       throw e;
     }
+    return new Handle(fd, nsFd, path, owns, options);
+  }
+
+  /** The receive buffer's current size (it grows when a reply does not fit). */
+  get receiveBufferBytes(): number {
+    return this.#buf.length;
+  }
+
+  /**
+   * Replaces the socket with a fresh one after a request was abandoned part-way (its reply
+   * truncated, a receive error): whatever of it is still queued, or a dump the kernel still
+   * runs for the old socket (which would refuse the next dump with EBUSY), goes with it.
+   */
+  #resetSocket(): void {
+    closeFd(this.#fd);
+    this.#fd = -1;
     try {
-      setSocketOption(fd, SOL_NETLINK, NETLINK_CAP_ACK, 1);
-      setSocketOption(fd, SOL_NETLINK, NETLINK_EXT_ACK, 1);
-      setSocketOption(fd, SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1);
-      setReceiveTimeout(fd, RECEIVE_TIMEOUT_MS);
-    } catch (e) {
-      closeFd(fd);
-      throw e;
+      this.#fd = openSocket(this.netnsFd, this.options);
+    } catch {
+      // The namespace is gone: the handle stays unusable (later requests fail with EBADF) rather
+      // than read a stream that lost its place; the caller throws the error that got it here.
     }
-    return new Handle(fd, nsFd, path, owns);
   }
 
   /** Starts a request message of `type`; callers add the family header and attributes. */
@@ -162,7 +196,7 @@ export class Handle implements Requester {
    * A kernel error becomes a {@link NetlinkError} described by `operation`.
    */
   execute(msg: MessageWriter, operation: string): NetlinkMessage[] {
-    return this.#roundTrip(msg, operation, NLM_F_ACK);
+    return this.#roundTrip(msg, operation, NLM_F_ACK).messages;
   }
 
   /**
@@ -172,7 +206,7 @@ export class Handle implements Requester {
    */
   executeAll(requests: QueuedRequest[]): void {
     if (requests.length === 0) return;
-    const exchanges = requests.map((r) => this.#begin(r.msg, NLM_F_ACK));
+    const exchanges = requests.map((r) => this.#begin(r.msg, NLM_F_ACK, r.operation));
     const size = exchanges.reduce((n, x) => n + x.bytes.length, 0);
     const datagram = new Uint8Array(size);
     let off = 0;
@@ -181,11 +215,16 @@ export class Handle implements Requester {
       off += x.bytes.length;
     }
     sendToKernel(this.#fd, datagram);
-    const pending = new Map(exchanges.map((x, i) => [x.seq, i]));
+    const pending = new Map(exchanges.map((x, i) => [x.collector.seq, i]));
     const errors: (Error | undefined)[] = [];
+    const operation = `batch of ${requests.length} requests (first: ${requests[0].operation})`;
     while (pending.size > 0) {
-      const n = receive(this.#fd, this.#buf);
-      for (const m of parseMessages(this.#buf.subarray(0, n))) {
+      const n = this.#receive(operation);
+      if (n > this.#buf.length) {
+        // ACKs are small (NETLINK_CAP_ACK): only a protocol mistake gets here.
+        throw this.#truncated(operation, n, "the requests were sent and may have been carried out");
+      }
+      for (const m of this.#parse(n)) {
         const i = pending.get(m.seq);
         if (i === undefined || m.type !== NLMSG_ERROR) continue;
         pending.delete(m.seq);
@@ -196,13 +235,18 @@ export class Handle implements Requester {
     if (first) throw first;
   }
 
-  /** Runs a dump request; returns every message of the dump. */
+  /**
+   * Runs a dump request; returns every message of the dump. A dump the kernel flags as
+   * interrupted (its table changed while it was read) is run again, up to {@link DUMP_RETRIES}
+   * times, then a {@link DumpInterruptedError} is thrown; a dump the kernel stopped with an error
+   * throws a `DumpIncompleteError`. Never returns a partial table.
+   */
   dump(msg: MessageWriter, operation: string): NetlinkMessage[] {
-    for (let attempt = 0;; attempt++) {
-      try {
-        return this.#roundTrip(msg, operation, NLM_F_DUMP);
-      } catch (e) {
-        if (!(e instanceof DumpInterrupted) || attempt >= DUMP_RETRIES) throw e;
+    for (let attempt = 1;; attempt++) {
+      const reply = this.#roundTrip(msg, operation, NLM_F_DUMP);
+      if (!reply.interrupted) return reply.messages;
+      if (attempt > DUMP_RETRIES) {
+        throw new DumpInterruptedError(operation, requestName(msg), attempt);
       }
     }
   }
@@ -214,54 +258,112 @@ export class Handle implements Requester {
    * it is in flight — use a handle of its own ({@link another}).
    */
   async executeOffThread(msg: MessageWriter, operation: string): Promise<NetlinkMessage[]> {
-    const exchange = this.#begin(msg, NLM_F_ACK);
-    let n = await exchangeOffThread(this.#fd, exchange.bytes, this.#buf);
+    const exchange = this.#begin(msg, NLM_F_ACK, operation);
+    let n: number;
+    try {
+      n = await exchangeOffThread(this.#fd, exchange.bytes, this.#buf);
+    } catch (e) {
+      this.#resetSocket();
+      throw e;
+    }
     for (;;) {
-      const done = this.#consume(exchange, n, operation);
-      if (done) return done;
+      if (n > this.#buf.length) {
+        throw this.#truncated(operation, n, "the request was sent and may have been carried out");
+      }
+      const reply = this.#collect(exchange.collector, n);
+      if (reply) return reply.messages;
       // Not expected for an ACKed request (the ACK follows the request at once): read on.
-      n = receive(this.#fd, this.#buf);
+      n = this.#receive(operation);
     }
   }
 
-  #roundTrip(msg: MessageWriter, operation: string, extraFlags: number): NetlinkMessage[] {
-    const exchange = this.#begin(msg, extraFlags);
-    sendToKernel(this.#fd, exchange.bytes);
-    for (;;) {
-      const n = receive(this.#fd, this.#buf);
-      const done = this.#consume(exchange, n, operation);
-      if (done) return done;
+  /**
+   * Sends one request and collects its answer. A read-only request whose reply did not fit the
+   * buffer is asked again with a buffer grown to fit; any other throws {@link ReplyTruncatedError}.
+   */
+  #roundTrip(msg: MessageWriter, operation: string, extraFlags: number): Reply {
+    for (let attempt = 0;; attempt++) {
+      const exchange = this.#begin(msg, extraFlags, operation);
+      sendToKernel(this.#fd, exchange.bytes);
+      for (;;) {
+        const n = this.#receive(operation);
+        if (n > this.#buf.length) {
+          const readOnly = READ_REQUESTS.has(msg.type);
+          if (!readOnly || attempt >= TRUNCATION_RETRIES) {
+            throw this.#truncated(
+              operation,
+              n,
+              readOnly
+                ? "asked again, it still did not fit"
+                : "the request may have been carried out",
+            );
+          }
+          this.#dropTruncated(n);
+          break; // ask again, with the grown buffer
+        }
+        const reply = this.#collect(exchange.collector, n);
+        if (reply) return reply;
+      }
     }
   }
 
   /** Numbers and flags one request. */
-  #begin(msg: MessageWriter, extraFlags: number): Exchange {
+  #begin(msg: MessageWriter, extraFlags: number, operation: string): Exchange {
     if (this.#closed) throw new Error(`netlink handle for ${this.netnsPath} is closed`);
     const seq = this.#seq = (this.#seq + 1) >>> 0;
     const bytes = msg.finish(seq);
     const view = new DataView(bytes.buffer, bytes.byteOffset);
     view.setUint16(6, view.getUint16(6, true) | extraFlags, true);
-    return { seq, bytes, extraFlags, replies: [], interrupted: false };
+    return { bytes, collector: new ReplyCollector(seq, operation, (extraFlags & NLM_F_ACK) !== 0) };
   }
 
-  /** Takes one received datagram of `n` bytes; returns the replies once the request is done. */
-  #consume(x: Exchange, n: number, operation: string): NetlinkMessage[] | undefined {
-    for (const m of parseMessages(this.#buf.subarray(0, n))) {
-      if (m.seq !== x.seq) continue; // a stale reply to an earlier, abandoned request
-      if (m.flags & NLM_F_DUMP_INTR) x.interrupted = true;
-      if (m.type === NLMSG_ERROR) {
-        const error = ackError(m, operation);
-        if (error) throw error;
-        return x.replies;
-      }
-      if (m.type === NLMSG_DONE) {
-        if (x.interrupted) throw new DumpInterrupted();
-        return x.replies;
-      }
-      x.replies.push({ ...m, body: m.body.slice() });
-      if (!(m.flags & NLM_F_MULTI) && !(x.extraFlags & NLM_F_ACK)) return x.replies;
+  /** Reads one datagram; returns its real length (above the buffer's when it did not fit). */
+  #receive(operation: string): number {
+    try {
+      return receive(this.#fd, this.#buf);
+    } catch (e) {
+      if (!(e instanceof SyscallError)) throw e;
+      this.#resetSocket();
+      throw new NetlinkSocketError(operation, e.errno);
     }
-    return undefined;
+  }
+
+  /** The messages of the `n` bytes just received; a malformed datagram abandons the socket. */
+  #parse(n: number): NetlinkMessage[] {
+    try {
+      return parseMessages(this.#buf.subarray(0, n));
+    } catch (e) {
+      this.#resetSocket();
+      throw e;
+    }
+  }
+
+  /** Feeds the `n` bytes just received to `collector`; a malformed datagram resets the socket. */
+  #collect(collector: ReplyCollector, n: number): Reply | undefined {
+    try {
+      return collector.take(this.#buf.subarray(0, n));
+    } catch (e) {
+      // The kernel's own answer (NLMSG_ERROR, an errno in NLMSG_DONE) ends the request cleanly.
+      if (!(e instanceof NetlinkError)) this.#resetSocket();
+      throw e;
+    }
+  }
+
+  /**
+   * After a datagram of `bytes` did not fit: {@link dropTruncated}, and the error to throw.
+   */
+  #truncated(operation: string, bytes: number, reason: string): ReplyTruncatedError {
+    const error = new ReplyTruncatedError(operation, bytes, this.#buf.length, reason);
+    this.#dropTruncated(bytes);
+    return error;
+  }
+
+  /** Grows the buffer to fit a datagram of `bytes` and drops the socket it was read from. */
+  #dropTruncated(bytes: number): void {
+    let size = this.#buf.length;
+    while (size < bytes && size < MAX_RECEIVE_BUFFER_BYTES) size *= 2;
+    if (size !== this.#buf.length) this.#buf = new Uint8Array(size);
+    this.#resetSocket();
   }
 
   /**
@@ -292,15 +394,33 @@ export class Handle implements Requester {
   }
 }
 
-class DumpInterrupted extends Error {}
-
-/** One request in flight and what came back so far. */
+/** One request ready to send, and the collector of its answer. */
 interface Exchange {
-  seq: number;
   bytes: Uint8Array;
-  extraFlags: number;
-  replies: NetlinkMessage[];
-  interrupted: boolean;
+  collector: ReplyCollector;
+}
+
+/** Opens a configured rtnetlink socket inside the namespace `nsFd`. */
+function openSocket(nsFd: number, options: HandleOptions): number {
+  const fd = withNetns(nsFd, () => netlinkSocket());
+  try {
+    setSocketOption(fd, SOL_NETLINK, NETLINK_CAP_ACK, 1);
+    setSocketOption(fd, SOL_NETLINK, NETLINK_EXT_ACK, 1);
+    setSocketOption(fd, SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1);
+    setReceiveTimeout(fd, RECEIVE_TIMEOUT_MS);
+    if (options.receiveQueueBytes !== undefined) {
+      setSocketOption(fd, SOL_SOCKET, SO_RCVBUF, options.receiveQueueBytes);
+    }
+  } catch (e) {
+    closeFd(fd);
+    throw e;
+  }
+  return fd;
+}
+
+/** `RTM_GETROUTE`, for errors. */
+function requestName(msg: MessageWriter): string {
+  return READ_REQUESTS.get(msg.type) ?? `message type ${msg.type}`;
 }
 
 function sysctlPath(key: string): string {
@@ -308,21 +428,4 @@ function sysctlPath(key: string): string {
     throw new Error(`not a network sysctl: ${key}`);
   }
   return "/proc/sys/" + key.replaceAll(".", "/");
-}
-
-/** The failure an NLMSG_ERROR reports, named by `operation`; undefined for a plain ACK. */
-function ackError(m: NetlinkMessage, operation: string): NetlinkError | undefined {
-  const errno = -new DataView(m.body.buffer, m.body.byteOffset).getInt32(0, true);
-  return errno === 0 ? undefined : new NetlinkError(operation, errno, extAckMessage(m));
-}
-
-function extAckMessage(m: NetlinkMessage): string | undefined {
-  if (!(m.flags & NLM_F_ACK_TLVS)) return undefined;
-  // error (4) + the original header, plus its payload unless the ack was capped
-  let off = 4 + NLMSG_HDRLEN;
-  if (!(m.flags & NLM_F_CAPPED)) {
-    off = 4 + new DataView(m.body.buffer, m.body.byteOffset).getUint32(4, true);
-  }
-  if (off > m.body.length) return undefined;
-  return readString(parseAttributes(m.body.subarray(off)).get(NLMSGERR_ATTR_MSG));
 }

@@ -104,6 +104,11 @@ export class MessageWriter {
     return this;
   }
 
+  /** The message type (RTM_…) given to the constructor. */
+  get type(): number {
+    return this.#view.getUint16(4, true);
+  }
+
   /** Finishes the message with its sequence number; returns the bytes. */
   finish(seq: number, pid = 0): Uint8Array {
     this.#view.setUint32(0, this.#len, true);
