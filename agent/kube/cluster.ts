@@ -38,6 +38,7 @@ import {
   PeerConfigs,
   projectNodeAddresses,
   projectNodeConfig,
+  specApplied,
 } from "./node_configs.ts";
 import type { MeshPeer, RouterId } from "../routing.ts";
 import { routerIdCondition, RouterIdConflictLog, routerIdConflicts } from "./router_ids.ts";
@@ -478,6 +479,10 @@ export class ClusterMode {
       this.nodes?.cache.get(nodeName),
       {
         statusOf: (name) => this.configs.cache.get(name)?.status,
+        unappliedCIDRs: (name) => {
+          const obj = this.configs.cache.get(name);
+          return obj && !specApplied(obj) ? this.#peerConfigs.previousCIDRs(name) : [];
+        },
         ownCIDRs: [agent.node?.cidr6, agent.node?.cidr4].filter((p) => p !== undefined),
       },
     );

@@ -133,10 +133,12 @@ export function describeConfigChange(old: NodeConfig, next: NodeConfig): string[
  * Each object is parsed once per `metadata.generation` (the API server bumps it on every spec
  * change, never on a status write): the mesh is recomputed whenever any node's config or
  * address changes, and at 1,000 nodes re-parsing them all each time would cost every agent
- * tens of milliseconds per event. An invalid one is reported once per generation.
+ * tens of milliseconds per event. An invalid one is reported once per generation, and a node
+ * whose new spec is invalid is taken with its last valid one: its agent rejects the new spec
+ * and keeps running on that one too.
  */
 export class PeerConfigs {
-  readonly #parsed = new Map<string, { generation: number; config?: NodeConfig }>();
+  readonly #parsed = new Map<string, PeerEntry>();
 
   of(
     objects: NodeConfigObject[],
@@ -151,19 +153,59 @@ export class PeerConfigs {
       let entry = this.#parsed.get(obj.name);
       // Without a generation (not from an API server) nothing says the spec is unchanged.
       if (!entry || entry.generation !== obj.generation || obj.generation === 0) {
-        entry = { generation: obj.generation };
+        const before = entry;
+        entry = { generation: obj.generation, config: before?.config, previous: before?.previous };
         try {
-          entry.config = parseNodeConfigObject(obj);
+          const config = parseNodeConfigObject(obj);
+          if (before?.config && cidrsText(before.config) !== cidrsText(config)) {
+            entry.previous = before.config;
+          }
+          entry.config = config;
         } catch (e) {
           onInvalid(obj.name, (e as Error).message);
         }
         this.#parsed.set(obj.name, entry);
       }
+      // Its agent runs the current spec: the previous CIDRs are its own concern now (drainingCIDRs).
+      if (entry.previous && specApplied(obj)) entry.previous = undefined;
       if (entry.config) out.push(entry.config);
     }
     for (const name of this.#parsed.keys()) if (!seen.has(name)) this.#parsed.delete(name);
     return out.sort((a, b) => (a.name! < b.name! ? -1 : a.name! > b.name! ? 1 : 0));
   }
+
+  /**
+   * The summary CIDRs of a node's valid spec before its CIDRs last changed (none if they never
+   * did since this agent started watching).
+   */
+  previousCIDRs(name: string): string[] {
+    const previous = this.#parsed.get(name)?.previous;
+    return previous ? summaryPrefixesOf(previous).map(formatPrefix) : [];
+  }
+}
+
+/** What {@link PeerConfigs} keeps of one node. */
+interface PeerEntry {
+  generation: number;
+  /** The last valid spec (of this generation, or an earlier one if this one is invalid). */
+  config?: NodeConfig;
+  /** The valid spec before the CIDRs last changed. */
+  previous?: NodeConfig;
+}
+
+function cidrsText(c: NodeConfig): string {
+  return summaryPrefixesOf(c).map(formatPrefix).join();
+}
+
+/**
+ * Whether a node's agent has applied its current spec: its status's `observedGeneration` has
+ * caught up with `metadata.generation`. Until then it still runs (and announces) the CIDRs of
+ * its previous spec, and its status does not yet say what it drains.
+ */
+export function specApplied(obj: NodeConfigObject): boolean {
+  const observed = (obj.status as { observedGeneration?: unknown } | null | undefined)
+    ?.observedGeneration;
+  return typeof observed === "number" && observed >= obj.generation;
 }
 
 /**
@@ -178,7 +220,9 @@ export function peerChangeMatters(change: CacheChange<NodeConfigObject>): boolea
   const { value, previous } = change;
   return value.generation !== previous.generation || value.generation === 0 ||
     publishedRouterId(value.status) !== publishedRouterId(previous.status) ||
-    publishedDrainingCIDRs(value.status).join() !== publishedDrainingCIDRs(previous.status).join();
+    publishedDrainingCIDRs(value.status).join() !==
+      publishedDrainingCIDRs(previous.status).join() ||
+    specApplied(value) !== specApplied(previous);
 }
 
 /** Most draining CIDRs taken from one node's status (the CRD allows no more). */
@@ -208,13 +252,20 @@ export function publishedDrainingCIDRs(status: unknown): string[] {
 export interface DrainingSource {
   /** The NodeConfig `status` of a node, as the API server holds it. */
   statusOf(nodeName: string): unknown;
+  /**
+   * The CIDRs of a node's previous spec while its agent has not applied the current one yet
+   * (see {@link specApplied}, {@link PeerConfigs.previousCIDRs}): between an operator's spec
+   * change and the node's first status after it, its old pods stay reachable too.
+   */
+  unappliedCIDRs?(nodeName: string): readonly string[];
   /** This node's own summary CIDRs: no peer may claim them. */
   ownCIDRs: readonly Prefix[];
 }
 
 /**
- * The draining CIDRs of each peer (see {@link publishedDrainingCIDRs}) that the mesh accepts
- * routes in, by node name: a status is no spec, so a draining CIDR that overlaps a current CIDR
+ * The draining CIDRs of each peer (see {@link publishedDrainingCIDRs}, and
+ * {@link DrainingSource.unappliedCIDRs}) that the mesh accepts routes in, by node name: a status
+ * is no spec, so a draining CIDR that overlaps a current CIDR
  * of any node (this one included) is refused: a node must never attract another's pods' traffic.
  * An operator moves a range between nodes only after its old owner has drained it.
  */
@@ -227,7 +278,11 @@ export function acceptedDrainingCIDRs(
     a.ip.family === b.ip.family && (prefixCovers(a, b) || prefixCovers(b, a));
   const out = new Map<string, string[]>();
   for (const p of peers) {
-    const accepted = publishedDrainingCIDRs(source.statusOf(p.name!)).filter((text) => {
+    const claimed = new Set([
+      ...publishedDrainingCIDRs(source.statusOf(p.name!)),
+      ...source.unappliedCIDRs?.(p.name!) ?? [],
+    ]);
+    const accepted = [...claimed].sort().filter((text) => {
       const cidr = parsePrefix(text, true);
       return !current.some((c) => overlaps(c, cidr));
     });

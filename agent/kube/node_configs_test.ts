@@ -13,6 +13,7 @@ import {
   projectNodeAddresses,
   projectNodeConfig,
   publishedDrainingCIDRs,
+  specApplied,
 } from "./node_configs.ts";
 import { parsePrefix } from "../../netlink/ip.ts";
 import { parseNodeConfig } from "../config.ts";
@@ -292,4 +293,46 @@ Deno.test("meshPeersFor: a peer's draining CIDRs are accepted unless they overla
     ["fd00:1::/64", "10.1.0.0/24"],
     ["fd00:5::/64"],
   ]);
+});
+
+Deno.test("PeerConfigs: the CIDRs before a change until the node applies it; an invalid spec keeps the last valid one", () => {
+  const configs = new PeerConfigs();
+  const invalid: string[] = [];
+  const report = (name: string) => invalid.push(name);
+  const b = (generation: number, spec: unknown, observedGeneration?: number) => ({
+    name: "b",
+    generation,
+    spec,
+    status: observedGeneration === undefined ? undefined : { observedGeneration },
+  });
+  const old = { cidr6: "fd00:1::/64", cidr4: "10.1.0.0/24" };
+  const moved = { cidr6: "fd00:2::/64", cidr4: "10.2.0.0/24" };
+  configs.of([b(1, old, 1)], "self", report);
+  assert.deepEqual(configs.previousCIDRs("b"), [], "no change seen");
+  // The operator moves b: until b's agent says it applied generation 2, its old CIDRs count.
+  assert.equal(specApplied(b(2, moved, 1)), false);
+  assert.deepEqual(configs.of([b(2, moved, 1)], "self", report)[0].spec, moved);
+  assert.deepEqual(configs.previousCIDRs("b"), ["fd00:1::/64", "10.1.0.0/24"]);
+  // An MTU change before it applied the move: the CIDRs before the move still count.
+  configs.of([b(3, { ...moved, mtu: 1400 }, 1)], "self", report);
+  assert.deepEqual(configs.previousCIDRs("b"), ["fd00:1::/64", "10.1.0.0/24"]);
+  // Applied: from now on b's status says what it still drains.
+  assert.equal(specApplied(b(3, { ...moved, mtu: 1400 }, 3)), true);
+  configs.of([b(3, { ...moved, mtu: 1400 }, 3)], "self", report);
+  assert.deepEqual(configs.previousCIDRs("b"), []);
+  // An invalid spec: b's agent rejects it and keeps running the last valid one; so does the mesh.
+  const kept = configs.of([b(4, { cidr6: "nonsense" }, 3)], "self", report);
+  assert.deepEqual(invalid, ["b"]);
+  assert.deepEqual(kept.map((c) => c.spec), [{ ...moved, mtu: 1400 }]);
+  assert.deepEqual(configs.previousCIDRs("b"), []);
+});
+
+Deno.test("meshPeersFor: a peer's CIDRs before a change it has not applied yet are accepted", () => {
+  const peers = [named("b", { cidr6: "fd00:2::/64", bgp: { asn: 65001, nodeMesh: true } })];
+  const mesh = meshPeersFor(peers, () => ["fd00:99::b"], undefined, {
+    statusOf: () => ({ observedGeneration: 1 }),
+    unappliedCIDRs: () => ["fd00:1::/64", "fd00:9::/64"],
+    ownCIDRs: [parsePrefix("fd00:9::/64")],
+  });
+  assert.deepEqual(mesh.map((p) => p.cidrs), [["fd00:2::/64", "fd00:1::/64"]]);
 });

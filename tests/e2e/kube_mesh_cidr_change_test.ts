@@ -119,6 +119,16 @@ Deno.test({
       });
 
       await step("B moves to new CIDRs: its old pod stays reachable from A", async () => {
+        // A's kernel, read over and over through the change: the route to B's old range must
+        // never go, not even before B has published what it drains.
+        let watching = true;
+        const samples: string[][] = [];
+        const watcher = (async () => {
+          while (watching) {
+            samples.push(await birdRoutes(a));
+            await new Promise((r) => setTimeout(r, 20));
+          }
+        })();
         await kube.kubectlOk([
           "patch",
           "nodeconfig",
@@ -139,6 +149,14 @@ Deno.test({
           () => birdRoutes(a),
           (got) => got.join() === want.join(),
           MESH_WAIT_MS,
+        );
+        watching = false;
+        await watcher;
+        const gaps = samples.filter((r) => !r.includes(OLD.cidr6) || !r.includes(OLD.cidr4));
+        assert.deepEqual(
+          gaps,
+          [],
+          `A lost B's old range during the change (${samples.length} reads)`,
         );
         for (const address of oldAddrs) assert.ok(await ping(podA, address), `A -> ${address}`);
       });
@@ -176,6 +194,18 @@ Deno.test({
           (out) => out.includes(OLD.cidr6) && out.includes(OLD.cidr4),
           MESH_WAIT_MS,
         );
+        // The CRD schema refuses a draining CIDR that is no CIDR.
+        const bad = await kube.kubectl([
+          "patch",
+          "nodeconfig",
+          b.plan.name,
+          "--subresource=status",
+          "--type=merge",
+          "-p",
+          JSON.stringify({ status: { drainingCIDRs: ["10.60.2.1/24"] } }),
+        ]);
+        assert.equal(bad.success, false, bad.stdout);
+        assert.match(bad.stderr, /no bits set after the prefix length/);
         // Give A the time it had above to learn a route, then check it learned none.
         await new Promise((r) => setTimeout(r, 3_000));
         assert.deepEqual(await birdRoutes(a), [NEW.cidr4, NEW.cidr6]);
