@@ -46,6 +46,7 @@ import {
 } from "./routing.ts";
 import { bgpSessions } from "../bird/control.ts";
 import { trimFreedMemory } from "./malloc_trim.ts";
+import { isStoreError, RuntimeHealth } from "./health.ts";
 
 /** How often DEL releases whose background veth deletion failed are retried. */
 const RELEASE_SWEEP_MS = 30_000;
@@ -90,6 +91,8 @@ export class Agent {
   metrics?: AgentMetrics;
   /** Providers for `flock status` and `/metrics` that BGP/anycast components fill in. */
   readonly statusHooks: StatusHooks = {};
+  /** Whether the socket and the store are still what a CNI call needs (`/readyz`). */
+  readonly health = new RuntimeHealth();
   #node?: NodeConfig;
   #pool6?: AddressPool;
   #pool4?: AddressPool;
@@ -115,19 +118,23 @@ export class Agent {
     }
   }
 
-  /** Why the agent does not serve pods yet, or undefined when it does. */
+  /**
+   * Why the agent does not serve pods yet, or why a CNI call would fail now (its socket or store
+   * went away, a store write failed: see {@link RuntimeHealth}); undefined when it serves.
+   */
   notReadyReason(): string | undefined {
-    return this.#handler ? undefined : this.#notReadyReason;
+    return this.#handler ? this.health.problem() : this.#notReadyReason;
   }
 
   /** What `flock status` shows (and the metric gauges are read from). */
   status(opts: SnapshotOptions = {}): Promise<StatusSnapshot> {
+    const reason = this.notReadyReason();
     return buildStatusSnapshot({
       nodeName: this.options.nodeName,
       version: FLOCK_VERSION,
       startedAt: this.startedAt,
-      ready: this.ready,
-      reason: this.notReadyReason(),
+      ready: reason === undefined,
+      reason,
       node: this.#node,
       pool6: this.#pool6,
       pool4: this.#pool4,
@@ -160,13 +167,17 @@ export class Agent {
       onIdle: trimFreedMemory,
     });
     await this.#server.start();
+    this.health.socketBound(this.options.socketPath);
     this.log({ msg: "listening", socket: this.options.socketPath, node: this.options.nodeName });
   }
 
   /** Takes the node configuration, reconciles the node and starts serving pods. */
   configure(node: NodeConfig): ReconcileReport {
     const cooldownMs = this.options.cooldownMs ?? DEFAULT_COOLDOWN_MS;
-    this.#store ??= Store.open(this.options.stateDir);
+    if (!this.#store) {
+      this.#store = Store.open(this.options.stateDir);
+      this.health.storeOpened(this.#store.path);
+    }
     this.#handle ??= this.options.netnsPath
       ? Handle.forNetns(this.options.netnsPath)
       : Handle.current();
@@ -226,6 +237,7 @@ export class Agent {
     try {
       this.#store?.pruneReleases(Date.now() - cooldownMs);
     } catch (e) {
+      if (isStoreError(e)) this.health.writeFailed(e);
       this.log({ level: "error", msg: "pruning cooled-down releases failed", error: String(e) });
     }
   }
@@ -393,6 +405,10 @@ export class Agent {
       if (response.ok && response.result) {
         fields.ips = (response.result.ips as { address: string }[])?.map((i) => i.address);
       }
+      // An ADD writes the store twice; a DEL of a held record once.
+      if (response.ok && (raw.command === "ADD" || fields.ips && raw.command === "DEL")) {
+        this.health.writeSucceeded();
+      }
       if (response.ok && raw.command !== "STATUS" && raw.command !== "CHECK") {
         this.options.onAttachmentsChanged?.();
         if (raw.command === "DEL" || raw.command === "GC") {
@@ -400,6 +416,7 @@ export class Agent {
         }
       }
     } catch (e) {
+      if (isStoreError(e)) this.health.writeFailed(e);
       const err = e instanceof CniError ? e : toCniError(e);
       response = { ok: false, error: err.toBody() };
     }

@@ -13,6 +13,7 @@ import {
   startHttpEndpoint,
 } from "./http_server.ts";
 import type { ClusterMode } from "./kube/cluster.ts";
+import { SHUTDOWN_STEP_MS, stopWithin } from "./shutdown.ts";
 
 /** Runs the agent until SIGTERM/SIGINT; returns the exit code. */
 export async function agentMain(args: string[]): Promise<number> {
@@ -106,6 +107,7 @@ export async function agentMain(args: string[]): Promise<number> {
     try {
       http = await startHttpEndpoint(httpAddress, {
         notReadyReason: () => agent.notReadyReason(),
+        notLiveReason: () => agent.health.fatalProblem(),
         metrics: () =>
           agent.metrics?.encode((metric, e) =>
             agent.log({ level: "warn", msg: "metrics collector failed", metric, error: String(e) })
@@ -126,10 +128,13 @@ export async function agentMain(args: string[]): Promise<number> {
       fatal.resolve("error");
     });
     const signal = await Promise.race([stopSignal(), fatal.promise]);
+    const stopping = performance.now();
     agent.log({ msg: "stopping", signal });
-    await cluster!.stop();
-    await http?.close();
-    await agent.close();
+    // Bounded: the API server may be down (see shutdown.ts).
+    await stopWithin("cluster", SHUTDOWN_STEP_MS.cluster, () => cluster!.stop(), log);
+    await stopWithin("http", SHUTDOWN_STEP_MS.http, () => http?.close() ?? Promise.resolve(), log);
+    await stopWithin("agent", SHUTDOWN_STEP_MS.agent, () => agent.close(), log);
+    agent.log({ msg: "stopped", ms: Math.round(performance.now() - stopping) });
     return signal === "error" ? 1 : 0;
   }
   let config;
@@ -158,9 +163,11 @@ export async function agentMain(args: string[]): Promise<number> {
   const configPath = values.config;
   Deno.addSignalListener("SIGHUP", () => reloadRouting(agent, configPath));
   const signal = await stopped;
+  const stopping = performance.now();
   agent.log({ msg: "stopping", signal });
-  await http?.close();
-  await agent.close();
+  await stopWithin("http", SHUTDOWN_STEP_MS.http, () => http?.close() ?? Promise.resolve(), log);
+  await stopWithin("agent", SHUTDOWN_STEP_MS.agent, () => agent.close(), log);
+  agent.log({ msg: "stopped", ms: Math.round(performance.now() - stopping) });
   return 0;
 }
 

@@ -4,9 +4,11 @@
  * the host network, so the kubelet's probes reach it there.
  *
  * - `/healthz`: 200 while the process and its event loop answer (this handler running is the
- *   proof; a blocked loop times the probe out).
- * - `/readyz`: 200 once the node config is in hand and the store is reconciled, else 503 with
- *   the reason as the body.
+ *   proof; a blocked loop times the probe out) and nothing only a restart repairs is wrong (the
+ *   agent's socket was deleted); else 503 with the reason, and the kubelet restarts the agent.
+ * - `/readyz`: 200 once the node config is in hand and the store is reconciled, and while a CNI
+ *   call would get through (the socket and the store are still the agent's, the last store write
+ *   did not fail: agent/health.ts); else 503 with the reason as the body. Cheap: no fsync.
  * - `/metrics`: the text format 0.0.4.
  *
  * @module
@@ -22,6 +24,8 @@ export const DEFAULT_HTTP_ADDRESS = "127.0.0.1:9603";
 export interface HttpEndpointSource {
   /** Undefined when ready, else why not. */
   notReadyReason(): string | undefined;
+  /** Undefined while the process is fine, else why it must be restarted (absent: always fine). */
+  notLiveReason?(): string | undefined;
   /** The metrics text. */
   metrics(): Promise<string>;
 }
@@ -62,8 +66,12 @@ export async function handleHttp(req: Request, source: HttpEndpointSource): Prom
     });
   }
   switch (path) {
-    case "/healthz":
-      return new Response("ok\n", { headers: TEXT });
+    case "/healthz": {
+      const reason = source.notLiveReason?.();
+      return reason === undefined
+        ? new Response("ok\n", { headers: TEXT })
+        : new Response(`not live: ${reason}\n`, { status: 503, headers: TEXT });
+    }
     case "/readyz": {
       const reason = source.notReadyReason();
       return reason === undefined

@@ -50,18 +50,10 @@ import {
   type RoutingStats,
   StatusReporter,
 } from "./status_reporter.ts";
+import { STATUS_REFRESH_UNSETTLED_MS, StatusRefreshSchedule } from "./status_refresh.ts";
 
 /** How long the agent waits for its NodeConfig before it uses `Node.spec.podCIDRs`. */
 export const DEFAULT_CONFIG_WAIT_MS = 60_000;
-
-/** How often the status is recomputed without a change event (for BGP session states). */
-const STATUS_REFRESH_MS = 30_000;
-
-/**
- * How often while some BGP session is not established: sessions come up seconds after a peer
- * appears, and `bgpSessionsUp` should say so without waiting for the next 30 s round.
- */
-const STATUS_REFRESH_UNSETTLED_MS = 2_000;
 
 /**
  * How long a NodeConfig in hand waits for the Node informer's first list: configuring before it
@@ -146,9 +138,8 @@ export class ClusterMode {
   /** This node's InternalIPs as last handed to the agent (undefined: not yet). */
   #ownAddressesText?: string;
   #refresh?: ReturnType<typeof setInterval>;
-  #refreshTicks = 0;
-  /** Every configured BGP session was established when the status was last computed. */
-  #bgpSettled = true;
+  /** When the status is next recomputed without an event (BGP sessions: status_refresh.ts). */
+  readonly #refreshSchedule = new StatusRefreshSchedule();
   #peersQueued = false;
   readonly #peerConfigs = new PeerConfigs();
   #stopped = false;
@@ -244,11 +235,10 @@ export class ClusterMode {
     this.nodes?.start();
     this.#acquiring = this.#acquire().catch(onFatal);
     // BGP sessions change with no event to tell: look again now and then (a patch is sent
-    // only when something differs), often while a session is still coming up.
-    const everyTicks = STATUS_REFRESH_MS / STATUS_REFRESH_UNSETTLED_MS;
+    // only when something differs), often while a session is coming up, less and less often
+    // while one stays down.
     this.#refresh = setInterval(() => {
-      this.#refreshTicks++;
-      if (!this.#bgpSettled || this.#refreshTicks % everyTicks === 0) this.status.request();
+      if (this.#refreshSchedule.due(performance.now())) this.status.request();
     }, STATUS_REFRESH_UNSETTLED_MS);
   }
 
@@ -554,7 +544,10 @@ export class ClusterMode {
   async #desiredStatus() {
     const agent = this.#agent;
     const own = this.configs.cache.get(this.options.nodeName);
-    if (!agent || !own) return undefined;
+    if (!agent || !own) {
+      this.#refreshSchedule.computed(performance.now(), undefined);
+      return undefined;
+    }
     const s = agent.stats();
     let reason = "";
     // The Ready condition's reason: a word a program can match on.
@@ -572,7 +565,7 @@ export class ClusterMode {
       code = "PodsOutsideCIDR";
     }
     const routing = s.ready ? await agent.routingStatus?.() : undefined;
-    this.#bgpSettled = !routing || routing.sessionsUp === routing.sessions;
+    this.#refreshSchedule.computed(performance.now(), routing);
     this.#routerId = routing?.routerId;
     this.#checkRouterIds(this.configs.cache.entries().map(([, v]) => v));
     const conditions = [];
