@@ -71,6 +71,7 @@ export interface ClusterAgent {
   reconfigure(node: NodeConfig): Promise<unknown>;
   /** Sets the reason given to CNI requests while not ready. */
   waitingFor(reason: string): void;
+  /** `notReadyReason` is set while ready too when a CNI call would fail now (agent/health.ts). */
   stats(): AgentStats & { notReadyReason: string; outsideCIDR: number };
   /** The other nodes of the BGP mesh (called once configured, and on every change). */
   setMeshPeers?(peers: MeshPeer[]): Promise<void>;
@@ -555,6 +556,11 @@ export class ClusterMode {
     if (!s.ready) {
       reason = s.notReadyReason;
       code = this.#specProblem ? "NodeConfigInvalid" : "WaitingForConfig";
+    } else if (s.notReadyReason) {
+      // Configured, yet a CNI call would fail now (agent/health.ts: the socket or the store went
+      // away, a store write failed): not Ready, as /readyz says.
+      reason = s.notReadyReason;
+      code = "CNIUnavailable";
     } else if (this.#specProblem) {
       reason =
         `the last spec change was rejected; the previous spec stays in force: ${this.#specProblem}`;
@@ -574,7 +580,8 @@ export class ClusterMode {
     }
     const passwords = passwordCondition(this.secrets.referenced, this.secrets.problems);
     if (passwords && s.ready) conditions.push(passwords);
-    const status = buildStatus(s, this.#observedGeneration, reason.slice(0, 1024), routing, {
+    const serving = { ...s, ready: s.ready && code !== "CNIUnavailable" };
+    const status = buildStatus(serving, this.#observedGeneration, reason.slice(0, 1024), routing, {
       reason: code,
       conditions,
     });

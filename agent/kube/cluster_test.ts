@@ -53,7 +53,10 @@ class FakeApi {
   readSecretData(): Promise<Record<string, string>> {
     return Promise.resolve({});
   }
-  patchNodeConfigStatus(): Promise<void> {
+  /** The status patches sent, in order. */
+  readonly patches: Record<string, unknown>[] = [];
+  patchNodeConfigStatus(_name: string, status: Record<string, unknown>): Promise<void> {
+    this.patches.push(status);
     return Promise.resolve();
   }
   /** A NodeConfig created in the API: its watch event. */
@@ -83,11 +86,13 @@ class FakeAgent {
     this.applied.push(`reconfigure ${node.spec.cidr6}`);
     return Promise.resolve();
   }
+  /** Why a CNI call would fail although configured (the agent's runtime health). */
+  problem = "";
   waitingFor(): void {}
   stats() {
     return {
       ready: this.ready,
-      notReadyReason: "",
+      notReadyReason: this.problem,
       attachments: 0,
       ipv6: 0,
       ipv4: 0,
@@ -135,6 +140,42 @@ Deno.test("cluster: a NodeConfig created while the podCIDRs fallback is being ap
       throw new Error(`${e.message}; applied: ${agent.applied.join(" | ")}`);
     });
     assert.equal(cluster.source, "NodeConfig");
+  } finally {
+    await cluster.stop();
+  }
+});
+
+Deno.test("cluster: a configured agent a CNI call cannot get through to is published not Ready (CNIUnavailable), then Ready again", async () => {
+  const api = new FakeApi();
+  api.objects.push({
+    metadata: { name: "n1", resourceVersion: "1", generation: 1 },
+    spec: { cidr6: "fd00:cc::/64" },
+  });
+  const agent = new FakeAgent();
+  const cluster = new ClusterMode({
+    nodeName: "n1",
+    api: api as unknown as KubeApi,
+    watchNodes: false,
+    namespace: "kube-system",
+    statusIntervalMs: 0,
+    log: () => {},
+  });
+  cluster.start(agent, (e) => {
+    throw e;
+  });
+  const last = () => api.patches.at(-1) as { ready?: boolean; conditions?: { reason: string }[] };
+  try {
+    await cluster.configured;
+    await until("the first status", () => last()?.ready === true);
+    agent.problem = "the agent's socket /run/flock/flock.sock was deleted";
+    cluster.attachmentsChanged();
+    await until("not ready", () => last()?.ready === false);
+    assert.equal(last().conditions?.[0].reason, "CNIUnavailable");
+    assert.match(String((last() as { reason?: string }).reason), /socket .* was deleted/);
+    agent.problem = "";
+    cluster.attachmentsChanged();
+    await until("ready again", () => last()?.ready === true);
+    assert.equal(last().conditions?.[0].reason, "Serving");
   } finally {
     await cluster.stop();
   }
