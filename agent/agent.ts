@@ -35,7 +35,7 @@ import {
 } from "./status_snapshot.ts";
 import { FLOCK_VERSION } from "../version.ts";
 import { crashHookFromEnv } from "./crash_points.ts";
-import { releaseSweepMsFromEnv, vethDeleteFaultFromEnv } from "./test_faults.ts";
+import { addFaultFromEnv, releaseSweepMsFromEnv, vethDeleteFaultFromEnv } from "./test_faults.ts";
 import {
   type BirdTarget,
   isSummaryRoute,
@@ -109,6 +109,7 @@ export class Agent {
   /** Test-only (crash_points.ts, test_faults.ts); read once, so a reconfigure does not re-arm them. */
   readonly #crashAt = crashHookFromEnv();
   readonly #vethDeleteFault = vethDeleteFaultFromEnv();
+  readonly #addFault = addFaultFromEnv();
 
   constructor(readonly options: AgentOptions) {
     // Default: JSON lines on stderr, level info and up.
@@ -215,6 +216,7 @@ export class Agent {
       log: this.log,
       crashAt: this.#crashAt,
       vethDeleteFault: this.#vethDeleteFault,
+      addFault: this.#addFault,
       lookupAnnotations: this.options.annotationsFor,
     });
     this.#configureRouting(node);

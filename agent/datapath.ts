@@ -33,6 +33,7 @@ import {
   isExists,
   type Link,
   listAddresses,
+  listLinks,
   listRoutes,
   parseIP,
   parsePrefix,
@@ -108,6 +109,16 @@ export interface PodAddresses {
   ipv4?: IP;
   /** The host-side veth's name when it is not {@link hostIfaceName}(containerId). */
   hostIface?: string;
+}
+
+/** Options of {@link Datapath.setup}. */
+export interface SetupOptions {
+  /**
+   * Called before anything changes with the host veths (by name) whose other end already lives in
+   * the pod's netns, this pod's own excepted; throws to refuse the setup. The kernel is asked, not
+   * the netns path: two paths can name one netns, and a path can be reused by a new one.
+   */
+  checkNetnsPeers?: (hostIfaces: string[]) => void;
 }
 
 /** What `setup` made, for the CNI Result. */
@@ -261,11 +272,12 @@ export class Datapath {
   }
 
   /** Creates or repairs the pod's datapath; returns its interfaces. */
-  setup(pod: PodNetwork): PodInterfaces {
+  setup(pod: PodNetwork, options: SetupOptions = {}): PodInterfaces {
     validatePodNetwork(pod);
     // Open the pod's namespace first: a bad path must fail before anything changes.
     const podNs = Handle.forNetns(pod.netns);
     try {
+      options.checkNetnsPeers?.(this.#flockPeersIn(podNs, hostIfaceOf(pod.containerId, pod)));
       this.ensureNode();
       const { host, peer, created } = this.#ensurePair(pod, podNs);
       if (!created) removeStrayAddresses(pod, podNs, peer);
@@ -290,6 +302,23 @@ export class Datapath {
     } finally {
       podNs.close();
     }
+  }
+
+  /**
+   * The node's flock veths (by name) whose other end is an interface of `podNs`, `ownName`
+   * excepted: one link dump of the pod's netns (a new pod's has only `lo`), and a lookup on the
+   * node only for a veth in it.
+   */
+  #flockPeersIn(podNs: Handle, ownName: string): string[] {
+    const names: string[] = [];
+    for (const link of listLinks(podNs)) {
+      if (link.kind !== "veth" || !link.peerIndex) continue;
+      const host = getLinkByIndex(this.node, link.peerIndex);
+      // The index is the node's only if the node's link of that index pairs back to this one.
+      if (!host || !isFlockIfaceName(host.name) || host.name === ownName) continue;
+      if (host.peerIndex === link.index) names.push(host.name);
+    }
+    return names;
   }
 
   /** Finds or makes the veth pair; repairs a peer left on the node. */

@@ -19,7 +19,13 @@
  */
 
 import { formatIP, type IP, parseIP } from "../netlink/ip.ts";
-import { type Datapath, hostIfaceCandidate, hostIfaceName, type PodNetwork } from "./datapath.ts";
+import {
+  type Datapath,
+  hostIfaceCandidate,
+  hostIfaceName,
+  type PodNetwork,
+  type SetupOptions,
+} from "./datapath.ts";
 import { CniCode, CniError, type RpcRequest, type RpcResponse } from "./protocol.ts";
 import type { Attachment, Store } from "./store.ts";
 import type { HoldWork } from "./rpc_server.ts";
@@ -34,7 +40,7 @@ import { AddressInUseError, type AddressPool } from "./ipam.ts";
 import { buildAddResult, parsePrevResult } from "./cni_result.ts";
 import type { AnycastRoutes } from "./anycast.ts";
 import type { CrashHook } from "./crash_points.ts";
-import type { VethDeleteFault } from "./test_faults.ts";
+import type { AddFault, VethDeleteFault } from "./test_faults.ts";
 import { forEachBounded } from "./bounded.ts";
 
 /** CNI error code for a CHECK that found the datapath differing (plugin-specific range). */
@@ -59,8 +65,13 @@ export interface PodHandlerDeps {
   anycast?: AnycastRoutes;
   /** Test-only: kills the agent at a named step (see crash_points.ts). */
   crashAt?: CrashHook;
-  /** Test-only: makes the veth deletions of releases (DEL, GC, sweep) throw (test_faults.ts). */
+  /**
+   * Test-only: makes the veth deletions of releases (DEL, GC, sweep, a failed ADD's cleanup)
+   * throw (test_faults.ts).
+   */
   vethDeleteFault?: VethDeleteFault;
+  /** Test-only: makes an ADD fail right after its datapath is built (test_faults.ts). */
+  addFault?: AddFault;
 }
 
 /** Pod identity from CNI_ARGS (`K8S_POD_NAMESPACE=…;K8S_POD_NAME=…`). */
@@ -143,7 +154,7 @@ export class PodHandler {
     }
     if (existing) {
       // A retry: converge the datapath for the addresses already held.
-      const links = datapath.setup(this.#podNetwork(req, existing));
+      const links = datapath.setup(this.#podNetwork(req, existing), this.#netnsOwnerCheck(req));
       // Retried with a new sandbox netns: setup moved the pod there, and the start-up repair,
       // DEL's wait for the veth and every later step must look there, not in the old one.
       if (existing.netns !== req.netns) store.setNetns(req.containerId, req.ifname, req.netns);
@@ -214,28 +225,88 @@ export class PodHandler {
     }
     this.deps.crashAt?.("add-after-pending");
     try {
-      const links = datapath.setup(this.#podNetwork(req, record));
+      const links = datapath.setup(this.#podNetwork(req, record), this.#netnsOwnerCheck(req));
       this.deps.crashAt?.("add-after-datapath");
+      this.deps.addFault?.();
       store.commit(req.containerId, req.ifname);
       this.deps.crashAt?.("add-after-commit");
       if (record.anycast.length) this.deps.anycast?.sync(record.anycast);
       return this.#result(req, record, links);
     } catch (e) {
-      try {
-        // Off the event loop as every release: the half-made veth may exist.
-        await datapath.removeVeth(req.containerId, {
-          ipv6: parseOptional(record.ipv6),
-          ipv4: parseOptional(record.ipv4),
-          hostIface: record.hostIface,
-        });
-      } finally {
-        store.delete(req.containerId, req.ifname);
-        releaseTaken();
-        // The failed pod may already be a path of a route: recompute without it.
-        if (record.anycast.length) this.deps.anycast?.trySync(record.anycast);
+      if (await this.#removeHalfMadeVeth(record)) {
+        try {
+          store.delete(req.containerId, req.ifname);
+        } finally {
+          releaseTaken();
+        }
       }
+      // The failed pod may already be a path of a route: recompute without it.
+      if (record.anycast.length) this.deps.anycast?.trySync(record.anycast);
       throw e;
     }
+  }
+
+  /**
+   * A failed ADD's cleanup, off the event loop as every release: deletes the veth it may have
+   * half made. True once it is gone. When the deletion fails the veth may survive with the pod's
+   * addresses inside the pod's netns, so they must not go to another pod: the record turns
+   * `releasing` with its addresses held, exactly as after a failed background DEL, and the
+   * sweep, a DEL, a retried ADD, GC or the next start finishes the release (addresses cooling).
+   */
+  async #removeHalfMadeVeth(record: Omit<Attachment, "state" | "createdAt">): Promise<boolean> {
+    const { containerId, ifname } = record;
+    try {
+      this.deps.vethDeleteFault?.();
+      await this.deps.datapath.removeVeth(containerId, {
+        ipv6: parseOptional(record.ipv6),
+        ipv4: parseOptional(record.ipv4),
+        hostIface: record.hostIface,
+      });
+      return true;
+    } catch (error) {
+      let held = "releasing";
+      try {
+        this.deps.store.abandon(containerId, ifname, (this.deps.now ?? Date.now)());
+      } catch (storeError) {
+        // Still pending: a retried ADD or DEL of the container, or the next start, finishes it.
+        held = `pending (${errorMessage(storeError)})`;
+      }
+      this.deps.log({
+        level: "error",
+        msg: `a failed ADD could not delete its veth; the attachment stays ${held}`,
+        containerId,
+        ifname,
+        error: errorMessage(error),
+      });
+      return false;
+    }
+  }
+
+  /**
+   * Refuses a pod netns in which another container already has a flock interface (not counting
+   * one whose DEL was answered): each pod's default routes point at its own veth, so a second
+   * one would take them over. Such a netns is not a Kubernetes pod (one sandbox, one network
+   * attachment per network): two runtimes' containers were given the same CNI_NETNS.
+   */
+  #netnsOwnerCheck(req: RpcRequest): SetupOptions {
+    return {
+      checkNetnsPeers: (hostIfaces) => {
+        for (const hostIface of hostIfaces) {
+          const holder = this.deps.store.hostIfaceHolder(hostIface);
+          if (!holder || holder.containerId === req.containerId) continue;
+          if (this.deps.store.get(holder.containerId, holder.ifname)?.state === "releasing") {
+            continue;
+          }
+          throw new CniError(
+            CniCode.invalidConfig,
+            `CNI_NETNS ${req.netns}: the network namespace already has container ` +
+              `${holder.containerId}'s flock interface ${holder.ifname}`,
+            "flock gives a network namespace one interface: a second one would take over the " +
+              "first one's default routes",
+          );
+        }
+      },
+    };
   }
 
   /**

@@ -137,14 +137,17 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
     }
   }
 
-  // Addresses released shortly before the restart stay cooling. After a CIDR change one may be
-  // outside the new CIDR or its network or broadcast address: the pool never hands those out.
+  // Addresses released shortly before the restart stay cooling, from their stored release time:
+  // a restart neither shortens a cooldown nor starts it afresh. A release stamped in the future
+  // (the clock stepped back) cools from now, never longer than one cooldown. After a CIDR change
+  // one may be outside the new CIDR or its network or broadcast address: the pool never hands
+  // those out.
   for (const r of d.store.recentReleases(now - d.cooldownMs)) {
     const ip = parseIP(r.ip);
     const pool = poolFor(ip, d);
     if (!pool || pool.isAllocated(ip) || unusableReason(pool.cidr, ip)) continue;
     pool.reserve(ip);
-    pool.release(ip);
+    pool.release(ip, Math.min(r.at, now));
   }
   d.store.pruneReleases(now - d.cooldownMs);
 

@@ -428,6 +428,18 @@ export class Store {
   }
 
   /**
+   * Marks a pending or committed attachment `releasing` after an ADD that failed and could not
+   * remove its veth: its addresses stay held (the veth may still carry them in the pod's netns)
+   * until a release finishes it (the sweep, a DEL, a retried ADD, GC or the next start). False
+   * if there is no such attachment that is not releasing already.
+   */
+  abandon(containerId: string, ifname: string, at: number): boolean {
+    return this.#transaction(() =>
+      Number(this.#stmts.abandon.run(at, containerId, ifname).changes) > 0
+    );
+  }
+
+  /**
    * Removes an attachment and records the release of its addresses (for IPAM cooldown) in one
    * transaction; false if there was no attachment.
    */
@@ -543,6 +555,10 @@ function prepareAll(db: DatabaseSync) {
     ),
     delete: p("DELETE FROM attachment WHERE container_id = ? AND ifname = ?"),
     setNetns: p("UPDATE attachment SET netns = ? WHERE container_id = ? AND ifname = ?"),
+    abandon: p(
+      `UPDATE attachment SET releasing_at = ?
+        WHERE container_id = ? AND ifname = ? AND releasing_at IS NULL`,
+    ),
     markReleasing: p(
       `UPDATE attachment SET releasing_at = ?
         WHERE container_id = ? AND ifname = ? AND state = 'committed'`,

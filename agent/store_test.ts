@@ -494,3 +494,16 @@ Deno.test("SIGKILL during churn leaves a consistent database", async () => {
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("abandon: a failed ADD's pending record turns releasing, its addresses still held", () =>
+  withStore((store) => {
+    store.insertPending(attachment("a1", { ipv6: "fd00::a1", ipv4: "10.0.0.161" }));
+    assert.equal(store.abandon("a1", "eth0", 1000), true);
+    assert.equal(store.get("a1", "eth0")?.state, "releasing");
+    assert.deepEqual(store.listByState("releasing").map((a) => a.containerId), ["a1"]);
+    assert.equal(store.abandon("a1", "eth0", 2000), false, "already releasing");
+    assert.throws(() => store.insertPending(attachment("a2", { ipv6: "fd00::a1" })), /in use|used/);
+    store.commit("a1", "eth0");
+    assert.equal(store.get("a1", "eth0")?.state, "releasing", "a late commit does not revive it");
+    assert.equal(store.abandon("none", "eth0", 1000), false);
+  }));

@@ -11,16 +11,26 @@
  */
 
 /**
- * Makes the first N veth deletions of releases throw, before touching the kernel: DEL's, GC's
- * and the stuck-release sweep's retries count alike, in the order they run.
+ * Makes the first N veth deletions of releases throw, before touching the kernel: DEL's, GC's,
+ * the stuck-release sweep's retries and a failed ADD's cleanup count alike, in the order they
+ * run.
  */
 export const FAIL_VETH_DELETE_ENV = "FLOCK_TEST_FAIL_VETH_DELETE";
 
 /** Replaces the stuck-release sweep's interval (milliseconds). */
 export const RELEASE_SWEEP_ENV = "FLOCK_TEST_RELEASE_SWEEP_MS";
 
-/** Called before each background veth deletion; throws while an armed failure is left. */
+/**
+ * Makes the first N ADDs that built their datapath fail right after it, before the record is
+ * committed: the ADD's own cleanup then runs (and, with {@link FAIL_VETH_DELETE_ENV}, fails).
+ */
+export const FAIL_ADD_AFTER_DATAPATH_ENV = "FLOCK_TEST_FAIL_ADD_AFTER_DATAPATH";
+
+/** Called before each veth deletion of a release; throws while an armed failure is left. */
 export type VethDeleteFault = () => void;
+
+/** Called by ADD once its datapath is built; throws while an armed failure is left. */
+export type AddFault = () => void;
 
 /** A positive integer from a test variable, or undefined when it is unset or empty. */
 function positiveInteger(name: string, value: string | undefined): number | undefined {
@@ -42,13 +52,34 @@ function positiveInteger(name: string, value: string | undefined): number | unde
 export function vethDeleteFaultFromEnv(
   value = Deno.env.get(FAIL_VETH_DELETE_ENV),
 ): VethDeleteFault | undefined {
-  const count = positiveInteger(FAIL_VETH_DELETE_ENV, value);
+  return firstCallsFail(FAIL_VETH_DELETE_ENV, value, "veth deletion failure");
+}
+
+/**
+ * The fault armed by `FLOCK_TEST_FAIL_ADD_AFTER_DATAPATH=N` (the first N calls throw), or
+ * undefined when it is unset.
+ *
+ * @throws {Error} when the value is not a positive integer
+ */
+export function addFaultFromEnv(
+  value = Deno.env.get(FAIL_ADD_AFTER_DATAPATH_ENV),
+): AddFault | undefined {
+  return firstCallsFail(FAIL_ADD_AFTER_DATAPATH_ENV, value, "ADD failure after the datapath");
+}
+
+/** A hook whose first `value` calls throw an error naming `name` and `what`; undefined if unset. */
+function firstCallsFail(
+  name: string,
+  value: string | undefined,
+  what: string,
+): (() => void) | undefined {
+  const count = positiveInteger(name, value);
   if (count === undefined) return undefined;
   let left = count;
   return () => {
     if (left === 0) return;
     left--;
-    throw new Error(`${FAIL_VETH_DELETE_ENV}: injected veth deletion failure (${left} left)`);
+    throw new Error(`${name}: injected ${what} (${left} left)`);
   };
 }
 

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { releaseSweepMsFromEnv, vethDeleteFaultFromEnv } from "./test_faults.ts";
+import { addFaultFromEnv, releaseSweepMsFromEnv, vethDeleteFaultFromEnv } from "./test_faults.ts";
 
 Deno.test("vethDeleteFaultFromEnv: unset or empty arms nothing", () => {
   assert.equal(vethDeleteFaultFromEnv(undefined), undefined);
@@ -28,4 +28,12 @@ Deno.test("releaseSweepMsFromEnv: the default unless a positive integer is set",
   assert.equal(releaseSweepMsFromEnv(30_000, ""), 30_000);
   assert.equal(releaseSweepMsFromEnv(30_000, "250"), 250);
   assert.throws(() => releaseSweepMsFromEnv(30_000, "0"), /FLOCK_TEST_RELEASE_SWEEP_MS=0/);
+});
+
+Deno.test("addFaultFromEnv: the first N ADDs fail after their datapath, later ones pass", () => {
+  assert.equal(addFaultFromEnv(undefined), undefined);
+  assert.throws(() => addFaultFromEnv("0"), /FLOCK_TEST_FAIL_ADD_AFTER_DATAPATH=0: not a positive/);
+  const fault = addFaultFromEnv("1")!;
+  assert.throws(fault, /injected ADD failure after the datapath \(0 left\)/);
+  fault();
 });
