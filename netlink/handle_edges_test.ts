@@ -10,6 +10,7 @@ import { TestNamespace } from "../tests/helpers/netns.ts";
 import { ROOT_ONLY } from "../tests/helpers/exec.ts";
 import {
   addVeth,
+  AF_INET,
   AF_INET6,
   DumpIncompleteError,
   DumpInterruptedError,
@@ -17,6 +18,7 @@ import {
   type Link,
   listAddresses,
   listLinks,
+  listRoutes,
   NetlinkError,
   NetlinkSocketError,
   RTM_GETROUTE,
@@ -61,6 +63,39 @@ Deno.test({
         /kernel says: Invalid values in header for FIB dump request/.test(e.message),
     );
     assert.deepEqual(listLinks(h).map((l) => l.name), ["lo"]);
+  },
+});
+
+Deno.test({
+  name:
+    "listRoutes of a table that does not exist yet (ENOENT in NLMSG_DONE) is empty, not an error",
+  ...ROOT_ONLY,
+  fn: async () => {
+    await using ns = await TestNamespace.create("flk-nle");
+    using h = Handle.forNetns(ns.path);
+    // A fresh namespace has no IPv4 main table until its first IPv4 route.
+    assert.deepEqual(listRoutes(h, { family: AF_INET, table: 254 }), []);
+    assert.deepEqual(listRoutes(h, { family: AF_INET6, table: 1234 }), []);
+    await ns.ip(["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+    await ns.ip(["link", "set", "d0", "up"]);
+    await ns.ip(["route", "add", "blackhole", "10.1.0.0/16", "proto", "201"]);
+    assert.deepEqual(
+      listRoutes(h, { family: AF_INET, table: 254, protocol: 201 }).map((r) => r.type),
+      [6], // RTN_BLACKHOLE
+    );
+  },
+});
+
+Deno.test({
+  name: "listAddresses of a link that is gone (ENODEV in NLMSG_DONE) is empty, not an error",
+  ...ROOT_ONLY,
+  fn: async () => {
+    await using ns = await TestNamespace.create("flk-nle");
+    using h = Handle.forNetns(ns.path);
+    for (const family of [undefined, AF_INET, AF_INET6] as const) {
+      assert.deepEqual(listAddresses(h, { family, index: 4242 }), []);
+    }
+    assert.equal(listAddresses(h, { family: AF_INET, index: 1 }).length, 1); // 127.0.0.1
   },
 });
 
