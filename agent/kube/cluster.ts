@@ -433,6 +433,8 @@ export class ClusterMode {
     this.#appliedSpec = canonicalJson(next.spec);
     this.#observedGeneration = obj.generation;
     this.status.request();
+    // The peers' draining CIDRs are checked against this node's CIDRs, which just changed.
+    this.#queuePeers();
   }
 
   #queuePeers(): void {
