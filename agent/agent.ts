@@ -14,7 +14,7 @@ import {
 } from "../netlink/mod.ts";
 import { Datapath } from "./datapath.ts";
 import { CniCode, CniError, type RpcRequest, type RpcResponse } from "./protocol.ts";
-import { Store } from "./store.ts";
+import { type Attachment, Store } from "./store.ts";
 import type { NodeConfig } from "./config.ts";
 import { AddressPool, DEFAULT_COOLDOWN_MS } from "./ipam.ts";
 import { GC_DELETIONS_IN_FLIGHT, parseCniArgs, PodHandler } from "./pod_handler.ts";
@@ -46,6 +46,7 @@ import {
 } from "./routing.ts";
 import { bgpSessions } from "../bird/control.ts";
 import { trimFreedMemory } from "./malloc_trim.ts";
+import { vethDeleteDelayFromEnv } from "./test_slow_delete.ts";
 import { isStoreError, RuntimeHealth } from "./health.ts";
 
 /** How often DEL releases whose background veth deletion failed are retried. */
@@ -109,6 +110,7 @@ export class Agent {
   /** Test-only (crash_points.ts, test_faults.ts); read once, so a reconfigure does not re-arm them. */
   readonly #crashAt = crashHookFromEnv();
   readonly #vethDeleteFault = vethDeleteFaultFromEnv();
+  readonly #vethDeleteDelay = vethDeleteDelayFromEnv();
   readonly #addFault = addFaultFromEnv();
 
   constructor(readonly options: AgentOptions) {
@@ -216,6 +218,7 @@ export class Agent {
       log: this.log,
       crashAt: this.#crashAt,
       vethDeleteFault: this.#vethDeleteFault,
+      vethDeleteDelay: this.#vethDeleteDelay,
       addFault: this.#addFault,
       lookupAnnotations: this.options.annotationsFor,
     });
@@ -246,37 +249,41 @@ export class Agent {
 
   /**
    * A DEL whose background veth deletion failed leaves its record `releasing` (addresses held),
-   * and runtimes never repeat a DEL that succeeded: retry those here. Under `exclusive`, so every
-   * removal still in flight has settled, what is left is stuck, and no ADD or DEL of the same
-   * container races the retry. The veth deletions run off the event loop as DEL's do, so the
-   * agent keeps answering STATUS and metrics meanwhile, and as many at once as GC's, so a node
-   * that piled up stuck releases holds ADD and DEL for about a third of one-at-a-time.
+   * and runtimes never repeat a DEL that succeeded: retry those here. A release whose deletion is
+   * still running is not stuck and is left alone: waiting for it (under `exclusive`, as before)
+   * held every ADD and DEL of the node for as long as one veth took to go, which the kernel can
+   * stretch to minutes ("waiting for … to become free"). Each retry runs in its container's turn
+   * (RpcServer.forContainer), so no ADD or DEL of the same container races it and the other
+   * containers go on. The veth deletions run off the event loop as DEL's do, as many at once as
+   * GC's.
    */
   #finishStuckReleases(): Promise<void> {
-    const handler = this.#handler;
+    const server = this.#server;
     // A sweep that outlasts the interval is not joined by a second one.
-    if (this.#sweep || !handler || !this.#server) return Promise.resolve();
-    if (!this.#store?.listByState("releasing").length) return Promise.resolve();
-    return this.#sweep = this.#server.exclusive(async () => {
-      const stuck = this.#store?.listByState("releasing") ?? [];
-      if (stuck.length) this.log({ msg: "retrying stuck releases", count: stuck.length });
-      const outcomes = await forEachBounded(
-        stuck,
-        GC_DELETIONS_IN_FLIGHT,
-        (rec) => handler.release(rec),
-      );
+    if (this.#sweep || !this.#handler || !server || !this.#store) return Promise.resolve();
+    const handler = this.#handler;
+    const stuck = this.#store.listByState("releasing").filter((rec) => !handler.isRemoving(rec));
+    if (!stuck.length) return Promise.resolve();
+    this.log({ msg: "retrying stuck releases", count: stuck.length });
+    const retry = (listed: Attachment) =>
+      server.forContainer(listed.containerId, async () => {
+        // The container's own ADD or DEL may have finished it meanwhile; a reconfigure may have
+        // made a new handler (with new pools).
+        const rec = this.#store?.get(listed.containerId, listed.ifname);
+        const current = this.#handler;
+        if (rec?.state !== "releasing" || !current || current.isRemoving(rec)) return;
+        await current.release(rec);
+        this.log({ msg: "finished a stuck release", containerId: rec.containerId });
+      });
+    return this.#sweep = forEachBounded(stuck, GC_DELETIONS_IN_FLIGHT, retry).then((outcomes) => {
       outcomes.forEach((outcome, i) => {
-        const containerId = stuck[i].containerId;
-        if (outcome.status === "fulfilled") {
-          this.log({ msg: "finished a stuck release", containerId });
-        } else {
-          this.log({
-            level: "error",
-            msg: "retrying a stuck release failed",
-            containerId,
-            error: String(outcome.reason),
-          });
-        }
+        if (outcome.status === "fulfilled") return;
+        this.log({
+          level: "error",
+          msg: "retrying a stuck release failed",
+          containerId: stuck[i].containerId,
+          error: String(outcome.reason),
+        });
       });
     }).catch((e) => this.log({ level: "error", msg: "release sweep failed", error: String(e) }))
       .finally(() => this.#sweep = undefined);

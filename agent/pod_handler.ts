@@ -40,6 +40,7 @@ import { AddressInUseError, type AddressPool } from "./ipam.ts";
 import { buildAddResult, parsePrevResult } from "./cni_result.ts";
 import type { AnycastRoutes } from "./anycast.ts";
 import type { CrashHook } from "./crash_points.ts";
+import type { VethDeleteDelay } from "./test_slow_delete.ts";
 import type { AddFault, VethDeleteFault } from "./test_faults.ts";
 import { forEachBounded } from "./bounded.ts";
 
@@ -72,6 +73,8 @@ export interface PodHandlerDeps {
   vethDeleteFault?: VethDeleteFault;
   /** Test-only: makes an ADD fail right after its datapath is built (test_faults.ts). */
   addFault?: AddFault;
+  /** Test-only: delays the first veth deletion of a release (test_slow_delete.ts). */
+  vethDeleteDelay?: VethDeleteDelay;
 }
 
 /** Pod identity from CNI_ARGS (`K8S_POD_NAMESPACE=…;K8S_POD_NAME=…`). */
@@ -115,6 +118,8 @@ function parseOptional(text: string | undefined): IP | undefined {
 export class PodHandler {
   /** Veth deletions still running, by the pod netns they empty. */
   readonly #removals = new Map<string, Promise<void>>();
+  /** The attachments whose DEL answered and whose veth deletion is still running. */
+  readonly #removing = new Set<string>();
 
   constructor(private readonly deps: PodHandlerDeps) {}
 
@@ -442,6 +447,9 @@ export class PodHandler {
         error: String(e),
       });
     });
+    const key = attachmentKey(rec);
+    this.#removing.add(key);
+    removal.then(() => this.#removing.delete(key));
     const earlier = this.#removals.get(rec.netns);
     const all = earlier ? Promise.all([earlier, removal]).then(() => {}) : removal;
     this.#removals.set(rec.netns, all);
@@ -449,6 +457,14 @@ export class PodHandler {
       if (this.#removals.get(rec.netns) === all) this.#removals.delete(rec.netns);
     });
     return removal;
+  }
+
+  /**
+   * Whether the attachment's veth deletion after its DEL is still running: its release is not
+   * stuck (maybe slow), and no one else may start another one meanwhile.
+   */
+  isRemoving(rec: Pick<Attachment, "containerId" | "ifname">): boolean {
+    return this.#removing.has(attachmentKey(rec));
   }
 
   /**
@@ -478,6 +494,7 @@ export class PodHandler {
     const ipv6 = parseOptional(rec.ipv6);
     const ipv4 = parseOptional(rec.ipv4);
     this.deps.vethDeleteFault?.();
+    await this.deps.vethDeleteDelay?.();
     await this.deps.datapath.removeVeth(rec.containerId, { ipv6, ipv4, hostIface: rec.hostIface });
     this.deps.crashAt?.("del-after-teardown");
     this.#finishRelease(rec, ipv6, ipv4);

@@ -337,6 +337,17 @@ export class RpcServer {
     return this.#gate.exclusive(fn);
   }
 
+  /**
+   * Runs `fn` as a request of container `containerId` runs: after that container's earlier
+   * requests and the work they hold, alongside other containers' requests, never during a GC.
+   * For the agent's own work on one container (retrying its stuck release), which must not hold
+   * up the other containers as {@link exclusive} does.
+   */
+  forContainer<T>(containerId: string, fn: () => Promise<T>): Promise<T> {
+    const nothingHeld = () => undefined;
+    return this.#perContainer(containerId, () => this.#gate.shared(fn, nothingHeld), nothingHeld);
+  }
+
   /** Runs the handler under the ordering rules (see module doc). */
   #dispatch(req: RpcRequest): Promise<RpcResponse> {
     const held: Promise<unknown>[] = [];

@@ -21,6 +21,7 @@ import {
 import { hostIfaceName } from "../../agent/datapath.ts";
 import { FAIL_VETH_DELETE_ENV, RELEASE_SWEEP_ENV } from "../../agent/test_faults.ts";
 import { eventually } from "../helpers/eventually.ts";
+import { SLOW_VETH_DELETE_ENV } from "../../agent/test_slow_delete.ts";
 
 // fnv1a32 of both is equal (see host_iface_collision_test.ts).
 const FIRST = "collide462789";
@@ -179,6 +180,55 @@ Deno.test({
     for (const [id, ns] of [[FIRST, nsA], ["peer", peerNs]] as const) {
       ok(await node.cni("DEL", { containerId: id, netns: ns.path }), `DEL ${id}`);
     }
+    await assertNodeHolds(node, [], "at the end");
+  },
+});
+
+Deno.test({
+  name: "release races: a slow veth deletion holds up its own container only, not the node",
+  ...ROOT_ONLY,
+  async fn() {
+    const slowMs = 12_000;
+    await using node = await FlockNode.start({
+      config: { cidr6: "fd00:e9::/64", cidr4: "10.233.0.0/24" },
+      startAgent: false,
+    });
+    // The stuck-release sweep runs every 100 ms, so it meets the slow deletion many times.
+    await node.startAgent({
+      env: { [SLOW_VETH_DELETE_ENV]: String(slowMs), [RELEASE_SWEEP_ENV]: "100" },
+    });
+    await using peerNs = await TestNamespace.create("flk-rwp");
+    await using nsA = await TestNamespace.create("flk-rwa");
+    await using nsB = await TestNamespace.create("flk-rwb");
+    const peer = await addLivePod(node, "peer", peerNs.path);
+    await addLivePod(node, "slow", nsA.path);
+    ok(await node.cni("DEL", { containerId: "slow", netns: nsA.path }), "DEL slow");
+    const deletedAt = performance.now();
+    // Let several sweeps see the releasing record whose deletion is still running.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const started = performance.now();
+    const [add, status] = await Promise.all([
+      node.cni("ADD", { containerId: "other", netns: nsB.path }),
+      node.cni("STATUS"),
+    ]);
+    const addMs = Math.round(performance.now() - started);
+    ok(add, "ADD other");
+    ok(status, "STATUS");
+    const other = { containerId: "other", ips: resultIps(add.json) };
+    console.log(`ADD of another pod during a ${slowMs} ms veth deletion took ${addMs} ms`);
+    assert.ok(
+      addMs < slowMs / 3,
+      `an ADD of another pod waited ${addMs} ms for the slow deletion of ${slowMs} ms`,
+    );
+    ok(await node.cni("DEL", { containerId: "other", netns: nsB.path }), "DEL other");
+    // The slow release ends by itself, once, with nothing left over.
+    await node.settled(slowMs + 10_000);
+    console.log(
+      `the slow release settled ${Math.round(performance.now() - deletedAt)} ms after DEL`,
+    );
+    await assertNodeHolds(node, [peer], "after the slow release");
+    assert.ok(other.ips.length === 2);
+    ok(await node.cni("DEL", { containerId: "peer", netns: peerNs.path }), "DEL peer");
     await assertNodeHolds(node, [], "at the end");
   },
 });
