@@ -15,6 +15,7 @@ import { eventually } from "../helpers/eventually.ts";
 import { ping, TestNamespace } from "../helpers/flock.ts";
 import { type BgpLabNode, type BgpNodePlan, startBgpNode } from "../helpers/bgp_lab.ts";
 import { Fabric } from "../helpers/fabric.ts";
+import { birdRoutes, meshObjects } from "../helpers/kube_mesh.ts";
 import { type KubeCluster, startKubeWithFlock } from "../helpers/kube.ts";
 import { birdcPath } from "../helpers/tools.ts";
 
@@ -31,41 +32,6 @@ function plan(i: number, cidrs: { cidr6: string; cidr4: string }): BgpNodePlan {
     ipv6: `fd00:a::${20 + i}`,
     spec: { ...cidrs, bgp: { asn: 64512, nodeMesh: true } },
   };
-}
-
-function objectsFor(p: BgpNodePlan) {
-  return [
-    {
-      apiVersion: "flock.fritzlab.net/v1alpha1",
-      kind: "NodeConfig",
-      metadata: { name: p.name },
-      spec: p.spec,
-    },
-    {
-      apiVersion: "v1",
-      kind: "Node",
-      metadata: { name: p.name },
-      status: {
-        addresses: [p.ipv4!, p.ipv6].map((address) => ({ type: "InternalIP", address })),
-      },
-    },
-  ];
-}
-
-/** Destinations of the routes BIRD installed in a node's kernel, both families, sorted. */
-async function birdRoutes(n: BgpLabNode): Promise<string[]> {
-  const out: string[] = [];
-  for (const family of ["-6", "-4"]) {
-    const routes = await n.flock.ns.ipJson<{ dst: string }[]>([
-      family,
-      "route",
-      "show",
-      "proto",
-      "bird",
-    ]);
-    out.push(...routes.map((r) => r.dst));
-  }
-  return out.sort();
 }
 
 async function drainingCIDRs(kube: KubeCluster, name: string): Promise<string[] | undefined> {
@@ -87,7 +53,7 @@ Deno.test({
     const kube = cleanup.use(await startKubeWithFlock());
     const fabric = cleanup.use(await Fabric.start());
     const plans = [plan(1, { cidr6: "fd00:60:1::/64", cidr4: "10.60.1.0/24" }), plan(2, OLD)];
-    await kube.apply(plans.flatMap(objectsFor));
+    await kube.apply(plans.flatMap((p) => meshObjects(p)));
     const kubeconfig = await kube.kubeconfigFor(await kube.tokenFor("kube-system", "flock"));
     const started = await Promise.allSettled(
       plans.map((p) => startBgpNode(fabric, p, cleanup, { kubeconfig })),

@@ -20,6 +20,7 @@ import { flockStatusJson } from "../helpers/status_probe.ts";
 import { ping, TestNamespace } from "../helpers/flock.ts";
 import { type BgpLabNode, type BgpNodePlan, startBgpNode } from "../helpers/bgp_lab.ts";
 import { Fabric } from "../helpers/fabric.ts";
+import { birdRoutes, meshObjects } from "../helpers/kube_mesh.ts";
 import { type KubeCluster, startKubeWithFlock } from "../helpers/kube.ts";
 import { bgpSessions } from "../../bird/control.ts";
 import { birdcPath } from "../helpers/tools.ts";
@@ -41,42 +42,6 @@ function plan(i: number): BgpNodePlan {
       bgp: { asn: ASN, nodeMesh: true },
     },
   };
-}
-
-/** The NodeConfig and Node objects of a node; `v6First` lists its IPv6 InternalIP first. */
-function objectsFor(p: BgpNodePlan, v6First = false) {
-  const ips = [p.ipv4!, p.ipv6];
-  if (v6First) ips.reverse();
-  return [
-    {
-      apiVersion: "flock.fritzlab.net/v1alpha1",
-      kind: "NodeConfig",
-      metadata: { name: p.name },
-      spec: p.spec,
-    },
-    {
-      apiVersion: "v1",
-      kind: "Node",
-      metadata: { name: p.name },
-      status: { addresses: ips.map((address) => ({ type: "InternalIP", address })) },
-    },
-  ];
-}
-
-/** Destinations of the routes BIRD installed in a node's kernel, both families, sorted. */
-async function birdRoutes(n: BgpLabNode): Promise<string[]> {
-  const out: string[] = [];
-  for (const family of ["-6", "-4"]) {
-    const routes = await n.flock.ns.ipJson<{ dst: string }[]>([
-      family,
-      "route",
-      "show",
-      "proto",
-      "bird",
-    ]);
-    out.push(...routes.map((r) => r.dst));
-  }
-  return out.sort();
 }
 
 /** What the other nodes of `among` announce: their summaries. */
@@ -214,7 +179,7 @@ Deno.test({
     const kube = cleanup.use(await startKubeWithFlock());
     const fabric = cleanup.use(await Fabric.start());
     const plans = [plan(1), plan(2), plan(3)];
-    await kube.apply(plans.flatMap((p) => objectsFor(p)));
+    await kube.apply(plans.flatMap((p) => meshObjects(p)));
     const kubeconfig = await kube.kubeconfigFor(await kube.tokenFor("kube-system", "flock"));
     const start = (p: BgpNodePlan) => startBgpNode(fabric, p, cleanup, { kubeconfig });
     // All settled before going on: a node still starting must not outlive the cleanup.
@@ -342,7 +307,7 @@ Deno.test({
             assert.ok(s.since !== undefined && s.since > 0, "BIRD says when each session came up");
           }
           const p4 = plan(4);
-          await kube.apply(objectsFor(p4, true));
+          await kube.apply(meshObjects(p4, true));
           const n4 = await start(p4);
           all.push(n4);
           await waitMeshUp(kube, all, 3);
