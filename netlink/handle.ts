@@ -46,7 +46,7 @@ import {
   NetnsError,
   ReplyTruncatedError,
 } from "./errors.ts";
-import { ackError, type Reply, ReplyCollector } from "./reply.ts";
+import { ackError, ReplyCollector } from "./reply.ts";
 
 /** How long a reply may take before the request is declared lost. */
 const RECEIVE_TIMEOUT_MS = 10_000;
@@ -207,15 +207,15 @@ export class Handle implements Requester {
   executeAll(requests: QueuedRequest[]): void {
     if (requests.length === 0) return;
     const exchanges = requests.map((r) => this.#begin(r.msg, NLM_F_ACK, r.operation));
-    const size = exchanges.reduce((n, x) => n + x.bytes.length, 0);
+    const size = exchanges.reduce((n, x) => n + x.request.length, 0);
     const datagram = new Uint8Array(size);
     let off = 0;
     for (const x of exchanges) {
-      datagram.set(x.bytes, off);
-      off += x.bytes.length;
+      datagram.set(x.request, off);
+      off += x.request.length;
     }
     sendToKernel(this.#fd, datagram);
-    const pending = new Map(exchanges.map((x, i) => [x.collector.seq, i]));
+    const pending = new Map(exchanges.map((x, i) => [x.seq, i]));
     const errors: (Error | undefined)[] = [];
     const operation = `batch of ${requests.length} requests (first: ${requests[0].operation})`;
     while (pending.size > 0) {
@@ -261,7 +261,7 @@ export class Handle implements Requester {
     const exchange = this.#begin(msg, NLM_F_ACK, operation);
     let n: number;
     try {
-      n = await exchangeOffThread(this.#fd, exchange.bytes, this.#buf);
+      n = await exchangeOffThread(this.#fd, exchange.request, this.#buf);
     } catch (e) {
       this.#resetSocket();
       throw e;
@@ -270,8 +270,7 @@ export class Handle implements Requester {
       if (n > this.#buf.length) {
         throw this.#truncated(operation, n, "the request was sent and may have been carried out");
       }
-      const reply = this.#collect(exchange.collector, n);
-      if (reply) return reply.messages;
+      if (this.#collect(exchange, n)) return exchange.messages;
       // Not expected for an ACKed request (the ACK follows the request at once): read on.
       n = this.#receive(operation);
     }
@@ -281,10 +280,10 @@ export class Handle implements Requester {
    * Sends one request and collects its answer. A read-only request whose reply did not fit the
    * buffer is asked again with a buffer grown to fit; any other throws {@link ReplyTruncatedError}.
    */
-  #roundTrip(msg: MessageWriter, operation: string, extraFlags: number): Reply {
+  #roundTrip(msg: MessageWriter, operation: string, extraFlags: number): ReplyCollector {
     for (let attempt = 0;; attempt++) {
       const exchange = this.#begin(msg, extraFlags, operation);
-      sendToKernel(this.#fd, exchange.bytes);
+      sendToKernel(this.#fd, exchange.request);
       for (;;) {
         const n = this.#receive(operation);
         if (n > this.#buf.length) {
@@ -301,20 +300,19 @@ export class Handle implements Requester {
           this.#dropTruncated(n);
           break; // ask again, with the grown buffer
         }
-        const reply = this.#collect(exchange.collector, n);
-        if (reply) return reply;
+        if (this.#collect(exchange, n)) return exchange;
       }
     }
   }
 
   /** Numbers and flags one request. */
-  #begin(msg: MessageWriter, extraFlags: number, operation: string): Exchange {
+  #begin(msg: MessageWriter, extraFlags: number, operation: string): ReplyCollector {
     if (this.#closed) throw new Error(`netlink handle for ${this.netnsPath} is closed`);
     const seq = this.#seq = (this.#seq + 1) >>> 0;
     const bytes = msg.finish(seq);
     const view = new DataView(bytes.buffer, bytes.byteOffset);
     view.setUint16(6, view.getUint16(6, true) | extraFlags, true);
-    return { bytes, collector: new ReplyCollector(seq, operation, (extraFlags & NLM_F_ACK) !== 0) };
+    return new ReplyCollector(bytes, seq, operation, (extraFlags & NLM_F_ACK) !== 0);
   }
 
   /** Reads one datagram; returns its real length (above the buffer's when it did not fit). */
@@ -339,7 +337,7 @@ export class Handle implements Requester {
   }
 
   /** Feeds the `n` bytes just received to `collector`; a malformed datagram resets the socket. */
-  #collect(collector: ReplyCollector, n: number): Reply | undefined {
+  #collect(collector: ReplyCollector, n: number): boolean {
     try {
       return collector.take(this.#buf.subarray(0, n));
     } catch (e) {
@@ -392,12 +390,6 @@ export class Handle implements Requester {
   [Symbol.dispose](): void {
     this.close();
   }
-}
-
-/** One request ready to send, and the collector of its answer. */
-interface Exchange {
-  bytes: Uint8Array;
-  collector: ReplyCollector;
 }
 
 /** Opens a configured rtnetlink socket inside the namespace `nsFd`. */

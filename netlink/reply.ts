@@ -17,20 +17,16 @@ import {
 import { DumpIncompleteError, NetlinkError } from "./errors.ts";
 import { type NetlinkMessage, parseAttributes, parseMessages, readString } from "./wire.ts";
 
-/** A complete answer. */
-export interface Reply {
-  /** The data messages (copied out of the receive buffer). */
-  messages: NetlinkMessage[];
-  /** The kernel flagged the dump NLM_F_DUMP_INTR: its table changed while it was read. */
-  interrupted: boolean;
-}
-
 /** The answer to one request, gathered datagram by datagram. */
 export class ReplyCollector {
-  readonly #messages: NetlinkMessage[] = [];
-  #interrupted = false;
+  /** The data messages so far (copied out of the receive buffer). */
+  readonly messages: NetlinkMessage[] = [];
+  /** The kernel flagged the dump NLM_F_DUMP_INTR: its table changed while it was read. */
+  interrupted = false;
 
   constructor(
+    /** The request as sent. */
+    readonly request: Uint8Array,
     /** The request's sequence number; messages with any other belong to an earlier request. */
     readonly seq: number,
     /** Names the request in errors. */
@@ -40,32 +36,28 @@ export class ReplyCollector {
   ) {}
 
   /**
-   * Takes one datagram; returns the reply once the request is answered, `undefined` while more
-   * is due. Throws a {@link NetlinkError} when the kernel refused the request, and a
+   * Takes one datagram; returns whether the request is answered ({@link messages} is then
+   * complete). Throws a {@link NetlinkError} when the kernel refused the request, and a
    * {@link DumpIncompleteError} when it stopped a dump part-way (an errno in NLMSG_DONE).
    */
-  take(datagram: Uint8Array): Reply | undefined {
+  take(datagram: Uint8Array): boolean {
     for (const m of parseMessages(datagram)) {
       if (m.seq !== this.seq) continue; // a late reply to an earlier, abandoned request
-      if (m.flags & NLM_F_DUMP_INTR) this.#interrupted = true;
+      if (m.flags & NLM_F_DUMP_INTR) this.interrupted = true;
       if (m.type === NLMSG_ERROR) {
         const error = ackError(m, this.operation);
         if (error) throw error;
-        return this.#reply();
+        return true;
       }
       if (m.type === NLMSG_DONE) {
         const error = doneError(m, this.operation);
         if (error) throw error;
-        return this.#reply();
+        return true;
       }
-      this.#messages.push({ ...m, body: m.body.slice() });
-      if (!(m.flags & NLM_F_MULTI) && !this.acked) return this.#reply();
+      this.messages.push({ ...m, body: m.body.slice() });
+      if (!(m.flags & NLM_F_MULTI) && !this.acked) return true;
     }
-    return undefined;
-  }
-
-  #reply(): Reply {
-    return { messages: this.#messages, interrupted: this.#interrupted };
+    return false;
   }
 }
 
