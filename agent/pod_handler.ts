@@ -37,7 +37,7 @@ import {
   runtimeAddresses,
 } from "./annotations.ts";
 import { AddressInUseError, type AddressPool } from "./ipam.ts";
-import { buildAddResult, parsePrevResult } from "./cni_result.ts";
+import { buildAddResult, chainResult, parsePrevResult, readChainedResult } from "./cni_result.ts";
 import type { AnycastRoutes } from "./anycast.ts";
 import type { CrashHook } from "./crash_points.ts";
 import type { VethDeleteDelay } from "./test_slow_delete.ts";
@@ -149,6 +149,8 @@ export class PodHandler {
 
   async add(req: RpcRequest): Promise<Record<string, unknown>> {
     const { store, datapath } = this.deps;
+    // Flock not first in its chain: the earlier plugins' result, checked before any work.
+    const chained = readChainedResult(req.config);
     // A veth of an earlier pod may still be leaving this netns (with the same ifname).
     await this.#removals.get(req.netns);
     let existing = store.get(req.containerId, req.ifname);
@@ -157,23 +159,31 @@ export class PodHandler {
       await this.release(existing);
       existing = undefined;
     }
-    if (existing) {
+    const network = networkOf(req);
+    if (existing && ofNetwork(existing, network)) {
       // A retry: converge the datapath for the addresses already held.
       const links = datapath.setup(this.#podNetwork(req, existing), this.#netnsOwnerCheck(req));
+      // A record from before flock kept network names is this network's from now on.
+      if (existing.network === undefined && network !== undefined) {
+        store.claimNetwork(req.containerId, req.ifname, network);
+      }
       // Retried with a new sandbox netns: setup moved the pod there, and the start-up repair,
       // DEL's wait for the veth and every later step must look there, not in the old one.
       if (existing.netns !== req.netns) store.setNetns(req.containerId, req.ifname, req.netns);
       if (existing.state === "pending") store.commit(req.containerId, req.ifname);
       this.deps.anycast?.sync(existing.anycast);
-      return this.#result(req, existing, links);
+      return this.#result(req, existing, links, chained);
     }
-    const other = store.ifnamesOf(req.containerId);
-    if (other.length > 0) {
+    const [other] = store.interfacesOf(req.containerId);
+    if (other) {
       // The host interface is named after the container alone (one routed veth per pod): a
-      // second interface would take over the first one's veth.
+      // second interface, on this network or another one, would take over the first one's veth.
+      // The same ifname of another network lands here too: it is not a retry of that ADD.
+      const on = other.network === undefined ? "" : ` on network ${JSON.stringify(other.network)}`;
       throw new CniError(
         CniCode.invalidConfig,
-        `CNI_IFNAME: container ${req.containerId} already has a flock interface (${other[0]})`,
+        `CNI_IFNAME: container ${req.containerId} already has a flock interface ` +
+          `(${other.ifname})${on}`,
         "flock attaches one interface per container",
       );
     }
@@ -219,6 +229,7 @@ export class PodHandler {
         hostIface: this.#freeHostIface(req.containerId),
         podNamespace: namespace || undefined,
         podName: name || undefined,
+        network,
         ipv6: ipv6 && formatIP(ipv6),
         ipv4: ipv4 && formatIP(ipv4),
         anycast: want.anycast.map(formatIP),
@@ -236,7 +247,7 @@ export class PodHandler {
       store.commit(req.containerId, req.ifname);
       this.deps.crashAt?.("add-after-commit");
       if (record.anycast.length) this.deps.anycast?.sync(record.anycast);
-      return this.#result(req, record, links);
+      return this.#result(req, record, links, chained);
     } catch (e) {
       if (await this.#removeHalfMadeVeth(record)) {
         try {
@@ -376,18 +387,22 @@ export class PodHandler {
     req: RpcRequest,
     rec: Pick<Attachment, "ipv6" | "ipv4">,
     links: { hostIface: string; hostMac: string; podMac: string },
+    chained: Record<string, unknown> | undefined,
   ): Record<string, unknown> {
-    return buildAddResult({
-      cniVersion: String(req.config.cniVersion),
-      hostIface: links.hostIface,
-      hostMac: links.hostMac,
-      ifname: req.ifname,
-      podMac: links.podMac,
-      netns: req.netns,
-      mtu: this.deps.node.mtu,
-      ipv6: rec.ipv6,
-      ipv4: rec.ipv4,
-    });
+    return chainResult(
+      chained,
+      buildAddResult({
+        cniVersion: String(req.config.cniVersion),
+        hostIface: links.hostIface,
+        hostMac: links.hostMac,
+        ifname: req.ifname,
+        podMac: links.podMac,
+        netns: req.netns,
+        mtu: this.deps.node.mtu,
+        ipv6: rec.ipv6,
+        ipv4: rec.ipv4,
+      }),
+    );
   }
 
   /**
@@ -397,6 +412,9 @@ export class PodHandler {
    */
   async del(req: RpcRequest, background = false): Promise<{ removing?: Promise<void> }> {
     const rec = this.deps.store.get(req.containerId, req.ifname);
+    // Another network's attachment under the same key (its ADD for this network was refused):
+    // nothing of this network's to undo, and that pod's veth must stay.
+    if (rec && !ofNetwork(rec, networkOf(req))) return {};
     if (rec?.state === "committed" && background) {
       return { removing: this.releaseInBackground(rec) };
     }
@@ -408,7 +426,7 @@ export class PodHandler {
     // belongs to another interface of this container (a refused second ADD is followed by a DEL)
     // or to another container whose ID hashes to the same name.
     if (
-      this.deps.store.ifnamesOf(req.containerId).length === 0 &&
+      this.deps.store.interfacesOf(req.containerId).length === 0 &&
       !this.deps.store.hostIfaceHolder(hostIfaceName(req.containerId))
     ) {
       await this.deps.datapath.removeVeth(req.containerId);
@@ -515,10 +533,12 @@ export class PodHandler {
 
   check(req: RpcRequest): void {
     const rec = this.deps.store.get(req.containerId, req.ifname);
-    if (!rec || rec.state !== "committed") {
+    const network = networkOf(req);
+    if (!rec || rec.state !== "committed" || !ofNetwork(rec, network)) {
+      const on = network === undefined ? "" : ` on network ${JSON.stringify(network)}`;
       throw new CniError(
         CniCode.unknownContainer,
-        `no flock attachment for container ${req.containerId} interface ${req.ifname}`,
+        `no flock attachment for container ${req.containerId} interface ${req.ifname}${on}`,
       );
     }
     const problems = this.deps.datapath.check(this.#podNetwork(req, rec));
@@ -526,10 +546,12 @@ export class PodHandler {
     const have = new Set([rec.ipv6, rec.ipv4].filter(Boolean));
     const prev = parsePrevResult(req.config);
     for (const ip of prev?.ips ?? []) {
-      // The cached result is the whole chain's: an address a later plugin put on another
-      // interface is not flock's to check (the spec: allow for later plugins' changes).
+      // The cached result is the whole chain's: an address an earlier or a later plugin put on
+      // another interface is not flock's to check (the spec: allow for later plugins' changes).
+      // flock's own addresses always name its pod interface; one naming no interface (an
+      // IPAM-style entry of another plugin) is not flock's either.
       const iface = ip.interface === undefined ? undefined : prev?.interfaces[ip.interface];
-      if (iface && (iface.name !== req.ifname || !iface.sandbox)) continue;
+      if (!iface || iface.name !== req.ifname || !iface.sandbox) continue;
       const addr = ip.address.split("/")[0];
       const canonical = addr ? formatIP(parseIP(addr)) : "";
       if (!have.has(canonical)) {
@@ -546,6 +568,29 @@ export class PodHandler {
   }
 
   /**
+   * The attachments a GC of `network` releases: its own ones that `valid` does not list. The list
+   * names only the attachments of the network GC was called for, so another network's are never
+   * stale here. A record from before flock kept network names (schema 4) may be any network's:
+   * listed, it is this network's from now on; not listed, it is released only when no live pod
+   * can depend on it (it is pending or releasing, or its netns is gone). A live one waits for its
+   * DEL, or for a GC of the network that lists it, so an upgraded node with two flock networks
+   * never loses a running pod to the other network's GC.
+   */
+  #staleOf(network: string | undefined, valid: Set<string>): Attachment[] {
+    const stale: Attachment[] = [];
+    for (const rec of this.deps.store.list()) {
+      const listed = valid.has(attachmentKey(rec));
+      if (rec.network === undefined && network !== undefined) {
+        if (listed) this.deps.store.claimNetwork(rec.containerId, rec.ifname, network);
+        else if (rec.state !== "committed" || isGone(rec.netns)) stale.push(rec);
+      } else if (!listed && ofNetwork(rec, network)) {
+        stale.push(rec);
+      }
+    }
+    return stale;
+  }
+
+  /**
    * Releases every attachment the runtime no longer lists as valid, and answers once all of them
    * are released (records gone, addresses cooling). All go off the network first, then their
    * veths are deleted off the event loop, {@link GC_DELETIONS_IN_FLIGHT} at a time. Every one is
@@ -557,7 +602,7 @@ export class PodHandler {
    */
   async gc(req: RpcRequest): Promise<void> {
     const valid = validAttachments(req.config);
-    const stale = this.deps.store.list().filter((rec) => !valid.has(attachmentKey(rec)));
+    const stale = this.#staleOf(networkOf(req), valid);
     const failures: { rec: Attachment; error: unknown }[] = [];
     const offNetwork = stale.filter((rec) => {
       try {
@@ -599,6 +644,32 @@ export class PodHandler {
         described[0],
       described.join("; "),
     );
+  }
+}
+
+/**
+ * The attachment a request is about belongs to the request's network: the same, or either side
+ * names none (a record from before flock kept network names; a request only when the handler is
+ * driven directly, since the agent refuses a config without a name).
+ */
+function ofNetwork(rec: Pick<Attachment, "network">, network: string | undefined): boolean {
+  return rec.network === undefined || network === undefined || rec.network === network;
+}
+
+/** The request's CNI network: the config's `name` (the agent refuses a config without one). */
+function networkOf(req: RpcRequest): string | undefined {
+  const name = req.config.name;
+  return typeof name === "string" && name !== "" ? name : undefined;
+}
+
+/** Whether a path surely no longer exists (a pod's netns after its sandbox went). */
+function isGone(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return false;
+  } catch (e) {
+    // Any other failure leaves it in doubt: keep what may be a live pod.
+    return e instanceof Deno.errors.NotFound;
   }
 }
 

@@ -51,6 +51,12 @@ export interface Attachment {
   anycast: string[];
   /** Creation time, ms since the epoch. */
   createdAt: number;
+  /**
+   * The CNI network (the config's `name`) the attachment was made for. Absent on records from
+   * before schema 4, which did not keep it: such a record is any network's until one claims it
+   * (see PodHandler's GC).
+   */
+  network?: string;
 }
 
 /** What anycast routing needs of one attachment holding an anycast address. */
@@ -152,6 +158,9 @@ const MIGRATIONS: readonly string[] = [
   // container IDs can hash to the same one). Not a UNIQUE index: a database from before may hold
   // such a pair, and the agent must still start with it.
   `CREATE INDEX IF NOT EXISTS attachment_host_iface ON attachment (host_iface)`,
+  // The CNI network each attachment was made for: GC's valid list names only the attachments of
+  // its own network, so GC must know which ones those are. NULL for the records made before.
+  `ALTER TABLE attachment ADD COLUMN network TEXT`,
 ];
 
 /** Schema version this code writes. */
@@ -169,13 +178,14 @@ interface AttachmentRow {
   ipv4: string | null;
   created_at: number;
   anycast: string | null;
+  network: string | null;
 }
 
 /** The state as the API sees it: a committed row with `releasing_at` set is "releasing". */
 const STATE = `CASE WHEN a.releasing_at IS NULL THEN a.state ELSE 'releasing' END`;
 
 const SELECT_ATTACHMENT = `SELECT a.container_id, a.ifname, ${STATE} AS state, a.netns,
-    a.host_iface, a.pod_namespace, a.pod_name, a.ipv6, a.ipv4, a.created_at,
+    a.host_iface, a.pod_namespace, a.pod_name, a.ipv6, a.ipv4, a.created_at, a.network,
     (SELECT group_concat(y.address, ' ' ORDER BY y.address) FROM anycast y
       WHERE y.container_id = a.container_id AND y.ifname = a.ifname) AS anycast
   FROM attachment a`;
@@ -213,6 +223,7 @@ function fromRow(r: AttachmentRow): Attachment {
   if (r.pod_name !== null) a.podName = r.pod_name;
   if (r.ipv6 !== null) a.ipv6 = r.ipv6;
   if (r.ipv4 !== null) a.ipv4 = r.ipv4;
+  if (r.network !== null) a.network = r.network;
   return a;
 }
 
@@ -292,9 +303,15 @@ export class Store {
     return row ? fromRow(row) : undefined;
   }
 
-  /** The interface names a container has attachments for. */
-  ifnamesOf(containerId: string): string[] {
-    return (this.#stmts.ifnamesOf.all(containerId) as { ifname: string }[]).map((r) => r.ifname);
+  /** The interfaces a container has attachments for, by ifname, with their networks. */
+  interfacesOf(containerId: string): { ifname: string; network?: string }[] {
+    const rows = this.#stmts.interfacesOf.all(containerId) as {
+      ifname: string;
+      network: string | null;
+    }[];
+    return rows.map((r) =>
+      r.network === null ? { ifname: r.ifname } : { ifname: r.ifname, network: r.network }
+    );
   }
 
   /** The attachment whose host-side veth is `hostIface`, if any. */
@@ -389,6 +406,7 @@ export class Store {
         ipv6,
         ipv4,
         Date.now(),
+        a.network ?? null,
       );
       for (const addr of anycast) s.insertAnycast.run(a.containerId, a.ifname, addr);
     }, { durable: false });
@@ -414,6 +432,16 @@ export class Store {
   setNetns(containerId: string, ifname: string, netns: string): boolean {
     return this.#transaction(() =>
       Number(this.#stmts.setNetns.run(netns, containerId, ifname).changes) > 0
+    );
+  }
+
+  /**
+   * Records the network of an attachment that has none (made before schema 4); false if there is
+   * no such attachment or it already has a network.
+   */
+  claimNetwork(containerId: string, ifname: string, network: string): boolean {
+    return this.#transaction(() =>
+      Number(this.#stmts.claimNetwork.run(network, containerId, ifname).changes) > 0
     );
   }
 
@@ -526,7 +554,9 @@ function prepareAll(db: DatabaseSync) {
     commitTx: p("COMMIT"),
     rollback: p("ROLLBACK"),
     get: p(`${SELECT_ATTACHMENT} WHERE a.container_id = ? AND a.ifname = ?`),
-    ifnamesOf: p(`SELECT ifname FROM attachment WHERE container_id = ? ORDER BY ifname`),
+    interfacesOf: p(
+      `SELECT ifname, network FROM attachment WHERE container_id = ? ORDER BY ifname`,
+    ),
     list: p(`${SELECT_ATTACHMENT} ORDER BY a.created_at, a.rowid`),
     listByState: p(`${SELECT_ATTACHMENT} WHERE ${STATE} = ? ORDER BY a.created_at, a.rowid`),
     count: p("SELECT count(*) AS n FROM attachment"),
@@ -546,7 +576,8 @@ function prepareAll(db: DatabaseSync) {
     holderV4: p("SELECT container_id, ifname FROM attachment WHERE ipv4 = ?"),
     insert: p(
       `INSERT INTO attachment (container_id, ifname, state, netns, host_iface, pod_namespace,
-         pod_name, ipv6, ipv4, created_at) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)`,
+         pod_name, ipv6, ipv4, created_at, network)
+         VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)`,
     ),
     insertAnycast: p("INSERT INTO anycast (container_id, ifname, address) VALUES (?, ?, ?)"),
     commit: p(
@@ -555,6 +586,9 @@ function prepareAll(db: DatabaseSync) {
     ),
     delete: p("DELETE FROM attachment WHERE container_id = ? AND ifname = ?"),
     setNetns: p("UPDATE attachment SET netns = ? WHERE container_id = ? AND ifname = ?"),
+    claimNetwork: p(
+      "UPDATE attachment SET network = ? WHERE container_id = ? AND ifname = ? AND network IS NULL",
+    ),
     abandon: p(
       `UPDATE attachment SET releasing_at = ?
         WHERE container_id = ? AND ifname = ? AND releasing_at IS NULL`,

@@ -321,7 +321,7 @@ Deno.test("a schema-1 database (before releasing) is migrated and keeps its reco
     const raw = new DatabaseSync(join(dir, DB_FILE));
     raw.exec(
       "DROP INDEX attachment_host_iface; ALTER TABLE attachment DROP COLUMN releasing_at; " +
-        "PRAGMA user_version = 1",
+        "ALTER TABLE attachment DROP COLUMN network; PRAGMA user_version = 1",
     );
     raw.exec(`INSERT INTO attachment (container_id, ifname, state, netns, host_iface, ipv6,
       created_at) VALUES ('old', 'eth0', 'committed', '/x', 'flkold', 'fd00::9', 1)`);
@@ -339,6 +339,48 @@ Deno.test("a schema-1 database (before releasing) is migrated and keeps its reco
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a schema-3 database (before networks) is migrated: its records name no network", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "flock-store-" });
+  try {
+    Store.open(dir).close();
+    const raw = new DatabaseSync(join(dir, DB_FILE));
+    raw.exec("ALTER TABLE attachment DROP COLUMN network; PRAGMA user_version = 3");
+    raw.exec(`INSERT INTO attachment (container_id, ifname, state, netns, host_iface, ipv6,
+      created_at) VALUES ('old', 'eth0', 'committed', '/x', 'flkold', 'fd00::9', 1)`);
+    raw.close();
+    const store = Store.open(dir);
+    try {
+      assert.equal(store.pragmas().userVersion, SCHEMA_VERSION);
+      const old = store.get("old", "eth0");
+      assert.equal(old?.state, "committed");
+      assert.equal(old && "network" in old, false);
+      assert.deepEqual(store.interfacesOf("old"), [{ ifname: "eth0" }]);
+      // The first network to name it claims it; a second cannot take it over.
+      assert.equal(store.claimNetwork("old", "eth0", "net-a"), true);
+      assert.equal(store.claimNetwork("old", "eth0", "net-b"), false);
+      assert.equal(store.get("old", "eth0")?.network, "net-a");
+      assert.deepEqual(store.interfacesOf("old"), [{ ifname: "eth0", network: "net-a" }]);
+      assert.equal(store.claimNetwork("none", "eth0", "net-a"), false);
+    } finally {
+      store.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("an attachment keeps the network it was made for", () =>
+  withStore((store) => {
+    store.insertPending(attachment("n1", { network: "net-a" }));
+    store.insertPending(attachment("n2"));
+    assert.equal(store.get("n1", "eth0")?.network, "net-a");
+    assert.equal(store.claimNetwork("n1", "eth0", "net-b"), false, "a named record stays named");
+    assert.deepEqual(store.list().map((a) => a.network), ["net-a", undefined]);
+    assert.deepEqual(store.interfacesOf("n1"), [{ ifname: "eth0", network: "net-a" }]);
+    assert.deepEqual(store.interfacesOf("n2"), [{ ifname: "eth0" }]);
+    assert.deepEqual(store.interfacesOf("n3"), []);
+  }));
 
 Deno.test("a database from a newer schema is refused", async () => {
   const dir = await Deno.makeTempDir({ prefix: "flock-store-" });

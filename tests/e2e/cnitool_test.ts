@@ -266,7 +266,12 @@ Deno.test({
       assert.equal(add.code, 0, add.stderr);
     }
     for (const [id, pod] of [["leak-kept", leakedKept], ["leak-gone", leakedGone]] as const) {
-      const add = await node.cni("ADD", { containerId: id, netns: pod.path });
+      // On the same network: GC releases only the attachments of the network it names.
+      const add = await node.cni("ADD", {
+        containerId: id,
+        netns: pod.path,
+        extraConfig: { name: network },
+      });
       assert.equal(add.code, 0, add.stdout);
     }
     const keptId = await cnitoolContainerId(kept.path);

@@ -36,8 +36,21 @@ interface Frame {
   hangUp?: boolean;
 }
 
-/** The pairs an ADD may have created, for the final clean-up. */
+/**
+ * The attachments an ADD may have created, for the final clean-up: `[containerId, ifname,
+ * network]` as JSON (a DEL undoes only the attachment of the network it names).
+ */
 type Attempts = Set<string>;
+
+/** The `name` of a request's network config, if it has a readable one. */
+function networkName(config: unknown): unknown {
+  try {
+    const value = typeof config === "string" ? JSON.parse(config) : config;
+    return value?.name;
+  } catch {
+    return undefined;
+  }
+}
 
 const COMMANDS = ["ADD", "ADD", "ADD", "DEL", "DEL", "CHECK", "STATUS", "GC"];
 const VERSIONS = ["1.0.0", "1.1.0", "0.4.0", "0.3.1", "0.3.0", "2.0.0", "", "1.0", "latest"];
@@ -292,16 +305,18 @@ Deno.test({
       const viaSocket = Array.from({ length: TOTAL - VIA_PLUGIN }, () => gen.frame());
 
       const attempts: Attempts = new Set();
-      const noteAdd = (env: Record<string, string | undefined>) => {
+      const noteAdd = (env: Record<string, string | undefined>, stdin: string) => {
         if (env.CNI_COMMAND !== "ADD") return;
-        attempts.add(JSON.stringify([env.CNI_CONTAINERID ?? "", env.CNI_IFNAME ?? ""]));
+        attempts.add(
+          JSON.stringify([env.CNI_CONTAINERID ?? "", env.CNI_IFNAME ?? "", networkName(stdin)]),
+        );
       };
       const problems: string[] = [];
       const outcomes = new Map<string, number>();
       const count = (key: string) => void outcomes.set(key, (outcomes.get(key) ?? 0) + 1);
 
       await inLanes(viaPlugin, LANES, async (inv) => {
-        noteAdd(inv.env);
+        noteAdd(inv.env, inv.stdin);
         const r = await node.cni(inv.env.CNI_COMMAND ?? "", {
           stdin: inv.stdin,
           env: { ...inv.env, CNI_PATH: node.binDir },
@@ -333,7 +348,11 @@ Deno.test({
         try {
           const text = JSON.parse(new TextDecoder().decode(frame.bytes));
           if (text?.command === "ADD") {
-            attempts.add(JSON.stringify([String(text.containerId), String(text.ifname)]));
+            attempts.add(JSON.stringify([
+              String(text.containerId),
+              String(text.ifname),
+              networkName(text.config),
+            ]));
           }
         } catch { /* not a request */ }
         const answer = await sendFrame(node.socketPath, frame).catch((e) => {
@@ -374,9 +393,12 @@ Deno.test({
 
       // No leak: a DEL of every pair an ADD named leaves the node empty.
       // Sent to the socket: some of these IDs could not even be put into an environment.
-      const config = JSON.parse(await node.netconf());
+      const netconf = JSON.parse(await node.netconf());
       for (const pair of attempts) {
-        const [containerId, ifname] = JSON.parse(pair);
+        const [containerId, ifname, name] = JSON.parse(pair);
+        // An ADD's config without a usable name was refused: it made nothing.
+        if (typeof name !== "string" || name === "") continue;
+        const config = { ...netconf, name };
         const request = { command: "DEL", containerId, ifname, netns: "", args: "", config };
         const bytes = new TextEncoder().encode(JSON.stringify(request) + "\n");
         const v = JSON.parse(await sendFrame(node.socketPath, { bytes }));

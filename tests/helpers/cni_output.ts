@@ -39,7 +39,7 @@ export function cniErrorProblem(value: unknown): string | undefined {
   return undefined;
 }
 
-/** Why `value` is not an ADD Result (interfaces, ips pointing at the sandbox one), or undefined. */
+/** Why `value` is not an ADD Result (interfaces, ips, one on a sandbox interface), or undefined. */
 export function cniResultProblem(value: unknown): string | undefined {
   if (typeof value !== "object" || value === null || Array.isArray(value)) return "not an object";
   const r = value as Record<string, unknown>;
@@ -52,8 +52,13 @@ export function cniResultProblem(value: unknown): string | undefined {
     if (typeof ip.address !== "string" || !/^[0-9a-f:.]+\/\d+$/.test(ip.address)) {
       return `ip address ${JSON.stringify(ip.address)}`;
     }
-    const iface = interfaces[ip.interface as number];
-    if (!iface || typeof iface.sandbox !== "string") return "ip not on a sandbox interface";
+    // An earlier plugin's address in a chained result may name no interface.
+    if (ip.interface !== undefined && !interfaces[ip.interface as number]) {
+      return `ip interface ${JSON.stringify(ip.interface)} names no interface`;
+    }
   }
-  return undefined;
+  const onSandbox = ips.some((ip) =>
+    typeof interfaces[ip.interface as number]?.sandbox === "string"
+  );
+  return onSandbox ? undefined : "no ip on a sandbox interface";
 }
