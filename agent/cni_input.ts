@@ -25,8 +25,16 @@ export const DEFAULT_CNI_VERSION = "1.1.0";
 /** Linux IFNAMSIZ minus the terminating NUL. */
 const MAX_IFNAME_BYTES = 15;
 
-/** The spec's pattern for CNI_CONTAINERID. */
-const CONTAINER_ID_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$/;
+/** The spec's pattern for CNI_CONTAINERID and for the network configuration's `name`. */
+const SPEC_NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$/;
+
+/**
+ * Whether `name` is a network name the CNI spec allows (`^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`); libcni
+ * and podman refuse anything else, and flock stores it per attachment.
+ */
+export function isValidNetworkName(name: string): boolean {
+  return SPEC_NAME_PATTERN.test(name);
+}
 
 /** Whether `command` is a verb the agent serves. */
 export function isRpcCommand(command: unknown): command is RpcCommand {
@@ -77,7 +85,8 @@ export function requestedVersion(stdin: string): string | undefined {
 /**
  * Checks the config's `cniVersion` and `name`.
  *
- * @throws {CniError} code 1 for a missing or unsupported version, code 7 for a missing name.
+ * @throws {CniError} code 1 for a missing or unsupported version, code 7 for a missing name or
+ *   one off the spec's pattern.
  */
 export function validateConfig(config: Record<string, unknown>): void {
   const version = config.cniVersion;
@@ -98,6 +107,16 @@ export function validateConfig(config: Record<string, unknown>): void {
   if (typeof config.name !== "string" || config.name === "") {
     throw new CniError(CniCode.invalidConfig, "the network configuration has no name");
   }
+  // libcni checks this before it execs a plugin; a request straight to the agent's socket (or a
+  // hand-run plugin) does not pass libcni, and the name is stored with every attachment.
+  if (!isValidNetworkName(config.name)) {
+    throw new CniError(
+      CniCode.invalidConfig,
+      "the network configuration's name is invalid: it must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$ " +
+        "(letters, digits, '_', '.' and '-', starting with a letter or digit)",
+      JSON.stringify(config.name),
+    );
+  }
 }
 
 /**
@@ -109,7 +128,7 @@ export function validateContainerId(id: string | undefined): string {
   if (id === undefined || id === "") {
     throw new CniError(CniCode.invalidEnvironment, "CNI_CONTAINERID is required");
   }
-  if (!CONTAINER_ID_PATTERN.test(id)) {
+  if (!SPEC_NAME_PATTERN.test(id)) {
     throw new CniError(
       CniCode.invalidEnvironment,
       "CNI_CONTAINERID is invalid: it must be alphanumeric and may contain '_', '.' and '-'",

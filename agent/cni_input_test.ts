@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { CniError, SUPPORTED_VERSIONS } from "./protocol.ts";
 import { Prng } from "../tests/helpers/prng.ts";
 import {
+  isValidNetworkName,
   parseCniInvocation,
   requestedVersion,
   validateContainerId,
@@ -81,6 +82,23 @@ Deno.test("parseCniInvocation: missing name gives code 7", () => {
   for (const config of [{ cniVersion: "1.0.0" }, { cniVersion: "1.0.0", name: "" }]) {
     assert.equal(cniErrorOf(() => parseCniInvocation(ENV, JSON.stringify(config))).code, 7);
   }
+});
+
+Deno.test("parseCniInvocation: a name off the spec's pattern is code 7 naming the field", () => {
+  for (const name of ["-flock", ".flock", "_x", "a b", "a/b", "a:b", "é", "net\n", 7, true]) {
+    for (const command of ["ADD", "DEL", "CHECK", "GC", "STATUS"]) {
+      const config = JSON.stringify({ cniVersion: "1.1.0", name, type: "flock" });
+      const e = cniErrorOf(() => parseCniInvocation({ ...ENV, CNI_COMMAND: command }, config));
+      assert.equal(e.code, 7, `${command} ${JSON.stringify(name)}`);
+      assert.match(e.message, /\bname\b/);
+    }
+  }
+  for (const name of ["flock", "Pods-A", "0net", "flock.v6_1", "a-", "x".repeat(200)]) {
+    const req = parseCniInvocation(ENV, JSON.stringify({ cniVersion: "1.1.0", name }));
+    assert.equal(req.config.name, name);
+  }
+  assert.equal(isValidNetworkName("flock.v6_1"), true);
+  assert.equal(isValidNetworkName("flock/../x"), false);
 });
 
 Deno.test("parseCniInvocation: env required per verb, code 4 naming the variable", () => {

@@ -9,6 +9,8 @@ import { parseArgs } from "node:util";
 import { Buffer } from "node:buffer";
 import { basename, dirname, isAbsolute, join } from "node:path";
 import { DEFAULT_SOCKET } from "./protocol.ts";
+import { isValidNetworkName } from "./cni_input.ts";
+import { lockDirectory } from "./dir_lock.ts";
 
 /** Where the conflist and binary go by default. */
 export const DEFAULT_BIN_DIR = "/opt/cni/bin";
@@ -27,6 +29,8 @@ export interface InstallOptions {
   source?: string;
   /** Extra keys for the plugin entry (e.g. logFile). */
   pluginExtras?: Record<string, unknown>;
+  /** Bound on waiting for another install's directory lock (default 30 s). */
+  lockTimeoutMs?: number;
 }
 
 /** The conflist flock writes (spec 1.0.0 header with 1.1.0 advertised). */
@@ -86,11 +90,16 @@ const COMPARE_CHUNK = 1 << 20;
 /**
  * Holds an exclusive lock on `dir` (flock(2) on the directory itself, so nothing is left in a
  * CNI bin dir) while `fn` runs: a second `flock install` into the same directory waits, so the
- * temp files found under the lock are all leftovers of a killed install.
+ * temp files found under the lock are all leftovers of a killed install. The wait is bounded
+ * (`timeoutMs`): an install stuck behind a hung one fails naming the directory.
  */
-async function withDirLock<T>(dir: string, fn: (dir: Deno.FsFile) => Promise<T>): Promise<T> {
+async function withDirLock<T>(
+  dir: string,
+  timeoutMs: number | undefined,
+  fn: (dir: Deno.FsFile) => Promise<T>,
+): Promise<T> {
+  using _lock = await lockDirectory(dir, { timeoutMs });
   using handle = await Deno.open(dir, { read: true });
-  await handle.lock(true);
   return await fn(handle);
 }
 
@@ -174,7 +183,7 @@ export async function install(o: InstallOptions): Promise<{ binary: boolean; con
   await Deno.mkdir(o.confDir, { recursive: true });
   const source = o.source ?? selfExecutable();
   const binPath = join(o.binDir, "flock");
-  const binary = await withDirLock(o.binDir, async (dir) => {
+  const binary = await withDirLock(o.binDir, o.lockTimeoutMs, async (dir) => {
     await removeStaleTemps(o.binDir);
     // A same-content binary someone made non-executable is installed again.
     const executable = await Deno.stat(binPath).then(
@@ -188,7 +197,7 @@ export async function install(o: InstallOptions): Promise<{ binary: boolean; con
   });
   const confPath = join(o.confDir, CONFLIST_NAME);
   const text = renderConflist(o);
-  const conflist = await withDirLock(o.confDir, async (dir) => {
+  const conflist = await withDirLock(o.confDir, o.lockTimeoutMs, async (dir) => {
     await removeStaleTemps(o.confDir);
     const current = await Deno.readTextFile(confPath).catch(() => undefined);
     if (current === text) return false;
@@ -229,7 +238,7 @@ export function parseInstallArgs(args: string[]): InstallOptions {
   }
   const networkName = values["network-name"] ?? values.name ?? DEFAULT_NETWORK_NAME;
   // The CNI spec's rule for network names; libcni and podman refuse anything else.
-  if (!/^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$/.test(networkName)) {
+  if (!isValidNetworkName(networkName)) {
     throw new TypeError(
       `--network-name ${JSON.stringify(networkName)}: letters, digits, '_', '.' and '-', ` +
         "starting with a letter or digit",

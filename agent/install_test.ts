@@ -162,3 +162,28 @@ Deno.test("install: a binary differing in its last byte of several MiB is replac
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("install: a directory lock another install holds fails after the bound, naming it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "flock-install-" });
+  try {
+    const source = join(dir, "flock-src");
+    await Deno.writeTextFile(source, "#!/bin/sh\n");
+    const options = { ...optionsIn(dir, source), lockTimeoutMs: 300 };
+    await Deno.mkdir(options.binDir);
+    // The other install: flock(2) of the bin dir through another open file description.
+    using other = await Deno.open(options.binDir, { read: true });
+    await other.lock(true);
+    const started = performance.now();
+    await assert.rejects(install(options), (e: Error) => {
+      assert.ok(e.message.includes(options.binDir), e.message);
+      assert.match(e.message, /another flock install holds the lock/);
+      return true;
+    });
+    assert.ok(performance.now() - started < 10_000);
+    assert.deepEqual([...Deno.readDirSync(options.binDir)], [], "nothing written while locked");
+    await other.unlock();
+    assert.deepEqual(await install(options), { binary: true, conflist: true });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
