@@ -75,6 +75,11 @@ export interface ListQuery {
   fieldSelector?: string;
   limit?: number;
   continueToken?: string;
+  /**
+   * Ends the request at once when aborted (an informer stopping): the promise rejects with an
+   * `AbortError`, a watch ends with `onDone()` and no error. The request's own bound still holds.
+   */
+  signal?: AbortSignal;
 }
 
 /** How to reach the API server. */
@@ -238,7 +243,9 @@ export class KubeApi {
 
   async #json(url: URL, init: RequestInit = {}): Promise<unknown> {
     const what = `${init.method ?? "GET"} ${url.pathname}`;
-    const signal = init.signal ?? AbortSignal.timeout(this.#requestTimeoutMs);
+    const timeout = AbortSignal.timeout(this.#requestTimeoutMs);
+    // The caller's signal (a stop) ends it at once; the timeout bounds it either way.
+    const signal = init.signal ? AbortSignal.any([init.signal, timeout]) : timeout;
     const res = await this.#fetch(url, { ...init, signal });
     if (!res.ok) throw await responseError(res, what);
     try {
@@ -249,11 +256,14 @@ export class KubeApi {
   }
 
   async #list(path: string, query: ListQuery): Promise<ListPage> {
-    const list = await this.#json(this.#url(path, {
-      fieldSelector: query.fieldSelector,
-      limit: query.limit,
-      continue: query.continueToken,
-    })) as { items?: KubeObject[]; metadata?: { resourceVersion?: string; continue?: string } };
+    const list = await this.#json(
+      this.#url(path, {
+        fieldSelector: query.fieldSelector,
+        limit: query.limit,
+        continue: query.continueToken,
+      }),
+      { signal: query.signal },
+    ) as { items?: KubeObject[]; metadata?: { resourceVersion?: string; continue?: string } };
     return {
       items: list.items ?? [],
       resourceVersion: list.metadata?.resourceVersion ?? "",
@@ -317,7 +327,9 @@ export class KubeApi {
    * Starts a watch of `path` from `resourceVersion`. `onEvent` gets each event; `onDone` is
    * called once when the stream ends, with the error if it failed (an HTTP error carries its
    * status in `statusCode`), or nothing when it ended cleanly or was stopped. The returned
-   * promise resolves once the server has answered (or the attempt failed).
+   * promise resolves once the server has answered (or the attempt failed). `query.signal` stops
+   * it like the handle's `stop()`, also before the server has answered (a hung API server): the
+   * handle only exists once it answers, a stopping informer cannot wait that long.
    */
   async watch(
     path: string,
@@ -328,12 +340,17 @@ export class KubeApi {
   ): Promise<WatchHandle> {
     const controller = new AbortController();
     let stopped = false;
-    const handle = {
-      stop: () => {
-        stopped = true;
-        controller.abort();
-      },
+    const stop = () => {
+      stopped = true;
+      controller.abort();
     };
+    const handle = { stop };
+    if (query.signal?.aborted) {
+      onDone(undefined);
+      return handle;
+    }
+    query.signal?.addEventListener("abort", stop, { once: true });
+    const unlisten = () => query.signal?.removeEventListener("abort", stop);
     let idle: ReturnType<typeof setTimeout> | undefined;
     let idleExpired = false;
     const touch = () => {
@@ -359,6 +376,7 @@ export class KubeApi {
       if (res.status !== 200) throw await responseError(res, `watch ${path}`);
     } catch (e) {
       clearTimeout(idle);
+      unlisten();
       onDone(stopped ? undefined : e);
       return handle;
     }
@@ -369,7 +387,10 @@ export class KubeApi {
           stopped ? undefined : idleExpired ? new ApiError(undefined, `watch ${path}: idle`) : e,
         );
       },
-    ).finally(() => clearTimeout(idle));
+    ).finally(() => {
+      clearTimeout(idle);
+      unlisten();
+    });
     return handle;
   }
 

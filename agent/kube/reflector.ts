@@ -65,6 +65,8 @@ export class Reflector<P> {
   #stopped = false;
   #running?: Promise<void>;
   #watch?: WatchHandle;
+  /** Aborted by {@link stop}: ends a list or a watch connect in flight at once. */
+  readonly #abort = new AbortController();
   readonly #sleeper = new Sleeper();
   readonly #synced = Promise.withResolvers<void>();
   #hasSynced = false;
@@ -90,9 +92,14 @@ export class Reflector<P> {
     this.#running ??= this.#run();
   }
 
-  /** Stops the loop and closes the watch. */
+  /**
+   * Stops the loop and closes the watch. A list page or a watch connect the API server has not
+   * answered yet is aborted too, so this resolves at once even while the server hangs (else it
+   * waited for the request's 60 s bound).
+   */
   async stop(): Promise<void> {
     this.#stopped = true;
+    this.#abort.abort();
     this.#watch?.stop();
     this.#sleeper.wake();
     await this.#running;
@@ -149,6 +156,7 @@ export class Reflector<P> {
         fieldSelector: source.fieldSelector,
         limit: pageSize,
         continueToken: continueToken || undefined,
+        signal: this.#abort.signal,
       });
       items.push(...page.items);
       resourceVersion = page.resourceVersion;
@@ -221,6 +229,7 @@ export class Reflector<P> {
       {
         fieldSelector: source.fieldSelector,
         timeoutSeconds: Math.floor(lo + Math.random() * (hi - lo)),
+        signal: this.#abort.signal,
       },
       onEvent,
       onDone,
