@@ -69,8 +69,21 @@ export function renderStatus(s: StatusSnapshot): string {
   out.push("", `Pods (${s.attachments.length})`);
   if (s.attachments.length === 0) out.push("  none");
   else {
+    // NETWORK comes last, so the columns before it keep their places for whoever reads them by
+    // position; an older agent's snapshot has no networks and prints no such column.
+    const networks = s.attachments.some((a) => a.network !== undefined);
     out.push(...renderTable(
-      ["NAMESPACE/POD", "CONTAINER", "IFNAME", "HOST IFACE", "IPV6", "IPV4", "ANYCAST", "STATE"],
+      [
+        "NAMESPACE/POD",
+        "CONTAINER",
+        "IFNAME",
+        "HOST IFACE",
+        "IPV6",
+        "IPV4",
+        "ANYCAST",
+        "STATE",
+        ...(networks ? ["NETWORK"] : []),
+      ],
       s.attachments.map((a) => [
         a.pod ? `${a.namespace ?? ""}/${a.pod}` : "-",
         a.containerId.slice(0, 12),
@@ -80,6 +93,7 @@ export function renderStatus(s: StatusSnapshot): string {
         a.ipv4 ?? "-",
         a.anycast.length ? a.anycast.join(",") : "-",
         a.state,
+        ...(networks ? [a.network ?? "-"] : []),
       ]),
     ));
   }

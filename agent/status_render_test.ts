@@ -130,6 +130,30 @@ Deno.test("status table: the router id, and other nodes sharing it", () => {
   );
 });
 
+Deno.test("status table: each pod's CNI network, last column; '-' for a record without one", () => {
+  const [web] = snapshot().attachments;
+  const text = renderStatus(snapshot({
+    attachments: [
+      { ...web, network: "flock" },
+      { ...web, containerId: "fedcba9876543210", pod: "old-0", network: undefined },
+    ],
+  }));
+  const lines = text.split("\n");
+  assert.match(
+    text,
+    /^ {2}default\/web-1 +0123456789ab +eth0 +flock1a2b3c4d +fd00:1::2 +10\.1\.0\.2 +fd00:ffff::1 +committed +flock$/m,
+  );
+  assert.match(text, /^ {2}default\/old-0 +fedcba987654 .* committed +-$/m);
+  const header = lines.find((l) => l.includes("NAMESPACE/POD"))!;
+  assert.match(header, /STATE +NETWORK$/);
+  assert.equal(
+    header.indexOf("NETWORK"),
+    lines.find((l) => l.includes("web-1"))!.lastIndexOf("flock"),
+  );
+  // A snapshot from an agent before networks were kept has no such column at all.
+  assert.doesNotMatch(renderStatus(snapshot()), /NETWORK/);
+});
+
 Deno.test("status helpers: durations, use and tables", () => {
   assert.equal(formatDuration(0), "0s");
   assert.equal(formatDuration(59.9), "59s");

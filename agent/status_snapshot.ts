@@ -84,6 +84,8 @@ export interface AttachmentStatus {
   ipv4?: string;
   anycast: string[];
   createdAt: string;
+  /** The CNI network (config `name`) it was made for; absent on records from before schema 4. */
+  network?: string;
 }
 
 /** Everything `flock status` prints. */
@@ -192,6 +194,7 @@ export async function buildStatusSnapshot(
     ipv4: a.ipv4,
     anycast: a.anycast,
     createdAt: new Date(a.createdAt).toISOString(),
+    ...(a.network === undefined ? {} : { network: a.network }),
   }));
   const holders = new Map<string, number>();
   for (const a of attachments) {

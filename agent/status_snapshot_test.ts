@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { buildStatusSnapshot, type StatusSources } from "./status_snapshot.ts";
+import { Store } from "./store.ts";
 
 const base: StatusSources = {
   nodeName: "node-a",
@@ -34,4 +35,28 @@ Deno.test("snapshot: bgp.routerIdConflicts names the nodes sharing the router id
   // Without BIRD there is no router id, so nothing to conflict with.
   const noBird = await buildStatusSnapshot({ ...base, hooks: { routerIdConflicts: conflicts } });
   assert.equal("routerIdConflicts" in noBird.bgp, false);
+});
+
+Deno.test("snapshot: each attachment carries its CNI network (absent on pre-schema-4 records)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "flock-status-" });
+  try {
+    const store = Store.open(dir);
+    const record = (containerId: string, network?: string) => ({
+      containerId,
+      ifname: "eth0",
+      netns: "/run/netns/x",
+      hostIface: `flock${containerId}`,
+      anycast: [],
+      ...(network ? { network } : {}),
+    });
+    store.insertPending(record("a", "pods-a"));
+    store.insertPending(record("b"));
+    const snap = await buildStatusSnapshot({ ...base, store });
+    const byId = new Map(snap.attachments.map((a) => [a.containerId, a]));
+    assert.equal(byId.get("a")?.network, "pods-a");
+    assert.equal("network" in byId.get("b")!, false);
+    store.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
