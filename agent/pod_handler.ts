@@ -43,6 +43,7 @@ import type { CrashHook } from "./crash_points.ts";
 import type { VethDeleteDelay } from "./test_slow_delete.ts";
 import type { AddFault, VethDeleteFault } from "./test_faults.ts";
 import { forEachBounded } from "./bounded.ts";
+import { sandboxMismatch } from "./sandbox_check.ts";
 
 /** CNI error code for a CHECK that found the datapath differing (plugin-specific range). */
 export const CODE_CHECK_FAILED = 101;
@@ -545,6 +546,13 @@ export class PodHandler {
     problems.push(...this.deps.anycast?.check(rec) ?? []);
     const have = new Set([rec.ipv6, rec.ipv4].filter(Boolean));
     const prev = parsePrevResult(req.config);
+    // The pod interface must be in the netns CHECK names (compared by namespace, not by path
+    // spelling: see sandbox_check.ts).
+    for (const iface of prev?.interfaces ?? []) {
+      if (iface.name !== req.ifname || iface.sandbox === undefined) continue;
+      const moved = sandboxMismatch(req.ifname, iface.sandbox, req.netns);
+      if (moved) problems.push(moved);
+    }
     for (const ip of prev?.ips ?? []) {
       // The cached result is the whole chain's: an address an earlier or a later plugin put on
       // another interface is not flock's to check (the spec: allow for later plugins' changes).
