@@ -9,7 +9,8 @@
  * start and stop: when `CNI_COMMAND` is set (non-empty) it runs `dist/flock-cni.js`, the
  * plugin (`cni.ts` and the few modules it imports) bundled into one file by
  * `deno bundle`, with only the permissions the plugin needs (env, net, read and
- * write for the agent socket and the log file; no run, no FFI, no sys).
+ * write for the agent socket and the log file, sys=uid for the log file's owner check; no run,
+ * no FFI, no other sys).
  * That skips resolving and loading `main.ts` and three TypeScript modules on
  * every exec. The launcher checks with shell built-ins that the bundle is newer
  * than each of its sources and otherwise takes the ordinary path, so an edit
@@ -46,13 +47,17 @@ const LAUNCH_ENV = "MALLOC_ARENA_MAX=2 DENO_NO_UPDATE_CHECK=1";
 
 /**
  * What the CNI plugin needs: env, the agent socket (Deno counts a unix socket as net, read and
- * write) and its log file (write). No run, no FFI, no sys.
+ * write), its log file (write) and its own uid (sys=uid: the log file's safety checks trust a
+ * directory and file owned by root or by the plugin's user, so a rootless runtime's plugin can
+ * log to its own directory; costs nothing measurable per exec, see
+ * bench/cni_permissions_bench.ts). No run, no FFI, no other sys.
  */
 export const CNI_PERMISSIONS = [
   "--allow-env",
   "--allow-net",
   "--allow-read",
   "--allow-write",
+  "--allow-sys=uid",
   "--no-prompt",
 ];
 
