@@ -5,6 +5,8 @@
  * - committed records go back into IPAM, and their datapath is set up again when their host
  *   veth is missing or down or one of their host routes is missing, and their namespace still
  *   exists (whole pods cost no request);
+ * - records sharing one host veth name (a store from before schema 3) are first given names of
+ *   their own, the live pod keeping its veth (shared_host_iface.ts);
  * - pending records (an ADD that died half-way) are torn down and released;
  * - releasing records (a DEL that answered but died before the veth was gone) are torn down
  *   and released, their addresses cooling down like any other release;
@@ -36,6 +38,7 @@ import { type Datapath, FLOCK_ROUTE_PROTOCOL, GATEWAY4, isFlockIfaceName } from 
 import type { Attachment, Store } from "./store.ts";
 import { type AddressPool, unusableReason } from "./ipam.ts";
 import type { AnycastRoutes } from "./anycast.ts";
+import { netnsExists, separateSharedHostIfaces } from "./shared_host_iface.ts";
 
 /** What reconciliation did, for logs, metrics and `flock status`. */
 export interface ReconcileReport {
@@ -84,6 +87,10 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
   d.datapath.ensureNode();
 
   const now = (d.now ?? Date.now)();
+  // Before any teardown or repair: either would act on the name a live pod's veth has.
+  const separated = separateSharedHostIfaces({ store: d.store, node, now });
+  report.released += separated.released;
+  report.problems.push(...separated.notes);
   for (const rec of [...d.store.listByState("pending"), ...d.store.listByState("releasing")]) {
     try {
       releaseLeftover(d, rec, now);
@@ -242,14 +249,4 @@ function missingHostState(rec: Attachment, links: Map<string, Link>, routes: Set
     if (!routes.has(hostRouteKey(formatIP(ip), len, link.index))) return true;
   }
   return false;
-}
-
-function netnsExists(path: string): boolean {
-  if (!path) return false;
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
 }

@@ -322,6 +322,29 @@ export class Store {
     return row && { containerId: row.container_id, ifname: row.ifname };
   }
 
+  /**
+   * Host interface names more than one attachment holds, sorted. Only a database written before
+   * schema 3 can hold such a pair (see agent/shared_host_iface.ts); one index scan.
+   */
+  sharedHostIfaces(): string[] {
+    return (this.#stmts.sharedHostIfaces.all() as { host_iface: string }[])
+      .map((r) => r.host_iface);
+  }
+
+  /**
+   * Gives an attachment another host interface name; false if there is no such attachment.
+   * @throws {HostIfaceConflictError} if another attachment holds `hostIface`.
+   */
+  renameHostIface(containerId: string, ifname: string, hostIface: string): boolean {
+    return this.#transaction(() => {
+      const holder = this.hostIfaceHolder(hostIface);
+      if (holder && (holder.containerId !== containerId || holder.ifname !== ifname)) {
+        throw new HostIfaceConflictError(hostIface, holder);
+      }
+      return Number(this.#stmts.renameHostIface.run(hostIface, containerId, ifname).changes) > 0;
+    });
+  }
+
   /** Every attachment, oldest first. */
   list(): Attachment[] {
     return (this.#stmts.list.all() as unknown as AttachmentRow[]).map(fromRow);
@@ -573,6 +596,13 @@ function prepareAll(db: DatabaseSync) {
     ),
     holderV6: p("SELECT container_id, ifname FROM attachment WHERE ipv6 = ?"),
     holderOfHostIface: p("SELECT container_id, ifname FROM attachment WHERE host_iface = ?"),
+    sharedHostIfaces: p(
+      `SELECT host_iface FROM attachment GROUP BY host_iface HAVING count(*) > 1
+         ORDER BY host_iface`,
+    ),
+    renameHostIface: p(
+      "UPDATE attachment SET host_iface = ? WHERE container_id = ? AND ifname = ?",
+    ),
     holderV4: p("SELECT container_id, ifname FROM attachment WHERE ipv4 = ?"),
     insert: p(
       `INSERT INTO attachment (container_id, ifname, state, netns, host_iface, pod_namespace,

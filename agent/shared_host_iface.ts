@@ -1,0 +1,144 @@
+/**
+ * Records that share one host veth name, which only a store from before schema 3 can hold.
+ *
+ * Two container IDs can hash to the same host name (FNV-1a-32). Before schema 3 the agent gave
+ * both pods that name, and the second ADD deleted the first pod's veth as a stale one of its own
+ * (the first pod's interface and host routes went with it) and made its own: one veth, two
+ * records. Left so, start-up's repair rebuilt the first pod's veth on top of the second's (which
+ * took the live pod off the network, and the next start swapped them back), and a DEL of either
+ * deleted the other's veth.
+ *
+ * Start-up separates them before anything else touches a veth: the record whose netns holds the
+ * veth's other end (the live pod) keeps the name; failing that (no such veth, or joined to none
+ * of them) the newest record, whose ADD made the name last. Every other record gets a name of its
+ * own, as an ADD today would pick it (the first candidate no record holds, hash(`<id>/1`) for
+ * the second of a pair); then reconcile goes on as for any record: a committed one whose netns
+ * exists is set up again under its new name, a pending or releasing one is released. A committed
+ * one whose netns is gone is released here, its addresses cooling down: nothing of it has been on
+ * the network since the other pod's ADD, and no runtime can use that sandbox again.
+ *
+ * @module
+ */
+
+import { getLinkByName, Handle } from "../netlink/mod.ts";
+import { hostIfaceCandidate } from "./datapath.ts";
+import type { Attachment, Store } from "./store.ts";
+
+/** How many candidate names to try for a record; a second collision is already ~2^-32. */
+const NAME_ATTEMPTS = 8;
+
+/** What {@link separateSharedHostIfaces} did. */
+export interface SeparationReport {
+  /** Records given a name of their own. */
+  renamed: number;
+  /** Records released because their netns is gone. */
+  released: number;
+  /** One line per record changed, or per group that could not be handled. */
+  notes: string[];
+}
+
+/** Inputs of {@link separateSharedHostIfaces}. */
+export interface SeparationDeps {
+  store: Store;
+  /** The node's namespace, where the host veths live. */
+  node: Handle;
+  /** Release time for the records released (ms epoch). */
+  now: number;
+}
+
+/** Gives every record sharing a host veth name but one a name of its own; see the module doc. */
+export function separateSharedHostIfaces(d: SeparationDeps): SeparationReport {
+  const report: SeparationReport = { renamed: 0, released: 0, notes: [] };
+  const shared = d.store.sharedHostIfaces();
+  // Nearly every start: nothing shared, one index scan and no record read.
+  if (shared.length === 0) return report;
+  const byName = Map.groupBy(
+    d.store.list().filter((r) => shared.includes(r.hostIface)),
+    (r) => r.hostIface,
+  );
+  for (const [name, group] of byName) {
+    try {
+      separate(d, name, group, report);
+    } catch (e) {
+      report.notes.push(
+        `cannot separate the records sharing host interface ${name} ` +
+          `(${group.map(key).join(", ")}): ${(e as Error).message}`,
+      );
+    }
+  }
+  return report;
+}
+
+function separate(
+  d: SeparationDeps,
+  name: string,
+  group: Attachment[],
+  report: SeparationReport,
+): void {
+  // list() is oldest first: the last one's ADD made the name last.
+  const keeper = liveOwner(d.node, name, group) ?? group[group.length - 1];
+  for (const rec of group) {
+    if (rec === keeper) continue;
+    const fresh = freeName(d.store, rec.containerId);
+    d.store.renameHostIface(rec.containerId, rec.ifname, fresh);
+    report.renamed++;
+    let note = `${key(rec)} shared host interface ${name} with ${key(keeper)} ` +
+      `(a store from before schema 3): ${keeper.containerId} keeps it, this one is now ${fresh}`;
+    if (rec.state === "committed" && !netnsExists(rec.netns)) {
+      const addresses = [rec.ipv6, rec.ipv4].filter((ip) => ip !== undefined);
+      d.store.finishRelease(rec.containerId, rec.ifname, addresses, d.now);
+      report.released++;
+      note += `; its netns ${rec.netns} is gone: released`;
+    }
+    report.notes.push(note);
+  }
+}
+
+/**
+ * The record whose pod interface is the other end of the node's veth `name`: asked of the kernel
+ * in each record's netns (the two ends name each other's index), as the datapath pairs them.
+ */
+function liveOwner(node: Handle, name: string, group: Attachment[]): Attachment | undefined {
+  const host = getLinkByName(node, name);
+  if (host?.kind !== "veth" || !host.peerIndex) return undefined;
+  for (const rec of group) {
+    if (!netnsExists(rec.netns)) continue;
+    let podNs: Handle;
+    try {
+      podNs = Handle.forNetns(rec.netns);
+    } catch {
+      continue; // not a netns (any more): not the owner
+    }
+    try {
+      const peer = getLinkByName(podNs, rec.ifname);
+      if (peer?.index === host.peerIndex && peer.peerIndex === host.index) return rec;
+    } finally {
+      podNs.close();
+    }
+  }
+  return undefined;
+}
+
+/** The first of the container's candidate names no record holds, as an ADD picks one. */
+function freeName(store: Store, containerId: string): string {
+  for (let attempt = 0; attempt < NAME_ATTEMPTS; attempt++) {
+    const name = hostIfaceCandidate(containerId, attempt);
+    if (!store.hostIfaceHolder(name)) return name;
+  }
+  throw new Error(`no free host interface name for ${containerId} in ${NAME_ATTEMPTS} candidates`);
+}
+
+function key(rec: Attachment): string {
+  return `${rec.containerId}/${rec.ifname}`;
+}
+
+/** Whether a pod's netns path still exists (a record's sandbox not torn down yet). */
+export function netnsExists(path: string): boolean {
+  if (!path) return false;
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
