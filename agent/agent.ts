@@ -48,6 +48,7 @@ import { bgpSessions } from "../bird/control.ts";
 import { trimFreedMemory } from "./malloc_trim.ts";
 import { vethDeleteDelayFromEnv } from "./test_slow_delete.ts";
 import { isStoreError, RuntimeHealth } from "./health.ts";
+import { kernelBusyCniError } from "./kernel_busy.ts";
 
 /** How often DEL releases whose background veth deletion failed are retried. */
 const RELEASE_SWEEP_MS = 30_000;
@@ -590,5 +591,8 @@ function toCniError(e: unknown): CniError {
     return new CniError(CniCode.invalidEnvironment, err.message);
   }
   if (name === "InterfaceConflictError") return new CniError(CniCode.invalidConfig, err.message);
+  // A dump the kernel interrupted (a busy node) or a lost reply: the runtime should retry.
+  const busy = kernelBusyCniError(e);
+  if (busy) return busy;
   return new CniError(CniCode.internal, `${name}: ${err?.message ?? String(e)}`);
 }

@@ -45,6 +45,8 @@ import {
 } from "../netlink/mod.ts";
 import { FLOCK_ROUTE_PROTOCOL } from "./datapath.ts";
 import type { AnycastHolder, Attachment, Store } from "./store.ts";
+import { FailureStreak } from "./failure_streak.ts";
+import { retryWhileKernelBusy } from "./kernel_busy.ts";
 
 /** RTNH_F_ONLINK: the gateway is on the link without any route saying so. */
 export const RTNH_F_ONLINK = 4;
@@ -135,11 +137,14 @@ export class AnycastRoutes {
    */
   readonly #ifindex = new Map<string, number>();
   #timer?: ReturnType<typeof setInterval>;
+  /** Failed resync rounds in a row: logged when they start and end, not every 10 s. */
+  readonly #resyncFailures: FailureStreak;
 
   constructor(o: AnycastRoutesOptions) {
     this.#node = o.node;
     this.#store = o.store;
     this.#log = o.log;
+    this.#resyncFailures = new FailureStreak("anycast resync", o.log);
   }
 
   /**
@@ -181,13 +186,19 @@ export class AnycastRoutes {
     this.#timer = undefined;
   }
 
-  /** One resync round: every address a committed record holds; failures are logged. */
+  /**
+   * One resync round: every address a committed record holds. A failure (a busy kernel, a
+   * store error) leaves the rest to the next round, which tries again; a run of failed rounds
+   * is logged when it starts and when it ends.
+   */
   resync(): AnycastSyncReport {
     try {
       this.#ifindex.clear(); // a vanished veth must not linger in the cache
-      return this.sync(this.#store.listAnycastAddresses());
+      const report = this.sync(this.#store.listAnycastAddresses());
+      this.#resyncFailures.succeeded();
+      return report;
     } catch (e) {
-      this.#log?.({ level: "warn", msg: "anycast resync failed", error: String(e) });
+      this.#resyncFailures.failed(e);
       return { changed: [], problems: [String(e)] };
     }
   }
@@ -214,12 +225,18 @@ export class AnycastRoutes {
     }
     const report: AnycastSyncReport = { changed: [], problems: [] };
     const routes = new Map<string, Route[]>();
-    for (const family of [AF_INET6, AF_INET] as const) {
-      for (const r of listRoutes(this.#node, { family, protocol: FLOCK_ROUTE_PROTOCOL })) {
-        if (r.table !== RT_TABLE_MAIN) continue;
-        const key = formatPrefix(r.dst);
-        routes.set(key, [...routes.get(key) ?? [], r]);
-      }
+    // Whole or not at all (a busy node interrupts dumps): the routes are compared against it.
+    const present = retryWhileKernelBusy(
+      "anycast: list flock's routes",
+      () =>
+        ([AF_INET6, AF_INET] as const).flatMap((family) =>
+          listRoutes(this.#node, { family, protocol: FLOCK_ROUTE_PROTOCOL })
+        ),
+    );
+    for (const r of present) {
+      if (r.table !== RT_TABLE_MAIN) continue;
+      const key = formatPrefix(r.dst);
+      routes.set(key, [...routes.get(key) ?? [], r]);
     }
     for (const text of held) {
       // One address the kernel refuses must not leave the others unbuilt (or stop a start).

@@ -16,6 +16,12 @@
  *
  * A record that cannot be handled (its teardown or repair throws) goes into the report's
  * `problems` and the rest goes on: one bad record must not keep the agent from starting.
+ *
+ * The dumps everything is decided on are read whole or not at all: a dump the kernel
+ * interrupts (a busy node: DAD on many new addresses, routes churning) is read again after a
+ * short pause, a few times over a few seconds (kernel_busy.ts), so a transient interruption
+ * neither stops the start nor makes the agent act on a partial view. Only a node that stays
+ * too busy for that long fails the start, with an error naming the read.
  */
 
 import {
@@ -39,6 +45,7 @@ import type { Attachment, Store } from "./store.ts";
 import { type AddressPool, unusableReason } from "./ipam.ts";
 import type { AnycastRoutes } from "./anycast.ts";
 import { netnsExists, separateSharedHostIfaces } from "./shared_host_iface.ts";
+import { isKernelBusy, type KernelRetryOptions, retryWhileKernelBusy } from "./kernel_busy.ts";
 
 /** What reconciliation did, for logs, metrics and `flock status`. */
 export interface ReconcileReport {
@@ -66,7 +73,12 @@ export interface ReconcileDeps {
   mtu?: number;
   cooldownMs: number;
   now?: () => number;
+  /** How dumps the kernel interrupts are retried (tests shorten the pauses). */
+  retry?: KernelRetryOptions;
 }
+
+/** Tries of a committed pod's repair that the kernel was too busy to read for. */
+const REPAIR_ATTEMPTS = 3;
 
 function poolFor(ip: IP, d: ReconcileDeps): AddressPool | undefined {
   return ip.family === AF_INET6 ? d.pool6 : d.pool4;
@@ -107,9 +119,21 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
 
   // One dump each of links and flock routes, taken once the leftovers are gone: enough to find
   // the committed pods whose datapath lost something, and the orphans.
-  const links = new Map(listLinks(node).map((l) => [l.name, l]));
-  const routes = ([AF_INET6, AF_INET] as const).flatMap((family) =>
-    listRoutes(node, { family, protocol: FLOCK_ROUTE_PROTOCOL })
+  // Orphans are deleted by what these say is missing from the store: never from a partial read.
+  const readLinks = () =>
+    retryWhileKernelBusy(
+      "start-up reconcile: list the node's links",
+      () => listLinks(node),
+      d.retry,
+    );
+  const links = new Map(readLinks().map((l) => [l.name, l]));
+  const routes = retryWhileKernelBusy(
+    "start-up reconcile: list flock's routes",
+    () =>
+      ([AF_INET6, AF_INET] as const).flatMap((family) =>
+        listRoutes(node, { family, protocol: FLOCK_ROUTE_PROTOCOL })
+      ),
+    d.retry,
   );
   const hostRoutes = new Set(
     routes.filter((r) => r.table === RT_TABLE_MAIN && r.oif !== undefined)
@@ -127,16 +151,18 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
     try {
       const missing = missingHostState(rec, links, hostRoutes);
       if (missing && netnsExists(rec.netns)) {
-        d.datapath.setup({
-          containerId: rec.containerId,
-          hostIface: rec.hostIface,
-          netns: rec.netns,
-          ifname: rec.ifname,
-          ipv6: rec.ipv6 ? parseIP(rec.ipv6) : undefined,
-          ipv4: rec.ipv4 ? parseIP(rec.ipv4) : undefined,
-          anycast: rec.anycast.map(parseIP),
-          mtu: d.mtu,
-        });
+        // setup reads the pod's links and addresses: a busy kernel gets a few short retries.
+        retryWhileKernelBusy(`repair of ${rec.containerId}`, () =>
+          d.datapath.setup({
+            containerId: rec.containerId,
+            hostIface: rec.hostIface,
+            netns: rec.netns,
+            ifname: rec.ifname,
+            ipv6: rec.ipv6 ? parseIP(rec.ipv6) : undefined,
+            ipv4: rec.ipv4 ? parseIP(rec.ipv4) : undefined,
+            anycast: rec.anycast.map(parseIP),
+            mtu: d.mtu,
+          }), { ...d.retry, attempts: REPAIR_ATTEMPTS });
         report.repaired++;
       }
     } catch (e) {
@@ -160,7 +186,7 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
 
   const known = new Set(committed.map((r) => r.hostIface));
   // A repair may have remade a veth (a new index): look again rather than trust the dump.
-  const linksNow = report.repaired ? listLinks(node) : links.values();
+  const linksNow = report.repaired ? readLinks() : links.values();
   for (const link of linksNow) {
     if (!isFlockIfaceName(link.name) || known.has(link.name)) continue;
     try {
@@ -176,7 +202,11 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
       report.problems.push(...anycast.problems);
     }
   } catch (e) {
-    report.problems.push(`anycast routes not rebuilt: ${(e as Error).message}`);
+    // The anycast resync puts them right once the kernel answers again.
+    report.problems.push(
+      `anycast routes not rebuilt${isKernelBusy(e) ? " (resync retries)" : ""}: ` +
+        (e as Error).message,
+    );
   }
   // The dump from before the repairs still names every orphan: repairs and the anycast sync
   // touch only held addresses' routes, and a route that went with an orphan link is skipped.

@@ -28,6 +28,8 @@ import { BirdControl, type BirdReloadStatus } from "../bird/control.ts";
 import { type NodeConfig, secretKeyId } from "./config.ts";
 import { FLOCK_ROUTE_PROTOCOL } from "./datapath.ts";
 import { fnv1a32 } from "./fnv.ts";
+import { FailureStreak } from "./failure_streak.ts";
+import { type KernelRetryOptions, retryWhileKernelBusy } from "./kernel_busy.ts";
 
 /** Where BIRD is, when the agent drives one. */
 export interface BirdTarget {
@@ -40,7 +42,16 @@ export interface BirdTarget {
   commandTimeoutMs?: number;
   /** Retry period of a failed or unreachable reload (default 2 s). */
   retryMs?: number;
+  /**
+   * Period of the check that BIRD has not stopped or restarted since it took the config
+   * (default {@link BIRD_WATCH_MS}; 0: off). A restarted BIRD runs whatever bird.conf it
+   * found (a stale or bootstrap one): the agent applies its config again.
+   */
+  watchMs?: number;
 }
+
+/** Default period of the BIRD restart check (one lstat and one connect per round). */
+export const BIRD_WATCH_MS = 3_000;
 
 /** Another node of the mesh, as the cluster (or a file) describes it. */
 export interface MeshPeer {
@@ -172,9 +183,12 @@ export class NodeRouting {
   /** Summaries of an earlier NodeConfig that still hold pods: kept until their last pod goes. */
   #draining: Prefix[] = [];
   #holdsPods: (dst: Prefix) => boolean = () => false;
+  /** Failed {@link pruneDraining} rounds in a row (logged when they start and end). */
+  readonly #pruneFailures: FailureStreak;
 
   constructor(options: NodeRoutingOptions) {
     this.#o = options;
+    this.#pruneFailures = new FailureStreak("pruning draining summary routes", options.log);
     this.#nodeAddresses = [...options.nodeAddresses ?? []];
     this.#secretPasswords = options.secretPasswords ?? new Map();
     if (options.bird) {
@@ -186,6 +200,7 @@ export class NodeRouting {
         coalesceMs: options.bird.coalesceMs,
         commandTimeoutMs: options.bird.commandTimeoutMs,
         retryMs: options.bird.retryMs,
+        watchMs: options.bird.watchMs ?? BIRD_WATCH_MS,
         log: options.log,
         onAttempt: options.onBirdReload,
       });
@@ -219,7 +234,16 @@ export class NodeRouting {
   pruneDraining(): Promise<BirdReloadStatus | undefined> {
     if (this.#draining.length === 0 || !this.#node) return Promise.resolve(undefined);
     const before = this.#draining.length;
-    this.#syncSummaries(this.#node);
+    try {
+      // One try: this runs on a request's path, which must not pause; the next one retries.
+      this.#syncSummaries(this.#node, { attempts: 1 });
+      this.#pruneFailures.succeeded();
+    } catch (e) {
+      // Called after a DEL or GC that succeeded: that answer must stand. The draining routes
+      // stay as they are (announcing a little longer is harmless); the next DEL or GC retries.
+      this.#pruneFailures.failed(e);
+      return Promise.resolve(undefined);
+    }
     return this.#draining.length === before ? Promise.resolve(undefined) : this.#render();
   }
 
@@ -270,13 +294,17 @@ export class NodeRouting {
     await this.control?.close();
   }
 
-  #syncSummaries(node: NodeConfig): void {
+  #syncSummaries(node: NodeConfig, retry?: KernelRetryOptions): void {
     const h = this.#o.handle;
     const wanted = summaryPrefixes(node);
     const draining: Prefix[] = [];
     for (const family of [AF_INET6, AF_INET] as const) {
-      const present = listRoutes(h, { family, protocol: FLOCK_ROUTE_PROTOCOL })
-        .filter((r) => r.type === RTN_BLACKHOLE);
+      // Whole or not at all: a summary missing from a partial dump would count as stale.
+      const present = retryWhileKernelBusy(
+        "summary routes: list flock's routes",
+        () => listRoutes(h, { family, protocol: FLOCK_ROUTE_PROTOCOL }),
+        retry,
+      ).filter((r) => r.type === RTN_BLACKHOLE);
       for (const r of present) {
         if (wanted.some((p) => routeMatches(r, p))) continue;
         if (this.#holdsPods(r.dst)) {

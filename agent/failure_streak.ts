@@ -1,0 +1,47 @@
+/**
+ * Logging for a periodic job that may fail many rounds in a row (a resync while the node is
+ * busy): one line when the trouble starts, a reminder every {@link REMIND_EVERY} failed rounds,
+ * one line when it recovers, instead of a line per round.
+ *
+ * @module
+ */
+
+/** A still-failing job is logged again after this many failed rounds. */
+export const REMIND_EVERY = 60;
+
+/** Counts consecutive failures of one job and logs their start, reminders and end. */
+export class FailureStreak {
+  #failures = 0;
+
+  constructor(
+    /** The job, e.g. `anycast resync`. */
+    readonly what: string,
+    readonly log: ((fields: Record<string, unknown>) => void) | undefined,
+  ) {}
+
+  /** Consecutive failed rounds so far (0 when the last one succeeded). */
+  get failures(): number {
+    return this.#failures;
+  }
+
+  /** Records a failed round; logs the first one and every {@link REMIND_EVERY}th. */
+  failed(error: unknown): void {
+    const failures = ++this.#failures;
+    if (failures !== 1 && failures % REMIND_EVERY !== 0) return;
+    this.log?.({
+      level: "warn",
+      msg: failures === 1
+        ? `${this.what} failed; retrying every round, logged again once it recovers`
+        : `${this.what} still failing`,
+      failures,
+      error: error instanceof Error ? error.message : String(error),
+    });
+  }
+
+  /** Records a successful round; logs the recovery after failed ones. */
+  succeeded(): void {
+    if (this.#failures === 0) return;
+    this.log?.({ level: "info", msg: `${this.what} recovered`, failures: this.#failures });
+    this.#failures = 0;
+  }
+}

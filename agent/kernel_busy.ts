@@ -1,0 +1,119 @@
+/**
+ * What the agent does when the kernel gives no whole answer. Since netlink/ refuses to return a
+ * partial dump, a read of the node's or a pod's tables can throw instead: the table kept
+ * changing while it was read (`DumpInterruptedError`, e.g. DAD on many new IPv6 addresses or a
+ * busy node), the kernel stopped the dump with an error (`DumpIncompleteError`), or the reply
+ * was lost (`NetlinkSocketError`: ENOBUFS, no answer in time). All of them say "not now", not
+ * "never": nothing may be decided on what was read, and asking again a moment later usually
+ * works.
+ *
+ * - a CNI request gets code 11 ("try again later"), so the runtime retries it
+ *   ({@link kernelBusyCniError});
+ * - the start-up reconcile and the summary routes retry on the spot, bounded, with backoff, and
+ *   then fail with one clear error ({@link retryWhileKernelBusy});
+ * - periodic loops log once when the trouble starts and once when it ends (failure_streak.ts).
+ *
+ * @module
+ */
+
+import {
+  DumpIncompleteError,
+  DumpInterruptedError,
+  NetlinkSocketError,
+} from "../netlink/errors.ts";
+import { CniCode, CniError } from "./protocol.ts";
+
+/** Every retry of {@link retryWhileKernelBusy} failed; its cause is the last failure. */
+export class KernelBusyError extends Error {
+  constructor(
+    /** What was being read, e.g. `start-up reconcile: list the node's links`. */
+    readonly what: string,
+    readonly attempts: number,
+    readonly elapsedMs: number,
+    cause: unknown,
+  ) {
+    super(
+      `${what}: the kernel gave no whole answer in ${attempts} tries over ` +
+        `${(elapsedMs / 1000).toFixed(1)} s (last: ${(cause as Error)?.message ?? cause})`,
+      { cause },
+    );
+    this.name = "KernelBusyError";
+  }
+}
+
+/** Whether `e` says the kernel could not give a whole answer now (asking later may work). */
+export function isKernelBusy(e: unknown): boolean {
+  return e instanceof DumpInterruptedError || e instanceof DumpIncompleteError ||
+    e instanceof NetlinkSocketError || e instanceof KernelBusyError;
+}
+
+/**
+ * The CNI error for a request that failed because the kernel gave no whole answer: code 11, so
+ * the runtime retries the request; undefined for any other failure.
+ */
+export function kernelBusyCniError(e: unknown): CniError | undefined {
+  if (!isKernelBusy(e)) return undefined;
+  return new CniError(
+    CniCode.tryAgainLater,
+    `the node's kernel gave no whole answer, nothing was decided on a partial one; ` +
+      `try again: ${(e as Error).message}`,
+    "a busy node (many routes or addresses changing at once) interrupts netlink dumps; " +
+      "a retry a moment later usually gets a consistent answer",
+  );
+}
+
+/** Options of {@link retryWhileKernelBusy}; the defaults bound the wait to about 3.5 s. */
+export interface KernelRetryOptions {
+  /** Tries in all (default 8). */
+  attempts?: number;
+  /** Pause after the first failure, doubled after each further one (default 50 ms). */
+  firstDelayMs?: number;
+  /** Longest pause (default 1 s). */
+  maxDelayMs?: number;
+  /** Pauses the thread (default: a real blocking sleep; tests may count instead). */
+  sleep?: (ms: number) => void;
+  /** Told of each failure that is retried. */
+  onRetry?: (error: unknown, attempt: number, delayMs: number) => void;
+}
+
+/**
+ * Runs `fn` (a synchronous read of kernel state) until it stops failing with a
+ * {@link isKernelBusy} error, at most `attempts` times, pausing with exponential backoff between
+ * tries. Any other error is thrown at once.
+ *
+ * The pause blocks the thread: the callers (start-up reconcile, applying a NodeConfig) are
+ * synchronous by design so that no request interleaves with them, and they run before the agent
+ * serves pods or under the RPC server's exclusive gate.
+ *
+ * @throws {KernelBusyError} when every try failed so, naming `what` and the last failure
+ */
+export function retryWhileKernelBusy<T>(
+  what: string,
+  fn: () => T,
+  o: KernelRetryOptions = {},
+): T {
+  const attempts = o.attempts ?? 8;
+  const sleep = o.sleep ?? sleepSync;
+  const started = performance.now();
+  let delay = o.firstDelayMs ?? 50;
+  for (let attempt = 1;; attempt++) {
+    try {
+      return fn();
+    } catch (e) {
+      if (!isKernelBusy(e)) throw e;
+      if (attempt >= attempts) {
+        throw new KernelBusyError(what, attempt, performance.now() - started, e);
+      }
+      o.onRetry?.(e, attempt, delay);
+      sleep(delay);
+      delay = Math.min(delay * 2, o.maxDelayMs ?? 1_000);
+    }
+  }
+}
+
+const sleepCell = new Int32Array(new SharedArrayBuffer(4));
+
+/** Blocks the thread for `ms` (no busy loop). */
+function sleepSync(ms: number): void {
+  Atomics.wait(sleepCell, 0, 0, ms);
+}

@@ -1,0 +1,194 @@
+/**
+ * The agent's callers of netlink dumps against a kernel that is too busy to answer whole: the
+ * dumps of a real namespace throw DumpInterruptedError (injected at the Handle, test-only, the
+ * first N dumps or all of them) as they do under heavy IPv6 address churn
+ * (netlink/handle_edges_test.ts provokes it for real).
+ */
+
+import assert from "node:assert/strict";
+import { Handle } from "../netlink/handle.ts";
+import { DumpInterruptedError } from "../netlink/errors.ts";
+import { parsePrefix } from "../netlink/ip.ts";
+import { ROOT_ONLY } from "../tests/helpers/exec.ts";
+import { TestNamespace } from "../tests/helpers/netns.ts";
+import { reconcile } from "./reconcile.ts";
+import { Datapath } from "./datapath.ts";
+import { Store } from "./store.ts";
+import { kernelBusyCniError, KernelBusyError } from "./kernel_busy.ts";
+import { NodeRouting } from "./routing.ts";
+import { parseNodeConfig } from "./config.ts";
+import { CniCode } from "./protocol.ts";
+
+/** Makes the next `count` dumps of every Handle throw as an interrupted dump; undo on dispose. */
+function interruptDumps(count: number): Disposable & { left: () => number } {
+  const real = Handle.prototype.dump;
+  let left = count;
+  Handle.prototype.dump = function (this: Handle, msg, operation) {
+    if (left > 0) {
+      left--;
+      throw new DumpInterruptedError(operation, "RTM_GET", 6);
+    }
+    return real.call(this, msg, operation);
+  };
+  return {
+    left: () => left,
+    [Symbol.dispose]() {
+      Handle.prototype.dump = real;
+    },
+  };
+}
+
+/** A node namespace with an orphan flock link and an orphan flock route, and an empty store. */
+async function nodeWithOrphans() {
+  const ns = await TestNamespace.create("flk-kb");
+  try {
+    await ns.ip(["link", "add", "flock0a0b0c0d", "type", "veth", "peer", "name", "kbpeer"]);
+    await ns.ip(["link", "set", "kbpeer", "up"]);
+    await ns.ip(["link", "set", "flock0a0b0c0d", "up"]);
+    await ns.ip(["-6", "route", "add", "blackhole", "fd00:99::7/128", "proto", "201"]);
+  } catch (e) {
+    await ns.remove();
+    throw e;
+  }
+  const dir = await Deno.makeTempDir({ prefix: "flock-kb-" });
+  const node = Handle.forNetns(ns.path);
+  const store = Store.open(dir);
+  return {
+    ns,
+    node,
+    store,
+    datapath: new Datapath(node, { routesIPv4: false }),
+    links: async () => (await ns.ipJson<{ ifname: string }[]>(["link"])).map((l) => l.ifname),
+    routes: async () => (await ns.ip(["-6", "route", "show", "proto", "201"])).trim(),
+    async [Symbol.asyncDispose]() {
+      store.close();
+      node.close();
+      await ns.remove();
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
+Deno.test({
+  name: "reconcile: interrupted dumps are read again after a pause, then the orphans go",
+  ...ROOT_ONLY,
+  async fn() {
+    await using n = await nodeWithOrphans();
+    const sleeps: number[] = [];
+    let report;
+    {
+      using faults = interruptDumps(3);
+      report = reconcile({
+        store: n.store,
+        datapath: n.datapath,
+        cooldownMs: 0,
+        retry: { sleep: (ms) => sleeps.push(ms) },
+      });
+      assert.equal(faults.left(), 0);
+    }
+    assert.deepEqual(sleeps, [50, 100, 200]);
+    assert.equal(report.orphanLinks, 1);
+    assert.equal(report.orphanRoutes, 1);
+    assert.ok(!(await n.links()).includes("flock0a0b0c0d"));
+    assert.equal(await n.routes(), "");
+  },
+});
+
+Deno.test({
+  name: "reconcile: a node too busy for every try fails the start clearly and deletes nothing",
+  ...ROOT_ONLY,
+  async fn() {
+    await using n = await nodeWithOrphans();
+    {
+      using _faults = interruptDumps(Infinity);
+      assert.throws(
+        () =>
+          reconcile({
+            store: n.store,
+            datapath: n.datapath,
+            cooldownMs: 0,
+            retry: { sleep: () => {} },
+          }),
+        (e: unknown) => {
+          assert.ok(e instanceof KernelBusyError);
+          assert.match(
+            e.message,
+            /^start-up reconcile: list the node's links: the kernel gave no whole answer in 8 tries/,
+          );
+          return true;
+        },
+      );
+    }
+    // Nothing was decided on a partial view: the orphans are still there for the next start.
+    assert.ok((await n.links()).includes("flock0a0b0c0d"));
+    assert.match(await n.routes(), /blackhole fd00:99::7 /);
+  },
+});
+
+Deno.test({
+  name: "datapath: ADD into a pod netns whose dump is interrupted fails with code 11 and why",
+  ...ROOT_ONLY,
+  async fn() {
+    await using n = await nodeWithOrphans();
+    await using pod = await TestNamespace.create("flk-kbpod");
+    let error: unknown;
+    {
+      using _faults = interruptDumps(Infinity);
+      try {
+        n.datapath.setup(
+          {
+            containerId: "c1",
+            netns: pod.path,
+            ifname: "eth0",
+            ipv6: parsePrefix("fd00:1::5/128").ip,
+          },
+          { checkNetnsPeers: () => {} },
+        );
+      } catch (e) {
+        error = e;
+      }
+    }
+    assert.ok(error instanceof DumpInterruptedError, String(error));
+    const cni = kernelBusyCniError(error);
+    assert.equal(cni?.code, CniCode.tryAgainLater);
+    assert.match(cni!.message, /list links: RTM_GET dump interrupted 6 times/);
+  },
+});
+
+Deno.test({
+  name: "routing: pruning draining summaries after a DEL survives a busy kernel, logs once",
+  ...ROOT_ONLY,
+  async fn() {
+    await using n = await nodeWithOrphans();
+    const logs: Record<string, unknown>[] = [];
+    const routing = new NodeRouting({ handle: n.node, nodeName: "n1", log: (f) => logs.push(f) });
+    try {
+      let holds = true;
+      await routing.configure(
+        parseNodeConfig({ cidr6: "fd00:1::/64" }, "t"),
+        (dst) => holds && dst.len === 64,
+      );
+      await routing.configure(
+        parseNodeConfig({ cidr6: "fd00:2::/64" }, "t"),
+        (dst) => holds && dst.len === 64,
+      );
+      assert.deepEqual(routing.draining.map((p) => p.len), [64]);
+      holds = false; // the last pod of the old CIDR went
+      {
+        using _faults = interruptDumps(Infinity);
+        for (let i = 0; i < 3; i++) assert.equal(await routing.pruneDraining(), undefined);
+      }
+      const warns = logs.filter((l) => l.level === "warn");
+      assert.equal(warns.length, 1, JSON.stringify(warns));
+      assert.match(String(warns[0].msg), /pruning draining summary routes failed/);
+      // Still announced meanwhile; the next DEL's prune finishes it.
+      assert.match(await n.ns.ip(["-6", "route", "show", "proto", "201"]), /fd00:1::\/64/);
+      await routing.pruneDraining();
+      assert.deepEqual(routing.draining, []);
+      assert.doesNotMatch(await n.ns.ip(["-6", "route", "show", "proto", "201"]), /fd00:1::\/64/);
+      assert.ok(logs.some((l) => l.msg === "pruning draining summary routes recovered"));
+    } finally {
+      await routing.close();
+    }
+  },
+});
