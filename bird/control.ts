@@ -62,6 +62,14 @@ export interface BirdControlOptions {
   retryMs?: number;
   /** Bound on one birdc call (default 10 s); past it the reload is `failed` and retried. */
   commandTimeoutMs?: number;
+  /**
+   * Period of the check that BIRD still runs the process the config was applied to (default 0:
+   * no check). BIRD recreates its control socket when it starts, so a new socket file means a
+   * restarted BIRD, which runs whatever bird.conf it found: the wanted config is applied again.
+   * A socket that refuses connections means BIRD is down: reported `unreachable`, and the
+   * wanted config is written (checked offline) for BIRD's start and retried every `retryMs`.
+   */
+  watchMs?: number;
   log?: (fields: Record<string, unknown>) => void;
   /**
    * Called with the status after every reload attempt, retries included (which no
@@ -148,6 +156,10 @@ export class BirdControl {
   #retryTimer?: ReturnType<typeof setTimeout>;
   #running?: Promise<void>;
   #closed = false;
+  #watchTimer?: ReturnType<typeof setInterval>;
+  #probing = false;
+  /** Identity of BIRD's control socket file when BIRD last accepted a config. */
+  #socketId?: string;
   readonly status: BirdReloadStatus = { result: "never", reloads: 0, unchanged: 0 };
 
   constructor(options: BirdControlOptions) {
@@ -157,12 +169,17 @@ export class BirdControl {
       coalesceMs: 50,
       retryMs: 2_000,
       commandTimeoutMs: 10_000,
+      watchMs: 0,
       // An option passed as undefined (NodeRouting forwards unset ones) keeps its default: a
       // retryMs of undefined would be a retry loop without pause.
       ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)),
     } as Required<Omit<BirdControlOptions, "log" | "onAttempt">>;
     this.#log = options.log ?? (() => {});
     this.#onAttempt = options.onAttempt ?? (() => {});
+    if (this.#o.watchMs > 0) {
+      this.#watchTimer = setInterval(() => this.#probe(), this.#o.watchMs);
+      Deno.unrefTimer(this.#watchTimer);
+    }
   }
 
   /**
@@ -191,6 +208,7 @@ export class BirdControl {
   /** Stops timers; pending waiters get the current status. */
   async close(): Promise<void> {
     this.#closed = true;
+    clearInterval(this.#watchTimer);
     clearTimeout(this.#timer);
     clearTimeout(this.#retryTimer);
     this.#timer = this.#retryTimer = undefined;
@@ -215,11 +233,7 @@ export class BirdControl {
       this.#pending = false;
       const waiters = this.#waiters.splice(0);
       await this.#apply(this.#wanted!).catch((e) => this.#failed(e));
-      try {
-        this.#onAttempt({ ...this.status });
-      } catch (e) {
-        this.#log({ level: "error", msg: "bird reload hook failed", error: String(e) });
-      }
+      this.#notify();
       for (const w of waiters) w({ ...this.status });
     }
   }
@@ -267,6 +281,7 @@ export class BirdControl {
         error: undefined,
       });
       this.status.reloads++;
+      this.#socketId = await socketIdentity(this.#o.socketPath);
       this.#log({ msg: "bird reconfigured", reply: reply.message });
       return;
     }
@@ -342,6 +357,50 @@ export class BirdControl {
     this.#retry();
   }
 
+  /**
+   * One check of {@link BirdControlOptions.watchMs}: is the BIRD that took the config still
+   * the one running? Skipped while a reload is pending, running or waiting for its retry.
+   */
+  async #probe(): Promise<void> {
+    const idle = !this.#pending && !this.#running && this.#retryTimer === undefined;
+    if (this.#closed || this.#probing || !idle || this.status.result !== "ok") return;
+    this.#probing = true;
+    try {
+      const id = await socketIdentity(this.#o.socketPath);
+      const up = id !== undefined && await answers(this.#o.socketPath);
+      const stillIdle = !this.#pending && !this.#running && this.#retryTimer === undefined;
+      if (this.#closed || !stillIdle || this.status.result !== "ok") return;
+      if (up && (this.#socketId === undefined || id === this.#socketId)) {
+        this.#socketId ??= id;
+        return;
+      }
+      // Down, or restarted on whatever bird.conf it found: apply the wanted config again.
+      this.#accepted = undefined;
+      this.#socketId = undefined;
+      if (!up) {
+        this.status.lastAttempt = new Date().toISOString();
+        this.status.result = "unreachable";
+        this.status.error = `BIRD's control socket ${this.#o.socketPath} does not answer`;
+        this.#log({ level: "warn", msg: "bird is down", error: this.status.error });
+        this.#notify();
+      } else {
+        this.#log({ level: "warn", msg: "bird restarted; applying the config again" });
+      }
+      this.#pending = true;
+      this.#schedule(0);
+    } finally {
+      this.#probing = false;
+    }
+  }
+
+  #notify(): void {
+    try {
+      this.#onAttempt({ ...this.status });
+    } catch (e) {
+      this.#log({ level: "error", msg: "bird reload hook failed", error: String(e) });
+    }
+  }
+
   #retry(): void {
     if (this.#closed) return;
     this.#retryTimer = setTimeout(() => {
@@ -360,6 +419,30 @@ export class BirdControl {
       this.#o.commandTimeoutMs,
     );
     return parseConfigureReply(out.code, out.text, out.timedOut);
+  }
+}
+
+/**
+ * Identifies a control socket file (inode and change time): BIRD unlinks and binds it anew at
+ * every start. Undefined when there is none.
+ */
+async function socketIdentity(path: string): Promise<string | undefined> {
+  try {
+    const st = await Deno.lstat(path);
+    return `${st.dev}:${st.ino}:${st.ctime?.getTime() ?? st.mtime?.getTime()}`;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether something accepts connections on the unix socket (BIRD greets; nothing is sent). */
+async function answers(path: string): Promise<boolean> {
+  try {
+    const conn = await Deno.connect({ transport: "unix", path });
+    conn.close();
+    return true;
+  } catch {
+    return false;
   }
 }
 

@@ -238,3 +238,71 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "BirdControl: BIRD killed and restarted on a stale bird.conf gets the wanted config again",
+  ...ROOT_ONLY,
+  async fn() {
+    await using ns = await TestNamespace.create("flk-birdrst");
+    await using bird = await BirdDaemon.start(ns, { config: bootstrapBirdConfig("10.9.9.9") });
+    const attempts: BirdReloadStatus[] = [];
+    const control = new BirdControl({
+      ...bird.controlOptions(),
+      coalesceMs: 10,
+      retryMs: 200,
+      watchMs: 100,
+      onAttempt: (s) => attempts.push({ ...s }),
+    });
+    const wanted = renderBirdConfig({
+      routerId: "10.9.9.9",
+      cidrs: ["fd00:2::/64"],
+      anycastCIDRs: [],
+      routeProtocol: 201,
+      asn: 64512,
+      peers: [{ address: "fd00:9::1", asn: 65000 }],
+    });
+    const waitUntil = async (what: string, check: () => boolean | Promise<boolean>) => {
+      const deadline = Date.now() + 10_000;
+      while (!await check()) {
+        if (Date.now() > deadline) throw new Error(`${what}: ${JSON.stringify(attempts)}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    };
+    const runsWanted = async () =>
+      /^peer_\S+\s+BGP/m.test((await bird.birdc(["show", "protocols"])).stdout);
+    try {
+      assert.equal((await control.update(wanted)).result, "ok");
+      assert.ok(await runsWanted());
+
+      // Down: reported unreachable, and the wanted config is what a start would read.
+      await bird.kill("SIGKILL");
+      await waitUntil("reported down", () => control.status.result === "unreachable");
+      assert.equal(attempts.at(-1)?.result, "unreachable");
+      // Restarted on a stale file (e.g. its shared bird.conf replaced while it was down).
+      await Deno.writeTextFile(bird.configPath, bootstrapBirdConfig("10.9.9.9"));
+      await bird.launch({ recover: true });
+      await waitUntil(
+        "the wanted config applied again",
+        async () => control.status.result === "ok" && await runsWanted(),
+      );
+      assert.equal(await Deno.readTextFile(bird.configPath), wanted);
+
+      // Restarted between two checks, on a stale file: noticed by its new control socket.
+      const reloads = control.status.reloads;
+      await bird.kill("SIGKILL");
+      await Deno.writeTextFile(bird.configPath, bootstrapBirdConfig("10.9.9.9"));
+      await bird.launch({ recover: true });
+      await waitUntil(
+        "re-applied after a quick restart",
+        async () => control.status.reloads > reloads && await runsWanted(),
+      );
+
+      // A BIRD that keeps running is left alone: no reload without a change.
+      const settled = control.status.reloads;
+      await new Promise((r) => setTimeout(r, 600));
+      assert.equal(control.status.reloads, settled);
+    } finally {
+      await control.close();
+    }
+  },
+});
