@@ -18,6 +18,9 @@ import { kernelBusyCniError, KernelBusyError } from "./kernel_busy.ts";
 import { NodeRouting } from "./routing.ts";
 import { parseNodeConfig } from "./config.ts";
 import { CniCode } from "./protocol.ts";
+import { Agent } from "./agent.ts";
+import { callAgent } from "../cni.ts";
+import { join } from "node:path";
 
 /** Makes the next `count` dumps of every Handle throw as an interrupted dump; undo on dispose. */
 function interruptDumps(count: number): Disposable & { left: () => number } {
@@ -189,6 +192,52 @@ Deno.test({
       assert.ok(logs.some((l) => l.msg === "pruning draining summary routes recovered"));
     } finally {
       await routing.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "agent: an ADD whose dump the kernel interrupts answers code 11, its retry succeeds",
+  ...ROOT_ONLY,
+  async fn() {
+    await using node = await TestNamespace.create("flk-kbagent");
+    await using pod = await TestNamespace.create("flk-kbpod");
+    const dir = await Deno.makeTempDir({ prefix: "flock-kbagent-" });
+    const socketPath = join(dir, "flock.sock");
+    const agent = new Agent({
+      nodeName: "kb-node",
+      stateDir: join(dir, "state"),
+      socketPath,
+      netnsPath: node.path,
+      cooldownMs: 0,
+      log: () => {},
+    });
+    try {
+      await agent.listen();
+      agent.configure(parseNodeConfig({ cidr6: "fd00:5::/64" }, "test"));
+      const add = {
+        command: "ADD" as const,
+        containerId: "kb1",
+        netns: pod.path,
+        ifname: "eth0",
+        args: "",
+        config: { cniVersion: "1.0.0", name: "pods", type: "flock" },
+      };
+      let busy;
+      {
+        using _faults = interruptDumps(Infinity);
+        busy = await callAgent(socketPath, add, 10_000);
+      }
+      assert.ok(!busy.ok);
+      assert.equal(busy.error.code, CniCode.tryAgainLater, busy.error.msg);
+      assert.match(busy.error.msg, /try again: list links: RTM_GET dump interrupted/);
+      // Nothing half-made is left in the way: the runtime's retry gets the pod.
+      const retried = await callAgent(socketPath, add, 10_000);
+      assert.ok(retried.ok, JSON.stringify(retried));
+      assert.match(await pod.ip(["-6", "addr", "show", "eth0"]), /fd00:5::/);
+    } finally {
+      await agent.close();
+      await Deno.remove(dir, { recursive: true });
     }
   },
 });
