@@ -105,12 +105,28 @@ export class AttachmentNotFoundError extends Error {
   }
 }
 
-/** Raised when the database was written by a newer schema than this binary knows. */
+/**
+ * Raised when the database was written by a newer schema than this binary knows (a downgrade):
+ * an older agent cannot tell what the newer one's records mean, so it touches nothing.
+ */
 export class SchemaVersionError extends Error {
-  constructor(found: number, known: number) {
-    super(`store schema version ${found} is newer than supported version ${known}`);
+  constructor(found: number, known: number, path = DB_FILE) {
+    super(
+      `${path} has store schema version ${found}, newer than this flock's ${known}: it was ` +
+        `written by a newer flock, and downgrades are not supported; run that version or a ` +
+        `newer one (the file is left as it is)`,
+    );
     this.name = "SchemaVersionError";
   }
+}
+
+/** Test-only options of {@linkcode Store.open}. */
+export interface StoreOpenOptions {
+  /**
+   * Called inside the migration's transaction after each step, with the version it reached
+   * (tests kill the process there to prove a migration is all or nothing).
+   */
+  afterMigrationStep?: (version: number) => void;
 }
 
 /** Default state directory of the agent. */
@@ -252,7 +268,7 @@ export class Store {
    * applies pending migrations. A directory it creates is 0700 and the database files are 0600,
    * because the addresses and netns paths of every pod are in them.
    */
-  static open(stateDir: string): Store {
+  static open(stateDir: string, options: StoreOpenOptions = {}): Store {
     // An existing directory is left alone: it may be shared (say the caller passed "/tmp").
     if (!exists(stateDir)) {
       Deno.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
@@ -273,7 +289,7 @@ export class Store {
         throw new Error(`cannot switch ${path} to WAL (journal_mode=${mode.journal_mode})`);
       }
       db.exec("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON");
-      migrate(db);
+      migrate(db, path, options.afterMigrationStep);
       return new Store(path, db);
     } catch (e) {
       db.close();
@@ -636,14 +652,22 @@ function prepareAll(db: DatabaseSync) {
   };
 }
 
-function migrate(db: DatabaseSync): void {
+/** Every pending step and the new version in one transaction: a crash leaves the old schema. */
+function migrate(
+  db: DatabaseSync,
+  path: string,
+  afterStep?: StoreOpenOptions["afterMigrationStep"],
+): void {
   db.exec("BEGIN IMMEDIATE");
   try {
     const { user_version: found } = db.prepare("PRAGMA user_version").get() as {
       user_version: number;
     };
-    if (found > SCHEMA_VERSION) throw new SchemaVersionError(found, SCHEMA_VERSION);
-    for (let v = found; v < SCHEMA_VERSION; v++) db.exec(MIGRATIONS[v]);
+    if (found > SCHEMA_VERSION) throw new SchemaVersionError(found, SCHEMA_VERSION, path);
+    for (let v = found; v < SCHEMA_VERSION; v++) {
+      db.exec(MIGRATIONS[v]);
+      afterStep?.(v + 1);
+    }
     // PRAGMA takes no bound parameters; SCHEMA_VERSION is a compile-time integer.
     if (found !== SCHEMA_VERSION) db.exec(`PRAGMA user_version = ${SCHEMA_VERSION}`);
     db.exec("COMMIT");

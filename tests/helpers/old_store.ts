@@ -91,3 +91,25 @@ export function schemaOf(stateDir: string): {
     db.close();
   }
 }
+
+/** `n` committed records with distinct names and addresses, as a busy node's store holds them. */
+export function manyOldRecords(n: number): OldRecord[] {
+  return Array.from({ length: n }, (_, i) => ({
+    containerId: `c${i.toString(16).padStart(63, "0")}`,
+    netns: `/var/run/netns/cni-${i}`,
+    hostIface: `flock${i.toString(16).padStart(8, "0")}`,
+    ipv6: `fd00:9::${(i + 1).toString(16)}`,
+    ipv4: `10.9.${(i + 1) >> 8}.${(i + 1) & 255}`,
+    createdAt: 1_000 + i,
+  }));
+}
+
+/** Sets `PRAGMA user_version` of `<stateDir>/flock.db`, as a newer (or older) flock left it. */
+export function setUserVersion(stateDir: string, version: number): void {
+  const db = new DatabaseSync(dbPath(stateDir));
+  try {
+    db.exec(`PRAGMA user_version = ${Math.trunc(version)}`);
+  } finally {
+    db.close();
+  }
+}
