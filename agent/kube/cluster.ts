@@ -138,6 +138,8 @@ export class ClusterMode {
   #meshText = "";
   /** This node's InternalIPs as last handed to the agent (undefined: not yet). */
   #ownAddressesText?: string;
+  /** This node's InternalIPs as its Node object last listed them (undefined: never seen). */
+  #lastOwnAddresses?: string[];
   #refresh?: ReturnType<typeof setInterval>;
   /** When the status is next recomputed without an event (BGP sessions: status_refresh.ts). */
   readonly #refreshSchedule = new StatusRefreshSchedule();
@@ -469,7 +471,7 @@ export class ClusterMode {
     const mesh = meshPeersFor(
       peers,
       (name) => this.nodes?.cache.get(name),
-      this.nodes?.cache.get(nodeName),
+      this.#ownAddresses(),
       {
         statusOf: (name) => this.configs.cache.get(name)?.status,
         unappliedCIDRs: (name) => {
@@ -523,11 +525,22 @@ export class ClusterMode {
     return this.#routerIdConflicts.update(id, others);
   }
 
+  /**
+   * This node's InternalIPs: its Node object's, or while that is gone (deleted; kubelet
+   * registers it again when it restarts) the ones it listed last. The node's addresses did not
+   * change because an API object went away: the router id and the mesh sessions' family stay.
+   */
+  #ownAddresses(): string[] | undefined {
+    const own = this.nodes?.cache.get(this.options.nodeName);
+    if (own !== undefined) this.#lastOwnAddresses = own;
+    return this.#lastOwnAddresses;
+  }
+
   /** Hands this node's InternalIPs to the agent when they changed (its router id). */
   #syncOwnAddresses(): void {
     const agent = this.#agent;
     if (!agent?.setNodeAddresses) return;
-    const own = this.nodes?.cache.get(this.options.nodeName) ?? [];
+    const own = this.#ownAddresses() ?? [];
     const text = own.join(",");
     if (text === this.#ownAddressesText) return;
     const first = this.#ownAddressesText === undefined;
