@@ -15,7 +15,9 @@
  * the second of a pair); then reconcile goes on as for any record: a committed one whose netns
  * exists is set up again under its new name, a pending or releasing one is released. A committed
  * one whose netns is gone is released here, its addresses cooling down: nothing of it has been on
- * the network since the other pod's ADD, and no runtime can use that sandbox again.
+ * the network since the other pod's ADD, and no runtime can use that sandbox again. So is one in
+ * the keeper's own netns (two interfaces of one container, named alike): one flock interface per
+ * netns is all an ADD gives today.
  *
  * @module
  */
@@ -84,11 +86,17 @@ function separate(
     report.renamed++;
     let note = `${key(rec)} shared host interface ${name} with ${key(keeper)} ` +
       `(a store from before schema 3): ${keeper.containerId} keeps it, this one is now ${fresh}`;
-    if (rec.state === "committed" && !netnsExists(rec.netns)) {
+    const gone = !netnsExists(rec.netns);
+    // Two interfaces of one container (one netns) shared the name too: today's ADD refuses a
+    // second flock interface in a netns, so the one the kernel no longer has is not rebuilt.
+    const beside = !gone && rec.netns === keeper.netns;
+    if (rec.state === "committed" && (gone || beside)) {
       const addresses = [rec.ipv6, rec.ipv4].filter((ip) => ip !== undefined);
       d.store.finishRelease(rec.containerId, rec.ifname, addresses, d.now);
       report.released++;
-      note += `; its netns ${rec.netns} is gone: released`;
+      note += gone
+        ? `; its netns ${rec.netns} is gone: released`
+        : `; its netns has ${key(keeper)} already (one flock interface per netns): released`;
     }
     report.notes.push(note);
   }

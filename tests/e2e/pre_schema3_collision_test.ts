@@ -7,8 +7,9 @@
  * After the upgrade the agent must converge without touching the live pod: the pod whose netns
  * holds the veth's other end keeps the name; the other one gets a name of its own
  * (hash(`<id>/1`)) and is set up again if its netns still exists, or is released (its addresses
- * cooling down) if its netns is gone. A pending or releasing record sharing the name is released
- * without its teardown deleting the live pod's veth.
+ * cooling down) if its netns is gone, or if its netns is the live one's (two interfaces of one
+ * container: one flock interface per netns). A pending or releasing record sharing the name is
+ * released without its teardown deleting the live pod's veth.
  */
 
 import assert from "node:assert/strict";
@@ -224,5 +225,65 @@ Deno.test({
     await assertNodeHolds(node, [pod(FIRST), pod(SECOND)], "both set up again");
     await pingsAll(nsFirst, pod(SECOND), "first → second");
     await pingsAll(nsSecond, pod(FIRST), "second → first");
+  },
+});
+
+Deno.test({
+  name: "upgrade from schema 2: two interfaces of one container that shared a host veth keep " +
+    "one flock interface in the netns, the live one",
+  ...ROOT_ONLY,
+  async fn() {
+    await using node = await FlockNode.start({
+      config: CONFIG,
+      startAgent: false,
+      cooldownMs: 600_000,
+    });
+    await using ns = await TestNamespace.create("flk-u3j");
+    const name = hostIfaceName(FIRST);
+    const [eth0, net1] = [ADDRESSES[FIRST], ADDRESSES[SECOND]];
+    const handle = Handle.forNetns(node.ns.path);
+    try {
+      // The older agent's ADD of net1 took eth0's veth for a stale one of its own.
+      const datapath = new Datapath(handle, { routesIPv4: true });
+      for (const [ifname, a] of [["eth0", eth0], ["net1", net1]] as const) {
+        datapath.setup({
+          containerId: FIRST,
+          netns: ns.path,
+          ifname,
+          hostIface: name,
+          ipv6: parseIP(a.ipv6),
+          ipv4: parseIP(a.ipv4),
+        });
+      }
+    } finally {
+      handle.close();
+    }
+    writeSchema2Store(node.stateDir, [
+      {
+        containerId: FIRST,
+        ifname: "eth0",
+        netns: ns.path,
+        hostIface: name,
+        createdAt: 1,
+        ...eth0,
+      },
+      {
+        containerId: FIRST,
+        ifname: "net1",
+        netns: ns.path,
+        hostIface: name,
+        createdAt: 2,
+        ...net1,
+      },
+    ]);
+
+    await node.startAgent();
+    const live = { containerId: FIRST, ifname: "net1", ips: [net1.ipv6, net1.ipv4] };
+    await assertNodeHolds(node, [live], "net1 stays, eth0 is released");
+    assert.equal(storeRecords(node)[0].hostIface, name);
+    assert.deepEqual(releasedAddresses(node), [eth0.ipv4, eth0.ipv6].sort(), "cooling down");
+    const links = await ns.ipJson<{ ifname: string }[]>(["link", "show"]);
+    assert.deepEqual(links.map((l) => l.ifname).sort(), ["lo", "net1"]);
+    assert.ok(await ping(node.ns, net1.ipv6), "node → net1");
   },
 });
