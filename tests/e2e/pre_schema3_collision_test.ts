@@ -75,6 +75,36 @@ function oldRecords(
   ].map((r, i) => i === 0 ? { ...r, state: firstState } : r);
 }
 
+/** A node as the older agent left it, its agent not started yet; removed whole on dispose. */
+interface OldNode extends AsyncDisposable {
+  node: FlockNode;
+  nsFirst: TestNamespace;
+  nsSecond: TestNamespace;
+}
+
+async function oldNode(
+  firstState: OldRecord["state"] = "committed",
+  cooldownMs?: number,
+): Promise<OldNode> {
+  const node = await FlockNode.start({ config: CONFIG, startAgent: false, cooldownMs });
+  const made: AsyncDisposable[] = [node];
+  const dispose = async () => {
+    for (const d of made.reverse()) await d[Symbol.asyncDispose]();
+  };
+  try {
+    const nsFirst = await TestNamespace.create("flk-u3a");
+    made.push(nsFirst);
+    const nsSecond = await TestNamespace.create("flk-u3b");
+    made.push(nsSecond);
+    oldKernelState(node, nsFirst.path, nsSecond.path);
+    writeSchema2Store(node.stateDir, oldRecords(nsFirst.path, nsSecond.path, firstState));
+    return { node, nsFirst, nsSecond, [Symbol.asyncDispose]: dispose };
+  } catch (e) {
+    await dispose();
+    throw e;
+  }
+}
+
 const pod = (containerId: string): LivePod => ({
   containerId,
   ips: [ADDRESSES[containerId].ipv6, ADDRESSES[containerId].ipv4],
@@ -110,11 +140,8 @@ Deno.test({
   ...ROOT_ONLY,
   async fn() {
     assert.equal(hostIfaceName(FIRST), hostIfaceName(SECOND), "the IDs collide");
-    await using node = await FlockNode.start({ config: CONFIG, startAgent: false });
-    await using nsFirst = await TestNamespace.create("flk-u3a");
-    await using nsSecond = await TestNamespace.create("flk-u3b");
-    oldKernelState(node, nsFirst.path, nsSecond.path);
-    writeSchema2Store(node.stateDir, oldRecords(nsFirst.path, nsSecond.path));
+    await using old = await oldNode();
+    const { node, nsFirst, nsSecond } = old;
     assert.deepEqual(await node.flockLinks(), [hostIfaceName(FIRST)], "one veth, the second's");
     assert.equal(schemaOf(node.stateDir).userVersion, 2);
     const liveEth0 = await eth0Of(nsSecond);
@@ -147,21 +174,11 @@ Deno.test({
     "released, its addresses cooling down",
   ...ROOT_ONLY,
   async fn() {
-    await using node = await FlockNode.start({
-      config: CONFIG,
-      startAgent: false,
-      cooldownMs: 600_000,
-    });
-    const nsFirst = await TestNamespace.create("flk-u3c");
-    await using nsSecond = await TestNamespace.create("flk-u3d");
-    const firstPath = nsFirst.path;
-    try {
-      oldKernelState(node, nsFirst.path, nsSecond.path);
-    } finally {
-      // The first pod's sandbox is gone by the time the node is upgraded.
-      await nsFirst.remove();
-    }
-    writeSchema2Store(node.stateDir, oldRecords(firstPath, nsSecond.path));
+    await using old = await oldNode("committed", 600_000);
+    const { node, nsSecond } = old;
+    const firstPath = old.nsFirst.path;
+    // The first pod's sandbox is gone by the time the node is upgraded.
+    await old.nsFirst.remove();
     const liveEth0 = await eth0Of(nsSecond);
 
     await node.startAgent();
@@ -187,11 +204,8 @@ Deno.test({
     "without deleting it",
   ...ROOT_ONLY,
   async fn() {
-    await using node = await FlockNode.start({ config: CONFIG, startAgent: false });
-    await using nsFirst = await TestNamespace.create("flk-u3e");
-    await using nsSecond = await TestNamespace.create("flk-u3f");
-    oldKernelState(node, nsFirst.path, nsSecond.path);
-    writeSchema2Store(node.stateDir, oldRecords(nsFirst.path, nsSecond.path, "releasing"));
+    await using old = await oldNode("releasing");
+    const { node, nsSecond } = old;
     const liveEth0 = await eth0Of(nsSecond);
 
     await node.startAgent();
@@ -210,13 +224,10 @@ Deno.test({
     "name and both pods are set up again",
   ...ROOT_ONLY,
   async fn() {
-    await using node = await FlockNode.start({ config: CONFIG, startAgent: false });
-    await using nsFirst = await TestNamespace.create("flk-u3h");
-    await using nsSecond = await TestNamespace.create("flk-u3i");
-    oldKernelState(node, nsFirst.path, nsSecond.path);
+    await using old = await oldNode();
+    const { node, nsFirst, nsSecond } = old;
     // An operator deleted it while the agent was down (or a failed upgrade attempt did).
     await node.ns.ip(["link", "del", hostIfaceName(SECOND)]);
-    writeSchema2Store(node.stateDir, oldRecords(nsFirst.path, nsSecond.path));
 
     await node.startAgent();
     const names = new Map(storeRecords(node).map((r) => [r.containerId, r.hostIface]));
