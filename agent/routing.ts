@@ -16,14 +16,24 @@ import {
   formatIP,
   formatPrefix,
   type Handle,
+  IFA_F_TENTATIVE,
+  type IP,
+  listAddresses,
   listRoutes,
   type Prefix,
+  prefixContains,
   replaceRoute,
   routeMatches,
+  RT_SCOPE_UNIVERSE,
   RTN_BLACKHOLE,
   tryParseIP,
 } from "../netlink/mod.ts";
-import { type BirdConfigInput, type BirdMeshPeer, renderBirdConfig } from "../bird/config.ts";
+import {
+  type BirdConfigInput,
+  type BirdMeshPeer,
+  peersWithoutIpv6,
+  renderBirdConfig,
+} from "../bird/config.ts";
 import { BirdControl, type BirdReloadStatus } from "../bird/control.ts";
 import { type NodeConfig, secretKeyId } from "./config.ts";
 import { FLOCK_ROUTE_PROTOCOL } from "./datapath.ts";
@@ -124,6 +134,55 @@ export function routerIdFor(
   };
 }
 
+/** IFA_F_DADFAILED: a duplicate address the kernel will not use. */
+const IFA_F_DADFAILED = 0x08;
+
+/**
+ * Whether `ip` can be the node's IPv6 next hop: global unicast, not link-local, loopback,
+ * IPv4-mapped or multicast, and not inside the node's own pod or anycast ranges.
+ */
+function usableNextHop6(node: NodeConfig, ip: IP): boolean {
+  const b = ip.bytes;
+  if (ip.family !== AF_INET6) return false;
+  if (b[0] === 0xff || (b[0] === 0xfe && (b[1] & 0xc0) === 0x80)) return false;
+  // ::/8 holds ::, ::1 and ::ffff:a.b.c.d (IPv4-mapped, what a peer cannot route to).
+  if (b[0] === 0) return false;
+  return ![node.cidr6, ...node.anycast6].some((p) => p && prefixContains(p, ip));
+}
+
+/**
+ * The global IPv6 addresses of the node's interfaces, lowest interface index first (a loopback
+ * address, where fabrics put a node's routable one, before the uplinks'); addresses still in
+ * duplicate address detection, failed it, or in the node's own pod ranges are left out.
+ */
+export function kernelNextHop6Candidates(h: Handle, node: NodeConfig): string[] {
+  return listAddresses(h, { family: AF_INET6 })
+    .filter((a) => a.scope === RT_SCOPE_UNIVERSE)
+    .filter((a) => (a.flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED)) === 0)
+    .filter((a) => usableNextHop6(node, a.prefix.ip))
+    .sort((a, b) => a.index - b.index)
+    .map((a) => formatIP(a.prefix.ip));
+}
+
+/**
+ * The IPv6 next hop for IPv6 routes on IPv4 multihop sessions: the node's first global IPv6
+ * address among `nodeAddresses` (cluster mode: its Node's InternalIPs), else among
+ * `localIpv6` (its interfaces' addresses, {@link kernelNextHop6Candidates}). `null` when both
+ * are known and hold none (such sessions then carry no IPv6 routes); `undefined` when
+ * `localIpv6` is not known (BIRD picks one of the session interface's addresses).
+ */
+export function nextHop6For(
+  node: NodeConfig,
+  nodeAddresses: readonly string[],
+  localIpv6?: readonly string[],
+): string | null | undefined {
+  for (const text of [...nodeAddresses, ...localIpv6 ?? []]) {
+    const ip = tryParseIP(text);
+    if (ip && usableNextHop6(node, ip)) return formatIP(ip);
+  }
+  return localIpv6 === undefined ? undefined : null;
+}
+
 /** The node's summary CIDRs (IPv6 first). */
 export function summaryPrefixes(node: NodeConfig): Prefix[] {
   return [node.cidr6, node.cidr4].filter((p): p is Prefix => p !== undefined);
@@ -140,6 +199,7 @@ export function birdInputFor(
   meshPeers: MeshPeer[],
   nodeAddresses: readonly string[] = [],
   secretPasswords: ReadonlyMap<string, string> = new Map(),
+  localIpv6?: readonly string[],
 ): BirdConfigInput {
   const bgp = node.spec.bgp ?? {};
   const mesh: BirdMeshPeer[] = bgp.nodeMesh
@@ -169,6 +229,7 @@ export function birdInputFor(
       enabled: bgp.gracefulRestart?.enabled ?? true,
       restartTime: bgp.gracefulRestart?.restartTime ?? DEFAULT_RESTART_TIME,
     },
+    nextHop6: nextHop6For(node, nodeAddresses, localIpv6),
   };
 }
 
@@ -185,6 +246,8 @@ export class NodeRouting {
   #holdsPods: (dst: Prefix) => boolean = () => false;
   /** Failed {@link pruneDraining} rounds in a row (logged when they start and end). */
   readonly #pruneFailures: FailureStreak;
+  /** Peers whose sessions carry no IPv6 routes (no global IPv6 next hop), as last logged. */
+  #withoutIpv6 = "";
 
   constructor(options: NodeRoutingOptions) {
     this.#o = options;
@@ -334,6 +397,26 @@ export class NodeRouting {
     this.#draining = draining;
   }
 
+  /** The peers {@link peersWithoutIpv6} names; logged when that list changes. */
+  get peersWithoutIpv6(): readonly string[] {
+    return this.#withoutIpv6 ? this.#withoutIpv6.split(",") : [];
+  }
+
+  #logPeersWithoutIpv6(peers: string[]): void {
+    const key = peers.join(",");
+    if (key === this.#withoutIpv6) return;
+    this.#withoutIpv6 = key;
+    this.#o.log(
+      peers.length
+        ? {
+          msg: "IPv6 routes not announced to IPv4 multihop peers: the node has no global " +
+            "IPv6 address to give as their next hop",
+          peers,
+        }
+        : { msg: "IPv6 routes announced to every peer again" },
+    );
+  }
+
   async #render(): Promise<BirdReloadStatus | undefined> {
     if (!this.control || !this.#node) return undefined;
     const input = birdInputFor(
@@ -342,8 +425,10 @@ export class NodeRouting {
       this.#mesh,
       this.#nodeAddresses,
       this.#secretPasswords,
+      kernelNextHop6Candidates(this.#o.handle, this.#node),
     );
     input.cidrs.push(...this.#draining.map(formatPrefix));
+    this.#logPeersWithoutIpv6(peersWithoutIpv6(input));
     const text = renderBirdConfig(input);
     return await this.control.update(text);
   }

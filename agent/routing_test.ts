@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { birdInputFor, NodeRouting, reloadSummary, routerIdFor } from "./routing.ts";
+import { birdInputFor, nextHop6For, NodeRouting, reloadSummary, routerIdFor } from "./routing.ts";
 import { ConfigError, parseNodeConfig } from "./config.ts";
 import { ROOT_ONLY, run } from "../tests/helpers/exec.ts";
 import { birdPath, hasTool } from "../tests/helpers/tools.ts";
@@ -44,6 +44,23 @@ Deno.test("birdInputFor: bird.conf's router id follows the node's addresses", ()
     renderBirdConfig(birdInputFor(configured, "node-1", [], ["10.0.0.11"])),
     /^router id 192\.0\.2\.7;$/m,
   );
+});
+
+Deno.test("nextHop6For: the node's global IPv6, InternalIPs first, never a pod's or a mapped one", () => {
+  const node = parseNodeConfig(
+    { cidr6: "fd00:1::/64", anycastCIDRs: ["fd00:ffff::/112"], bgp: { asn: 64512 } },
+    "t",
+  );
+  // Cluster mode: the Node's IPv6 InternalIP beats whatever the interfaces have.
+  assert.equal(nextHop6For(node, ["10.0.0.11", "FD00:A::11"], ["fd00:b::9"]), "fd00:a::11");
+  // Standalone (no InternalIPs): the first usable interface address.
+  const local = ["fd00:1::5", "fd00:ffff::1", "fd00:b::9", "fd00:a::11"];
+  assert.equal(nextHop6For(node, [], local), "fd00:b::9");
+  // Never link-local, IPv4-mapped, loopback or unspecified: a peer cannot route to those.
+  assert.equal(nextHop6For(node, ["fe80::1", "::ffff:10.0.0.11", "::1", "::"], []), null);
+  // Interfaces not known: undefined, BIRD's own choice stays.
+  assert.equal(nextHop6For(node, ["10.0.0.11"]), undefined);
+  assert.equal(birdInputFor(node, "n", [], ["10.0.0.11"], new Map(), []).nextHop6, null);
 });
 
 Deno.test("birdInputFor: a Secret's password is rendered; a peer without one is left out", () => {

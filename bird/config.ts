@@ -60,10 +60,14 @@ export interface BirdConfigInput {
   meshPeers?: BirdMeshPeer[];
   gracefulRestart?: { enabled: boolean; restartTime: number };
   /**
-   * IPv6 next hop to announce on IPv4 sessions; default: BIRD uses the interface's global
-   * IPv6 address.
+   * The node's global IPv6 address: the next hop of IPv6 routes on IPv4 **multihop** sessions.
+   * Without it BIRD takes a global IPv6 address of the interface the session leaves by, and
+   * announces `::` (the peer drops the routes) when that interface has none, e.g. on a node
+   * whose addresses are on its loopback. `null`: the node has no global IPv6 address, so IPv4
+   * multihop sessions carry no IPv6 routes at all. Single-hop sessions ignore it: there BIRD's
+   * interface address (plus its link-local) is what the peer on the segment can resolve.
    */
-  nextHop6?: string;
+  nextHop6?: string | null;
   /** Accept a default route from explicit peers (off: a node must not attract transit). */
   acceptDefault?: boolean;
 }
@@ -263,6 +267,7 @@ function meshImportFilter(name: string, fam: Fam, peer: BirdMeshPeer, f: Facts):
 function channel(
   fam: Fam,
   sessionFam: Fam,
+  multihop: boolean,
   importFilter: string,
   input: BirdConfigInput,
 ): string[] {
@@ -272,14 +277,37 @@ function channel(
     `    export filter flock_export${fam};`,
     `    next hop self;`,
   ];
-  if (fam === 6 && sessionFam === 4 && input.nextHop6) {
-    lines.push(`    next hop address ${input.nextHop6};`);
+  if (fam === 6 && sessionFam === 4 && multihop && input.nextHop6) {
+    lines.push(`    next hop address ${input.nextHop6.toLowerCase()};  # the node's global IPv6`);
   }
-  // An IPv4 route over an IPv6 session needs an IPv6 next hop (RFC 8950).
+  // An IPv4 route over an IPv6 session gets the session's own IPv6 address as next hop
+  // (RFC 8950): works on a node without IPv4 underlay addresses too.
   if (fam === 4 && sessionFam === 6) lines.push(`    extended next hop on;`);
   lines.push(`    add paths rx;  # several paths for an anycast address, if the peer sends them`);
   lines.push(`  };`);
   return lines;
+}
+
+/**
+ * Whether a session must not carry `fam`: IPv6 over an IPv4 multihop session when the node has
+ * no global IPv6 address (`nextHop6: null`); the peer would get `::` as next hop.
+ */
+function withheld(fam: Fam, sessionFam: Fam, multihop: boolean, input: BirdConfigInput): boolean {
+  return fam === 6 && sessionFam === 4 && multihop && input.nextHop6 === null;
+}
+
+/**
+ * Addresses of the explicit peers and mesh peers whose sessions carry no IPv6 routes because
+ * the node has no global IPv6 address (`nextHop6: null`); `flock status` and the log name them.
+ */
+export function peersWithoutIpv6(input: BirdConfigInput): string[] {
+  if (input.nextHop6 !== null) return [];
+  const ipv6Routed = [...input.cidrs, ...input.anycastCIDRs].some((p) => p.includes(":"));
+  if (!ipv6Routed) return [];
+  return [...(input.peers ?? []), ...(input.meshPeers ?? [])]
+    .filter((p) => familyOf(p.address) === 4 && withheld(6, 4, p.multihop !== undefined, input))
+    .map((p) => p.address)
+    .sort();
 }
 
 function session(
@@ -311,7 +339,22 @@ function session(
   if (peer.bfd) {
     lines.push(gr ? `  bfd graceful;  # BFD down does not defeat graceful restart` : `  bfd on;`);
   }
-  for (const fam of f.fams) lines.push(...channel(fam, sessionFam, importFilter(fam), input));
+  const multihop = peer.multihop !== undefined;
+  const fams = f.fams.filter((fam) => !withheld(fam, sessionFam, multihop, input));
+  if (fams.length === 0) {
+    return [
+      `# ${name} (${peer.address}): not rendered, no family it could carry a next hop for.`,
+      ``,
+    ];
+  }
+  if (fams.length < f.fams.length) {
+    lines.push(
+      `  # No IPv6 routes: the node has no global IPv6 address to give as their next hop.`,
+    );
+  }
+  for (const fam of fams) {
+    lines.push(...channel(fam, sessionFam, multihop, importFilter(fam), input));
+  }
   lines.push(`}`, ``);
   return lines;
 }
@@ -329,7 +372,10 @@ export function renderBirdConfig(input: BirdConfigInput): string {
     throw new BirdConfigError(`route protocol must be 1..255`);
   }
   if (input.asn !== undefined) checkAsn(input.asn, "local AS");
-  if (input.nextHop6 !== undefined && checkAddress(input.nextHop6, "nextHop6") !== 6) {
+  if (
+    input.nextHop6 !== undefined && input.nextHop6 !== null &&
+    checkAddress(input.nextHop6, "nextHop6") !== 6
+  ) {
     throw new BirdConfigError(`nextHop6 must be an IPv6 address`);
   }
   const facts: Facts = {

@@ -6,7 +6,12 @@
 
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { BirdConfigError, type BirdConfigInput, renderBirdConfig } from "./config.ts";
+import {
+  BirdConfigError,
+  type BirdConfigInput,
+  peersWithoutIpv6,
+  renderBirdConfig,
+} from "./config.ts";
 import { run } from "../tests/helpers/exec.ts";
 import { birdPath, hasTool } from "../tests/helpers/tools.ts";
 
@@ -72,6 +77,31 @@ const CASES: Record<string, BirdConfigInput> = {
     ],
     nextHop6: "fd00:a::11",
   },
+  // IPv4 multihop sessions on a node with no global IPv6 address: they carry IPv4 only (the
+  // peer would get `::` as next hop); the direct IPv4 session and the IPv6 session keep both.
+  "multihop-without-ipv6-next-hop": {
+    ...DUAL,
+    peers: [
+      { address: "192.168.50.1", asn: 65000, multihop: 2 },
+      { address: "10.0.0.1", asn: 65000 },
+      { address: "fd00:b::2", asn: 65000, multihop: 2 },
+    ],
+    nextHop6: null,
+  },
+  // An IPv6-only node with an IPv4 multihop peer and no global IPv6: that session has nothing
+  // it could carry and is not rendered; the IPv6 peer is.
+  "ipv6-only-multihop-v4-peer-dropped": {
+    routerId: "172.31.7.9",
+    cidrs: ["fd00:3::/64"],
+    anycastCIDRs: [],
+    routeProtocol: 201,
+    asn: 65003,
+    peers: [
+      { address: "192.168.50.1", asn: 65000, multihop: 2 },
+      { address: "fd00:b::2", asn: 65000, multihop: 2 },
+    ],
+    nextHop6: null,
+  },
 };
 
 const update = Deno.env.get("UPDATE_GOLDEN") === "1";
@@ -96,6 +126,60 @@ Deno.test("bird config: stable for the same input in another order", () => {
   assert.equal(renderBirdConfig(shuffled), renderBirdConfig(input));
 });
 
+/** The `protocol bgp NAME … }` block of a rendered config. */
+function sessionBlock(text: string, name: string): string {
+  const m = new RegExp(`protocol bgp ${name} from flock_bgp \\{\\n[\\s\\S]*?\\n\\}`).exec(text);
+  assert.ok(m, `no session ${name} in:\n${text}`);
+  return m[0];
+}
+
+Deno.test("bird config: each mixed-family session gets a next hop of the route's family", () => {
+  const text = renderBirdConfig({
+    ...DUAL,
+    peers: [
+      { address: "192.168.50.1", asn: 65000, multihop: 2 },
+      { address: "10.0.0.1", asn: 65000 },
+      { address: "fd00:b::2", asn: 65000, multihop: 2 },
+    ],
+    nextHop6: "FD00:A::11",
+  });
+  // IPv4 multihop: IPv6 routes carry the node's global IPv6 address.
+  const multihop4 = sessionBlock(text, "peer_192_168_50_1");
+  assert.match(multihop4, /ipv6 \{[^}]*next hop address fd00:a::11;/);
+  assert.doesNotMatch(multihop4, /ipv4 \{[^}]*next hop address/);
+  // Direct IPv4: BIRD's interface address plus link-local, as before.
+  assert.doesNotMatch(sessionBlock(text, "peer_10_0_0_1"), /next hop address/);
+  // IPv6 session: IPv4 routes with an IPv6 next hop (RFC 8950).
+  const multihop6 = sessionBlock(text, "peer_fd00_b__2");
+  assert.match(multihop6, /ipv4 \{[^}]*extended next hop on;/);
+  assert.doesNotMatch(multihop6, /next hop address/);
+});
+
+Deno.test("bird config: peersWithoutIpv6 names the IPv4 multihop peers left without IPv6", () => {
+  const peers = [
+    { address: "192.168.50.1", asn: 65000, multihop: 2 },
+    { address: "10.0.0.1", asn: 65000 },
+    { address: "fd00:b::2", asn: 65000, multihop: 2 },
+  ];
+  assert.deepEqual(peersWithoutIpv6({ ...DUAL, peers, nextHop6: null }), ["192.168.50.1"]);
+  assert.deepEqual(peersWithoutIpv6({ ...DUAL, peers, nextHop6: "fd00:a::11" }), []);
+  assert.deepEqual(peersWithoutIpv6({ ...DUAL, peers }), []);
+  // An IPv4-only node routes no IPv6: nothing is withheld.
+  assert.deepEqual(
+    peersWithoutIpv6({
+      ...DUAL,
+      cidrs: ["10.244.1.0/24"],
+      anycastCIDRs: [],
+      peers,
+      nextHop6: null,
+    }),
+    [],
+  );
+  const withheld = renderBirdConfig({ ...DUAL, peers, nextHop6: null });
+  assert.doesNotMatch(sessionBlock(withheld, "peer_192_168_50_1"), /ipv6 \{/);
+  assert.match(sessionBlock(withheld, "peer_10_0_0_1"), /ipv6 \{/);
+});
+
 Deno.test("bird config: per-pod routes are never learned, only flock's own", () => {
   const text = renderBirdConfig(DUAL);
   assert.match(text, /if krt_source != 201 then reject;/);
@@ -113,6 +197,8 @@ Deno.test("bird config: refuses input that could inject config text", () => {
     ["password", { peers: [{ address: "10.0.0.1", asn: 65000, password: 'a"; }' }] }],
     ["asn", { peers: [{ address: "10.0.0.1", asn: 0 }] }],
     ["no local AS", { asn: undefined }],
+    ["IPv4 next hop for IPv6", { nextHop6: "10.0.0.11" }],
+    ["next hop text", { nextHop6: "fd00::1; export all" }],
   ];
   for (const [what, change] of bad) {
     assert.throws(() => renderBirdConfig({ ...DUAL, ...change }), BirdConfigError, what);

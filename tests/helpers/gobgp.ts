@@ -23,6 +23,8 @@ export interface TorNeighbor {
   asn: number;
   /** Send all paths (ADD-PATH) so the node can build ECMP. */
   addPaths?: boolean;
+  /** The node is this many hops away (eBGP multihop TTL; iBGP needs none). */
+  multihopTtl?: number;
 }
 
 /** Options of {@linkcode GobgpTor.start}. */
@@ -81,6 +83,13 @@ export function gobgpdConfig(o: GobgpTorOptions): string {
       `    restart-time = 120`,
     );
     if (n.addPaths) lines.push(`  [neighbors.add-paths.config]`, `    send-max = 8`);
+    if (n.multihopTtl !== undefined) {
+      lines.push(
+        `  [neighbors.ebgp-multihop.config]`,
+        `    enabled = true`,
+        `    multihop-ttl = ${n.multihopTtl}`,
+      );
+    }
     for (const afi of ["ipv4-unicast", "ipv6-unicast"]) {
       lines.push(
         `  [[neighbors.afi-safis]]`,
