@@ -600,17 +600,18 @@ export class PodHandler {
 
   /**
    * Releases every attachment the runtime no longer lists as valid, and answers once all of them
-   * are released (records gone, addresses cooling). All go off the network first, then their
-   * veths are deleted off the event loop, {@link GC_DELETIONS_IN_FLIGHT} at a time. Every one is
-   * tried whatever happens to the others (the spec: continue past errors and report them); the
-   * failed ones stay `releasing` for the agent's sweep or the next GC.
+   * are released (records gone, addresses cooling); one whose DEL's veth deletion still runs is
+   * left to it (GC does not wait for that deletion, see rpc_server.ts). All go off the network
+   * first, then their veths are deleted off the event loop, {@link GC_DELETIONS_IN_FLIGHT} at a
+   * time. Every one is tried whatever happens to the others (the spec: continue past errors and
+   * report them); the failed ones stay `releasing` for the agent's sweep or the next GC.
    *
    * @throws {CniError} code 11 (try again later) naming every attachment that failed: the failure
    *   is one a retry can clear, and the sweep retries it anyway.
    */
   async gc(req: RpcRequest): Promise<void> {
     const valid = validAttachments(req.config);
-    const stale = this.#staleOf(networkOf(req), valid);
+    const stale = this.#staleOf(networkOf(req), valid).filter((rec) => !this.isRemoving(rec));
     const failures: { rec: Attachment; error: unknown }[] = [];
     const offNetwork = stale.filter((rec) => {
       try {

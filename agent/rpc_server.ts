@@ -7,7 +7,9 @@
  * in-flight requests and holds new ones back), and STATUS is never held back at all, because
  * runtimes poll it and a stuck STATUS marks the node NotReady. A handler may answer before its
  * work is over (a DEL answers while its veth is still being deleted): what it passes to `hold`
- * keeps its container (and GC, and {@link RpcServer.exclusive}) waiting until that settles.
+ * keeps its container (and {@link RpcServer.exclusive}) waiting until that settles. GC does not
+ * wait for it (the kernel may take minutes over one veth, and GC holds every container back
+ * meanwhile): its handler leaves attachments whose held work still runs alone.
  *
  * @module
  */
@@ -368,7 +370,7 @@ export class RpcServer {
       case "STATUS":
         return call();
       case "GC":
-        return this.#gate.exclusive(call);
+        return this.#gate.exclusive(call, { waitForHeld: false });
       default:
         return this.#perContainer(
           req.containerId,
@@ -422,7 +424,10 @@ export class RpcServer {
  * back new container requests so that a steady stream of ADDs cannot starve it.
  */
 class GcGate {
+  /** Requests sharing the gate, counted until their held work settles. */
   #shared = 0;
+  /** Requests sharing the gate that have not answered yet. */
+  #active = 0;
   #exclusivePending = 0;
   #exclusiveTail: Promise<void> = Promise.resolve();
   #drainWaiters: (() => void)[] = [];
@@ -434,6 +439,7 @@ class GcGate {
       await new Promise<void>((resolve) => this.#exclusiveWaiters.push(resolve));
     }
     this.#shared++;
+    this.#active++;
     const done = () => {
       this.#shared--;
       if (this.#shared === 0) wake(this.#drainWaiters);
@@ -441,18 +447,24 @@ class GcGate {
     try {
       return await fn();
     } finally {
+      this.#active--;
+      if (this.#active === 0) wake(this.#drainWaiters);
       afterHeld(settled(), done);
     }
   }
 
-  async exclusive<T>(fn: () => Promise<T>): Promise<T> {
+  /**
+   * Runs `fn` alone: after the requests sharing the gate have answered and, unless
+   * `waitForHeld` is false, their held work has settled; holds new ones back meanwhile.
+   */
+  async exclusive<T>(fn: () => Promise<T>, { waitForHeld = true } = {}): Promise<T> {
     this.#exclusivePending++;
     const previous = this.#exclusiveTail;
     let release!: () => void;
     this.#exclusiveTail = new Promise<void>((resolve) => release = resolve);
     try {
       await previous;
-      while (this.#shared > 0) {
+      while ((waitForHeld ? this.#shared : this.#active) > 0) {
         await new Promise<void>((resolve) => this.#drainWaiters.push(resolve));
       }
       return await fn();

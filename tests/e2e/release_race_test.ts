@@ -232,3 +232,48 @@ Deno.test({
     await assertNodeHolds(node, [], "at the end");
   },
 });
+
+Deno.test({
+  name: "release races: a GC during a slow veth deletion neither waits for it nor holds up ADDs",
+  ...ROOT_ONLY,
+  async fn() {
+    const slowMs = 12_000;
+    await using node = await FlockNode.start({
+      config: { cidr6: "fd00:ea::/64", cidr4: "10.234.0.0/24" },
+      startAgent: false,
+    });
+    await node.startAgent({ env: { [SLOW_VETH_DELETE_ENV]: String(slowMs) } });
+    await using peerNs = await TestNamespace.create("flk-rgp");
+    await using nsA = await TestNamespace.create("flk-rga");
+    await using nsB = await TestNamespace.create("flk-rgb");
+    await using nsC = await TestNamespace.create("flk-rgc");
+    const peer = await addLivePod(node, "peer", peerNs.path);
+    await addLivePod(node, "slow", nsA.path);
+    await addLivePod(node, "stale", nsC.path);
+    ok(await node.cni("DEL", { containerId: "slow", netns: nsA.path }), "DEL slow");
+    // The runtime's GC lists the peer only: "stale" goes, "slow" is already going.
+    const valid = [{ containerID: "peer", ifname: "eth0" }];
+    const started = performance.now();
+    const gcDone = node.cni("GC", {
+      ifname: "",
+      extraConfig: { "cni.dev/valid-attachments": valid },
+    })
+      .then((r) => ({ r, ms: Math.round(performance.now() - started) }));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const add = await node.cni("ADD", { containerId: "other", netns: nsB.path });
+    const addMs = Math.round(performance.now() - started);
+    const gc = await gcDone;
+    console.log(`during a ${slowMs} ms veth deletion: GC took ${gc.ms} ms, an ADD ${addMs} ms`);
+    ok(gc.r, "GC");
+    ok(add, "ADD other");
+    assert.ok(gc.ms < slowMs / 3, `GC waited ${gc.ms} ms for the slow deletion`);
+    assert.ok(addMs < slowMs / 3, `an ADD waited ${addMs} ms behind the GC`);
+    const other = { containerId: "other", ips: resultIps(add.json) };
+    await node.settled(slowMs + 10_000);
+    await assertNodeHolds(node, [peer, other], "after the slow release and the GC");
+    for (const [id, ns] of [["other", nsB], ["peer", peerNs]] as const) {
+      ok(await node.cni("DEL", { containerId: id, netns: ns.path }), `DEL ${id}`);
+    }
+    await assertNodeHolds(node, [], "at the end");
+  },
+});
