@@ -1,0 +1,243 @@
+/**
+ * BGP next hops of mixed-family sessions, end to end: a flock node (agent + BIRD) peers with a
+ * gobgpd two hops away, behind a router namespace. What the peer must get, and what an
+ * operator would check: the next hop in the peer's RIB is a global address of the node in the
+ * route's own family (not `::ffff:a.b.c.d`, not a link-local, not missing), the peer's kernel
+ * can install a route through it, and a pod answers pings sent from the peer's side over it.
+ *
+ * Topology (all namespaces this test creates):
+ *
+ * ```
+ * node (eth0 10.0.0.11, fd00:a::11) ── router br0 (10.0.0.1, fd00:a::1)
+ *                                      router rt1 (10.1.0.1, fd00:b::1) ── peer br0 (10.1.0.2, fd00:b::2), gobgpd
+ * ```
+ */
+
+import assert from "node:assert/strict";
+import { ROOT_ONLY, runOk } from "../helpers/exec.ts";
+import { ping, TestNamespace } from "../helpers/flock.ts";
+import { type BgpLabNode, startBgpNode } from "../helpers/bgp_lab.ts";
+import { GobgpTor, type RibPath } from "../helpers/gobgp.ts";
+import { Fabric } from "../helpers/fabric.ts";
+import { addAddress, linkVeth } from "../helpers/netns.ts";
+import type { BgpPeerSpec } from "../../agent/config.ts";
+
+const NODE_AS = 65001;
+const PEER_AS = 65000;
+const CIDR6 = "fd00:1::/64";
+const CIDR4 = "10.244.1.0/24";
+const ANYCAST6 = "fd00:ffff::/112";
+const ANYCAST4 = "10.255.255.0/24";
+
+/** A routed two-hop lab: the node, a router, the gobgpd peer. */
+interface Lab {
+  node: BgpLabNode;
+  peer: GobgpTor;
+  router: Fabric;
+}
+
+async function sysctl(ns: TestNamespace, ...settings: string[]): Promise<void> {
+  await runOk(["ip", "netns", "exec", ns.name, "sysctl", "-q", "-w", ...settings]);
+}
+
+/**
+ * Builds the lab; `peerAddress` picks the session's family (the peer's IPv4 or IPv6 address),
+ * `nodeIpv4` whether the node has an IPv4 underlay address at all.
+ */
+async function startLab(
+  cleanup: AsyncDisposableStack,
+  peer: Omit<BgpPeerSpec, "asn">,
+  nodeIpv4 = true,
+): Promise<Lab> {
+  const router = await Fabric.start("flk-rtr");
+  cleanup.use(router);
+  await addAddress(router.ns, "br0", "10.0.0.1/24");
+  await addAddress(router.ns, "br0", "fd00:a::1/64");
+  await sysctl(router.ns, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1");
+
+  const nodeSession = peer.address.includes(":") ? "fd00:a::11" : "10.0.0.11";
+  const tor = await GobgpTor.start({
+    asn: PEER_AS,
+    routerId: "10.1.0.2",
+    addresses: ["10.1.0.2/24", "fd00:b::2/64"],
+    neighbors: [{ address: nodeSession, asn: NODE_AS, multihopTtl: 4 }],
+  });
+  cleanup.use(tor);
+  const port = tor.nextPortName();
+  await linkVeth(router.ns, tor.ns, "rt1", port);
+  await tor.attach(port);
+  await addAddress(router.ns, "rt1", "10.1.0.1/24");
+  await addAddress(router.ns, "rt1", "fd00:b::1/64");
+  await tor.ns.ip(["route", "add", "default", "via", "10.1.0.1"]);
+  await tor.ns.ip(["-6", "route", "add", "default", "via", "fd00:b::1"]);
+
+  const node = await startBgpNode(router, {
+    name: "nh-node",
+    ipv4: nodeIpv4 ? "10.0.0.11" : undefined,
+    ipv6: "fd00:a::11",
+    spec: {
+      cidr6: CIDR6,
+      cidr4: CIDR4,
+      anycastCIDRs: [ANYCAST6, ANYCAST4],
+      bgp: {
+        asn: NODE_AS,
+        peers: [{ ...peer, asn: PEER_AS }],
+        gracefulRestart: { enabled: true, restartTime: 120 },
+      },
+    },
+  }, cleanup);
+  if (nodeIpv4) await node.flock.ns.ip(["route", "replace", "default", "via", "10.0.0.1"]);
+  else await node.flock.ns.ip(["-4", "route", "replace", "default", "via", "inet6", "fd00:a::1"]);
+  await node.flock.ns.ip(["-6", "route", "replace", "default", "via", "fd00:a::1"]);
+  // The router knows the node's pod CIDRs through the node (static routes, as a fabric would).
+  await router.ns.ip(["-6", "route", "add", CIDR6, "via", "fd00:a::11"]);
+  await router.ns.ip(["route", "add", CIDR4, "via", "inet6", "fd00:a::11"]);
+  return { node, peer: tor, router };
+}
+
+/** The next hop of the prefix's best path in the peer's RIB (NEXT_HOP or MP_REACH_NLRI). */
+function nextHop(paths: RibPath[] | undefined): string | undefined {
+  const attrs = paths?.find((p) => p.best)?.attrs ?? paths?.[0]?.attrs ?? [];
+  return attrs.find((a) => a.type === 14 || a.type === 3)?.nexthop;
+}
+
+/**
+ * Installs `prefix` in the peer's kernel through the BGP next hop as a router resolves a
+ * multihop one (recursively: through the route to the next hop); fails if that is not possible.
+ */
+async function installThroughNextHop(ns: TestNamespace, prefix: string, hop: string) {
+  const [via] = await ns.ipJson<{ gateway?: string; dev: string }[]>(["route", "get", hop]);
+  assert.ok(via?.gateway, `the peer has no route to next hop ${hop}`);
+  const gw = via.gateway.includes(":") ? ["inet6", via.gateway] : [via.gateway];
+  await ns.ip(["route", "replace", prefix, "via", ...gw, "dev", via.dev]);
+}
+
+/** Pings up to three times (the first may race neighbour discovery on three links). */
+async function reaches(from: TestNamespace, address: string): Promise<boolean> {
+  for (let i = 0; i < 3; i++) if (await ping(from, address)) return true;
+  return false;
+}
+
+/** Routes and neighbours of every lab namespace, for a failure message. */
+async function dump(lab: Lab): Promise<string> {
+  const out: string[] = [];
+  for (
+    const [name, ns] of [["node", lab.node.flock.ns], ["router", lab.router.ns], [
+      "peer",
+      lab.peer.ns,
+    ]] as const
+  ) {
+    for (const args of [["-6", "route"], ["-4", "route"], ["-6", "neigh"], ["-6", "addr"]]) {
+      out.push(`${name}: ip ${args.join(" ")}`, await ns.ip(args).catch((e) => String(e)));
+    }
+  }
+  return out.join("\n");
+}
+
+/** A pod on the lab node; returns its addresses (IPv6 first). */
+async function addPod(
+  lab: Lab,
+  cleanup: AsyncDisposableStack,
+  id: string,
+  anycast?: string,
+): Promise<string[]> {
+  const ns = await TestNamespace.create("flk-nhp");
+  cleanup.use(ns);
+  const extraConfig = anycast
+    ? {
+      runtimeConfig: {
+        "io.kubernetes.cri.pod-annotations": { "flock.fritzlab.net/anycast": anycast },
+      },
+    }
+    : undefined;
+  const r = await lab.node.flock.cni("ADD", { containerId: id, netns: ns.path, extraConfig });
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+  return (r.json as { ips: { address: string }[] }).ips.map((i) => i.address.split("/")[0]);
+}
+
+const COMMON = { ...ROOT_ONLY, sanitizeResources: false, sanitizeOps: false };
+
+for (const uplinkHasIpv6 of [true, false]) {
+  Deno.test({
+    name: `bgp next hop: IPv4 multihop session carries IPv6 with the node's global IPv6 ` +
+      `(${uplinkHasIpv6 ? "on the uplink" : "on lo only, uplink without one"})`,
+    ...COMMON,
+    async fn() {
+      await using cleanup = new AsyncDisposableStack();
+      const lab = await startLab(cleanup, { address: "10.1.0.2", multihop: 2 });
+      const ns = lab.node.flock.ns;
+      if (!uplinkHasIpv6) {
+        // A fabric node with its routable IPv6 on the loopback: before the fix BIRD announced
+        // `::` here and the peer dropped every IPv6 route.
+        await ns.ip(["-6", "addr", "del", "fd00:a::11/64", "dev", "eth0"]);
+        await addAddress(ns, "lo", "fd00:a::11/128");
+        await ns.ip(["-6", "route", "replace", "fd00:a::/64", "dev", "eth0"]);
+        await ns.ip(["-6", "route", "replace", "default", "via", "fd00:a::1"]);
+        // The router reaches the loopback address through the node's link-local, as a fabric
+        // that routes node loopbacks does.
+        const [eth0] = await ns.ipJson<{ addr_info: { local: string; scope: string }[] }[]>(
+          ["-6", "addr", "show", "dev", "eth0", "scope", "link"],
+        );
+        const ll = eth0.addr_info.find((a) => a.scope === "link")!.local;
+        for (const dst of ["fd00:a::11/128", CIDR6]) {
+          await lab.router.ns.ip(["-6", "route", "replace", dst, "via", ll, "dev", "br0"]);
+        }
+        await lab.node.bird.birdc(["restart", "peer_10_1_0_2"]);
+      }
+      try {
+        await lab.peer.waitEstablished();
+        const [pod6] = await addPod(lab, cleanup, "nh-pod");
+        await addPod(lab, cleanup, "nh-any", "fd00:ffff::7");
+        const rib = await lab.peer.waitRib(
+          "ipv6",
+          (rib) => CIDR6 in rib && "fd00:ffff::7/128" in rib,
+        );
+        // A global IPv6 of the node: not ::ffff:10.0.0.11, not a link-local, not missing.
+        assert.equal(nextHop(rib[CIDR6]), "fd00:a::11");
+        assert.equal(nextHop(rib["fd00:ffff::7/128"]), "fd00:a::11");
+        const rib4 = await lab.peer.waitRib("ipv4", (rib) => CIDR4 in rib);
+        assert.equal(nextHop(rib4[CIDR4]), "10.0.0.11");
+        await installThroughNextHop(lab.peer.ns, CIDR6, nextHop(rib[CIDR6])!);
+        assert.ok(await reaches(lab.peer.ns, pod6), `peer -> pod ${pod6} through fd00:a::11`);
+        const log = await Deno.readTextFile(lab.node.flock.agentLogPath);
+        assert.doesNotMatch(log, /IPv6 routes not announced/);
+      } catch (e) {
+        console.log(await dump(lab));
+        console.log(await lab.peer.log());
+        console.log((await lab.node.bird.birdc(["show", "protocols", "all"])).stdout);
+        throw e;
+      }
+    },
+  });
+}
+
+Deno.test({
+  name: "bgp next hop: IPv6 session carries IPv4 with the node's IPv6 (RFC 8950), " +
+    "node without IPv4 underlay",
+  ...COMMON,
+  async fn() {
+    await using cleanup = new AsyncDisposableStack();
+    const lab = await startLab(cleanup, { address: "fd00:b::2", multihop: 2 }, false);
+    try {
+      await lab.peer.waitEstablished();
+      const [, pod4] = await addPod(lab, cleanup, "nh-pod4");
+      const rib4 = await lab.peer.waitRib("ipv4", (rib) => CIDR4 in rib);
+      // gobgpd negotiated the extended next hop: the IPv4 route's next hop is IPv6.
+      assert.equal(nextHop(rib4[CIDR4]), "fd00:a::11");
+      const rib6 = await lab.peer.waitRib("ipv6", (rib) => CIDR6 in rib);
+      assert.equal(nextHop(rib6[CIDR6]), "fd00:a::11");
+      // The peer's kernel installs the IPv4 route through an IPv6 gateway, and it carries traffic.
+      await installThroughNextHop(lab.peer.ns, CIDR4, nextHop(rib4[CIDR4])!);
+      const [route] = await lab.peer.ns.ipJson<{ gateway: string; via?: { family: string } }[]>(
+        ["-4", "route", "show", CIDR4],
+      );
+      assert.equal(route.via?.family, "inet6");
+      assert.ok(await reaches(lab.peer.ns, pod4), `peer -> pod ${pod4} over an IPv6 next hop`);
+    } catch (e) {
+      console.log(await dump(lab));
+      console.log(await lab.peer.log());
+      console.log((await lab.node.bird.birdc(["show", "protocols", "all"])).stdout);
+      throw e;
+    }
+  },
+});
