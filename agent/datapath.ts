@@ -109,6 +109,37 @@ export interface PodAddresses {
   ipv4?: IP;
   /** The host-side veth's name when it is not {@link hostIfaceName}(containerId). */
   hostIface?: string;
+  /** The pod's netns as its record knows it: a veth whose other end is there is this pod's. */
+  netns?: string;
+  /**
+   * The other pods that may own the host veth (see {@link PodSide}). With it, a veth whose other
+   * end is in one of their netns is left alone (not deleted, not set down, its routes kept).
+   */
+  others?: () => Iterable<PodSide>;
+}
+
+/**
+ * Another pod's side as its record knows it. Asked only when the host veth's other end is in a
+ * netns and not in this pod's: a store restored from a backup, edited by hand or written by a bug
+ * can give one pod's record the name of the veth another live pod uses, and a release or repair
+ * by name would take that pod off the network without an error anywhere.
+ */
+export interface PodSide {
+  /** Who it is, for messages (`<containerId>/<ifname>`). */
+  label: string;
+  /** Path of its network namespace. */
+  netns: string;
+  /** Its interface there: when given, the veth's other end must be it, not any interface. */
+  ifname?: string;
+}
+
+/** A host veth a release left in place, since its other end is in another pod's netns. */
+export interface ForeignVeth {
+  hostIface: string;
+  /** The {@link PodSide.label} of the pod whose netns holds the other end. */
+  owner: string;
+  /** This record's addresses the node routes through that veth: not free for another pod. */
+  addressesInUse: IP[];
 }
 
 /** Options of {@link Datapath.setup}. */
@@ -119,6 +150,12 @@ export interface SetupOptions {
    * the netns path: two paths can name one netns, and a path can be reused by a new one.
    */
   checkNetnsPeers?: (hostIfaces: string[]) => void;
+  /**
+   * The other pods that may own a veth of this pod's name (see {@link PodSide}): a stale veth of
+   * the name is remade only if its other end is in none of their netns; otherwise the setup is
+   * refused with an {@link InterfaceConflictError}.
+   */
+  others?: () => Iterable<PodSide>;
 }
 
 /** What `setup` made, for the CNI Result. */
@@ -279,7 +316,7 @@ export class Datapath {
     try {
       options.checkNetnsPeers?.(this.#flockPeersIn(podNs, hostIfaceOf(pod.containerId, pod)));
       this.ensureNode();
-      const { host, peer, created } = this.#ensurePair(pod, podNs);
+      const { host, peer, created } = this.#ensurePair(pod, podNs, options.others);
       if (!created) removeStrayAddresses(pod, podNs, peer);
       // One batch per side (3 round trips for a new pod, the veth's creation included), the
       // pod's first: a new pair's host side is still down then, so the carrier comes up only
@@ -322,7 +359,11 @@ export class Datapath {
   }
 
   /** Finds or makes the veth pair; repairs a peer left on the node. */
-  #ensurePair(pod: PodNetwork, podNs: Handle): { host: Link; peer: Link; created: boolean } {
+  #ensurePair(
+    pod: PodNetwork,
+    podNs: Handle,
+    others: SetupOptions["others"],
+  ): { host: Link; peer: Link; created: boolean } {
     const name = hostIfaceOf(pod.containerId, pod);
     // A new pod, nearly every call: create at once. An existing name (a retry, a crash's
     // leftovers, a foreign interface in the pod) fails it and takes the careful path below.
@@ -345,7 +386,14 @@ export class Datapath {
       }
     }
     if (host && !(peer && paired(host, peer))) {
-      // Our name, but not joined to this pod's interface: stale, remake it.
+      // Our name, but not joined to this pod's interface: stale, remake it, unless it is the veth
+      // of another pod that a record knows (its other end in that pod's netns).
+      const owner = others && this.#otherOwner(host, undefined, others);
+      if (owner) {
+        throw new InterfaceConflictError(
+          `${name} is the host veth of ${owner} (its other end is in that pod's netns)`,
+        );
+      }
       deleteLink(this.node, host.index);
       host = undefined;
       // If that pod interface was the stale pair's own end, it went with it.
@@ -474,10 +522,12 @@ export class Datapath {
    * Removes the pod's veth (both ends) and its host routes. Everything already
    * gone is fine; the pod's namespace need not exist.
    */
-  teardown(containerId: string, addresses: PodAddresses = {}): void {
+  teardown(containerId: string, addresses: PodAddresses = {}): ForeignVeth | undefined {
     const host = getLinkByName(this.node, hostIfaceOf(containerId, addresses));
-    if (host) deleteLink(this.node, host.index);
-    this.#deleteLeftoverRoutes(addresses);
+    const foreign = host && this.#foreignVeth(host, addresses);
+    if (host && !foreign) deleteLink(this.node, host.index);
+    this.#deleteLeftoverRoutes(addresses, foreign ? host : undefined);
+    return foreign;
   }
 
   /**
@@ -486,13 +536,16 @@ export class Datapath {
    * veth's deletion, which waits tens of ms for RCU grace periods, to {@link removeVeth}.
    * Everything already gone is fine.
    */
-  detach(containerId: string, addresses: PodAddresses = {}): void {
+  detach(containerId: string, addresses: PodAddresses = {}): ForeignVeth | undefined {
     const host = getLinkByName(this.node, hostIfaceOf(containerId, addresses));
-    if (!host) return;
+    if (!host) return undefined;
+    const foreign = this.#foreignVeth(host, addresses);
+    if (foreign) return foreign;
     for (const ip of [addresses.ipv6, addresses.ipv4]) {
       if (ip) deleteRoute(this.node, hostRoute(ip, host.index));
     }
     if (host.up) setLinkUp(this.node, host.index, false);
+    return undefined;
   }
 
   /**
@@ -500,19 +553,101 @@ export class Datapath {
    * thread, so the event loop keeps serving; resolves once it is gone (and any host route
    * that outlived it is removed).
    */
-  async removeVeth(containerId: string, addresses: PodAddresses = {}): Promise<void> {
+  async removeVeth(
+    containerId: string,
+    addresses: PodAddresses = {},
+  ): Promise<ForeignVeth | undefined> {
     const host = getLinkByName(this.node, hostIfaceOf(containerId, addresses));
-    if (host) await deleteLinkOffThread(this.node, host.index);
-    this.#deleteLeftoverRoutes(addresses);
+    const foreign = host && this.#foreignVeth(host, addresses);
+    if (host && !foreign) await deleteLinkOffThread(this.node, host.index);
+    this.#deleteLeftoverRoutes(addresses, foreign ? host : undefined);
+    return foreign;
   }
 
   /**
    * Host routes die with the link; these catch routes that outlived a lost link. Deleted by
-   * exact prefix and flock's protocol, whatever their interface, so no route dump per pod.
+   * exact prefix and flock's protocol, whatever their interface, so no route dump per pod;
+   * with `spare` (another pod's veth), one dump, and the routes through it stay.
    */
-  #deleteLeftoverRoutes(addresses: PodAddresses): void {
+  #deleteLeftoverRoutes(addresses: PodAddresses, spare?: Link): void {
     for (const ip of [addresses.ipv6, addresses.ipv4]) {
-      if (ip) deleteRoutesTo(this.node, hostPrefix(ip), FLOCK_ROUTE_PROTOCOL);
+      if (!ip) continue;
+      if (!spare) {
+        deleteRoutesTo(this.node, hostPrefix(ip), FLOCK_ROUTE_PROTOCOL);
+        continue;
+      }
+      for (const r of this.#flockRoutesTo(ip)) {
+        if (r.oif !== spare.index) deleteRoute(this.node, r);
+      }
+    }
+  }
+
+  #flockRoutesTo(ip: IP): Route[] {
+    return listRoutes(this.node, { family: ip.family, protocol: FLOCK_ROUTE_PROTOCOL })
+      .filter((r) => routeMatches(r, hostPrefix(ip)));
+  }
+
+  /**
+   * The host veth as another pod's, when its other end is in the netns of one of
+   * `addresses.others` and not in `addresses.netns`; undefined when it is this pod's (or no
+   * record's: an orphan of this pod's name). Costs one netns open when the veth is this pod's.
+   */
+  #foreignVeth(host: Link, addresses: PodAddresses): ForeignVeth | undefined {
+    if (!addresses.others) return undefined;
+    const owner = this.#otherOwner(host, addresses.netns, addresses.others);
+    if (!owner) return undefined;
+    const addressesInUse = [addresses.ipv6, addresses.ipv4].filter((ip): ip is IP =>
+      ip !== undefined && this.#flockRoutesTo(ip).some((r) => r.oif === host.index)
+    );
+    return { hostIface: host.name, owner, addressesInUse };
+  }
+
+  /**
+   * Which of `pods` holds the other end of the node's veth `host` (its label), if any: for a
+   * flock veth no record names, which may still be a live pod's whose record names another.
+   */
+  podOwning(host: Link, pods: () => Iterable<PodSide>): string | undefined {
+    return this.#otherOwner(host, undefined, pods);
+  }
+
+  /**
+   * Which of `others` holds the other end of the host veth `host`, unless `ownNetns` does. A
+   * peer on the node itself (a pair made in two steps) or no peer is nobody else's.
+   */
+  #otherOwner(
+    host: Link,
+    ownNetns: string | undefined,
+    others: () => Iterable<PodSide>,
+  ): string | undefined {
+    if (host.kind !== "veth" || !host.peerIndex || host.peerNetnsId === undefined) return undefined;
+    if (ownNetns !== undefined && this.#holdsPeerOf(ownNetns, host)) return undefined;
+    const tried = new Set([ownNetns]);
+    for (const other of others()) {
+      if (tried.has(other.netns)) continue;
+      if (other.ifname === undefined) tried.add(other.netns);
+      if (this.#holdsPeerOf(other.netns, host, other.ifname)) return other.label;
+    }
+    return undefined;
+  }
+
+  /**
+   * Whether the netns at `path` holds the other end of `host`: its link of the peer's index
+   * names `host` back (ifindexes are per netns; the pair check is what makes it the same veth).
+   * A path that is no netns (any more) holds nothing. With `ifname`, the other end must be it.
+   */
+  #holdsPeerOf(path: string, host: Link, ifname?: string): boolean {
+    let ns: Handle;
+    try {
+      ns = Handle.forNetns(path);
+    } catch {
+      return false;
+    }
+    try {
+      const peer = getLinkByIndex(ns, host.peerIndex!);
+      return peer?.kind === "veth" && peer.peerIndex === host.index &&
+        (ifname === undefined || peer.name === ifname);
+    } finally {
+      ns.close();
     }
   }
 

@@ -21,6 +21,7 @@
 import { formatIP, type IP, parseIP } from "../netlink/ip.ts";
 import {
   type Datapath,
+  type ForeignVeth,
   hostIfaceCandidate,
   hostIfaceName,
   type PodNetwork,
@@ -44,6 +45,7 @@ import type { VethDeleteDelay } from "./test_slow_delete.ts";
 import type { AddFault, VethDeleteFault } from "./test_faults.ts";
 import { forEachBounded } from "./bounded.ts";
 import { sandboxMismatch } from "./sandbox_check.ts";
+import { otherNetnsHolder, otherPodSides } from "./veth_owner.ts";
 
 /** CNI error code for a CHECK that found the datapath differing (plugin-specific range). */
 export const CODE_CHECK_FAILED = 101;
@@ -163,7 +165,10 @@ export class PodHandler {
     const network = networkOf(req);
     if (existing && ofNetwork(existing, network)) {
       // A retry: converge the datapath for the addresses already held.
-      const links = datapath.setup(this.#podNetwork(req, existing), this.#netnsOwnerCheck(req));
+      const links = datapath.setup(
+        this.#podNetwork(req, existing),
+        this.#netnsOwnerCheck(req, existing.hostIface),
+      );
       // A record from before flock kept network names is this network's from now on.
       if (existing.network === undefined && network !== undefined) {
         store.claimNetwork(req.containerId, req.ifname, network);
@@ -242,7 +247,10 @@ export class PodHandler {
     }
     this.deps.crashAt?.("add-after-pending");
     try {
-      const links = datapath.setup(this.#podNetwork(req, record), this.#netnsOwnerCheck(req));
+      const links = datapath.setup(
+        this.#podNetwork(req, record),
+        this.#netnsOwnerCheck(req, record.hostIface),
+      );
       this.deps.crashAt?.("add-after-datapath");
       this.deps.addFault?.();
       store.commit(req.containerId, req.ifname);
@@ -274,11 +282,12 @@ export class PodHandler {
     const { containerId, ifname } = record;
     try {
       this.deps.vethDeleteFault?.();
-      await this.deps.datapath.removeVeth(containerId, {
+      const foreign = await this.deps.datapath.removeVeth(containerId, {
         ipv6: parseOptional(record.ipv6),
         ipv4: parseOptional(record.ipv4),
-        hostIface: record.hostIface,
+        ...this.#ownership(record),
       });
+      if (foreign) this.#logForeign(record, foreign);
       return true;
     } catch (error) {
       let held = "releasing";
@@ -305,25 +314,51 @@ export class PodHandler {
    * one would take them over. Such a netns is not a Kubernetes pod (one sandbox, one network
    * attachment per network): two runtimes' containers were given the same CNI_NETNS.
    */
-  #netnsOwnerCheck(req: RpcRequest): SetupOptions {
+  #netnsOwnerCheck(req: RpcRequest, hostIface: string): SetupOptions {
     return {
       checkNetnsPeers: (hostIfaces) => {
-        for (const hostIface of hostIfaces) {
-          const holder = this.deps.store.hostIfaceHolder(hostIface);
-          if (!holder || holder.containerId === req.containerId) continue;
-          if (this.deps.store.get(holder.containerId, holder.ifname)?.state === "releasing") {
-            continue;
-          }
-          throw new CniError(
-            CniCode.invalidConfig,
-            `CNI_NETNS ${req.netns}: the network namespace already has container ` +
-              `${holder.containerId}'s flock interface ${holder.ifname}`,
-            "flock gives a network namespace one interface: a second one would take over the " +
-              "first one's default routes",
-          );
-        }
+        const holder = otherNetnsHolder(this.deps.store, req.containerId, hostIfaces);
+        if (!holder) return;
+        throw new CniError(
+          CniCode.invalidConfig,
+          `CNI_NETNS ${req.netns}: the network namespace already has container ` +
+            `${holder.containerId}'s flock interface ${holder.ifname}`,
+          "flock gives a network namespace one interface: a second one would take over the " +
+            "first one's default routes",
+        );
       },
+      // A stale veth of this name that is another record's pod's is not remade (taken from it).
+      others: otherPodSides(this.deps.store, req, hostIface),
     };
+  }
+
+  /**
+   * What the datapath needs to tell this record's host veth from another pod's (see
+   * Datapath's `others`): the record's name and netns, and the other records.
+   */
+  #ownership(rec: Pick<Attachment, "containerId" | "ifname" | "netns" | "hostIface">) {
+    return {
+      hostIface: rec.hostIface,
+      netns: rec.netns,
+      others: otherPodSides(this.deps.store, rec, rec.hostIface),
+    };
+  }
+
+  /** A release left a veth in place: another pod's, which the record wrongly names. */
+  #logForeign(rec: Pick<Attachment, "containerId" | "ifname">, foreign: ForeignVeth): void {
+    this.deps.log({
+      level: "error",
+      msg: `host veth ${foreign.hostIface} is not this attachment's: its other end is in ` +
+        `${foreign.owner}'s netns; left in place` +
+        (foreign.addressesInUse.length
+          ? `, and ${foreign.addressesInUse.map(formatIP).join(", ")} (routed through it) ` +
+            "not released"
+          : ""),
+      containerId: rec.containerId,
+      ifname: rec.ifname,
+      hostIface: foreign.hostIface,
+      owner: foreign.owner,
+    });
   }
 
   /**
@@ -430,7 +465,12 @@ export class PodHandler {
       this.deps.store.interfacesOf(req.containerId).length === 0 &&
       !this.deps.store.hostIfaceHolder(hostIfaceName(req.containerId))
     ) {
-      await this.deps.datapath.removeVeth(req.containerId);
+      const name = hostIfaceName(req.containerId);
+      const foreign = await this.deps.datapath.removeVeth(req.containerId, {
+        netns: req.netns,
+        others: otherPodSides(this.deps.store, req, name),
+      });
+      if (foreign) this.#logForeign(req, foreign);
     }
     return {};
   }
@@ -496,10 +536,11 @@ export class PodHandler {
     const turned = rec.state === "committed" &&
       this.deps.store.markReleasing(rec.containerId, rec.ifname, (this.deps.now ?? Date.now)());
     if (rec.anycast.length) this.deps.anycast?.sync(rec.anycast, { without: rec });
+    // Another pod's veth (a record naming it wrongly) is left alone; removeVeth says so.
     this.deps.datapath.detach(rec.containerId, {
       ipv6: parseOptional(rec.ipv6),
       ipv4: parseOptional(rec.ipv4),
-      hostIface: rec.hostIface,
+      ...this.#ownership(rec),
     });
     if (turned) this.deps.crashAt?.("del-after-releasing");
   }
@@ -514,9 +555,18 @@ export class PodHandler {
     const ipv4 = parseOptional(rec.ipv4);
     this.deps.vethDeleteFault?.();
     await this.deps.vethDeleteDelay?.();
-    await this.deps.datapath.removeVeth(rec.containerId, { ipv6, ipv4, hostIface: rec.hostIface });
+    const foreign = await this.deps.datapath.removeVeth(rec.containerId, {
+      ipv6,
+      ipv4,
+      ...this.#ownership(rec),
+    });
     this.deps.crashAt?.("del-after-teardown");
-    this.#finishRelease(rec, ipv6, ipv4);
+    if (!foreign) return this.#finishRelease(rec, ipv6, ipv4);
+    this.#logForeign(rec, foreign);
+    // An address the other pod's veth is routed for is in use there: it stays out of IPAM.
+    const inUse = (ip?: IP) =>
+      ip && foreign.addressesInUse.some((u) => formatIP(u) === formatIP(ip));
+    this.#finishRelease(rec, inUse(ipv6) ? undefined : ipv6, inUse(ipv4) ? undefined : ipv4);
   }
 
   /** The record goes and the addresses return to IPAM (cooling), in one store transaction. */

@@ -40,12 +40,19 @@ import {
   parseIP,
   RT_TABLE_MAIN,
 } from "../netlink/mod.ts";
-import { type Datapath, FLOCK_ROUTE_PROTOCOL, GATEWAY4, isFlockIfaceName } from "./datapath.ts";
+import {
+  type Datapath,
+  FLOCK_ROUTE_PROTOCOL,
+  GATEWAY4,
+  isFlockIfaceName,
+  type SetupOptions,
+} from "./datapath.ts";
 import type { Attachment, Store } from "./store.ts";
 import { type AddressPool, unusableReason } from "./ipam.ts";
 import type { AnycastRoutes } from "./anycast.ts";
 import { netnsExists, separateSharedHostIfaces } from "./shared_host_iface.ts";
 import { isKernelBusy, type KernelRetryOptions, retryWhileKernelBusy } from "./kernel_busy.ts";
+import { otherNetnsHolder, otherPodSides } from "./veth_owner.ts";
 
 /** What reconciliation did, for logs, metrics and `flock status`. */
 export interface ReconcileReport {
@@ -105,7 +112,7 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
   report.problems.push(...separated.notes);
   for (const rec of [...d.store.listByState("pending"), ...d.store.listByState("releasing")]) {
     try {
-      releaseLeftover(d, rec, now);
+      releaseLeftover(d, rec, now, report);
       report.released++;
     } catch (e) {
       // One bad record must not stop the agent (a crash loop): it stays as it is, its addresses
@@ -162,7 +169,7 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
             ipv4: rec.ipv4 ? parseIP(rec.ipv4) : undefined,
             anycast: rec.anycast.map(parseIP),
             mtu: d.mtu,
-          }), { ...d.retry, attempts: REPAIR_ATTEMPTS });
+          }, repairChecks(d.store, rec)), { ...d.retry, attempts: REPAIR_ATTEMPTS });
         report.repaired++;
       }
     } catch (e) {
@@ -187,9 +194,26 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
   const known = new Set(committed.map((r) => r.hostIface));
   // A repair may have remade a veth (a new index): look again rather than trust the dump.
   const linksNow = report.repaired ? readLinks() : links.values();
+  const committedPods = () =>
+    committed.map((r) => ({
+      label: `${r.containerId}/${r.ifname}`,
+      netns: r.netns,
+      ifname: r.ifname,
+    }));
   for (const link of linksNow) {
     if (!isFlockIfaceName(link.name) || known.has(link.name)) continue;
     try {
+      // No record names it, but it may be a committed pod's interface (its other end is the
+      // record's ifname in the record's netns) whose record names another veth (a store edited
+      // or restored): the pod keeps its network.
+      const owner = d.datapath.podOwning(link, committedPods);
+      if (owner) {
+        report.problems.push(
+          `link ${link.name} is named by no record, but its other end is in ${owner}'s netns: ` +
+            "left in place",
+        );
+        continue;
+      }
       if (deleteLink(node, link.index)) report.orphanLinks++;
     } catch (e) {
       report.problems.push(`cannot remove orphan link ${link.name}: ${(e as Error).message}`);
@@ -229,16 +253,56 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
   return report;
 }
 
-/** Tears down a pending or releasing record's datapath and removes the record. */
-function releaseLeftover(d: ReconcileDeps, rec: Attachment, now: number): void {
-  d.datapath.teardown(rec.containerId, {
+/**
+ * The checks an ADD makes, for a repair: the pod's netns must not hold another record's flock
+ * interface (a second one there would take over that pod's default routes), and a stale veth of
+ * the record's name must not be another record's pod's. Either refuses the repair (a problem in
+ * the report); the live pod keeps its network.
+ */
+function repairChecks(store: Store, rec: Attachment): SetupOptions {
+  return {
+    checkNetnsPeers: (hostIfaces) => {
+      const holder = otherNetnsHolder(store, rec.containerId, hostIfaces);
+      if (!holder) return;
+      throw new Error(
+        `its netns ${rec.netns} already has ${holder.containerId}/${holder.ifname}'s flock ` +
+          `interface (host veth ${holder.hostIface}); one flock interface per netns, so it is ` +
+          "not set up again",
+      );
+    },
+    others: otherPodSides(store, rec, rec.hostIface),
+  };
+}
+
+/**
+ * Tears down a pending or releasing record's datapath and removes the record; another pod's veth
+ * that the record names wrongly stays (a problem in the report), as an address routed through it.
+ */
+function releaseLeftover(
+  d: ReconcileDeps,
+  rec: Attachment,
+  now: number,
+  report: ReconcileReport,
+): void {
+  const foreign = d.datapath.teardown(rec.containerId, {
     ipv6: rec.ipv6 ? parseIP(rec.ipv6) : undefined,
     ipv4: rec.ipv4 ? parseIP(rec.ipv4) : undefined,
     hostIface: rec.hostIface,
+    netns: rec.netns,
+    others: otherPodSides(d.store, rec, rec.hostIface),
   });
+  const inUse = new Set(foreign?.addressesInUse.map(formatIP));
+  if (foreign) {
+    report.problems.push(
+      `${rec.containerId}: host veth ${foreign.hostIface} is not this attachment's (its other ` +
+        `end is in ${foreign.owner}'s netns): left in place` +
+        (inUse.size ? `; ${[...inUse].join(", ")} routed through it, not released` : ""),
+    );
+  }
   // A pending pod never got its addresses; a releasing one did, so they cool down.
   const used = rec.state === "releasing" ? [rec.ipv6, rec.ipv4] : [];
-  d.store.finishRelease(rec.containerId, rec.ifname, used.filter((ip) => ip !== undefined), now);
+  const released = used.filter((ip) => ip !== undefined && !inUse.has(formatIP(parseIP(ip))));
+  d.store.finishRelease(rec.containerId, rec.ifname, released as string[], now);
 }
 
 /** Takes the record's addresses back into IPAM and adds them to `held`, each on its own. */

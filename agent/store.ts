@@ -182,6 +182,15 @@ const MIGRATIONS: readonly string[] = [
 /** Schema version this code writes. */
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
+/** One attachment holding a host veth name (see {@link Store.hostIfaceHolders}). */
+export interface HostIfaceHolder {
+  containerId: string;
+  ifname: string;
+  /** Path of its pod's network namespace. */
+  netns: string;
+  state: AttachmentState;
+}
+
 interface AttachmentRow {
   container_id: string;
   ifname: string;
@@ -330,12 +339,32 @@ export class Store {
     );
   }
 
-  /** The attachment whose host-side veth is `hostIface`, if any. */
+  /**
+   * The attachment whose host-side veth is `hostIface`, if any; the oldest one when several hold
+   * it (a store from before schema 3, or edited by hand: see {@link hostIfaceHolders}).
+   */
   hostIfaceHolder(hostIface: string): { containerId: string; ifname: string } | undefined {
     const row = this.#stmts.holderOfHostIface.get(hostIface) as
       | { container_id: string; ifname: string }
       | undefined;
     return row && { containerId: row.container_id, ifname: row.ifname };
+  }
+
+  /**
+   * Every attachment holding the host veth name `hostIface`, oldest first: one at most in a
+   * store this schema wrote, more only in one from before schema 3 or edited by hand.
+   */
+  hostIfaceHolders(hostIface: string): HostIfaceHolder[] {
+    const rows = this.#stmts.holdersOfHostIface.all(hostIface) as unknown as Pick<
+      AttachmentRow,
+      "container_id" | "ifname" | "netns" | "state"
+    >[];
+    return rows.map((r) => ({
+      containerId: r.container_id,
+      ifname: r.ifname,
+      netns: r.netns,
+      state: r.state,
+    }));
   }
 
   /**
@@ -611,7 +640,14 @@ function prepareAll(db: DatabaseSync) {
          ORDER BY a.created_at, a.rowid`,
     ),
     holderV6: p("SELECT container_id, ifname FROM attachment WHERE ipv6 = ?"),
-    holderOfHostIface: p("SELECT container_id, ifname FROM attachment WHERE host_iface = ?"),
+    holderOfHostIface: p(
+      `SELECT container_id, ifname FROM attachment WHERE host_iface = ?
+         ORDER BY created_at, rowid LIMIT 1`,
+    ),
+    holdersOfHostIface: p(
+      `SELECT a.container_id, a.ifname, a.netns, ${STATE} AS state FROM attachment a
+         WHERE a.host_iface = ? ORDER BY a.created_at, a.rowid`,
+    ),
     sharedHostIfaces: p(
       `SELECT host_iface FROM attachment GROUP BY host_iface HAVING count(*) > 1
          ORDER BY host_iface`,
