@@ -48,7 +48,7 @@ import { bgpSessions } from "../bird/control.ts";
 import { trimFreedMemory } from "./malloc_trim.ts";
 import { vethDeleteDelayFromEnv } from "./test_slow_delete.ts";
 import { isStoreError, RuntimeHealth } from "./health.ts";
-import { kernelBusyCniError } from "./kernel_busy.ts";
+import { toCniError } from "./cni_errors.ts";
 
 /** How often DEL releases whose background veth deletion failed are retried. */
 const RELEASE_SWEEP_MS = 30_000;
@@ -427,8 +427,7 @@ export class Agent {
       }
     } catch (e) {
       if (isStoreError(e)) this.health.writeFailed(e);
-      const err = e instanceof CniError ? e : toCniError(e);
-      response = { ok: false, error: err.toBody() };
+      response = { ok: false, error: toCniError(e).toBody() };
     }
     const ms = performance.now() - started;
     this.metrics?.request(raw.command, response.ok ? undefined : response.error.code, ms / 1000);
@@ -581,18 +580,4 @@ function refuseNodeNetns(netns: string, node: Handle): void {
       "a pod needs a network namespace of its own",
     );
   }
-}
-
-function toCniError(e: unknown): CniError {
-  const err = e as Error;
-  const name = err?.name ?? "Error";
-  if (name === "NetnsError") return new CniError(CniCode.invalidNetns, err.message);
-  if (name === "DatapathInputError" || name === "NetlinkArgumentError") {
-    return new CniError(CniCode.invalidEnvironment, err.message);
-  }
-  if (name === "InterfaceConflictError") return new CniError(CniCode.invalidConfig, err.message);
-  // A dump the kernel interrupted (a busy node) or a lost reply: the runtime should retry.
-  const busy = kernelBusyCniError(e);
-  if (busy) return busy;
-  return new CniError(CniCode.internal, `${name}: ${err?.message ?? String(e)}`);
 }

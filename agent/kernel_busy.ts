@@ -3,9 +3,10 @@
  * partial dump, a read of the node's or a pod's tables can throw instead: the table kept
  * changing while it was read (`DumpInterruptedError`, e.g. DAD on many new IPv6 addresses or a
  * busy node), the kernel stopped the dump with an error (`DumpIncompleteError`), or the reply
- * was lost (`NetlinkSocketError`: ENOBUFS, no answer in time). All of them say "not now", not
+ * was lost (`NetlinkSocketError`: ENOBUFS, no answer in time). Those say "not now", not
  * "never": nothing may be decided on what was read, and asking again a moment later usually
- * works.
+ * works. An errno that does not go away (EINVAL from a bad filter, EOPNOTSUPP, EPERM) is not
+ * "busy" ({@link TRANSIENT_ERRNOS}): told "try again", a runtime would retry it for ever.
  *
  * - a CNI request gets code 11 ("try again later"), so the runtime retries it
  *   ({@link kernelBusyCniError});
@@ -21,6 +22,7 @@ import {
   DumpInterruptedError,
   NetlinkSocketError,
 } from "../netlink/errors.ts";
+import { EAGAIN, EBUSY, EINTR, ENOBUFS, ENOMEM } from "../netlink/ffi.ts";
 import { CniCode, CniError } from "./protocol.ts";
 
 /** Every retry of {@link retryWhileKernelBusy} failed; its cause is the last failure. */
@@ -41,10 +43,25 @@ export class KernelBusyError extends Error {
   }
 }
 
+/**
+ * The errnos a stopped dump or a failed receive carries that say "not now": replies lost to a
+ * full receive queue (ENOBUFS), no reply in time (EAGAIN), an interrupted call (EINTR), a busy
+ * kernel object (EBUSY), a kernel short of memory for the moment (ENOMEM). Any other errno says
+ * the same on every try.
+ */
+export const TRANSIENT_ERRNOS: ReadonlySet<number> = new Set([
+  ENOBUFS,
+  EAGAIN,
+  EINTR,
+  EBUSY,
+  ENOMEM,
+]);
+
 /** Whether `e` says the kernel could not give a whole answer now (asking later may work). */
 export function isKernelBusy(e: unknown): boolean {
-  return e instanceof DumpInterruptedError || e instanceof DumpIncompleteError ||
-    e instanceof NetlinkSocketError || e instanceof KernelBusyError;
+  if (e instanceof DumpInterruptedError || e instanceof KernelBusyError) return true;
+  return (e instanceof DumpIncompleteError || e instanceof NetlinkSocketError) &&
+    TRANSIENT_ERRNOS.has(e.errno);
 }
 
 /**

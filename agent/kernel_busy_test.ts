@@ -5,7 +5,17 @@ import {
   NetlinkError,
   NetlinkSocketError,
 } from "../netlink/errors.ts";
-import { ENOBUFS } from "../netlink/ffi.ts";
+import {
+  EAGAIN,
+  EBADF,
+  EBUSY,
+  EINTR,
+  EINVAL,
+  ENOBUFS,
+  ENODEV,
+  ENOMEM,
+  EPERM,
+} from "../netlink/ffi.ts";
 import {
   isKernelBusy,
   kernelBusyCniError,
@@ -14,6 +24,9 @@ import {
 } from "./kernel_busy.ts";
 import { FailureStreak, REMIND_EVERY } from "./failure_streak.ts";
 import { CniCode } from "./protocol.ts";
+
+/** EOPNOTSUPP: a kernel without the feature. */
+const EOPNOTSUPP = 95;
 
 const interrupted = () => new DumpInterruptedError("list links", "RTM_GETLINK", 6);
 
@@ -99,4 +112,29 @@ Deno.test("FailureStreak: logs the start, a reminder, and the recovery — not e
     ["info", "anycast resync recovered", REMIND_EVERY + 5],
   ]);
   assert.match(String(logs[0].error), /RTM_GETLINK dump interrupted/);
+});
+
+Deno.test("isKernelBusy: an errno the kernel stopped a dump with is 'not now' only when transient", () => {
+  // Transient: lost replies, an interrupted call, a busy or short-of-memory kernel.
+  for (const errno of [ENOBUFS, EINTR, EAGAIN, EBUSY, ENOMEM]) {
+    assert.ok(isKernelBusy(new DumpIncompleteError("list routes", errno)), `errno ${errno}`);
+    assert.ok(isKernelBusy(new NetlinkSocketError("list routes", errno)), `socket errno ${errno}`);
+  }
+  // Lasting: a bad filter, a kernel without the feature, no permission, a bad socket. Asking
+  // again gives the same answer, so a runtime told "try again" would retry for ever.
+  for (const errno of [EINVAL, EOPNOTSUPP, EPERM, ENODEV, EBADF]) {
+    assert.ok(!isKernelBusy(new DumpIncompleteError("list routes", errno)), `errno ${errno}`);
+    assert.ok(!isKernelBusy(new NetlinkSocketError("list routes", errno)), `socket errno ${errno}`);
+    assert.equal(kernelBusyCniError(new DumpIncompleteError("list routes", errno)), undefined);
+  }
+});
+
+Deno.test("retryWhileKernelBusy: a dump stopped with a lasting errno is thrown at once", () => {
+  let calls = 0;
+  assert.throws(() =>
+    retryWhileKernelBusy("read", () => {
+      calls++;
+      throw new DumpIncompleteError("list routes", EINVAL);
+    }, { sleep: () => assert.fail("no pause") }), DumpIncompleteError);
+  assert.equal(calls, 1);
 });

@@ -15,6 +15,7 @@
  */
 
 import { CniCode, CniError, type RpcRequest, type RpcResponse } from "./protocol.ts";
+import { toCniError } from "./cni_errors.ts";
 import { isRpcCommand } from "./cni_input.ts";
 import { concatBytes, writeAll } from "./bytes.ts";
 import { assertSafeDirSync, UnsafePathError } from "./safe_path.ts";
@@ -498,12 +499,6 @@ function decodeRequest(line: Uint8Array): RpcRequest {
     );
   }
   return validateRpcRequest(value);
-}
-
-function toCniError(e: unknown): CniError {
-  if (e instanceof CniError) return e;
-  const err = e as Error | undefined;
-  return new CniError(CniCode.internal, `${err?.name ?? "Error"}: ${err?.message ?? String(e)}`);
 }
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {

@@ -70,6 +70,7 @@ export const ESRCH = 3;
 export const EINTR = 4;
 export const EBADF = 9;
 export const EAGAIN = 11;
+export const ENOMEM = 12;
 export const EBUSY = 16;
 export const EEXIST = 17;
 export const ENODEV = 19;
