@@ -35,6 +35,7 @@ import {
   listAddresses,
   listLinks,
   listRoutes,
+  netnsIdOf,
   parseIP,
   parsePrefix,
   type Prefix,
@@ -165,6 +166,17 @@ export interface PodInterfaces {
   hostMac: string;
   podIndex: number;
   podMac: string;
+}
+
+/**
+ * What `check` compares beyond the contract: the MAC addresses the result of the ADD reported
+ * (a prevResult's interfaces), when it lists them.
+ */
+export interface CheckExpectations {
+  /** The pod interface's MAC, as `aa:bb:cc:dd:ee:ff` (any case). */
+  podMac?: string;
+  /** The host veth's MAC, as `aa:bb:cc:dd:ee:ff` (any case). */
+  hostMac?: string;
 }
 
 /** FNV-1a-32 of the container ID as `flock<8 hex>` (13 bytes, fits IFNAMSIZ). */
@@ -620,14 +632,30 @@ export class Datapath {
     others: () => Iterable<PodSide>,
   ): string | undefined {
     if (host.kind !== "veth" || !host.peerIndex || host.peerNetnsId === undefined) return undefined;
-    if (ownNetns !== undefined && this.#holdsPeerOf(ownNetns, host)) return undefined;
+    if (ownNetns !== undefined && this.#isPeerNetns(ownNetns, host)) return undefined;
     const tried = new Set([ownNetns]);
     for (const other of others()) {
       if (tried.has(other.netns)) continue;
       if (other.ifname === undefined) tried.add(other.netns);
-      if (this.#holdsPeerOf(other.netns, host, other.ifname)) return other.label;
+      const holds = other.ifname === undefined
+        ? this.#isPeerNetns(other.netns, host)
+        : this.#holdsPeerOf(other.netns, host, other.ifname);
+      if (holds) return other.label;
     }
     return undefined;
+  }
+
+  /**
+   * Whether the netns at `path` is the one of `host`'s other end: the id the node knows it by is
+   * the veth's IFLA_LINK_NETNSID (bench/veth_owner_bench.ts: ~20 µs, a quarter of opening the
+   * netns). A path that is no netns (any more) is not.
+   */
+  #isPeerNetns(path: string, host: Link): boolean {
+    try {
+      return netnsIdOf(this.node, path) === host.peerNetnsId;
+    } catch {
+      return false;
+    }
   }
 
   /**
@@ -651,8 +679,12 @@ export class Datapath {
     }
   }
 
-  /** Lists every way the pod's datapath differs from the contract; empty when it matches. */
-  check(pod: PodNetwork): string[] {
+  /**
+   * Lists every way the pod's datapath differs from the contract and from `expected`; empty when
+   * it matches. The MACs are compared on the links read for the contract anyway (no extra
+   * netlink call).
+   */
+  check(pod: PodNetwork, expected: CheckExpectations = {}): string[] {
     validatePodNetwork(pod);
     const problems: string[] = [];
     const name = hostIfaceOf(pod.containerId, pod);
@@ -663,6 +695,8 @@ export class Datapath {
     if (pod.mtu && host.mtu !== pod.mtu) {
       problems.push(`host interface ${name} has mtu ${host.mtu}, want ${pod.mtu}`);
     }
+    const hostMacProblem = macMismatch(`host interface ${name}`, host, expected.hostMac);
+    if (hostMacProblem) problems.push(hostMacProblem);
     if (carriesIPv6(pod) && host.ipv6AddrGenMode !== IN6_ADDR_GEN_MODE_NONE) {
       problems.push(
         `host interface ${name} has IPv6 addr_gen_mode ${host.ipv6AddrGenMode}, not none`,
@@ -690,6 +724,8 @@ export class Datapath {
         if (pod.mtu && peer.mtu !== pod.mtu) {
           problems.push(`pod interface ${pod.ifname} has mtu ${peer.mtu}, want ${pod.mtu}`);
         }
+        const podMacProblem = macMismatch(`pod interface ${pod.ifname}`, peer, expected.podMac);
+        if (podMacProblem) problems.push(podMacProblem);
         const podAddrs = listAddresses(podNs, { index: peer.index });
         const wanted = podAddresses(pod);
         const extra = podAddrs.filter((a) => !wanted.some((ip) => isHostAddress(a, ip)));
@@ -743,6 +779,15 @@ export class Datapath {
     }
     return problems;
   }
+}
+
+/**
+ * Why `link`'s MAC is not `want`, or undefined when it is or nothing is wanted. Compared without
+ * case: a result written by another tool may spell the hex digits in capitals.
+ */
+function macMismatch(what: string, link: Link, want: string | undefined): string | undefined {
+  if (want === undefined || link.mac.toLowerCase() === want.toLowerCase()) return undefined;
+  return `${what} has mac ${link.mac}, want ${want}`;
 }
 
 function paired(host: Link, peer: Link): boolean {

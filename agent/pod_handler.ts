@@ -123,6 +123,8 @@ export class PodHandler {
   readonly #removals = new Map<string, Promise<void>>();
   /** The attachments whose DEL answered and whose veth deletion is still running. */
   readonly #removing = new Set<string>();
+  /** Records whose release found the host veth their pod's (or gone) when taking it off. */
+  readonly #vethKnownOwn = new WeakSet<Attachment>();
 
   constructor(private readonly deps: PodHandlerDeps) {}
 
@@ -537,11 +539,13 @@ export class PodHandler {
       this.deps.store.markReleasing(rec.containerId, rec.ifname, (this.deps.now ?? Date.now)());
     if (rec.anycast.length) this.deps.anycast?.sync(rec.anycast, { without: rec });
     // Another pod's veth (a record naming it wrongly) is left alone; removeVeth says so.
-    this.deps.datapath.detach(rec.containerId, {
+    const foreign = this.deps.datapath.detach(rec.containerId, {
       ipv6: parseOptional(rec.ipv6),
       ipv4: parseOptional(rec.ipv4),
       ...this.#ownership(rec),
     });
+    // The container is held until its release ends, so the second half need not ask again.
+    if (!foreign) this.#vethKnownOwn.add(rec);
     if (turned) this.deps.crashAt?.("del-after-releasing");
   }
 
@@ -558,7 +562,7 @@ export class PodHandler {
     const foreign = await this.deps.datapath.removeVeth(rec.containerId, {
       ipv6,
       ipv4,
-      ...this.#ownership(rec),
+      ...(this.#vethKnownOwn.has(rec) ? { hostIface: rec.hostIface } : this.#ownership(rec)),
     });
     this.deps.crashAt?.("del-after-teardown");
     if (!foreign) return this.#finishRelease(rec, ipv6, ipv4);

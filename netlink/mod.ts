@@ -15,3 +15,4 @@ export * from "./link.ts";
 export * from "./addr.ts";
 export * from "./route.ts";
 export * from "./neightbl.ts";
+export { netnsIdOf } from "./nsid.ts";

@@ -57,7 +57,7 @@ Deno.test({
     await using nsB = await TestNamespace.create("flk-fvb");
     await using nsC = await TestNamespace.create("flk-fvc");
     await using nsD = await TestNamespace.create("flk-fvd");
-    await addLivePod(node, "fv-a", nsA.path);
+    const podA = await addLivePod(node, "fv-a", nsA.path);
     const podB = await addLivePod(node, "fv-b", nsB.path);
     await addLivePod(node, "fv-c", nsC.path);
     const podD = await addLivePod(node, "fv-d", nsD.path);
@@ -66,11 +66,17 @@ Deno.test({
 
     // A's record names B's veth too: two records hold one name (the store allows it no more).
     editStore(node, "UPDATE attachment SET host_iface = ? WHERE container_id = 'fv-a'", hostB);
+    // And one of A's addresses is routed through B's veth: B's pod may be using it.
+    const [aRouted] = podA.ips;
+    await node.ns.ip(["route", "replace", aRouted, "dev", hostB, "proto", "201"]);
     const delA = await node.cni("DEL", { containerId: "fv-a", netns: nsA.path });
     assert.equal(delA.code, 0, delA.stdout);
     await assertOnNetwork(node, podB, hostB, nsD, "after A's DEL");
     const log = await node.agentLog();
-    assert.match(log, new RegExp(`${hostB}.*not this attachment's.*fv-b`), log);
+    assert.match(log, new RegExp(`${hostB} is not this attachment's.*fv-b/eth0.*left in place`));
+    assert.match(log, new RegExp(`${aRouted} \\(routed through it\\) not released`), log);
+    const kept = (await node.flockRoutes()).filter((r) => r.dst.split("/")[0] === aRouted);
+    assert.equal(kept.length, 1, "the route through B's veth stays");
 
     // C's record alone names D's veth (D's record renamed): the kernel says whose it is.
     editStore(
