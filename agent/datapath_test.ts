@@ -354,6 +354,34 @@ Deno.test("check: the host veth's MTU differing from the pod's is reported (the 
     }));
 });
 
+Deno.test("check: MAC addresses differing from the expected ones (prevResult's) are reported", async () => {
+  await withNode(NODE_WITH_V4_DEFAULT, (f, dp) =>
+    withPods(1, async ([pod]) => {
+      const p = podIn(pod);
+      const made = dp.setup(p);
+      const host = hostIfaceName(p.containerId);
+      const macs = { podMac: made.podMac, hostMac: made.hostMac };
+      assert.deepEqual(dp.check(p, macs), []);
+      // A result may spell the MAC in capitals (Go's net.HardwareAddr prints lower case).
+      assert.deepEqual(
+        dp.check(p, { podMac: made.podMac.toUpperCase(), hostMac: made.hostMac.toUpperCase() }),
+        [],
+      );
+      assert.deepEqual(dp.check(p, { podMac: "02:00:00:00:00:01", hostMac: "02:00:00:00:00:02" }), [
+        `host interface ${host} has mac ${made.hostMac}, want 02:00:00:00:00:02`,
+        `pod interface eth0 has mac ${made.podMac}, want 02:00:00:00:00:01`,
+      ]);
+      // The kernel's MAC changed behind flock's back: the pod's neighbours hold a stale entry.
+      await pod.ip(["link", "set", "eth0", "address", "02:00:00:00:00:03"]);
+      assert.deepEqual(dp.check(p, macs), [
+        `pod interface eth0 has mac 02:00:00:00:00:03, want ${made.podMac}`,
+      ]);
+      assert.deepEqual(dp.check(p), [], "no expectation, no comparison");
+      dp.teardown(p.containerId, p);
+      assert.deepEqual(await flockLinks(f.node), []);
+    }));
+});
+
 // ---------------------------------------------------------------------------
 // Crash repair: each half-made state built by hand, then setup must converge.
 

@@ -20,6 +20,7 @@
 
 import { formatIP, type IP, parseIP } from "../netlink/ip.ts";
 import {
+  type CheckExpectations,
   type Datapath,
   type ForeignVeth,
   hostIfaceCandidate,
@@ -38,7 +39,13 @@ import {
   runtimeAddresses,
 } from "./annotations.ts";
 import { AddressInUseError, type AddressPool } from "./ipam.ts";
-import { buildAddResult, chainResult, parsePrevResult, readChainedResult } from "./cni_result.ts";
+import {
+  buildAddResult,
+  chainResult,
+  parsePrevResult,
+  type PrevResult,
+  readChainedResult,
+} from "./cni_result.ts";
 import type { AnycastRoutes } from "./anycast.ts";
 import type { CrashHook } from "./crash_points.ts";
 import type { VethDeleteDelay } from "./test_slow_delete.ts";
@@ -596,10 +603,13 @@ export class PodHandler {
         `no flock attachment for container ${req.containerId} interface ${req.ifname}${on}`,
       );
     }
-    const problems = this.deps.datapath.check(this.#podNetwork(req, rec));
+    const prev = parsePrevResult(req.config);
+    const problems = this.deps.datapath.check(
+      this.#podNetwork(req, rec),
+      expectedMacs(prev, req.ifname, rec.hostIface ?? hostIfaceName(req.containerId)),
+    );
     problems.push(...this.deps.anycast?.check(rec) ?? []);
     const have = new Set([rec.ipv6, rec.ipv4].filter(Boolean));
-    const prev = parsePrevResult(req.config);
     // The pod interface must be in the netns CHECK names (compared by namespace, not by path
     // spelling: see sandbox_check.ts).
     for (const iface of prev?.interfaces ?? []) {
@@ -771,6 +781,23 @@ function validAttachments(config: Record<string, unknown>): Set<string> {
     valid.add(attachmentKey({ containerId: att.containerID, ifname: att.ifname }));
   }
   return valid;
+}
+
+/**
+ * The MACs prevResult gives flock's two interfaces, for CHECK to compare with the kernel's: the
+ * pod interface (`ifname`, in a sandbox) and the host veth (`hostIface`, none). The last entry
+ * of a name counts, as flock's come after an earlier chained plugin's; an entry without a MAC
+ * (optional in the spec) is not compared.
+ */
+function expectedMacs(
+  prev: PrevResult | undefined,
+  ifname: string,
+  hostIface: string,
+): CheckExpectations {
+  const interfaces = prev?.interfaces ?? [];
+  const pod = interfaces.findLast((i) => i.name === ifname && i.sandbox !== undefined);
+  const host = interfaces.findLast((i) => i.name === hostIface && i.sandbox === undefined);
+  return { podMac: pod?.mac || undefined, hostMac: host?.mac || undefined };
 }
 
 function attachmentKey(a: Pick<Attachment, "containerId" | "ifname">): string {
