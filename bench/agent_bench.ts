@@ -9,7 +9,8 @@
  * response ready), next to the socket round trip the client sees (connect, request, agent work,
  * response); when the log lacks lines, the round trip is the figure.
  *
- * Run as root: `deno run -A --no-lock bench/agent_bench.ts [--samples 200] [--pods 1000]`
+ * Run as root: `deno run -A --no-lock bench/agent_bench.ts [--samples 200] [--pods 1000]
+ * [--uplink-ipv4]`
  *
  * @module
  */
@@ -39,6 +40,12 @@ export interface AgentBenchOptions {
   pods: number;
   /** Progress lines on stderr. */
   progress?: (line: string) => void;
+  /**
+   * Give the node's uplink an IPv4 address, as a dual-stack node has. Without one, each IPv4
+   * host route makes the kernel scan every device of the node for a source address
+   * (`inet_select_addr`), which grows with the pods (docs/benchmarks.md).
+   */
+  uplinkIPv4?: boolean;
 }
 
 const CONFIG = { cidr6: "fd00:98::/64", cidr4: "10.98.0.0/16" };
@@ -74,7 +81,13 @@ export async function runAgentBench(opts: AgentBenchOptions): Promise<ResultRow[
   const tag = `flk-ab-${Deno.pid}`;
   const measureNs = `${tag}-m`;
   const fillNs = Array.from({ length: opts.pods }, (_, i) => `${tag}-${i}`);
-  const node = await FlockNode.start({ config: CONFIG, name: "bench-agent" });
+  const node = await FlockNode.start({
+    config: CONFIG,
+    name: "bench-agent",
+    nodeOptions: opts.uplinkIPv4
+      ? { ipv4: { node: "192.0.2.11/24", peer: "192.0.2.1/24" } }
+      : undefined,
+  });
   try {
     await addNamespaces([measureNs]);
     const config = JSON.parse(await node.netconf()) as Record<string, unknown>;
@@ -221,12 +234,14 @@ if (import.meta.main) {
     options: {
       samples: { type: "string", default: "200" },
       pods: { type: "string", default: "1000" },
+      "uplink-ipv4": { type: "boolean", default: false },
     },
   });
   const { formatTable } = await import("./report.ts");
   const rows = await runAgentBench({
     samples: Number(values.samples),
     pods: Number(values.pods),
+    uplinkIPv4: values["uplink-ipv4"],
     progress: (line) => console.error(line),
   });
   console.log(formatTable("agent", rows));
