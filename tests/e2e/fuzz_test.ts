@@ -10,6 +10,7 @@
 
 import assert from "node:assert/strict";
 import { forEachBounded } from "../../agent/bounded.ts";
+import { isValidNetworkName } from "../../agent/cni_input.ts";
 import { FlockNode, TestNamespace } from "../helpers/flock.ts";
 import { ROOT_ONLY } from "../helpers/exec.ts";
 import { Prng } from "../helpers/prng.ts";
@@ -396,8 +397,8 @@ Deno.test({
       const netconf = JSON.parse(await node.netconf());
       for (const pair of attempts) {
         const [containerId, ifname, name] = JSON.parse(pair);
-        // An ADD's config without a usable name was refused: it made nothing.
-        if (typeof name !== "string" || name === "") continue;
+        // An ADD's config without a valid name was refused: it made nothing.
+        if (typeof name !== "string" || !isValidNetworkName(name)) continue;
         const config = { ...netconf, name };
         const request = { command: "DEL", containerId, ifname, netns: "", args: "", config };
         const bytes = new TextEncoder().encode(JSON.stringify(request) + "\n");
