@@ -6,7 +6,7 @@
  * @module
  */
 
-import { closeFd, EAGAIN, EINTR, errno, openPath, SyscallError } from "../netlink/ffi.ts";
+import { closeFd, EAGAIN, EINTR, flockFd, openPath, SyscallError } from "../netlink/ffi.ts";
 
 const LOCK_EX = 2;
 const LOCK_NB = 4;
@@ -15,13 +15,6 @@ const O_RDONLY_DIRECTORY_CLOEXEC = 0o200000 | 0o2000000;
 
 /** Bound on waiting for another install's lock unless told otherwise. */
 export const DEFAULT_DIR_LOCK_TIMEOUT_MS = 30_000;
-
-let libc: Deno.DynamicLibrary<{ flock: { parameters: ["i32", "i32"]; result: "i32" } }> | undefined;
-
-function flockCall(fd: number, operation: number): number {
-  libc ??= Deno.dlopen("libc.so.6", { flock: { parameters: ["i32", "i32"], result: "i32" } });
-  return libc.symbols.flock(fd, operation);
-}
 
 /** Another process held the directory's lock for the whole bound. */
 export class DirLockTimeoutError extends Error {
@@ -50,9 +43,8 @@ export async function lockDirectory(dir: string, opts: DirLockOptions = {}): Pro
   const deadline = performance.now() + timeoutMs;
   try {
     for (;;) {
-      if (flockCall(fd, LOCK_EX | LOCK_NB) === 0) break;
-      const code = errno();
-      // EWOULDBLOCK is EAGAIN on Linux.
+      const code = flockFd(fd, LOCK_EX | LOCK_NB);
+      if (code === 0) break;
       if (code !== EAGAIN && code !== EINTR) throw new SyscallError("flock", code, dir);
       if (performance.now() >= deadline) {
         throw new DirLockTimeoutError(
@@ -69,7 +61,7 @@ export async function lockDirectory(dir: string, opts: DirLockOptions = {}): Pro
   }
   return {
     [Symbol.dispose]() {
-      flockCall(fd, LOCK_UN);
+      flockFd(fd, LOCK_UN);
       closeFd(fd);
     },
   };

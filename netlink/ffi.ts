@@ -20,6 +20,7 @@ const libc = Deno.dlopen("libc.so.6", {
   // open(2) is variadic; (path, flags) is the ABI-compatible prefix on x86_64 and aarch64.
   open: { parameters: ["buffer", "i32"], result: "i32" },
   close: { parameters: ["i32"], result: "i32" },
+  flock: { parameters: ["i32", "i32"], result: "i32" },
   write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   __errno_location: { parameters: [], result: "pointer" },
@@ -120,6 +121,14 @@ export function openPath(path: string, flags = O_RDONLY | O_CLOEXEC): number {
 /** close(2), ignoring errors (nothing useful can be done about them). */
 export function closeFd(fd: number): void {
   sym.close(fd);
+}
+
+/**
+ * flock(2) on `fd` with `operation` (LOCK_EX, LOCK_NB, ...); 0 when it succeeded, else its errno
+ * (a lock held elsewhere under LOCK_NB is EAGAIN, which is EWOULDBLOCK on Linux).
+ */
+export function flockFd(fd: number, operation: number): number {
+  return sym.flock(fd, operation) === 0 ? 0 : errno();
 }
 
 /** A raw rtnetlink socket in the calling thread's current network namespace. */
