@@ -32,8 +32,12 @@ export type VethDeleteFault = () => void;
 /** Called by ADD once its datapath is built; throws while an armed failure is left. */
 export type AddFault = () => void;
 
-/** A positive integer from a test variable, or undefined when it is unset or empty. */
-function positiveInteger(name: string, value: string | undefined): number | undefined {
+/**
+ * A positive integer from the test variable `name`, or undefined when it is unset or empty.
+ *
+ * @throws {Error} naming the variable when the value is anything else
+ */
+export function positiveInteger(name: string, value: string | undefined): number | undefined {
   if (value === undefined || value === "") return undefined;
   const n = Number(value);
   // A typo must not silently test nothing.

@@ -9,6 +9,8 @@
  * @module
  */
 
+import { positiveInteger } from "./test_faults.ts";
+
 /** Delays the first veth deletion of a release by this many milliseconds. */
 export const SLOW_VETH_DELETE_ENV = "FLOCK_TEST_SLOW_VETH_DELETE_MS";
 
@@ -23,11 +25,8 @@ export type VethDeleteDelay = () => Promise<void>;
 export function vethDeleteDelayFromEnv(
   value = Deno.env.get(SLOW_VETH_DELETE_ENV),
 ): VethDeleteDelay | undefined {
-  if (value === undefined || value === "") return undefined;
-  const ms = Number(value);
-  if (!Number.isSafeInteger(ms) || ms < 1) {
-    throw new Error(`${SLOW_VETH_DELETE_ENV}=${value}: not a positive integer`);
-  }
+  const ms = positiveInteger(SLOW_VETH_DELETE_ENV, value);
+  if (ms === undefined) return undefined;
   let armed = true;
   return () => {
     if (!armed) return Promise.resolve();
