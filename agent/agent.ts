@@ -49,6 +49,7 @@ import { trimFreedMemory } from "./malloc_trim.ts";
 import { vethDeleteDelayFromEnv } from "./test_slow_delete.ts";
 import { isStoreError, RuntimeHealth } from "./health.ts";
 import { toCniError } from "./cni_errors.ts";
+import { sameIdentity, statIdentity } from "./same_file.ts";
 
 /** How often DEL releases whose background veth deletion failed are retried. */
 const RELEASE_SWEEP_MS = 30_000;
@@ -566,14 +567,9 @@ function revalidate(req: RpcRequest): RpcRequest {
  * refuses it with code 8 too.
  */
 function refuseNodeNetns(netns: string, node: Handle): void {
-  let pod: Deno.FileInfo, own: Deno.FileInfo;
-  try {
-    pod = Deno.statSync(netns);
-    own = Deno.statSync(`/proc/self/fd/${node.netnsFd}`);
-  } catch {
-    return; // a path that cannot be read fails when the datapath opens it, with code 8
-  }
-  if (pod.dev === own.dev && pod.ino === own.ino) {
+  // A path that cannot be read is not refused here: it fails with code 8 when the datapath
+  // opens it.
+  if (sameIdentity(statIdentity(netns), statIdentity(`/proc/self/fd/${node.netnsFd}`))) {
     throw new CniError(
       CniCode.invalidNetns,
       `CNI_NETNS ${netns} is the node's own network namespace`,

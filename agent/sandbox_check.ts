@@ -4,20 +4,12 @@
  * another form may still name the same network namespace (`/var/run/netns/x` and `/run/netns/x`
  * through the /var/run symlink, a second bind mount, `/proc/<pid>/ns/net`), so when the strings
  * differ the two are compared by what identifies a netns: the nsfs device and inode both paths
- * resolve to. Only a sandbox naming another namespace, or one that is gone, is a difference.
+ * resolve to (same_file.ts). Only a sandbox naming another namespace, or one that is gone, is a difference.
  *
  * @module
  */
 
-/** Device and inode of what `path` resolves to, or undefined when it cannot be read. */
-function identityOf(path: string): { dev: number; ino: number | null } | undefined {
-  try {
-    const { dev, ino } = Deno.statSync(path);
-    return { dev, ino };
-  } catch {
-    return undefined;
-  }
-}
+import { sameIdentity, statIdentity } from "./same_file.ts";
 
 /**
  * Why the pod interface's `sandbox` from prevResult is not the netns CHECK was called with, or
@@ -29,9 +21,8 @@ export function sandboxMismatch(
   netns: string,
 ): string | undefined {
   if (sandbox === netns) return undefined;
-  const was = identityOf(sandbox);
-  const is = identityOf(netns);
-  if (was && is && was.ino !== null && was.dev === is.dev && was.ino === is.ino) return undefined;
+  const was = statIdentity(sandbox);
+  if (sameIdentity(was, statIdentity(netns))) return undefined;
   return `prevResult puts interface ${ifname} in sandbox ${sandbox}` +
     (was ? ", another network namespace than" : ", which does not exist, not in") +
     ` CNI_NETNS ${netns}`;
