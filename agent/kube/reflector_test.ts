@@ -1,43 +1,7 @@
 import assert from "node:assert/strict";
-import { join } from "node:path";
-import { KubeApi, type ListPage, PODS_PATH } from "./api.ts";
+import { type ListPage, PODS_PATH } from "./api.ts";
 import { Reflector, type ReflectorSource } from "./reflector.ts";
-
-/**
- * An API server that accepts connections and never answers (hung, or a peer gone without a
- * reset), and a KubeApi pointed at it with the default 60 s request bound.
- */
-async function silentApiServer(): Promise<
-  { api: KubeApi; connections: () => number; [Symbol.asyncDispose](): Promise<void> }
-> {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const held: Deno.Conn[] = [];
-  const accepting = (async () => {
-    for await (const conn of listener) held.push(conn);
-  })();
-  const dir = await Deno.makeTempDir({ prefix: "flock-reflector-" });
-  const kubeconfig = join(dir, "kubeconfig");
-  await Deno.writeTextFile(
-    kubeconfig,
-    `apiVersion: v1
-kind: Config
-clusters: [{name: c, cluster: {server: "https://127.0.0.1:${listener.addr.port}"}}]
-users: [{name: u, user: {token: t}}]
-contexts: [{name: x, context: {cluster: c, user: u}}]
-current-context: x
-`,
-  );
-  return {
-    api: new KubeApi({ kubeconfig }),
-    connections: () => held.length,
-    async [Symbol.asyncDispose]() {
-      listener.close();
-      await accepting.catch(() => {});
-      for (const conn of held) conn.close();
-      await Deno.remove(dir, { recursive: true });
-    },
-  };
-}
+import { silentApiServer } from "../../tests/helpers/silent_api_server.ts";
 
 /** Waits (bounded) until the server has accepted a connection: a request is in flight. */
 async function untilConnected(connections: () => number): Promise<void> {
