@@ -53,6 +53,7 @@ import {
   validateIfname,
 } from "../netlink/mod.ts";
 import { fnv1a32 } from "./fnv.ts";
+import { vethMacs } from "./veth_mac.ts";
 
 /** The route protocol number on every route flock installs (`ip route show proto 201`). */
 export const FLOCK_ROUTE_PROTOCOL = 201;
@@ -426,16 +427,17 @@ export class Datapath {
   }
 
   /**
-   * Creates the pair; undefined if the host name or the pod's interface name exists. The peer's
-   * MAC is chosen here (random, locally administered, as the kernel would) and the kernel echoes
-   * the new host end with the peer's index, so a new pair needs one round trip, not three.
+   * Creates the pair; undefined if the host name or the pod's interface name exists. Both ends'
+   * MACs are chosen here, derived from the attachment (veth_mac.ts), so a pair remade by a repair
+   * has the MACs the runtime's cached result lists; they travel in the creating request, and the
+   * kernel echoes the new host end with the peer's index, so a new pair needs one round trip.
    */
   #createPair(
     pod: PodNetwork,
     podNs: Handle,
     name: string,
   ): { host: Link; peer: Link } | undefined {
-    const peerMac = randomMac();
+    const macs = vethMacs(pod.containerId, pod.ifname);
     let host: Link | undefined;
     try {
       host = addVeth(this.node, {
@@ -443,7 +445,8 @@ export class Datapath {
         peerName: pod.ifname,
         peerNetnsFd: podNs.netnsFd,
         mtu: pod.mtu,
-        peerMac,
+        mac: macs.host,
+        peerMac: macs.pod,
       });
     } catch (e) {
       if (isExists(e)) return undefined;
@@ -457,7 +460,7 @@ export class Datapath {
         flags: 0,
         up: false,
         mtu: host.mtu,
-        mac: formatMac(peerMac),
+        mac: formatMac(macs.pod),
         kind: "veth",
       };
       return { host, peer };
@@ -821,11 +824,4 @@ function isHostAddress(a: Address, ip: IP): boolean {
 
 function ensureAddress(h: Requester, index: number, p: Prefix): void {
   addAddress(h, { index, prefix: p, noDad: true, replace: true });
-}
-
-/** A random unicast, locally administered MAC address (what the kernel picks for a veth). */
-function randomMac(): Uint8Array {
-  const mac = crypto.getRandomValues(new Uint8Array(6));
-  mac[0] = (mac[0] & 0xfe) | 0x02;
-  return mac;
 }

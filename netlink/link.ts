@@ -176,6 +176,8 @@ export interface VethOptions {
   /** Namespace fd the peer is created in directly (default: the handle's namespace). */
   peerNetnsFd?: number;
   mtu?: number;
+  /** MAC address of the end created in the handle's namespace (default: random, by the kernel). */
+  mac?: Uint8Array;
   /** MAC address of the peer (default: a random one, chosen by the kernel). */
   peerMac?: Uint8Array;
 }
@@ -191,12 +193,15 @@ export interface VethOptions {
 export function addVeth(h: Handle, o: VethOptions): Link | undefined {
   validateIfname(o.name, "host interface name");
   validateIfname(o.peerName, "peer interface name");
-  if (o.peerMac && o.peerMac.length !== 6) {
-    throw new NetlinkArgumentError(`peer MAC address has ${o.peerMac.length} bytes, not 6`);
+  for (const [what, mac] of [["", o.mac], ["peer ", o.peerMac]] as const) {
+    if (mac && mac.length !== 6) {
+      throw new NetlinkArgumentError(`${what}MAC address has ${mac.length} bytes, not 6`);
+    }
   }
   const msg = h.message(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO).raw(ifinfomsg(0, 0))
     .str(IFLA_IFNAME, o.name);
   if (o.mtu) msg.u32(IFLA_MTU, o.mtu);
+  if (o.mac) msg.attr(IFLA_ADDRESS, o.mac);
   const info = msg.beginNested(IFLA_LINKINFO);
   msg.str(IFLA_INFO_KIND, "veth");
   const data = msg.beginNested(IFLA_INFO_DATA);

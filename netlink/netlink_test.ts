@@ -141,6 +141,7 @@ Deno.test("links: veth peer created straight in another namespace, and moved", a
             name: "flockx",
             peerName: "eth0",
             peerNetnsFd: p.netnsFd,
+            mac: new Uint8Array([0x0a, 0x58, 0xfe, 0x0a, 0x0b, 0x0c]),
             peerMac,
           });
           const host = getLinkByName(h, "flockx")!;
@@ -149,6 +150,7 @@ Deno.test("links: veth peer created straight in another namespace, and moved", a
           assert.equal(host.peerIndex, peer.index);
           assert.equal(peer.peerIndex, host.index);
           assert.equal(peer.mac, "0a:58:fe:01:02:03");
+          assert.equal(host.mac, "0a:58:fe:0a:0b:0c");
           // The kernel (6.3 and later) echoes the new end, with the peer's index in its namespace.
           assert.equal(echoed?.index, host.index);
           assert.equal(echoed?.peerIndex, peer.index);
