@@ -9,28 +9,17 @@
  */
 
 import assert from "node:assert/strict";
-import { join } from "node:path";
-import { DatabaseSync } from "node:sqlite";
 import { FlockNode, ping, TestNamespace } from "../helpers/flock.ts";
 import { ROOT_ONLY } from "../helpers/exec.ts";
-import { addLivePod, assertNodeHolds, type LivePod, storeRecords } from "../helpers/node_state.ts";
+import {
+  addLivePod,
+  assertNodeHolds,
+  editStore,
+  hostIfaceOf,
+  type LivePod,
+  storeRecords,
+} from "../helpers/node_state.ts";
 import { flockStatusJson } from "../helpers/status_probe.ts";
-import { DB_FILE } from "../../agent/store.ts";
-
-/** Runs one SQL statement on the node's store through a second connection (WAL: agent live). */
-function editStore(node: FlockNode, sql: string, ...params: string[]): void {
-  const db = new DatabaseSync(join(node.stateDir, DB_FILE));
-  try {
-    db.exec("PRAGMA busy_timeout = 5000");
-    db.prepare(sql).run(...params);
-  } finally {
-    db.close();
-  }
-}
-
-function hostOf(node: FlockNode, containerId: string): string {
-  return storeRecords(node).find((r) => r.containerId === containerId)!.hostIface;
-}
 
 /** The pod's host veth exists and the pod answers another pod on each of its addresses. */
 async function assertOnNetwork(
@@ -61,8 +50,8 @@ Deno.test({
     const podB = await addLivePod(node, "fv-b", nsB.path);
     await addLivePod(node, "fv-c", nsC.path);
     const podD = await addLivePod(node, "fv-d", nsD.path);
-    const hostB = hostOf(node, "fv-b");
-    const hostD = hostOf(node, "fv-d");
+    const hostB = hostIfaceOf(node, "fv-b");
+    const hostD = hostIfaceOf(node, "fv-d");
 
     // A's record names B's veth too: two records hold one name (the store allows it no more).
     editStore(node, "UPDATE attachment SET host_iface = ? WHERE container_id = 'fv-a'", hostB);
@@ -115,8 +104,8 @@ Deno.test({
     await addLivePod(node, "fr-c", nsC.path);
     const a = await node.cni("ADD", { containerId: "fr-a", netns: nsA.path, ifname: "net1" });
     assert.equal(a.code, 0, a.stdout);
-    const hostA = hostOf(node, "fr-a");
-    const hostB = hostOf(node, "fr-b");
+    const hostA = hostIfaceOf(node, "fr-a");
+    const hostB = hostIfaceOf(node, "fr-b");
 
     await node.kill("SIGKILL");
     // A's record now says it lives in B's netns, and its veth is gone: a restart repairs it.
@@ -154,8 +143,8 @@ Deno.test({
     const podA = await addLivePod(node, "fs-a", nsA.path);
     const podB = await addLivePod(node, "fs-b", nsB.path);
     await addLivePod(node, "fs-c", nsC.path);
-    const hostA = hostOf(node, "fs-a");
-    const hostB = hostOf(node, "fs-b");
+    const hostA = hostIfaceOf(node, "fs-a");
+    const hostB = hostIfaceOf(node, "fs-b");
 
     await node.kill("SIGKILL");
     // A's record names B's veth, B's a veth that does not exist: no name is shared, so only the

@@ -15,7 +15,6 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { DatabaseSync } from "node:sqlite";
 import { ROOT_ONLY } from "../helpers/exec.ts";
 import { FlockNode, ping, TestNamespace } from "../helpers/flock.ts";
 import {
@@ -27,9 +26,8 @@ import {
   writeConflist,
 } from "../helpers/cnitool.ts";
 import { referencePluginDir } from "../helpers/tools.ts";
-import { resultIps, storeRecords } from "../helpers/node_state.ts";
+import { editStore, resultIps, storeRecords } from "../helpers/node_state.ts";
 import { assertCniError } from "../helpers/cni_output.ts";
-import { DB_FILE } from "../../agent/store.ts";
 
 /**
  * The node's uplink addresses: the node pings its pods from them (with no global IPv4 address
@@ -272,12 +270,7 @@ Deno.test({
     }
     // What an upgraded node holds: records an older flock wrote, naming no network.
     await node.kill();
-    const db = new DatabaseSync(join(node.stateDir, DB_FILE));
-    try {
-      db.exec("UPDATE attachment SET network = NULL");
-    } finally {
-      db.close();
-    }
+    editStore(node, "UPDATE attachment SET network = NULL");
     await node.restartAgent();
     const gc = async (network: string, valid: string[]) => {
       const r = await node.cni("GC", {

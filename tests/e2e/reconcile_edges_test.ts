@@ -9,7 +9,7 @@ import { FlockNode, ping, TestNamespace } from "../helpers/flock.ts";
 import { ROOT_ONLY, run } from "../helpers/exec.ts";
 import { join } from "node:path";
 import { flockExecutable } from "../helpers/flock.ts";
-import { addLivePod, assertNodeHolds, storeRecords } from "../helpers/node_state.ts";
+import { addLivePod, assertNodeHolds, hostIfaceOf, storeRecords } from "../helpers/node_state.ts";
 
 /** The MTU `ip link` shows for `ifname` in `ns`. */
 async function mtuOf(ns: TestNamespace, ifname: string): Promise<number> {
@@ -94,7 +94,7 @@ Deno.test({
 
       const records = storeRecords(node).map((r) => `${r.containerId} ${r.state}`).sort();
       assert.deepEqual(records, ["re-a committed", "re-b committed"], "B waits for its DEL");
-      assert.deepEqual(await node.flockLinks(), [hostOf(node, "re-a")]);
+      assert.deepEqual(await node.flockLinks(), [hostIfaceOf(node, "re-a")]);
       const links = await node.ns.ipJson<{ ifname: string }[]>(["link", "show"]);
       assert.ok(!links.some((l) => l.ifname === "flk-stray"), "the stray peer went with it");
       const routes = (await node.flockRoutes()).map((r) => r.dst.replace(/\/(32|128)$/, ""))
@@ -114,10 +114,6 @@ Deno.test({
     }
   },
 });
-
-function hostOf(node: FlockNode, containerId: string): string {
-  return storeRecords(node).find((r) => r.containerId === containerId)!.hostIface;
-}
 
 Deno.test({
   name: "a state dir on a read-only file system: the agent logs why and exits 1",

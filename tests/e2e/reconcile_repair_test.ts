@@ -7,13 +7,9 @@
 import assert from "node:assert/strict";
 import { FlockNode, ping, TestNamespace } from "../helpers/flock.ts";
 import { ROOT_ONLY } from "../helpers/exec.ts";
-import { addLivePod, assertNodeHolds, storeRecords } from "../helpers/node_state.ts";
+import { addLivePod, assertNodeHolds, hostIfaceOf, storeRecords } from "../helpers/node_state.ts";
 import { flockStatusJson } from "../helpers/status_probe.ts";
 import { Store } from "../../agent/store.ts";
-
-function hostOf(node: FlockNode, containerId: string): string {
-  return storeRecords(node).find((r) => r.containerId === containerId)!.hostIface;
-}
 
 /** Whether `ifname` in `ns` is administratively up, as `ip link` shows it. */
 async function isUp(ns: TestNamespace, ifname: string): Promise<boolean> {
@@ -36,7 +32,7 @@ Deno.test({
     const podB = await addLivePod(node, "rp-b", nsB.path);
     const podC = await addLivePod(node, "rp-c", nsC.path);
     const podD = await addLivePod(node, "rp-d", nsD.path);
-    const [hostB, hostC] = [hostOf(node, "rp-b"), hostOf(node, "rp-c")];
+    const [hostB, hostC] = [hostIfaceOf(node, "rp-b"), hostIfaceOf(node, "rp-c")];
 
     await node.kill("SIGKILL");
     // A: its host routes deleted by hand. B: its veth down and up (the kernel drops its
@@ -83,7 +79,7 @@ Deno.test({
       "flock.fritzlab.net/anycast": "fd00:e5ff::7",
     });
     const podB = await addLivePod(node, "rp-b", nsB.path);
-    const hostA = hostOf(node, "rp-a");
+    const hostA = hostIfaceOf(node, "rp-a");
 
     await node.kill("SIGKILL");
     await node.ns.ip(["-6", "route", "del", "fd00:e5ff::7/128", "proto", "201"]);

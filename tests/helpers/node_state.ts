@@ -7,7 +7,9 @@
  */
 
 import assert from "node:assert/strict";
-import { type Attachment, Store } from "../../agent/store.ts";
+import { join } from "node:path";
+import { DatabaseSync } from "node:sqlite";
+import { type Attachment, DB_FILE, Store } from "../../agent/store.ts";
 import type { FlockNode } from "./flock.ts";
 import type { TestNamespace } from "./netns.ts";
 import type { IpLink } from "./iproute.ts";
@@ -36,6 +38,27 @@ export function storeRecords(node: FlockNode): Attachment[] {
   } finally {
     store.close();
   }
+}
+
+/**
+ * Runs one SQL statement on the node's store through a second connection (WAL: the agent may
+ * keep running), as an operator editing or restoring the database by hand would.
+ */
+export function editStore(node: FlockNode, sql: string, ...params: string[]): void {
+  const db = new DatabaseSync(join(node.stateDir, DB_FILE));
+  try {
+    db.exec("PRAGMA busy_timeout = 5000");
+    db.prepare(sql).run(...params);
+  } finally {
+    db.close();
+  }
+}
+
+/** The host veth name the store records for `containerId` (which must have a record). */
+export function hostIfaceOf(node: FlockNode, containerId: string): string {
+  const record = storeRecords(node).find((r) => r.containerId === containerId);
+  assert.ok(record, `no store record for ${containerId}`);
+  return record.hostIface;
 }
 
 /**
