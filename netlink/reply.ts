@@ -2,6 +2,8 @@
  * Collecting the kernel's answer to one request from the datagrams read off the socket: which
  * messages belong to it, when it is complete, and what failure it reports. Pure code — no system
  * calls — so it is unit-tested with kernel-shaped bytes (reply_test.ts).
+ *
+ * @module
  */
 
 import {

@@ -173,15 +173,19 @@ export function parseAttributes(data: Uint8Array): Attributes {
   return attrs;
 }
 
-/** Reads a u8/u16/u32 attribute payload. */
+/** Reads a u8 attribute payload; undefined when it is missing or short. */
 export function readU8(b: Uint8Array | undefined): number | undefined {
   return b && b.length >= 1 ? b[0] : undefined;
 }
+
+/** Reads a u32 attribute payload (native order, little-endian here); undefined when short. */
 export function readU32(b: Uint8Array | undefined): number | undefined {
   return b && b.length >= 4
     ? new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(0, true)
     : undefined;
 }
+
+/** Reads an s32 attribute payload (e.g. a netns id, -1 for none); undefined when short. */
 export function readI32(b: Uint8Array | undefined): number | undefined {
   return b && b.length >= 4
     ? new DataView(b.buffer, b.byteOffset, b.byteLength).getInt32(0, true)
