@@ -107,7 +107,7 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
 
   const now = (d.now ?? Date.now)();
   // Before any teardown or repair: either would act on the name a live pod's veth has.
-  const separated = separateSharedHostIfaces({ store: d.store, node, now });
+  const separated = separateSharedHostIfaces({ store: d.store, datapath: d.datapath, now });
   report.released += separated.released;
   report.problems.push(...separated.notes);
   for (const rec of [...d.store.listByState("pending"), ...d.store.listByState("releasing")]) {

@@ -22,8 +22,8 @@
  * @module
  */
 
-import { getLinkByName, Handle } from "../netlink/mod.ts";
-import { hostIfaceCandidate } from "./datapath.ts";
+import { getLinkByName } from "../netlink/mod.ts";
+import { type Datapath, hostIfaceCandidate } from "./datapath.ts";
 import type { Attachment, Store } from "./store.ts";
 
 /** How many candidate names to try for a record; a second collision is already ~2^-32. */
@@ -42,8 +42,8 @@ export interface SeparationReport {
 /** Inputs of {@link separateSharedHostIfaces}. */
 export interface SeparationDeps {
   store: Store;
-  /** The node's namespace, where the host veths live. */
-  node: Handle;
+  /** The node's datapath: its namespace holds the host veths, and it tells whose each is. */
+  datapath: Pick<Datapath, "node" | "podOwning">;
   /** Release time for the records released (ms epoch). */
   now: number;
 }
@@ -78,7 +78,7 @@ function separate(
   report: SeparationReport,
 ): void {
   // list() is oldest first: the last one's ADD made the name last.
-  const keeper = liveOwner(d.node, name, group) ?? group[group.length - 1];
+  const keeper = liveOwner(d.datapath, name, group) ?? group[group.length - 1];
   for (const rec of group) {
     if (rec === keeper) continue;
     const fresh = freeName(d.store, rec.containerId);
@@ -103,28 +103,21 @@ function separate(
 }
 
 /**
- * The record whose pod interface is the other end of the node's veth `name`: asked of the kernel
- * in each record's netns (the two ends name each other's index), as the datapath pairs them.
+ * The record whose pod interface is the other end of the node's veth `name`, as the datapath
+ * pairs them for a release (Datapath.podOwning: the record's ifname in the record's netns).
  */
-function liveOwner(node: Handle, name: string, group: Attachment[]): Attachment | undefined {
-  const host = getLinkByName(node, name);
-  if (host?.kind !== "veth" || !host.peerIndex) return undefined;
-  for (const rec of group) {
-    if (!netnsExists(rec.netns)) continue;
-    let podNs: Handle;
-    try {
-      podNs = Handle.forNetns(rec.netns);
-    } catch {
-      continue; // not a netns (any more): not the owner
-    }
-    try {
-      const peer = getLinkByName(podNs, rec.ifname);
-      if (peer?.index === host.peerIndex && peer.peerIndex === host.index) return rec;
-    } finally {
-      podNs.close();
-    }
-  }
-  return undefined;
+function liveOwner(
+  datapath: SeparationDeps["datapath"],
+  name: string,
+  group: Attachment[],
+): Attachment | undefined {
+  const host = getLinkByName(datapath.node, name);
+  if (!host) return undefined;
+  // A record whose netns is gone holds nothing: the datapath skips it.
+  const sides = () =>
+    group.map((rec) => ({ label: key(rec), netns: rec.netns, ifname: rec.ifname }));
+  const owner = datapath.podOwning(host, sides);
+  return group.find((rec) => key(rec) === owner);
 }
 
 /** The first of the container's candidate names no record holds, as an ADD picks one. */
