@@ -102,7 +102,7 @@ export class ReplyTruncatedError extends Error {
 export class NetlinkSocketError extends Error {
   constructor(readonly operation: string, readonly errno: number) {
     super(
-      `${operation}: receiving the kernel's reply failed: ${strerror(errno)} (errno ${errno})${
+      `${operation}: receiving the kernel's reply failed: ${describeErrno(errno)}${
         errno === ENOBUFS
           ? " — the socket's receive queue overflowed and replies were lost"
           : errno === EAGAIN
