@@ -148,6 +148,7 @@ export class Agent {
       hooks: this.statusHooks,
       lastBirdReload: this.#lastBirdReload,
       routerId: this.#routing?.routerId(),
+      peersWithoutIpv6: this.#routing?.peersWithoutIpv6,
     }, opts);
   }
 
@@ -478,6 +479,8 @@ export class Agent {
       routerId?: RouterId;
       /** Summaries of an earlier config still announced while pods hold addresses in them. */
       drainingCIDRs?: string[];
+      /** Peers left without IPv6 routes (no global IPv6 next hop; see NodeRouting). */
+      peersWithoutIpv6?: readonly string[];
     }
     | undefined
   > {
@@ -500,6 +503,7 @@ export class Agent {
       },
       routerId: this.#routing?.routerId(),
       drainingCIDRs: this.#routing?.draining.map(formatPrefix),
+      peersWithoutIpv6: this.#routing?.peersWithoutIpv6,
     };
   }
 

@@ -165,6 +165,31 @@ export function kernelNextHop6Candidates(h: Handle, node: NodeConfig): string[] 
 }
 
 /**
+ * The single-hop IPv4 peers among `peers` whose link has no global IPv6 address: the interface
+ * with an IPv4 subnet holding the peer (BIRD's neighbour lookup for a direct session) carries
+ * none, so BIRD would announce `::` as next hop of IPv6 routes there. A peer on no connected
+ * subnet is not named (its direct session does not come up at all).
+ */
+export function peersOnLinksWithoutIpv6(h: Handle, peers: readonly string[]): Set<string> {
+  const out = new Set<string>();
+  const v4 = peers.filter((p) => tryParseIP(p)?.family === AF_INET);
+  if (!v4.length) return out;
+  const subnets = listAddresses(h, { family: AF_INET }).filter((a) => a.prefix.len < 32);
+  const linksWithIpv6 = new Set(
+    listAddresses(h, { family: AF_INET6 })
+      .filter((a) => a.scope === RT_SCOPE_UNIVERSE)
+      .filter((a) => (a.flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED)) === 0)
+      .map((a) => a.index),
+  );
+  for (const peer of v4) {
+    const ip = tryParseIP(peer)!;
+    const link = subnets.find((a) => prefixContains(a.prefix, ip))?.index;
+    if (link !== undefined && !linksWithIpv6.has(link)) out.add(peer);
+  }
+  return out;
+}
+
+/**
  * The IPv6 next hop for IPv6 routes on IPv4 multihop sessions: the node's first global IPv6
  * address among `nodeAddresses` (cluster mode: its Node's InternalIPs), else among
  * `localIpv6` (its interfaces' addresses, {@link kernelNextHop6Candidates}). `null` when both
@@ -200,10 +225,15 @@ export function birdInputFor(
   nodeAddresses: readonly string[] = [],
   secretPasswords: ReadonlyMap<string, string> = new Map(),
   localIpv6?: readonly string[],
+  linksWithoutIpv6: ReadonlySet<string> = new Set(),
 ): BirdConfigInput {
   const bgp = node.spec.bgp ?? {};
+  // Only single-hop sessions: a multihop one gets the node's global IPv6 anyway.
+  const bareLink = (p: { address: string; multihop?: number }) =>
+    p.multihop === undefined && linksWithoutIpv6.has(p.address) ? { linkWithoutIpv6: true } : {};
   const mesh: BirdMeshPeer[] = bgp.nodeMesh
     ? meshPeers.map((p) => ({
+      ...bareLink(p),
       address: p.address,
       asn: p.asn,
       cidrs: p.cidrs,
@@ -220,9 +250,9 @@ export function birdInputFor(
     routeProtocol: FLOCK_ROUTE_PROTOCOL,
     asn: bgp.asn,
     peers: (bgp.peers ?? []).flatMap(({ passwordSecretRef: ref, ...peer }) => {
-      if (!ref) return [peer];
+      if (!ref) return [{ ...peer, ...bareLink(peer) }];
       const password = secretPasswords.get(secretKeyId(ref));
-      return password === undefined ? [] : [{ ...peer, password }];
+      return password === undefined ? [] : [{ ...peer, ...bareLink(peer), password }];
     }),
     meshPeers: mesh,
     gracefulRestart: {
@@ -409,8 +439,8 @@ export class NodeRouting {
     this.#o.log(
       peers.length
         ? {
-          msg: "IPv6 routes not announced to IPv4 multihop peers: the node has no global " +
-            "IPv6 address to give as their next hop",
+          msg: "IPv6 routes not announced to IPv4 multihop peers or peers on links without " +
+            "IPv6: the node has no global IPv6 address to give as their next hop",
           peers,
         }
         : { msg: "IPv6 routes announced to every peer again" },
@@ -419,6 +449,7 @@ export class NodeRouting {
 
   async #render(): Promise<BirdReloadStatus | undefined> {
     if (!this.control || !this.#node) return undefined;
+    const peers = [...this.#node.spec.bgp?.peers ?? [], ...this.#mesh].map((p) => p.address);
     const input = birdInputFor(
       this.#node,
       this.#o.nodeName,
@@ -426,6 +457,7 @@ export class NodeRouting {
       this.#nodeAddresses,
       this.#secretPasswords,
       kernelNextHop6Candidates(this.#o.handle, this.#node),
+      peersOnLinksWithoutIpv6(this.#o.handle, peers),
     );
     input.cidrs.push(...this.#draining.map(formatPrefix));
     this.#logPeersWithoutIpv6(peersWithoutIpv6(input));

@@ -1,5 +1,12 @@
 import assert from "node:assert/strict";
-import { birdInputFor, nextHop6For, NodeRouting, reloadSummary, routerIdFor } from "./routing.ts";
+import {
+  birdInputFor,
+  nextHop6For,
+  NodeRouting,
+  peersOnLinksWithoutIpv6,
+  reloadSummary,
+  routerIdFor,
+} from "./routing.ts";
 import { ConfigError, parseNodeConfig } from "./config.ts";
 import { ROOT_ONLY, run } from "../tests/helpers/exec.ts";
 import { birdPath, hasTool } from "../tests/helpers/tools.ts";
@@ -61,6 +68,35 @@ Deno.test("nextHop6For: the node's global IPv6, InternalIPs first, never a pod's
   // Interfaces not known: undefined, BIRD's own choice stays.
   assert.equal(nextHop6For(node, ["10.0.0.11"]), undefined);
   assert.equal(birdInputFor(node, "n", [], ["10.0.0.11"], new Map(), []).nextHop6, null);
+});
+
+Deno.test("birdInputFor: single-hop peers on links without IPv6 are marked, multihop ones not", () => {
+  const node = parseNodeConfig({
+    cidr6: "fd00:1::/64",
+    bgp: {
+      asn: 65001,
+      nodeMesh: true,
+      peers: [
+        { address: "10.0.0.1", asn: 65000 },
+        { address: "10.9.0.1", asn: 65000, multihop: 2 },
+        { address: "10.0.1.1", asn: 65000 },
+      ],
+    },
+  }, "t");
+  const mesh = [{ name: "n2", address: "10.0.0.12", asn: 65001, cidrs: ["fd00:2::/64"] }];
+  const bare = new Set(["10.0.0.1", "10.9.0.1", "10.0.0.12"]);
+  const input = birdInputFor(node, "n", mesh, [], new Map(), ["fd00:a::11"], bare);
+  assert.deepEqual(input.peers?.map((p) => [p.address, p.linkWithoutIpv6 ?? false]), [
+    ["10.0.0.1", true],
+    ["10.9.0.1", false], // multihop: gets the node's global IPv6 anyway
+    ["10.0.1.1", false],
+  ]);
+  assert.equal(input.meshPeers?.[0].linkWithoutIpv6, true);
+  const text = renderBirdConfig(input);
+  assert.match(
+    text,
+    /neighbor 10\.0\.0\.1 as 65000;\n[^}]*ipv6 \{[^}]*next hop address fd00:a::11;/,
+  );
 });
 
 Deno.test("birdInputFor: a Secret's password is rendered; a peer without one is left out", () => {
@@ -254,6 +290,34 @@ Deno.test({
       assert.match((await bird.birdc(["show", "protocols"])).stdout, /^peer_\S+\s+BGP/m);
     } finally {
       await routing.close();
+      handle.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "peersOnLinksWithoutIpv6: the IPv4 peers whose connected link has no global IPv6",
+  ...ROOT_ONLY,
+  async fn() {
+    await using ns = await TestNamespace.create("flk-rtbare");
+    await ns.ip(["link", "add", "bare0", "type", "veth", "peer", "name", "bare1"]);
+    await ns.ip(["link", "add", "dual0", "type", "veth", "peer", "name", "dual1"]);
+    for (const dev of ["lo", "bare0", "bare1", "dual0", "dual1"]) {
+      await ns.ip(["link", "set", dev, "up"]);
+    }
+    // The node's global IPv6 on lo; an IPv4-only link (link-local only) and a dual-stack one.
+    await ns.ip(["addr", "add", "fd00:a::11/128", "dev", "lo"]);
+    await ns.ip(["addr", "add", "10.0.0.11/24", "dev", "bare0"]);
+    await ns.ip(["addr", "add", "10.0.1.11/24", "dev", "dual0"]);
+    await ns.ip(["addr", "add", "fd00:c::11/64", "dev", "dual0", "nodad"]);
+    const handle = Handle.forNetns(ns.path);
+    try {
+      const peers = ["10.0.0.1", "10.0.1.1", "10.5.0.1", "fd00:c::1"];
+      // 10.5.0.1 is on no connected subnet; an IPv6 peer's link does not matter.
+      assert.deepEqual([...peersOnLinksWithoutIpv6(handle, peers)], ["10.0.0.1"]);
+      await ns.ip(["addr", "add", "fd00:d::11/64", "dev", "bare0", "nodad"]);
+      assert.deepEqual([...peersOnLinksWithoutIpv6(handle, peers)], []);
+    } finally {
       handle.close();
     }
   },

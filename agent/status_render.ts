@@ -117,6 +117,12 @@ export function renderStatus(s: StatusSnapshot): string {
         `set a unique spec.bgp.routerID`,
     );
   }
+  if (s.bgp.peersWithoutIpv6?.length) {
+    out.push(
+      `  NO IPv6 ROUTES to ${s.bgp.peersWithoutIpv6.join(", ")}: the node has no global IPv6 ` +
+        `address to give as their next hop (docs/operations.md)`,
+    );
+  }
   if (!s.bgp.available) out.push("  not available (BGP is not wired into this agent)");
   else if (s.bgp.error) out.push(`  cannot read them from BIRD: ${s.bgp.error}`);
   else if (s.bgp.sessions.length === 0) out.push("  none configured");

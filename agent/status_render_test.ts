@@ -130,6 +130,18 @@ Deno.test("status table: the router id, and other nodes sharing it", () => {
   );
 });
 
+Deno.test("status table: peers left without IPv6 routes are named in the BGP part", () => {
+  const bgp = { available: true, sessions: [], routerId: "10.0.0.11" };
+  assert.doesNotMatch(renderStatus(snapshot({ bgp })), /NO IPv6 ROUTES/);
+  const text = renderStatus(
+    snapshot({ bgp: { ...bgp, peersWithoutIpv6: ["10.0.0.1", "10.1.0.2"] } }),
+  );
+  assert.match(
+    text,
+    /^BGP sessions\n.*\n {2}NO IPv6 ROUTES to 10\.0\.0\.1, 10\.1\.0\.2: the node has no global IPv6 address/m,
+  );
+});
+
 Deno.test("status table: each pod's CNI network, last column; '-' for a record without one", () => {
   const [web] = snapshot().attachments;
   const text = renderStatus(snapshot({

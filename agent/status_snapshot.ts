@@ -111,6 +111,12 @@ export interface StatusSnapshot {
     routerIdSource?: RouterIdSource;
     /** Other nodes whose NodeConfig status publishes the same router id (absent: none). */
     routerIdConflicts?: string[];
+    /**
+     * Peers whose sessions carry no IPv6 routes: IPv4 multihop sessions, or single-hop ones over
+     * a link without a global IPv6 address, on a node without a global IPv6 address to give as
+     * their next hop (absent: none).
+     */
+    peersWithoutIpv6?: string[];
     sessions: BgpSessionStatus[];
     /** Why the sessions could not be read. */
     error?: string;
@@ -152,6 +158,8 @@ export interface StatusSources {
   lastBirdReload?: BirdReloadStatus;
   /** The router id in bird.conf (undefined without BIRD). */
   routerId?: RouterId;
+  /** Peers left without IPv6 routes (NodeRouting.peersWithoutIpv6; undefined without BIRD). */
+  peersWithoutIpv6?: readonly string[];
   now?: () => number;
 }
 
@@ -217,6 +225,7 @@ export async function buildStatusSnapshot(
     bgp: {
       ...(src.routerId ? { routerId: src.routerId.id, routerIdSource: src.routerId.source } : {}),
       ...routerIdConflicts(src),
+      ...(src.peersWithoutIpv6?.length ? { peersWithoutIpv6: [...src.peersWithoutIpv6] } : {}),
       ...await readBgp(src.hooks, opts.bgpTimeoutMs ?? DEFAULT_BGP_TIMEOUT_MS),
     },
     lastBirdReload: src.lastBirdReload,

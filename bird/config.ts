@@ -34,6 +34,13 @@ export interface BirdPeer {
   multihop?: number;
   /** A comment in the config (a node name). */
   description?: string;
+  /**
+   * A single-hop IPv4 peer reached over an interface without a global IPv6 address (an
+   * IPv4-only or unnumbered uplink; the node's IPv6 is on its loopback). BIRD would announce `::`
+   * as the next hop of IPv6 routes there, so the session gets the node's global IPv6
+   * (`nextHop6`) like a multihop one; BIRD still appends the link's link-local address.
+   */
+  linkWithoutIpv6?: boolean;
 }
 
 /** A mesh peer: another flock node, with the prefixes it may announce. */
@@ -60,12 +67,13 @@ export interface BirdConfigInput {
   meshPeers?: BirdMeshPeer[];
   gracefulRestart?: { enabled: boolean; restartTime: number };
   /**
-   * The node's global IPv6 address: the next hop of IPv6 routes on IPv4 **multihop** sessions.
-   * Without it BIRD takes a global IPv6 address of the interface the session leaves by, and
-   * announces `::` (the peer drops the routes) when that interface has none, e.g. on a node
-   * whose addresses are on its loopback. `null`: the node has no global IPv6 address, so IPv4
-   * multihop sessions carry no IPv6 routes at all. Single-hop sessions ignore it: there BIRD's
-   * interface address (plus its link-local) is what the peer on the segment can resolve.
+   * The node's global IPv6 address: the next hop of IPv6 routes on IPv4 **multihop** sessions
+   * and on single-hop ones marked {@link BirdPeer.linkWithoutIpv6}. Without it BIRD takes a
+   * global IPv6 address of the interface the session leaves by, and announces `::` (the peer
+   * drops the routes) when that interface has none, e.g. on a node whose addresses are on its
+   * loopback. `null`: the node has no global IPv6 address, so those sessions carry no IPv6
+   * routes at all. Other single-hop sessions ignore it: there BIRD's interface address (plus
+   * its link-local) is what the peer on the segment can resolve.
    */
   nextHop6?: string | null;
   /** Accept a default route from explicit peers (off: a node must not attract transit). */
@@ -264,10 +272,18 @@ function meshImportFilter(name: string, fam: Fam, peer: BirdMeshPeer, f: Facts):
   return lines;
 }
 
+/**
+ * Whether IPv6 routes on the session to `peer` need `nextHop6` (BIRD has no global IPv6 of its
+ * own to give there): an IPv4 session that is multihop or leaves by a link without one.
+ */
+function needsNodeNextHop6(peer: BirdPeer): boolean {
+  return familyOf(peer.address) === 4 && (peer.multihop !== undefined || !!peer.linkWithoutIpv6);
+}
+
 function channel(
   fam: Fam,
   sessionFam: Fam,
-  multihop: boolean,
+  nodeNextHop6: boolean,
   importFilter: string,
   input: BirdConfigInput,
 ): string[] {
@@ -277,7 +293,7 @@ function channel(
     `    export filter flock_export${fam};`,
     `    next hop self;`,
   ];
-  if (fam === 6 && sessionFam === 4 && multihop && input.nextHop6) {
+  if (fam === 6 && sessionFam === 4 && nodeNextHop6 && input.nextHop6) {
     lines.push(`    next hop address ${input.nextHop6.toLowerCase()};  # the node's global IPv6`);
   }
   // An IPv4 route over an IPv6 session gets the session's own IPv6 address as next hop
@@ -289,23 +305,25 @@ function channel(
 }
 
 /**
- * Whether a session must not carry `fam`: IPv6 over an IPv4 multihop session when the node has
- * no global IPv6 address (`nextHop6: null`); the peer would get `::` as next hop.
+ * Whether a session must not carry `fam`: IPv6 over an IPv4 session that needs the node's
+ * global IPv6 ({@link needsNodeNextHop6}) when the node has none (`nextHop6: null`); the peer
+ * would get `::` as next hop.
  */
-function withheld(fam: Fam, sessionFam: Fam, multihop: boolean, input: BirdConfigInput): boolean {
-  return fam === 6 && sessionFam === 4 && multihop && input.nextHop6 === null;
+function withheld(fam: Fam, peer: BirdPeer, input: BirdConfigInput): boolean {
+  return fam === 6 && needsNodeNextHop6(peer) && input.nextHop6 === null;
 }
 
 /**
  * Addresses of the explicit peers and mesh peers whose sessions carry no IPv6 routes because
- * the node has no global IPv6 address (`nextHop6: null`); `flock status` and the log name them.
+ * the node has no global IPv6 address (`nextHop6: null`) and BIRD has none of its own for them
+ * (multihop, or a link without one); `flock status` and the log name them.
  */
 export function peersWithoutIpv6(input: BirdConfigInput): string[] {
   if (input.nextHop6 !== null) return [];
   const ipv6Routed = [...input.cidrs, ...input.anycastCIDRs].some((p) => p.includes(":"));
   if (!ipv6Routed) return [];
   return [...(input.peers ?? []), ...(input.meshPeers ?? [])]
-    .filter((p) => familyOf(p.address) === 4 && withheld(6, 4, p.multihop !== undefined, input))
+    .filter((p) => withheld(6, p, input))
     .map((p) => p.address)
     .sort();
 }
@@ -339,8 +357,7 @@ function session(
   if (peer.bfd) {
     lines.push(gr ? `  bfd graceful;  # BFD down does not defeat graceful restart` : `  bfd on;`);
   }
-  const multihop = peer.multihop !== undefined;
-  const fams = f.fams.filter((fam) => !withheld(fam, sessionFam, multihop, input));
+  const fams = f.fams.filter((fam) => !withheld(fam, peer, input));
   if (fams.length === 0) {
     return [
       `# ${name} (${peer.address}): not rendered, no family it could carry a next hop for.`,
@@ -353,7 +370,7 @@ function session(
     );
   }
   for (const fam of fams) {
-    lines.push(...channel(fam, sessionFam, multihop, importFilter(fam), input));
+    lines.push(...channel(fam, sessionFam, needsNodeNextHop6(peer), importFilter(fam), input));
   }
   lines.push(`}`, ``);
   return lines;

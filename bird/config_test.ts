@@ -180,6 +180,32 @@ Deno.test("bird config: peersWithoutIpv6 names the IPv4 multihop peers left with
   assert.match(sessionBlock(withheld, "peer_10_0_0_1"), /ipv6 \{/);
 });
 
+Deno.test("bird config: a direct IPv4 peer on a link without IPv6 gets the node's global IPv6", () => {
+  const peers = [
+    { address: "10.0.0.1", asn: 65000, linkWithoutIpv6: true },
+    { address: "10.0.1.1", asn: 65000 },
+    { address: "10.0.2.1", asn: 65001, linkWithoutIpv6: true, multihop: 2 },
+  ];
+  const text = renderBirdConfig({ ...DUAL, peers, nextHop6: "fd00:a::11" });
+  // BIRD would announce `::` there (the link has no global IPv6 of its own).
+  const bare = sessionBlock(text, "peer_10_0_0_1");
+  assert.match(bare, /ipv6 \{[^}]*next hop address fd00:a::11;/);
+  assert.doesNotMatch(bare, /ipv4 \{[^}]*next hop address/);
+  assert.doesNotMatch(bare, /multihop/);
+  // A direct peer on a link with its own global IPv6 is rendered as before.
+  assert.doesNotMatch(sessionBlock(text, "peer_10_0_1_1"), /next hop address/);
+  assert.match(sessionBlock(text, "peer_10_0_2_1"), /next hop address fd00:a::11;/);
+  // No global IPv6 at all: such a peer gets no IPv6 routes and is named, the other is not.
+  const none = renderBirdConfig({ ...DUAL, peers, nextHop6: null });
+  assert.doesNotMatch(sessionBlock(none, "peer_10_0_0_1"), /ipv6 \{/);
+  assert.match(sessionBlock(none, "peer_10_0_0_1"), /ipv4 \{/);
+  assert.match(sessionBlock(none, "peer_10_0_1_1"), /ipv6 \{/);
+  assert.deepEqual(peersWithoutIpv6({ ...DUAL, peers, nextHop6: null }), ["10.0.0.1", "10.0.2.1"]);
+  // An IPv6 peer's link is irrelevant: IPv6 routes there carry the session's own address.
+  const v6 = [{ address: "fd00:b::2", asn: 65000, linkWithoutIpv6: true }];
+  assert.deepEqual(peersWithoutIpv6({ ...DUAL, peers: v6, nextHop6: null }), []);
+});
+
 Deno.test("bird config: per-pod routes are never learned, only flock's own", () => {
   const text = renderBirdConfig(DUAL);
   assert.match(text, /if krt_source != 201 then reject;/);

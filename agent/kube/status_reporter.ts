@@ -87,6 +87,8 @@ export interface RoutingStats {
   routerId?: RouterId;
   /** Summaries of an earlier spec still announced because pods hold addresses in them. */
   drainingCIDRs?: readonly string[];
+  /** Peers left without IPv6 routes: the node has no global IPv6 next hop for them. */
+  peersWithoutIpv6?: readonly string[];
 }
 
 /**
@@ -142,6 +144,12 @@ export function buildStatus(
 function bgpCondition(routing: RoutingStats): Omit<Condition, "lastTransitionTime"> {
   const { sessions, sessionsUp } = routing;
   let message = `${sessionsUp} of ${sessions} BGP sessions established`;
+  // The CRD's status.bgp has a fixed schema (an unknown field would be pruned): the condition
+  // message is where cluster mode tells which peers get no IPv6 routes.
+  if (routing.peersWithoutIpv6?.length) {
+    message += `; no IPv6 routes to ${routing.peersWithoutIpv6.join(", ")} (the node has no ` +
+      `global IPv6 address to give as their next hop)`;
+  }
   if (routing.lastReload && !routing.lastReload.ok) {
     message += `; the last BIRD reload failed: ${routing.lastReload.message ?? "no reason given"}`;
   }

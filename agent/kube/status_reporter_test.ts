@@ -84,6 +84,13 @@ Deno.test("buildStatus: BGPEstablished is true only when every configured sessio
   assert.equal(failed?.status, "True");
   assert.match(failed!.message, /the last BIRD reload failed: rejected: syntax/);
   assert.equal(bgp(undefined), undefined, "no BGPEstablished without BIRD");
+  const noIpv6 = bgp({ sessions: 1, sessionsUp: 1, peersWithoutIpv6: ["10.0.0.1"] });
+  assert.equal(noIpv6?.status, "True");
+  assert.equal(
+    noIpv6?.message,
+    "1 of 1 BGP sessions established; no IPv6 routes to 10.0.0.1 (the node has no global " +
+      "IPv6 address to give as their next hop)",
+  );
 });
 
 Deno.test("keepTransitionTimes: the time moves only when a condition's status flips", () => {

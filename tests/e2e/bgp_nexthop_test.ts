@@ -11,6 +11,9 @@
  * node (eth0 10.0.0.11, fd00:a::11) ── router br0 (10.0.0.1, fd00:a::1)
  *                                      router rt1 (10.1.0.1, fd00:b::1) ── peer br0 (10.1.0.2, fd00:b::2), gobgpd
  * ```
+ *
+ * The direct cases peer with a gobgpd ToR on the node's own segment over an IPv4-only link
+ * (10.0.0.0/24, link-locals only), the node's global IPv6 on lo or nowhere.
  */
 
 import assert from "node:assert/strict";
@@ -237,6 +240,120 @@ Deno.test({
       console.log(await dump(lab));
       console.log(await lab.peer.log());
       console.log((await lab.node.bird.birdc(["show", "protocols", "all"])).stdout);
+      throw e;
+    }
+  },
+});
+
+/**
+ * A node with its global IPv6 only on lo, peering over a direct (single-hop) IPv4 session with
+ * a ToR on an IPv4-only link (an L3 fabric's usual node). `nodeIpv6`: whether lo holds one.
+ */
+async function startDirectLab(cleanup: AsyncDisposableStack, nodeIpv6: boolean) {
+  const tor = await GobgpTor.start({
+    asn: PEER_AS,
+    routerId: "10.0.0.1",
+    addresses: ["10.0.0.1/24"],
+    neighbors: [{ address: "10.0.0.11", asn: NODE_AS }],
+  });
+  cleanup.use(tor);
+  // The ToR's own global IPv6 lives on its loopback too: the source of its pings.
+  await addAddress(tor.ns, "lo", "fd00:b::1/128");
+  const node = await startBgpNode(tor, {
+    name: "nh-direct",
+    ipv4: "10.0.0.11",
+    ipv6: "fd00:a::11",
+    spec: {
+      cidr6: CIDR6,
+      cidr4: CIDR4,
+      anycastCIDRs: [ANYCAST6, ANYCAST4],
+      bgp: {
+        asn: NODE_AS,
+        peers: [{ address: "10.0.0.1", asn: PEER_AS }],
+        gracefulRestart: { enabled: true, restartTime: 120 },
+      },
+    },
+  }, cleanup);
+  const ns = node.flock.ns;
+  await ns.ip(["-6", "addr", "del", "fd00:a::11/64", "dev", "eth0"]);
+  if (nodeIpv6) await addAddress(ns, "lo", "fd00:a::11/128");
+  // The node's IPv6 way out is the ToR's link-local, as a fabric's default route would be.
+  const torLl = await linkLocal(tor.ns, "br0");
+  await ns.ip(["-6", "route", "replace", "default", "via", torLl, "dev", "eth0"]);
+  // The agent renders bird.conf from the addresses it finds at start: start it again on these.
+  await node.flock.restartAgent();
+  return { node, tor };
+}
+
+async function linkLocal(ns: TestNamespace, dev: string): Promise<string> {
+  const [link] = await ns.ipJson<{ addr_info: { local: string; scope: string }[] }[]>(
+    ["-6", "addr", "show", "dev", dev, "scope", "link"],
+  );
+  return link.addr_info.find((a) => a.scope === "link")!.local;
+}
+
+Deno.test({
+  name: "bgp next hop: direct IPv4 session carries IPv6 with the node's global IPv6 on lo " +
+    "(IPv4-only uplink)",
+  ...COMMON,
+  async fn() {
+    await using cleanup = new AsyncDisposableStack();
+    const { node, tor } = await startDirectLab(cleanup, true);
+    try {
+      await tor.waitEstablished();
+      const lab = { node, peer: tor } as unknown as Lab;
+      const [pod6, pod4] = await addPod(lab, cleanup, "nh-direct-pod");
+      const rib = await tor.waitRib("ipv6", (rib) => CIDR6 in rib);
+      // Before the fix BIRD announced `::` here and gobgpd dropped every IPv6 route.
+      assert.equal(nextHop(rib[CIDR6]), "fd00:a::11");
+      const rib4 = await tor.waitRib("ipv4", (rib) => CIDR4 in rib);
+      assert.equal(nextHop(rib4[CIDR4]), "10.0.0.11");
+      // The ToR reaches the node's loopback through the node's link-local, as a fabric that
+      // routes node loopbacks does (BIRD appends that link-local to the next hop on some runs,
+      // not on others: the ToR cannot count on it).
+      const nodeLl = await linkLocal(node.flock.ns, "eth0");
+      await tor.ns.ip(["-6", "route", "replace", "fd00:a::11/128", "via", nodeLl, "dev", "br0"]);
+      await installThroughNextHop(tor.ns, CIDR6, nextHop(rib[CIDR6])!);
+      assert.ok(await reaches(tor.ns, pod6), `ToR -> pod ${pod6} through fd00:a::11`);
+      await tor.ns.ip(["route", "replace", CIDR4, "via", "10.0.0.11"]);
+      assert.ok(await reaches(tor.ns, pod4), `ToR -> pod ${pod4}`);
+      const log = await Deno.readTextFile(node.flock.agentLogPath);
+      assert.doesNotMatch(log, /IPv6 routes not announced/);
+    } catch (e) {
+      console.log(await tor.log());
+      console.log((await node.bird.birdc(["show", "protocols", "all"])).stdout);
+      console.log(await Deno.readTextFile(node.bird.configPath));
+      throw e;
+    }
+  },
+});
+
+Deno.test({
+  name: "bgp next hop: direct IPv4 session on a node without any global IPv6 carries IPv4 only; " +
+    "flock status names the peer",
+  ...COMMON,
+  async fn() {
+    await using cleanup = new AsyncDisposableStack();
+    const { node, tor } = await startDirectLab(cleanup, false);
+    try {
+      await tor.waitEstablished();
+      const lab = { node, peer: tor } as unknown as Lab;
+      await addPod(lab, cleanup, "nh-nov6-pod");
+      const rib4 = await tor.waitRib("ipv4", (rib) => CIDR4 in rib);
+      assert.equal(nextHop(rib4[CIDR4]), "10.0.0.11");
+      // No IPv6 route with `::` as next hop, none at all: the session has no IPv6 channel.
+      assert.deepEqual(Object.keys(await tor.rib("ipv6")), []);
+      const status = (...args: string[]) =>
+        runOk([node.flock.executable, "status", "--socket", node.flock.socketPath, ...args]);
+      const snap = JSON.parse((await status("--json")).stdout);
+      assert.deepEqual(snap.bgp.peersWithoutIpv6, ["10.0.0.1"]);
+      assert.match((await status()).stdout, /^ {2}NO IPv6 ROUTES to 10\.0\.0\.1: /m);
+      const log = await Deno.readTextFile(node.flock.agentLogPath);
+      assert.match(log, /IPv6 routes not announced/);
+    } catch (e) {
+      console.log(await tor.log());
+      console.log((await node.bird.birdc(["show", "protocols", "all"])).stdout);
+      console.log(await Deno.readTextFile(node.bird.configPath));
       throw e;
     }
   },
