@@ -53,6 +53,7 @@ import type { AddFault, VethDeleteFault } from "./test_faults.ts";
 import { forEachBounded } from "./bounded.ts";
 import { sandboxMismatch } from "./sandbox_check.ts";
 import { otherNetnsHolder, otherPodSides } from "./veth_owner.ts";
+import { isNetnsGone } from "./netns_path.ts";
 
 /** CNI error code for a CHECK that found the datapath differing (plugin-specific range). */
 export const CODE_CHECK_FAILED = 101;
@@ -654,7 +655,7 @@ export class PodHandler {
       const listed = valid.has(attachmentKey(rec));
       if (rec.network === undefined && network !== undefined) {
         if (listed) this.deps.store.claimNetwork(rec.containerId, rec.ifname, network);
-        else if (rec.state !== "committed" || isGone(rec.netns)) stale.push(rec);
+        else if (rec.state !== "committed" || isNetnsGone(rec.netns)) stale.push(rec);
       } else if (!listed && ofNetwork(rec, network)) {
         stale.push(rec);
       }
@@ -733,17 +734,6 @@ function ofNetwork(rec: Pick<Attachment, "network">, network: string | undefined
 function networkOf(req: RpcRequest): string | undefined {
   const name = req.config.name;
   return typeof name === "string" && name !== "" ? name : undefined;
-}
-
-/** Whether a path surely no longer exists (a pod's netns after its sandbox went). */
-function isGone(path: string): boolean {
-  try {
-    Deno.lstatSync(path);
-    return false;
-  } catch (e) {
-    // Any other failure leaves it in doubt: keep what may be a live pod.
-    return e instanceof Deno.errors.NotFound;
-  }
 }
 
 /** Host interface names tried for one new attachment (each further one is a 2^-32 chance). */

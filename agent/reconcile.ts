@@ -50,7 +50,8 @@ import {
 import type { Attachment, Store } from "./store.ts";
 import { type AddressPool, unusableReason } from "./ipam.ts";
 import type { AnycastRoutes } from "./anycast.ts";
-import { netnsExists, separateSharedHostIfaces } from "./shared_host_iface.ts";
+import { separateSharedHostIfaces } from "./shared_host_iface.ts";
+import { isNetnsGone } from "./netns_path.ts";
 import { isKernelBusy, type KernelRetryOptions, retryWhileKernelBusy } from "./kernel_busy.ts";
 import { otherNetnsHolder, otherPodSides } from "./veth_owner.ts";
 
@@ -157,7 +158,7 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
     report.restored++;
     try {
       const missing = missingHostState(rec, links, hostRoutes);
-      if (missing && netnsExists(rec.netns)) {
+      if (missing && !isNetnsGone(rec.netns)) {
         // setup reads the pod's links and addresses: a busy kernel gets a few short retries.
         retryWhileKernelBusy(`repair of ${rec.containerId}`, () =>
           d.datapath.setup({

@@ -25,6 +25,7 @@
 import { getLinkByName } from "../netlink/mod.ts";
 import { type Datapath, hostIfaceCandidate } from "./datapath.ts";
 import type { Attachment, Store } from "./store.ts";
+import { isNetnsGone } from "./netns_path.ts";
 
 /** How many candidate names to try for a record; a second collision is already ~2^-32. */
 const NAME_ATTEMPTS = 8;
@@ -86,7 +87,7 @@ function separate(
     report.renamed++;
     let note = `${key(rec)} shared host interface ${name} with ${key(keeper)} ` +
       `(a store from before schema 3): ${keeper.containerId} keeps it, this one is now ${fresh}`;
-    const gone = !netnsExists(rec.netns);
+    const gone = isNetnsGone(rec.netns);
     // Two interfaces of one container (one netns) shared the name too: today's ADD refuses a
     // second flock interface in a netns, so the one the kernel no longer has is not rebuilt.
     const beside = !gone && rec.netns === keeper.netns;
@@ -131,15 +132,4 @@ function freeName(store: Store, containerId: string): string {
 
 function key(rec: Attachment): string {
   return `${rec.containerId}/${rec.ifname}`;
-}
-
-/** Whether a pod's netns path still exists (a record's sandbox not torn down yet). */
-export function netnsExists(path: string): boolean {
-  if (!path) return false;
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
