@@ -67,3 +67,43 @@ Deno.test("appendLogLineSync: a log dir others may write to is refused, naming i
     );
     assert.deepEqual([...Deno.readDirSync(logs)], []);
   }));
+
+Deno.test("appendLogLineSync: Ubuntu's /var/log (0775 root:syslog) above the log dir is accepted", () =>
+  withTempDir((dir) => {
+    // Ubuntu's rsyslog makes /var/log 0775 root:syslog; docs/operations.md suggests
+    // --log-file=/var/log/flock/cni.log. Only the log directory itself must be flock's alone.
+    const varLog = join(dir, "var/log");
+    Deno.mkdirSync(varLog, { recursive: true });
+    Deno.chmodSync(varLog, 0o775);
+    if (Deno.uid() === 0) Deno.chownSync(varLog, 0, 104);
+    const path = join(varLog, "flock/cni.log");
+    appendLogLineSync(path, "one\n");
+    appendLogLineSync(path, "two\n");
+    assert.equal(Deno.readTextFileSync(path), "one\ntwo\n");
+  }));
+
+Deno.test("appendLogLineSync: under a group-writable ancestor, the log dir itself stays strict", () =>
+  withTempDir((dir) => {
+    const varLog = join(dir, "var/log");
+    Deno.mkdirSync(join(varLog, "flock"), { recursive: true });
+    Deno.chmodSync(varLog, 0o775);
+    Deno.chmodSync(join(varLog, "flock"), 0o775);
+    assert.throws(
+      () => appendLogLineSync(join(varLog, "flock/cni.log"), "line\n"),
+      (e: Error) =>
+        e instanceof UnsafePathError && /flock is writable by its group/.test(e.message),
+    );
+  }));
+
+Deno.test("appendLogLineSync: an other-writable ancestor without the sticky bit is still refused", () =>
+  withTempDir((dir) => {
+    const open = join(dir, "open");
+    Deno.mkdirSync(join(open, "flock"), { recursive: true });
+    Deno.chmodSync(open, 0o777);
+    assert.throws(
+      () => appendLogLineSync(join(open, "flock/cni.log"), "line\n"),
+      (e: Error) =>
+        e instanceof UnsafePathError &&
+        /lies under .*open, which is writable by others/.test(e.message),
+    );
+  }));

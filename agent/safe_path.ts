@@ -57,15 +57,35 @@ function parentOf(path: string): string {
   return path.slice(0, path.lastIndexOf("/")) || "/";
 }
 
+/** How {@link assertSafeDirSync} judges the directories above the one it checks. */
+export interface SafeDirOptions {
+  /**
+   * Accept an ancestor owned by root that only its group may write, as Ubuntu's /var/log
+   * (0775 root:syslog) under the plugin's log directory: root gave that group the ancestor's
+   * names, and the directory itself must still be flock's alone. Only for a caller that checks
+   * what it opened (the log verifies an existing file's inode after opening it).
+   */
+  rootGroupWritableAncestors?: boolean;
+}
+
 /**
  * Throws {@link UnsafePathError} unless `dir` and every directory above it (after resolving
  * symlinks) pass {@link unsafeDirReason}: whoever may rename an ancestor may swap the whole
  * subtree. `what` names the directory's role in the message (e.g. "state directory").
  */
-export function assertSafeDirSync(dir: string, what: string, uid = currentUid()): void {
+export function assertSafeDirSync(
+  dir: string,
+  what: string,
+  uid = currentUid(),
+  options: SafeDirOptions = {},
+): void {
   const real = Deno.realPathSync(dir);
   for (let path = real;; path = parentOf(path)) {
-    const reason = unsafeDirReason(Deno.statSync(path), uid);
+    const info = Deno.statSync(path);
+    const reason = path !== real && options.rootGroupWritableAncestors &&
+        isRootOwnedGroupWritable(info)
+      ? undefined
+      : unsafeDirReason(info, uid);
     if (reason) {
       const where = path === real ? `${dir} is` : `${dir} lies under ${path}, which is`;
       throw new UnsafePathError(
@@ -75,6 +95,12 @@ export function assertSafeDirSync(dir: string, what: string, uid = currentUid())
     }
     if (path === "/") return;
   }
+}
+
+/** Owned by root and writable by its group but not by others (mode 0775 and the like). */
+function isRootOwnedGroupWritable(dir: DirOwnership): boolean {
+  const mode = dir.mode ?? 0;
+  return dir.uid === 0 && (mode & 0o002) === 0;
 }
 
 /**
