@@ -108,6 +108,26 @@ Deno.test("Store.open: a dangling symlink at flock.db creates nothing at its tar
   });
 });
 
+Deno.test("ensurePrivateFileSync: creates a missing file 0600 despite the umask, tightens a 0644 one", async () => {
+  await withTempDir((dir) => {
+    const fresh = join(dir, "fresh");
+    const loose = join(dir, "loose");
+    Deno.writeTextFileSync(loose, "kept");
+    Deno.chmodSync(loose, 0o644);
+    const umask = Deno.umask(0o000);
+    try {
+      ensurePrivateFileSync(fresh);
+      ensurePrivateFileSync(loose);
+    } finally {
+      Deno.umask(umask);
+    }
+    assert.equal(Deno.statSync(fresh).mode! & 0o7777, 0o600);
+    assert.equal(Deno.statSync(fresh).size, 0);
+    assert.equal(Deno.statSync(loose).mode! & 0o7777, 0o600);
+    assert.equal(Deno.readTextFileSync(loose), "kept");
+  });
+});
+
 Deno.test("ensurePrivateFileSync: a FIFO at the name is refused at once, not waited on", async () => {
   await withTempDir(async (dir) => {
     const fifo = join(dir, "fifo");

@@ -485,6 +485,8 @@ Deno.test("SIGKILL during churn leaves a consistent database", async () => {
           "--no-config",
           "--allow-read",
           "--allow-write",
+          // Store.open creates its files through flock's libc binding (agent/private_file.ts).
+          "--allow-ffi",
           script,
           stateDir,
           `${run}`,

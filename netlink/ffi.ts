@@ -17,9 +17,13 @@ const libc = Deno.dlopen("libc.so.6", {
     result: "isize",
   },
   setns: { parameters: ["i32", "i32"], result: "i32" },
-  // open(2) is variadic; (path, flags) is the ABI-compatible prefix on x86_64 and aarch64.
-  open: { parameters: ["buffer", "i32"], result: "i32" },
+  // open(2) is variadic: (path, flags, mode) as fixed arguments is ABI-compatible on x86_64 and
+  // aarch64 Linux (the callee reads the mode from the third argument register; without O_CREAT
+  // it ignores it).
+  open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
   close: { parameters: ["i32"], result: "i32" },
+  fchmod: { parameters: ["i32", "u32"], result: "i32" },
+  statx: { parameters: ["i32", "buffer", "i32", "u32", "buffer"], result: "i32" },
   flock: { parameters: ["i32", "i32"], result: "i32" },
   write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
@@ -62,6 +66,10 @@ export const O_RDONLY = 0;
 export const O_WRONLY = 1;
 export const O_CLOEXEC = 0o2000000;
 export const O_NONBLOCK = 0o4000;
+export const O_RDWR = 2;
+export const O_CREAT = 0o100;
+/** open(2) fails with ELOOP on a symbolic link; arm64's value differs from x86_64's. */
+export const O_NOFOLLOW = Deno.build.arch === "aarch64" ? 0o100000 : 0o400000;
 /** recv flag: return a datagram's real length even when it did not fit the buffer. */
 export const MSG_TRUNC = 0x20;
 
@@ -76,6 +84,7 @@ export const EBUSY = 16;
 export const EEXIST = 17;
 export const ENODEV = 19;
 export const EINVAL = 22;
+export const ELOOP = 40;
 export const ERANGE = 34;
 export const ENOBUFS = 105;
 export const EMSGSIZE = 90;
@@ -113,9 +122,40 @@ function cString(text: string): Uint8Array {
   return encoder.encode(text + "\0");
 }
 
-/** open(2) a path; returns the fd. */
-export function openPath(path: string, flags = O_RDONLY | O_CLOEXEC): number {
-  return check("open", sym.open(cString(path), flags), path);
+/** open(2) a path; returns the fd. `mode` is used only with O_CREAT. */
+export function openPath(path: string, flags = O_RDONLY | O_CLOEXEC, mode = 0): number {
+  return check("open", sym.open(cString(path), flags, mode), path);
+}
+
+/** What {@linkcode fstatFd} reports of an open file. */
+export interface FdStat {
+  /** `st_mode`: the file type bits and the permission bits. */
+  mode: number;
+  uid: number;
+}
+
+/** The file-type bits of a mode, and a regular file's value of them. */
+export const S_IFMT = 0o170000;
+export const S_IFREG = 0o100000;
+
+const AT_EMPTY_PATH = 0x1000;
+const STATX_TYPE_MODE_UID = 0x1 | 0x2 | 0x8;
+const emptyPath = new Uint8Array(1);
+
+/**
+ * The type, mode and owner of the open file `fd` (statx(2) with AT_EMPTY_PATH: the same struct
+ * layout on every architecture, unlike fstat's).
+ */
+export function fstatFd(fd: number): FdStat {
+  const buf = new Uint8Array(256);
+  check("statx", sym.statx(fd, emptyPath, AT_EMPTY_PATH, STATX_TYPE_MODE_UID, buf));
+  const view = new DataView(buf.buffer);
+  return { uid: view.getUint32(20, true), mode: view.getUint16(28, true) };
+}
+
+/** fchmod(2): sets the mode of the open file `fd` (never a path, so never through a link). */
+export function fchmodFd(fd: number, mode: number): void {
+  check("fchmod", sym.fchmod(fd, mode));
 }
 
 /** close(2), ignoring errors (nothing useful can be done about them). */
