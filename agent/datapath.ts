@@ -52,7 +52,9 @@ import {
   setNeighTableParams,
   validateIfname,
 } from "../netlink/mod.ts";
+import { closeFd, O_CLOEXEC, O_NONBLOCK, O_RDONLY, openPath } from "../netlink/ffi.ts";
 import { fnv1a32 } from "./fnv.ts";
+import { type NetnsIdentity, netnsIdentityOfFd } from "./netns_identity.ts";
 import { vethMacs } from "./veth_mac.ts";
 
 /** The route protocol number on every route flock installs (`ip route show proto 201`). */
@@ -152,6 +154,12 @@ export interface SetupOptions {
    * the netns path: two paths can name one netns, and a path can be reused by a new one.
    */
   checkNetnsPeers?: (hostIfaces: string[]) => void;
+  /**
+   * Called with the pod netns's identity once it is open, before anything changes: false when no
+   * other pod can have a flock interface there (see netns_identity.ts), and `checkNetnsPeers` is
+   * then skipped with the link dump it needs. Without it the kernel is always asked.
+   */
+  netnsOpened?: (identity: NetnsIdentity) => boolean;
   /**
    * The other pods that may own a veth of this pod's name (see {@link PodSide}): a stale veth of
    * the name is remade only if its other end is in none of their netns; otherwise the setup is
@@ -327,7 +335,10 @@ export class Datapath {
     // Open the pod's namespace first: a bad path must fail before anything changes.
     const podNs = Handle.forNetns(pod.netns);
     try {
-      options.checkNetnsPeers?.(this.#flockPeersIn(podNs, hostIfaceOf(pod.containerId, pod)));
+      const mayHavePeers = options.netnsOpened?.(netnsIdentityOfFd(podNs.netnsFd)) ?? true;
+      if (mayHavePeers && options.checkNetnsPeers) {
+        options.checkNetnsPeers(this.#flockPeersIn(podNs, hostIfaceOf(pod.containerId, pod)));
+      }
       this.ensureNode();
       const { host, peer, created } = this.#ensurePair(pod, podNs, options.others);
       if (!created) removeStrayAddresses(pod, podNs, peer);
@@ -351,6 +362,36 @@ export class Datapath {
       };
     } finally {
       podNs.close();
+    }
+  }
+
+  /**
+   * Where the other end of the host veth `hostIface` lives, as the netns at `path` tells it (for
+   * rebuilding netns identities at start): `identity` when that netns holds it, `unknown` when it
+   * lives in another netns (the path gone or reused), neither when the veth is gone or its other
+   * end is in no other netns. The identity and the kernel's id are read from one open fd, so a
+   * path replaced meanwhile cannot pair one netns's identity with another's id.
+   */
+  locatePeerNetns(hostIface: string, path: string): { identity?: NetnsIdentity; unknown: boolean } {
+    const host = getLinkByName(this.node, hostIface);
+    if (!host || host.kind !== "veth" || !host.peerIndex || host.peerNetnsId === undefined) {
+      return { unknown: false };
+    }
+    let fd: number;
+    try {
+      // Non-blocking: a FIFO at `path` would otherwise block the only JS thread for good.
+      fd = openPath(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    } catch {
+      return { unknown: true };
+    }
+    try {
+      const identity = netnsIdentityOfFd(fd);
+      const held = netnsIdOf(this.node, `/proc/self/fd/${fd}`) === host.peerNetnsId;
+      return held ? { identity, unknown: false } : { unknown: true };
+    } catch {
+      return { unknown: true };
+    } finally {
+      closeFd(fd);
     }
   }
 

@@ -54,6 +54,7 @@ import { forEachBounded } from "./bounded.ts";
 import { sandboxMismatch } from "./sandbox_check.ts";
 import { otherNetnsHolder, otherPodSides } from "./veth_owner.ts";
 import { isNetnsGone } from "./netns_path.ts";
+import { NetnsIdentities } from "./netns_identity.ts";
 
 /** CNI error code for a CHECK that found the datapath differing (plugin-specific range). */
 export const CODE_CHECK_FAILED = 101;
@@ -133,6 +134,9 @@ export class PodHandler {
   readonly #removing = new Set<string>();
   /** Records whose release found the host veth their pod's (or gone) when taking it off. */
   readonly #vethKnownOwn = new WeakSet<Attachment>();
+  /** The netns each record may have its veth in: an ADD into none of them skips a link dump. */
+  readonly #netnsIdentities = new NetnsIdentities();
+  #netnsIdentitiesBuilt = false;
 
   constructor(private readonly deps: PodHandlerDeps) {}
 
@@ -271,6 +275,7 @@ export class PodHandler {
       if (await this.#removeHalfMadeVeth(record)) {
         try {
           store.delete(req.containerId, req.ifname);
+          this.#netnsIdentities.forget(attachmentKey(req));
         } finally {
           releaseTaken();
         }
@@ -326,6 +331,19 @@ export class PodHandler {
    */
   #netnsOwnerCheck(req: RpcRequest, hostIface: string): SetupOptions {
     return {
+      // Registered before the veth is made (a failure half-way leaves it maybe there), and only
+      // forgotten when the record leaves the store; two ADDs into one netns cannot interleave
+      // here (setup is synchronous), and the first one's pending record is already stored.
+      netnsOpened: (identity) => {
+        this.#buildNetnsIdentities();
+        const key = attachmentKey(req);
+        const mayHold = this.#netnsIdentities.mayHoldOther(identity, key, (other) => {
+          const [containerId, ifname] = other.split("\u0000");
+          return this.deps.store.get(containerId, ifname) !== undefined;
+        });
+        this.#netnsIdentities.add(key, identity);
+        return mayHold;
+      },
       checkNetnsPeers: (hostIfaces) => {
         const holder = otherNetnsHolder(this.deps.store, req.containerId, hostIfaces);
         if (!holder) return;
@@ -340,6 +358,26 @@ export class PodHandler {
       // A stale veth of this name that is another record's pod's is not remade (taken from it).
       others: otherPodSides(this.deps.store, req, hostIface),
     };
+  }
+
+  /**
+   * The netns identities of the records the store held before this handler's first ADD (the
+   * start-up reconcile's survivors), from the kernel: where each record's veth's other end is.
+   */
+  #buildNetnsIdentities(): void {
+    if (this.#netnsIdentitiesBuilt) return;
+    this.#netnsIdentitiesBuilt = true;
+    for (const rec of this.deps.store.list()) {
+      const key = attachmentKey(rec);
+      let where: ReturnType<Datapath["locatePeerNetns"]>;
+      try {
+        where = this.deps.datapath.locatePeerNetns(rec.hostIface, rec.netns);
+      } catch {
+        where = { unknown: true };
+      }
+      if (where.identity) this.#netnsIdentities.add(key, where.identity);
+      if (where.unknown) this.#netnsIdentities.addUnknown(key);
+    }
   }
 
   /**
@@ -590,6 +628,7 @@ export class PodHandler {
       released.map(formatIP),
       (this.deps.now ?? Date.now)(),
     );
+    this.#netnsIdentities.forget(attachmentKey(rec));
     if (ipv6) this.deps.pool6?.release(ipv6);
     if (ipv4) this.deps.pool4?.release(ipv4);
   }
