@@ -223,14 +223,22 @@ Deno.test({
         args: "",
         config: { cniVersion: "1.0.0", name: "pods", type: "flock" },
       };
-      let busy;
+      // A new pod's ADD into a netns no pod is in dumps nothing (agent/netns_identity.ts): the
+      // kernel's interruptions cannot reach it. The pod netns of another container's pod must
+      // be asked (one flock interface per netns): that dump meets them.
+      const first = { ...add, containerId: "kb0" };
+      let busy, untouched;
       {
         using _faults = interruptDumps(Infinity);
+        untouched = await callAgent(socketPath, first, 10_000);
         busy = await callAgent(socketPath, add, 10_000);
       }
+      assert.ok(untouched.ok, JSON.stringify(untouched));
       assert.ok(!busy.ok);
       assert.equal(busy.error.code, CniCode.tryAgainLater, busy.error.msg);
       assert.match(busy.error.msg, /try again: list links: RTM_GET dump interrupted/);
+      const del = await callAgent(socketPath, { ...first, command: "DEL" as const }, 10_000);
+      assert.ok(del.ok, JSON.stringify(del));
       // Nothing half-made is left in the way: the runtime's retry gets the pod.
       const retried = await callAgent(socketPath, add, 10_000);
       assert.ok(retried.ok, JSON.stringify(retried));
