@@ -6,12 +6,22 @@
  * @module
  */
 
-import { closeFd, EAGAIN, EINTR, flockFd, openPath, SyscallError } from "../netlink/ffi.ts";
+import {
+  closeFd,
+  EAGAIN,
+  EINTR,
+  flockFd,
+  O_CLOEXEC,
+  O_DIRECTORY,
+  O_RDONLY,
+  openPath,
+  SyscallError,
+} from "../netlink/ffi.ts";
 
 const LOCK_EX = 2;
 const LOCK_NB = 4;
 const LOCK_UN = 8;
-const O_RDONLY_DIRECTORY_CLOEXEC = 0o200000 | 0o2000000;
+const O_RDONLY_DIRECTORY_CLOEXEC = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
 
 /** Bound on waiting for another install's lock unless told otherwise. */
 export const DEFAULT_DIR_LOCK_TIMEOUT_MS = 30_000;

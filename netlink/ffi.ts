@@ -70,6 +70,8 @@ export const O_RDWR = 2;
 export const O_CREAT = 0o100;
 /** open(2) fails with ELOOP on a symbolic link; arm64's value differs from x86_64's. */
 export const O_NOFOLLOW = Deno.build.arch === "aarch64" ? 0o100000 : 0o400000;
+/** open(2) fails with ENOTDIR unless the path is a directory; arm64's value differs too. */
+export const O_DIRECTORY = Deno.build.arch === "aarch64" ? 0o40000 : 0o200000;
 /** recv flag: return a datagram's real length even when it did not fit the buffer. */
 export const MSG_TRUNC = 0x20;
 
