@@ -155,6 +155,24 @@ export function fstatFd(fd: number): FdStat {
   return { uid: view.getUint32(20, true), mode: view.getUint16(28, true) };
 }
 
+const STATX_INO = 0x100;
+const identityBuf = new Uint8Array(256);
+const identityView = new DataView(identityBuf.buffer);
+
+/**
+ * The identity of the open file `fd`, `major:minor:inode` of its device and inode (statx(2) with
+ * AT_EMPTY_PATH): two fds of one file (a network namespace opened through two paths) agree. A
+ * few µs, no path and no allocation per call beyond the string.
+ */
+export function fileIdentityOfFd(fd: number): string {
+  check("statx", sym.statx(fd, emptyPath, AT_EMPTY_PATH, STATX_INO, identityBuf));
+  const major = identityView.getUint32(136, true);
+  const minor = identityView.getUint32(140, true);
+  // Inode numbers stay far below 2^53: two halves, no BigInt.
+  const inode = identityView.getUint32(36, true) * 2 ** 32 + identityView.getUint32(32, true);
+  return `${major}:${minor}:${inode}`;
+}
+
 /** fchmod(2): sets the mode of the open file `fd` (never a path, so never through a link). */
 export function fchmodFd(fd: number, mode: number): void {
   check("fchmod", sym.fchmod(fd, mode));
