@@ -18,25 +18,17 @@ import {
   addNamespaces,
   deleteNamespaces,
   formatTable,
+  perCallUs,
   ratio,
   type ResultRow,
   summarize,
+  us,
 } from "./report.ts";
 
 const ROUNDS = 7;
 const RECORDS = 1_000;
 const COLD_CALLS = 60;
 const COLD_PAUSE_MS = 20;
-
-function perCallUs(calls: number, fn: () => void): number {
-  const t0 = performance.now();
-  for (let i = 0; i < calls; i++) fn();
-  return (performance.now() - t0) / calls * 1000;
-}
-
-function us(value: number): string {
-  return `${value.toFixed(1)} µs`;
-}
 
 /** Runs the benchmark; returns the table rows. */
 export async function runNetnsIdentityBench(calls: number): Promise<ResultRow[]> {

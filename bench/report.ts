@@ -56,6 +56,18 @@ export function ratio(value: number): string {
   return Number.isFinite(value) ? `${value.toFixed(3)}×` : "n/a";
 }
 
+/** Microseconds per call of `fn` over `calls` calls in a row. */
+export function perCallUs(calls: number, fn: () => void): number {
+  const t0 = performance.now();
+  for (let i = 0; i < calls; i++) fn();
+  return (performance.now() - t0) / calls * 1000;
+}
+
+/** A time in µs for the table. */
+export function us(value: number): string {
+  return `${value.toFixed(1)} µs`;
+}
+
 /** "median X / p99 Y (n=N)". */
 export function medianP99(s: Summary): string {
   return `median ${ms(s.median)} / p99 ${ms(s.p99)} (n=${s.n})`;

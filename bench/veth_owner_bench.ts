@@ -19,22 +19,14 @@ import {
   addNamespaces,
   deleteNamespaces,
   formatTable,
+  perCallUs,
   ratio,
   type ResultRow,
   summarize,
+  us,
 } from "./report.ts";
 
 const ROUNDS = 7;
-
-function perCallUs(calls: number, fn: () => void): number {
-  const t0 = performance.now();
-  for (let i = 0; i < calls; i++) fn();
-  return (performance.now() - t0) / calls * 1000;
-}
-
-function us(value: number): string {
-  return `${value.toFixed(1)} µs`;
-}
 
 /** Runs the benchmark; returns the table rows. */
 export async function runVethOwnerBench(calls: number): Promise<ResultRow[]> {
