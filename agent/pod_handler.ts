@@ -366,7 +366,6 @@ export class PodHandler {
    */
   #buildNetnsIdentities(): void {
     if (this.#netnsIdentitiesBuilt) return;
-    this.#netnsIdentitiesBuilt = true;
     for (const rec of this.deps.store.list()) {
       const key = attachmentKey(rec);
       let where: ReturnType<Datapath["locatePeerNetns"]>;
@@ -378,6 +377,8 @@ export class PodHandler {
       if (where.identity) this.#netnsIdentities.add(key, where.identity);
       if (where.unknown) this.#netnsIdentities.addUnknown(key);
     }
+    // Only once complete: a store that failed to list fails this ADD, the next one builds again.
+    this.#netnsIdentitiesBuilt = true;
   }
 
   /**
