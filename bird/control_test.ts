@@ -262,7 +262,9 @@ Deno.test({
       peers: [{ address: "fd00:9::1", asn: 65000 }],
     });
     const waitUntil = async (what: string, check: () => boolean | Promise<boolean>) => {
-      const deadline = Date.now() + 10_000;
+      // Longer than one birdc's own 10 s bound: on a loaded machine a reload (configure check,
+      // then configure) can take that long, and a 10 s wait could not tell slow from never.
+      const deadline = Date.now() + 30_000;
       while (!await check()) {
         if (Date.now() > deadline) throw new Error(`${what}: ${JSON.stringify(attempts)}`);
         await new Promise((r) => setTimeout(r, 50));
