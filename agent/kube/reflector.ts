@@ -14,6 +14,7 @@
 import type { KubeObject, ListPage, ListQuery, WatchEvent, WatchHandle } from "./api.ts";
 import { describeApiError, httpStatusOf } from "./api.ts";
 import { type CacheChange, ObjectCache } from "./object_cache.ts";
+import { backoffMs } from "./backoff.ts";
 import { Sleeper } from "./sleeper.ts";
 
 /** How a reflector reaches the API server. */
@@ -140,7 +141,7 @@ export class Reflector<P> {
             error: describeApiError(err),
           });
         }
-        const cap = Math.min(maxBackoff, minBackoff * 2 ** Math.min(failures - 1, 10));
+        const cap = backoffMs(failures, minBackoff, maxBackoff);
         await this.#sleeper.sleep(cap / 2 + Math.random() * cap / 2);
       }
     }

@@ -14,6 +14,8 @@
  * @module
  */
 
+import { backoffMs } from "./backoff.ts";
+
 /** How often the status is recomputed while every BGP session is established. */
 export const STATUS_REFRESH_MS = 30_000;
 
@@ -31,7 +33,8 @@ export interface SessionCounts {
 
 /** The refresh delays; see the module doc. Times are in ms on any one clock. */
 export class StatusRefreshSchedule {
-  #delay = STATUS_REFRESH_UNSETTLED_MS;
+  /** Looks in a row with the same unsettled counts (1 right after a change or when settled). */
+  #unchangedLooks = 1;
   #counts = "";
   #due = 0;
 
@@ -39,23 +42,21 @@ export class StatusRefreshSchedule {
     readonly minMs = STATUS_REFRESH_UNSETTLED_MS,
     readonly maxUnsettledMs = STATUS_REFRESH_UNSETTLED_MAX_MS,
     readonly settledMs = STATUS_REFRESH_MS,
-  ) {
-    this.#delay = minMs;
-  }
+  ) {}
 
   /** The status was computed at `now`; `routing` is undefined without BIRD (always settled). */
   computed(now: number, routing: SessionCounts | undefined): void {
     const counts = routing ? `${routing.sessionsUp}/${routing.sessions}` : "";
     const settled = !routing || routing.sessionsUp === routing.sessions;
-    if (settled || counts !== this.#counts) this.#delay = this.minMs;
-    else this.#delay = Math.min(this.maxUnsettledMs, this.#delay * 2);
+    if (settled || counts !== this.#counts) this.#unchangedLooks = 1;
+    else this.#unchangedLooks++;
     this.#counts = counts;
-    this.#due = now + (settled ? this.settledMs : this.#delay);
+    this.#due = now + (settled ? this.settledMs : this.delayMs);
   }
 
   /** The delay that {@link computed} chose last (for logs and tests). */
   get delayMs(): number {
-    return this.#delay;
+    return backoffMs(this.#unchangedLooks, this.minMs, this.maxUnsettledMs);
   }
 
   /** Whether a refresh is due at `now`. */

@@ -8,6 +8,7 @@
  * @module
  */
 
+import { backoffMs } from "./backoff.ts";
 import { canonicalJson } from "./node_configs.ts";
 import type { RouterId, RouterIdSource } from "../routing.ts";
 
@@ -440,8 +441,7 @@ export class StatusReporter {
     }
     if (this.#stopped) return;
     if (!ok) {
-      const max = this.options.maxBackoffMs ?? 10_000;
-      const delay = Math.min(max, 500 * 2 ** Math.min(this.#failures - 1, 10));
+      const delay = backoffMs(this.#failures, 500, this.options.maxBackoffMs ?? 10_000);
       this.#timer = setTimeout(() => {
         this.#timer = undefined;
         void this.#flush();
