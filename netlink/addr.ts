@@ -14,16 +14,10 @@ import {
   RTM_NEWADDR,
 } from "./consts.ts";
 import { type Family, formatPrefix, type IP, type Prefix } from "./ip.ts";
-import type { Handle, Requester } from "./handle.ts";
-import { DumpIncompleteError, isNotFound } from "./errors.ts";
+import { dumpFiltered, type Handle, type Requester } from "./handle.ts";
+import { isNotFound } from "./errors.ts";
 import { ENODEV } from "./ffi.ts";
-import {
-  ifaddrmsg,
-  type MessageWriter,
-  type NetlinkMessage,
-  parseAttributes,
-  readU32,
-} from "./wire.ts";
+import { ifaddrmsg, parseAttributes, readU32 } from "./wire.ts";
 
 /** An address assigned to a link. */
 export interface Address {
@@ -81,7 +75,8 @@ export function listAddresses(
 ): Address[] {
   const msg = h.message(RTM_GETADDR).raw(ifaddrmsg(filter.family ?? 0, 0, 0, 0, filter.index ?? 0));
   const out: Address[] = [];
-  for (const m of dumpAddresses(h, msg, filter.index)) {
+  // With a link filter, a link that is gone makes the kernel stop the dump with ENODEV.
+  for (const m of dumpFiltered(h, msg, "list addresses", filter.index ? ENODEV : undefined)) {
     if (m.type !== RTM_NEWADDR) continue;
     const v = new DataView(m.body.buffer, m.body.byteOffset, m.body.byteLength);
     const family = v.getUint8(0) as Family;
@@ -99,17 +94,4 @@ export function listAddresses(
     });
   }
   return out;
-}
-
-/**
- * The address dump `msg`. With a link filter, a link that is gone makes the kernel stop the dump
- * with ENODEV: it has no addresses.
- */
-function dumpAddresses(h: Handle, msg: MessageWriter, index?: number): NetlinkMessage[] {
-  try {
-    return h.dump(msg, "list addresses");
-  } catch (e) {
-    if (index && e instanceof DumpIncompleteError && e.errno === ENODEV) return [];
-    throw e;
-  }
 }

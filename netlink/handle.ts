@@ -40,6 +40,7 @@ import {
 } from "./consts.ts";
 import { MessageWriter, type NetlinkMessage, parseMessages } from "./wire.ts";
 import {
+  DumpIncompleteError,
   DumpInterruptedError,
   NetlinkError,
   NetlinkSocketError,
@@ -389,6 +390,24 @@ export class Handle implements Requester {
 
   [Symbol.dispose](): void {
     this.close();
+  }
+}
+
+/**
+ * `h.dump(msg, operation)`, except that a dump the kernel stops with `absentErrno` lists nothing:
+ * a filter naming what is not there (a link gone, a table not created yet) ends so.
+ */
+export function dumpFiltered(
+  h: Handle,
+  msg: MessageWriter,
+  operation: string,
+  absentErrno: number | undefined,
+): NetlinkMessage[] {
+  try {
+    return h.dump(msg, operation);
+  } catch (e) {
+    if (e instanceof DumpIncompleteError && e.errno === absentErrno) return [];
+    throw e;
   }
 }
 

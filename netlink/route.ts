@@ -22,17 +22,10 @@ import {
   RTPROT_STATIC,
 } from "./consts.ts";
 import { AF_INET, type Family, formatIP, formatPrefix, type IP, type Prefix } from "./ip.ts";
-import type { Handle, Requester } from "./handle.ts";
-import { DumpIncompleteError, isNotFound, NetlinkArgumentError, NetlinkError } from "./errors.ts";
+import { dumpFiltered, type Handle, type Requester } from "./handle.ts";
+import { isNotFound, NetlinkArgumentError, NetlinkError } from "./errors.ts";
 import { ENOENT } from "./ffi.ts";
-import {
-  align4,
-  type MessageWriter,
-  type NetlinkMessage,
-  parseAttributes,
-  readU32,
-  rtmsg,
-} from "./wire.ts";
+import { align4, type NetlinkMessage, parseAttributes, readU32, rtmsg } from "./wire.ts";
 
 /** One path of a multipath route. */
 export interface NextHop {
@@ -233,7 +226,9 @@ export function listRoutes(h: Handle, f: RouteFilter): (Route & { table: number 
   if (table) msg.u32(RTA_TABLE, table);
   if (f.oif) msg.u32(RTA_OIF, f.oif);
   const routes: (Route & { table: number })[] = [];
-  for (const m of dumpTable(h, msg, table)) {
+  // A table filter on a table that does not exist yet (IPv4's main table in a namespace without
+  // IPv4 routes) makes the kernel stop the dump with ENOENT.
+  for (const m of dumpFiltered(h, msg, "list routes", table ? ENOENT : undefined)) {
     if (m.type !== RTM_NEWROUTE) continue;
     const r = decodeRoute(m);
     if (f.table && r.table !== f.table) continue;
@@ -242,19 +237,6 @@ export function listRoutes(h: Handle, f: RouteFilter): (Route & { table: number 
     routes.push(r);
   }
   return routes;
-}
-
-/**
- * The route dump `msg`. A table filter on a table that does not exist yet (IPv4's main table in
- * a namespace without IPv4 routes) makes the kernel stop the dump with ENOENT: no routes.
- */
-function dumpTable(h: Handle, msg: MessageWriter, table: number): NetlinkMessage[] {
-  try {
-    return h.dump(msg, "list routes");
-  } catch (e) {
-    if (table && e instanceof DumpIncompleteError && e.errno === ENOENT) return [];
-    throw e;
-  }
 }
 
 /** RTM_F_FIB_MATCH: answer a route query with the FIB entry that matched, not a resolved route. */
