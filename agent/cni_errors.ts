@@ -17,7 +17,8 @@ import { CniCode, CniError } from "./protocol.ts";
 export function toCniError(e: unknown): CniError {
   if (e instanceof CniError) return e;
   const err = e as Error | undefined;
-  // By name, not class: the classes live in netlink/ and datapath.ts, which need not be loaded.
+  // By name, not class: DatapathInputError and InterfaceConflictError live in datapath.ts, which
+  // this module need not load (netlink/errors.ts is loaded anyway, through kernel_busy.ts).
   const name = err?.name ?? "Error";
   if (name === "NetnsError") return new CniError(CniCode.invalidNetns, err!.message);
   if (name === "DatapathInputError" || name === "NetlinkArgumentError") {
