@@ -18,6 +18,7 @@ import {
   addNamespaces,
   deleteNamespaces,
   formatTable,
+  interleavedMedianUs,
   perCallUs,
   ratio,
   type ResultRow,
@@ -55,12 +56,7 @@ export async function runNetnsIdentityBench(calls: number): Promise<ResultRow[]>
         for (const link of listLinks(podNs)) if (link.kind === "veth" && link.peerIndex) veths++;
         if (veths !== 0) throw new Error("a veth in a new pod's netns");
       };
-      const identity: number[] = [];
-      const dump: number[] = [];
-      for (let round = 0; round < ROUNDS; round++) {
-        identity.push(perCallUs(calls, byIdentity));
-        dump.push(perCallUs(calls, byDump));
-      }
+      const [a, b] = interleavedMedianUs(ROUNDS, calls, byIdentity, byDump);
       // As in the agent: one call now and then (caches cold), not a loop.
       const coldIdentity: number[] = [];
       const coldDump: number[] = [];
@@ -70,8 +66,6 @@ export async function runNetnsIdentityBench(calls: number): Promise<ResultRow[]>
         await new Promise((r) => setTimeout(r, COLD_PAUSE_MS));
         coldDump.push(perCallUs(1, byDump));
       }
-      const a = summarize(identity).median;
-      const b = summarize(dump).median;
       const c = summarize(coldIdentity).median;
       const d = summarize(coldDump).median;
       return [

@@ -63,6 +63,25 @@ export function perCallUs(calls: number, fn: () => void): number {
   return (performance.now() - t0) / calls * 1000;
 }
 
+/**
+ * Median µs per call of `a` and of `b` over `rounds` rounds of `calls` calls each, the two
+ * interleaved round by round so that machine noise hits both alike.
+ */
+export function interleavedMedianUs(
+  rounds: number,
+  calls: number,
+  a: () => void,
+  b: () => void,
+): [number, number] {
+  const samplesA: number[] = [];
+  const samplesB: number[] = [];
+  for (let round = 0; round < rounds; round++) {
+    samplesA.push(perCallUs(calls, a));
+    samplesB.push(perCallUs(calls, b));
+  }
+  return [summarize(samplesA).median, summarize(samplesB).median];
+}
+
 /** A time in µs for the table. */
 export function us(value: number): string {
   return `${value.toFixed(1)} µs`;

@@ -19,10 +19,9 @@ import {
   addNamespaces,
   deleteNamespaces,
   formatTable,
-  perCallUs,
+  interleavedMedianUs,
   ratio,
   type ResultRow,
-  summarize,
   us,
 } from "./report.ts";
 
@@ -66,14 +65,7 @@ export async function runVethOwnerBench(calls: number): Promise<ResultRow[]> {
           ns.close();
         }
       };
-      const nsid: number[] = [];
-      const socket: number[] = [];
-      for (let round = 0; round < ROUNDS; round++) {
-        nsid.push(perCallUs(calls, byNsid));
-        socket.push(perCallUs(calls, byPodSocket));
-      }
-      const a = summarize(nsid).median;
-      const b = summarize(socket).median;
+      const [a, b] = interleavedMedianUs(ROUNDS, calls, byNsid, byPodSocket);
       return [
         {
           what: `netns id of the record's netns vs the veth's (median of ${ROUNDS}×${calls})`,
