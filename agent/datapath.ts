@@ -370,10 +370,15 @@ export class Datapath {
    * rebuilding netns identities at start): `identity` when that netns holds it, `unknown` when it
    * lives in another netns (the path gone or reused), neither when the veth is gone or its other
    * end is in no other netns. The identity and the kernel's id are read from one open fd, so a
-   * path replaced meanwhile cannot pair one netns's identity with another's id.
+   * path replaced meanwhile cannot pair one netns's identity with another's id. With `nodeLinks`
+   * (one {@link nodeLinksByName} dump for many records) the veth is looked up there, not asked for.
    */
-  locatePeerNetns(hostIface: string, path: string): { identity?: NetnsIdentity; unknown: boolean } {
-    const host = getLinkByName(this.node, hostIface);
+  locatePeerNetns(
+    hostIface: string,
+    path: string,
+    nodeLinks?: ReadonlyMap<string, Link>,
+  ): { identity?: NetnsIdentity; unknown: boolean } {
+    const host = nodeLinks ? nodeLinks.get(hostIface) : getLinkByName(this.node, hostIface);
     if (!host || host.kind !== "veth" || !host.peerIndex || host.peerNetnsId === undefined) {
       return { unknown: false };
     }
@@ -393,6 +398,11 @@ export class Datapath {
     } finally {
       closeFd(fd);
     }
+  }
+
+  /** The node's links by name, from one dump (for {@link locatePeerNetns} of many records). */
+  nodeLinksByName(): Map<string, Link> {
+    return new Map(listLinks(this.node).map((link) => [link.name, link]));
   }
 
   /**

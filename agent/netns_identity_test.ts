@@ -120,6 +120,18 @@ Deno.test({
       });
       // No such veth: it holds nothing anywhere.
       assert.deepEqual(datapath.locatePeerNetns("flk9999eeee", pod.path), { unknown: false });
+      // From one dump of the node's links, the same answers.
+      const nodeLinks = datapath.nodeLinksByName();
+      assert.deepEqual(datapath.locatePeerNetns("flk0123abcd", pod.path, nodeLinks), {
+        identity: identityOfPath(pod.path),
+        unknown: false,
+      });
+      assert.deepEqual(datapath.locatePeerNetns("flk0123abcd", other.path, nodeLinks), {
+        unknown: true,
+      });
+      assert.deepEqual(datapath.locatePeerNetns("flk9999eeee", pod.path, nodeLinks), {
+        unknown: false,
+      });
     } finally {
       handle.close();
     }

@@ -19,6 +19,7 @@
  */
 
 import { formatIP, type IP, parseIP } from "../netlink/ip.ts";
+import type { Link } from "../netlink/mod.ts";
 import {
   type CheckExpectations,
   type Datapath,
@@ -366,11 +367,20 @@ export class PodHandler {
    */
   #buildNetnsIdentities(): void {
     if (this.#netnsIdentitiesBuilt) return;
-    for (const rec of this.deps.store.list()) {
+    const records = this.deps.store.list();
+    // One dump of the node's links for every record, not a lookup each; should the dump fail,
+    // each record asks for its own veth (a failure there makes only that record unknown).
+    let nodeLinks: ReadonlyMap<string, Link> | undefined;
+    try {
+      if (records.length > 0) nodeLinks = this.deps.datapath.nodeLinksByName();
+    } catch {
+      nodeLinks = undefined;
+    }
+    for (const rec of records) {
       const key = attachmentKey(rec);
       let where: ReturnType<Datapath["locatePeerNetns"]>;
       try {
-        where = this.deps.datapath.locatePeerNetns(rec.hostIface, rec.netns);
+        where = this.deps.datapath.locatePeerNetns(rec.hostIface, rec.netns, nodeLinks);
       } catch {
         where = { unknown: true };
       }
