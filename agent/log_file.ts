@@ -9,7 +9,7 @@
  */
 
 import { writeAllSync } from "./bytes.ts";
-import { assertSafeDirSync, checkOwnEntrySync, currentUid, UnsafePathError } from "./safe_path.ts";
+import { assertSafeDirSync, checkOwnEntrySync, UnsafePathError } from "./safe_path.ts";
 
 /** Size at which the log is rotated to `<name>.1`: at most about twice this on disk. */
 export const LOG_ROTATE_BYTES = 10 * 1024 * 1024;
@@ -22,22 +22,19 @@ export const LOG_ROTATE_BYTES = 10 * 1024 * 1024;
  */
 export function appendLogLineSync(path: string, line: string, maxBytes = LOG_ROTATE_BYTES): void {
   const dir = path.slice(0, path.lastIndexOf("/")) || "/";
-  const exists = checkOwnEntrySync(path, "file");
-  if (!exists) Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  // A regular file of ours, or missing: what it was is compared with what gets opened below.
+  const checked = checkOwnEntrySync(path, "file");
+  if (!checked) Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
   // A group-writable root ancestor (Ubuntu's /var/log, 0775 root:syslog) is accepted: the
   // inode check below catches a file swapped in through it before anything is written.
   assertSafeDirSync(dir, "log directory", undefined, { rootGroupWritableAncestors: true });
-  const checked = exists ? Deno.lstatSync(path) : undefined;
   // A new file is created O_EXCL, which never follows a link planted since the check.
   using file = Deno.openSync(
     path,
-    exists ? { append: true } : { append: true, createNew: true, mode: 0o600 },
+    checked ? { append: true } : { append: true, createNew: true, mode: 0o600 },
   );
   const opened = file.statSync();
-  const replaced = checked &&
-    (!checked.isFile || checked.uid !== (currentUid() ?? 0) || opened.dev !== checked.dev ||
-      opened.ino !== checked.ino);
-  if (replaced) {
+  if (checked && (opened.dev !== checked.dev || opened.ino !== checked.ino)) {
     throw new UnsafePathError(`refusing ${path}: it was replaced while flock opened it`);
   }
   writeAllSync(file, new TextEncoder().encode(line));

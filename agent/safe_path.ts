@@ -105,18 +105,19 @@ function isRootOwnedGroupWritable(dir: DirOwnership): boolean {
 
 /**
  * Throws {@link UnsafePathError} when `path` exists but is a symbolic link or another kind than
- * `kind`, or belongs to someone else; returns whether it exists. Never follows a link.
+ * `kind`, or belongs to someone else; returns what lstat(2) said of it, or undefined when it does
+ * not exist. Never follows a link.
  */
 export function checkOwnEntrySync(
   path: string,
   kind: "file" | "socket",
   uid = currentUid(),
-): boolean {
+): Deno.FileInfo | undefined {
   let info: Deno.FileInfo;
   try {
     info = Deno.lstatSync(path);
   } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
+    if (e instanceof Deno.errors.NotFound) return undefined;
     throw e;
   }
   const isKind = kind === "file" ? info.isFile : info.isSocket === true;
@@ -129,5 +130,5 @@ export function checkOwnEntrySync(
   if (info.uid !== null && info.uid !== (uid ?? 0)) {
     throw new UnsafePathError(`refusing ${path}: it belongs to uid ${info.uid}, not to flock`);
   }
-  return true;
+  return info;
 }
