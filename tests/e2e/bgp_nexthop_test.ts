@@ -43,6 +43,20 @@ async function sysctl(ns: TestNamespace, ...settings: string[]): Promise<void> {
   await runOk(["ip", "netns", "exec", ns.name, "sysctl", "-q", "-w", ...settings]);
 }
 
+/** The lab node's NodeConfig spec, with its one BGP peer. */
+function nodeSpec(peer: Omit<BgpPeerSpec, "asn">) {
+  return {
+    cidr6: CIDR6,
+    cidr4: CIDR4,
+    anycastCIDRs: [ANYCAST6, ANYCAST4],
+    bgp: {
+      asn: NODE_AS,
+      peers: [{ ...peer, asn: PEER_AS }],
+      gracefulRestart: { enabled: true, restartTime: 120 },
+    },
+  };
+}
+
 /**
  * Builds the lab; `peerAddress` picks the session's family (the peer's IPv4 or IPv6 address),
  * `nodeIpv4` whether the node has an IPv4 underlay address at all.
@@ -78,16 +92,7 @@ async function startLab(
     name: "nh-node",
     ipv4: nodeIpv4 ? "10.0.0.11" : undefined,
     ipv6: "fd00:a::11",
-    spec: {
-      cidr6: CIDR6,
-      cidr4: CIDR4,
-      anycastCIDRs: [ANYCAST6, ANYCAST4],
-      bgp: {
-        asn: NODE_AS,
-        peers: [{ ...peer, asn: PEER_AS }],
-        gracefulRestart: { enabled: true, restartTime: 120 },
-      },
-    },
+    spec: nodeSpec(peer),
   }, cleanup);
   if (nodeIpv4) await node.flock.ns.ip(["route", "replace", "default", "via", "10.0.0.1"]);
   else await node.flock.ns.ip(["-4", "route", "replace", "default", "via", "inet6", "fd00:a::1"]);
@@ -115,6 +120,14 @@ async function installThroughNextHop(ns: TestNamespace, prefix: string, hop: str
   await ns.ip(["route", "replace", prefix, "via", ...gw, "dev", via.dev]);
 }
 
+/** The IPv6 link-local address of `dev`. */
+async function linkLocal(ns: TestNamespace, dev: string): Promise<string> {
+  const [link] = await ns.ipJson<{ addr_info: { local: string; scope: string }[] }[]>(
+    ["-6", "addr", "show", "dev", dev, "scope", "link"],
+  );
+  return link.addr_info.find((a) => a.scope === "link")!.local;
+}
+
 /** Pings up to three times (the first may race neighbour discovery on three links). */
 async function reaches(from: TestNamespace, address: string): Promise<boolean> {
   for (let i = 0; i < 3; i++) if (await ping(from, address)) return true;
@@ -137,9 +150,20 @@ async function dump(lab: Lab): Promise<string> {
   return out.join("\n");
 }
 
+/**
+ * What a failed case prints: the lab's routes when it has a router (`lab`), the peer's log,
+ * BIRD's protocols and its configuration.
+ */
+async function printDiagnostics(node: BgpLabNode, peer: GobgpTor, lab?: Lab): Promise<void> {
+  if (lab) console.log(await dump(lab));
+  console.log(await peer.log());
+  console.log((await node.bird.birdc(["show", "protocols", "all"])).stdout);
+  console.log(await Deno.readTextFile(node.bird.configPath));
+}
+
 /** A pod on the lab node; returns its addresses (IPv6 first). */
 async function addPod(
-  lab: Lab,
+  node: BgpLabNode,
   cleanup: AsyncDisposableStack,
   id: string,
   anycast?: string,
@@ -153,7 +177,7 @@ async function addPod(
       },
     }
     : undefined;
-  const r = await lab.node.flock.cni("ADD", { containerId: id, netns: ns.path, extraConfig });
+  const r = await node.flock.cni("ADD", { containerId: id, netns: ns.path, extraConfig });
   assert.equal(r.code, 0, r.stdout + r.stderr);
   return (r.json as { ips: { address: string }[] }).ips.map((i) => i.address.split("/")[0]);
 }
@@ -178,10 +202,7 @@ for (const uplinkHasIpv6 of [true, false]) {
         await ns.ip(["-6", "route", "replace", "default", "via", "fd00:a::1"]);
         // The router reaches the loopback address through the node's link-local, as a fabric
         // that routes node loopbacks does.
-        const [eth0] = await ns.ipJson<{ addr_info: { local: string; scope: string }[] }[]>(
-          ["-6", "addr", "show", "dev", "eth0", "scope", "link"],
-        );
-        const ll = eth0.addr_info.find((a) => a.scope === "link")!.local;
+        const ll = await linkLocal(ns, "eth0");
         for (const dst of ["fd00:a::11/128", CIDR6]) {
           await lab.router.ns.ip(["-6", "route", "replace", dst, "via", ll, "dev", "br0"]);
         }
@@ -189,8 +210,8 @@ for (const uplinkHasIpv6 of [true, false]) {
       }
       try {
         await lab.peer.waitEstablished();
-        const [pod6] = await addPod(lab, cleanup, "nh-pod");
-        await addPod(lab, cleanup, "nh-any", "fd00:ffff::7");
+        const [pod6] = await addPod(lab.node, cleanup, "nh-pod");
+        await addPod(lab.node, cleanup, "nh-any", "fd00:ffff::7");
         const rib = await lab.peer.waitRib(
           "ipv6",
           (rib) => CIDR6 in rib && "fd00:ffff::7/128" in rib,
@@ -205,9 +226,7 @@ for (const uplinkHasIpv6 of [true, false]) {
         const log = await Deno.readTextFile(lab.node.flock.agentLogPath);
         assert.doesNotMatch(log, /IPv6 routes not announced/);
       } catch (e) {
-        console.log(await dump(lab));
-        console.log(await lab.peer.log());
-        console.log((await lab.node.bird.birdc(["show", "protocols", "all"])).stdout);
+        await printDiagnostics(lab.node, lab.peer, lab);
         throw e;
       }
     },
@@ -223,7 +242,7 @@ Deno.test({
     const lab = await startLab(cleanup, { address: "fd00:b::2", multihop: 2 }, false);
     try {
       await lab.peer.waitEstablished();
-      const [, pod4] = await addPod(lab, cleanup, "nh-pod4");
+      const [, pod4] = await addPod(lab.node, cleanup, "nh-pod4");
       const rib4 = await lab.peer.waitRib("ipv4", (rib) => CIDR4 in rib);
       // gobgpd negotiated the extended next hop: the IPv4 route's next hop is IPv6.
       assert.equal(nextHop(rib4[CIDR4]), "fd00:a::11");
@@ -237,9 +256,7 @@ Deno.test({
       assert.equal(route.via?.family, "inet6");
       assert.ok(await reaches(lab.peer.ns, pod4), `peer -> pod ${pod4} over an IPv6 next hop`);
     } catch (e) {
-      console.log(await dump(lab));
-      console.log(await lab.peer.log());
-      console.log((await lab.node.bird.birdc(["show", "protocols", "all"])).stdout);
+      await printDiagnostics(lab.node, lab.peer, lab);
       throw e;
     }
   },
@@ -263,16 +280,7 @@ async function startDirectLab(cleanup: AsyncDisposableStack, nodeIpv6: boolean) 
     name: "nh-direct",
     ipv4: "10.0.0.11",
     ipv6: "fd00:a::11",
-    spec: {
-      cidr6: CIDR6,
-      cidr4: CIDR4,
-      anycastCIDRs: [ANYCAST6, ANYCAST4],
-      bgp: {
-        asn: NODE_AS,
-        peers: [{ address: "10.0.0.1", asn: PEER_AS }],
-        gracefulRestart: { enabled: true, restartTime: 120 },
-      },
-    },
+    spec: nodeSpec({ address: "10.0.0.1" }),
   }, cleanup);
   const ns = node.flock.ns;
   await ns.ip(["-6", "addr", "del", "fd00:a::11/64", "dev", "eth0"]);
@@ -285,13 +293,6 @@ async function startDirectLab(cleanup: AsyncDisposableStack, nodeIpv6: boolean) 
   return { node, tor };
 }
 
-async function linkLocal(ns: TestNamespace, dev: string): Promise<string> {
-  const [link] = await ns.ipJson<{ addr_info: { local: string; scope: string }[] }[]>(
-    ["-6", "addr", "show", "dev", dev, "scope", "link"],
-  );
-  return link.addr_info.find((a) => a.scope === "link")!.local;
-}
-
 Deno.test({
   name: "bgp next hop: direct IPv4 session carries IPv6 with the node's global IPv6 on lo " +
     "(IPv4-only uplink)",
@@ -301,8 +302,7 @@ Deno.test({
     const { node, tor } = await startDirectLab(cleanup, true);
     try {
       await tor.waitEstablished();
-      const lab = { node, peer: tor } as unknown as Lab;
-      const [pod6, pod4] = await addPod(lab, cleanup, "nh-direct-pod");
+      const [pod6, pod4] = await addPod(node, cleanup, "nh-direct-pod");
       const rib = await tor.waitRib("ipv6", (rib) => CIDR6 in rib);
       // Before the fix BIRD announced `::` here and gobgpd dropped every IPv6 route.
       assert.equal(nextHop(rib[CIDR6]), "fd00:a::11");
@@ -320,9 +320,7 @@ Deno.test({
       const log = await Deno.readTextFile(node.flock.agentLogPath);
       assert.doesNotMatch(log, /IPv6 routes not announced/);
     } catch (e) {
-      console.log(await tor.log());
-      console.log((await node.bird.birdc(["show", "protocols", "all"])).stdout);
-      console.log(await Deno.readTextFile(node.bird.configPath));
+      await printDiagnostics(node, tor);
       throw e;
     }
   },
@@ -337,8 +335,7 @@ Deno.test({
     const { node, tor } = await startDirectLab(cleanup, false);
     try {
       await tor.waitEstablished();
-      const lab = { node, peer: tor } as unknown as Lab;
-      await addPod(lab, cleanup, "nh-nov6-pod");
+      await addPod(node, cleanup, "nh-nov6-pod");
       const rib4 = await tor.waitRib("ipv4", (rib) => CIDR4 in rib);
       assert.equal(nextHop(rib4[CIDR4]), "10.0.0.11");
       // No IPv6 route with `::` as next hop, none at all: the session has no IPv6 channel.
@@ -351,9 +348,7 @@ Deno.test({
       const log = await Deno.readTextFile(node.flock.agentLogPath);
       assert.match(log, /IPv6 routes not announced/);
     } catch (e) {
-      console.log(await tor.log());
-      console.log((await node.bird.birdc(["show", "protocols", "all"])).stdout);
-      console.log(await Deno.readTextFile(node.bird.configPath));
+      await printDiagnostics(node, tor);
       throw e;
     }
   },
