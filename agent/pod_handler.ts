@@ -53,7 +53,7 @@ import type { VethDeleteDelay } from "./test_slow_delete.ts";
 import type { AddFault, VethDeleteFault } from "./test_faults.ts";
 import { forEachBounded } from "./bounded.ts";
 import { sandboxMismatch } from "./sandbox_check.ts";
-import { otherNetnsHolder, otherPodSides } from "./veth_owner.ts";
+import { otherPodSides, setupOwnershipChecks } from "./veth_owner.ts";
 import { isNetnsGone } from "./netns_path.ts";
 import { NetnsIdentities } from "./netns_identity.ts";
 
@@ -345,19 +345,15 @@ export class PodHandler {
         this.#netnsIdentities.add(key, identity);
         return mayHold;
       },
-      checkNetnsPeers: (hostIfaces) => {
-        const holder = otherNetnsHolder(this.deps.store, req.containerId, hostIfaces);
-        if (!holder) return;
-        throw new CniError(
+      // A stale veth of this name that is another record's pod's is not remade (taken from it).
+      ...setupOwnershipChecks(this.deps.store, req, hostIface, (holder) =>
+        new CniError(
           CniCode.invalidConfig,
           `CNI_NETNS ${req.netns}: the network namespace already has container ` +
             `${holder.containerId}'s flock interface ${holder.ifname}`,
           "flock gives a network namespace one interface: a second one would take over the " +
             "first one's default routes",
-        );
-      },
-      // A stale veth of this name that is another record's pod's is not remade (taken from it).
-      others: otherPodSides(this.deps.store, req, hostIface),
+        )),
     };
   }
 

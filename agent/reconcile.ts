@@ -53,7 +53,7 @@ import type { AnycastRoutes } from "./anycast.ts";
 import { separateSharedHostIfaces } from "./shared_host_iface.ts";
 import { isNetnsGone } from "./netns_path.ts";
 import { isKernelBusy, type KernelRetryOptions, retryWhileKernelBusy } from "./kernel_busy.ts";
-import { otherNetnsHolder, otherPodSides } from "./veth_owner.ts";
+import { otherPodSides, setupOwnershipChecks } from "./veth_owner.ts";
 
 /** What reconciliation did, for logs, metrics and `flock status`. */
 export interface ReconcileReport {
@@ -261,18 +261,12 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
  * the report); the live pod keeps its network.
  */
 function repairChecks(store: Store, rec: Attachment): SetupOptions {
-  return {
-    checkNetnsPeers: (hostIfaces) => {
-      const holder = otherNetnsHolder(store, rec.containerId, hostIfaces);
-      if (!holder) return;
-      throw new Error(
-        `its netns ${rec.netns} already has ${holder.containerId}/${holder.ifname}'s flock ` +
-          `interface (host veth ${holder.hostIface}); one flock interface per netns, so it is ` +
-          "not set up again",
-      );
-    },
-    others: otherPodSides(store, rec, rec.hostIface),
-  };
+  return setupOwnershipChecks(store, rec, rec.hostIface, (holder) =>
+    new Error(
+      `its netns ${rec.netns} already has ${holder.containerId}/${holder.ifname}'s flock ` +
+        `interface (host veth ${holder.hostIface}); one flock interface per netns, so it is ` +
+        "not set up again",
+    ));
 }
 
 /**

@@ -11,7 +11,7 @@
  * @module
  */
 
-import type { PodSide } from "./datapath.ts";
+import type { PodSide, SetupOptions } from "./datapath.ts";
 import type { Attachment, HostIfaceHolder, Store } from "./store.ts";
 
 /** One attachment's key. */
@@ -65,4 +65,25 @@ export function otherNetnsHolder(
     }
   }
   return undefined;
+}
+
+/**
+ * A setup's guards for the attachment `self` whose host veth is `hostIface`, as an ADD and the
+ * start-up repair both need them: refuses a netns where another container's flock interface
+ * already lives (`refuse` makes the caller's error), and names the pods whose veth a stale one
+ * of this name may be.
+ */
+export function setupOwnershipChecks(
+  store: Store,
+  self: AttachmentKey,
+  hostIface: string,
+  refuse: (holder: HostIfaceHolder & { hostIface: string }) => Error,
+): Pick<SetupOptions, "checkNetnsPeers" | "others"> {
+  return {
+    checkNetnsPeers: (hostIfaces) => {
+      const holder = otherNetnsHolder(store, self.containerId, hostIfaces);
+      if (holder) throw refuse(holder);
+    },
+    others: otherPodSides(store, self, hostIface),
+  };
 }
