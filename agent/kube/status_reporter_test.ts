@@ -12,6 +12,7 @@ import {
   STATUS_COUNTERS_INTERVAL_MS,
   statusMergePatch,
   StatusReporter,
+  type StatusReporterOptions,
 } from "./status_reporter.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -22,6 +23,24 @@ function status(attachments: number): NodeConfigStatus {
     1,
     "",
   );
+}
+
+/** A reporter for NodeConfig `n1` whose status is `current()`; its patches land in `sent`. */
+function recordingReporter(
+  current: () => NodeConfigStatus,
+  options: Omit<StatusReporterOptions, "compute" | "patch" | "log">,
+): { reporter: StatusReporter; sent: NodeConfigStatusPatch[] } {
+  const sent: NodeConfigStatusPatch[] = [];
+  const reporter = new StatusReporter({
+    compute: () => Promise.resolve({ name: "n1", status: current() }),
+    patch: (_name, s) => {
+      sent.push(s);
+      return Promise.resolve();
+    },
+    log: () => {},
+    ...options,
+  });
+  return { reporter, sent };
 }
 
 Deno.test("buildStatus: the shape written to NodeConfig.status", () => {
@@ -167,16 +186,7 @@ Deno.test("StatusReporter: condition times survive restarts (from the API's stat
 
 Deno.test("StatusReporter: a burst becomes one patch per interval, with the latest status", async () => {
   let count = 0;
-  const sent: NodeConfigStatusPatch[] = [];
-  const reporter = new StatusReporter({
-    compute: () => Promise.resolve({ name: "n1", status: status(count) }),
-    patch: (_name, s) => {
-      sent.push(s);
-      return Promise.resolve();
-    },
-    minIntervalMs: 100,
-    log: () => {},
-  });
+  const { reporter, sent } = recordingReporter(() => status(count), { minIntervalMs: 100 });
   try {
     for (let i = 0; i < 50; i++) {
       count++;
@@ -366,21 +376,10 @@ Deno.test("StatusReporter: fields that go away are deleted on the server, and it
 Deno.test("StatusReporter: counters-only changes wait for their own interval; others do not", async () => {
   let pods = 0;
   let reason = "";
-  const sent: NodeConfigStatusPatch[] = [];
-  const reporter = new StatusReporter({
-    compute: () =>
-      Promise.resolve({
-        name: "n1",
-        status: buildStatus({ ready: true, attachments: pods, ipv6: pods, ipv4: 0 }, 1, reason),
-      }),
-    patch: (_name, s) => {
-      sent.push(s);
-      return Promise.resolve();
-    },
-    minIntervalMs: 10,
-    countersIntervalMs: () => 400,
-    log: () => {},
-  });
+  const { reporter, sent } = recordingReporter(
+    () => buildStatus({ ready: true, attachments: pods, ipv6: pods, ipv4: 0 }, 1, reason),
+    { minIntervalMs: 10, countersIntervalMs: () => 400 },
+  );
   try {
     reporter.request();
     await sleep(50);
@@ -419,23 +418,10 @@ Deno.test("countersIntervalMs: 10 s up to 20 nodes, then at most 2 counter write
 Deno.test("StatusReporter: while counters are held back, a burst of changes is computed at most once per interval", async () => {
   let pods = 0;
   let computes = 0;
-  const sent: NodeConfigStatusPatch[] = [];
-  const reporter = new StatusReporter({
-    compute: () => {
-      computes++;
-      return Promise.resolve({
-        name: "n1",
-        status: buildStatus({ ready: true, attachments: pods, ipv6: pods, ipv4: 0 }, 1, ""),
-      });
-    },
-    patch: (_name, s) => {
-      sent.push(s);
-      return Promise.resolve();
-    },
-    minIntervalMs: 100,
-    countersIntervalMs: () => 60_000,
-    log: () => {},
-  });
+  const { reporter, sent } = recordingReporter(() => {
+    computes++;
+    return status(pods);
+  }, { minIntervalMs: 100, countersIntervalMs: () => 60_000 });
   try {
     reporter.request();
     await sleep(50);
@@ -460,26 +446,16 @@ Deno.test("StatusReporter: while counters are held back, a burst of changes is c
 Deno.test("StatusReporter: draining CIDRs go out within the short interval, their release too", async () => {
   let draining: string[] = [];
   let pods = 1;
-  const sent: NodeConfigStatusPatch[] = [];
-  const reporter = new StatusReporter({
-    compute: () =>
-      Promise.resolve({
-        name: "n1",
-        status: buildStatus({ ready: true, attachments: pods, ipv6: pods, ipv4: 0 }, 1, "", {
-          sessions: 1,
-          sessionsUp: 1,
-          drainingCIDRs: draining,
-        }),
+  const { reporter, sent } = recordingReporter(
+    () =>
+      buildStatus({ ready: true, attachments: pods, ipv6: pods, ipv4: 0 }, 1, "", {
+        sessions: 1,
+        sessionsUp: 1,
+        drainingCIDRs: draining,
       }),
-    patch: (_name, s) => {
-      sent.push(s);
-      return Promise.resolve();
-    },
-    minIntervalMs: 10,
     // Far longer than this test: only a change that is not counters-only can go out.
-    countersIntervalMs: () => 60_000,
-    log: () => {},
-  });
+    { minIntervalMs: 10, countersIntervalMs: () => 60_000 },
+  );
   try {
     reporter.request();
     await sleep(50);
