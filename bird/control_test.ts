@@ -14,6 +14,7 @@ import { renderBirdConfig } from "./config.ts";
 import { ROOT_ONLY } from "../tests/helpers/exec.ts";
 import { TestNamespace } from "../tests/helpers/netns.ts";
 import { BirdDaemon, bootstrapBirdConfig } from "../tests/helpers/bird.ts";
+import { eventually } from "../tests/helpers/eventually.ts";
 
 const SHOW_PROTOCOLS_ALL = `BIRD 2.0.12 ready.
 Name       Proto      Table      State  Since         Info
@@ -93,6 +94,18 @@ function config(cidr6: string): string {
     cidrs: [cidr6],
     anycastCIDRs: [],
     routeProtocol: 201,
+  });
+}
+
+/** A session to a ToR: visible in `show protocols` once BIRD runs this config. */
+function configWithPeer(): string {
+  return renderBirdConfig({
+    routerId: "10.9.9.9",
+    cidrs: ["fd00:2::/64"],
+    anycastCIDRs: [],
+    routeProtocol: 201,
+    asn: 64512,
+    peers: [{ address: "fd00:9::1", asn: 65000 }],
   });
 }
 
@@ -192,15 +205,7 @@ Deno.test({
       retryMs: 200,
       onAttempt: (s) => attempts.push(s),
     });
-    // A session to a ToR: visible in `show protocols` once BIRD runs this config.
-    const withPeer = renderBirdConfig({
-      routerId: "10.9.9.9",
-      cidrs: ["fd00:2::/64"],
-      anycastCIDRs: [],
-      routeProtocol: 201,
-      asn: 64512,
-      peers: [{ address: "fd00:9::1", asn: 65000 }],
-    });
+    const withPeer = configWithPeer();
     try {
       assert.equal((await control.update(config("fd00:1::/64"))).result, "ok");
 
@@ -253,23 +258,11 @@ Deno.test({
       watchMs: 100,
       onAttempt: (s) => attempts.push({ ...s }),
     });
-    const wanted = renderBirdConfig({
-      routerId: "10.9.9.9",
-      cidrs: ["fd00:2::/64"],
-      anycastCIDRs: [],
-      routeProtocol: 201,
-      asn: 64512,
-      peers: [{ address: "fd00:9::1", asn: 65000 }],
-    });
-    const waitUntil = async (what: string, check: () => boolean | Promise<boolean>) => {
-      // Longer than one birdc's own 10 s bound: on a loaded machine a reload (configure check,
-      // then configure) can take that long, and a 10 s wait could not tell slow from never.
-      const deadline = Date.now() + 30_000;
-      while (!await check()) {
-        if (Date.now() > deadline) throw new Error(`${what}: ${JSON.stringify(attempts)}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    };
+    const wanted = configWithPeer();
+    // Longer than one birdc's own 10 s bound: on a loaded machine a reload (configure check,
+    // then configure) can take that long, and a 10 s wait could not tell slow from never.
+    const waitUntil = (what: string, check: () => boolean | Promise<boolean>) =>
+      eventually(what, async () => ({ ok: await check(), attempts }), (v) => v.ok, 30_000, 50);
     const runsWanted = async () =>
       /^peer_\S+\s+BGP/m.test((await bird.birdc(["show", "protocols"])).stdout);
     try {
