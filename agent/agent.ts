@@ -49,7 +49,7 @@ import { trimFreedMemory } from "./malloc_trim.ts";
 import { vethDeleteDelayFromEnv } from "./test_slow_delete.ts";
 import { isStoreError, RuntimeHealth } from "./health.ts";
 import { toCniError } from "./cni_errors.ts";
-import { sameIdentity, statIdentity } from "./same_file.ts";
+import { sameIdentity, type StatIdentity, statIdentity } from "./same_file.ts";
 
 /** How often DEL releases whose background veth deletion failed are retried. */
 const RELEASE_SWEEP_MS = 30_000;
@@ -86,6 +86,8 @@ export class Agent {
   #server?: RpcServer;
   #store?: Store;
   #handle?: Handle;
+  /** The node's own netns as a file (it never changes), read at the first ADD. */
+  #nodeNetns?: StatIdentity;
   #handler?: PodHandler;
   #notReadyReason = "waiting for the node configuration";
   reconcileReport?: ReconcileReport;
@@ -412,7 +414,7 @@ export class Agent {
         );
       }
       const req = revalidate(raw);
-      if (req.command === "ADD") refuseNodeNetns(req.netns, this.#handle!);
+      if (req.command === "ADD") refuseNodeNetns(req.netns, this.#nodeNetnsIdentity());
       response = await this.#handler.handle(req, hold);
       if (response.ok && response.result) {
         fields.ips = (response.result.ips as { address: string }[])?.map((i) => i.address);
@@ -444,6 +446,11 @@ export class Agent {
       });
     }
     return response;
+  }
+
+  #nodeNetnsIdentity(): StatIdentity | undefined {
+    this.#nodeNetns ??= statIdentity(`/proc/self/fd/${this.#handle!.netnsFd}`);
+    return this.#nodeNetns;
   }
 
   /** The node configuration in force (undefined until {@link configure}). */
@@ -570,10 +577,10 @@ function revalidate(req: RpcRequest): RpcRequest {
  * the plugin the host's): the pod side's default routes would replace the node's. libcni's skel
  * refuses it with code 8 too.
  */
-function refuseNodeNetns(netns: string, node: Handle): void {
+function refuseNodeNetns(netns: string, node: StatIdentity | undefined): void {
   // A path that cannot be read is not refused here: it fails with code 8 when the datapath
   // opens it.
-  if (sameIdentity(statIdentity(netns), statIdentity(`/proc/self/fd/${node.netnsFd}`))) {
+  if (sameIdentity(statIdentity(netns), node)) {
     throw new CniError(
       CniCode.invalidNetns,
       `CNI_NETNS ${netns} is the node's own network namespace`,
