@@ -150,15 +150,20 @@ function usableNextHop6(node: NodeConfig, ip: IP): boolean {
   return ![node.cidr6, ...node.anycast6].some((p) => p && prefixContains(p, ip));
 }
 
+/** The node's global IPv6 addresses that passed duplicate address detection. */
+function settledGlobalIpv6(h: Handle) {
+  return listAddresses(h, { family: AF_INET6 })
+    .filter((a) => a.scope === RT_SCOPE_UNIVERSE)
+    .filter((a) => (a.flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED)) === 0);
+}
+
 /**
  * The global IPv6 addresses of the node's interfaces, lowest interface index first (a loopback
  * address, where fabrics put a node's routable one, before the uplinks'); addresses still in
  * duplicate address detection, failed it, or in the node's own pod ranges are left out.
  */
 export function kernelNextHop6Candidates(h: Handle, node: NodeConfig): string[] {
-  return listAddresses(h, { family: AF_INET6 })
-    .filter((a) => a.scope === RT_SCOPE_UNIVERSE)
-    .filter((a) => (a.flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED)) === 0)
+  return settledGlobalIpv6(h)
     .filter((a) => usableNextHop6(node, a.prefix.ip))
     .sort((a, b) => a.index - b.index)
     .map((a) => formatIP(a.prefix.ip));
@@ -175,12 +180,7 @@ export function peersOnLinksWithoutIpv6(h: Handle, peers: readonly string[]): Se
   const v4 = peers.filter((p) => tryParseIP(p)?.family === AF_INET);
   if (!v4.length) return out;
   const subnets = listAddresses(h, { family: AF_INET }).filter((a) => a.prefix.len < 32);
-  const linksWithIpv6 = new Set(
-    listAddresses(h, { family: AF_INET6 })
-      .filter((a) => a.scope === RT_SCOPE_UNIVERSE)
-      .filter((a) => (a.flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED)) === 0)
-      .map((a) => a.index),
-  );
+  const linksWithIpv6 = new Set(settledGlobalIpv6(h).map((a) => a.index));
   for (const peer of v4) {
     const ip = tryParseIP(peer)!;
     const link = subnets.find((a) => prefixContains(a.prefix, ip))?.index;
@@ -277,7 +277,7 @@ export class NodeRouting {
   /** Failed {@link pruneDraining} rounds in a row (logged when they start and end). */
   readonly #pruneFailures: FailureStreak;
   /** Peers whose sessions carry no IPv6 routes (no global IPv6 next hop), as last logged. */
-  #withoutIpv6 = "";
+  #withoutIpv6: readonly string[] = [];
 
   constructor(options: NodeRoutingOptions) {
     this.#o = options;
@@ -429,13 +429,12 @@ export class NodeRouting {
 
   /** The peers {@link peersWithoutIpv6} names; logged when that list changes. */
   get peersWithoutIpv6(): readonly string[] {
-    return this.#withoutIpv6 ? this.#withoutIpv6.split(",") : [];
+    return this.#withoutIpv6;
   }
 
   #logPeersWithoutIpv6(peers: string[]): void {
-    const key = peers.join(",");
-    if (key === this.#withoutIpv6) return;
-    this.#withoutIpv6 = key;
+    if (peers.join(",") === this.#withoutIpv6.join(",")) return;
+    this.#withoutIpv6 = peers;
     this.#o.log(
       peers.length
         ? {
