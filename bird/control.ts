@@ -362,14 +362,13 @@ export class BirdControl {
    * the one running? Skipped while a reload is pending, running or waiting for its retry.
    */
   async #probe(): Promise<void> {
-    const idle = !this.#pending && !this.#running && this.#retryTimer === undefined;
-    if (this.#closed || this.#probing || !idle || this.status.result !== "ok") return;
+    if (this.#probing || !this.#settled) return;
     this.#probing = true;
     try {
       const id = await socketIdentity(this.#o.socketPath);
       const up = id !== undefined && await answers(this.#o.socketPath);
-      const stillIdle = !this.#pending && !this.#running && this.#retryTimer === undefined;
-      if (this.#closed || !stillIdle || this.status.result !== "ok") return;
+      // A reload may have started while the socket was looked at: it decides, not this probe.
+      if (!this.#settled) return;
       if (up && (this.#socketId === undefined || id === this.#socketId)) {
         this.#socketId ??= id;
         return;
@@ -391,6 +390,12 @@ export class BirdControl {
     } finally {
       this.#probing = false;
     }
+  }
+
+  /** Open, BIRD runs the wanted config, and no reload is pending, running or waiting to retry. */
+  get #settled(): boolean {
+    return !this.#closed && this.status.result === "ok" && !this.#pending && !this.#running &&
+      this.#retryTimer === undefined;
   }
 
   #notify(): void {
