@@ -20,7 +20,7 @@ import { type NodeConfig, parseNodeConfig } from "../config.ts";
 import type { KubeObject } from "./api.ts";
 import type { CacheChange } from "./object_cache.ts";
 import { publishedRouterId } from "./router_ids.ts";
-import type { MeshPeer } from "../routing.ts";
+import { type MeshPeer, summaryPrefixes } from "../routing.ts";
 
 /** What the agent keeps of one NodeConfig object. */
 export interface NodeConfigObject {
@@ -180,7 +180,7 @@ export class PeerConfigs {
    */
   previousCIDRs(name: string): string[] {
     const previous = this.#parsed.get(name)?.previous;
-    return previous ? summaryPrefixesOf(previous).map(formatPrefix) : [];
+    return previous ? summaryPrefixes(previous).map(formatPrefix) : [];
   }
 }
 
@@ -194,7 +194,7 @@ interface PeerEntry {
 }
 
 function cidrsText(c: NodeConfig): string {
-  return summaryPrefixesOf(c).map(formatPrefix).join();
+  return summaryPrefixes(c).map(formatPrefix).join();
 }
 
 /**
@@ -273,7 +273,7 @@ export function acceptedDrainingCIDRs(
   peers: NodeConfig[],
   source: DrainingSource,
 ): Map<string, string[]> {
-  const current = [...source.ownCIDRs, ...peers.flatMap(summaryPrefixesOf)];
+  const current = [...source.ownCIDRs, ...peers.flatMap(summaryPrefixes)];
   const overlaps = (a: Prefix, b: Prefix) =>
     a.ip.family === b.ip.family && (prefixCovers(a, b) || prefixCovers(b, a));
   const out = new Map<string, string[]>();
@@ -334,7 +334,7 @@ export function meshPeersFor(
       name: p.name!,
       address,
       asn,
-      cidrs: [...summaryPrefixesOf(p).map(formatPrefix), ...held.get(p.name!) ?? []],
+      cidrs: [...summaryPrefixes(p).map(formatPrefix), ...held.get(p.name!) ?? []],
       ...(p.spec.anycastCIDRs?.length ? { anycastCIDRs: [...p.spec.anycastCIDRs] } : {}),
     });
   }
@@ -360,8 +360,4 @@ export function meshAddress(ownIPs: string[] | undefined, peerIPs: string[]): st
     }
   }
   return undefined;
-}
-
-function summaryPrefixesOf(c: NodeConfig): Prefix[] {
-  return [c.cidr6, c.cidr4].filter((x): x is Prefix => x !== undefined);
 }
