@@ -90,8 +90,9 @@ const COMPARE_CHUNK = 1 << 20;
 /**
  * Holds an exclusive lock on `dir` (flock(2) on the directory itself, so nothing is left in a
  * CNI bin dir) while `fn` runs: a second `flock install` into the same directory waits, so the
- * temp files found under the lock are all leftovers of a killed install. The wait is bounded
- * (`timeoutMs`): an install stuck behind a hung one fails naming the directory.
+ * temp files found under the lock are all leftovers of a killed install: they are removed before
+ * `fn` runs. The wait is bounded (`timeoutMs`): an install stuck behind a hung one fails naming
+ * the directory.
  */
 async function withDirLock<T>(
   dir: string,
@@ -100,6 +101,7 @@ async function withDirLock<T>(
 ): Promise<T> {
   using _lock = await lockDirectory(dir, { timeoutMs });
   using handle = await Deno.open(dir, { read: true });
+  await removeStaleTemps(dir);
   return await fn(handle);
 }
 
@@ -184,7 +186,6 @@ export async function install(o: InstallOptions): Promise<{ binary: boolean; con
   const source = o.source ?? selfExecutable();
   const binPath = join(o.binDir, "flock");
   const binary = await withDirLock(o.binDir, o.lockTimeoutMs, async (dir) => {
-    await removeStaleTemps(o.binDir);
     // A same-content binary someone made non-executable is installed again.
     const executable = await Deno.stat(binPath).then(
       (st) => (st.mode! & 0o111) === 0o111,
@@ -198,7 +199,6 @@ export async function install(o: InstallOptions): Promise<{ binary: boolean; con
   const confPath = join(o.confDir, CONFLIST_NAME);
   const text = renderConflist(o);
   const conflist = await withDirLock(o.confDir, o.lockTimeoutMs, async (dir) => {
-    await removeStaleTemps(o.confDir);
     const current = await Deno.readTextFile(confPath).catch(() => undefined);
     if (current === text) return false;
     await atomicWrite(
