@@ -8,6 +8,7 @@
 
 import { writeAllSync } from "../agent/bytes.ts";
 import { appendLogLineSync } from "../agent/log_file.ts";
+import { summarize } from "./report.ts";
 
 const N = Number(Deno.args[0] ?? 5000);
 const dir = await Deno.makeTempDir({ prefix: "flock-log-bench-" });
@@ -28,8 +29,7 @@ try {
     appendLogLineSync(`${dir}/sub/checked.log`, line);
     times.checked.push(performance.now() - t);
   }
-  const median = (xs: number[]) => xs.sort((a, b) => a - b)[xs.length >> 1] * 1000;
-  const [p, c] = [median(times.plain), median(times.checked)];
+  const [p, c] = [times.plain, times.checked].map((xs) => summarize(xs).median * 1000);
   console.log(
     `log line, ${N} appends each (median): former plain append ${p.toFixed(1)} µs, ` +
       `checked + rotating append ${c.toFixed(1)} µs (+${(c - p).toFixed(1)} µs per exec)`,
