@@ -151,6 +151,7 @@ export class Agent {
       lastBirdReload: this.#lastBirdReload,
       routerId: this.#routing?.routerId(),
       peersWithoutIpv6: this.#routing?.peersWithoutIpv6,
+      peersWithoutIpv4Link: this.#routing?.peersWithoutIpv4Link,
     }, opts);
   }
 

@@ -10,6 +10,7 @@
  */
 
 import {
+  AddressEvents,
   AF_INET,
   AF_INET6,
   deleteRoute,
@@ -58,10 +59,26 @@ export interface BirdTarget {
    * found (a stale or bootstrap one): the agent applies its config again.
    */
   watchMs?: number;
+  /**
+   * Period of the read of the node's address change notifications (default
+   * {@link ADDRESS_POLL_MS}; 0: off). A global address added or removed (lo, an uplink) can
+   * change the IPv6 next hop bird.conf gives; the config is rendered again and BIRD reloads only
+   * when the text changed.
+   */
+  addressPollMs?: number;
 }
 
 /** Default period of the BIRD restart check (one lstat and one connect per round). */
 export const BIRD_WATCH_MS = 3_000;
+
+/** Default period of the address change read (one non-blocking recv per round). */
+export const ADDRESS_POLL_MS = 500;
+
+/**
+ * How long after an address change bird.conf is rendered again: the changes of one operation
+ * (an address and its route, both families) land in one render.
+ */
+const ADDRESS_SETTLE_MS = 200;
 
 /** Another node of the mesh, as the cluster (or a file) describes it. */
 export interface MeshPeer {
@@ -176,15 +193,40 @@ export function kernelNextHop6Candidates(h: Handle, node: NodeConfig): string[] 
  * subnet is not named (its direct session does not come up at all).
  */
 export function peersOnLinksWithoutIpv6(h: Handle, peers: readonly string[]): Set<string> {
-  const out = new Set<string>();
+  const links = ipv4PeerLinks(h, peers);
+  if (!links.size) return new Set();
+  const linksWithIpv6 = new Set(settledGlobalIpv6(h).map((a) => a.index));
+  return new Set(
+    [...links].filter(([, link]) => link !== undefined && !linksWithIpv6.has(link)).map(([p]) => p),
+  );
+}
+
+/**
+ * The IPv4 peers among `peers` (single-hop ones: pass only those) on no link where the node has
+ * an IPv4 address: no interface has an IPv4 subnet holding the peer (an unnumbered link, the
+ * node's IPv4 a /32 on lo, or the peer's address mistyped). BIRD has no IPv4 source address to
+ * run the direct session from, nor one to give as the next hop of IPv4 routes: it waits for the
+ * peer to become a neighbour and announces nothing. The config stays as it is (the session
+ * comes up, with a usable next hop, as soon as the link gets an address); the log and
+ * `flock status` name such peers instead of leaving a session silently idle.
+ */
+export function peersWithoutIpv4Link(h: Handle, peers: readonly string[]): string[] {
+  return [...ipv4PeerLinks(h, peers)].filter(([, link]) => link === undefined).map(([p]) => p)
+    .sort();
+}
+
+/**
+ * The IPv4 peers among `peers`, each with the index of the interface whose IPv4 subnet holds it
+ * (BIRD's neighbour lookup for a direct session; a /32 holds no neighbour), or undefined.
+ */
+function ipv4PeerLinks(h: Handle, peers: readonly string[]): Map<string, number | undefined> {
+  const out = new Map<string, number | undefined>();
   const v4 = peers.filter((p) => tryParseIP(p)?.family === AF_INET);
   if (!v4.length) return out;
   const subnets = listAddresses(h, { family: AF_INET }).filter((a) => a.prefix.len < 32);
-  const linksWithIpv6 = new Set(settledGlobalIpv6(h).map((a) => a.index));
   for (const peer of v4) {
     const ip = tryParseIP(peer)!;
-    const link = subnets.find((a) => prefixContains(a.prefix, ip))?.index;
-    if (link !== undefined && !linksWithIpv6.has(link)) out.add(peer);
+    out.set(peer, subnets.find((a) => prefixContains(a.prefix, ip))?.index);
   }
   return out;
 }
@@ -278,6 +320,15 @@ export class NodeRouting {
   readonly #pruneFailures: FailureStreak;
   /** Peers whose sessions carry no IPv6 routes (no global IPv6 next hop), as last logged. */
   #withoutIpv6: readonly string[] = [];
+  /** Single-hop IPv4 peers without an IPv4 address of the node on their link, as last logged. */
+  #withoutIpv4Link: readonly string[] = [];
+
+  /** The node's address notifications, while BIRD is driven and the poll is on. */
+  #addressEvents?: AddressEvents;
+  #addressPoll?: ReturnType<typeof setInterval>;
+  #addressSettle?: ReturnType<typeof setTimeout>;
+  /** The bird.conf text last handed to BIRD. */
+  #renderedText?: string;
 
   constructor(options: NodeRoutingOptions) {
     this.#o = options;
@@ -317,7 +368,37 @@ export class NodeRouting {
     this.#node = node;
     this.#holdsPods = holdsPods;
     this.#syncSummaries(node);
+    this.#watchAddresses();
     return this.#render();
+  }
+
+  /**
+   * Subscribes to the node's address changes (once): the next hops bird.conf gives come from
+   * the addresses the node has, in standalone mode as in cluster mode.
+   */
+  #watchAddresses(): void {
+    const pollMs = this.#o.bird?.addressPollMs ?? ADDRESS_POLL_MS;
+    if (!this.control || this.#addressEvents || pollMs <= 0) return;
+    this.#addressEvents = AddressEvents.open(this.#o.handle);
+    this.#addressPoll = setInterval(() => this.#pollAddresses(), pollMs);
+    Deno.unrefTimer(this.#addressPoll);
+  }
+
+  #pollAddresses(): void {
+    let changed: boolean;
+    try {
+      changed = this.#addressEvents?.globalAddressChanged() ?? false;
+    } catch (e) {
+      this.#o.log({ level: "error", msg: "reading address changes failed", error: String(e) });
+      return;
+    }
+    if (!changed || this.#addressSettle !== undefined) return;
+    this.#addressSettle = setTimeout(() => {
+      this.#addressSettle = undefined;
+      this.#render({ onlyIfChanged: "the node's addresses changed" }).catch((e) =>
+        this.#o.log({ level: "error", msg: "bird config failed", error: String(e) })
+      );
+    }, ADDRESS_SETTLE_MS);
   }
 
   /**
@@ -384,6 +465,10 @@ export class NodeRouting {
 
   /** Stops BIRD retries; the kernel routes stay (BIRD keeps announcing them). */
   async close(): Promise<void> {
+    clearInterval(this.#addressPoll);
+    clearTimeout(this.#addressSettle);
+    this.#addressSettle = undefined;
+    this.#addressEvents?.close();
     await this.control?.close();
   }
 
@@ -432,6 +517,27 @@ export class NodeRouting {
     return this.#withoutIpv6;
   }
 
+  /** The single-hop IPv4 peers {@link peersWithoutIpv4Link} names; logged when that changes. */
+  get peersWithoutIpv4Link(): readonly string[] {
+    return this.#withoutIpv4Link;
+  }
+
+  #logPeersWithoutIpv4Link(peers: string[]): void {
+    if (peers.join(",") === this.#withoutIpv4Link.join(",")) return;
+    const before = this.#withoutIpv4Link;
+    this.#withoutIpv4Link = peers;
+    if (peers.length) {
+      this.#o.log({
+        level: "warn",
+        msg: "IPv4 peers on no link where the node has an IPv4 address: BIRD waits for them as " +
+          "direct neighbours and announces them nothing (address the link, or set multihop)",
+        peers,
+      });
+    } else if (before.length) {
+      this.#o.log({ msg: "every single-hop IPv4 peer is on a link with an IPv4 address again" });
+    }
+  }
+
   #logPeersWithoutIpv6(peers: string[]): void {
     if (peers.join(",") === this.#withoutIpv6.join(",")) return;
     this.#withoutIpv6 = peers;
@@ -446,9 +552,22 @@ export class NodeRouting {
     );
   }
 
-  async #render(): Promise<BirdReloadStatus | undefined> {
+  /**
+   * Renders bird.conf and hands it to BIRD. `onlyIfChanged` (the reason, logged): a text equal
+   * to the last one is not handed over at all (no reload, no reload status).
+   */
+  async #render(
+    { onlyIfChanged }: { onlyIfChanged?: string } = {},
+  ): Promise<BirdReloadStatus | undefined> {
     if (!this.control || !this.#node) return undefined;
     const peers = [...this.#node.spec.bgp?.peers ?? [], ...this.#mesh].map((p) => p.address);
+    const bgp = this.#node.spec.bgp;
+    const sessions = [...bgp?.peers ?? [], ...bgp?.nodeMesh ? this.#mesh : []];
+    const singleHop = sessions.filter((p) => !("multihop" in p) || p.multihop === undefined);
+    // Only with an AS: without one bird.conf has no sessions at all.
+    const withoutLink = bgp?.asn === undefined
+      ? []
+      : peersWithoutIpv4Link(this.#o.handle, singleHop.map((p) => p.address));
     const input = birdInputFor(
       this.#node,
       this.#o.nodeName,
@@ -460,7 +579,13 @@ export class NodeRouting {
     );
     input.cidrs.push(...this.#draining.map(formatPrefix));
     this.#logPeersWithoutIpv6(peersWithoutIpv6(input));
+    this.#logPeersWithoutIpv4Link(withoutLink);
     const text = renderBirdConfig(input);
+    if (onlyIfChanged !== undefined) {
+      if (text === this.#renderedText) return undefined;
+      this.#o.log({ msg: "bird.conf changed: reloading BIRD", reason: onlyIfChanged });
+    }
+    this.#renderedText = text;
     return await this.control.update(text);
   }
 }

@@ -4,6 +4,7 @@ import {
   nextHop6For,
   NodeRouting,
   peersOnLinksWithoutIpv6,
+  peersWithoutIpv4Link,
   reloadSummary,
   routerIdFor,
 } from "./routing.ts";
@@ -318,6 +319,87 @@ Deno.test({
       await ns.ip(["addr", "add", "fd00:d::11/64", "dev", "bare0", "nodad"]);
       assert.deepEqual([...peersOnLinksWithoutIpv6(handle, peers)], []);
     } finally {
+      handle.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "peersWithoutIpv4Link: the IPv4 peers no IPv4 subnet of the node holds (unnumbered links)",
+  ...ROOT_ONLY,
+  async fn() {
+    await using ns = await TestNamespace.create("flk-rtunnum");
+    await ns.ip(["link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
+    for (const dev of ["lo", "up0", "up1"]) await ns.ip(["link", "set", dev, "up"]);
+    // Unnumbered: the node's IPv4 is a /32 on lo, the ToR reached by a link route.
+    await ns.ip(["addr", "add", "10.0.0.11/32", "dev", "lo"]);
+    await ns.ip(["route", "add", "10.0.0.1/32", "dev", "up0"]);
+    await ns.ip(["addr", "add", "10.0.1.11/24", "dev", "up0"]);
+    const handle = Handle.forNetns(ns.path);
+    try {
+      const peers = ["10.0.1.1", "10.0.0.1", "fd00:c::1"];
+      // 10.0.1.1 is on up0's subnet; an IPv6 peer is not this check's business.
+      assert.deepEqual(peersWithoutIpv4Link(handle, peers), ["10.0.0.1"]);
+      await ns.ip(["addr", "add", "10.0.0.11/24", "dev", "up0"]);
+      assert.deepEqual(peersWithoutIpv4Link(handle, peers), []);
+    } finally {
+      handle.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "NodeRouting: an address change re-renders bird.conf; BIRD reloads only when the text " +
+    "changed",
+  ...ROOT_ONLY,
+  async fn() {
+    await using ns = await TestNamespace.create("flk-rtaddr");
+    await using bird = await BirdDaemon.start(ns, { config: bootstrapBirdConfig("10.9.9.9") });
+    const handle = Handle.forNetns(ns.path);
+    const logged: Record<string, unknown>[] = [];
+    const routing = new NodeRouting({
+      handle,
+      nodeName: "node-1",
+      bird: { ...bird.controlOptions(), coalesceMs: 10, addressPollMs: 50 },
+      log: (f) => logged.push(f),
+    });
+    // A multihop IPv4 peer: its IPv6 next hop is the node's global IPv6, if it has one.
+    const spec = {
+      cidr6: "fd00:1::/64",
+      bgp: {
+        asn: 64512,
+        routerID: "10.9.9.9",
+        peers: [{ address: "10.1.0.2", asn: 65000, multihop: 2 }],
+      },
+    };
+    const reloads = () => routing.birdStatus()?.reloads ?? 0;
+    const waitFor = async (what: string, check: () => boolean) => {
+      const deadline = Date.now() + 5_000;
+      while (!check()) {
+        if (Date.now() > deadline) throw new Error(`${what}: not within 5 s`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    };
+    try {
+      await routing.configure(parseNodeConfig(spec, "t"));
+      assert.deepEqual(routing.peersWithoutIpv6, ["10.1.0.2"]);
+      const before = reloads();
+
+      await ns.ip(["addr", "add", "fd00:a::11/128", "dev", "lo"]);
+      await waitFor("a reload with the new next hop", () => reloads() > before);
+      await routing.control!.settled();
+      assert.deepEqual(routing.peersWithoutIpv6, []);
+      assert.match(await Deno.readTextFile(bird.configPath), /next hop address fd00:a::11;/);
+
+      // An address that changes no next hop: rendered again, the same text, no reload.
+      const after = reloads();
+      const renders = logged.length;
+      await ns.ip(["addr", "add", "10.7.0.1/24", "dev", "lo"]);
+      await new Promise((r) => setTimeout(r, 600));
+      assert.equal(reloads(), after);
+      assert.equal(logged.length, renders, JSON.stringify(logged.slice(renders)));
+    } finally {
+      await routing.close();
       handle.close();
     }
   },

@@ -123,6 +123,12 @@ export function renderStatus(s: StatusSnapshot): string {
         `address to give as their next hop (docs/operations.md)`,
     );
   }
+  if (s.bgp.peersWithoutIpv4Link?.length) {
+    out.push(
+      `  NO IPv4 LINK to ${s.bgp.peersWithoutIpv4Link.join(", ")}: no interface has an IPv4 ` +
+        `address in their subnet; BIRD waits for them (address the link, or set multihop)`,
+    );
+  }
   if (!s.bgp.available) out.push("  not available (BGP is not wired into this agent)");
   else if (s.bgp.error) out.push(`  cannot read them from BIRD: ${s.bgp.error}`);
   else if (s.bgp.sessions.length === 0) out.push("  none configured");

@@ -142,6 +142,16 @@ Deno.test("status table: peers left without IPv6 routes are named in the BGP par
   );
 });
 
+Deno.test("status table: single-hop IPv4 peers without an IPv4 link are named", () => {
+  const bgp = { available: true, sessions: [], routerId: "10.0.0.11" };
+  assert.doesNotMatch(renderStatus(snapshot({ bgp })), /NO IPv4 LINK/);
+  const text = renderStatus(snapshot({ bgp: { ...bgp, peersWithoutIpv4Link: ["10.0.0.1"] } }));
+  assert.match(
+    text,
+    /^ {2}NO IPv4 LINK to 10\.0\.0\.1: no interface has an IPv4 address in their subnet; /m,
+  );
+});
+
 Deno.test("status table: each pod's CNI network, last column; '-' for a record without one", () => {
   const [web] = snapshot().attachments;
   const text = renderStatus(snapshot({

@@ -117,6 +117,11 @@ export interface StatusSnapshot {
      * their next hop (absent: none).
      */
     peersWithoutIpv6?: string[];
+    /**
+     * Single-hop IPv4 peers on no link where the node has an IPv4 address (an unnumbered link):
+     * BIRD waits for them as neighbours and announces them nothing (absent: none).
+     */
+    peersWithoutIpv4Link?: string[];
     sessions: BgpSessionStatus[];
     /** Why the sessions could not be read. */
     error?: string;
@@ -160,6 +165,8 @@ export interface StatusSources {
   routerId?: RouterId;
   /** Peers left without IPv6 routes (NodeRouting.peersWithoutIpv6; undefined without BIRD). */
   peersWithoutIpv6?: readonly string[];
+  /** Single-hop IPv4 peers without an IPv4 link (NodeRouting.peersWithoutIpv4Link). */
+  peersWithoutIpv4Link?: readonly string[];
   now?: () => number;
 }
 
@@ -226,6 +233,9 @@ export async function buildStatusSnapshot(
       ...(src.routerId ? { routerId: src.routerId.id, routerIdSource: src.routerId.source } : {}),
       ...routerIdConflicts(src),
       ...(src.peersWithoutIpv6?.length ? { peersWithoutIpv6: [...src.peersWithoutIpv6] } : {}),
+      ...(src.peersWithoutIpv4Link?.length
+        ? { peersWithoutIpv4Link: [...src.peersWithoutIpv4Link] }
+        : {}),
       ...await readBgp(src.hooks, opts.bgpTimeoutMs ?? DEFAULT_BGP_TIMEOUT_MS),
     },
     lastBirdReload: src.lastBirdReload,

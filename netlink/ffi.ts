@@ -191,12 +191,17 @@ export function flockFd(fd: number, operation: number): number {
   return sym.flock(fd, operation) === 0 ? 0 : errno();
 }
 
-/** A raw rtnetlink socket in the calling thread's current network namespace. */
-export function netlinkSocket(): number {
+/**
+ * A raw rtnetlink socket in the calling thread's current network namespace; `groups` (RTMGRP_*
+ * bits) subscribes it to those notifications.
+ */
+export function netlinkSocket(groups = 0): number {
   const fd = check("socket", sym.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE));
   try {
     const addr = new Uint8Array(12);
-    new DataView(addr.buffer).setUint16(0, AF_NETLINK, true);
+    const view = new DataView(addr.buffer);
+    view.setUint16(0, AF_NETLINK, true);
+    view.setUint32(8, groups, true);
     check("bind", sym.bind(fd, addr, addr.length));
     return fd;
   } catch (e) {
@@ -248,6 +253,25 @@ export function receive(fd: number, buf: Uint8Array): number {
     const n = Number(sym.recvfrom(fd, buf, BigInt(buf.length), MSG_TRUNC, null, null));
     if (n >= 0) return n;
     const e = errno();
+    if (e !== EINTR) throw new SyscallError("recvfrom", e);
+  }
+}
+
+/** recv flag: do not wait; EAGAIN when nothing is queued. */
+const MSG_DONTWAIT = 0x40;
+
+/**
+ * Receives one queued datagram into `buf` without waiting: its real length (as
+ * {@linkcode receive}), or `null` when nothing is queued.
+ */
+export function receiveQueued(fd: number, buf: Uint8Array): number | null {
+  for (;;) {
+    const n = Number(
+      sym.recvfrom(fd, buf, BigInt(buf.length), MSG_TRUNC | MSG_DONTWAIT, null, null),
+    );
+    if (n >= 0) return n;
+    const e = errno();
+    if (e === EAGAIN) return null;
     if (e !== EINTR) throw new SyscallError("recvfrom", e);
   }
 }

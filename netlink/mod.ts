@@ -16,3 +16,4 @@ export * from "./addr.ts";
 export * from "./route.ts";
 export * from "./neightbl.ts";
 export { netnsIdOf } from "./nsid.ts";
+export { AddressEvents } from "./addr_events.ts";

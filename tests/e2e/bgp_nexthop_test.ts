@@ -18,6 +18,7 @@
 
 import assert from "node:assert/strict";
 import { ROOT_ONLY, runOk } from "../helpers/exec.ts";
+import { eventually } from "../helpers/eventually.ts";
 import { ping, TestNamespace } from "../helpers/flock.ts";
 import { type BgpLabNode, startBgpNode } from "../helpers/bgp_lab.ts";
 import { GobgpTor, type RibPath } from "../helpers/gobgp.ts";
@@ -184,6 +185,17 @@ async function addPod(
 
 const COMMON = { ...ROOT_ONLY, sanitizeResources: false, sanitizeOps: false };
 
+/** `flock status ARGS…` against the lab node's agent; its stdout. */
+async function flockStatus(node: BgpLabNode, ...args: string[]): Promise<string> {
+  const socket = ["--socket", node.flock.socketPath];
+  return (await runOk([node.flock.executable, "status", ...socket, ...args])).stdout;
+}
+
+/** The `bgp` part of `flock status --json`. */
+async function statusBgp(node: BgpLabNode) {
+  return JSON.parse(await flockStatus(node, "--json")).bgp;
+}
+
 for (const uplinkHasIpv6 of [true, false]) {
   Deno.test({
     name: `bgp next hop: IPv4 multihop session carries IPv6 with the node's global IPv6 ` +
@@ -288,7 +300,8 @@ async function startDirectLab(cleanup: AsyncDisposableStack, nodeIpv6: boolean) 
   // The node's IPv6 way out is the ToR's link-local, as a fabric's default route would be.
   const torLl = await linkLocal(tor.ns, "br0");
   await ns.ip(["-6", "route", "replace", "default", "via", torLl, "dev", "eth0"]);
-  // The agent renders bird.conf from the addresses it finds at start: start it again on these.
+  // A fresh agent on these addresses (its address watch would get there too, but through a
+  // session reset, which the ToR answers by holding the peer idle for seconds).
   await node.flock.restartAgent();
   return { node, tor };
 }
@@ -340,13 +353,107 @@ Deno.test({
       assert.equal(nextHop(rib4[CIDR4]), "10.0.0.11");
       // No IPv6 route with `::` as next hop, none at all: the session has no IPv6 channel.
       assert.deepEqual(Object.keys(await tor.rib("ipv6")), []);
-      const status = (...args: string[]) =>
-        runOk([node.flock.executable, "status", "--socket", node.flock.socketPath, ...args]);
-      const snap = JSON.parse((await status("--json")).stdout);
-      assert.deepEqual(snap.bgp.peersWithoutIpv6, ["10.0.0.1"]);
-      assert.match((await status()).stdout, /^ {2}NO IPv6 ROUTES to 10\.0\.0\.1: /m);
+      assert.deepEqual((await statusBgp(node)).peersWithoutIpv6, ["10.0.0.1"]);
+      assert.match(await flockStatus(node), /^ {2}NO IPv6 ROUTES to 10\.0\.0\.1: /m);
       const log = await Deno.readTextFile(node.flock.agentLogPath);
       assert.match(log, /IPv6 routes not announced/);
+    } catch (e) {
+      await printDiagnostics(node, tor);
+      throw e;
+    }
+  },
+});
+
+/** Milliseconds until `check` holds (polled every 20 ms, for at most 15 s). */
+async function msUntil(what: string, check: () => Promise<boolean>): Promise<number> {
+  const start = performance.now();
+  await eventually(what, check, (ok) => ok, 15_000, 20);
+  return performance.now() - start;
+}
+
+Deno.test({
+  name: "bgp next hop: a global IPv6 added to lo after the agent started becomes the next hop " +
+    "the ToR gets, and its removal withdraws the IPv6 routes (no agent restart)",
+  ...COMMON,
+  async fn() {
+    await using cleanup = new AsyncDisposableStack();
+    const { node, tor } = await startDirectLab(cleanup, false);
+    const ns = node.flock.ns;
+    try {
+      await tor.waitEstablished();
+      await addPod(node, cleanup, "nh-late-pod");
+      await tor.waitRib("ipv4", (rib) => CIDR4 in rib);
+      assert.deepEqual((await statusBgp(node)).peersWithoutIpv6, ["10.0.0.1"]);
+      assert.deepEqual(Object.keys(await tor.rib("ipv6")), []);
+
+      await addAddress(ns, "lo", "fd00:a::11/128");
+      const addedMs = await msUntil(
+        "the ToR receives the IPv6 pod CIDR",
+        async () => nextHop((await tor.rib("ipv6"))[CIDR6]) === "fd00:a::11",
+      );
+      assert.equal((await statusBgp(node)).peersWithoutIpv6, undefined);
+      const log = await Deno.readTextFile(node.flock.agentLogPath);
+      assert.match(log, /bird\.conf changed: reloading BIRD/);
+      assert.match(log, /IPv6 routes announced to every peer again/);
+      // The session came back with both families: IPv4 is announced again too.
+      await tor.waitRib("ipv4", (rib) => CIDR4 in rib);
+
+      await ns.ip(["-6", "addr", "del", "fd00:a::11/128", "dev", "lo"]);
+      const removedMs = await msUntil(
+        "the ToR loses the IPv6 pod CIDR",
+        async () => !(CIDR6 in await tor.rib("ipv6")),
+      );
+      assert.deepEqual((await statusBgp(node)).peersWithoutIpv6, ["10.0.0.1"]);
+      console.log(
+        `address added -> IPv6 route at the ToR: ${addedMs.toFixed(0)} ms; ` +
+          `address removed -> route withdrawn: ${removedMs.toFixed(0)} ms`,
+      );
+    } catch (e) {
+      await printDiagnostics(node, tor);
+      throw e;
+    }
+  },
+});
+
+Deno.test({
+  name: "bgp next hop: a direct IPv4 peer on no link with an IPv4 address of the node " +
+    "(unnumbered uplink) is named in flock status, and peers once the link gets its address",
+  ...COMMON,
+  async fn() {
+    await using cleanup = new AsyncDisposableStack();
+    const { node, tor } = await startDirectLab(cleanup, true);
+    const ns = node.flock.ns;
+    const withoutLink = async () => (await statusBgp(node)).peersWithoutIpv4Link;
+    try {
+      await tor.waitEstablished();
+      assert.equal(await withoutLink(), undefined);
+      // Unnumbered: the node's IPv4 moves to lo as a /32, the ToR reached by a link route.
+      await ns.ip(["addr", "del", "10.0.0.11/24", "dev", "eth0"]);
+      await addAddress(ns, "lo", "10.0.0.11/32");
+      await ns.ip(["route", "replace", "10.0.0.1/32", "dev", "eth0"]);
+      const namedMs = await msUntil(
+        "flock status names the peer",
+        async () => JSON.stringify(await withoutLink()) === '["10.0.0.1"]',
+      );
+      assert.match(await flockStatus(node), /^ {2}NO IPv4 LINK to 10\.0\.0\.1: /m);
+      const log = await Deno.readTextFile(node.flock.agentLogPath);
+      assert.match(log, /IPv4 peers on no link where the node has an IPv4 address/);
+      await addPod(node, cleanup, "nh-unnum-pod");
+      // BIRD waits for the neighbour: the ToR has no session, so no route with a bad next hop.
+      assert.notEqual((await tor.neighborStates())["10.0.0.11"], "established");
+      assert.deepEqual(await tor.prefixes(), []);
+
+      await ns.ip(["addr", "del", "10.0.0.11/32", "dev", "lo"]);
+      await addAddress(ns, "eth0", "10.0.0.11/24");
+      const upMs = await msUntil(
+        "the ToR receives the IPv4 pod CIDR from 10.0.0.11",
+        async () => nextHop((await tor.rib("ipv4"))[CIDR4]) === "10.0.0.11",
+      );
+      assert.equal(await withoutLink(), undefined);
+      console.log(
+        `link address removed -> named in status: ${namedMs.toFixed(0)} ms; ` +
+          `address back -> IPv4 route at the ToR: ${upMs.toFixed(0)} ms`,
+      );
     } catch (e) {
       await printDiagnostics(node, tor);
       throw e;
