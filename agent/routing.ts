@@ -327,12 +327,15 @@ export class NodeRouting {
   #addressEvents?: AddressEvents;
   #addressPoll?: ReturnType<typeof setInterval>;
   #addressSettle?: ReturnType<typeof setTimeout>;
+  /** Failed reads of the address notifications in a row (logged when they start and end). */
+  readonly #addressReadFailures: FailureStreak;
   /** The bird.conf text last handed to BIRD. */
   #renderedText?: string;
 
   constructor(options: NodeRoutingOptions) {
     this.#o = options;
     this.#pruneFailures = new FailureStreak("pruning draining summary routes", options.log);
+    this.#addressReadFailures = new FailureStreak("reading address changes", options.log);
     this.#nodeAddresses = [...options.nodeAddresses ?? []];
     this.#secretPasswords = options.secretPasswords ?? new Map();
     if (options.bird) {
@@ -388,8 +391,9 @@ export class NodeRouting {
     let changed: boolean;
     try {
       changed = this.#addressEvents?.globalAddressChanged() ?? false;
+      this.#addressReadFailures.succeeded();
     } catch (e) {
-      this.#o.log({ level: "error", msg: "reading address changes failed", error: String(e) });
+      this.#addressReadFailures.failed(e);
       return;
     }
     if (!changed || this.#addressSettle !== undefined) return;
