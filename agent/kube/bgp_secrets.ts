@@ -16,6 +16,12 @@
  * (never rendered with no password), is reported (one error line when it starts, a condition in
  * the NodeConfig status) and comes back on its own once it is fixed. While the API server cannot
  * be reached, the passwords last read stay in force: an outage must not drop a BGP session.
+ * The same holds while a Secret that was read cannot be read any more (deleted, as in a rotation
+ * by delete + create or by mistake, or forbidden): nothing says the router's side changed, so the
+ * peers keep the password last read, and this is reported (a warning line, the condition) until
+ * the Secret is back. Only what a Secret that exists says (a key removed, an unusable value) takes
+ * a password away. A password kept this way lives in memory only: an agent restart while the
+ * Secret is gone leaves the peer out.
  *
  * Passwords never leave this module except to the routing layer: no log line, status field or
  * metric carries one.
@@ -47,6 +53,8 @@ export interface PasswordProblem {
   peers: string[];
   /** What is wrong, for a human (never the value). */
   reason: string;
+  /** The peers run on the password last read (the Secret could not be read), not left out. */
+  kept: boolean;
 }
 
 /** Reads the `data` of one Secret (base64 values); a missing one throws with status 404. */
@@ -137,15 +145,18 @@ export function passwordCondition(
   return {
     type: "BGPPasswordsAvailable",
     status: "False",
-    reason: "BGPPasswordUnavailable",
+    // A program can tell "sessions at risk on a restart" from "peers down now".
+    reason: problems.every((p) => p.kept) ? "LastPasswordKept" : "BGPPasswordUnavailable",
     message: problems.map(describeProblem).join("; "),
   };
 }
 
-/** One problem as a sentence naming the Secret, the key and the peers left out. */
+/** One problem as a sentence naming the Secret, the key and what became of its peers. */
 export function describeProblem(p: PasswordProblem): string {
-  return `secret ${p.secret} key "${p.key}": ${p.reason}; ` +
-    `peer ${p.peers.join(", ")} left out of BIRD's config`;
+  const outcome = p.kept
+    ? "keeps the password last read (an agent restart would leave it out)"
+    : "left out of BIRD's config";
+  return `secret ${p.secret} key "${p.key}": ${p.reason}; peer ${p.peers.join(", ")} ${outcome}`;
 }
 
 function sameMap(a: ReadonlyMap<string, string>, b: ReadonlyMap<string, string>): boolean {
@@ -216,6 +227,9 @@ export class BgpSecrets {
     for (const [name, uses] of byName) {
       let data: Record<string, string> | undefined;
       let failure: string | undefined;
+      /** The Secret could not be read: nothing says its password changed. */
+      let unread = false;
+      /** ... because the API server is away (its informers report that). */
       let transient = false;
       if (namespace === undefined) {
         failure = "the agent does not know its namespace (set POD_NAMESPACE)";
@@ -224,6 +238,7 @@ export class BgpSecrets {
           data = await readSecret(namespace, name);
         } catch (e) {
           const status = httpStatusOf(e);
+          unread = true;
           if (status === 404) failure = "the Secret does not exist";
           else if (status === 403) {
             failure = "reading it is forbidden (the agent's Role needs get on secrets)";
@@ -236,9 +251,19 @@ export class BgpSecrets {
       for (const use of uses) {
         const id = secretKeyId(use.ref);
         const known = this.#passwords.get(id);
-        // The API server is away: keep the session running on what was read before.
-        if (transient && known !== undefined) {
+        // The API server is away, or the Secret is (deleted, forbidden): keep the session
+        // running on what was read before. An outage is not this module's to report.
+        if (unread && known !== undefined) {
           passwords.set(id, known);
+          if (!transient) {
+            problems.push({
+              secret: `${namespace}/${name}`,
+              key: use.ref.key,
+              peers: use.peers,
+              reason: failure!,
+              kept: true,
+            });
+          }
           continue;
         }
         let reason = failure;
@@ -253,6 +278,7 @@ export class BgpSecrets {
             key: use.ref.key,
             peers: use.peers,
             reason,
+            kept: false,
           });
         }
       }
@@ -282,20 +308,27 @@ export class BgpSecrets {
     const before = new Map(this.#problems.map((p) => [`${p.secret}/${p.key}`, p]));
     for (const p of problems) {
       const old = before.get(`${p.secret}/${p.key}`);
-      if (old?.reason === p.reason && old.peers.join() === p.peers.join()) continue;
+      if (old?.reason === p.reason && old.peers.join() === p.peers.join() && old.kept === p.kept) {
+        continue;
+      }
       log({
-        level: "error",
-        msg: "BGP password unavailable; its peers are left out of BIRD's config",
+        level: p.kept ? "warn" : "error",
+        msg: p.kept
+          ? "BGP password Secret unavailable; its peers keep the password last read"
+          : "BGP password unavailable; its peers are left out of BIRD's config",
         secret: p.secret,
         key: p.key,
         peers: p.peers,
         reason: p.reason,
       });
     }
+    const unavailable = new Set(problems.map((p) => `${p.secret}/${p.key}`));
     for (const [id, value] of passwords) {
       const ref = this.#refs.get(id)?.ref;
       if (!ref) continue;
       const secret = `${this.options.namespace}/${ref.name}`;
+      // A kept password is still a problem: not "available" until its Secret is read again.
+      if (unavailable.has(`${secret}/${ref.key}`)) continue;
       const old = this.#passwords.get(id);
       if (before.has(`${secret}/${ref.key}`)) {
         log({ level: "info", msg: "BGP password available", secret, key: ref.key });

@@ -109,12 +109,14 @@ Deno.test("BgpSecrets: reads each Secret once, reports what is missing, never lo
           key: "tor-3",
           peers: ["fd00:a::3"],
           reason: 'the Secret has no key "tor-3"',
+          kept: false,
         },
         {
           secret: "kube-system/other",
           key: "k",
           peers: ["fd00:a::4"],
           reason: "the Secret does not exist",
+          kept: false,
         },
       ] satisfies PasswordProblem[],
     );
@@ -192,6 +194,7 @@ Deno.test("passwordCondition: absent without references; names the Secret, key a
       key: "k",
       peers: ["fd00:a::1"],
       reason: "the Secret does not exist",
+      kept: false,
     }]),
     {
       type: "BGPPasswordsAvailable",
@@ -217,6 +220,75 @@ Deno.test("BgpSecrets: without a namespace every reference is a problem saying s
     assert.equal(store.gets.length, 0);
     assert.equal(secrets.problems.length, 3);
     assert.match(secrets.problems[0].reason, /POD_NAMESPACE/);
+  } finally {
+    secrets.stop();
+  }
+});
+
+Deno.test("BgpSecrets: a deleted Secret keeps the password last read, reported; a recreated one is used", async () => {
+  const store = new SecretStore();
+  const logs: Record<string, unknown>[] = [];
+  const secrets = secretsFor(store, logs);
+  const one = parseNodeConfig(
+    {
+      cidr6: "fd00:1::/64",
+      bgp: {
+        asn: 1,
+        peers: [{ address: "fd00:a::1", asn: 2, passwordSecretRef: { name: "bgp", key: "k" } }],
+      },
+    },
+    "t",
+    { secretRefs: true },
+  );
+  try {
+    store.set("bgp", { k: PASSWORD });
+    await secrets.use(one);
+    assert.deepEqual([...secrets.passwords], [["bgp/k", PASSWORD]]);
+
+    // Deleted (a rotation by delete + create, or by mistake): the session keeps its password.
+    store.secrets.delete("bgp");
+    await secrets.use(one);
+    assert.deepEqual([...secrets.passwords], [["bgp/k", PASSWORD]]);
+    assert.deepEqual(secrets.problems.map((p) => [p.reason, p.kept]), [
+      ["the Secret does not exist", true],
+    ]);
+    const cond = passwordCondition(secrets.referenced, secrets.problems)!;
+    assert.equal(cond.status, "False");
+    assert.equal(cond.reason, "LastPasswordKept");
+    assert.match(cond.message, /peer fd00:a::1 keeps the password last read/);
+    assert.ok(
+      logs.some((l) => l.level === "warn" && /keep the password last read/.test(String(l.msg))),
+      JSON.stringify(logs),
+    );
+
+    // Recreated with a new password: used, the problem clears.
+    store.set("bgp", { k: "recreated" });
+    await secrets.use(one);
+    assert.deepEqual([...secrets.passwords], [["bgp/k", "recreated"]]);
+    assert.equal(secrets.problems.length, 0);
+
+    // A key removed from a Secret that exists is what the operator wrote: the peer is left out.
+    store.set("bgp", { other: "x" });
+    await secrets.use(one);
+    assert.deepEqual([...secrets.passwords], []);
+    assert.equal(secrets.problems[0].kept, false);
+    assert.ok(!JSON.stringify(logs).includes(PASSWORD));
+  } finally {
+    secrets.stop();
+  }
+});
+
+Deno.test("BgpSecrets: a Secret missing since the start leaves its peers out (nothing to keep)", async () => {
+  const store = new SecretStore();
+  const secrets = secretsFor(store, []);
+  try {
+    await secrets.use(config);
+    assert.equal(secrets.passwords.size, 0);
+    assert.ok(secrets.problems.every((p) => p.kept === false));
+    assert.equal(
+      passwordCondition(secrets.referenced, secrets.problems)?.reason,
+      "BGPPasswordUnavailable",
+    );
   } finally {
     secrets.stop();
   }

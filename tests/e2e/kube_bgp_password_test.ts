@@ -10,6 +10,9 @@
  *   bird.conf (never rendered without its password), the condition turns False naming the
  *   Secret and key, an error line is logged; once the Secret is created the peer comes back and
  *   the condition clears, without an agent restart;
+ * - the Secret deleted (a rotation by delete + create, or a mistake): the peer stays in bird.conf
+ *   with the password last read (its session is not cut), the condition is False with reason
+ *   `LastPasswordKept`, a warning is logged; the Secret recreated with a new password: rendered;
  * - no password appears in the agent's log, `flock status --json` or the NodeConfig status.
  */
 
@@ -28,6 +31,7 @@ const WAIT_MS = 30_000;
 
 const PASSWORD_1 = `tor1-${crypto.randomUUID().slice(0, 8)}`;
 const PASSWORD_2 = `tor2-${crypto.randomUUID().slice(0, 8)}`;
+const PASSWORD_3 = `tor1-new-${crypto.randomUUID().slice(0, 8)}`;
 
 const TOR_1 = { address: "fd00:a::1", asn: 65000 };
 const TOR_2 = { address: "fd00:a::2", asn: 65000 };
@@ -178,6 +182,49 @@ Deno.test({
         );
       });
 
+      await step(
+        "the Secret deleted: the last password stays, reported; recreated: used",
+        async () => {
+          await kube.kubectlOk(["delete", "secret", "bgp-passwords", "-n", NAMESPACE]);
+          // A spec change reads the Secrets at once (the periodic read comes only every 60 s; its
+          // path is kube_secret_churn_test's): before, it rendered tor-1 without its Secret.
+          const peers = [
+            { ...TOR_1, passwordSecretRef: { name: "bgp-passwords", key: "tor-1" } },
+            { ...TOR_2, passwordSecretRef: { name: "bgp-late", key: "tor-2" } },
+          ];
+          await kube.apply({ ...nodeConfig(peers), spec: { ...spec(peers), mtu: 1400 } });
+          const status = await eventually(
+            "BGPPasswordsAvailable False, password kept",
+            () => nodeConfigStatus(kube),
+            (s) => passwordCondition(s)?.reason === "LastPasswordKept",
+            WAIT_MS,
+          );
+          assert.equal(passwordCondition(status)?.status, "False");
+          assert.match(
+            passwordCondition(status)!.message,
+            /secret kube-system\/bgp-passwords key "tor-1": the Secret does not exist; peer fd00:a::1 keeps the password last read/,
+          );
+          assert.deepEqual(await renderedPeers(node), { tor1: PASSWORD_1, tor2: PASSWORD_2 });
+          assert.match(
+            await node.flock.agentLog(),
+            /"level":"warn"[^\n]*its peers keep the password last read[^\n]*bgp-passwords/,
+          );
+          await kube.apply(secret("bgp-passwords", { "tor-1": PASSWORD_3 }));
+          await eventually(
+            "tor-1 rendered with the recreated Secret's password",
+            () => renderedPeers(node),
+            (p) => p.tor1 === PASSWORD_3 && p.tor2 === PASSWORD_2,
+            WAIT_MS,
+          );
+          await eventually(
+            "BGPPasswordsAvailable True again",
+            () => nodeConfigStatus(kube),
+            (s) => passwordCondition(s)?.status === "True",
+            WAIT_MS,
+          );
+        },
+      );
+
       await step("no password in the log, flock status --json or the NodeConfig", async () => {
         const status = await runOk([
           node.flock.executable,
@@ -192,7 +239,7 @@ Deno.test({
         for (
           const [what, text] of [["agent log", log], ["status", status.stdout], ["NC", object]]
         ) {
-          for (const pw of [PASSWORD_1, PASSWORD_2]) {
+          for (const pw of [PASSWORD_1, PASSWORD_2, PASSWORD_3]) {
             assert.ok(!text.includes(pw), `${what} shows a password`);
           }
         }

@@ -2,8 +2,9 @@
  * BGP password Secrets (agent/kube/bgp_secrets.ts) read through a real kube-apiserver as deploy/'s
  * ServiceAccount (its namespaced `get` Role), while the Secret is rotated, deleted and recreated:
  * each change reaches the routing layer through `onChange` exactly as the module doc promises
- * (rotation: the new password; deletion: the peer's password withdrawn and a problem naming the
- * Secret; recreation: back), and the periodic reads keep going after each.
+ * (rotation: the new password; deletion: the password last read kept, so the session stays up, and
+ * a problem naming the Secret; recreation: the recreated password), and the periodic reads keep
+ * going after each.
  */
 
 import assert from "node:assert/strict";
@@ -75,9 +76,16 @@ Deno.test({
       assert.equal(changes, 1);
 
       await kube.kubectlOk(["delete", "secret", SECRET, "-n", NAMESPACE]);
-      await eventually("the password withdrawn", password, (p) => p === "", 10_000);
+      await eventually(
+        "the deletion reported",
+        () => Promise.resolve(secrets.problems.map((p) => `${p.reason} kept=${p.kept}`)),
+        (p) => p.join() === "the Secret does not exist kept=true",
+        10_000,
+      );
+      // The peer stays in bird.conf with the password it has: its session is not cut.
+      assert.equal(await password(), "second-secret");
       assert.equal(changes, 2);
-      assert.deepEqual(secrets.problems.map((p) => p.reason), ["the Secret does not exist"]);
+      assert.ok(logs.some((l) => l.includes("keep the password last read")), logs.join("\n"));
 
       await putSecret(kube, "third-secret");
       await eventually("the recreated password", password, (p) => p === "third-secret", 10_000);
