@@ -489,6 +489,8 @@ export class Agent {
       drainingCIDRs?: string[];
       /** Peers left without IPv6 routes (no global IPv6 next hop; see NodeRouting). */
       peersWithoutIpv6?: readonly string[];
+      /** Single-hop IPv4 peers on no link with an IPv4 address of the node (see NodeRouting). */
+      peersWithoutIpv4Link?: readonly string[];
     }
     | undefined
   > {
@@ -512,6 +514,7 @@ export class Agent {
       routerId: this.#routing?.routerId(),
       drainingCIDRs: this.#routing?.draining.map(formatPrefix),
       peersWithoutIpv6: this.#routing?.peersWithoutIpv6,
+      peersWithoutIpv4Link: this.#routing?.peersWithoutIpv4Link,
     };
   }
 

@@ -90,6 +90,8 @@ export interface RoutingStats {
   drainingCIDRs?: readonly string[];
   /** Peers left without IPv6 routes: the node has no global IPv6 next hop for them. */
   peersWithoutIpv6?: readonly string[];
+  /** Single-hop IPv4 peers on no link where the node has an IPv4 address: BIRD waits for them. */
+  peersWithoutIpv4Link?: readonly string[];
 }
 
 /**
@@ -150,6 +152,10 @@ function bgpCondition(routing: RoutingStats): Omit<Condition, "lastTransitionTim
   if (routing.peersWithoutIpv6?.length) {
     message += `; no IPv6 routes to ${routing.peersWithoutIpv6.join(", ")} (the node has no ` +
       `global IPv6 address to give as their next hop)`;
+  }
+  if (routing.peersWithoutIpv4Link?.length) {
+    message += `; no IPv4 link to ${routing.peersWithoutIpv4Link.join(", ")} (no interface has ` +
+      `an IPv4 address in their subnet)`;
   }
   if (routing.lastReload && !routing.lastReload.ok) {
     message += `; the last BIRD reload failed: ${routing.lastReload.message ?? "no reason given"}`;

@@ -110,6 +110,12 @@ Deno.test("buildStatus: BGPEstablished is true only when every configured sessio
     "1 of 1 BGP sessions established; no IPv6 routes to 10.0.0.1 (the node has no global " +
       "IPv6 address to give as their next hop)",
   );
+  const noLink = bgp({ sessions: 1, sessionsUp: 0, peersWithoutIpv4Link: ["10.0.0.1"] });
+  assert.equal(
+    noLink?.message,
+    "0 of 1 BGP sessions established; no IPv4 link to 10.0.0.1 (no interface has an IPv4 " +
+      "address in their subnet)",
+  );
 });
 
 Deno.test("keepTransitionTimes: the time moves only when a condition's status flips", () => {
