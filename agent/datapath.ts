@@ -31,6 +31,7 @@ import {
   type IP,
   ipEqual,
   isExists,
+  isNotFound,
   type Link,
   listAddresses,
   listLinks,
@@ -144,6 +145,17 @@ export interface ForeignVeth {
   owner: string;
   /** This record's addresses the node routes through that veth: not free for another pod. */
   addressesInUse: IP[];
+}
+
+/** What {@link Datapath.detach} found. */
+export interface Detached {
+  /** Set when the host veth is another pod's: nothing was changed. */
+  foreign?: ForeignVeth;
+  /**
+   * Without `foreign`: the pod's own host veth, now down, or null when there is none (gone
+   * already). Handed to {@link Datapath.removeVeth}, it spares that a look-up.
+   */
+  veth?: Link | null;
 }
 
 /** Options of {@link Datapath.setup}. */
@@ -415,9 +427,10 @@ export class Datapath {
     for (const link of listLinks(podNs)) {
       if (link.kind !== "veth" || !link.peerIndex) continue;
       const host = getLinkByIndex(this.node, link.peerIndex);
-      // The index is the node's only if the node's link of that index pairs back to this one.
+      // The index is the node's only if the node's link of that index pairs back to this one,
+      // in this netns (another node namespace's pod can have the same indexes).
       if (!host || !isFlockIfaceName(host.name) || host.name === ownName) continue;
-      if (host.peerIndex === link.index) names.push(host.name);
+      if (host.peerIndex === link.index && this.#peerIsIn(host, podNs)) names.push(host.name);
     }
     return names;
   }
@@ -449,7 +462,7 @@ export class Datapath {
         host = getLinkByName(this.node, name);
       }
     }
-    if (host && !(peer && paired(host, peer))) {
+    if (host && !(peer && paired(host, peer) && this.#peerIsIn(host, podNs))) {
       // Our name, but not joined to this pod's interface: stale, remake it, unless it is the veth
       // of another pod that a record knows (its other end in that pod's netns).
       const owner = others && this.#otherOwner(host, undefined, others);
@@ -598,31 +611,69 @@ export class Datapath {
 
   /**
    * The first half of a {@link teardown} that does not wait for the kernel: takes the pod off
-   * the network at once (the node's routes to it go, its host veth goes down), leaving the
-   * veth's deletion, which waits tens of ms for RCU grace periods, to {@link removeVeth}.
-   * Everything already gone is fine.
+   * the network at once (its host veth goes down, and with it every route through it), leaving
+   * the veth's deletion, which waits tens of ms for RCU grace periods, to {@link removeVeth}.
+   * Everything already gone is fine. With `nodeLinks` (one {@link nodeLinksByName} dump for many
+   * pods, as GC and the start-up take it) the veth is looked up there, not asked for.
+   *
+   * The result's `veth` (the pod's own veth, or null when there is none) is what
+   * {@link removeVeth} needs to skip its own look-up: 3 requests for a dual-stack pod here (link
+   * down, one leftover-route delete per family) and 1 there, where there were 5 and 4.
    */
-  detach(containerId: string, addresses: PodAddresses = {}): ForeignVeth | undefined {
-    const host = getLinkByName(this.node, hostIfaceOf(containerId, addresses));
-    if (!host) return undefined;
-    const foreign = this.#foreignVeth(host, addresses);
-    if (foreign) return foreign;
-    for (const ip of [addresses.ipv6, addresses.ipv4]) {
-      if (ip) deleteRoute(this.node, hostRoute(ip, host.index));
+  detach(
+    containerId: string,
+    addresses: PodAddresses = {},
+    nodeLinks?: ReadonlyMap<string, Link>,
+  ): Detached {
+    const name = hostIfaceOf(containerId, addresses);
+    let host = nodeLinks ? nodeLinks.get(name) : getLinkByName(this.node, name);
+    if (host) {
+      const foreign = this.#foreignVeth(host, addresses);
+      if (foreign) return { foreign };
+      // Down takes every route through the veth with it (the kernel flushes a device's routes
+      // on NETDEV_DOWN and refuses new ones through a down device, both families:
+      // datapath_release_test.ts), so its host routes need no delete of their own.
+      if (host.up) host = this.#setDownUnlessGone(host);
     }
-    if (host.up) setLinkUp(this.node, host.index, false);
-    return undefined;
+    // A flock route to the pod's addresses through another link (one that outlived its device,
+    // as a crash can leave it) goes by exact prefix: one request per family, no dump.
+    this.#deleteLeftoverRoutes(addresses);
+    return { veth: host ?? null };
+  }
+
+  /** Sets `host` down; undefined when it is gone (its pod's netns went with it, say). */
+  #setDownUnlessGone(host: Link): Link | undefined {
+    try {
+      setLinkUp(this.node, host.index, false);
+      return host;
+    } catch (e) {
+      if (isNotFound(e)) return undefined;
+      throw e;
+    }
   }
 
   /**
    * The second half: deletes the pod's veth (both ends) with the kernel's wait on a worker
    * thread, so the event loop keeps serving; resolves once it is gone (and any host route
    * that outlived it is removed).
+   *
+   * With `detached`, the {@link detach} of this pod (its container held since, so no one made
+   * a veth of its name meanwhile): its veth is deleted by index without another look-up or
+   * ownership check, and no route is deleted (those through the veth went with it, the others
+   * went in detach); null: nothing is left to do. An ifindex is not reused while the kernel
+   * has indexes it never handed out (it allocates them cyclically), so a veth that vanished
+   * meanwhile cannot make this delete another link.
    */
   async removeVeth(
     containerId: string,
     addresses: PodAddresses = {},
+    detached?: Link | null,
   ): Promise<ForeignVeth | undefined> {
+    if (detached === null) return undefined;
+    if (detached) {
+      await deleteLinkOffThread(this.node, detached.index);
+      return undefined;
+    }
     const host = getLinkByName(this.node, hostIfaceOf(containerId, addresses));
     const foreign = host && this.#foreignVeth(host, addresses);
     if (host && !foreign) await deleteLinkOffThread(this.node, host.index);
@@ -727,10 +778,22 @@ export class Datapath {
     try {
       const peer = getLinkByIndex(ns, host.peerIndex!);
       return peer?.kind === "veth" && peer.peerIndex === host.index &&
-        (ifname === undefined || peer.name === ifname);
+        (ifname === undefined || peer.name === ifname) && this.#peerIsIn(host, ns);
     } finally {
       ns.close();
     }
+  }
+
+  /**
+   * Whether the other end of the node's veth `host` lives in the netns of `ns`: the id the node
+   * knows that netns by is the veth's IFLA_LINK_NETNSID. Matching ifindexes alone cannot tell,
+   * as ifindexes are per netns: two node namespaces on one kernel number their veths alike, and
+   * every pod's eth0 has the same small index. One request (~20 µs), asked only once the
+   * indexes match, never for a new pod's pair (its creation tells which netns it is in).
+   */
+  #peerIsIn(host: Link, ns: Handle): boolean {
+    if (host.peerNetnsId === undefined) return false;
+    return netnsIdOf(this.node, `/proc/self/fd/${ns.netnsFd}`) === host.peerNetnsId;
   }
 
   /**
@@ -773,7 +836,9 @@ export class Datapath {
       if (!peer) {
         problems.push(`pod interface ${pod.ifname} is missing in ${pod.netns}`);
       } else {
-        if (!paired(host, peer)) problems.push(`${pod.ifname} is not the peer of ${name}`);
+        if (!paired(host, peer) || !this.#peerIsIn(host, podNs)) {
+          problems.push(`${pod.ifname} is not the peer of ${name}`);
+        }
         if (!peer.up) problems.push(`pod interface ${pod.ifname} is down`);
         if (pod.mtu && peer.mtu !== pod.mtu) {
           problems.push(`pod interface ${pod.ifname} has mtu ${peer.mtu}, want ${pod.mtu}`);
@@ -844,6 +909,10 @@ function macMismatch(what: string, link: Link, want: string | undefined): string
   return `${what} has mac ${link.mac}, want ${want}`;
 }
 
+/**
+ * Whether the two links name each other as their veth peer by index. Not enough alone: the
+ * indexes are per netns (see Datapath's #peerIsIn).
+ */
 function paired(host: Link, peer: Link): boolean {
   return host.peerIndex === peer.index && peer.peerIndex === host.index;
 }
