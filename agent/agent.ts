@@ -235,6 +235,7 @@ export class Agent {
     this.#releaseSweep ??= setInterval(() => {
       this.#pruneCooledReleases(cooldownMs);
       this.#finishStuckReleases();
+      this.#freeUnroutedWithheld();
     }, releaseSweepMsFromEnv(RELEASE_SWEEP_MS));
     Deno.unrefTimer(this.#releaseSweep);
     return report;
@@ -250,6 +251,18 @@ export class Agent {
     } catch (e) {
       if (isStoreError(e)) this.health.writeFailed(e);
       this.log({ level: "error", msg: "pruning cooled-down releases failed", error: String(e) });
+    }
+  }
+
+  /**
+   * Gives back the addresses withheld through another pod's veth (withheld.ts) whose route went
+   * while the agent ran (an operator's `ip route del`); an owner's DEL gives its own back itself.
+   */
+  #freeUnroutedWithheld(): void {
+    try {
+      this.#handler?.freeUnroutedWithheld();
+    } catch (e) {
+      this.log({ level: "error", msg: "freeing withheld addresses failed", error: String(e) });
     }
   }
 

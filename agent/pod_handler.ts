@@ -30,7 +30,7 @@ import {
   type SetupOptions,
 } from "./datapath.ts";
 import { CniCode, CniError, type RpcRequest, type RpcResponse } from "./protocol.ts";
-import type { Attachment, Store } from "./store.ts";
+import type { Attachment, Store, WithheldAddress } from "./store.ts";
 import type { HoldWork } from "./rpc_server.ts";
 import type { NodeConfig } from "./config.ts";
 import {
@@ -56,6 +56,7 @@ import { sandboxMismatch } from "./sandbox_check.ts";
 import { otherPodSides, setupOwnershipChecks } from "./veth_owner.ts";
 import { isNetnsGone } from "./netns_path.ts";
 import { NetnsIdentities } from "./netns_identity.ts";
+import { freeUnroutedWithheld, withheldReason, withheldThrough } from "./withheld.ts";
 
 /** CNI error code for a CHECK that found the datapath differing (plugin-specific range). */
 export const CODE_CHECK_FAILED = 101;
@@ -448,7 +449,7 @@ export class PodHandler {
       } catch (e) {
         // Name the annotation or runtime field that asked for it, as for every other bad one.
         if (!(e instanceof AddressInUseError)) throw e;
-        throw pinnedAddressError(want, e.message);
+        throw pinnedAddressError(want, e.message + withheldReason(this.deps.store, want.pinned));
       }
       ip = want.pinned;
     } else {
@@ -618,26 +619,73 @@ export class PodHandler {
       ...(this.#vethKnownOwn.has(rec) ? { hostIface: rec.hostIface } : this.#ownership(rec)),
     });
     this.deps.crashAt?.("del-after-teardown");
-    if (!foreign) return this.#finishRelease(rec, ipv6, ipv4);
+    if (!foreign) {
+      this.#finishRelease(rec, ipv6, ipv4);
+      // Its veth is gone, and with it the routes of any address withheld through it.
+      return this.#tryFreeUnroutedWithheld(rec.hostIface);
+    }
     this.#logForeign(rec, foreign);
-    // An address the other pod's veth is routed for is in use there: it stays out of IPAM.
+    // An address the other pod's veth is routed for is in use there: it stays out of IPAM, and
+    // the store says so, so that a restart does not hand it out either.
     const inUse = (ip?: IP) =>
       ip && foreign.addressesInUse.some((u) => formatIP(u) === formatIP(ip));
-    this.#finishRelease(rec, inUse(ipv6) ? undefined : ipv6, inUse(ipv4) ? undefined : ipv4);
+    this.#finishRelease(
+      rec,
+      inUse(ipv6) ? undefined : ipv6,
+      inUse(ipv4) ? undefined : ipv4,
+      withheldThrough(foreign),
+    );
   }
 
   /** The record goes and the addresses return to IPAM (cooling), in one store transaction. */
-  #finishRelease(rec: Pick<Attachment, "containerId" | "ifname">, ipv6?: IP, ipv4?: IP): void {
+  #finishRelease(
+    rec: Pick<Attachment, "containerId" | "ifname">,
+    ipv6?: IP,
+    ipv4?: IP,
+    withheld: Omit<WithheldAddress, "at">[] = [],
+  ): void {
     const released = [ipv6, ipv4].filter((ip) => ip !== undefined);
     this.deps.store.finishRelease(
       rec.containerId,
       rec.ifname,
       released.map(formatIP),
       (this.deps.now ?? Date.now)(),
+      withheld,
     );
     this.#netnsIdentities.forget(attachmentKey(rec));
     if (ipv6) this.deps.pool6?.release(ipv6);
     if (ipv4) this.deps.pool4?.release(ipv4);
+  }
+
+  /** {@link freeUnroutedWithheld} after a release that is over: a failure is only logged. */
+  #tryFreeUnroutedWithheld(hostIface: string): void {
+    try {
+      this.freeUnroutedWithheld(hostIface);
+    } catch (e) {
+      // The agent's sweep and the next start look again.
+      this.deps.log({ level: "error", msg: "freeing withheld addresses failed", error: String(e) });
+    }
+  }
+
+  /**
+   * Gives back the withheld addresses (all, or those withheld through the veth `hostIface`) that
+   * the node no longer routes through their veth, cooling from now (see withheld.ts).
+   */
+  freeUnroutedWithheld(hostIface?: string): void {
+    const freed = freeUnroutedWithheld({
+      store: this.deps.store,
+      node: this.deps.datapath.node,
+      pool6: this.deps.pool6,
+      pool4: this.deps.pool4,
+      now: (this.deps.now ?? Date.now)(),
+    }, hostIface);
+    for (const w of freed) {
+      this.deps.log({
+        level: "info",
+        msg: `withheld address ${w.ip} is no longer routed through ${w.hostIface}: released`,
+        owner: w.owner,
+      });
+    }
   }
 
   check(req: RpcRequest): void {

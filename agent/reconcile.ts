@@ -54,6 +54,7 @@ import { separateSharedHostIfaces } from "./shared_host_iface.ts";
 import { isNetnsGone } from "./netns_path.ts";
 import { isKernelBusy, type KernelRetryOptions, retryWhileKernelBusy } from "./kernel_busy.ts";
 import { otherPodSides, setupOwnershipChecks } from "./veth_owner.ts";
+import { freeUnroutedWithheld, withheldThrough } from "./withheld.ts";
 
 /** What reconciliation did, for logs, metrics and `flock status`. */
 export interface ReconcileReport {
@@ -178,6 +179,8 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
     }
   }
 
+  restoreWithheld(d, links, hostRoutes, held, now, report);
+
   // Addresses released shortly before the restart stay cooling, from their stored release time:
   // a restart neither shortens a cooldown nor starts it afresh. A release stamped in the future
   // (the clock stepped back) cools from now, never longer than one cooldown. After a CIDR change
@@ -297,7 +300,55 @@ function releaseLeftover(
   // A pending pod never got its addresses; a releasing one did, so they cool down.
   const used = rec.state === "releasing" ? [rec.ipv6, rec.ipv4] : [];
   const released = used.filter((ip) => ip !== undefined && !inUse.has(formatIP(parseIP(ip))));
-  d.store.finishRelease(rec.containerId, rec.ifname, released as string[], now);
+  d.store.finishRelease(
+    rec.containerId,
+    rec.ifname,
+    released as string[],
+    now,
+    withheldThrough(foreign),
+  );
+}
+
+/**
+ * The addresses withheld before the restart (routed through another pod's veth, see
+ * withheld.ts): one the node still routes through that veth stays out of IPAM and its route is
+ * kept (it is in `held`); one it no longer does (the veth or the route went while the agent was
+ * down) is given back, cooling from now.
+ */
+function restoreWithheld(
+  d: ReconcileDeps,
+  links: Map<string, Link>,
+  hostRoutes: Set<string>,
+  held: Set<string>,
+  now: number,
+  report: ReconcileReport,
+): void {
+  const routed = (ip: IP, hostIface: string) => {
+    const link = links.get(hostIface);
+    const { len } = hostPrefix(ip);
+    return link !== undefined && hostRoutes.has(hostRouteKey(formatIP(ip), len, link.index));
+  };
+  const freed = freeUnroutedWithheld({ ...d, node: d.datapath.node, now, routed });
+  for (const w of freed) {
+    report.problems.push(
+      `${w.ip}, withheld since a release found it routed through ${w.owner}'s veth ` +
+        `${w.hostIface}, is routed there no more: released`,
+    );
+  }
+  for (const w of d.store.withheld()) {
+    const ip = parseIP(w.ip);
+    held.add(w.ip);
+    const pool = poolFor(ip, d);
+    try {
+      if (pool && !pool.isAllocated(ip) && !unusableReason(pool.cidr, ip)) pool.reserve(ip);
+    } catch (e) {
+      report.problems.push(`cannot withhold ${w.ip}: ${(e as Error).message}`);
+    }
+    report.problems.push(
+      `${w.ip} withheld: routed through ${w.owner}'s host veth ${w.hostIface}, it is not handed ` +
+        "out until that veth no longer routes it",
+    );
+  }
 }
 
 /** Takes the record's addresses back into IPAM and adds them to `held`, each on its own. */

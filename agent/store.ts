@@ -177,10 +177,35 @@ const MIGRATIONS: readonly string[] = [
   // The CNI network each attachment was made for: GC's valid list names only the attachments of
   // its own network, so GC must know which ones those are. NULL for the records made before.
   `ALTER TABLE attachment ADD COLUMN network TEXT`,
+  // Addresses a release could not give back because the node still routes them through another
+  // pod's host veth (the record named that veth wrongly): that pod may be using them. Kept
+  // until that veth no longer routes them, so a restart does not hand them out again. IF NOT
+  // EXISTS as schema 3's index: a store set back to an older version by hand keeps its table.
+  `CREATE TABLE IF NOT EXISTS withheld (
+     ip         TEXT PRIMARY KEY,
+     host_iface TEXT NOT NULL,
+     owner      TEXT NOT NULL,
+     at         INTEGER NOT NULL
+   ) STRICT`,
 ];
 
 /** Schema version this code writes. */
 export const SCHEMA_VERSION = MIGRATIONS.length;
+
+/**
+ * An address a release withheld from IPAM: the node routes it through the host veth
+ * `hostIface`, whose other end is in `owner`'s netns (another pod's veth that the released record
+ * named wrongly). It stays out of IPAM until that veth no longer routes it.
+ */
+export interface WithheldAddress {
+  /** Canonical text, no prefix length. */
+  ip: string;
+  hostIface: string;
+  /** The pod whose netns holds the veth's other end (`<containerId>/<ifname>`). */
+  owner: string;
+  /** When the release withheld it, ms since the epoch. */
+  at: number;
+}
 
 /** One attachment holding a host veth name (see {@link Store.hostIfaceHolders}). */
 export interface HostIfaceHolder {
@@ -232,6 +257,17 @@ function exists(path: string): boolean {
     if (e instanceof Deno.errors.NotFound) return false;
     throw e;
   }
+}
+
+interface WithheldRow {
+  ip: string;
+  host_iface: string;
+  owner: string;
+  at: number;
+}
+
+function fromWithheldRow(r: WithheldRow): WithheldAddress {
+  return { ip: r.ip, hostIface: r.host_iface, owner: r.owner, at: r.at };
 }
 
 function fromRow(r: AttachmentRow): Attachment {
@@ -537,14 +573,49 @@ export class Store {
 
   /**
    * Removes an attachment and records the release of its addresses (for IPAM cooldown) in one
-   * transaction; false if there was no attachment.
+   * transaction, with the addresses it `withheld` (still routed through another pod's veth; their
+   * `at` is this `at`); false if there was no attachment.
    */
-  finishRelease(containerId: string, ifname: string, released: string[], at: number): boolean {
+  finishRelease(
+    containerId: string,
+    ifname: string,
+    released: string[],
+    at: number,
+    withheld: Omit<WithheldAddress, "at">[] = [],
+  ): boolean {
     const addresses = released.map((ip) => canonical(ip));
+    const kept = withheld.map((w) => ({ ...w, ip: canonical(w.ip) }));
     return this.#transaction(() => {
       const deleted = Number(this.#stmts.delete.run(containerId, ifname).changes) > 0;
       for (const ip of addresses) this.#stmts.recordRelease.run(ip, at);
+      for (const w of kept) this.#stmts.withhold.run(w.ip, w.hostIface, w.owner, at);
       return deleted;
+    });
+  }
+
+  /** Every withheld address, oldest first (see {@link WithheldAddress}); normally none. */
+  withheld(): WithheldAddress[] {
+    return (this.#stmts.withheld.all() as unknown as WithheldRow[]).map(fromWithheldRow);
+  }
+
+  /** The withheld entry of `ip` (any spelling), if it is withheld. */
+  withheldAddress(ip: string): WithheldAddress | undefined {
+    const row = this.#stmts.withheldOne.get(canonical(ip)) as WithheldRow | undefined;
+    return row && fromWithheldRow(row);
+  }
+
+  /**
+   * Gives withheld addresses back: each stops being withheld and is recorded released at `at`, so
+   * it cools down like any other release (and across restarts), in one transaction.
+   */
+  freeWithheld(ips: string[], at: number): void {
+    const addresses = ips.map((ip) => canonical(ip));
+    this.#transaction(() => {
+      for (const ip of addresses) {
+        if (Number(this.#stmts.unwithhold.run(ip).changes) > 0) {
+          this.#stmts.recordRelease.run(ip, at);
+        }
+      }
     });
   }
 
@@ -684,6 +755,14 @@ function prepareAll(db: DatabaseSync) {
          ON CONFLICT (ip) DO UPDATE SET at = max(at, excluded.at)`,
     ),
     recentReleases: p("SELECT ip, at FROM release WHERE at >= ? ORDER BY at, ip"),
+    withhold: p(
+      `INSERT INTO withheld (ip, host_iface, owner, at) VALUES (?, ?, ?, ?)
+         ON CONFLICT (ip) DO UPDATE SET host_iface = excluded.host_iface,
+           owner = excluded.owner, at = excluded.at`,
+    ),
+    withheld: p("SELECT ip, host_iface, owner, at FROM withheld ORDER BY at, ip"),
+    withheldOne: p("SELECT ip, host_iface, owner, at FROM withheld WHERE ip = ?"),
+    unwithhold: p("DELETE FROM withheld WHERE ip = ?"),
     pruneReleases: p("DELETE FROM release WHERE at < ?"),
   };
 }

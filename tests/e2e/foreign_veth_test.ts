@@ -82,7 +82,13 @@ Deno.test({
     // next start's orphan sweep. B and D stay whole throughout.
     assert.deepEqual(storeRecords(node).map((r) => r.containerId).sort(), ["fv-b", "fv-d"]);
     await node.restartAgent();
-    await assertNodeHolds(node, [podB, podD], "after a restart");
+    assert.deepEqual(storeRecords(node).map((r) => r.containerId).sort(), ["fv-b", "fv-d"]);
+    // A's address routed through B's veth stays withheld, its route kept, until B's DEL
+    // (withheld_address_test.ts).
+    const routes = await node.flockRoutes();
+    assert.ok(routes.some((r) => r.dst.split("/")[0] === aRouted && r.dev === hostB), "kept");
+    await assertOnNetwork(node, podB, hostB, nsD, "after a restart");
+    await assertOnNetwork(node, podD, hostD, nsB, "after a restart");
     for (const [id, ns] of [["fv-b", nsB], ["fv-d", nsD]] as const) {
       assert.equal((await node.cni("DEL", { containerId: id, netns: ns.path })).code, 0);
     }
