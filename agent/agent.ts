@@ -111,6 +111,8 @@ export class Agent {
   #releaseSweep?: ReturnType<typeof setInterval>;
   /** The stuck-release sweep in progress, if any (close waits for it). */
   #sweep?: Promise<void>;
+  /** The last {@link configure} (settled once it is done, whatever its outcome). */
+  #configured: Promise<unknown> = Promise.resolve();
   /** Test-only (crash_points.ts, test_faults.ts); read once, so a reconfigure does not re-arm them. */
   readonly #crashAt = crashHookFromEnv();
   readonly #vethDeleteFault = vethDeleteFaultFromEnv();
@@ -180,8 +182,18 @@ export class Agent {
     this.log({ msg: "listening", socket: this.options.socketPath, node: this.options.nodeName });
   }
 
-  /** Takes the node configuration, reconciles the node and starts serving pods. */
-  configure(node: NodeConfig): ReconcileReport {
+  /**
+   * Takes the node configuration, reconciles the node and starts serving pods; resolves once it
+   * serves. Calls run one after another (the reconcile awaits its leftovers' veth deletions, and
+   * two reconciles of one store must not interleave).
+   */
+  configure(node: NodeConfig): Promise<ReconcileReport> {
+    const run = this.#configured.then(() => this.#configureNow(node));
+    this.#configured = run.catch(() => {});
+    return run;
+  }
+
+  async #configureNow(node: NodeConfig): Promise<ReconcileReport> {
     const cooldownMs = this.options.cooldownMs ?? DEFAULT_COOLDOWN_MS;
     if (!this.#store) {
       this.#store = Store.open(this.options.stateDir);
@@ -195,7 +207,7 @@ export class Agent {
     const pool4 = node.cidr4 ? new AddressPool(node.cidr4, { cooldownMs }) : undefined;
     const started = performance.now();
     const anycast = new AnycastRoutes({ node: this.#handle, store: this.#store, log: this.log });
-    const report = reconcile({
+    const report = await reconcile({
       store: this.#store,
       datapath,
       pool6,
@@ -483,8 +495,8 @@ export class Agent {
    * start. Running pods keep their addresses, also those outside a changed CIDR.
    */
   reconfigure(node: NodeConfig): Promise<ReconcileReport> {
-    if (!this.#server) return Promise.resolve(this.configure(node));
-    return this.#server.exclusive(() => Promise.resolve(this.configure(node)));
+    if (!this.#server) return this.configure(node);
+    return this.#server.exclusive(() => this.configure(node));
   }
 
   /**

@@ -147,7 +147,7 @@ export async function agentMain(args: string[]): Promise<number> {
     return 1;
   }
   try {
-    agent.configure(config);
+    await agent.configure(config);
   } catch (e) {
     // An unusable state dir (read-only, not a directory) or store: one error line, as in
     // cluster mode, not an uncaught exception.

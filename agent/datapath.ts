@@ -31,6 +31,7 @@ import {
   type IP,
   ipEqual,
   isExists,
+  isNotFound,
   type Link,
   listAddresses,
   listLinks,
@@ -144,6 +145,17 @@ export interface ForeignVeth {
   owner: string;
   /** This record's addresses the node routes through that veth: not free for another pod. */
   addressesInUse: IP[];
+}
+
+/** What {@link Datapath.detach} found. */
+export interface Detached {
+  /** Set when the host veth is another pod's: nothing was changed. */
+  foreign?: ForeignVeth;
+  /**
+   * Without `foreign`: the pod's own host veth, now down, or null when there is none (gone
+   * already). Handed to {@link Datapath.removeVeth}, it spares that a look-up.
+   */
+  veth?: Link | null;
 }
 
 /** Options of {@link Datapath.setup}. */
@@ -599,31 +611,69 @@ export class Datapath {
 
   /**
    * The first half of a {@link teardown} that does not wait for the kernel: takes the pod off
-   * the network at once (the node's routes to it go, its host veth goes down), leaving the
-   * veth's deletion, which waits tens of ms for RCU grace periods, to {@link removeVeth}.
-   * Everything already gone is fine.
+   * the network at once (its host veth goes down, and with it every route through it), leaving
+   * the veth's deletion, which waits tens of ms for RCU grace periods, to {@link removeVeth}.
+   * Everything already gone is fine. With `nodeLinks` (one {@link nodeLinksByName} dump for many
+   * pods, as GC and the start-up take it) the veth is looked up there, not asked for.
+   *
+   * The result's `veth` (the pod's own veth, or null when there is none) is what
+   * {@link removeVeth} needs to skip its own look-up: 3 requests for a dual-stack pod here (link
+   * down, one leftover-route delete per family) and 1 there, where there were 5 and 4.
    */
-  detach(containerId: string, addresses: PodAddresses = {}): ForeignVeth | undefined {
-    const host = getLinkByName(this.node, hostIfaceOf(containerId, addresses));
-    if (!host) return undefined;
-    const foreign = this.#foreignVeth(host, addresses);
-    if (foreign) return foreign;
-    for (const ip of [addresses.ipv6, addresses.ipv4]) {
-      if (ip) deleteRoute(this.node, hostRoute(ip, host.index));
+  detach(
+    containerId: string,
+    addresses: PodAddresses = {},
+    nodeLinks?: ReadonlyMap<string, Link>,
+  ): Detached {
+    const name = hostIfaceOf(containerId, addresses);
+    let host = nodeLinks ? nodeLinks.get(name) : getLinkByName(this.node, name);
+    if (host) {
+      const foreign = this.#foreignVeth(host, addresses);
+      if (foreign) return { foreign };
+      // Down takes every route through the veth with it (the kernel flushes a device's routes
+      // on NETDEV_DOWN and refuses new ones through a down device, both families:
+      // datapath_release_test.ts), so its host routes need no delete of their own.
+      if (host.up) host = this.#setDownUnlessGone(host);
     }
-    if (host.up) setLinkUp(this.node, host.index, false);
-    return undefined;
+    // A flock route to the pod's addresses through another link (one that outlived its device,
+    // as a crash can leave it) goes by exact prefix: one request per family, no dump.
+    this.#deleteLeftoverRoutes(addresses);
+    return { veth: host ?? null };
+  }
+
+  /** Sets `host` down; undefined when it is gone (its pod's netns went with it, say). */
+  #setDownUnlessGone(host: Link): Link | undefined {
+    try {
+      setLinkUp(this.node, host.index, false);
+      return host;
+    } catch (e) {
+      if (isNotFound(e)) return undefined;
+      throw e;
+    }
   }
 
   /**
    * The second half: deletes the pod's veth (both ends) with the kernel's wait on a worker
    * thread, so the event loop keeps serving; resolves once it is gone (and any host route
    * that outlived it is removed).
+   *
+   * With `detached`, the {@link detach} of this pod (its container held since, so no one made
+   * a veth of its name meanwhile): its veth is deleted by index without another look-up or
+   * ownership check, and no route is deleted (those through the veth went with it, the others
+   * went in detach); null: nothing is left to do. An ifindex is not reused while the kernel
+   * has indexes it never handed out (it allocates them cyclically), so a veth that vanished
+   * meanwhile cannot make this delete another link.
    */
   async removeVeth(
     containerId: string,
     addresses: PodAddresses = {},
+    detached?: Link | null,
   ): Promise<ForeignVeth | undefined> {
+    if (detached === null) return undefined;
+    if (detached) {
+      await deleteLinkOffThread(this.node, detached.index);
+      return undefined;
+    }
     const host = getLinkByName(this.node, hostIfaceOf(containerId, addresses));
     const foreign = host && this.#foreignVeth(host, addresses);
     if (host && !foreign) await deleteLinkOffThread(this.node, host.index);

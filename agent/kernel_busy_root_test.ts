@@ -81,7 +81,7 @@ Deno.test({
     let report;
     {
       using faults = interruptDumps(3);
-      report = reconcile({
+      report = await reconcile({
         store: n.store,
         datapath: n.datapath,
         cooldownMs: 0,
@@ -104,7 +104,7 @@ Deno.test({
     await using n = await nodeWithOrphans();
     {
       using _faults = interruptDumps(Infinity);
-      assert.throws(
+      await assert.rejects(
         () =>
           reconcile({
             store: n.store,
@@ -214,7 +214,7 @@ Deno.test({
     });
     try {
       await agent.listen();
-      agent.configure(parseNodeConfig({ cidr6: "fd00:5::/64" }, "test"));
+      await agent.configure(parseNodeConfig({ cidr6: "fd00:5::/64" }, "test"));
       const add = {
         command: "ADD" as const,
         containerId: "kb1",

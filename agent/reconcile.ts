@@ -9,7 +9,9 @@
  *   their own, the live pod keeping its veth (shared_host_iface.ts);
  * - pending records (an ADD that died half-way) are torn down and released;
  * - releasing records (a DEL that answered but died before the veth was gone) are torn down
- *   and released, their addresses cooling down like any other release;
+ *   and released, their addresses cooling down like any other release; the veths of both go
+ *   off the event loop, {@link GC_DELETIONS_IN_FLIGHT} at a time as GC's (a crash during a GC of
+ *   100 pods leaves 100), and each record's addresses are released only once its veth is gone;
  * - flock-named links and flock-tagged routes that no record explains are removed;
  * - anycast routes are rebuilt from the committed records (after the orphan links went, since
  *   deleting a link can take a whole IPv4 multipath route with it).
@@ -43,10 +45,14 @@ import {
 import {
   type Datapath,
   FLOCK_ROUTE_PROTOCOL,
+  type ForeignVeth,
   GATEWAY4,
   isFlockIfaceName,
+  type PodAddresses,
   type SetupOptions,
 } from "./datapath.ts";
+import { forEachBounded } from "./bounded.ts";
+import { GC_DELETIONS_IN_FLIGHT } from "./pod_handler.ts";
 import type { Attachment, Store } from "./store.ts";
 import { type AddressPool, unusableReason } from "./ipam.ts";
 import type { AnycastRoutes } from "./anycast.ts";
@@ -93,8 +99,12 @@ function poolFor(ip: IP, d: ReconcileDeps): AddressPool | undefined {
   return ip.family === AF_INET6 ? d.pool6 : d.pool4;
 }
 
-/** Brings the store, IPAM and the kernel into agreement; see the module doc. */
-export function reconcile(d: ReconcileDeps): ReconcileReport {
+/**
+ * Brings the store, IPAM and the kernel into agreement; see the module doc. Resolves once all
+ * is done (the agent serves only then); only the leftovers' veth deletions are awaited, on worker
+ * threads, everything else runs synchronously.
+ */
+export async function reconcile(d: ReconcileDeps): Promise<ReconcileReport> {
   const report: ReconcileReport = {
     restored: 0,
     repaired: 0,
@@ -112,19 +122,7 @@ export function reconcile(d: ReconcileDeps): ReconcileReport {
   const separated = separateSharedHostIfaces({ store: d.store, datapath: d.datapath, now });
   report.released += separated.released;
   report.problems.push(...separated.notes);
-  for (const rec of [...d.store.listByState("pending"), ...d.store.listByState("releasing")]) {
-    try {
-      releaseLeftover(d, rec, now, report);
-      report.released++;
-    } catch (e) {
-      // One bad record must not stop the agent (a crash loop): it stays as it is, its addresses
-      // held, for a retried ADD or DEL, the stuck-release sweep or the next start.
-      report.problems.push(
-        `${rec.containerId}: cannot release the ${rec.state} attachment: ${(e as Error).message}`,
-      );
-      restoreAddresses(d, rec, new Set(), report);
-    }
-  }
+  await releaseLeftovers(d, now, report);
 
   // One dump each of links and flock routes, taken once the leftovers are gone: enough to find
   // the committed pods whose datapath lost something, and the orphans.
@@ -273,22 +271,71 @@ function repairChecks(store: Store, rec: Attachment): SetupOptions {
 }
 
 /**
- * Tears down a pending or releasing record's datapath and removes the record; another pod's veth
- * that the record names wrongly stays (a problem in the report), as an address routed through it.
+ * Tears down the pending and releasing records' datapaths and removes the records, as GC does:
+ * all go off the network first (one link dump for all, not a look-up each), then their veths
+ * are deleted off the event loop, {@link GC_DELETIONS_IN_FLIGHT} at a time, each record removed
+ * and its addresses released once its own veth is gone. A record that cannot be handled stays as
+ * it is, its addresses held, for a retried ADD or DEL, the stuck-release sweep or the next
+ * start: one bad record must not stop the agent (a crash loop).
  */
-function releaseLeftover(
+async function releaseLeftovers(
+  d: ReconcileDeps,
+  now: number,
+  report: ReconcileReport,
+): Promise<void> {
+  const leftovers = [...d.store.listByState("pending"), ...d.store.listByState("releasing")];
+  if (leftovers.length === 0) return;
+  const failed = (rec: Attachment, e: unknown) => {
+    report.problems.push(
+      `${rec.containerId}: cannot release the ${rec.state} attachment: ${(e as Error).message}`,
+    );
+    restoreAddresses(d, rec, new Set(), report);
+  };
+  let nodeLinks: ReadonlyMap<string, Link> | undefined;
+  try {
+    // Should the dump fail (a busy kernel), each record looks its own veth up.
+    if (leftovers.length > 1) nodeLinks = d.datapath.nodeLinksByName();
+  } catch {
+    nodeLinks = undefined;
+  }
+  const detached: { rec: Attachment; addresses: PodAddresses; veth?: Link | null }[] = [];
+  for (const rec of leftovers) {
+    const addresses: PodAddresses = {
+      ipv6: rec.ipv6 ? parseIP(rec.ipv6) : undefined,
+      ipv4: rec.ipv4 ? parseIP(rec.ipv4) : undefined,
+      hostIface: rec.hostIface,
+      netns: rec.netns,
+      others: otherPodSides(d.store, rec, rec.hostIface),
+    };
+    try {
+      const { foreign, veth } = d.datapath.detach(rec.containerId, addresses, nodeLinks);
+      // Another pod's veth: removeVeth without `veth` asks again and keeps its routes.
+      detached.push({ rec, addresses, veth: foreign ? undefined : veth });
+    } catch (e) {
+      failed(rec, e);
+    }
+  }
+  const outcomes = await forEachBounded(detached, GC_DELETIONS_IN_FLIGHT, async (x) => {
+    const foreign = await d.datapath.removeVeth(x.rec.containerId, x.addresses, x.veth);
+    finishLeftover(d, x.rec, foreign, now, report);
+    report.released++;
+  });
+  outcomes.forEach((o, i) => {
+    if (o.status === "rejected") failed(detached[i].rec, o.reason);
+  });
+}
+
+/**
+ * Removes a pending or releasing record whose veth is gone, or is another pod's (a problem in the
+ * report: that veth stays, as an address routed through it).
+ */
+function finishLeftover(
   d: ReconcileDeps,
   rec: Attachment,
+  foreign: ForeignVeth | undefined,
   now: number,
   report: ReconcileReport,
 ): void {
-  const foreign = d.datapath.teardown(rec.containerId, {
-    ipv6: rec.ipv6 ? parseIP(rec.ipv6) : undefined,
-    ipv4: rec.ipv4 ? parseIP(rec.ipv4) : undefined,
-    hostIface: rec.hostIface,
-    netns: rec.netns,
-    others: otherPodSides(d.store, rec, rec.hostIface),
-  });
   const inUse = new Set(foreign?.addressesInUse.map(formatIP));
   if (foreign) {
     report.problems.push(

@@ -69,7 +69,7 @@ try {
   });
   const metrics = agent.metrics!;
   await agent.listen();
-  agent.configure(parseNodeConfig({ cidr6: "fd00:4d::/64", cidr4: "10.77.0.0/16" }, "bench"));
+  await agent.configure(parseNodeConfig({ cidr6: "fd00:4d::/64", cidr4: "10.77.0.0/16" }, "bench"));
 
   const config = { cniVersion: "1.1.0", name: "flock", type: "flock", agentSocket: socketPath };
   const request = (command: "ADD" | "DEL", id: string, netns: string): RpcRequest => ({

@@ -67,6 +67,7 @@ console.log(
 const OTHERS: { file: string; quickArgs: string[]; denoBench?: boolean }[] = [
   { file: "datapath_bench.ts", quickArgs: ["--pods", "50"] },
   { file: "veth_delete_bench.ts", quickArgs: [] },
+  { file: "release_bench.ts", quickArgs: ["--pods", "30"] },
   { file: "ipam_bench.ts", quickArgs: [], denoBench: true },
   { file: "metrics_bench.ts", quickArgs: ["--pods", "50"] },
   { file: "anycast_bench.ts", quickArgs: ["--pods", "50"] },

@@ -354,7 +354,7 @@ export class ClusterMode {
     if (this.#stopped) return;
     await agent.setSecretPasswords?.(this.secrets.passwords);
     this.#syncOwnAddresses();
-    agent.configure(config);
+    await agent.configure(config);
     this.source = source;
     this.#appliedSpec = canonicalJson(config.spec);
     if (obj) this.#observedGeneration = obj.generation;

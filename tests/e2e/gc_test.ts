@@ -6,7 +6,7 @@
  */
 
 import assert from "node:assert/strict";
-import { FlockNode, TestNamespace } from "../helpers/flock.ts";
+import { FlockNode, ping, TestNamespace } from "../helpers/flock.ts";
 import { ROOT_ONLY } from "../helpers/exec.ts";
 import { callAgent } from "../../cni.ts";
 import { hostIfaceName } from "../../agent/datapath.ts";
@@ -15,8 +15,11 @@ import {
   assertNodeHolds,
   flockLinksNow,
   type LivePod,
+  podAddresses,
+  resultIps,
   storeRecords,
 } from "../helpers/node_state.ts";
+import { CRASH_ENV } from "../../agent/crash_points.ts";
 import { FAIL_VETH_DELETE_ENV, RELEASE_SWEEP_ENV } from "../../agent/test_faults.ts";
 import { assertCniError } from "../helpers/cni_output.ts";
 import { eventually } from "../helpers/eventually.ts";
@@ -232,6 +235,91 @@ Deno.test({
         1,
         stale,
       ]]);
+    } finally {
+      await removeAll([...kept.namespaces, ...gone.namespaces]);
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "GC of 50 attachments with an ADD arriving meanwhile: nothing of the 50 left, the ADD works",
+  ...ROOT_ONLY,
+  async fn() {
+    await using node = await FlockNode.start({
+      config: { cidr6: "fd00:e3::/64", cidr4: "10.227.0.0/24" },
+    });
+    const kept = await addPods(node, "keep", 1);
+    const gone = await addPods(node, "gone", 50);
+    const late = await TestNamespace.create("flk-gcp");
+    try {
+      await assertNodeHolds(node, [...kept.pods, ...gone.pods], "before GC");
+      // The late pod is in the runtime's list already: GC must keep it, before or after its ADD.
+      const valid = validAttachments([...kept.pods, { containerId: "late0", ips: [] }]);
+      const started = Date.now();
+      const [gc, add] = await Promise.all([
+        node.cni("GC", { ifname: "", extraConfig: valid }),
+        // The plugin's exec and connect take longer than GC's start: the ADD waits for GC.
+        node.cni("ADD", { containerId: "late0", netns: late.path }),
+      ]);
+      console.log(`GC of 50 with an ADD meanwhile: both answered in ${Date.now() - started} ms`);
+      assert.equal(gc.code, 0, gc.stdout);
+      assert.equal(add.code, 0, add.stdout);
+      const latePod = { containerId: "late0", ips: resultIps(add.json) };
+      await assertNodeHolds(node, [...kept.pods, latePod], "after GC and the ADD");
+      for (const ns of gone.namespaces) {
+        assert.deepEqual(await podAddresses(ns), [], `${ns.name} has no flock interface left`);
+      }
+      assert.deepEqual(
+        await flockStatusJson(node).then(poolCounts),
+        [["ipv6", 2, 0], ["ipv4", 2, 0]],
+        "only the kept and the late pod hold addresses",
+      );
+      assert.ok(await ping(late, kept.pods[0].ips[0]), "the late pod reaches the kept one");
+    } finally {
+      await removeAll([...kept.namespaces, ...gone.namespaces, late]);
+    }
+  },
+});
+
+Deno.test({
+  name: "a crash during a GC of 30 leaves 30 releasing records; the restart finishes them all",
+  ...ROOT_ONLY,
+  async fn() {
+    await using node = await FlockNode.start({
+      config: { cidr6: "fd00:e4::/64", cidr4: "10.228.0.0/24" },
+      cooldownMs: 60_000,
+    });
+    const kept = await addPods(node, "keep", 1);
+    const gone = await addPods(node, "gone", 30);
+    try {
+      // Killed once the first veth of the GC is gone: every one of the 30 is off the network and
+      // durably releasing, most veths still there.
+      await node.kill();
+      await node.startAgent({ env: { [CRASH_ENV]: "del-after-teardown" } });
+      const gc = await node.cni("GC", { ifname: "", extraConfig: validAttachments(kept.pods) });
+      assert.notEqual(gc.code, 0, "the agent died during GC");
+      await node.kill();
+      const records = storeRecords(node);
+      assert.equal(records.filter((r) => r.state === "releasing").length, 30);
+      const leftLinks = (await flockLinksNow(node)).length - 1;
+      assert.ok(leftLinks > 0, "the crash left veths to delete");
+      const started = Date.now();
+      await node.startAgent();
+      console.log(
+        `restart with 30 releasing records (${leftLinks} veths left): ready in ` +
+          `${Date.now() - started} ms (the agent's start and the plugin's STATUS polls included)`,
+      );
+      await assertNodeHolds(node, kept.pods, "after the restart");
+      const status = await flockStatusJson(node);
+      assert.equal(status.reconcile?.released, 30);
+      assert.deepEqual(status.reconcile?.problems, []);
+      assert.deepEqual(
+        poolCounts(status),
+        [["ipv6", 1, 30], ["ipv4", 1, 30]],
+        "every released address cooling, none leaked and none handed out",
+      );
+      for (const ns of gone.namespaces) assert.deepEqual(await podAddresses(ns), []);
     } finally {
       await removeAll([...kept.namespaces, ...gone.namespaces]);
     }
