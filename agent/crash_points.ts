@@ -16,6 +16,11 @@ export const CRASH_POINTS = [
   "add-after-datapath",
   /** ADD: the record is committed, the answer not yet sent. */
   "add-after-commit",
+  /**
+   * ADD retried with another CNI_NETNS (a new sandbox): one of its two steps is done, the other
+   * not — the record names the new netns, the pod's veth is not moved there yet.
+   */
+  "add-retry-new-netns",
   /** DEL (and GC): the record is releasing and the pod off the network, the answer not yet sent. */
   "del-after-releasing",
   /**

@@ -26,6 +26,7 @@ import {
   type ForeignVeth,
   hostIfaceCandidate,
   hostIfaceName,
+  type PodInterfaces,
   type PodNetwork,
   type SetupOptions,
 } from "./datapath.ts";
@@ -183,18 +184,29 @@ export class PodHandler {
     }
     const network = networkOf(req);
     if (existing && ofNetwork(existing, network)) {
+      // Retried with a new sandbox netns: the new path is recorded before setup moves the pod
+      // there, so a crash in between leaves a record naming where the pod goes, never the
+      // abandoned netns (the start-up repair, DEL's wait for the veth and CHECK look there).
+      const moved = existing.netns !== req.netns;
+      if (moved) {
+        store.setNetns(req.containerId, req.ifname, req.netns);
+        this.deps.crashAt?.("add-retry-new-netns");
+      }
       // A retry: converge the datapath for the addresses already held.
-      const links = datapath.setup(
-        this.#podNetwork(req, existing),
-        this.#netnsOwnerCheck(req, existing.hostIface),
-      );
+      let links: PodInterfaces;
+      try {
+        links = datapath.setup(
+          this.#podNetwork(req, existing),
+          this.#netnsOwnerCheck(req, existing.hostIface),
+        );
+      } catch (e) {
+        if (moved) this.#recordNetnsOfUnmovedVeth(existing);
+        throw e;
+      }
       // A record from before flock kept network names is this network's from now on.
       if (existing.network === undefined && network !== undefined) {
         store.claimNetwork(req.containerId, req.ifname, network);
       }
-      // Retried with a new sandbox netns: setup moved the pod there, and the start-up repair,
-      // DEL's wait for the veth and every later step must look there, not in the old one.
-      if (existing.netns !== req.netns) store.setNetns(req.containerId, req.ifname, req.netns);
       if (existing.state === "pending") store.commit(req.containerId, req.ifname);
       this.deps.anycast?.sync(existing.anycast);
       return this.#result(req, existing, links, chained);
@@ -288,6 +300,29 @@ export class PodHandler {
       // The failed pod may already be a path of a route: recompute without it.
       if (record.anycast.length) this.deps.anycast?.trySync(record.anycast);
       throw e;
+    }
+  }
+
+  /**
+   * After a failed setup of an ADD retried with a new netns: the record names the old netns again
+   * when the veth's other end is still there (the setup refused the new one before moving it), so
+   * the pod keeps being repaired, checked and released where it lives. Otherwise, or when the
+   * kernel cannot tell, the record keeps the new path: the DEL that follows a failed ADD releases
+   * the veth wherever its other end is.
+   */
+  #recordNetnsOfUnmovedVeth(rec: Attachment): void {
+    try {
+      if (this.deps.datapath.locatePeerNetns(rec.hostIface, rec.netns).identity !== undefined) {
+        this.deps.store.setNetns(rec.containerId, rec.ifname, rec.netns);
+      }
+    } catch (e) {
+      this.deps.log({
+        level: "error",
+        msg: "a failed ADD retry could not tell where its veth is; the record names the new netns",
+        containerId: rec.containerId,
+        ifname: rec.ifname,
+        error: errorMessage(e),
+      });
     }
   }
 
