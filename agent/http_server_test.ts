@@ -74,7 +74,9 @@ Deno.test({
       assert.equal(snap.ready, false);
       assert.equal(snap.reason, "waiting for the node configuration");
 
-      await agent.configure(parseNodeConfig({ cidr6: "fd00:5::/64", cidr4: "10.5.0.0/24" }, "test"));
+      await agent.configure(
+        parseNodeConfig({ cidr6: "fd00:5::/64", cidr4: "10.5.0.0/24" }, "test"),
+      );
       const after = await get("/readyz");
       assert.equal(after.status, 200);
       await after.body?.cancel();
