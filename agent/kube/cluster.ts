@@ -9,7 +9,8 @@
  *   routes (see {@link describeConfigChange}). An invalid new spec is rejected (logged, shown
  *   in status) and the last good one stays in force. A deleted NodeConfig leaves the node
  *   running on its last config.
- * - The other nodes' NodeConfigs are handed to `onPeersChanged` (the BGP node mesh).
+ * - The other nodes' NodeConfigs are handed to `onPeersChanged` (the BGP node mesh). A mesh peer
+ *   whose Node or NodeConfig is deleted stays in the mesh for a grace period (kept_peers.ts).
  * - Pods of this node feed the annotation lookups of ADDs that came without annotations.
  * - BGP passwords named by `passwordSecretRef` are read from Secrets of the agent's namespace
  *   before bird.conf is rendered, and kept current (see bgp_secrets.ts).
@@ -43,6 +44,7 @@ import {
 import type { MeshPeer, RouterId } from "../routing.ts";
 import { routerIdCondition, RouterIdConflictLog, routerIdConflicts } from "./router_ids.ts";
 import { BgpSecrets, passwordCondition } from "./bgp_secrets.ts";
+import { DEFAULT_DELETED_PEER_GRACE_MS, type KeptPeerEvents, KeptPeers } from "./kept_peers.ts";
 import {
   type AgentStats,
   buildStatus,
@@ -111,6 +113,8 @@ export interface ClusterModeOptions {
   /** Period of the Secret re-reads (default 60 s) and while one is unavailable (default 5 s). */
   secretRefreshMs?: number;
   secretRetryMs?: number;
+  /** How long a mesh peer whose Node or NodeConfig was deleted is kept (default 60 s; 0: not). */
+  deletedPeerGraceMs?: number;
   log: (fields: Record<string, unknown>) => void;
 }
 
@@ -145,6 +149,9 @@ export class ClusterMode {
   readonly #refreshSchedule = new StatusRefreshSchedule();
   #peersQueued = false;
   readonly #peerConfigs = new PeerConfigs();
+  readonly #keptPeers: KeptPeers;
+  /** Recomputes the mesh when a kept peer's grace ends. */
+  #keptPeersTimer?: ReturnType<typeof setTimeout>;
   #stopped = false;
   readonly #sleeper = new Sleeper();
   #acquiring?: Promise<void>;
@@ -155,6 +162,7 @@ export class ClusterMode {
   constructor(readonly options: ClusterModeOptions) {
     const { api, nodeName, log } = options;
     this.#routerIdConflicts = new RouterIdConflictLog(log);
+    this.#keptPeers = new KeptPeers(options.deletedPeerGraceMs ?? DEFAULT_DELETED_PEER_GRACE_MS);
     this.pods = new Reflector({
       name: `pods on ${nodeName}`,
       source: {
@@ -264,6 +272,7 @@ export class ClusterMode {
   async stop(): Promise<void> {
     this.#stopped = true;
     clearInterval(this.#refresh);
+    clearTimeout(this.#keptPeersTimer);
     this.#sleeper.wake();
     this.secrets.stop();
     this.status.stop();
@@ -468,7 +477,8 @@ export class ClusterMode {
     if (!agent?.ready) return;
     this.#syncOwnAddresses();
     if (!agent.setMeshPeers) return;
-    const mesh = meshPeersFor(
+    const ownCIDRs = [agent.node?.cidr6, agent.node?.cidr4].filter((p) => p !== undefined);
+    const fresh = meshPeersFor(
       peers,
       (name) => this.nodes?.cache.get(name),
       this.#ownAddresses(),
@@ -478,9 +488,17 @@ export class ClusterMode {
           const obj = this.configs.cache.get(name);
           return obj && !specApplied(obj) ? this.#peerConfigs.previousCIDRs(name) : [];
         },
-        ownCIDRs: [agent.node?.cidr6, agent.node?.cidr4].filter((p) => p !== undefined),
+        ownCIDRs,
       },
     );
+    const { mesh, events } = this.#keptPeers.apply(
+      fresh,
+      (name) => this.#missingObject(name),
+      performance.now(),
+      ownCIDRs,
+    );
+    this.#logKeptPeers(events);
+    this.#scheduleKeptPeers();
     const meshText = canonicalJson(mesh);
     if (meshText === this.#meshText) return;
     this.#meshText = meshText;
@@ -493,6 +511,50 @@ export class ClusterMode {
     agent.setMeshPeers(mesh).then(() => this.status.request(), (e) => {
       log({ level: "error", msg: "cannot apply mesh peers", error: String(e) });
     });
+  }
+
+  /**
+   * What of another node's API objects is gone, so that it cannot be a mesh peer now: its
+   * "NodeConfig", its "Node", or the Node's InternalIPs (a Node registered again, before its
+   * addresses). Undefined when all are there.
+   */
+  #missingObject(name: string): string | undefined {
+    if (this.configs.cache.get(name) === undefined) return "NodeConfig";
+    if (!this.nodes) return undefined;
+    const addresses = this.nodes.cache.get(name);
+    if (addresses === undefined) return "Node";
+    return addresses.length === 0 ? "Node InternalIPs" : undefined;
+  }
+
+  #logKeptPeers(events: KeptPeerEvents): void {
+    const { log } = this.options;
+    const graceS = Math.round(this.#keptPeers.graceMs / 1000);
+    for (const k of events.kept) {
+      log({
+        level: "warn",
+        msg:
+          `mesh peer's ${k.gone} deleted; keeping its session for ${graceS} s unless it comes back`,
+        peer: `${k.name}@${k.address}`,
+      });
+    }
+    for (const name of events.returned) {
+      log({ level: "info", msg: "kept mesh peer's objects are back", peer: name });
+    }
+    for (const d of events.dropped) {
+      log({ level: "warn", msg: "kept mesh peer dropped", peer: d.name, reason: d.reason });
+    }
+  }
+
+  /** Recomputes the mesh once the next kept peer's grace is over. */
+  #scheduleKeptPeers(): void {
+    clearTimeout(this.#keptPeersTimer);
+    this.#keptPeersTimer = undefined;
+    const next = this.#keptPeers.nextExpiry;
+    if (next === undefined || this.#stopped) return;
+    this.#keptPeersTimer = setTimeout(() => {
+      this.#keptPeersTimer = undefined;
+      if (!this.#stopped) this.#queuePeers();
+    }, Math.max(0, Math.ceil(next - performance.now())) + 1);
   }
 
   /** A periodic read of the peers' Secrets changed something: re-render bird.conf, report. */

@@ -8,6 +8,7 @@
 
 import { KubeApi } from "./api.ts";
 import { ClusterMode, DEFAULT_CONFIG_WAIT_MS } from "./cluster.ts";
+import { DEFAULT_DELETED_PEER_GRACE_MS, MAX_DELETED_PEER_GRACE_MS } from "./kept_peers.ts";
 import type { NodeConfig } from "../config.ts";
 
 /** Options of {@link openClusterMode}. */
@@ -26,6 +27,22 @@ export class ClusterUsageError extends Error {
   override name = "ClusterUsageError";
 }
 
+/** The environment variable that sets how long a deleted mesh peer is kept (milliseconds). */
+export const DELETED_PEER_GRACE_ENV = "FLOCK_DELETED_PEER_GRACE_MS";
+
+/** The grace of a mesh peer whose Node or NodeConfig was deleted, from the environment. */
+export function deletedPeerGraceMs(text: string | undefined): number {
+  if (text === undefined || text === "") return DEFAULT_DELETED_PEER_GRACE_MS;
+  const ms = /^\d+$/.test(text) ? Number(text) : NaN;
+  if (!(ms <= MAX_DELETED_PEER_GRACE_MS)) {
+    throw new ClusterUsageError(
+      `${DELETED_PEER_GRACE_ENV} must be a whole number of milliseconds up to ` +
+        `${MAX_DELETED_PEER_GRACE_MS}, got "${text}"`,
+    );
+  }
+  return ms;
+}
+
 /**
  * Reads the credentials and returns the (not yet started) cluster side of the agent. Its
  * namespace (where the BGP password Secrets are) is `POD_NAMESPACE` (the DaemonSet sets it from
@@ -38,6 +55,7 @@ export function openClusterMode(opts: OpenClusterOptions): ClusterMode {
       `--nodeconfig-wait-ms must be a whole number of milliseconds, got "${wait}"`,
     );
   }
+  const grace = deletedPeerGraceMs(Deno.env.get(DELETED_PEER_GRACE_ENV));
   if (!opts.kubeconfig && !Deno.env.get("KUBERNETES_SERVICE_HOST")) {
     throw new ClusterUsageError(
       "no --config FILE (standalone mode), no --kubeconfig FILE, and not running in a pod " +
@@ -58,6 +76,7 @@ export function openClusterMode(opts: OpenClusterOptions): ClusterMode {
     namespace,
     waitForConfigMs: wait === undefined ? DEFAULT_CONFIG_WAIT_MS : Number(wait),
     onPeersChanged: opts.onPeersChanged,
+    deletedPeerGraceMs: grace,
     log: opts.log,
   });
 }

@@ -9,8 +9,9 @@
  *   different nodes pinging over IPv6 and IPv4, `status.bgpSessionsUp` and the BGP-Up column,
  *   the `Ready` and `BGPEstablished` conditions;
  * - a fourth node joins (its Node lists IPv6 first: the sessions agree on the family anyway):
- *   the others peer with it without restarting their existing sessions; its NodeConfig deleted:
- *   the others drop it.
+ *   the others peer with it without restarting their existing sessions; its Node deleted and
+ *   registered again (as kubelet does): no session restarts, no route is withdrawn, also past the
+ *   grace; its NodeConfig deleted for good: the others drop it once the grace is over.
  */
 
 import assert from "node:assert/strict";
@@ -27,6 +28,13 @@ import { birdcPath } from "../helpers/tools.ts";
 
 /** Bound of every wait for the mesh to converge (it takes a few seconds). */
 const MESH_WAIT_MS = 30_000;
+
+/**
+ * How long the agents keep a mesh peer whose Node or NodeConfig was deleted (60 s by default;
+ * shorter here so the test does not wait a minute for the drop).
+ */
+const GRACE_MS = 6_000;
+const AGENT_ENV = { FLOCK_DELETED_PEER_GRACE_MS: String(GRACE_MS) };
 
 /** One AS for the whole mesh (iBGP, as a node mesh usually is). */
 const ASN = 64512;
@@ -181,7 +189,8 @@ Deno.test({
     const plans = [plan(1), plan(2), plan(3)];
     await kube.apply(plans.flatMap((p) => meshObjects(p)));
     const kubeconfig = await kube.kubeconfigFor(await kube.tokenFor("kube-system", "flock"));
-    const start = (p: BgpNodePlan) => startBgpNode(fabric, p, cleanup, { kubeconfig });
+    const start = (p: BgpNodePlan) =>
+      startBgpNode(fabric, p, cleanup, { kubeconfig, env: AGENT_ENV });
     // All settled before going on: a node still starting must not outlive the cleanup.
     const started = await Promise.allSettled(plans.map(start));
     const failed = started.find((r) => r.status === "rejected");
@@ -280,7 +289,9 @@ Deno.test({
 
       await step("an agent restart leaves every mesh session alone", async () => {
         const before = await Promise.all(nodes.map(meshSnapshot));
-        await nodes[0].flock.restartAgent();
+        // As restartAgent(), with the same environment.
+        await nodes[0].flock.kill("SIGKILL");
+        await nodes[0].flock.startAgent({ env: AGENT_ENV });
         // The restarted agent renders the same bird.conf (mesh included): nothing to reload.
         await eventually(
           "the restarted agent's status",
@@ -331,8 +342,30 @@ Deno.test({
         },
       );
 
-      await step("deleting a NodeConfig removes that peer from the others", async () => {
+      await step("node 4's Node deleted and registered again: no session restarts", async () => {
+        const before = await Promise.all(all.map(meshSnapshot));
+        const check = async (when: string) => {
+          for (const [i, n] of all.entries()) {
+            assertNotRestarted(n, before[i], await meshSessions(n));
+            assert.deepEqual(await birdRoutes(n), othersSummaries(n, all), `${when}: routes`);
+          }
+        };
+        await kube.kubectlOk(["delete", "node", plan(4).name]);
+        await new Promise((r) => setTimeout(r, GRACE_MS / 2));
+        await check("Node deleted");
+        for (const n of nodes) {
+          assert.match(await Deno.readTextFile(n.bird.configPath), /neighbor fd00:a::14 as/);
+        }
+        assert.match(await nodes[0].flock.agentLog(), /mesh peer's Node deleted; keeping/);
+        await kube.apply(meshObjects(plan(4), true)[1]);
+        // Past the grace of the deletion: the Node is back, so nothing may expire.
+        await new Promise((r) => setTimeout(r, GRACE_MS / 2 + 1_500));
+        await check("Node back");
+      });
+
+      await step("deleting a NodeConfig removes that peer once the grace is over", async () => {
         const before = await Promise.all(nodes.map(meshSnapshot));
+        const deletedAt = Date.now();
         await kube.kubectlOk(["delete", "nodeconfig", plan(4).name]);
         for (const [i, n] of nodes.entries()) {
           await eventually(
@@ -341,7 +374,13 @@ Deno.test({
             (s) =>
               Object.keys(s).sort().join() ===
                 nodes.filter((o) => o !== n).map((o) => o.plan.ipv6).sort().join(),
+            MESH_WAIT_MS,
           );
+          if (i === 0) {
+            const keptMs = Date.now() - deletedAt;
+            console.log(`node 4 kept by node 1 for ${keptMs} ms after its NodeConfig went`);
+            assert.ok(keptMs >= GRACE_MS, `node 4 dropped after ${keptMs} ms`);
+          }
           assert.doesNotMatch(await Deno.readTextFile(n.bird.configPath), /fd00:a::14/);
           await eventually(
             `${n.plan.name} kernel routes without node 4`,

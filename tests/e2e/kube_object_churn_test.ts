@@ -7,7 +7,10 @@
  *   input (the node's InternalIPs) and the mesh stay as they were: the node's addresses did not
  *   change, only an API object went away;
  * - its NodeConfig deleted: the node keeps running on its last config; recreated with another
- *   CIDR: applied, and the new object gets a status (Ready, observedGeneration 1).
+ *   CIDR: applied, and the new object gets a status (Ready, observedGeneration 1);
+ * - another node's Node deleted (kubelet registers it again within seconds): its mesh peer stays,
+ *   so no BGP session is cut, and nothing changes when the Node comes back; its NodeConfig
+ *   deleted for good: the peer is dropped once the grace is over (not at once, not never).
  */
 
 import assert from "node:assert/strict";
@@ -92,6 +95,32 @@ async function nodeConfigStatus(kube: KubeCluster, name: string) {
   };
 }
 
+/**
+ * SELF's and PEER's NodeConfig and Node objects, and cluster mode started for SELF with a
+ * recording agent (`graceMs`: how long a deleted peer is kept).
+ */
+async function startTwoNodes(kube: KubeCluster, graceMs?: number) {
+  await kube.apply([
+    nodeConfig(SELF, "fd00:1::/64"),
+    nodeConfig(PEER, "fd00:2::/64"),
+    node(SELF, "192.0.2.1", "2001:db8::1"),
+    node(PEER, "192.0.2.2", "2001:db8::2"),
+  ]);
+  const agent = new RecordingAgent();
+  const cluster = new ClusterMode({
+    nodeName: SELF,
+    api: new KubeApi({ kubeconfig: kube.adminKubeconfig }),
+    namespace: "kube-system",
+    statusIntervalMs: 0,
+    deletedPeerGraceMs: graceMs,
+    log: () => {},
+  });
+  cluster.start(agent, (e) => {
+    throw e;
+  });
+  return { agent, cluster };
+}
+
 const settle = () => new Promise((r) => setTimeout(r, 2_000));
 
 Deno.test({
@@ -100,23 +129,7 @@ Deno.test({
   sanitizeResources: false,
   async fn() {
     await using kube = await startKubeWithFlock();
-    await kube.apply([
-      nodeConfig(SELF, "fd00:1::/64"),
-      nodeConfig(PEER, "fd00:2::/64"),
-      node(SELF, "192.0.2.1", "2001:db8::1"),
-      node(PEER, "192.0.2.2", "2001:db8::2"),
-    ]);
-    const agent = new RecordingAgent();
-    const cluster = new ClusterMode({
-      nodeName: SELF,
-      api: new KubeApi({ kubeconfig: kube.adminKubeconfig }),
-      namespace: "kube-system",
-      statusIntervalMs: 0,
-      log: () => {},
-    });
-    cluster.start(agent, (e) => {
-      throw e;
-    });
+    const { agent, cluster } = await startTwoNodes(kube);
     try {
       await cluster.configured;
       await eventually(
@@ -210,6 +223,81 @@ Deno.test({
           "a status on the new object",
           () => nodeConfigStatus(kube, SELF),
           (s) => s.conditions?.some((c) => c.type === "Ready" && c.status === "True") === true,
+        );
+      });
+    } finally {
+      await cluster.stop();
+    }
+  },
+});
+
+/** The grace the next test gives a deleted peer (the default is 60 s). */
+const GRACE_MS = 3_000;
+
+Deno.test({
+  name: "cluster mode: another node's Node or NodeConfig deleted: its mesh peer kept for the grace",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    await using kube = await startKubeWithFlock();
+    const { agent, cluster } = await startTwoNodes(kube, GRACE_MS);
+    const meshCalls = () => agent.calls.filter((c) => c.startsWith("mesh"));
+    try {
+      await cluster.configured;
+      await eventually(
+        "the mesh",
+        () => Promise.resolve(meshCalls()),
+        (c) => c.includes(`mesh ${PEER}@2001:db8::2`),
+      );
+      const before = meshCalls().length;
+
+      await step("the peer's Node deleted: still in the mesh", async () => {
+        await kube.kubectlOk(["delete", "node", PEER]);
+        await eventually(
+          "the Node gone from the informer",
+          () => Promise.resolve(cluster.nodes!.cache.get(PEER)),
+          (v) => v === undefined,
+        );
+        await new Promise((r) => setTimeout(r, GRACE_MS / 2));
+        assert.deepEqual(meshCalls().slice(before), []);
+      });
+
+      await step("the Node registered again: nothing changed, also after the grace", async () => {
+        await kube.apply(node(PEER, "192.0.2.2", "2001:db8::2"));
+        await eventually(
+          "the Node back",
+          () => Promise.resolve(cluster.nodes!.cache.get(PEER)),
+          (v) => v !== undefined,
+        );
+        await new Promise((r) => setTimeout(r, GRACE_MS + 500));
+        assert.deepEqual(meshCalls().slice(before), []);
+      });
+
+      await step(
+        "the NodeConfig deleted for good: dropped after the grace, not before",
+        async () => {
+          const deletedAt = Date.now();
+          await kube.kubectlOk(["delete", "nodeconfig", PEER]);
+          await eventually(
+            "the peer dropped",
+            () => Promise.resolve(meshCalls().slice(before)),
+            (c) => c.includes("mesh "),
+            GRACE_MS + 10_000,
+            50,
+          );
+          const keptMs = Date.now() - deletedAt;
+          console.log(`deleted NodeConfig's peer kept for ${keptMs} ms (grace ${GRACE_MS} ms)`);
+          assert.ok(keptMs >= GRACE_MS, `dropped after ${keptMs} ms`);
+          assert.deepEqual(meshCalls().slice(before), ["mesh "]);
+        },
+      );
+
+      await step("the NodeConfig created again: back in the mesh", async () => {
+        await kube.apply(nodeConfig(PEER, "fd00:2::/64"));
+        await eventually(
+          "the peer back",
+          () => Promise.resolve(meshCalls().slice(before)),
+          (c) => c.at(-1) === `mesh ${PEER}@2001:db8::2`,
         );
       });
     } finally {
