@@ -471,17 +471,14 @@ export class Datapath {
           `${name} is the host veth of ${owner} (its other end is in that pod's netns)`,
         );
       }
+      // A pod interface of that name which is not the stale veth's other end would survive its
+      // deletion: refused before anything changes (the stale veth may be the pod's old netns's).
+      if (peer) throw notMadeByFlock(pod);
       deleteLink(this.node, host.index);
       host = undefined;
-      // If that pod interface was the stale pair's own end, it went with it.
-      if (peer) peer = getLinkByName(podNs, pod.ifname);
     }
     if (!host) {
-      if (peer) {
-        throw new InterfaceConflictError(
-          `interface ${pod.ifname} already exists in ${pod.netns} and was not made by flock`,
-        );
-      }
+      if (peer) throw notMadeByFlock(pod);
       const again = this.#createPair(pod, podNs, name);
       if (!again) throw new InterfaceConflictError(`${name} appeared while it was being repaired`);
       ({ host, peer } = again);
@@ -907,6 +904,12 @@ export class Datapath {
 function macMismatch(what: string, link: Link, want: string | undefined): string | undefined {
   if (want === undefined || link.mac.toLowerCase() === want.toLowerCase()) return undefined;
   return `${what} has mac ${link.mac}, want ${want}`;
+}
+
+function notMadeByFlock(pod: PodNetwork): InterfaceConflictError {
+  return new InterfaceConflictError(
+    `interface ${pod.ifname} already exists in ${pod.netns} and was not made by flock`,
+  );
 }
 
 /**

@@ -111,6 +111,8 @@ Deno.test({
         hostIfaceName(p.containerId),
       ]);
       assert.equal(theirs.link_index, theirHost.ifindex);
+      // Refused before anything changed: our veth still joins our pod where it was.
+      assert.deepEqual(dp.check(p), []);
     });
   },
 });
