@@ -113,6 +113,8 @@ export class Agent {
   #sweep?: Promise<void>;
   /** The last {@link configure} (settled once it is done, whatever its outcome). */
   #configured: Promise<unknown> = Promise.resolve();
+  /** Set by {@link close}: a configure still reconciling then stops before it serves. */
+  #closed = false;
   /** Test-only (crash_points.ts, test_faults.ts); read once, so a reconfigure does not re-arm them. */
   readonly #crashAt = crashHookFromEnv();
   readonly #vethDeleteFault = vethDeleteFaultFromEnv();
@@ -194,6 +196,7 @@ export class Agent {
   }
 
   async #configureNow(node: NodeConfig): Promise<ReconcileReport> {
+    this.#refuseIfClosed();
     const cooldownMs = this.options.cooldownMs ?? DEFAULT_COOLDOWN_MS;
     if (!this.#store) {
       this.#store = Store.open(this.options.stateDir);
@@ -217,6 +220,9 @@ export class Agent {
       mtu: node.mtu,
       keepRoute: (dst) => isSummaryRoute(node, dst) || this.#holdsPods(dst),
     });
+    // A stop signal during the reconcile's await: serving now would start the sweep timer and
+    // the routing after close has stopped them (and on a closed store).
+    this.#refuseIfClosed();
     this.reconcileReport = report;
     this.metrics?.reconciled(report);
     [this.#node, this.#pool6, this.#pool4] = [node, pool6, pool4];
@@ -251,6 +257,10 @@ export class Agent {
     }, releaseSweepMsFromEnv(RELEASE_SWEEP_MS));
     Deno.unrefTimer(this.#releaseSweep);
     return report;
+  }
+
+  #refuseIfClosed(): void {
+    if (this.#closed) throw new Error("the agent is closing: not configured");
   }
 
   /**
@@ -576,8 +586,12 @@ export class Agent {
     };
   }
 
-  /** Stops serving and closes the store. */
+  /** Stops serving and closes the store; a configure in progress stops before it serves. */
   async close(): Promise<void> {
+    this.#closed = true;
+    // A configure still reconciling stops before it serves (it awaits veth deletions that use
+    // the store and the node handle closed below).
+    await this.#configured;
     clearInterval(this.#releaseSweep);
     // Its veth deletion runs off the event loop and then writes the store: let it land first.
     await this.#sweep;
