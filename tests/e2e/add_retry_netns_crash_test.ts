@@ -11,6 +11,7 @@
 import assert from "node:assert/strict";
 import { FlockNode, ping, TestNamespace } from "../helpers/flock.ts";
 import { ROOT_ONLY } from "../helpers/exec.ts";
+import { agentExit, TRY_AGAIN } from "../helpers/agent_crash.ts";
 import {
   addLivePod,
   assertNodeHolds,
@@ -21,24 +22,6 @@ import {
 } from "../helpers/node_state.ts";
 import { CRASH_ENV } from "../../agent/crash_points.ts";
 import { SLOW_VETH_DELETE_ENV } from "../../agent/test_slow_delete.ts";
-
-/** CNI code the plugin answers with while the agent is down or restarting. */
-const TRY_AGAIN = 11;
-
-/** Waits (bounded) for the agent process to die and returns how it ended. */
-async function agentExit(node: FlockNode, timeoutMs = 10_000): Promise<Deno.CommandStatus> {
-  const child = node.agent;
-  assert.ok(child, "no agent process");
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error("the agent did not die")), timeoutMs);
-  });
-  try {
-    return await Promise.race([child.status, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 Deno.test({
   name: "crash inside an ADD retried with a new netns: the restart converges",

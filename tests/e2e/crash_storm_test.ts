@@ -11,6 +11,7 @@
 import assert from "node:assert/strict";
 import { FlockNode, ping, TestNamespace } from "../helpers/flock.ts";
 import { ROOT_ONLY } from "../helpers/exec.ts";
+import { agentExit, TRY_AGAIN } from "../helpers/agent_crash.ts";
 import { Prng } from "../helpers/prng.ts";
 import {
   addLivePod,
@@ -23,9 +24,6 @@ import {
 import { CRASH_ENV, type CrashPoint } from "../../agent/crash_points.ts";
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** CNI code the plugin answers with while the agent is down or restarting. */
-const TRY_AGAIN = 11;
 
 /** One pod of the storm and what the runtime believes about it. */
 interface StormPod {
@@ -79,21 +77,6 @@ async function restartAndReport(node: FlockNode): Promise<Record<string, unknown
     throw new Error("the restarted agent logged no reconcile report");
   } finally {
     await node.startAgent();
-  }
-}
-
-/** Waits (bounded) for the agent process to die and returns how it ended. */
-async function agentExit(node: FlockNode, timeoutMs = 10_000): Promise<Deno.CommandStatus> {
-  const child = node.agent;
-  assert.ok(child, "no agent process");
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error("the agent did not die")), timeoutMs);
-  });
-  try {
-    return await Promise.race([child.status, timeout]);
-  } finally {
-    clearTimeout(timer);
   }
 }
 
