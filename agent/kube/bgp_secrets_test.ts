@@ -29,6 +29,19 @@ const config = parseNodeConfig(
   { secretRefs: true },
 );
 
+/** One peer whose password is the Secret `bgp`'s key `k`. */
+const ONE_PEER = parseNodeConfig(
+  {
+    cidr6: "fd00:1::/64",
+    bgp: {
+      asn: 1,
+      peers: [{ address: "fd00:a::1", asn: 2, passwordSecretRef: { name: "bgp", key: "k" } }],
+    },
+  },
+  "t",
+  { secretRefs: true },
+);
+
 /** Secrets of one namespace as the API serves them (base64 data); counts the GETs. */
 class SecretStore {
   secrets = new Map<string, Record<string, string>>();
@@ -141,18 +154,7 @@ Deno.test("BgpSecrets: a Secret created later is picked up by the retry; an outa
     if (secrets.problems.length === 0) changed.resolve();
   });
   try {
-    const one = parseNodeConfig(
-      {
-        cidr6: "fd00:1::/64",
-        bgp: {
-          asn: 1,
-          peers: [{ address: "fd00:a::1", asn: 2, passwordSecretRef: { name: "bgp", key: "k" } }],
-        },
-      },
-      "t",
-      { secretRefs: true },
-    );
-    await secrets.use(one);
+    await secrets.use(ONE_PEER);
     assert.equal(secrets.passwords.size, 0);
     assert.equal(passwordCondition(secrets.referenced, secrets.problems)?.status, "False");
     store.set("bgp", { k: PASSWORD });
@@ -164,13 +166,13 @@ Deno.test("BgpSecrets: a Secret created later is picked up by the retry; an outa
 
     // The API server goes away: the session keeps its password, nothing is reported.
     store.down = true;
-    await secrets.use(one);
+    await secrets.use(ONE_PEER);
     assert.deepEqual([...secrets.passwords], [["bgp/k", PASSWORD]]);
     assert.deepEqual(secrets.problems, []);
     // A rotated password replaces the old one.
     store.down = false;
     store.set("bgp", { k: "rotated" });
-    await secrets.use(one);
+    await secrets.use(ONE_PEER);
     assert.deepEqual([...secrets.passwords], [["bgp/k", "rotated"]]);
     assert.ok(logs.some((l) => l.msg === "BGP password changed"));
     assert.ok(!JSON.stringify(logs).includes(PASSWORD));
@@ -229,25 +231,14 @@ Deno.test("BgpSecrets: a deleted Secret keeps the password last read, reported; 
   const store = new SecretStore();
   const logs: Record<string, unknown>[] = [];
   const secrets = secretsFor(store, logs);
-  const one = parseNodeConfig(
-    {
-      cidr6: "fd00:1::/64",
-      bgp: {
-        asn: 1,
-        peers: [{ address: "fd00:a::1", asn: 2, passwordSecretRef: { name: "bgp", key: "k" } }],
-      },
-    },
-    "t",
-    { secretRefs: true },
-  );
   try {
     store.set("bgp", { k: PASSWORD });
-    await secrets.use(one);
+    await secrets.use(ONE_PEER);
     assert.deepEqual([...secrets.passwords], [["bgp/k", PASSWORD]]);
 
     // Deleted (a rotation by delete + create, or by mistake): the session keeps its password.
     store.secrets.delete("bgp");
-    await secrets.use(one);
+    await secrets.use(ONE_PEER);
     assert.deepEqual([...secrets.passwords], [["bgp/k", PASSWORD]]);
     assert.deepEqual(secrets.problems.map((p) => [p.reason, p.kept]), [
       ["the Secret does not exist", true],
@@ -263,13 +254,13 @@ Deno.test("BgpSecrets: a deleted Secret keeps the password last read, reported; 
 
     // Recreated with a new password: used, the problem clears.
     store.set("bgp", { k: "recreated" });
-    await secrets.use(one);
+    await secrets.use(ONE_PEER);
     assert.deepEqual([...secrets.passwords], [["bgp/k", "recreated"]]);
     assert.equal(secrets.problems.length, 0);
 
     // A key removed from a Secret that exists is what the operator wrote: the peer is left out.
     store.set("bgp", { other: "x" });
-    await secrets.use(one);
+    await secrets.use(ONE_PEER);
     assert.deepEqual([...secrets.passwords], []);
     assert.equal(secrets.problems[0].kept, false);
     assert.ok(!JSON.stringify(logs).includes(PASSWORD));
