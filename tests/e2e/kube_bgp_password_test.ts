@@ -115,6 +115,14 @@ Deno.test({
         status: { addresses: [{ type: "InternalIP", address: PLAN.ipv4 }] },
       },
     ]);
+    /** Waits (bounded) for the NodeConfig's BGPPasswordsAvailable condition to be True again. */
+    const passwordsAvailableAgain = () =>
+      eventually(
+        "BGPPasswordsAvailable True again",
+        () => nodeConfigStatus(kube),
+        (s) => passwordCondition(s)?.status === "True",
+        WAIT_MS,
+      );
     const kubeconfig = await kube.kubeconfigFor(await kube.tokenFor(NAMESPACE, "flock"));
     const node = await startBgpNode(fabric, PLAN, cleanup, {
       kubeconfig,
@@ -174,12 +182,7 @@ Deno.test({
           (p) => p.tor1 === PASSWORD_1 && p.tor2 === PASSWORD_2,
           WAIT_MS,
         );
-        await eventually(
-          "BGPPasswordsAvailable True again",
-          () => nodeConfigStatus(kube),
-          (s) => passwordCondition(s)?.status === "True",
-          WAIT_MS,
-        );
+        await passwordsAvailableAgain();
       });
 
       await step(
@@ -216,12 +219,7 @@ Deno.test({
             (p) => p.tor1 === PASSWORD_3 && p.tor2 === PASSWORD_2,
             WAIT_MS,
           );
-          await eventually(
-            "BGPPasswordsAvailable True again",
-            () => nodeConfigStatus(kube),
-            (s) => passwordCondition(s)?.status === "True",
-            WAIT_MS,
-          );
+          await passwordsAvailableAgain();
         },
       );
 
