@@ -26,8 +26,10 @@
 import { parsePrefix, type Prefix, prefixCovers } from "../../netlink/ip.ts";
 import type { MeshPeer } from "../routing.ts";
 
-/** How long a mesh peer whose Node or NodeConfig was deleted is kept (kubelet re-registers a
- * deleted Node within seconds). */
+/**
+ * How long a mesh peer whose Node or NodeConfig was deleted is kept (kubelet registers a deleted
+ * Node again within seconds).
+ */
 export const DEFAULT_DELETED_PEER_GRACE_MS = 60_000;
 
 /** The longest grace an operator may set: a deleted peer is never kept for good. */
@@ -123,6 +125,7 @@ export class KeptPeers {
   }
 }
 
+/** parsePrefix with its default strictness (as a `map` callback it would get the index). */
 function parseCidr(text: string): Prefix {
   return parsePrefix(text);
 }
