@@ -1,10 +1,9 @@
 import assert from "node:assert/strict";
-import { join } from "node:path";
 import { handleHttp, parseListenAddress, startHttpEndpoint } from "./http_server.ts";
 import { Agent } from "./agent.ts";
 import { parseNodeConfig } from "./config.ts";
 import { ROOT_ONLY } from "../tests/helpers/exec.ts";
-import { TestNamespace } from "../tests/helpers/netns.ts";
+import { inProcessAgent } from "../tests/helpers/in_process_agent.ts";
 
 Deno.test("http: listen addresses", () => {
   assert.deepEqual(parseListenAddress("127.0.0.1:9603"), { hostname: "127.0.0.1", port: 9603 });
@@ -48,53 +47,40 @@ Deno.test({
   name: "http: /readyz is 503 until the agent has its config and has reconciled, then 200",
   ...ROOT_ONLY,
   async fn() {
-    await using node = await TestNamespace.create("flk-http");
-    const dir = await Deno.makeTempDir({ prefix: "flock-http-" });
-    const agent = new Agent({
-      nodeName: "http-node",
-      stateDir: join(dir, "state"),
-      socketPath: join(dir, "flock.sock"),
-      netnsPath: node.path,
-      cooldownMs: 0,
-      log: () => {},
+    await using node = await inProcessAgent("flk-http", "http-node");
+    const { agent } = node;
+    await agent.listen();
+    await using http = await startHttpEndpoint({ hostname: "127.0.0.1", port: 0 }, {
+      notReadyReason: () => agent.notReadyReason(),
+      metrics: () => agent.metrics!.encode(),
     });
-    try {
-      await agent.listen();
-      await using http = await startHttpEndpoint({ hostname: "127.0.0.1", port: 0 }, {
-        notReadyReason: () => agent.notReadyReason(),
-        metrics: () => agent.metrics!.encode(),
-      });
-      const get = (path: string) => fetch(`http://127.0.0.1:${http.address.port}${path}`);
-      const before = await get("/readyz");
-      assert.equal(before.status, 503);
-      assert.match(await before.text(), /waiting for the node configuration/);
-      assert.equal(await (await get("/healthz")).text(), "ok\n");
-      assert.match(await (await get("/metrics")).text(), /^flock_agent_ready 0$/m);
-      const snap = await agent.status();
-      assert.equal(snap.ready, false);
-      assert.equal(snap.reason, "waiting for the node configuration");
+    const get = (path: string) => fetch(`http://127.0.0.1:${http.address.port}${path}`);
+    const before = await get("/readyz");
+    assert.equal(before.status, 503);
+    assert.match(await before.text(), /waiting for the node configuration/);
+    assert.equal(await (await get("/healthz")).text(), "ok\n");
+    assert.match(await (await get("/metrics")).text(), /^flock_agent_ready 0$/m);
+    const snap = await agent.status();
+    assert.equal(snap.ready, false);
+    assert.equal(snap.reason, "waiting for the node configuration");
 
-      await agent.configure(
-        parseNodeConfig({ cidr6: "fd00:5::/64", cidr4: "10.5.0.0/24" }, "test"),
-      );
-      const after = await get("/readyz");
-      assert.equal(after.status, 200);
-      await after.body?.cancel();
-      const metrics = await (await get("/metrics")).text();
-      assert.match(metrics, /^flock_agent_ready 1$/m);
-      assert.match(
-        metrics,
-        /^flock_ipam_addresses_free\{family="ipv4",cidr="10.5.0.0\/24"\} 254$/m,
-      );
-      assert.match(
-        metrics,
-        /^flock_ipam_addresses_allocated\{family="ipv6",cidr="fd00:5::\/64"\} 0$/m,
-      );
-      assert.match(metrics, /^flock_reconcile_actions_total\{action="restored"\} 0$/m);
-    } finally {
-      await agent.close();
-      await Deno.remove(dir, { recursive: true });
-    }
+    await agent.configure(
+      parseNodeConfig({ cidr6: "fd00:5::/64", cidr4: "10.5.0.0/24" }, "test"),
+    );
+    const after = await get("/readyz");
+    assert.equal(after.status, 200);
+    await after.body?.cancel();
+    const metrics = await (await get("/metrics")).text();
+    assert.match(metrics, /^flock_agent_ready 1$/m);
+    assert.match(
+      metrics,
+      /^flock_ipam_addresses_free\{family="ipv4",cidr="10.5.0.0\/24"\} 254$/m,
+    );
+    assert.match(
+      metrics,
+      /^flock_ipam_addresses_allocated\{family="ipv6",cidr="fd00:5::\/64"\} 0$/m,
+    );
+    assert.match(metrics, /^flock_reconcile_actions_total\{action="restored"\} 0$/m);
   },
 });
 
