@@ -796,9 +796,14 @@ export class Datapath {
   /**
    * Lists every way the pod's datapath differs from the contract and from `expected`; empty when
    * it matches. The MACs are compared on the links read for the contract anyway (no extra
-   * netlink call).
+   * netlink call). `peerFound` is told the pod netns's identity when the host veth's other end
+   * is its interface, whatever else differs.
    */
-  check(pod: PodNetwork, expected: CheckExpectations = {}): string[] {
+  check(
+    pod: PodNetwork,
+    expected: CheckExpectations = {},
+    peerFound?: (identity: NetnsIdentity) => void,
+  ): string[] {
     validatePodNetwork(pod);
     const problems: string[] = [];
     const name = hostIfaceOf(pod.containerId, pod);
@@ -835,6 +840,8 @@ export class Datapath {
       } else {
         if (!paired(host, peer) || !this.#peerIsIn(host, podNs)) {
           problems.push(`${pod.ifname} is not the peer of ${name}`);
+        } else {
+          peerFound?.(netnsIdentityOfFd(podNs.netnsFd));
         }
         if (!peer.up) problems.push(`pod interface ${pod.ifname} is down`);
         if (pod.mtu && peer.mtu !== pod.mtu) {

@@ -49,6 +49,26 @@ export class NetnsIdentities {
     this.#unknown.add(key);
   }
 
+  /**
+   * The record `key`'s veth was just found with its other end in the netns `identity` (a
+   * successful ADD retry or CHECK): noted there, and no longer unknown, so that ADDs into other
+   * netns stop asking the kernel on its account.
+   */
+  located(key: string, identity: NetnsIdentity): void {
+    this.add(key, identity);
+    this.#unknown.delete(key);
+  }
+
+  /** Whether the record `key`'s veth may have its other end in a netns nobody can name. */
+  isUnknown(key: string): boolean {
+    return this.#unknown.has(key);
+  }
+
+  /** The netns where the record `key` may have its veth's other end, as far as they are known. */
+  identitiesOf(key: string): NetnsIdentity[] {
+    return [...this.#byRecord.get(key) ?? []];
+  }
+
   /** The record `key` left the store: its netns hold nothing of it any more. */
   forget(key: string): void {
     this.#unknown.delete(key);

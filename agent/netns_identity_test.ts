@@ -137,3 +137,19 @@ Deno.test({
     }
   },
 });
+
+Deno.test("netns identities: an unknown record located in a netns is known there again", () => {
+  const ids = new NetnsIdentities();
+  ids.addUnknown("lost");
+  assert.equal(ids.isUnknown("lost"), true);
+  assert.deepEqual(ids.identitiesOf("lost"), []);
+  ids.located("lost", "1:10");
+  assert.equal(ids.isUnknown("lost"), false);
+  assert.deepEqual(ids.identitiesOf("lost"), ["1:10"]);
+  // Other netns no longer need the kernel on its account; its own one still does.
+  assert.equal(ids.mayHoldOther("1:20", "new", everyKey), false);
+  assert.equal(ids.mayHoldOther("1:10", "new", everyKey), true);
+  ids.forget("lost");
+  assert.deepEqual(ids.identitiesOf("lost"), []);
+  assert.equal(ids.records, 0);
+});

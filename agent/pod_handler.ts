@@ -10,8 +10,9 @@
  * veth waits ~40 ms for RCU grace periods. Before the answer the pod is off the network and
  * its record is durably `releasing`; the veth's deletion runs off the event loop, and only
  * then are its addresses released (so no other pod can get one while the old veth still
- * exists). The RPC server holds the container meanwhile; an ADD into the same netns waits for
- * it; a crash leaves a `releasing` record that the start-up reconcile finishes.
+ * exists). The RPC server holds the container meanwhile; an ADD into the same netns (known by
+ * its identity, whatever path names it) waits for it; a crash leaves a `releasing` record that
+ * the start-up reconcile finishes.
  *
  * No release blocks the event loop on the kernel (STATUS and metrics keep being answered): the
  * other paths (GC, a DEL or ADD of a container whose release is stuck, the agent's sweep) delete
@@ -56,7 +57,7 @@ import { forEachBounded } from "./bounded.ts";
 import { sandboxMismatch } from "./sandbox_check.ts";
 import { otherPodSides, setupOwnershipChecks } from "./veth_owner.ts";
 import { isNetnsGone } from "./netns_path.ts";
-import { NetnsIdentities } from "./netns_identity.ts";
+import { NetnsIdentities, type NetnsIdentity } from "./netns_identity.ts";
 import { freeUnroutedWithheld, withheldReason, withheldThrough } from "./withheld.ts";
 
 /** CNI error code for a CHECK that found the datapath differing (plugin-specific range). */
@@ -131,8 +132,15 @@ function parseOptional(text: string | undefined): IP | undefined {
 
 /** The handler for ADD, DEL, CHECK and GC. */
 export class PodHandler {
-  /** Veth deletions still running, by the pod netns they empty. */
-  readonly #removals = new Map<string, Promise<void>>();
+  /** DEL's veth deletions still running. */
+  readonly #removals = new Set<Promise<void>>();
+  /**
+   * The same, by the identity of the pod netns they empty (a path can name another netns, and
+   * two paths one): an ADD into such a netns waits, its `eth0` may still be the leaving veth's.
+   */
+  readonly #removalsByNetns = new Map<NetnsIdentity, Promise<void>>();
+  /** The same, of records whose veth's other end is in a netns nobody can name: every ADD waits. */
+  readonly #removalsAnywhere = new Set<Promise<void>>();
   /** The attachments whose DEL answered and whose veth deletion is still running. */
   readonly #removing = new Set<string>();
   /**
@@ -171,11 +179,9 @@ export class PodHandler {
   }
 
   async add(req: RpcRequest): Promise<Record<string, unknown>> {
-    const { store, datapath } = this.deps;
+    const { store } = this.deps;
     // Flock not first in its chain: the earlier plugins' result, checked before any work.
     const chained = readChainedResult(req.config);
-    // A veth of an earlier pod may still be leaving this netns (with the same ifname).
-    await this.#removals.get(req.netns);
     let existing = store.get(req.containerId, req.ifname);
     if (existing?.state === "releasing") {
       // Its DEL answered but the veth's deletion failed: finish it, then start afresh.
@@ -194,15 +200,21 @@ export class PodHandler {
       }
       // A retry: converge the datapath for the addresses already held.
       let links: PodInterfaces;
+      let opened: NetnsIdentity | undefined;
       try {
-        links = datapath.setup(
+        links = await this.#setupOnceNetnsEmptied(
+          req,
           this.#podNetwork(req, existing),
-          this.#netnsOwnerCheck(req, existing.hostIface),
+          existing.hostIface,
+          (identity) => opened = identity,
         );
       } catch (e) {
         if (moved) this.#recordNetnsOfUnmovedVeth(existing);
         throw e;
       }
+      // Its veth's other end is where setup found or made it: a record unknown since a restart
+      // is known again, and ADDs into other netns stop asking the kernel on its account.
+      if (opened !== undefined) this.#netnsIdentities.located(attachmentKey(req), opened);
       // A record from before flock kept network names is this network's from now on.
       if (existing.network === undefined && network !== undefined) {
         store.claimNetwork(req.containerId, req.ifname, network);
@@ -256,7 +268,7 @@ export class PodHandler {
         // exhausted pool or a pinned address may be free in a moment. Once, then as it is.
         if (this.#removals.size === 0) throw e;
         releaseTaken();
-        await Promise.all(this.#removals.values());
+        await Promise.all(this.#removals);
         [ipv6, ipv4] = takeBoth();
       }
       record = {
@@ -278,9 +290,10 @@ export class PodHandler {
     }
     this.deps.crashAt?.("add-after-pending");
     try {
-      const links = datapath.setup(
+      const links = await this.#setupOnceNetnsEmptied(
+        req,
         this.#podNetwork(req, record),
-        this.#netnsOwnerCheck(req, record.hostIface),
+        record.hostIface,
       );
       this.deps.crashAt?.("add-after-datapath");
       this.deps.addFault?.();
@@ -364,17 +377,64 @@ export class PodHandler {
   }
 
   /**
+   * The datapath's setup of `pod`, once no veth of an answered DEL is leaving its netns any more
+   * (with the same ifname, the pod's `eth0` may still be the leaving veth's other end). The
+   * netns's identity is the one setup reads where it opens the netns (no second open): a leaving
+   * veth there stops setup before anything changes, and setup runs again once it is gone. So an
+   * ADD naming the netns by another path than the DEL did waits all the same, and an ADD into a
+   * netns no DEL empties pays one map look-up. `opened` is told the identity of the setup that ran.
+   */
+  async #setupOnceNetnsEmptied(
+    req: RpcRequest,
+    pod: PodNetwork,
+    hostIface: string,
+    opened?: (identity: NetnsIdentity) => void,
+  ): Promise<PodInterfaces> {
+    for (let waits = 0;; waits++) {
+      // Bounded: past it (DELs emptying this netns without end), setup goes ahead and the
+      // kernel's answer stands.
+      const leaving = waits < LEAVING_VETH_WAITS;
+      try {
+        return this.deps.datapath.setup(
+          pod,
+          this.#netnsOwnerCheck(req, hostIface, (identity) => {
+            const removal = leaving ? this.#removalEmptying(identity) : undefined;
+            if (removal) throw new NetnsBeingEmptied(removal);
+            opened?.(identity);
+          }),
+        );
+      } catch (e) {
+        if (!(e instanceof NetnsBeingEmptied)) throw e;
+        await e.removal;
+      }
+    }
+  }
+
+  /** The running DEL veth deletions that may empty the netns `identity`, if any. */
+  #removalEmptying(identity: NetnsIdentity): Promise<unknown> | undefined {
+    const here = this.#removalsByNetns.get(identity);
+    if (this.#removalsAnywhere.size === 0) return here;
+    return Promise.all([here, ...this.#removalsAnywhere]);
+  }
+
+  /**
    * Refuses a pod netns in which another container already has a flock interface (not counting
    * one whose DEL was answered): each pod's default routes point at its own veth, so a second
    * one would take them over. Such a netns is not a Kubernetes pod (one sandbox, one network
-   * attachment per network): two runtimes' containers were given the same CNI_NETNS.
+   * attachment per network): two runtimes' containers were given the same CNI_NETNS. `opened`
+   * sees the netns's identity first and may throw to stop the setup before anything changes.
    */
-  #netnsOwnerCheck(req: RpcRequest, hostIface: string): SetupOptions {
+  #netnsOwnerCheck(
+    req: RpcRequest,
+    hostIface: string,
+    opened: (identity: NetnsIdentity) => void,
+  ): SetupOptions {
     return {
       // Registered before the veth is made (a failure half-way leaves it maybe there), and only
       // forgotten when the record leaves the store; two ADDs into one netns cannot interleave
       // here (setup is synchronous), and the first one's pending record is already stored.
       netnsOpened: (identity) => {
+        opened(identity);
         this.#buildNetnsIdentities();
         const key = attachmentKey(req);
         const mayHold = this.#netnsIdentities.mayHoldOther(identity, key, (other) => {
@@ -590,6 +650,9 @@ export class PodHandler {
    * same container, GC or the next start to finish (each through {@link release}).
    */
   releaseInBackground(rec: Attachment): Promise<void> {
+    const key = attachmentKey(rec);
+    // Where its veth's other end is, before the release forgets it.
+    const netns = this.#netnsOfRecord(key);
     this.#takeOffNetwork(rec);
     const removal = this.#removeVethThenFinish(rec).catch((e) => {
       this.deps.log({
@@ -600,16 +663,42 @@ export class PodHandler {
         error: String(e),
       });
     });
-    const key = attachmentKey(rec);
     this.#removing.add(key);
-    removal.then(() => this.#removing.delete(key));
-    const earlier = this.#removals.get(rec.netns);
-    const all = earlier ? Promise.all([earlier, removal]).then(() => {}) : removal;
-    this.#removals.set(rec.netns, all);
-    all.then(() => {
-      if (this.#removals.get(rec.netns) === all) this.#removals.delete(rec.netns);
+    this.#removals.add(removal);
+    removal.then(() => {
+      this.#removing.delete(key);
+      this.#removals.delete(removal);
     });
+    if (netns.unknown) {
+      this.#removalsAnywhere.add(removal);
+      removal.then(() => this.#removalsAnywhere.delete(removal));
+    }
+    for (const identity of netns.identities) {
+      const earlier = this.#removalsByNetns.get(identity);
+      const all = earlier ? Promise.all([earlier, removal]).then(() => {}) : removal;
+      this.#removalsByNetns.set(identity, all);
+      all.then(() => {
+        if (this.#removalsByNetns.get(identity) === all) this.#removalsByNetns.delete(identity);
+      });
+    }
     return removal;
+  }
+
+  /**
+   * The netns where the record `key`'s veth may have its other end, by identity, and whether it
+   * may be one nobody can name (then, or when even that cannot be told, every ADD must wait).
+   */
+  #netnsOfRecord(key: string): { identities: NetnsIdentity[]; unknown: boolean } {
+    try {
+      // The restarted agent's first request may be this DEL.
+      this.#buildNetnsIdentities();
+    } catch {
+      return { identities: [], unknown: true };
+    }
+    return {
+      identities: this.#netnsIdentities.identitiesOf(key),
+      unknown: this.#netnsIdentities.isUnknown(key),
+    };
   }
 
   /**
@@ -747,9 +836,14 @@ export class PodHandler {
       );
     }
     const prev = parsePrevResult(req.config);
+    const key = attachmentKey(rec);
     const problems = this.deps.datapath.check(
       this.#podNetwork(req, rec),
       expectedMacs(prev, req.ifname, rec.hostIface ?? hostIfaceName(req.containerId)),
+      // A record unknown since a restart whose veth is found here is known again.
+      this.#netnsIdentities.isUnknown(key)
+        ? (identity) => this.#netnsIdentities.located(key, identity)
+        : undefined,
     );
     problems.push(...this.deps.anycast?.check(rec) ?? []);
     const have = new Set([rec.ipv6, rec.ipv4].filter(Boolean));
@@ -880,6 +974,19 @@ function ofNetwork(rec: Pick<Attachment, "network">, network: string | undefined
 function networkOf(req: RpcRequest): string | undefined {
   const name = req.config.name;
   return typeof name === "string" && name !== "" ? name : undefined;
+}
+
+/**
+ * How many times one ADD waits for veths leaving its netns: each wait is a DEL into that netns
+ * answered meanwhile, which a runtime does not repeat without end.
+ */
+const LEAVING_VETH_WAITS = 8;
+
+/** Thrown by setup's first look at a netns a DEL's veth deletion still empties: wait, retry. */
+class NetnsBeingEmptied extends Error {
+  constructor(readonly removal: Promise<unknown>) {
+    super("a veth is still leaving the pod's netns");
+  }
 }
 
 /** Host interface names tried for one new attachment (each further one is a 2^-32 chance). */
