@@ -94,10 +94,8 @@ Deno.test("birdInputFor: single-hop peers on links without IPv6 are marked, mult
   ]);
   assert.equal(input.meshPeers?.[0].linkWithoutIpv6, true);
   const text = renderBirdConfig(input);
-  assert.match(
-    text,
-    /neighbor 10\.0\.0\.1 as 65000;\n[^}]*ipv6 \{[^}]*next hop address fd00:a::11;/,
-  );
+  assert.match(text, /neighbor 10\.0\.0\.1 as 65000;\n[^}]*ipv6 \{[^}]*peer_10_0_0_1_export6;/);
+  assert.match(text, /filter peer_10_0_0_1_export6 \{\n {2}bgp_next_hop = fd00:a::11;/);
 });
 
 Deno.test("birdInputFor: a Secret's password is rendered; a peer without one is left out", () => {
@@ -389,7 +387,7 @@ Deno.test({
       await waitFor("a reload with the new next hop", () => reloads() > before);
       await routing.control!.settled();
       assert.deepEqual(routing.peersWithoutIpv6, []);
-      assert.match(await Deno.readTextFile(bird.configPath), /next hop address fd00:a::11;/);
+      assert.match(await Deno.readTextFile(bird.configPath), /bgp_next_hop = fd00:a::11;/);
 
       // An address that changes no next hop: rendered again, the same text, no reload.
       const after = reloads();

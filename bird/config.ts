@@ -229,16 +229,56 @@ function defines(fam: Fam, f: Facts): string[] {
 }
 
 function exportFilter(fam: Fam, f: Facts): string[] {
-  const lines = [
+  return [
     `# Announce only what this node owns: its summaries and its live anycast host routes, as`,
     `# learned from the kernel (RTS_INHERIT) - never routes learned from other peers.`,
     `filter flock_export${fam} {`,
-    `  if source != RTS_INHERIT then reject;`,
+    ...ownedRoutes(fam, f),
+    `}`,
+    ``,
   ];
+}
+
+/** The body of {@link exportFilter}: accepts what this node owns, rejects the rest. */
+function ownedRoutes(fam: Fam, f: Facts): string[] {
+  const lines = [`  if source != RTS_INHERIT then reject;`];
   if (f.cidrs[fam].length) lines.push(`  if net ~ NODE_CIDRS${fam} then accept;`);
   if (f.anycast[fam].length) lines.push(`  if net ~ ANYCAST_HOSTS${fam} then accept;`);
-  lines.push(`  reject;`, `}`, ``);
+  lines.push(`  reject;`);
   return lines;
+}
+
+/**
+ * The IPv6 export filter of an IPv4 session that needs the node's global IPv6 as next hop
+ * ({@link needsNodeNextHop6}): what {@link exportFilter} announces, with `bgp_next_hop` set to
+ * `nextHop6`, or nothing when the node has none (`null`). The next hop lives in a filter, not
+ * in the channel (`next hop address`), and the channel is rendered either way, because BIRD
+ * (2.0.12, tested) restarts the whole session, IPv4 included, when a channel is added or
+ * removed ("Cannot add channel", Cease "other configuration change"), and takes a changed
+ * `next hop address` only at the next session start; a changed filter it applies in place
+ * (the channel is reloaded: the routes are re-announced with the new next hop, or withdrawn).
+ */
+function nodeNextHopExportFilter(session: string, f: Facts, nextHop6: string | null): string[] {
+  const head = [`filter ${session}_export6 {`];
+  if (nextHop6 === null) {
+    return [
+      `# No IPv6 routes to ${session}: the node has no global IPv6 address to give as their`,
+      `# next hop (the peer would get \`::\`). The channel stays: adding it restarts the session.`,
+      ...head,
+      `  reject;`,
+      `}`,
+      ``,
+    ];
+  }
+  return [
+    `# IPv6 routes to ${session} carry the node's global IPv6 as next hop (BIRD has none of`,
+    `# its own there); set here so that an address change reloads this filter, not the session.`,
+    ...head,
+    `  bgp_next_hop = ${nextHop6.toLowerCase()};`,
+    ...ownedRoutes(6, f),
+    `}`,
+    ``,
+  ];
 }
 
 function peerImportFilter(fam: Fam, f: Facts, acceptDefault: boolean): string[] {
@@ -283,19 +323,19 @@ function needsNodeNextHop6(peer: BirdPeer): boolean {
 function channel(
   fam: Fam,
   sessionFam: Fam,
-  nodeNextHop6: boolean,
+  exportFilter: string,
   importFilter: string,
-  input: BirdConfigInput,
 ): string[] {
   const lines = [
     `  ipv${fam} {`,
     `    import filter ${importFilter};`,
-    `    export filter flock_export${fam};`,
-    `    next hop self;`,
+    `    export filter ${exportFilter};`,
   ];
-  if (fam === 6 && sessionFam === 4 && nodeNextHop6 && input.nextHop6) {
-    lines.push(`    next hop address ${input.nextHop6.toLowerCase()};  # the node's global IPv6`);
-  }
+  // IPv6 over an IPv4 session: no `next hop self`, which would override the `bgp_next_hop` a
+  // filter sets (nodeNextHopExportFilter). Without it BIRD still gives its own address for
+  // the routes announced (they come from the kernel, with no next hop of their own), and the
+  // channel's options stay the same whichever filter the session has.
+  if (!(fam === 6 && sessionFam === 4)) lines.push(`    next hop self;`);
   // An IPv4 route over an IPv6 session gets the session's own IPv6 address as next hop
   // (RFC 8950): works on a node without IPv4 underlay addresses too.
   if (fam === 4 && sessionFam === 6) lines.push(`    extended next hop on;`);
@@ -305,12 +345,11 @@ function channel(
 }
 
 /**
- * Whether a session must not carry `fam`: IPv6 over an IPv4 session that needs the node's
- * global IPv6 ({@link needsNodeNextHop6}) when the node has none (`nextHop6: null`); the peer
- * would get `::` as next hop.
+ * Whether the session to `peer` gets {@link nodeNextHopExportFilter} for IPv6: it needs the
+ * node's global IPv6 and the agent knows whether there is one (`nextHop6` not undefined).
  */
-function withheld(fam: Fam, peer: BirdPeer, input: BirdConfigInput): boolean {
-  return fam === 6 && needsNodeNextHop6(peer) && input.nextHop6 === null;
+function usesNodeNextHopFilter(peer: BirdPeer, input: BirdConfigInput): boolean {
+  return needsNodeNextHop6(peer) && input.nextHop6 !== undefined;
 }
 
 /**
@@ -323,7 +362,7 @@ export function peersWithoutIpv6(input: BirdConfigInput): string[] {
   const ipv6Routed = [...input.cidrs, ...input.anycastCIDRs].some((p) => p.includes(":"));
   if (!ipv6Routed) return [];
   return [...(input.peers ?? []), ...(input.meshPeers ?? [])]
-    .filter((p) => withheld(6, p, input))
+    .filter((p) => needsNodeNextHop6(p))
     .map((p) => p.address)
     .sort();
 }
@@ -357,23 +396,15 @@ function session(
   if (peer.bfd) {
     lines.push(gr ? `  bfd graceful;  # BFD down does not defeat graceful restart` : `  bfd on;`);
   }
-  const fams = f.fams.filter((fam) => !withheld(fam, peer, input));
-  if (fams.length === 0) {
-    return [
-      `# ${name} (${peer.address}): not rendered, no family it could carry a next hop for.`,
-      ``,
-    ];
-  }
-  if (fams.length < f.fams.length) {
-    lines.push(
-      `  # No IPv6 routes: the node has no global IPv6 address to give as their next hop.`,
-    );
-  }
-  for (const fam of fams) {
-    lines.push(...channel(fam, sessionFam, needsNodeNextHop6(peer), importFilter(fam), input));
+  const nodeNextHop = f.fams.includes(6) && usesNodeNextHopFilter(peer, input);
+  for (const fam of f.fams) {
+    const exportFilter = fam === 6 && nodeNextHop ? `${name}_export6` : `flock_export${fam}`;
+    lines.push(...channel(fam, sessionFam, exportFilter, importFilter(fam)));
   }
   lines.push(`}`, ``);
-  return lines;
+  return nodeNextHop
+    ? [...nodeNextHopExportFilter(name, f, input.nextHop6 ?? null), ...lines]
+    : lines;
 }
 
 /** Renders bird.conf; throws {@link BirdConfigError} on input it cannot render safely. */

@@ -77,8 +77,9 @@ const CASES: Record<string, BirdConfigInput> = {
     ],
     nextHop6: "fd00:a::11",
   },
-  // IPv4 multihop sessions on a node with no global IPv6 address: they carry IPv4 only (the
-  // peer would get `::` as next hop); the direct IPv4 session and the IPv6 session keep both.
+  // IPv4 multihop sessions on a node with no global IPv6 address: they announce IPv4 only (the
+  // peer would get `::` as next hop; the IPv6 channel stays, its filter rejects); the direct
+  // IPv4 session and the IPv6 session keep both.
   "multihop-without-ipv6-next-hop": {
     ...DUAL,
     peers: [
@@ -88,8 +89,8 @@ const CASES: Record<string, BirdConfigInput> = {
     ],
     nextHop6: null,
   },
-  // An IPv6-only node with an IPv4 multihop peer and no global IPv6: that session has nothing
-  // it could carry and is not rendered; the IPv6 peer is.
+  // An IPv6-only node with an IPv4 multihop peer and no global IPv6: that session announces
+  // nothing (its IPv6 filter rejects) until the node gets one; the IPv6 peer carries IPv6.
   "ipv6-only-multihop-v4-peer-dropped": {
     routerId: "172.31.7.9",
     cidrs: ["fd00:3::/64"],
@@ -133,6 +134,13 @@ function sessionBlock(text: string, name: string): string {
   return m[0];
 }
 
+/** The `filter NAME_export6 { … }` a session's IPv6 channel names. */
+function exportFilterOf(text: string, session: string): string {
+  const m = new RegExp(`filter ${session}_export6 \\{\\n[\\s\\S]*?\\n\\}`).exec(text);
+  assert.ok(m, `no export filter of ${session} in:\n${text}`);
+  return m[0];
+}
+
 Deno.test("bird config: each mixed-family session gets a next hop of the route's family", () => {
   const text = renderBirdConfig({
     ...DUAL,
@@ -143,12 +151,16 @@ Deno.test("bird config: each mixed-family session gets a next hop of the route's
     ],
     nextHop6: "FD00:A::11",
   });
-  // IPv4 multihop: IPv6 routes carry the node's global IPv6 address.
+  // IPv4 multihop: IPv6 routes carry the node's global IPv6 address, set by the session's
+  // own export filter (no `next hop self` there: it would override the filter's).
   const multihop4 = sessionBlock(text, "peer_192_168_50_1");
-  assert.match(multihop4, /ipv6 \{[^}]*next hop address fd00:a::11;/);
-  assert.doesNotMatch(multihop4, /ipv4 \{[^}]*next hop address/);
+  assert.match(multihop4, /ipv6 \{[^}]*export filter peer_192_168_50_1_export6;/);
+  assert.doesNotMatch(multihop4, /ipv6 \{[^}]*next hop (self|address)/);
+  assert.match(multihop4, /ipv4 \{[^}]*export filter flock_export4;[^}]*next hop self;/);
+  assert.match(exportFilterOf(text, "peer_192_168_50_1"), /bgp_next_hop = fd00:a::11;/);
   // Direct IPv4: BIRD's interface address plus link-local, as before.
-  assert.doesNotMatch(sessionBlock(text, "peer_10_0_0_1"), /next hop address/);
+  assert.match(sessionBlock(text, "peer_10_0_0_1"), /ipv6 \{[^}]*export filter flock_export6;/);
+  assert.doesNotMatch(text, /next hop address/);
   // IPv6 session: IPv4 routes with an IPv6 next hop (RFC 8950).
   const multihop6 = sessionBlock(text, "peer_fd00_b__2");
   assert.match(multihop6, /ipv4 \{[^}]*extended next hop on;/);
@@ -175,9 +187,11 @@ Deno.test("bird config: peersWithoutIpv6 names the IPv4 multihop peers left with
     }),
     [],
   );
+  // The channel stays (adding or removing one restarts the session); its filter rejects all.
   const withheld = renderBirdConfig({ ...DUAL, peers, nextHop6: null });
-  assert.doesNotMatch(sessionBlock(withheld, "peer_192_168_50_1"), /ipv6 \{/);
-  assert.match(sessionBlock(withheld, "peer_10_0_0_1"), /ipv6 \{/);
+  assert.match(sessionBlock(withheld, "peer_192_168_50_1"), /ipv6 \{/);
+  assert.match(exportFilterOf(withheld, "peer_192_168_50_1"), /\{\n {2}reject;\n\}/);
+  assert.match(sessionBlock(withheld, "peer_10_0_0_1"), /export filter flock_export6;/);
 });
 
 Deno.test("bird config: a direct IPv4 peer on a link without IPv6 gets the node's global IPv6", () => {
@@ -189,17 +203,17 @@ Deno.test("bird config: a direct IPv4 peer on a link without IPv6 gets the node'
   const text = renderBirdConfig({ ...DUAL, peers, nextHop6: "fd00:a::11" });
   // BIRD would announce `::` there (the link has no global IPv6 of its own).
   const bare = sessionBlock(text, "peer_10_0_0_1");
-  assert.match(bare, /ipv6 \{[^}]*next hop address fd00:a::11;/);
-  assert.doesNotMatch(bare, /ipv4 \{[^}]*next hop address/);
+  assert.match(bare, /ipv6 \{[^}]*export filter peer_10_0_0_1_export6;/);
+  assert.match(exportFilterOf(text, "peer_10_0_0_1"), /bgp_next_hop = fd00:a::11;/);
   assert.doesNotMatch(bare, /multihop/);
   // A direct peer on a link with its own global IPv6 is rendered as before.
-  assert.doesNotMatch(sessionBlock(text, "peer_10_0_1_1"), /next hop address/);
-  assert.match(sessionBlock(text, "peer_10_0_2_1"), /next hop address fd00:a::11;/);
+  assert.match(sessionBlock(text, "peer_10_0_1_1"), /ipv6 \{[^}]*export filter flock_export6;/);
+  assert.match(exportFilterOf(text, "peer_10_0_2_1"), /bgp_next_hop = fd00:a::11;/);
   // No global IPv6 at all: such a peer gets no IPv6 routes and is named, the other is not.
   const none = renderBirdConfig({ ...DUAL, peers, nextHop6: null });
-  assert.doesNotMatch(sessionBlock(none, "peer_10_0_0_1"), /ipv6 \{/);
+  assert.match(exportFilterOf(none, "peer_10_0_0_1"), /\{\n {2}reject;\n\}/);
   assert.match(sessionBlock(none, "peer_10_0_0_1"), /ipv4 \{/);
-  assert.match(sessionBlock(none, "peer_10_0_1_1"), /ipv6 \{/);
+  assert.match(sessionBlock(none, "peer_10_0_1_1"), /export filter flock_export6;/);
   assert.deepEqual(peersWithoutIpv6({ ...DUAL, peers, nextHop6: null }), ["10.0.0.1", "10.0.2.1"]);
   // An IPv6 peer's link is irrelevant: IPv6 routes there carry the session's own address.
   const v6 = [{ address: "fd00:b::2", asn: 65000, linkWithoutIpv6: true }];

@@ -24,6 +24,7 @@ import { type BgpLabNode, startBgpNode } from "../helpers/bgp_lab.ts";
 import { GobgpTor, type RibPath } from "../helpers/gobgp.ts";
 import { Fabric } from "../helpers/fabric.ts";
 import { addAddress, linkVeth } from "../helpers/netns.ts";
+import { gobgpPath } from "../helpers/tools.ts";
 import type { BgpPeerSpec } from "../../agent/config.ts";
 
 const NODE_AS = 65001;
@@ -300,8 +301,8 @@ async function startDirectLab(cleanup: AsyncDisposableStack, nodeIpv6: boolean) 
   // The node's IPv6 way out is the ToR's link-local, as a fabric's default route would be.
   const torLl = await linkLocal(tor.ns, "br0");
   await ns.ip(["-6", "route", "replace", "default", "via", torLl, "dev", "eth0"]);
-  // A fresh agent on these addresses (its address watch would get there too, but through a
-  // session reset, which the ToR answers by holding the peer idle for seconds).
+  // A fresh agent on these addresses (its address watch would get there too; the restart
+  // keeps the cases independent of its poll).
   await node.flock.restartAgent();
   return { node, tor };
 }
@@ -371,9 +372,84 @@ async function msUntil(what: string, check: () => Promise<boolean>): Promise<num
   return performance.now() - start;
 }
 
+/** The ToR's view of one session: when it came up and how often it went down. */
+async function sessionInfo(tor: GobgpTor, address: string) {
+  const r = await tor.gobgp(["neighbor", address, "-j"]);
+  if (r.code !== 0) throw new Error(`gobgp neighbor ${address}: ${r.stderr}`);
+  const n = JSON.parse(r.stdout) as {
+    state: {
+      session_state: number;
+      flops?: number;
+      messages?: { received?: { notification?: number }; sent?: { notification?: number } };
+    };
+    timers?: { state?: { uptime?: { seconds?: number } } };
+  };
+  return {
+    established: n.state.session_state === 6,
+    upSince: n.timers?.state?.uptime?.seconds,
+    flops: n.state.flops ?? 0,
+    notifications: (n.state.messages?.received?.notification ?? 0) +
+      (n.state.messages?.sent?.notification ?? 0),
+  };
+}
+
+/**
+ * Every route event of the ToR's RIB while it runs (`gobgp monitor global rib -j`, one family,
+ * from its current contents on), for asserting what was never withdrawn.
+ */
+class RibMonitor implements AsyncDisposable {
+  readonly events: (RibPath & { withdrawal?: boolean })[] = [];
+  #child: Deno.ChildProcess;
+  #reading: Promise<void>;
+
+  constructor(tor: GobgpTor, family: "ipv4" | "ipv6") {
+    const child = new Deno.Command(gobgpPath(), {
+      args: ["--target", `unix://${tor.socketPath}`, "monitor", "global", "rib"]
+        .concat(["-a", family, "--current", "-j"]),
+      stdin: "null",
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    this.#child = child;
+    this.#reading = (async () => {
+      let rest = "";
+      for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
+        const lines = (rest + chunk).split("\n");
+        rest = lines.pop()!;
+        for (const line of lines.filter((l) => l.trim())) this.events.push(...JSON.parse(line));
+      }
+    })();
+  }
+
+  /** Waits until the monitor has printed `prefix` (its current contents: it is live). */
+  async live(prefix: string): Promise<void> {
+    await eventually(
+      `the ToR's RIB monitor shows ${prefix}`,
+      () => Promise.resolve(this.events.some((e) => e.nlri.prefix === prefix)),
+      (ok) => ok,
+      10_000,
+      20,
+    );
+  }
+
+  /** The withdrawals of `prefix` seen so far. */
+  withdrawals(prefix: string) {
+    return this.events.filter((e) => e.nlri.prefix === prefix && e.withdrawal);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    try {
+      this.#child.kill("SIGTERM");
+    } catch { /* already gone */ }
+    await this.#child.status;
+    await this.#reading.catch(() => {});
+  }
+}
+
 Deno.test({
   name: "bgp next hop: a global IPv6 added to lo after the agent started becomes the next hop " +
-    "the ToR gets, and its removal withdraws the IPv6 routes (no agent restart)",
+    "the ToR gets, and its removal withdraws the IPv6 routes; the session never resets and " +
+    "the IPv4 routes are never withdrawn (no agent restart)",
   ...COMMON,
   async fn() {
     await using cleanup = new AsyncDisposableStack();
@@ -385,6 +461,11 @@ Deno.test({
       await tor.waitRib("ipv4", (rib) => CIDR4 in rib);
       assert.deepEqual((await statusBgp(node)).peersWithoutIpv6, ["10.0.0.1"]);
       assert.deepEqual(Object.keys(await tor.rib("ipv6")), []);
+      await using monitor4 = new RibMonitor(tor, "ipv4");
+      await monitor4.live(CIDR4);
+      const before = await sessionInfo(tor, "10.0.0.11");
+      assert.ok(before.established);
+      const birdSince = await birdSessionSince(node);
 
       await addAddress(ns, "lo", "fd00:a::11/128");
       const addedMs = await msUntil(
@@ -395,8 +476,6 @@ Deno.test({
       const log = await Deno.readTextFile(node.flock.agentLogPath);
       assert.match(log, /bird\.conf changed: reloading BIRD/);
       assert.match(log, /IPv6 routes announced to every peer again/);
-      // The session came back with both families: IPv4 is announced again too.
-      await tor.waitRib("ipv4", (rib) => CIDR4 in rib);
 
       await ns.ip(["-6", "addr", "del", "fd00:a::11/128", "dev", "lo"]);
       const removedMs = await msUntil(
@@ -404,9 +483,17 @@ Deno.test({
         async () => !(CIDR6 in await tor.rib("ipv6")),
       );
       assert.deepEqual((await statusBgp(node)).peersWithoutIpv6, ["10.0.0.1"]);
+
+      // The same session throughout: BIRD applied both changes in place (a filter reload), no
+      // NOTIFICATION either way, and the IPv4 summary was never withdrawn.
+      const after = await sessionInfo(tor, "10.0.0.11");
+      assert.deepEqual(after, before, "the ToR's session to the node was reset");
+      assert.equal(await birdSessionSince(node), birdSince, "BIRD restarted the session");
+      assert.deepEqual(monitor4.withdrawals(CIDR4), [], "the IPv4 pod CIDR was withdrawn");
+      assert.equal(nextHop((await tor.rib("ipv4"))[CIDR4]), "10.0.0.11");
       console.log(
         `address added -> IPv6 route at the ToR: ${addedMs.toFixed(0)} ms; ` +
-          `address removed -> route withdrawn: ${removedMs.toFixed(0)} ms`,
+          `address removed -> route withdrawn: ${removedMs.toFixed(0)} ms; session kept`,
       );
     } catch (e) {
       await printDiagnostics(node, tor);
@@ -414,6 +501,14 @@ Deno.test({
     }
   },
 });
+
+/** When BIRD's session to the ToR (10.0.0.1) last changed state (`show protocols`). */
+async function birdSessionSince(node: BgpLabNode): Promise<string> {
+  const out = (await node.bird.birdc(["show", "protocols", "peer_10_0_0_1"])).stdout;
+  const line = out.split("\n").find((l) => l.startsWith("peer_10_0_0_1"));
+  assert.match(line ?? "", /\bup\b.*Established/, out);
+  return line!.split(/\s+/).slice(4, 6).join(" ");
+}
 
 Deno.test({
   name: "bgp next hop: a direct IPv4 peer on no link with an IPv4 address of the node " +
