@@ -837,6 +837,12 @@ export class PodHandler {
     }
     const prev = parsePrevResult(req.config);
     const key = attachmentKey(rec);
+    try {
+      // After a restart, CHECK may come before any ADD has learnt which records are unknown.
+      this.#buildNetnsIdentities();
+    } catch {
+      // Then the first ADD builds them; this CHECK's answer does not depend on them.
+    }
     const problems = this.deps.datapath.check(
       this.#podNetwork(req, rec),
       expectedMacs(prev, req.ifname, rec.hostIface ?? hostIfaceName(req.containerId)),

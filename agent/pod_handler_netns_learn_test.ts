@@ -104,6 +104,15 @@ Deno.test({
         "after a CHECK found the veth, a new pod's ADD skips the dump",
       );
 
+      // CHECK as the restarted agent's first request: it learns the records first.
+      handler = restart();
+      handler.check(request("CHECK", "lost", podNs.path));
+      assert.equal(
+        await linkDumpsOfNewPod(handler, "after-first-check", newNs.path),
+        0,
+        "after a first CHECK found the veth, a new pod's ADD skips every dump",
+      );
+
       handler = restart();
       await linkDumpsOfNewPod(handler, "first-again", newNs.path);
       assert.equal(await linkDumpsOfNewPod(handler, "unknown-again", newNs.path), 1);
