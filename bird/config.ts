@@ -38,7 +38,7 @@ export interface BirdPeer {
    * A single-hop IPv4 peer reached over an interface without a global IPv6 address (an
    * IPv4-only or unnumbered uplink; the node's IPv6 is on its loopback). BIRD would announce `::`
    * as the next hop of IPv6 routes there, so the session gets the node's global IPv6
-   * (`nextHop6`) like a multihop one; BIRD still appends the link's link-local address.
+   * (`nextHop6`) like a multihop one.
    */
   linkWithoutIpv6?: boolean;
 }

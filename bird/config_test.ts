@@ -91,7 +91,7 @@ const CASES: Record<string, BirdConfigInput> = {
   },
   // An IPv6-only node with an IPv4 multihop peer and no global IPv6: that session announces
   // nothing (its IPv6 filter rejects) until the node gets one; the IPv6 peer carries IPv6.
-  "ipv6-only-multihop-v4-peer-dropped": {
+  "ipv6-only-multihop-v4-peer-silent": {
     routerId: "172.31.7.9",
     cidrs: ["fd00:3::/64"],
     anycastCIDRs: [],

@@ -448,7 +448,8 @@ class RibMonitor implements AsyncDisposable {
 
 Deno.test({
   name: "bgp next hop: a global IPv6 added to lo after the agent started becomes the next hop " +
-    "the ToR gets, and its removal withdraws the IPv6 routes; the session never resets and " +
+    "the ToR gets (and a replacement the new one), and its removal withdraws the IPv6 routes; " +
+    "the session never resets and " +
     "the IPv4 routes are never withdrawn (no agent restart)",
   ...COMMON,
   async fn() {
@@ -477,7 +478,16 @@ Deno.test({
       assert.match(log, /bird\.conf changed: reloading BIRD/);
       assert.match(log, /IPv6 routes announced to every peer again/);
 
+      // Another address in its place: the ToR gets the new next hop (a `next hop address` in
+      // the channel would keep announcing the old one until the session restarts).
+      await addAddress(ns, "lo", "fd00:a::12/128");
       await ns.ip(["-6", "addr", "del", "fd00:a::11/128", "dev", "lo"]);
+      const movedMs = await msUntil(
+        "the ToR gets the IPv6 pod CIDR through the new address",
+        async () => nextHop((await tor.rib("ipv6"))[CIDR6]) === "fd00:a::12",
+      );
+
+      await ns.ip(["-6", "addr", "del", "fd00:a::12/128", "dev", "lo"]);
       const removedMs = await msUntil(
         "the ToR loses the IPv6 pod CIDR",
         async () => !(CIDR6 in await tor.rib("ipv6")),
@@ -492,8 +502,9 @@ Deno.test({
       assert.deepEqual(monitor4.withdrawals(CIDR4), [], "the IPv4 pod CIDR was withdrawn");
       assert.equal(nextHop((await tor.rib("ipv4"))[CIDR4]), "10.0.0.11");
       console.log(
-        `address added -> IPv6 route at the ToR: ${addedMs.toFixed(0)} ms; ` +
-          `address removed -> route withdrawn: ${removedMs.toFixed(0)} ms; session kept`,
+        `address added -> IPv6 route at the ToR: ${addedMs.toFixed(0)} ms; address replaced ` +
+          `-> new next hop: ${movedMs.toFixed(0)} ms; address removed -> route withdrawn: ` +
+          `${removedMs.toFixed(0)} ms; session kept`,
       );
     } catch (e) {
       await printDiagnostics(node, tor);
