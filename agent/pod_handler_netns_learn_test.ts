@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { ROOT_ONLY, runOk } from "../tests/helpers/exec.ts";
 import { createNode, TestNamespace } from "../tests/helpers/netns.ts";
 import { countNetlinkRequests } from "../tests/helpers/netlink_count.ts";
+import { rpcRequest } from "../tests/helpers/rpc_request.ts";
 import { Handle } from "../netlink/mod.ts";
 import { parseIP } from "../netlink/ip.ts";
 import { Datapath } from "./datapath.ts";
@@ -23,16 +24,8 @@ import type { RpcRequest } from "./protocol.ts";
 
 const node = parseNodeConfig({ cidr6: "fd00:e5::/64", cidr4: "10.229.0.0/24" }, "learn");
 
-function request(command: RpcRequest["command"], containerId: string, netns: string): RpcRequest {
-  return {
-    command,
-    containerId,
-    netns,
-    ifname: "eth0",
-    args: "",
-    config: { cniVersion: "1.1.0", name: "learn", type: "flock" },
-  };
-}
+const request = (command: RpcRequest["command"], containerId: string, netns: string) =>
+  rpcRequest(command, containerId, netns, "learn");
 
 /** Link dumps (of any netns) one new pod's ADD and DEL into `netns` send, by `handler`. */
 async function linkDumpsOfNewPod(handler: PodHandler, id: string, netns: string) {

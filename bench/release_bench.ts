@@ -21,6 +21,7 @@ import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { createNode, TestNamespace } from "../tests/helpers/netns.ts";
 import { countNetlinkRequests } from "../tests/helpers/netlink_count.ts";
+import { rpcRequest } from "../tests/helpers/rpc_request.ts";
 import { Handle } from "../netlink/mod.ts";
 import { Datapath } from "../agent/datapath.ts";
 import { Store } from "../agent/store.ts";
@@ -45,14 +46,7 @@ if (!Number.isInteger(DELS) || DELS < 1 || DELS > PODS) throw new Error("--dels:
 const node = parseNodeConfig({ cidr6: "fd00:be::/64", cidr4: "10.190.0.0/16" }, "bench");
 
 function request(command: RpcRequest["command"], containerId: string, netns: string): RpcRequest {
-  return {
-    command,
-    containerId,
-    netns,
-    ifname: "eth0",
-    args: "",
-    config: { cniVersion: "1.1.0", name: "bench", type: "flock", "cni.dev/valid-attachments": [] },
-  };
+  return rpcRequest(command, containerId, netns, "bench", { "cni.dev/valid-attachments": [] });
 }
 
 /** A node's pieces: a store in `dir`, fresh pools, a handler (the agent's, without its server). */
