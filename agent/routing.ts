@@ -202,6 +202,29 @@ export function peersOnLinksWithoutIpv6(h: Handle, peers: readonly string[]): Se
 }
 
 /**
+ * The global IPv6 address of each single-hop IPv4 peer's link, by peer (the first the kernel
+ * lists there that can be a next hop); peers whose link has none, or that no link holds, are not
+ * in it. bird.conf gives it as the next hop of IPv6 routes on that session: BIRD's own pick is
+ * fixed when the session comes up, so a link that got its address later (SLAAC, DHCPv6 after
+ * boot) would be announced `::` and every IPv6 route withdrawn.
+ */
+export function linkNextHop6ByPeer(
+  h: Handle,
+  node: NodeConfig,
+  peers: readonly string[],
+): Map<string, string> {
+  const links = ipv4PeerLinks(h, peers);
+  const out = new Map<string, string>();
+  if (!links.size) return out;
+  const usable = settledGlobalIpv6(h).filter((a) => usableNextHop6(node, a.prefix.ip));
+  for (const [peer, link] of links) {
+    const address = usable.find((a) => a.index === link);
+    if (link !== undefined && address) out.set(peer, formatIP(address.prefix.ip));
+  }
+  return out;
+}
+
+/**
  * The IPv4 peers among `peers` (single-hop ones: pass only those) on no link where the node has
  * an IPv4 address: no interface has an IPv4 subnet holding the peer (an unnumbered link, the
  * node's IPv4 a /32 on lo, or the peer's address mistyped). BIRD has no IPv4 source address to
@@ -268,11 +291,16 @@ export function birdInputFor(
   secretPasswords: ReadonlyMap<string, string> = new Map(),
   localIpv6?: readonly string[],
   linksWithoutIpv6: ReadonlySet<string> = new Set(),
+  linkNextHops6: ReadonlyMap<string, string> = new Map(),
 ): BirdConfigInput {
   const bgp = node.spec.bgp ?? {};
   // Only single-hop sessions: a multihop one gets the node's global IPv6 anyway.
-  const bareLink = (p: { address: string; multihop?: number }) =>
-    p.multihop === undefined && linksWithoutIpv6.has(p.address) ? { linkWithoutIpv6: true } : {};
+  const bareLink = (p: { address: string; multihop?: number }) => {
+    if (p.multihop !== undefined) return {};
+    if (linksWithoutIpv6.has(p.address)) return { linkWithoutIpv6: true };
+    const linkNextHop6 = linkNextHops6.get(p.address);
+    return linkNextHop6 === undefined ? {} : { linkNextHop6 };
+  };
   const mesh: BirdMeshPeer[] = bgp.nodeMesh
     ? meshPeers.map((p) => ({
       ...bareLink(p),
@@ -329,7 +357,10 @@ export class NodeRouting {
   #addressSettle?: ReturnType<typeof setTimeout>;
   /** Failed reads of the address notifications in a row (logged when they start and end). */
   readonly #addressReadFailures: FailureStreak;
-  /** The bird.conf text last handed to BIRD. */
+  /**
+   * The bird.conf text last handed to BIRD; cleared when BIRD did not take it (failed,
+   * unreachable, rejected), so that the next address change hands it over again.
+   */
   #renderedText?: string;
 
   constructor(options: NodeRoutingOptions) {
@@ -580,6 +611,7 @@ export class NodeRouting {
       this.#secretPasswords,
       kernelNextHop6Candidates(this.#o.handle, this.#node),
       peersOnLinksWithoutIpv6(this.#o.handle, peers),
+      linkNextHop6ByPeer(this.#o.handle, this.#node, peers),
     );
     input.cidrs.push(...this.#draining.map(formatPrefix));
     this.#logPeersWithoutIpv6(peersWithoutIpv6(input));
@@ -590,7 +622,12 @@ export class NodeRouting {
       this.#o.log({ msg: "bird.conf changed: reloading BIRD", reason: onlyIfChanged });
     }
     this.#renderedText = text;
-    return await this.control.update(text);
+    const status = await this.control.update(text);
+    // Skipping a text BIRD never took would leave it untried from the address path: the
+    // control's own retry covers only some failures (a rejection, none). Another render may have
+    // taken over while this one waited: its text stays.
+    if (status.result !== "ok" && this.#renderedText === text) this.#renderedText = undefined;
+    return status;
   }
 }
 

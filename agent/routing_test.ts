@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import {
   birdInputFor,
+  linkNextHop6ByPeer,
   nextHop6For,
   NodeRouting,
   peersOnLinksWithoutIpv6,
@@ -96,6 +97,36 @@ Deno.test("birdInputFor: single-hop peers on links without IPv6 are marked, mult
   const text = renderBirdConfig(input);
   assert.match(text, /neighbor 10\.0\.0\.1 as 65000;\n[^}]*ipv6 \{[^}]*peer_10_0_0_1_export6;/);
   assert.match(text, /filter peer_10_0_0_1_export6 \{\n {2}bgp_next_hop = fd00:a::11;/);
+});
+
+Deno.test("birdInputFor: a single-hop IPv4 peer's link IPv6 is its IPv6 next hop, set in its filter", () => {
+  const node = parseNodeConfig({
+    cidr6: "fd00:1::/64",
+    cidr4: "10.244.1.0/24",
+    bgp: {
+      asn: 65001,
+      peers: [
+        { address: "10.0.1.1", asn: 65000 },
+        { address: "10.9.0.1", asn: 65000, multihop: 2 },
+        { address: "10.0.2.1", asn: 65000 },
+      ],
+    },
+  }, "t");
+  // 10.9.0.1 is multihop: the node's global IPv6, whatever its first hop's link has.
+  const links = new Map([["10.0.1.1", "fd00:c::11"], ["10.9.0.1", "fd00:e::11"]]);
+  const input = birdInputFor(node, "n", [], [], new Map(), ["fd00:a::11"], new Set(), links);
+  assert.deepEqual(input.peers?.map((p) => [p.address, p.linkNextHop6]), [
+    ["10.0.1.1", "fd00:c::11"],
+    ["10.9.0.1", undefined],
+    ["10.0.2.1", undefined],
+  ]);
+  const text = renderBirdConfig(input);
+  assert.match(text, /filter peer_10_0_1_1_export6 \{\n {2}bgp_next_hop = fd00:c::11;/);
+  assert.match(text, /filter peer_10_9_0_1_export6 \{\n {2}bgp_next_hop = fd00:a::11;/);
+  // A link whose address is not known: BIRD's own pick, as before.
+  assert.match(text, /neighbor 10\.0\.2\.1 as 65000;\n {2}ipv6 \{[^}]*flock_export6;/);
+  // Only the IPv6 channel's filter: IPv4 keeps the session address (next hop self).
+  assert.match(text, /neighbor 10\.0\.1\.1 as 65000;\n[^}]*\};\n {2}ipv4 \{[^}]*flock_export4;/);
 });
 
 Deno.test("birdInputFor: a Secret's password is rendered; a peer without one is left out", () => {
@@ -314,8 +345,24 @@ Deno.test({
       const peers = ["10.0.0.1", "10.0.1.1", "10.5.0.1", "fd00:c::1"];
       // 10.5.0.1 is on no connected subnet; an IPv6 peer's link does not matter.
       assert.deepEqual([...peersOnLinksWithoutIpv6(handle, peers)], ["10.0.0.1"]);
-      await ns.ip(["addr", "add", "fd00:d::11/64", "dev", "bare0", "nodad"]);
+      const node = parseNodeConfig({ cidr6: "fd00:1::/64" }, "t");
+      assert.deepEqual([...linkNextHop6ByPeer(handle, node, peers)], [["10.0.1.1", "fd00:c::11"]]);
+      // The link gets its global IPv6 late (SLAAC): still in duplicate address detection, it
+      // is not one yet; settled, it is that peer's next hop.
+      await ns.ip(["addr", "add", "fd00:d::11/64", "dev", "bare0"]);
+      const tentative = await ns.ip(["-6", "addr", "show", "dev", "bare0", "tentative"]);
+      if (tentative.includes("fd00:d::11")) {
+        assert.equal(linkNextHop6ByPeer(handle, node, peers).get("10.0.0.1"), undefined);
+      }
+      for (let i = 0; i < 100; i++) {
+        if (!(await ns.ip(["-6", "addr", "show", "dev", "bare0", "tentative"])).trim()) break;
+        await new Promise((r) => setTimeout(r, 50));
+      }
       assert.deepEqual([...peersOnLinksWithoutIpv6(handle, peers)], []);
+      assert.deepEqual(
+        [...linkNextHop6ByPeer(handle, node, peers)].sort(),
+        [["10.0.0.1", "fd00:d::11"], ["10.0.1.1", "fd00:c::11"]],
+      );
     } finally {
       handle.close();
     }
@@ -399,6 +446,53 @@ Deno.test({
     } finally {
       await routing.close();
       handle.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "NodeRouting: a config BIRD did not take is handed over again at the next address " +
+    "change, even when that change renders the same text",
+  ...ROOT_ONLY,
+  async fn() {
+    await using ns = await TestNamespace.create("flk-rtfail");
+    await using bird = await BirdDaemon.start(ns, { config: bootstrapBirdConfig("10.9.9.9") });
+    const handle = Handle.forNetns(ns.path);
+    // The config's directory is missing at first: the reload fails (not written), and the
+    // control's own retry is far off, so only the address path can hand the text over again.
+    const dir = await Deno.makeTempDir({ prefix: "flk-rtfail-" });
+    const routing = new NodeRouting({
+      handle,
+      nodeName: "node-1",
+      bird: {
+        ...bird.controlOptions(),
+        configPath: `${dir}/later/bird.conf`,
+        coalesceMs: 10,
+        addressPollMs: 50,
+        retryMs: 600_000,
+      },
+      log: () => {},
+    });
+    const spec = {
+      cidr6: "fd00:1::/64",
+      bgp: { asn: 64512, routerID: "10.9.9.9", peers: [{ address: "fd00:b::2", asn: 65000 }] },
+    };
+    try {
+      const first = await routing.configure(parseNodeConfig(spec, "t"));
+      assert.equal(first?.result, "failed");
+      await Deno.mkdir(`${dir}/later`);
+      // An IPv4 address on lo: a global address change that changes no next hop (same text).
+      await ns.ip(["addr", "add", "10.7.0.1/24", "dev", "lo"]);
+      const deadline = Date.now() + 5_000;
+      while (routing.birdStatus()?.result !== "ok" && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.equal(routing.birdStatus()?.result, "ok", routing.birdStatus()?.error);
+      assert.match((await bird.birdc(["show", "protocols"])).stdout, /peer_fd00_b__2/);
+    } finally {
+      await routing.close();
+      handle.close();
+      await Deno.remove(dir, { recursive: true });
     }
   },
 });

@@ -41,6 +41,14 @@ export interface BirdPeer {
    * (`nextHop6`) like a multihop one.
    */
   linkWithoutIpv6?: boolean;
+  /**
+   * The global IPv6 address of the link a single-hop IPv4 session leaves by (the agent reads
+   * it). When set, IPv6 routes on the session carry it as next hop, set in the session's export
+   * filter: BIRD fixes its own pick of that address when the session comes up (`::` when the
+   * link had none then, e.g. SLAAC arriving after boot), and a filter change is applied in place
+   * (a channel reload), so the peer gets the link's current address without a session reset.
+   */
+  linkNextHop6?: string;
 }
 
 /** A mesh peer: another flock node, with the prefixes it may announce. */
@@ -249,8 +257,8 @@ function ownedRoutes(fam: Fam, f: Facts): string[] {
 }
 
 /**
- * The IPv6 export filter of an IPv4 session that needs the node's global IPv6 as next hop
- * ({@link needsNodeNextHop6}): what {@link exportFilter} announces, with `bgp_next_hop` set to
+ * The IPv6 export filter of an IPv4 session whose IPv6 next hop flock sets
+ * ({@link filterNextHop6}): what {@link exportFilter} announces, with `bgp_next_hop` set to
  * `nextHop6`, or nothing when the node has none (`null`). The next hop lives in a filter, not
  * in the channel (`next hop address`), and the channel is rendered either way, because BIRD
  * (2.0.12, tested) restarts the whole session, IPv4 included, when a channel is added or
@@ -258,7 +266,12 @@ function ownedRoutes(fam: Fam, f: Facts): string[] {
  * `next hop address` only at the next session start; a changed filter it applies in place
  * (the channel is reloaded: the routes are re-announced with the new next hop, or withdrawn).
  */
-function nodeNextHopExportFilter(session: string, f: Facts, nextHop6: string | null): string[] {
+function nodeNextHopExportFilter(
+  session: string,
+  f: Facts,
+  nextHop6: string | null,
+  onLink: boolean,
+): string[] {
   const head = [`filter ${session}_export6 {`];
   if (nextHop6 === null) {
     return [
@@ -271,8 +284,16 @@ function nodeNextHopExportFilter(session: string, f: Facts, nextHop6: string | n
     ];
   }
   return [
-    `# IPv6 routes to ${session} carry the node's global IPv6 as next hop (BIRD has none of`,
-    `# its own there); set here so that an address change reloads this filter, not the session.`,
+    ...(onLink
+      ? [
+        `# IPv6 routes to ${session} carry its link's global IPv6 as next hop: BIRD's own pick`,
+        `# is fixed when the session comes up (\`::\` if the link had none yet); set here so that`,
+        `# an address change reloads this filter, not the session.`,
+      ]
+      : [
+        `# IPv6 routes to ${session} carry the node's global IPv6 as next hop (BIRD has none of`,
+        `# its own there); set here so that an address change reloads this filter, not the session.`,
+      ]),
     ...head,
     `  bgp_next_hop = ${nextHop6.toLowerCase()};`,
     ...ownedRoutes(6, f),
@@ -345,11 +366,24 @@ function channel(
 }
 
 /**
- * Whether the session to `peer` gets {@link nodeNextHopExportFilter} for IPv6: it needs the
- * node's global IPv6 and the agent knows whether there is one (`nextHop6` not undefined).
+ * The IPv6 next hop {@link nodeNextHopExportFilter} sets on the session to `peer` (`null`: it
+ * rejects every IPv6 route), or undefined when BIRD picks it (no filter of the session's own):
+ * the link's global IPv6 of a single-hop IPv4 session ({@link BirdPeer.linkNextHop6}); else the
+ * node's global IPv6 where BIRD has none of its own, when the agent knows whether there is one.
  */
-function usesNodeNextHopFilter(peer: BirdPeer, input: BirdConfigInput): boolean {
-  return needsNodeNextHop6(peer) && input.nextHop6 !== undefined;
+function filterNextHop6(
+  peer: BirdPeer,
+  input: BirdConfigInput,
+): { address: string | null; onLink: boolean } | undefined {
+  if (familyOf(peer.address) !== 4) return undefined;
+  if (peer.multihop === undefined && peer.linkNextHop6 !== undefined) {
+    if (checkAddress(peer.linkNextHop6, `peer ${peer.address} linkNextHop6`) !== 6) {
+      throw new BirdConfigError(`peer ${peer.address}: linkNextHop6 must be an IPv6 address`);
+    }
+    return { address: peer.linkNextHop6, onLink: true };
+  }
+  if (!needsNodeNextHop6(peer) || input.nextHop6 === undefined) return undefined;
+  return { address: input.nextHop6, onLink: false };
 }
 
 /**
@@ -396,14 +430,15 @@ function session(
   if (peer.bfd) {
     lines.push(gr ? `  bfd graceful;  # BFD down does not defeat graceful restart` : `  bfd on;`);
   }
-  const nodeNextHop = f.fams.includes(6) && usesNodeNextHopFilter(peer, input);
+  const nextHop6 = f.fams.includes(6) ? filterNextHop6(peer, input) : undefined;
+  const ownExportFilter6 = nextHop6 !== undefined;
   for (const fam of f.fams) {
-    const exportFilter = fam === 6 && nodeNextHop ? `${name}_export6` : `flock_export${fam}`;
+    const exportFilter = fam === 6 && ownExportFilter6 ? `${name}_export6` : `flock_export${fam}`;
     lines.push(...channel(fam, sessionFam, exportFilter, importFilter(fam)));
   }
   lines.push(`}`, ``);
-  return nodeNextHop
-    ? [...nodeNextHopExportFilter(name, f, input.nextHop6 ?? null), ...lines]
+  return ownExportFilter6
+    ? [...nodeNextHopExportFilter(name, f, nextHop6.address, nextHop6.onLink), ...lines]
     : lines;
 }
 

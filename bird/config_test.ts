@@ -220,6 +220,34 @@ Deno.test("bird config: a direct IPv4 peer on a link without IPv6 gets the node'
   assert.deepEqual(peersWithoutIpv6({ ...DUAL, peers: v6, nextHop6: null }), []);
 });
 
+Deno.test("bird config: a direct IPv4 peer's link IPv6 is set as next hop in its own filter", () => {
+  const peers = [
+    { address: "10.0.1.1", asn: 65000, linkNextHop6: "FD00:C::11" },
+    // Multihop: the link of the first hop is not the peer's; the node's global IPv6.
+    { address: "10.0.2.1", asn: 65001, linkNextHop6: "fd00:e::11", multihop: 2 },
+  ];
+  const text = renderBirdConfig({ ...DUAL, peers, nextHop6: "fd00:a::11" });
+  // BIRD fixes its own pick when the session comes up (`::` before the link had one): set in
+  // the filter, a new link address is a filter reload, not a session reset.
+  const direct = sessionBlock(text, "peer_10_0_1_1");
+  assert.match(direct, /ipv6 \{[^}]*export filter peer_10_0_1_1_export6;/);
+  assert.match(direct, /ipv4 \{[^}]*export filter flock_export4;\n {4}next hop self;/);
+  assert.match(exportFilterOf(text, "peer_10_0_1_1"), /bgp_next_hop = fd00:c::11;/);
+  assert.match(exportFilterOf(text, "peer_10_0_2_1"), /bgp_next_hop = fd00:a::11;/);
+  // Even without a node address: the link's own is the session's next hop, nobody is named.
+  const none = renderBirdConfig({ ...DUAL, peers: [peers[0]], nextHop6: null });
+  assert.match(exportFilterOf(none, "peer_10_0_1_1"), /bgp_next_hop = fd00:c::11;/);
+  assert.deepEqual(peersWithoutIpv6({ ...DUAL, peers: [peers[0]], nextHop6: null }), []);
+  assert.throws(
+    () => renderBirdConfig({ ...DUAL, peers: [{ ...peers[0], linkNextHop6: "10.0.0.11" }] }),
+    BirdConfigError,
+  );
+  assert.throws(
+    () => renderBirdConfig({ ...DUAL, peers: [{ ...peers[0], linkNextHop6: "::1; }" }] }),
+    BirdConfigError,
+  );
+});
+
 Deno.test("bird config: per-pod routes are never learned, only flock's own", () => {
   const text = renderBirdConfig(DUAL);
   assert.match(text, /if krt_source != 201 then reject;/);

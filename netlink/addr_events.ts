@@ -30,18 +30,36 @@ import { parseMessages } from "./wire.ts";
 const ADDRESS_GROUPS = 0x10 | 0x100;
 /** A burst of this much (pods' link-local addresses come and go too) fits before ENOBUFS. */
 const QUEUE_BYTES = 256 * 1024;
+/**
+ * Default bound on the datagrams one {@link AddressEvents.globalAddressChanged} reads: under
+ * constant address churn (every pod veth's link-local comes and goes too) an unbounded drain
+ * could hold the event loop; the rest waits for the next poll.
+ */
+export const MAX_READS_PER_POLL = 256;
+
+/** Options of {@link AddressEvents.open}. */
+export interface AddressEventsOptions {
+  /** Datagrams read at most per poll (default {@link MAX_READS_PER_POLL}). */
+  maxReadsPerPoll?: number;
+}
 
 /** A subscription to the address changes of a handle's namespace. */
 export class AddressEvents {
   #fd: number;
   readonly #buf = new Uint8Array(64 * 1024);
+  readonly #maxReads: number;
 
-  private constructor(fd: number) {
+  private constructor(fd: number, maxReads: number) {
     this.#fd = fd;
+    this.#maxReads = maxReads;
   }
 
   /** Subscribes to the address changes of `handle`'s namespace (from now on). */
-  static open(handle: Handle): AddressEvents {
+  static open(handle: Handle, options: AddressEventsOptions = {}): AddressEvents {
+    const maxReads = options.maxReadsPerPoll ?? MAX_READS_PER_POLL;
+    if (!Number.isInteger(maxReads) || maxReads < 1) {
+      throw new RangeError(`maxReadsPerPoll must be a positive integer, not ${maxReads}`);
+    }
     const fd = withNetns(handle.netnsFd, () => netlinkSocket(ADDRESS_GROUPS));
     try {
       setSocketOption(fd, SOL_SOCKET, SO_RCVBUF, QUEUE_BYTES);
@@ -49,18 +67,21 @@ export class AddressEvents {
       closeFd(fd);
       throw e;
     }
-    return new AddressEvents(fd);
+    return new AddressEvents(fd, maxReads);
   }
 
   /**
-   * Reads every queued notification; true when one added or removed a global-scope address
-   * (link-local ones, such as each pod veth's, do not count), or when notifications were lost
-   * (the queue overflowed: anything may have changed).
+   * Reads the queued notifications, at most `maxReadsPerPoll` datagrams (the rest are read by
+   * the next call); true when one added or removed a global-scope address (link-local ones,
+   * such as each pod veth's, do not count), when notifications were lost (the queue
+   * overflowed: anything may have changed), or when the bound was reached (what is left unread
+   * may hold a change; the caller renders once more rather than late).
    */
   globalAddressChanged(): boolean {
     if (this.#fd < 0) return false;
     let changed = false;
-    for (;;) {
+    for (let reads = 0;; reads++) {
+      if (reads === this.#maxReads) return true;
       let n: number | null;
       try {
         n = receiveQueued(this.#fd, this.#buf);

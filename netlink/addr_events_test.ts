@@ -45,3 +45,40 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "AddressEvents: one poll reads a bounded number of notifications, the rest the next; " +
+    "reaching the bound counts as a change",
+  ...ROOT_ONLY,
+  async fn() {
+    await using ns = await TestNamespace.create("flk-addrcap");
+    const handle = Handle.forNetns(ns.path);
+    const events = AddressEvents.open(handle, { maxReadsPerPoll: 8 });
+    try {
+      await ns.ip(["link", "add", "ev0", "type", "veth", "peer", "name", "ev1"]);
+      // 20 link-local addresses (no duplicate address detection: one notification each), as
+      // pods' veths make under churn; none is a global change.
+      const batch = Array.from(
+        { length: 20 },
+        (_, i) => `addr add fe80::${(i + 1).toString(16)}/64 dev ev0 nodad`,
+      ).join("\n");
+      const file = await Deno.makeTempFile({ prefix: "flk-addrcap-" });
+      try {
+        await Deno.writeTextFile(file, batch + "\n");
+        await ns.ip(["-batch", file]);
+      } finally {
+        await Deno.remove(file);
+      }
+      // 8 read, 12 left: the bound reached counts as a change (what is unread might be one).
+      assert.equal(events.globalAddressChanged(), true, "first poll: bound reached");
+      assert.equal(events.globalAddressChanged(), true, "second poll: bound reached again");
+      // The last 4 are link-local only: no change, and the queue is empty afterwards.
+      assert.equal(events.globalAddressChanged(), false, "third poll: the rest, link-local");
+      assert.equal(events.globalAddressChanged(), false, "nothing left");
+      assert.throws(() => AddressEvents.open(handle, { maxReadsPerPoll: 0 }), RangeError);
+    } finally {
+      events.close();
+      handle.close();
+    }
+  },
+});

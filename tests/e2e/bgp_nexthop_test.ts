@@ -566,3 +566,50 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "bgp next hop: a direct IPv4 session that came up on a link without a global IPv6 keeps " +
+    "announcing IPv6 with a valid next hop when the link gets one later (the link's, in place): " +
+    "the session never resets and the IPv4 routes are never withdrawn",
+  ...COMMON,
+  async fn() {
+    await using cleanup = new AsyncDisposableStack();
+    const { node, tor } = await startDirectLab(cleanup, true);
+    const ns = node.flock.ns;
+    try {
+      await tor.waitEstablished();
+      const [pod6] = await addPod(node, cleanup, "nh-slaac-pod");
+      await tor.waitRib("ipv6", (rib) => nextHop(rib[CIDR6]) === "fd00:a::11");
+      await tor.waitRib("ipv4", (rib) => CIDR4 in rib);
+      await using monitor4 = new RibMonitor(tor, "ipv4");
+      await monitor4.live(CIDR4);
+      const before = await sessionInfo(tor, "10.0.0.11");
+      const birdSince = await birdSessionSince(node);
+
+      // The link's prefix arrives late (SLAAC, DHCPv6), with duplicate address detection.
+      await addAddress(tor.ns, "br0", "fd00:c::1/64");
+      await ns.ip(["addr", "add", "fd00:c::11/64", "dev", "eth0"]);
+      // Before the fix the session fell back to BIRD's own next hop, fixed as `::` when it came
+      // up: BIRD withdrew every IPv6 route ("Invalid NEXT_HOP attribute - zero address").
+      const movedMs = await msUntil(
+        "the ToR gets the IPv6 pod CIDR through the link's new global IPv6",
+        async () => nextHop((await tor.rib("ipv6"))[CIDR6]) === "fd00:c::11",
+      );
+      // Still there a while later (nothing withdraws it after the reload).
+      await new Promise((r) => setTimeout(r, 1_500));
+      assert.equal(nextHop((await tor.rib("ipv6"))[CIDR6]), "fd00:c::11");
+      // On the ToR's own segment: the next hop resolves directly (no recursion).
+      await tor.ns.ip(["-6", "route", "replace", CIDR6, "via", "fd00:c::11", "dev", "br0"]);
+      assert.ok(await reaches(tor.ns, pod6), `ToR -> pod ${pod6} through fd00:c::11`);
+
+      assert.deepEqual(await sessionInfo(tor, "10.0.0.11"), before, "the session was reset");
+      assert.equal(await birdSessionSince(node), birdSince, "BIRD restarted the session");
+      assert.deepEqual(monitor4.withdrawals(CIDR4), [], "the IPv4 pod CIDR was withdrawn");
+      assert.doesNotMatch(await node.bird.log(), /Invalid NEXT_HOP/);
+      console.log(`link IPv6 added -> ToR's next hop is the link's: ${movedMs.toFixed(0)} ms`);
+    } catch (e) {
+      await printDiagnostics(node, tor);
+      throw e;
+    }
+  },
+});
