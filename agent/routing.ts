@@ -153,6 +153,9 @@ export function routerIdFor(
 
 /** IFA_F_DADFAILED: a duplicate address the kernel will not use. */
 const IFA_F_DADFAILED = 0x08;
+/** IFA_F_TEMPORARY (RFC 4941 privacy address, replaced every few hours) and IFA_F_DEPRECATED. */
+const IFA_F_TEMPORARY = 0x01;
+const IFA_F_DEPRECATED = 0x20;
 
 /**
  * Whether `ip` can be the node's IPv6 next hop: global unicast, not link-local, loopback,
@@ -167,11 +170,18 @@ function usableNextHop6(node: NodeConfig, ip: IP): boolean {
   return ![node.cidr6, ...node.anycast6].some((p) => p && prefixContains(p, ip));
 }
 
-/** The node's global IPv6 addresses that passed duplicate address detection. */
+/**
+ * The node's global IPv6 addresses that passed duplicate address detection, in the kernel's
+ * order except that temporary (privacy) and deprecated ones come last: a next hop picked from
+ * them should not be one the kernel is about to retire, which would change bird.conf again.
+ */
 function settledGlobalIpv6(h: Handle) {
-  return listAddresses(h, { family: AF_INET6 })
+  const settled = listAddresses(h, { family: AF_INET6 })
     .filter((a) => a.scope === RT_SCOPE_UNIVERSE)
     .filter((a) => (a.flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED)) === 0);
+  const shortLived = (a: { flags: number }) =>
+    (a.flags & (IFA_F_TEMPORARY | IFA_F_DEPRECATED)) !== 0;
+  return [...settled.filter((a) => !shortLived(a)), ...settled.filter(shortLived)];
 }
 
 /**

@@ -347,6 +347,9 @@ Deno.test({
       assert.deepEqual([...peersOnLinksWithoutIpv6(handle, peers)], ["10.0.0.1"]);
       const node = parseNodeConfig({ cidr6: "fd00:1::/64" }, "t");
       assert.deepEqual([...linkNextHop6ByPeer(handle, node, peers)], [["10.0.1.1", "fd00:c::11"]]);
+      // A deprecated address (listed first, being newer) is not picked while a stable one exists.
+      await ns.ip(["addr", "add", "fd00:c::99/64", "dev", "dual0", "nodad", "preferred_lft", "0"]);
+      assert.deepEqual([...linkNextHop6ByPeer(handle, node, peers)], [["10.0.1.1", "fd00:c::11"]]);
       // The link gets its global IPv6 late (SLAAC): still in duplicate address detection, it
       // is not one yet; settled, it is that peer's next hop.
       await ns.ip(["addr", "add", "fd00:d::11/64", "dev", "bare0"]);
