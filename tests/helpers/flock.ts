@@ -94,6 +94,8 @@ export class FlockNode implements AsyncDisposable {
   /** The running agent, if any. */
   agent?: Deno.ChildProcess;
   #agentStatus?: Promise<Deno.CommandStatus>;
+  /** The environment the agent was last started with, which {@link restartAgent} keeps. */
+  #agentEnv: Record<string, string> = {};
   #disposed = false;
 
   private constructor(
@@ -192,12 +194,14 @@ export class FlockNode implements AsyncDisposable {
 
   /**
    * Starts the agent process inside the node namespace; waits for STATUS to succeed.
-   * `env` adds variables to the agent's environment (e.g. `FLOCK_TEST_CRASH_AT`).
+   * `env` adds variables to the agent's environment (e.g. `FLOCK_TEST_CRASH_AT`); without it
+   * the agent gets none, also after a start that had some. {@link restartAgent} keeps them.
    */
   async startAgent(
     opts: { waitReady?: boolean; env?: Record<string, string> } = {},
   ): Promise<void> {
     if (this.agent) throw new Error("agent already running");
+    this.#agentEnv = { ...opts.env };
     const kubeconfig = this.options.kubeconfig;
     // Standalone: the whole agent inside the node namespace. Cluster: only its netlink handle.
     const [program, ...prefix] = kubeconfig
@@ -261,10 +265,21 @@ export class FlockNode implements AsyncDisposable {
     await this.#agentStatus;
   }
 
-  /** Kills the agent with SIGKILL and starts it again on the same state. */
-  async restartAgent(): Promise<void> {
+  /**
+   * Kills the agent with SIGKILL and starts it again on the same state, with the environment of
+   * its last start but for the variables named in `without` (a test fault that must not strike
+   * again, a crash point: `restartAgent({ without: [CRASH_ENV] })`).
+   */
+  async restartAgent(opts: { without?: readonly string[] } = {}): Promise<void> {
+    const env = { ...this.#agentEnv };
+    for (const name of opts.without ?? []) delete env[name];
     await this.kill("SIGKILL");
-    await this.startAgent();
+    await this.startAgent({ env });
+  }
+
+  /** The environment the agent was last started with (what {@link restartAgent} keeps). */
+  get agentEnv(): Readonly<Record<string, string>> {
+    return { ...this.#agentEnv };
   }
 
   /** The agent's log so far (JSON lines). */

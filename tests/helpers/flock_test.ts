@@ -32,3 +32,33 @@ Deno.test({
     assert.deepEqual((await node.flockRoutes()).filter((r) => !r.dst.startsWith("169.254")), []);
   },
 });
+
+/** The variables named `FLOCK_TEST_HELPER_*` in the running agent's environment. */
+async function helperVars(node: FlockNode): Promise<Record<string, string>> {
+  const environ = await Deno.readTextFile(`/proc/${node.agent!.pid}/environ`);
+  const vars = environ.split("\0").filter((kv) => kv.startsWith("FLOCK_TEST_HELPER_"));
+  return Object.fromEntries(vars.map((kv) => kv.split("=", 2) as [string, string]));
+}
+
+Deno.test({
+  name: "FlockNode: restartAgent keeps the last start's env, but for the variables it drops",
+  ...ROOT_ONLY,
+  async fn() {
+    await using node = await FlockNode.start({ config: { cidr6: "fd00:78::/64" } });
+    assert.deepEqual(await helperVars(node), {});
+    await node.kill();
+    await node.startAgent({ env: { FLOCK_TEST_HELPER_A: "1", FLOCK_TEST_HELPER_B: "2" } });
+    await node.restartAgent();
+    assert.deepEqual(await helperVars(node), {
+      FLOCK_TEST_HELPER_A: "1",
+      FLOCK_TEST_HELPER_B: "2",
+    });
+    await node.restartAgent({ without: ["FLOCK_TEST_HELPER_A"] });
+    assert.deepEqual(await helperVars(node), { FLOCK_TEST_HELPER_B: "2" });
+    await node.restartAgent();
+    assert.deepEqual(await helperVars(node), { FLOCK_TEST_HELPER_B: "2" }, "dropped for good");
+    await node.kill();
+    await node.startAgent();
+    assert.deepEqual(await helperVars(node), {}, "a start without env has none");
+  },
+});
