@@ -5,7 +5,8 @@
  *
  * The agent reads each referenced Secret with a GET when its NodeConfig is applied (before
  * bird.conf is rendered) and then again every {@link SECRET_REFRESH_MS}, or every
- * {@link SECRET_RETRY_MS} while one is unavailable. A periodic GET rather than a watch: a GET
+ * {@link SECRET_RETRY_MS} while one is unavailable (backing off, up to the refresh period, while
+ * the only problems are Secrets whose passwords are kept). A periodic GET rather than a watch: a GET
  * by name needs only `get` on secrets, while a watch needs `list` and `watch`, which RBAC cannot
  * narrow to the names an operator picks, so the agent could enumerate and stream every Secret
  * of its namespace (kube-system holds the cluster's most sensitive ones). The cost is one small
@@ -19,7 +20,11 @@
  * The same holds while a Secret that was read cannot be read any more (deleted, as in a rotation
  * by delete + create or by mistake, or forbidden): nothing says the router's side changed, so the
  * peers keep the password last read, and this is reported (a warning line, the condition) until
- * the Secret is back. Only what a Secret that exists says (a key removed, an unusable value) takes
+ * the Secret is back: the Secret is read again {@link SECRET_RETRY_MS} later, then after twice
+ * as long each time, up to {@link SECRET_REFRESH_MS} (a Secret deleted for good costs no more
+ * GETs than one that is there, and a rotation by delete + create within seconds is still seen
+ * within seconds; with no watch, a longer cap would delay a recreated Secret's new password by
+ * as much). Only what a Secret that exists says (a key removed, an unusable value) takes
  * a password away. A password kept this way lives in memory only: an agent restart while the
  * Secret is gone leaves the peer out.
  *
@@ -37,6 +42,7 @@ import {
   type SecretKeyRef,
 } from "../config.ts";
 import { describeApiError, httpStatusOf } from "./api.ts";
+import { backoffMs } from "./backoff.ts";
 
 /** How often the referenced Secrets are read again when all of them were usable. */
 export const SECRET_REFRESH_MS = 60_000;
@@ -173,6 +179,8 @@ export class BgpSecrets {
   #timer?: ReturnType<typeof setTimeout>;
   #chain: Promise<void> = Promise.resolve();
   #stopped = false;
+  /** Consecutive reads whose only problems were kept passwords (their Secrets gone). */
+  #keptOnlyReads = 0;
 
   constructor(readonly options: BgpSecretsOptions) {}
 
@@ -287,8 +295,17 @@ export class BgpSecrets {
     const changed = this.#report(passwords, problems);
     this.#passwords = passwords;
     this.#problems = problems;
+    const keptOnly = problems.length > 0 && problems.every((p) => p.kept);
+    this.#keptOnlyReads = keptOnly ? this.#keptOnlyReads + 1 : 0;
     if (this.#refs.size > 0) {
       const { refreshMs = SECRET_REFRESH_MS, retryMs = SECRET_RETRY_MS } = this.options;
+      // Peers left out retry at the short period (the Secret may be created any moment); peers
+      // running on a kept password lose nothing by a slower look, so it backs off.
+      const delayMs = problems.length === 0
+        ? refreshMs
+        : keptOnly
+        ? backoffMs(this.#keptOnlyReads, retryMs, Math.max(retryMs, refreshMs))
+        : retryMs;
       this.#timer = setTimeout(() => {
         this.#read(true).catch((e) => {
           this.options.log({
@@ -297,7 +314,7 @@ export class BgpSecrets {
             error: String(e),
           });
         });
-      }, problems.length > 0 ? retryMs : refreshMs);
+      }, delayMs);
     }
     if (notify && changed) this.options.onChange();
   }

@@ -284,3 +284,57 @@ Deno.test("BgpSecrets: a Secret missing since the start leaves its peers out (no
     secrets.stop();
   }
 });
+
+/** The GETs `store` serves within `ms`. */
+async function getsWithin(store: SecretStore, ms: number): Promise<number> {
+  const before = store.gets.length;
+  await new Promise((r) => setTimeout(r, ms));
+  return store.gets.length - before;
+}
+
+Deno.test("BgpSecrets: a deleted Secret is read again less and less often, up to the refresh period", async () => {
+  const store = new SecretStore();
+  const secrets = new BgpSecrets({
+    namespace: "kube-system",
+    readSecret: store.read,
+    onChange: () => {},
+    log: () => {},
+    refreshMs: 320,
+    retryMs: 10,
+  });
+  try {
+    store.set("bgp", { k: PASSWORD });
+    await secrets.use(ONE_PEER);
+    store.secrets.delete("bgp");
+    await secrets.use(ONE_PEER);
+    // 10, 20, 40, 80, 160, then every 320 ms: at most 7 GETs in 700 ms, where a read every
+    // retryMs would be 70.
+    const gets = await getsWithin(store, 700);
+    assert.ok(gets >= 4 && gets <= 7, `${gets} GETs of the deleted Secret in 700 ms`);
+    assert.deepEqual([...secrets.passwords], [["bgp/k", PASSWORD]], "still kept");
+
+    // Recreated: seen within the cap, and the back-off is over.
+    store.set("bgp", { k: "recreated" });
+    await getsWithin(store, 400);
+    assert.deepEqual([...secrets.passwords], [["bgp/k", "recreated"]]);
+    assert.equal(secrets.problems.length, 0);
+    store.secrets.delete("bgp");
+    await secrets.use(ONE_PEER);
+    assert.ok(await getsWithin(store, 25) >= 1, "deleted again: the first retry is quick again");
+  } finally {
+    secrets.stop();
+  }
+});
+
+Deno.test("BgpSecrets: peers left out (nothing kept) keep the short retry, no back-off", async () => {
+  const store = new SecretStore();
+  const secrets = secretsFor(store, []);
+  try {
+    await secrets.use(ONE_PEER);
+    assert.equal(secrets.problems[0].kept, false);
+    const gets = await getsWithin(store, 300);
+    assert.ok(gets >= 10, `${gets} GETs in 300 ms at a 10 ms retry`);
+  } finally {
+    secrets.stop();
+  }
+});
