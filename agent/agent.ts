@@ -284,6 +284,7 @@ export class Agent {
     try {
       this.#handler?.freeUnroutedWithheld();
     } catch (e) {
+      if (isStoreError(e)) this.health.writeFailed(e);
       this.log({ level: "error", msg: "freeing withheld addresses failed", error: String(e) });
     }
   }
@@ -303,7 +304,14 @@ export class Agent {
     // A sweep that outlasts the interval is not joined by a second one.
     if (this.#sweep || !this.#handler || !server || !this.#store) return Promise.resolve();
     const handler = this.#handler;
-    const stuck = this.#store.listByState("releasing").filter((rec) => !handler.isRemoving(rec));
+    let stuck: Attachment[];
+    try {
+      stuck = this.#store.listByState("releasing").filter((rec) => !handler.isRemoving(rec));
+    } catch (e) {
+      // Thrown out of the interval's callback, it would end the agent; the next sweep reads again.
+      this.log({ level: "error", msg: "listing stuck releases failed", error: String(e) });
+      return Promise.resolve();
+    }
     if (!stuck.length) return Promise.resolve();
     this.log({ msg: "retrying stuck releases", count: stuck.length });
     const retry = (listed: Attachment) =>
@@ -319,6 +327,8 @@ export class Agent {
     return this.#sweep = forEachBounded(stuck, GC_DELETIONS_IN_FLIGHT, retry).then((outcomes) => {
       outcomes.forEach((outcome, i) => {
         if (outcome.status === "fulfilled") return;
+        // A release that could not write its end (disk full) is one more reason CNI calls fail.
+        if (isStoreError(outcome.reason)) this.health.writeFailed(outcome.reason);
         this.log({
           level: "error",
           msg: "retrying a stuck release failed",

@@ -11,7 +11,8 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { FlockNode, ping, TestNamespace } from "../helpers/flock.ts";
-import { ROOT_ONLY } from "../helpers/exec.ts";
+import { ROOT_ONLY, runOk } from "../helpers/exec.ts";
+import { eventually } from "../helpers/eventually.ts";
 import { assertCniError } from "../helpers/cni_output.ts";
 import {
   addLivePod,
@@ -228,5 +229,52 @@ Deno.test({
     await node.settled();
     // A's own veth, which no record names since its DEL, went with the restart's orphan sweep.
     await assertNodeHolds(node, [], "all gone");
+  },
+});
+
+Deno.test({
+  name: "withheld address: a sweep that cannot write the store makes /readyz 503",
+  ...ROOT_ONLY,
+  async fn() {
+    await using node = await FlockNode.start({
+      config: { cidr6: "fd00:fc::/120", cidr4: "10.252.0.0/24" },
+      cooldownMs: COOLDOWN_MS,
+      startAgent: false,
+    });
+    await node.startAgent({ env: { [RELEASE_SWEEP_ENV]: "100" } });
+    await using nsA = await TestNamespace.create("flk-wsa");
+    await using nsB = await TestNamespace.create("flk-wsb");
+    const f = await withholdThroughB(node, nsA, nsB);
+    const readyz = async () => (await node.httpGet("/readyz")).body.trim();
+    assert.equal(await readyz(), "ready");
+
+    // Immutable: even root's writes through the open descriptor fail (EPERM), as on a
+    // read-only remount. The route's going makes the sweep write; that write fails.
+    const wal = join(node.stateDir, "flock.db-wal");
+    await runOk(["chattr", "+i", wal]);
+    try {
+      await node.ns.ip(["route", "del", f.withheld, "dev", f.hostB, "proto", "201"]);
+      await eventually(
+        "/readyz to report the failed write",
+        readyz,
+        (body) => /^not ready: the last store write failed: /.test(body),
+        10_000,
+        100,
+      );
+      assert.deepEqual(withheldIps(node), [f.withheld], "still withheld: the write failed");
+    } finally {
+      await runOk(["chattr", "-i", wal]);
+    }
+    // Writable again: the next sweep gives the address back, and a DEL that writes makes the
+    // agent ready again.
+    await eventually(
+      "the sweep to give it back",
+      async () => withheldIps(node),
+      (w) => w.length === 0,
+      10_000,
+      100,
+    );
+    assert.equal((await node.cni("DEL", { containerId: "wh-b", netns: nsB.path })).code, 0);
+    assert.equal(await readyz(), "ready");
   },
 });
