@@ -12,12 +12,12 @@ import {
   type Prefix,
   prefixContains,
 } from "../netlink/mod.ts";
-import { Datapath } from "./datapath.ts";
+import { Datapath, VETH_DELETIONS_IN_FLIGHT } from "./datapath.ts";
 import { CniCode, CniError, type RpcRequest, type RpcResponse } from "./protocol.ts";
 import { type Attachment, Store } from "./store.ts";
 import type { NodeConfig } from "./config.ts";
 import { AddressPool, DEFAULT_COOLDOWN_MS } from "./ipam.ts";
-import { GC_DELETIONS_IN_FLIGHT, parseCniArgs, PodHandler } from "./pod_handler.ts";
+import { parseCniArgs, PodHandler } from "./pod_handler.ts";
 import { forEachBounded } from "./bounded.ts";
 import { reconcile, type ReconcileReport } from "./reconcile.ts";
 import { AnycastRoutes } from "./anycast.ts";
@@ -205,7 +205,10 @@ export class Agent {
     this.#handle ??= this.options.netnsPath
       ? Handle.forNetns(this.options.netnsPath)
       : Handle.current();
-    const datapath = new Datapath(this.#handle, { routesIPv4: node.cidr4 !== undefined });
+    const datapath = new Datapath(this.#handle, {
+      routesIPv4: node.cidr4 !== undefined,
+      log: this.log,
+    });
     const pool6 = node.cidr6 ? new AddressPool(node.cidr6, { cooldownMs }) : undefined;
     const pool4 = node.cidr4 ? new AddressPool(node.cidr4, { cooldownMs }) : undefined;
     const started = performance.now();
@@ -324,7 +327,7 @@ export class Agent {
         await current.release(rec);
         this.log({ msg: "finished a stuck release", containerId: rec.containerId });
       });
-    return this.#sweep = forEachBounded(stuck, GC_DELETIONS_IN_FLIGHT, retry).then((outcomes) => {
+    return this.#sweep = forEachBounded(stuck, VETH_DELETIONS_IN_FLIGHT, retry).then((outcomes) => {
       outcomes.forEach((outcome, i) => {
         if (outcome.status === "fulfilled") return;
         // A release that could not write its end (disk full) is one more reason CNI calls fail.

@@ -57,9 +57,18 @@ import { closeFd, O_CLOEXEC, O_NONBLOCK, O_RDONLY, openPath } from "../netlink/f
 import { fnv1a32 } from "./fnv.ts";
 import { type NetnsIdentity, netnsIdentityOfFd } from "./netns_identity.ts";
 import { vethMacs } from "./veth_mac.ts";
+import type { LogFn } from "./logger.ts";
 
 /** The route protocol number on every route flock installs (`ip route show proto 201`). */
 export const FLOCK_ROUTE_PROTOCOL = 201;
+
+/**
+ * Veth deletions ({@link Datapath.removeVeth}) GC, the agent's stuck-release sweep and the
+ * start-up reconcile run at once. The kernel overlaps them (bench/veth_delete_bench.ts, 24 veths
+ * on 2 cpus: 4 in flight take 0.31 of the time of one at a time, 8 take 0.16); the bound keeps
+ * the worker threads, netlink sockets and rtnl contention of a large GC small.
+ */
+export const VETH_DELETIONS_IN_FLIGHT = 8;
 /** Prefix of every host-side interface flock creates. */
 export const HOST_IFACE_PREFIX = "flock";
 /** The pods' IPv6 gateway, on every host veth. */
@@ -312,6 +321,8 @@ export interface DatapathOptions {
    * the pods' veths is routed. An IPv6-only node leaves IPv4 forwarding as it found it.
    */
   routesIPv4?: boolean;
+  /** Where the datapath says what it fell back to (see {@link Datapath.nodeLinksOrNone}). */
+  log?: LogFn;
 }
 
 /** The pod datapath of one node, bound to the node's namespace. */
@@ -415,6 +426,24 @@ export class Datapath {
   /** The node's links by name, from one dump (for {@link locatePeerNetns} of many records). */
   nodeLinksByName(): Map<string, Link> {
     return new Map(listLinks(this.node).map((link) => [link.name, link]));
+  }
+
+  /**
+   * {@link nodeLinksByName} for work over many records (`purpose` names it), or undefined when
+   * the dump fails (a busy kernel interrupts it): each record then looks its own veth up, which
+   * is slower but as correct. The fallback is logged once here, not per record.
+   */
+  nodeLinksOrNone(purpose: string): Map<string, Link> | undefined {
+    try {
+      return this.nodeLinksByName();
+    } catch (e) {
+      this.options.log?.({
+        level: "warn",
+        msg: `dumping the node's links failed: ${purpose} looks each veth up on its own`,
+        error: String(e),
+      });
+      return undefined;
+    }
   }
 
   /**

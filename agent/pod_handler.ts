@@ -30,6 +30,7 @@ import {
   type PodInterfaces,
   type PodNetwork,
   type SetupOptions,
+  VETH_DELETIONS_IN_FLIGHT,
 } from "./datapath.ts";
 import { CniCode, CniError, type RpcRequest, type RpcResponse } from "./protocol.ts";
 import type { Attachment, Store, WithheldAddress } from "./store.ts";
@@ -465,12 +466,9 @@ export class PodHandler {
     const records = this.deps.store.list();
     // One dump of the node's links for every record, not a lookup each; should the dump fail,
     // each record asks for its own veth (a failure there makes only that record unknown).
-    let nodeLinks: ReadonlyMap<string, Link> | undefined;
-    try {
-      if (records.length > 0) nodeLinks = this.deps.datapath.nodeLinksByName();
-    } catch {
-      nodeLinks = undefined;
-    }
+    const nodeLinks = records.length > 0
+      ? this.deps.datapath.nodeLinksOrNone("learning the netns of the stored records")
+      : undefined;
     for (const rec of records) {
       const key = attachmentKey(rec);
       let where: ReturnType<Datapath["locatePeerNetns"]>;
@@ -730,15 +728,6 @@ export class PodHandler {
     if (turned) this.deps.crashAt?.("del-after-releasing");
   }
 
-  /** The node's links by name, or undefined when the dump fails (each looks its own up then). */
-  #nodeLinksOrNone(): ReadonlyMap<string, Link> | undefined {
-    try {
-      return this.deps.datapath.nodeLinksByName();
-    } catch {
-      return undefined;
-    }
-  }
-
   /**
    * The second half of every release: deletes the veth off the event loop, then removes the
    * record and releases the addresses. Rejects when the deletion fails (the record stays
@@ -909,7 +898,7 @@ export class PodHandler {
    * Releases every attachment the runtime no longer lists as valid, and answers once all of them
    * are released (records gone, addresses cooling); one whose DEL's veth deletion still runs is
    * left to it (GC does not wait for that deletion, see rpc_server.ts). All go off the network
-   * first, then their veths are deleted off the event loop, {@link GC_DELETIONS_IN_FLIGHT} at a
+   * first, then their veths are deleted off the event loop, {@link VETH_DELETIONS_IN_FLIGHT} at a
    * time. Every one is tried whatever happens to the others (the spec: continue past errors and
    * report them); the failed ones stay `releasing` for the agent's sweep or the next GC.
    *
@@ -923,7 +912,7 @@ export class PodHandler {
     // One dump of the node's links for the whole batch, not a look-up per attachment. Nothing
     // else runs between it and the loop below (GC holds every container): only a pod's netns
     // going can change it, and detach takes a veth that vanished for gone.
-    const nodeLinks = stale.length > 1 ? this.#nodeLinksOrNone() : undefined;
+    const nodeLinks = stale.length > 1 ? this.deps.datapath.nodeLinksOrNone("GC") : undefined;
     const offNetwork = stale.filter((rec) => {
       try {
         this.#takeOffNetwork(rec, nodeLinks);
@@ -933,7 +922,7 @@ export class PodHandler {
         return false;
       }
     });
-    const outcomes = await forEachBounded(offNetwork, GC_DELETIONS_IN_FLIGHT, async (rec) => {
+    const outcomes = await forEachBounded(offNetwork, VETH_DELETIONS_IN_FLIGHT, async (rec) => {
       await this.#removeVethThenFinish(rec);
       this.deps.log({
         level: "info",
@@ -997,14 +986,6 @@ class NetnsBeingEmptied extends Error {
 
 /** Host interface names tried for one new attachment (each further one is a 2^-32 chance). */
 const HOST_IFACE_ATTEMPTS = 8;
-
-/**
- * Veth deletions GC, the agent's stuck-release sweep and the start-up reconcile run at once. The
- * kernel overlaps them (bench/veth_delete_bench.ts, 24 veths on 2 cpus: 4 in flight take 0.31 of
- * the time of one at a time, 8 take 0.16); the bound keeps the worker threads, netlink sockets
- * and rtnl contention of a large GC small.
- */
-export const GC_DELETIONS_IN_FLIGHT = 8;
 
 /**
  * The attachments GC must keep: `cni.dev/valid-attachments` (or the spec's older key). Absent or

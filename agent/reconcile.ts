@@ -10,7 +10,7 @@
  * - pending records (an ADD that died half-way) are torn down and released;
  * - releasing records (a DEL that answered but died before the veth was gone) are torn down
  *   and released, their addresses cooling down like any other release; the veths of both go
- *   off the event loop, {@link GC_DELETIONS_IN_FLIGHT} at a time as GC's (a crash during a GC of
+ *   off the event loop, {@link VETH_DELETIONS_IN_FLIGHT} at a time as GC's (a crash during a GC of
  *   100 pods leaves 100), and each record's addresses are released only once its veth is gone;
  * - flock-named links and flock-tagged routes that no record explains are removed;
  * - anycast routes are rebuilt from the committed records (after the orphan links went, since
@@ -50,9 +50,9 @@ import {
   isFlockIfaceName,
   type PodAddresses,
   type SetupOptions,
+  VETH_DELETIONS_IN_FLIGHT,
 } from "./datapath.ts";
 import { forEachBounded } from "./bounded.ts";
-import { GC_DELETIONS_IN_FLIGHT } from "./pod_handler.ts";
 import type { Attachment, Store } from "./store.ts";
 import { type AddressPool, unusableReason } from "./ipam.ts";
 import type { AnycastRoutes } from "./anycast.ts";
@@ -273,7 +273,7 @@ function repairChecks(store: Store, rec: Attachment): SetupOptions {
 /**
  * Tears down the pending and releasing records' datapaths and removes the records, as GC does:
  * all go off the network first (one link dump for all, not a look-up each), then their veths
- * are deleted off the event loop, {@link GC_DELETIONS_IN_FLIGHT} at a time, each record removed
+ * are deleted off the event loop, {@link VETH_DELETIONS_IN_FLIGHT} at a time, each record removed
  * and its addresses released once its own veth is gone. A record that cannot be handled stays as
  * it is, its addresses held, for a retried ADD or DEL, the stuck-release sweep or the next
  * start: one bad record must not stop the agent (a crash loop).
@@ -291,13 +291,9 @@ async function releaseLeftovers(
     );
     restoreAddresses(d, rec, new Set(), report);
   };
-  let nodeLinks: ReadonlyMap<string, Link> | undefined;
-  try {
-    // Should the dump fail (a busy kernel), each record looks its own veth up.
-    if (leftovers.length > 1) nodeLinks = d.datapath.nodeLinksByName();
-  } catch {
-    nodeLinks = undefined;
-  }
+  const nodeLinks = leftovers.length > 1
+    ? d.datapath.nodeLinksOrNone("releasing the leftover attachments")
+    : undefined;
   const detached: { rec: Attachment; addresses: PodAddresses; veth?: Link | null }[] = [];
   for (const rec of leftovers) {
     const addresses: PodAddresses = {
@@ -315,7 +311,7 @@ async function releaseLeftovers(
       failed(rec, e);
     }
   }
-  const outcomes = await forEachBounded(detached, GC_DELETIONS_IN_FLIGHT, async (x) => {
+  const outcomes = await forEachBounded(detached, VETH_DELETIONS_IN_FLIGHT, async (x) => {
     const foreign = await d.datapath.removeVeth(x.rec.containerId, x.addresses, x.veth);
     finishLeftover(d, x.rec, foreign, now, report);
     report.released++;
