@@ -60,7 +60,7 @@ import { separateSharedHostIfaces } from "./shared_host_iface.ts";
 import { isNetnsGone } from "./netns_path.ts";
 import { isKernelBusy, type KernelRetryOptions, retryWhileKernelBusy } from "./kernel_busy.ts";
 import { otherPodSides, setupOwnershipChecks } from "./veth_owner.ts";
-import { freeUnroutedWithheld, withheldThrough } from "./withheld.ts";
+import { freeUnroutedWithheld, staysWithheld, withheldThrough } from "./withheld.ts";
 
 /** What reconciliation did, for logs, metrics and `flock status`. */
 export interface ReconcileReport {
@@ -354,9 +354,9 @@ function finishLeftover(
 
 /**
  * The addresses withheld before the restart (routed through another pod's veth, see
- * withheld.ts): one the node still routes through that veth stays out of IPAM and its route is
- * kept (it is in `held`); one it no longer does (the veth or the route went while the agent was
- * down) is given back, cooling from now.
+ * withheld.ts): one the node still routes through that veth (or whose veth is down, as a
+ * release leaves it) stays out of IPAM and its route is kept (it is in `held`); one it no longer
+ * does (the veth or the route went while the agent was down) is given back, cooling from now.
  */
 function restoreWithheld(
   d: ReconcileDeps,
@@ -366,11 +366,11 @@ function restoreWithheld(
   now: number,
   report: ReconcileReport,
 ): void {
-  const routed = (ip: IP, hostIface: string) => {
-    const link = links.get(hostIface);
-    const { len } = hostPrefix(ip);
-    return link !== undefined && hostRoutes.has(hostRouteKey(formatIP(ip), len, link.index));
-  };
+  const routed = (ip: IP, hostIface: string) =>
+    staysWithheld(
+      links.get(hostIface),
+      (link) => hostRoutes.has(hostRouteKey(formatIP(ip), hostPrefix(ip).len, link.index)),
+    );
   const freed = freeUnroutedWithheld({ ...d, node: d.datapath.node, now, routed });
   for (const w of freed) {
     report.problems.push(

@@ -5,21 +5,27 @@
  * address routed through it may be in use by that pod: handing it to a new pod would route one
  * address to two pods. The store keeps such an address (table `withheld`, schema 5), so a
  * restart does not hand it out either; it is given back, cooling down like any release, once
- * that veth no longer routes it (its pod's DEL deleted it, or the route went).
+ * that veth no longer routes it: its pod's DEL deleted it, or the route went while the veth is
+ * up. A veth that is down keeps it: its pod's DEL takes it down (and its routes with it) before
+ * deleting it, and an address given back then would cool from that moment while the veth still
+ * exists (with `cooldownMs: 0` a new pod could get it at once).
  *
  * @module
  */
 
 import {
   AF_INET6,
+  type Family,
   formatIP,
-  getLinkByName,
+  formatPrefix,
   type Handle,
   hostPrefix,
   type IP,
+  type Link,
+  listLinks,
   listRoutes,
   parseIP,
-  routeMatches,
+  type Prefix,
 } from "../netlink/mod.ts";
 import { FLOCK_ROUTE_PROTOCOL, type ForeignVeth } from "./datapath.ts";
 import type { AddressPool } from "./ipam.ts";
@@ -34,12 +40,47 @@ export function withheldThrough(foreign: ForeignVeth | undefined): Omit<Withheld
   }));
 }
 
-/** Whether the node has a flock host route to `ip` through the link named `hostIface`. */
-export function routesThrough(node: Handle, ip: IP, hostIface: string): boolean {
-  const link = getLinkByName(node, hostIface);
+/**
+ * Whether an address withheld through a host veth stays withheld: the veth (`link`, undefined
+ * when it is gone) is down (a release in progress: wait for the veth to go), or up and still
+ * routes the address (`routed`, asked only then).
+ */
+export function staysWithheld(link: Link | undefined, routed: (link: Link) => boolean): boolean {
   if (!link) return false;
-  return listRoutes(node, { family: ip.family, protocol: FLOCK_ROUTE_PROTOCOL })
-    .some((r) => r.oif === link.index && routeMatches(r, hostPrefix(ip)));
+  return !link.up || routed(link);
+}
+
+/** A flock host route's key in {@link withheldRoutedNow}'s dump. */
+function hostRouteKey(dst: Prefix, oif: number): string {
+  return `${formatPrefix(dst)}%${oif}`;
+}
+
+/**
+ * {@link WithheldDeps.routed} from the kernel, for one sweep: the node's links and its flock
+ * routes are each dumped once (routes once per family asked about), when first needed, however
+ * many addresses are withheld.
+ */
+export function withheldRoutedNow(node: Handle): (ip: IP, hostIface: string) => boolean {
+  let links: Map<string, Link> | undefined;
+  const hostRoutes = new Map<Family, Set<string>>();
+  const routesOf = (family: Family) => {
+    let keys = hostRoutes.get(family);
+    if (!keys) {
+      keys = new Set();
+      for (const r of listRoutes(node, { family, protocol: FLOCK_ROUTE_PROTOCOL })) {
+        if (r.oif !== undefined) keys.add(hostRouteKey(r.dst, r.oif));
+      }
+      hostRoutes.set(family, keys);
+    }
+    return keys;
+  };
+  return (ip, hostIface) => {
+    links ??= new Map(listLinks(node).map((l) => [l.name, l]));
+    return staysWithheld(
+      links.get(hostIface),
+      (link) => routesOf(ip.family).has(hostRouteKey(hostPrefix(ip), link.index)),
+    );
+  };
 }
 
 /** What {@link freeUnroutedWithheld} needs. */
@@ -50,18 +91,22 @@ export interface WithheldDeps {
   pool6?: AddressPool;
   pool4?: AddressPool;
   now: number;
-  /** Whether `ip` is still routed through `hostIface` (default: asks the kernel). */
+  /**
+   * Whether `ip` stays withheld through `hostIface` (see {@link staysWithheld}; default:
+   * {@link withheldRoutedNow}, one dump for all).
+   */
   routed?: (ip: IP, hostIface: string) => boolean;
 }
 
 /**
  * Gives back the withheld addresses (all, or those withheld through the veth `hostIface`) that
- * the node no longer routes through their veth: each is recorded released at `now` and cools
- * down from then, as any release, across restarts too. Returns the ones given back. Costs one
- * read of an empty table on a node whose store never named another pod's veth.
+ * the node no longer routes through their veth (see {@link staysWithheld}): each is recorded
+ * released at `now` and cools down from then, as any release, across restarts too. Returns the
+ * ones given back. Costs one read of an empty table on a node whose store never named another
+ * pod's veth, and no kernel request then.
  */
 export function freeUnroutedWithheld(d: WithheldDeps, hostIface?: string): WithheldAddress[] {
-  const routed = d.routed ?? ((ip, iface) => routesThrough(d.node, ip, iface));
+  const routed = d.routed ?? withheldRoutedNow(d.node);
   const unrouted = d.store.withheld().filter((w) =>
     (hostIface === undefined || w.hostIface === hostIface) && !routed(parseIP(w.ip), w.hostIface)
   );
