@@ -254,6 +254,7 @@ export class Agent {
     this.#anycast = anycast;
     anycast.startResync();
     this.#releaseSweep ??= setInterval(() => {
+      this.#probeStoreAfterFailure();
       this.#pruneCooledReleases(cooldownMs);
       this.#finishStuckReleases();
       this.#freeUnroutedWithheld();
@@ -264,6 +265,22 @@ export class Agent {
 
   #refuseIfClosed(): void {
     if (this.#closed) throw new Error("the agent is closing: not configured");
+  }
+
+  /**
+   * After a failed store write, /readyz (and cluster mode's node condition) stays failing until a
+   * write goes through; on an idle node, or one the scheduler stopped sending pods to because of
+   * that very condition, no ADD or DEL would come to clear it: the sweep writes a probe instead.
+   */
+  #probeStoreAfterFailure(): void {
+    if (!this.health.writeFailing || !this.#store) return;
+    try {
+      this.#store.probeWrite();
+      this.health.writeSucceeded();
+      this.log({ msg: "the store takes writes again" });
+    } catch (e) {
+      this.health.writeFailed(e);
+    }
   }
 
   /**

@@ -84,6 +84,11 @@ export class RuntimeHealth {
     this.#lastWriteFailure = (error as Error)?.message ?? String(error);
   }
 
+  /** Whether the last store write failed (the release sweep then probes for recovery). */
+  get writeFailing(): boolean {
+    return this.#lastWriteFailure !== undefined;
+  }
+
   /** A store write went through: an earlier failure is over. */
   writeSucceeded(): void {
     this.#lastWriteFailure = undefined;

@@ -644,6 +644,18 @@ export class Store {
     this.#transaction(() => this.#stmts.pruneReleases.run(before));
   }
 
+  /**
+   * Writes and fsyncs a transaction that changes nothing in the end (a release row added and
+   * removed again), to learn whether the database takes writes again after one failed; throws
+   * like any write.
+   */
+  probeWrite(): void {
+    this.#transaction(() => {
+      this.#stmts.recordRelease.run(WRITE_PROBE_KEY, 0);
+      this.#stmts.forgetRelease.run(WRITE_PROBE_KEY);
+    });
+  }
+
   /** "ok", or the problems found by SQLite's integrity and foreign-key checks. */
   integrityCheck(): string {
     const integrity = this.#diagnostic("PRAGMA integrity_check").all() as Record<string, unknown>[];
@@ -683,6 +695,9 @@ export class Store {
     }
   }
 }
+
+/** The release row {@link Store.probeWrite} adds and removes: no address is spelled so. */
+const WRITE_PROBE_KEY = "write-probe";
 
 function prepareAll(db: DatabaseSync) {
   const p = (sql: string): StatementSync => db.prepare(sql);
@@ -764,6 +779,7 @@ function prepareAll(db: DatabaseSync) {
     withheldOne: p("SELECT ip, host_iface, owner, at FROM withheld WHERE ip = ?"),
     unwithhold: p("DELETE FROM withheld WHERE ip = ?"),
     pruneReleases: p("DELETE FROM release WHERE at < ?"),
+    forgetRelease: p("DELETE FROM release WHERE ip = ?"),
   };
 }
 

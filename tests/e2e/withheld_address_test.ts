@@ -265,11 +265,19 @@ Deno.test({
     } finally {
       await runOk(["chattr", "-i", wal]);
     }
-    // Writable again: the next sweep gives the address back, and a DEL that writes makes the
-    // agent ready again.
+    // Writable again: the sweep's probe makes the agent ready again by itself (an idle node, or
+    // one the scheduler avoids because it is not ready, gets no ADD or DEL to do it), and the
+    // next sweep gives the address back.
+    await eventually(
+      "/readyz ready again with no CNI call",
+      readyz,
+      (b) => b === "ready",
+      10_000,
+      100,
+    );
     await eventually(
       "the sweep to give it back",
-      async () => withheldIps(node),
+      () => Promise.resolve(withheldIps(node)),
       (w) => w.length === 0,
       10_000,
       100,
