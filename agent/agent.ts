@@ -258,6 +258,7 @@ export class Agent {
       this.#pruneCooledReleases(cooldownMs);
       this.#finishStuckReleases();
       this.#freeUnroutedWithheld();
+      this.#relocateUnknownNetns();
     }, releaseSweepMsFromEnv(RELEASE_SWEEP_MS));
     Deno.unrefTimer(this.#releaseSweep);
     return report;
@@ -306,6 +307,26 @@ export class Agent {
     } catch (e) {
       if (isStoreError(e)) this.health.writeFailed(e);
       this.log({ level: "error", msg: "freeing withheld addresses failed", error: String(e) });
+    }
+  }
+
+  /**
+   * Learns where the veths of records unknown since a restart are (netns_relocate.ts): while one
+   * is unknown, every new pod's ADD pays a link dump, and kubelet rarely sends the CHECK that
+   * would find it. Synchronous and additive, so it runs in no container's turn.
+   */
+  #relocateUnknownNetns(): void {
+    try {
+      const report = this.#handler?.relocateUnknownNetns();
+      if (report?.located || report?.vanished) {
+        this.log({ msg: "learnt where unknown records' veths are", ...report });
+      }
+    } catch (e) {
+      this.log({
+        level: "error",
+        msg: "looking for unknown records' netns failed",
+        error: String(e),
+      });
     }
   }
 

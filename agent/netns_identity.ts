@@ -59,6 +59,20 @@ export class NetnsIdentities {
     this.#unknown.delete(key);
   }
 
+  /**
+   * The record `key`'s veth was found gone (or with its other end on the node): it has nothing in
+   * any pod netns, and ADDs stop asking the kernel on its account. A setup that makes its veth
+   * again registers the netns it opened first, as for any record.
+   */
+  noLongerUnknown(key: string): void {
+    this.#unknown.delete(key);
+  }
+
+  /** The records whose veth may have its other end in a netns nobody can name. */
+  unknownKeys(): string[] {
+    return [...this.#unknown];
+  }
+
   /** Whether the record `key`'s veth may have its other end in a netns nobody can name. */
   isUnknown(key: string): boolean {
     return this.#unknown.has(key);

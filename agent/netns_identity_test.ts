@@ -153,3 +153,16 @@ Deno.test("netns identities: an unknown record located in a netns is known there
   assert.deepEqual(ids.identitiesOf("lost"), []);
   assert.equal(ids.records, 0);
 });
+
+Deno.test("netns identities: an unknown record whose veth is gone no longer sends ADDs to the kernel", () => {
+  const ids = new NetnsIdentities();
+  ids.addUnknown("gone");
+  ids.addUnknown("lost");
+  assert.deepEqual(ids.unknownKeys().sort(), ["gone", "lost"]);
+  ids.noLongerUnknown("gone");
+  assert.deepEqual(ids.unknownKeys(), ["lost"]);
+  assert.equal(ids.mayHoldOther("1:20", "new", everyKey), true, "lost is still unknown");
+  ids.noLongerUnknown("lost");
+  assert.equal(ids.mayHoldOther("1:20", "new", everyKey), false);
+  assert.deepEqual(ids.identitiesOf("gone"), []);
+});

@@ -59,6 +59,7 @@ import { sandboxMismatch } from "./sandbox_check.ts";
 import { otherPodSides, setupOwnershipChecks } from "./veth_owner.ts";
 import { isNetnsGone } from "./netns_path.ts";
 import { NetnsIdentities, type NetnsIdentity } from "./netns_identity.ts";
+import { type RelocateReport, UnknownNetnsRelocator } from "./netns_relocate.ts";
 import { freeUnroutedWithheld, withheldReason, withheldThrough } from "./withheld.ts";
 
 /** CNI error code for a CHECK that found the datapath differing (plugin-specific range). */
@@ -152,8 +153,26 @@ export class PodHandler {
   /** The netns each record may have its veth in: an ADD into none of them skips a link dump. */
   readonly #netnsIdentities = new NetnsIdentities();
   #netnsIdentitiesBuilt = false;
+  /** The sweep's look for the records unknown since a restart. */
+  readonly #relocator: UnknownNetnsRelocator;
 
-  constructor(private readonly deps: PodHandlerDeps) {}
+  constructor(private readonly deps: PodHandlerDeps) {
+    this.#relocator = new UnknownNetnsRelocator({
+      identities: this.#netnsIdentities,
+      datapath: deps.datapath,
+      recordOf: (key) => storedRecordOf(deps.store, key),
+    });
+  }
+
+  /**
+   * The agent's sweep: learns where the veths of records unknown since a restart are (see
+   * netns_relocate.ts), so new pods' ADDs stop paying a link dump on their account; learns the
+   * records' netns first when no request has yet. Synchronous, additive: no container's turn.
+   */
+  relocateUnknownNetns(): RelocateReport {
+    this.#buildNetnsIdentities();
+    return this.#relocator.sweep();
+  }
 
   /**
    * Dispatches one RPC request. With `hold` (the RPC server's), DEL answers before the veth
@@ -438,10 +457,11 @@ export class PodHandler {
         opened(identity);
         this.#buildNetnsIdentities();
         const key = attachmentKey(req);
-        const mayHold = this.#netnsIdentities.mayHoldOther(identity, key, (other) => {
-          const [containerId, ifname] = other.split("\u0000");
-          return this.deps.store.get(containerId, ifname) !== undefined;
-        });
+        const mayHold = this.#netnsIdentities.mayHoldOther(
+          identity,
+          key,
+          (other) => storedRecordOf(this.deps.store, other) !== undefined,
+        );
         this.#netnsIdentities.add(key, identity);
         return mayHold;
       },
@@ -1032,6 +1052,12 @@ function expectedMacs(
 
 function attachmentKey(a: Pick<Attachment, "containerId" | "ifname">): string {
   return `${a.containerId}\u0000${a.ifname}`;
+}
+
+/** The stored record of the {@link attachmentKey} `key`, if it is in the store. */
+function storedRecordOf(store: Store, key: string): Attachment | undefined {
+  const [containerId, ifname] = key.split("\u0000");
+  return store.get(containerId, ifname);
 }
 
 function errorMessage(e: unknown): string {
