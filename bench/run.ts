@@ -68,6 +68,7 @@ const OTHERS: { file: string; quickArgs: string[]; denoBench?: boolean }[] = [
   { file: "datapath_bench.ts", quickArgs: ["--pods", "50"] },
   { file: "veth_delete_bench.ts", quickArgs: [] },
   { file: "release_bench.ts", quickArgs: ["--pods", "30"] },
+  { file: "netns_relocate_bench.ts", quickArgs: ["--pods", "100"] },
   { file: "ipam_bench.ts", quickArgs: [], denoBench: true },
   { file: "metrics_bench.ts", quickArgs: ["--pods", "50"] },
   { file: "anycast_bench.ts", quickArgs: ["--pods", "50"] },
