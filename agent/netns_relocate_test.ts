@@ -11,15 +11,15 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { ROOT_ONLY, runOk } from "../tests/helpers/exec.ts";
 import { createNode, TestNamespace } from "../tests/helpers/netns.ts";
-import { countNetlinkRequests } from "../tests/helpers/netlink_count.ts";
 import { rpcRequest } from "../tests/helpers/rpc_request.ts";
 import { getLinkByName, Handle } from "../netlink/mod.ts";
-import { parseIP } from "../netlink/ip.ts";
-import { Datapath } from "./datapath.ts";
-import { Store } from "./store.ts";
-import { AddressPool } from "./ipam.ts";
+import {
+  linkDumpsOf,
+  linkDumpsOfNewPod as dumpsOfNewPod,
+  restartableHandler,
+} from "../tests/helpers/restartable_handler.ts";
 import { parseNodeConfig } from "./config.ts";
-import { PodHandler } from "./pod_handler.ts";
+import type { PodHandler } from "./pod_handler.ts";
 import type { RelocateReport } from "./netns_relocate.ts";
 import type { RpcRequest } from "./protocol.ts";
 
@@ -28,44 +28,9 @@ const node = parseNodeConfig({ cidr6: "fd00:e6::/64", cidr4: "10.230.0.0/24" }, 
 const request = (command: RpcRequest["command"], containerId: string, netns: string) =>
   rpcRequest(command, containerId, netns, "reloc");
 
-/** Counts the link dumps `work` sends. */
-async function linkDumpsOf<T>(work: () => T | Promise<T>): Promise<{ dumps: number; value: T }> {
-  using counted = countNetlinkRequests();
-  const value = await work();
-  return { dumps: counted.byOperation.get("dump: list links") ?? 0, value };
-}
-
 /** Link dumps one new pod's ADD into `netns` sends (the pod is deleted again). */
-async function linkDumpsOfNewPod(handler: PodHandler, id: string, netns: string) {
-  const { dumps } = await linkDumpsOf(() => handler.add(request("ADD", id, netns)));
-  await handler.del(request("DEL", id, netns));
-  return dumps;
-}
-
-/** A temp dir with a store, and a restart: a new PodHandler on the same store and node. */
-function agentOnStore(handle: Handle, dir: string) {
-  let store: Store | undefined;
-  return {
-    get store() {
-      return store!;
-    },
-    restart(): PodHandler {
-      store?.close();
-      store = Store.open(join(dir, "state"));
-      const pool6 = new AddressPool(node.cidr6!, { cooldownMs: 0 });
-      const pool4 = new AddressPool(node.cidr4!, { cooldownMs: 0 });
-      for (const rec of store.list()) {
-        if (rec.ipv6) pool6.reserve(parseIP(rec.ipv6));
-        if (rec.ipv4) pool4.reserve(parseIP(rec.ipv4));
-      }
-      const datapath = new Datapath(handle, { routesIPv4: true });
-      return new PodHandler({ store, datapath, node, pool6, pool4, log: () => {} });
-    },
-    [Symbol.dispose]() {
-      store?.close();
-    },
-  };
-}
+const linkDumpsOfNewPod = (handler: PodHandler, id: string, netns: string) =>
+  dumpsOfNewPod(handler, id, netns, "reloc");
 
 /** Mounts `source` at `target` (made as an empty file first). */
 async function bindMount(source: string, target: string): Promise<void> {
@@ -93,7 +58,7 @@ Deno.test({
     const alias = join(dir, "net");
     using handle = Handle.forNetns(fixture.node.path);
     try {
-      using agent = agentOnStore(handle, dir);
+      using agent = restartableHandler(handle, dir, node);
       await bindMount(podNs.path, alias);
       let handler = agent.restart();
       await handler.add(request("ADD", "lost", alias));
@@ -152,7 +117,7 @@ Deno.test({
     const gone = join(dir, "gone");
     using handle = Handle.forNetns(fixture.node.path);
     try {
-      using agent = agentOnStore(handle, dir);
+      using agent = restartableHandler(handle, dir, node);
       {
         await using hiddenNs = await TestNamespace.create("flk-rbh");
         await bindMount(hiddenNs.path, keep);

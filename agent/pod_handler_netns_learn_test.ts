@@ -11,15 +11,14 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { ROOT_ONLY, runOk } from "../tests/helpers/exec.ts";
 import { createNode, TestNamespace } from "../tests/helpers/netns.ts";
-import { countNetlinkRequests } from "../tests/helpers/netlink_count.ts";
 import { rpcRequest } from "../tests/helpers/rpc_request.ts";
+import {
+  linkDumpsOfNewPod as dumpsOfNewPod,
+  restartableHandler,
+} from "../tests/helpers/restartable_handler.ts";
 import { Handle } from "../netlink/mod.ts";
-import { parseIP } from "../netlink/ip.ts";
-import { Datapath } from "./datapath.ts";
-import { Store } from "./store.ts";
-import { AddressPool } from "./ipam.ts";
 import { parseNodeConfig } from "./config.ts";
-import { PodHandler } from "./pod_handler.ts";
+import type { PodHandler } from "./pod_handler.ts";
 import type { RpcRequest } from "./protocol.ts";
 
 const node = parseNodeConfig({ cidr6: "fd00:e5::/64", cidr4: "10.229.0.0/24" }, "learn");
@@ -27,17 +26,9 @@ const node = parseNodeConfig({ cidr6: "fd00:e5::/64", cidr4: "10.229.0.0/24" }, 
 const request = (command: RpcRequest["command"], containerId: string, netns: string) =>
   rpcRequest(command, containerId, netns, "learn");
 
-/** Link dumps (of any netns) one new pod's ADD and DEL into `netns` send, by `handler`. */
-async function linkDumpsOfNewPod(handler: PodHandler, id: string, netns: string) {
-  let dumps: number;
-  {
-    using counted = countNetlinkRequests();
-    await handler.add(request("ADD", id, netns));
-    dumps = counted.byOperation.get("dump: list links") ?? 0;
-  }
-  await handler.del(request("DEL", id, netns));
-  return dumps;
-}
+/** Link dumps (of any netns) one new pod's ADD into `netns` sends, by `handler`. */
+const linkDumpsOfNewPod = (handler: PodHandler, id: string, netns: string) =>
+  dumpsOfNewPod(handler, id, netns, "learn");
 
 Deno.test({
   name: "netns identity: an unknown record is known again after its CHECK or retried ADD",
@@ -52,24 +43,13 @@ Deno.test({
     const alias = join(dir, "net");
     let mounted = false;
     using handle = Handle.forNetns(fixture.node.path);
-    let store: Store | undefined;
+    using agent = restartableHandler(handle, dir, node);
     try {
       await Deno.writeTextFile(alias, "");
       await runOk(["mount", "--bind", podNs.path, alias]);
       mounted = true;
       /** A new agent on the same store and node (a restart). */
-      const restart = () => {
-        store?.close();
-        store = Store.open(join(dir, "state"));
-        const pool6 = new AddressPool(node.cidr6!, { cooldownMs: 0 });
-        const pool4 = new AddressPool(node.cidr4!, { cooldownMs: 0 });
-        for (const rec of store.list()) {
-          if (rec.ipv6) pool6.reserve(parseIP(rec.ipv6));
-          if (rec.ipv4) pool4.reserve(parseIP(rec.ipv4));
-        }
-        const datapath = new Datapath(handle, { routesIPv4: true });
-        return new PodHandler({ store, datapath, node, pool6, pool4, log: () => {} });
-      };
+      const restart = () => agent.restart();
       /** The record's path names another netns while its veth stays in the pod's. */
       const loseThePath = async () => {
         await runOk(["umount", alias]);
@@ -123,9 +103,8 @@ Deno.test({
       );
       await handler.del(request("DEL", "intruder", podNs.path));
       await handler.del(request("DEL", "lost", podNs.path));
-      assert.deepEqual(store!.list(), [], "every record released");
+      assert.deepEqual(agent.store.list(), [], "every record released");
     } finally {
-      store?.close();
       if (mounted) await runOk(["umount", alias]);
       await Deno.remove(dir, { recursive: true });
     }
