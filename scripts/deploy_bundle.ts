@@ -12,7 +12,13 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 /** The parts, in apply order: the CRD and RBAC before the DaemonSet that needs them. */
-export const DEPLOY_PARTS = ["crd.yaml", "rbac.yaml", "bird-configmap.yaml", "daemonset.yaml"];
+export const DEPLOY_PARTS = [
+  "crd.yaml",
+  "rbac.yaml",
+  "node-policy.yaml",
+  "bird-configmap.yaml",
+  "daemonset.yaml",
+];
 
 /** The `deploy/` directory of this checkout. */
 export const DEPLOY_DIR = join(dirname(dirname(fileURLToPath(import.meta.url))), "deploy");

@@ -9,6 +9,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { KubeCluster } from "../helpers/kube.ts";
+import { nodeBoundToken } from "../helpers/kube_node_token.ts";
 import { DEPLOY_DIR, DEPLOY_PARTS } from "../../scripts/deploy_bundle.ts";
 
 const CRD = "nodeconfigs.flock.fritzlab.net";
@@ -198,6 +199,8 @@ Deno.test({
           "clusterrolebinding.rbac.authorization.k8s.io/flock created",
           "role.rbac.authorization.k8s.io/flock-bgp-passwords created",
           "rolebinding.rbac.authorization.k8s.io/flock-bgp-passwords created",
+          "validatingadmissionpolicy.admissionregistration.k8s.io/flock-own-node-status created",
+          "validatingadmissionpolicybinding.admissionregistration.k8s.io/flock-own-node-status created",
           "configmap/flock-bird-bootstrap created",
           "daemonset.apps/flock created",
         ]
@@ -297,7 +300,9 @@ Deno.test({
         spec: { nodeName: "node-1", containers: [{ name: "web", image: "example.invalid/web:1" }] },
       });
 
-      const token = await kube.tokenFor(NAMESPACE, SERVICE_ACCOUNT);
+      // The token as the kubelet mounts it into the agent's pod: bound to a pod on node-1
+      // (deploy/node-policy.yaml refuses status writes with a token that names no node).
+      const token = await nodeBoundToken(kube, NAMESPACE, SERVICE_ACCOUNT, "node-1");
       const kubeconfig = await kube.kubeconfigFor(token);
       const whoami = JSON.parse(
         await kube.kubectlOk(["auth", "whoami", "-o", "json"], { kubeconfig }),
@@ -374,9 +379,13 @@ Deno.test({
           "json",
         ], { kubeconfig }),
       );
-      assert.deepEqual(pods.items.map((p: { metadata: { name: string } }) => p.metadata.name), [
-        "web",
-      ]);
+      // The pods on node-1: "web" and the agent's own (which its token is bound to).
+      const onNode = pods.items.map((p: { metadata: { namespace: string; name: string } }) =>
+        `${p.metadata.namespace}/${p.metadata.name}`
+      ).sort();
+      assert.equal(onNode.length, 2, onNode.join(" "));
+      assert.equal(onNode[0], "default/web");
+      assert.match(onNode[1], new RegExp(`^${NAMESPACE}/flock-node-1-`));
       const auth = { authorization: `Bearer ${token}` };
       const watch = await kube.fetch(
         "/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-1&watch=1&timeoutSeconds=1",
@@ -469,7 +478,11 @@ Deno.test({
       const state = JSON.parse(await kube.kubectlOk(["get", "nodeconfig", "node-1", "-o", "json"]));
       assert.equal(state.spec.mtu, 1450);
       const podNames = await kube.kubectlOk(["get", "pods", "-A", "-o", "name"]);
-      assert.equal(podNames.trim(), "pod/web");
+      // "web" and the agent's own pod, nothing else.
+      assert.deepEqual(
+        podNames.trim().split("\n").filter((n) => !n.startsWith("pod/flock-node-1-")),
+        ["pod/web"],
+      );
       assert.equal(
         (await kube.kubectlOk(["get", "node", "node-1", "-o", "name"])).trim(),
         "node/node-1",
