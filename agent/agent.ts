@@ -249,7 +249,9 @@ export class Agent {
       addFault: this.#addFault,
       lookupAnnotations: this.options.annotationsFor,
     });
-    this.#configureRouting(node);
+    await this.#configureRouting(node);
+    // A stop signal while a busy kernel's dump was read again: as after the reconcile.
+    this.#refuseIfClosed();
     this.#anycast?.stopResync();
     this.#anycast = anycast;
     anycast.startResync();
@@ -381,8 +383,11 @@ export class Agent {
       .finally(() => this.#sweep = undefined);
   }
 
-  /** Summary routes now; BIRD's reload runs in the background and is recorded when done. */
-  #configureRouting(node: NodeConfig): void {
+  /**
+   * Summary routes (awaited: a busy kernel's interrupted dump is read again after a pause that
+   * does not block the agent); BIRD's reload runs in the background and is recorded when done.
+   */
+  async #configureRouting(node: NodeConfig): Promise<void> {
     if (!this.#routing) {
       this.#routing = new NodeRouting({
         handle: this.#handle!,
@@ -409,7 +414,8 @@ export class Agent {
           }));
       }
     }
-    this.#trackReload(this.#routing.configure(node, (dst) => this.#holdsPods(dst)));
+    await this.#routing.applyConfig(node, (dst) => this.#holdsPods(dst));
+    this.#trackReload(this.#routing.reloadBird());
   }
 
   /** Whether a committed pod holds an address inside the (summary) prefix `dst`. */
@@ -438,7 +444,9 @@ export class Agent {
     if (!this.#routing || !this.#node) throw new Error("reconfigureRouting before configure");
     const withoutBgp = (n: NodeConfig) => JSON.stringify({ ...n.spec, bgp: undefined });
     if (withoutBgp(node) !== withoutBgp(this.#node)) return false;
-    await this.#trackReload(this.#routing.configure(node, (dst) => this.#holdsPods(dst)));
+    // The kernel part's failure (a kernel too busy to list routes) is the caller's to report.
+    await this.#routing.applyConfig(node, (dst) => this.#holdsPods(dst));
+    await this.#trackReload(this.#routing.reloadBird());
     return true;
   }
 

@@ -215,10 +215,10 @@ export class AnycastRoutes {
   /**
    * Rebuilds the route of every anycast address a committed record holds (start-up), comparing
    * against a full dump so duplicate routes are found too. Returns the held addresses so the
-   * caller can remove flock routes to any other address.
+   * caller can remove flock routes to any other address. A dump the kernel interrupts is read
+   * again after an awaited pause (the agent keeps answering meanwhile).
    */
-  syncAll(): AnycastSyncReport & { held: Set<string> } {
-    this.#ifindex.clear();
+  async syncAll(): Promise<AnycastSyncReport & { held: Set<string> }> {
     const held = new Set<string>();
     for (const rec of this.#store.listByState("committed")) {
       for (const a of rec.anycast) held.add(a);
@@ -226,13 +226,15 @@ export class AnycastRoutes {
     const report: AnycastSyncReport = { changed: [], problems: [] };
     const routes = new Map<string, Route[]>();
     // Whole or not at all (a busy node interrupts dumps): the routes are compared against it.
-    const present = retryWhileKernelBusy(
+    const present = await retryWhileKernelBusy(
       "anycast: list flock's routes",
       () =>
         ([AF_INET6, AF_INET] as const).flatMap((family) =>
           listRoutes(this.#node, { family, protocol: FLOCK_ROUTE_PROTOCOL })
         ),
     );
+    // After the awaited read: a sync meanwhile may have cached a veth that is gone since.
+    this.#ifindex.clear();
     for (const r of present) {
       if (r.table !== RT_TABLE_MAIN) continue;
       const key = formatPrefix(r.dst);

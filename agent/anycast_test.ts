@@ -193,7 +193,7 @@ Deno.test({
     assert.match(problems.join("; "), new RegExp(`no path via ${a.hostIface}`));
     await f.node.ip(["route", "del", "10.255.0.7/32", "proto", "201"]);
     assert.match(f.routes.check(f.store.get(b.containerId, "eth0")!).join(), /lacks the flock/);
-    const { held, changed } = f.routes.syncAll();
+    const { held, changed } = await f.routes.syncAll();
     assert.deepEqual([...held], any);
     assert.deepEqual(changed, any);
     assert.deepEqual(f.routes.check(f.store.get(a.containerId, "eth0")!), []);

@@ -10,8 +10,9 @@
  *
  * - a CNI request gets code 11 ("try again later"), so the runtime retries it
  *   ({@link kernelBusyCniError});
- * - the start-up reconcile and the summary routes retry on the spot, bounded, with backoff, and
- *   then fail with one clear error ({@link retryWhileKernelBusy});
+ * - the start-up reconcile, a reconfigure and the summary routes retry, bounded, with backoff
+ *   (awaited pauses: the agent keeps answering meanwhile), and then fail with one clear error
+ *   ({@link retryWhileKernelBusy});
  * - periodic loops log once when the trouble starts and once when it ends (failure_streak.ts).
  *
  * @module
@@ -87,8 +88,11 @@ export interface KernelRetryOptions {
   firstDelayMs?: number;
   /** Longest pause (default 1 s). */
   maxDelayMs?: number;
-  /** Pauses the thread (default: a real blocking sleep; tests may count instead). */
-  sleep?: (ms: number) => void;
+  /**
+   * Pauses between tries; what it returns is awaited (default: a timer, so the agent answers
+   * STATUS, metrics and other requests meanwhile; tests may count instead).
+   */
+  sleep?: (ms: number) => unknown;
   /** Told of each failure that is retried. */
   onRetry?: (error: unknown, attempt: number, delayMs: number) => void;
 }
@@ -98,19 +102,22 @@ export interface KernelRetryOptions {
  * {@link isKernelBusy} error, at most `attempts` times, pausing with exponential backoff between
  * tries. Any other error is thrown at once.
  *
- * The pause blocks the thread: the callers (start-up reconcile, applying a NodeConfig) are
- * synchronous by design so that no request interleaves with them, and they run before the agent
- * serves pods or under the RPC server's exclusive gate.
+ * The pause awaits a timer and never blocks the thread: the callers (the start-up reconcile, a
+ * reconfigure after a NodeConfig change or SIGHUP) run while the agent serves STATUS, metrics,
+ * /readyz and, on the SIGHUP path, ADD and DEL; a blocking pause would stall all of those for
+ * seconds. Each try runs `fn` whole, synchronously: what is decided on a read is decided right
+ * after it, before anything else runs. Every caller can await, so there is no blocking variant
+ * (the blocking one this replaced dated from a synchronous start-up).
  *
  * @throws {KernelBusyError} when every try failed so, naming `what` and the last failure
  */
-export function retryWhileKernelBusy<T>(
+export async function retryWhileKernelBusy<T>(
   what: string,
   fn: () => T,
   o: KernelRetryOptions = {},
-): T {
+): Promise<T> {
   const attempts = o.attempts ?? 8;
-  const sleep = o.sleep ?? sleepSync;
+  const sleep = o.sleep ?? pause;
   const started = performance.now();
   let delay = o.firstDelayMs ?? 50;
   for (let attempt = 1;; attempt++) {
@@ -122,15 +129,13 @@ export function retryWhileKernelBusy<T>(
         throw new KernelBusyError(what, attempt, performance.now() - started, e);
       }
       o.onRetry?.(e, attempt, delay);
-      sleep(delay);
+      await sleep(delay);
       delay = Math.min(delay * 2, o.maxDelayMs ?? 1_000);
     }
   }
 }
 
-const sleepCell = new Int32Array(new SharedArrayBuffer(4));
-
-/** Blocks the thread for `ms` (no busy loop). */
-function sleepSync(ms: number): void {
-  Atomics.wait(sleepCell, 0, 0, ms);
+/** Resolves after `ms`; the thread serves other work meanwhile. */
+function pause(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }

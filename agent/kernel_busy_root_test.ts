@@ -22,12 +22,15 @@ import { Agent } from "./agent.ts";
 import { callAgent } from "../cni.ts";
 import { join } from "node:path";
 
-/** Makes the next `count` dumps of every Handle throw as an interrupted dump; undo on dispose. */
-function interruptDumps(count: number): Disposable & { left: () => number } {
+/**
+ * Makes the next `count` dumps of every Handle (only those doing `only`, e.g. `list routes`,
+ * when given) throw as an interrupted dump; undo on dispose.
+ */
+function interruptDumps(count: number, only?: string): Disposable & { left: () => number } {
   const real = Handle.prototype.dump;
   let left = count;
   Handle.prototype.dump = function (this: Handle, msg, operation) {
-    if (left > 0) {
+    if (left > 0 && (only === undefined || operation === only)) {
       left--;
       throw new DumpInterruptedError(operation, "RTM_GET", 6);
     }
@@ -196,56 +199,207 @@ Deno.test({
   },
 });
 
+/** An in-process agent on a fresh node namespace, configured with `spec`. */
+async function agentOnNode(spec: Record<string, unknown>) {
+  const node = await TestNamespace.create("flk-kbagent");
+  const dir = await Deno.makeTempDir({ prefix: "flock-kbagent-" });
+  const socketPath = join(dir, "flock.sock");
+  const agent = new Agent({
+    nodeName: "kb-node",
+    stateDir: join(dir, "state"),
+    socketPath,
+    netnsPath: node.path,
+    cooldownMs: 0,
+    log: () => {},
+  });
+  const cleanUp = async () => {
+    await agent.close();
+    await node.remove();
+    await Deno.remove(dir, { recursive: true });
+  };
+  try {
+    await agent.listen();
+    await agent.configure(parseNodeConfig(spec, "test"));
+  } catch (e) {
+    await cleanUp();
+    throw e;
+  }
+  return { agent, node, socketPath, [Symbol.asyncDispose]: cleanUp };
+}
+
 Deno.test({
   name: "agent: an ADD whose dump the kernel interrupts answers code 11, its retry succeeds",
   ...ROOT_ONLY,
   async fn() {
-    await using node = await TestNamespace.create("flk-kbagent");
+    await using a = await agentOnNode({ cidr6: "fd00:5::/64" });
     await using pod = await TestNamespace.create("flk-kbpod");
-    const dir = await Deno.makeTempDir({ prefix: "flock-kbagent-" });
-    const socketPath = join(dir, "flock.sock");
-    const agent = new Agent({
-      nodeName: "kb-node",
-      stateDir: join(dir, "state"),
-      socketPath,
-      netnsPath: node.path,
-      cooldownMs: 0,
-      log: () => {},
-    });
-    try {
-      await agent.listen();
-      await agent.configure(parseNodeConfig({ cidr6: "fd00:5::/64" }, "test"));
-      const add = {
-        command: "ADD" as const,
-        containerId: "kb1",
-        netns: pod.path,
-        ifname: "eth0",
-        args: "",
-        config: { cniVersion: "1.0.0", name: "pods", type: "flock" },
-      };
-      // A new pod's ADD into a netns no pod is in dumps nothing (agent/netns_identity.ts): the
-      // kernel's interruptions cannot reach it. The pod netns of another container's pod must
-      // be asked (one flock interface per netns): that dump meets them.
-      const first = { ...add, containerId: "kb0" };
-      let busy, untouched;
-      {
-        using _faults = interruptDumps(Infinity);
-        untouched = await callAgent(socketPath, first, 10_000);
-        busy = await callAgent(socketPath, add, 10_000);
-      }
-      assert.ok(untouched.ok, JSON.stringify(untouched));
-      assert.ok(!busy.ok);
-      assert.equal(busy.error.code, CniCode.tryAgainLater, busy.error.msg);
-      assert.match(busy.error.msg, /try again: list links: RTM_GET dump interrupted/);
-      const del = await callAgent(socketPath, { ...first, command: "DEL" as const }, 10_000);
-      assert.ok(del.ok, JSON.stringify(del));
-      // Nothing half-made is left in the way: the runtime's retry gets the pod.
-      const retried = await callAgent(socketPath, add, 10_000);
-      assert.ok(retried.ok, JSON.stringify(retried));
-      assert.match(await pod.ip(["-6", "addr", "show", "eth0"]), /fd00:5::/);
-    } finally {
-      await agent.close();
-      await Deno.remove(dir, { recursive: true });
+    const add = {
+      command: "ADD" as const,
+      containerId: "kb1",
+      netns: pod.path,
+      ifname: "eth0",
+      args: "",
+      config: { cniVersion: "1.0.0", name: "pods", type: "flock" },
+    };
+    // A new pod's ADD into a netns no pod is in dumps nothing (agent/netns_identity.ts): the
+    // kernel's interruptions cannot reach it. The pod netns of another container's pod must
+    // be asked (one flock interface per netns): that dump meets them.
+    const first = { ...add, containerId: "kb0" };
+    let busy, untouched;
+    {
+      using _faults = interruptDumps(Infinity);
+      untouched = await callAgent(a.socketPath, first, 10_000);
+      busy = await callAgent(a.socketPath, add, 10_000);
     }
+    assert.ok(untouched.ok, JSON.stringify(untouched));
+    assert.ok(!busy.ok);
+    assert.equal(busy.error.code, CniCode.tryAgainLater, busy.error.msg);
+    assert.match(busy.error.msg, /try again: list links: RTM_GET dump interrupted/);
+    const del = await callAgent(a.socketPath, { ...first, command: "DEL" as const }, 10_000);
+    assert.ok(del.ok, JSON.stringify(del));
+    // Nothing half-made is left in the way: the runtime's retry gets the pod.
+    const retried = await callAgent(a.socketPath, add, 10_000);
+    assert.ok(retried.ok, JSON.stringify(retried));
+    assert.match(await pod.ip(["-6", "addr", "show", "eth0"]), /fd00:5::/);
+  },
+});
+
+/** The longest gap between ticks of a 5 ms timer: how long the thread was kept from timers. */
+class StallMeter implements Disposable {
+  longestMs = 0;
+  #last = performance.now();
+  readonly #timer = setInterval(() => {
+    const now = performance.now();
+    this.longestMs = Math.max(this.longestMs, now - this.#last);
+    this.#last = now;
+  }, 5);
+
+  [Symbol.dispose](): void {
+    clearInterval(this.#timer);
+  }
+}
+
+const STATUS = {
+  command: "STATUS" as const,
+  containerId: "",
+  netns: "",
+  ifname: "",
+  args: "",
+  config: { cniVersion: "1.0.0", name: "pods", type: "flock" },
+};
+
+/** Whether `p` has settled, read without waiting. */
+function settledFlag(p: Promise<unknown>): { settled: boolean } {
+  const flag = { settled: false };
+  p.then(() => flag.settled = true, () => flag.settled = true);
+  return flag;
+}
+
+/**
+ * STATUS every 50 ms while `work` runs (bounded): how long each one that was answered while
+ * `work` was still pending took.
+ */
+async function statusLatenciesWhile(socketPath: string, work: Promise<unknown>): Promise<number[]> {
+  const pending = settledFlag(work);
+  const latencies: number[] = [];
+  for (let i = 0; i < 200 && !pending.settled; i++) {
+    const started = performance.now();
+    const answer = await callAgent(socketPath, STATUS, 10_000);
+    assert.ok(answer.ok, JSON.stringify(answer));
+    if (!pending.settled) latencies.push(performance.now() - started);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return latencies;
+}
+
+/** Interrupted dumps injected: the first read is retried 5 times, 50+100+200+400+800 ms. */
+const INTERRUPTIONS = 5;
+
+Deno.test({
+  name: "agent: a NodeConfig change that retries interrupted dumps answers STATUS meanwhile",
+  ...ROOT_ONLY,
+  async fn() {
+    await using a = await agentOnNode({ cidr6: "fd00:5::/64" });
+    let latencies, tookMs, stallMs;
+    {
+      using faults = interruptDumps(INTERRUPTIONS);
+      using stall = new StallMeter();
+      const started = performance.now();
+      // Cluster mode's path: CNI requests wait for it (exclusive), STATUS never does.
+      const reconfigured = a.agent.reconfigure(parseNodeConfig({ cidr6: "fd00:6::/64" }, "test"));
+      latencies = await statusLatenciesWhile(a.socketPath, reconfigured);
+      await reconfigured;
+      tookMs = performance.now() - started;
+      stallMs = stall.longestMs;
+      assert.equal(faults.left(), 0);
+    }
+    console.log(
+      `reconfigure retried for ${tookMs.toFixed(0)} ms; STATUS meanwhile: ${latencies.length} ` +
+        `answers, slowest ${Math.max(...latencies).toFixed(1)} ms; ` +
+        `longest event-loop stall ${stallMs.toFixed(1)} ms`,
+    );
+    assert.ok(tookMs >= 1_000, `the retries took ${tookMs} ms`);
+    assert.ok(latencies.length >= 5, `STATUS answered ${latencies.length} times meanwhile`);
+    assert.ok(Math.max(...latencies) < 200, `STATUS took up to ${Math.max(...latencies)} ms`);
+    assert.ok(stallMs < 200, `the event loop stalled for ${stallMs} ms`);
+    // The new CIDR's summary is in place once it resolved.
+    assert.match(await a.node.ip(["-6", "route", "show", "proto", "201"]), /fd00:6::\/64/);
+  },
+});
+
+Deno.test({
+  name:
+    "agent: a SIGHUP's BGP reload that retries interrupted dumps lets an ADD and STATUS through",
+  ...ROOT_ONLY,
+  async fn() {
+    await using a = await agentOnNode({ cidr6: "fd00:5::/64", bgp: { asn: 65001 } });
+    await using pod = await TestNamespace.create("flk-kbpod");
+    let latencies, added, addMs, addWhilePending, tookMs, stallMs;
+    {
+      // The summary routes' read (an ADD's link dumps stay whole: they must not take them).
+      using faults = interruptDumps(INTERRUPTIONS, "list routes");
+      using stall = new StallMeter();
+      const started = performance.now();
+      // Standalone mode's SIGHUP path: not exclusive, pods are served alongside.
+      const reloaded = a.agent.reconfigureRouting(
+        parseNodeConfig({ cidr6: "fd00:5::/64", bgp: { asn: 65002 } }, "test"),
+      );
+      const pending = settledFlag(reloaded);
+      const add = (async () => {
+        await new Promise((resolve) => setTimeout(resolve, 100)); // into the retries
+        const addStarted = performance.now();
+        // A new pod's ADD into a netns no pod is in dumps nothing: the faults are the reload's.
+        added = await callAgent(a.socketPath, {
+          command: "ADD",
+          containerId: "kb-stall",
+          netns: pod.path,
+          ifname: "eth0",
+          args: "",
+          config: { cniVersion: "1.0.0", name: "pods", type: "flock" },
+        }, 10_000);
+        addMs = performance.now() - addStarted;
+        addWhilePending = !pending.settled;
+      })();
+      latencies = await statusLatenciesWhile(a.socketPath, reloaded);
+      await add;
+      assert.equal(await reloaded, true);
+      tookMs = performance.now() - started;
+      stallMs = stall.longestMs;
+      assert.equal(faults.left(), 0);
+    }
+    console.log(
+      `BGP reload retried for ${tookMs.toFixed(0)} ms; ADD answered in ${addMs!.toFixed(0)} ms ` +
+        `meanwhile: ${addWhilePending}; STATUS meanwhile: ${latencies.length} answers, slowest ` +
+        `${Math.max(...latencies).toFixed(1)} ms; longest event-loop stall ${
+          stallMs.toFixed(1)
+        } ms`,
+    );
+    assert.ok(tookMs >= 1_000, `the retries took ${tookMs} ms`);
+    assert.ok(added!.ok, JSON.stringify(added));
+    assert.ok(addWhilePending, "the ADD waited for the reload's retries");
+    assert.ok(latencies.length >= 5, `STATUS answered ${latencies.length} times meanwhile`);
+    assert.ok(Math.max(...latencies) < 200, `STATUS took up to ${Math.max(...latencies)} ms`);
+    assert.ok(stallMs < 200, `the event loop stalled for ${stallMs} ms`);
+    assert.match(await pod.ip(["-6", "addr", "show", "eth0"]), /fd00:5::/);
   },
 });

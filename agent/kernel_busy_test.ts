@@ -47,10 +47,10 @@ Deno.test("kernelBusyCniError: code 11 (the runtime retries) naming the dump", (
   assert.equal(kernelBusyCniError(new Error("boom")), undefined);
 });
 
-Deno.test("retryWhileKernelBusy: retries with doubling, capped pauses, then returns", () => {
+Deno.test("retryWhileKernelBusy: retries with doubling, capped pauses, then returns", async () => {
   const sleeps: number[] = [];
   let calls = 0;
-  const value = retryWhileKernelBusy("read", () => {
+  const value = await retryWhileKernelBusy("read", () => {
     if (++calls < 6) throw interrupted();
     return "whole";
   }, { sleep: (ms) => sleeps.push(ms), firstDelayMs: 100, maxDelayMs: 500 });
@@ -58,9 +58,9 @@ Deno.test("retryWhileKernelBusy: retries with doubling, capped pauses, then retu
   assert.deepEqual(sleeps, [100, 200, 400, 500, 500]);
 });
 
-Deno.test("retryWhileKernelBusy: gives up after its tries with one clear error", () => {
+Deno.test("retryWhileKernelBusy: gives up after its tries with one clear error", async () => {
   const sleeps: number[] = [];
-  assert.throws(
+  await assert.rejects(
     () =>
       retryWhileKernelBusy("start-up reconcile: list the node's links", () => {
         throw interrupted();
@@ -79,9 +79,9 @@ Deno.test("retryWhileKernelBusy: gives up after its tries with one clear error",
   assert.deepEqual(sleeps, [50, 100, 200, 400, 800, 1000, 1000]);
 });
 
-Deno.test("retryWhileKernelBusy: any other error is thrown at once", () => {
+Deno.test("retryWhileKernelBusy: any other error is thrown at once", async () => {
   let calls = 0;
-  assert.throws(() =>
+  await assert.rejects(() =>
     retryWhileKernelBusy("read", () => {
       calls++;
       throw new NetlinkError("add route", 17);
@@ -89,13 +89,21 @@ Deno.test("retryWhileKernelBusy: any other error is thrown at once", () => {
   assert.equal(calls, 1);
 });
 
-Deno.test("retryWhileKernelBusy: the default pause really waits", () => {
+Deno.test("retryWhileKernelBusy: the default pause really waits, without blocking", async () => {
   let calls = 0;
+  let ticks = 0;
+  const ticker = setInterval(() => ticks++, 5);
   const started = performance.now();
-  retryWhileKernelBusy("read", () => {
-    if (++calls === 1) throw interrupted();
-  }, { firstDelayMs: 30 });
-  assert.ok(performance.now() - started >= 25);
+  try {
+    await retryWhileKernelBusy("read", () => {
+      if (++calls === 1) throw interrupted();
+    }, { firstDelayMs: 100 });
+  } finally {
+    clearInterval(ticker);
+  }
+  assert.ok(performance.now() - started >= 95);
+  // Timers ran during the pause: the thread was free (a blocking sleep lets none run).
+  assert.ok(ticks >= 3, `${ticks} ticks`);
 });
 
 Deno.test("FailureStreak: logs the start, a reminder, and the recovery — not every round", () => {
@@ -129,9 +137,9 @@ Deno.test("isKernelBusy: an errno the kernel stopped a dump with is 'not now' on
   }
 });
 
-Deno.test("retryWhileKernelBusy: a dump stopped with a lasting errno is thrown at once", () => {
+Deno.test("retryWhileKernelBusy: a dump stopped with a lasting errno is thrown at once", async () => {
   let calls = 0;
-  assert.throws(() =>
+  await assert.rejects(() =>
     retryWhileKernelBusy("read", () => {
       calls++;
       throw new DumpIncompleteError("list routes", EINVAL);

@@ -21,7 +21,7 @@
  *
  * The dumps everything is decided on are read whole or not at all: a dump the kernel
  * interrupts (a busy node: DAD on many new addresses, routes churning) is read again after a
- * short pause, a few times over a few seconds (kernel_busy.ts), so a transient interruption
+ * short awaited pause, a few times over a few seconds (kernel_busy.ts), so a transient interruption
  * neither stops the start nor makes the agent act on a partial view. Only a node that stays
  * too busy for that long fails the start, with an error naming the read.
  */
@@ -101,8 +101,10 @@ function poolFor(ip: IP, d: ReconcileDeps): AddressPool | undefined {
 
 /**
  * Brings the store, IPAM and the kernel into agreement; see the module doc. Resolves once all
- * is done (the agent serves only then); only the leftovers' veth deletions are awaited, on worker
- * threads, everything else runs synchronously.
+ * is done (the agent serves only then); the leftovers' veth deletions (on worker threads) and
+ * the pauses before reading again what a busy kernel interrupted are awaited, everything else
+ * runs synchronously. STATUS and metrics are answered meanwhile; CNI requests are not, since
+ * the agent serves them only afterwards (start) or holds them back (a reconfigure).
  */
 export async function reconcile(d: ReconcileDeps): Promise<ReconcileReport> {
   const report: ReconcileReport = {
@@ -133,8 +135,8 @@ export async function reconcile(d: ReconcileDeps): Promise<ReconcileReport> {
       () => listLinks(node),
       d.retry,
     );
-  const links = new Map(readLinks().map((l) => [l.name, l]));
-  const routes = retryWhileKernelBusy(
+  const links = new Map((await readLinks()).map((l) => [l.name, l]));
+  const routes = await retryWhileKernelBusy(
     "start-up reconcile: list flock's routes",
     () =>
       ([AF_INET6, AF_INET] as const).flatMap((family) =>
@@ -159,7 +161,7 @@ export async function reconcile(d: ReconcileDeps): Promise<ReconcileReport> {
       const missing = missingHostState(rec, links, hostRoutes);
       if (missing && !isNetnsGone(rec.netns)) {
         // setup reads the pod's links and addresses: a busy kernel gets a few short retries.
-        retryWhileKernelBusy(`repair of ${rec.containerId}`, () =>
+        await retryWhileKernelBusy(`repair of ${rec.containerId}`, () =>
           d.datapath.setup({
             containerId: rec.containerId,
             hostIface: rec.hostIface,
@@ -195,7 +197,7 @@ export async function reconcile(d: ReconcileDeps): Promise<ReconcileReport> {
 
   const known = new Set(committed.map((r) => r.hostIface));
   // A repair may have remade a veth (a new index): look again rather than trust the dump.
-  const linksNow = report.repaired ? readLinks() : links.values();
+  const linksNow = report.repaired ? await readLinks() : links.values();
   const committedPods = () =>
     committed.map((r) => ({
       label: `${r.containerId}/${r.ifname}`,
@@ -222,7 +224,7 @@ export async function reconcile(d: ReconcileDeps): Promise<ReconcileReport> {
     }
   }
   try {
-    const anycast = d.anycast?.syncAll();
+    const anycast = await d.anycast?.syncAll();
     if (anycast) {
       report.anycastChanged = anycast.changed.length;
       report.problems.push(...anycast.problems);

@@ -402,17 +402,37 @@ export class NodeRouting {
 
   /**
    * Takes a (new) NodeConfig: installs its summary blackholes, removes flock blackholes that
-   * are no longer summaries, and has BIRD reload if its config changed. The kernel part is
-   * done when this returns; the promise settles when BIRD has answered.
+   * are no longer summaries, and has BIRD reload if its config changed. The promise settles
+   * when BIRD has answered: {@link applyConfig} then {@link reloadBird}, the two halves, for a
+   * caller that waits for the kernel part only.
    */
-  configure(
+  async configure(
     node: NodeConfig,
     holdsPods: (dst: Prefix) => boolean = () => false,
   ): Promise<BirdReloadStatus | undefined> {
+    await this.applyConfig(node, holdsPods);
+    return this.reloadBird();
+  }
+
+  /**
+   * The kernel half of {@link configure}: the summary blackholes of `node` are in place (and
+   * stale ones gone) once this resolves. A dump a busy kernel interrupts is read again after an
+   * awaited pause (kernel_busy.ts): requests and STATUS are answered meanwhile.
+   *
+   * @throws {KernelBusyError} when the kernel stays too busy to list flock's routes
+   */
+  async applyConfig(
+    node: NodeConfig,
+    holdsPods: (dst: Prefix) => boolean = () => false,
+  ): Promise<void> {
     this.#node = node;
     this.#holdsPods = holdsPods;
-    this.#syncSummaries(node);
+    await this.#syncSummaries();
     this.#watchAddresses();
+  }
+
+  /** Hands the current bird.conf to BIRD (when driven); settles when BIRD has answered. */
+  reloadBird(): Promise<BirdReloadStatus | undefined> {
     return this.#render();
   }
 
@@ -450,20 +470,20 @@ export class NodeRouting {
    * Drops draining summaries (CIDRs of an earlier NodeConfig) whose last pod has gone; call
    * after DEL and GC. Cheap when nothing drains.
    */
-  pruneDraining(): Promise<BirdReloadStatus | undefined> {
-    if (this.#draining.length === 0 || !this.#node) return Promise.resolve(undefined);
+  async pruneDraining(): Promise<BirdReloadStatus | undefined> {
+    if (this.#draining.length === 0 || !this.#node) return undefined;
     const before = this.#draining.length;
     try {
-      // One try: this runs on a request's path, which must not pause; the next one retries.
-      this.#syncSummaries(this.#node, { attempts: 1 });
+      // One try: every DEL and GC calls this, and the next one retries; no need to wait here.
+      await this.#syncSummaries({ attempts: 1 });
       this.#pruneFailures.succeeded();
     } catch (e) {
       // Called after a DEL or GC that succeeded: that answer must stand. The draining routes
       // stay as they are (announcing a little longer is harmless); the next DEL or GC retries.
       this.#pruneFailures.failed(e);
-      return Promise.resolve(undefined);
+      return undefined;
     }
-    return this.#draining.length === before ? Promise.resolve(undefined) : this.#render();
+    return this.#draining.length === before ? undefined : this.#render();
   }
 
   /** Summaries of an earlier NodeConfig still announced because pods hold addresses in them. */
@@ -517,17 +537,20 @@ export class NodeRouting {
     await this.control?.close();
   }
 
-  #syncSummaries(node: NodeConfig, retry?: KernelRetryOptions): void {
+  /** Makes flock's blackholes the summaries of the NodeConfig in force; see {@link configure}. */
+  async #syncSummaries(retry?: KernelRetryOptions): Promise<void> {
     const h = this.#o.handle;
-    const wanted = summaryPrefixes(node);
     const draining: Prefix[] = [];
     for (const family of [AF_INET6, AF_INET] as const) {
       // Whole or not at all: a summary missing from a partial dump would count as stale.
-      const present = retryWhileKernelBusy(
+      const present = (await retryWhileKernelBusy(
         "summary routes: list flock's routes",
         () => listRoutes(h, { family, protocol: FLOCK_ROUTE_PROTOCOL }),
         retry,
-      ).filter((r) => r.type === RTN_BLACKHOLE);
+      )).filter((r) => r.type === RTN_BLACKHOLE);
+      // The config in force now, not when the call began: a newer one may have come during the
+      // pauses (a second SIGHUP), and this older call, done last, must not bring its CIDRs back.
+      const wanted = summaryPrefixes(this.#node!);
       for (const r of present) {
         if (wanted.some((p) => routeMatches(r, p))) continue;
         if (this.#holdsPods(r.dst)) {
