@@ -156,6 +156,7 @@ export class Agent {
       routerId: this.#routing?.routerId(),
       peersWithoutIpv6: this.#routing?.peersWithoutIpv6,
       peersWithoutIpv4Link: this.#routing?.peersWithoutIpv4Link,
+      peersWithoutIpv4Address: this.#routing?.peersWithoutIpv4Address,
     }, opts);
   }
 
@@ -585,6 +586,8 @@ export class Agent {
       peersWithoutIpv6?: readonly string[];
       /** Single-hop IPv4 peers on no link with an IPv4 address of the node (see NodeRouting). */
       peersWithoutIpv4Link?: readonly string[];
+      /** IPv4 multihop peers on a node without an IPv4 address (see NodeRouting). */
+      peersWithoutIpv4Address?: readonly string[];
     }
     | undefined
   > {
@@ -609,6 +612,7 @@ export class Agent {
       drainingCIDRs: this.#routing?.draining.map(formatPrefix),
       peersWithoutIpv6: this.#routing?.peersWithoutIpv6,
       peersWithoutIpv4Link: this.#routing?.peersWithoutIpv4Link,
+      peersWithoutIpv4Address: this.#routing?.peersWithoutIpv4Address,
     };
   }
 

@@ -19,6 +19,7 @@ import {
   type Handle,
   IFA_F_TENTATIVE,
   type IP,
+  ipEqual,
   listAddresses,
   listRoutes,
   type Prefix,
@@ -249,19 +250,47 @@ export function peersWithoutIpv4Link(h: Handle, peers: readonly string[]): strin
 }
 
 /**
- * The IPv4 peers among `peers`, each with the index of the interface whose IPv4 subnet holds it
- * (BIRD's neighbour lookup for a direct session; a /32 holds no neighbour), or undefined.
+ * The IPv4 peers among `peers`, each with the index of the interface that has it as a neighbour,
+ * or undefined. As BIRD's neighbour lookup for a direct session (nest/neighbor.c): an IPv4
+ * subnet of the node holding the peer (a /32 holds no neighbour), or a point-to-point address
+ * (`ip addr add A peer B`) whose other end is the peer.
  */
 function ipv4PeerLinks(h: Handle, peers: readonly string[]): Map<string, number | undefined> {
   const out = new Map<string, number | undefined>();
   const v4 = peers.filter((p) => tryParseIP(p)?.family === AF_INET);
   if (!v4.length) return out;
-  const subnets = listAddresses(h, { family: AF_INET }).filter((a) => a.prefix.len < 32);
+  const addresses = listAddresses(h, { family: AF_INET });
+  const holds = (a: (typeof addresses)[number], ip: IP) =>
+    (a.peer !== undefined && ipEqual(a.peer, ip)) ||
+    (a.prefix.len < 32 && prefixContains(a.prefix, ip));
   for (const peer of v4) {
     const ip = tryParseIP(peer)!;
-    out.set(peer, subnets.find((a) => prefixContains(a.prefix, ip))?.index);
+    out.set(peer, addresses.find((a) => holds(a, ip))?.index);
   }
   return out;
+}
+
+/**
+ * Whether `ip` can be the source of an IPv4 BGP session: not 0.0.0.0/8, loopback (127/8) or
+ * link-local (169.254/16, the pods' gateway lives there).
+ */
+function usableSource4(ip: IP): boolean {
+  const [a, b] = ip.bytes;
+  return a !== 0 && a !== 127 && !(a === 169 && b === 254);
+}
+
+/**
+ * The IPv4 multihop peers among `peers` (pass only those) when the node has no usable IPv4
+ * address at all (an IPv6-only node): the kernel has no source address for the session's
+ * connection, so BIRD never reaches the peer and announces it nothing. Empty when the node has
+ * one (a /32 on lo will do) or no peer is IPv4.
+ */
+export function peersWithoutIpv4Address(h: Handle, peers: readonly string[]): string[] {
+  const v4 = peers.filter((p) => tryParseIP(p)?.family === AF_INET);
+  if (!v4.length) return [];
+  const hasSource = listAddresses(h, { family: AF_INET })
+    .some((a) => a.scope === RT_SCOPE_UNIVERSE && usableSource4(a.prefix.ip));
+  return hasSource ? [] : v4.sort();
 }
 
 /**
@@ -360,6 +389,8 @@ export class NodeRouting {
   #withoutIpv6: readonly string[] = [];
   /** Single-hop IPv4 peers without an IPv4 address of the node on their link, as last logged. */
   #withoutIpv4Link: readonly string[] = [];
+  /** IPv4 multihop peers on a node without any usable IPv4 address, as last logged. */
+  #withoutIpv4Address: readonly string[] = [];
 
   /** The node's address notifications, while BIRD is driven and the poll is on. */
   #addressEvents?: AddressEvents;
@@ -372,6 +403,12 @@ export class NodeRouting {
    * unreachable, rejected), so that the next address change hands it over again.
    */
   #renderedText?: string;
+  /**
+   * The bird.conf text BIRD last rejected (a syntax or config error, not a reload that failed):
+   * the same text would be rejected again, so it is not handed over (nor the error logged) again
+   * until the text changes.
+   */
+  #rejectedText?: string;
 
   constructor(options: NodeRoutingOptions) {
     this.#o = options;
@@ -590,20 +627,9 @@ export class NodeRouting {
     return this.#withoutIpv4Link;
   }
 
-  #logPeersWithoutIpv4Link(peers: string[]): void {
-    if (peers.join(",") === this.#withoutIpv4Link.join(",")) return;
-    const before = this.#withoutIpv4Link;
-    this.#withoutIpv4Link = peers;
-    if (peers.length) {
-      this.#o.log({
-        level: "warn",
-        msg: "IPv4 peers on no link where the node has an IPv4 address: BIRD waits for them as " +
-          "direct neighbours and announces them nothing (address the link, or set multihop)",
-        peers,
-      });
-    } else if (before.length) {
-      this.#o.log({ msg: "every single-hop IPv4 peer is on a link with an IPv4 address again" });
-    }
+  /** The IPv4 multihop peers {@link peersWithoutIpv4Address} names; logged when that changes. */
+  get peersWithoutIpv4Address(): readonly string[] {
+    return this.#withoutIpv4Address;
   }
 
   #logPeersWithoutIpv6(peers: string[]): void {
@@ -636,6 +662,10 @@ export class NodeRouting {
     const withoutLink = bgp?.asn === undefined
       ? []
       : peersWithoutIpv4Link(this.#o.handle, singleHop.map((p) => p.address));
+    const multihop = sessions.filter((p) => !singleHop.includes(p)).map((p) => p.address);
+    const withoutAddress = bgp?.asn === undefined
+      ? []
+      : peersWithoutIpv4Address(this.#o.handle, multihop);
     const input = birdInputFor(
       this.#node,
       this.#o.nodeName,
@@ -648,20 +678,63 @@ export class NodeRouting {
     );
     input.cidrs.push(...this.#draining.map(formatPrefix));
     this.#logPeersWithoutIpv6(peersWithoutIpv6(input));
-    this.#logPeersWithoutIpv4Link(withoutLink);
+    this.#withoutIpv4Link = notePeerList(
+      this.#o.log,
+      this.#withoutIpv4Link,
+      withoutLink,
+      "IPv4 peers on no link where the node has an IPv4 address: BIRD waits for them as " +
+        "direct neighbours and announces them nothing (address the link, or set multihop)",
+      "every single-hop IPv4 peer is on a link with an IPv4 address again",
+    );
+    this.#withoutIpv4Address = notePeerList(
+      this.#o.log,
+      this.#withoutIpv4Address,
+      withoutAddress,
+      "IPv4 multihop peers, but the node has no IPv4 address: BIRD has no source address to " +
+        "reach them and announces them nothing (give the node one, e.g. a /32 on lo, or peer " +
+        "over IPv6)",
+      "the node has an IPv4 address for its IPv4 multihop peers again",
+    );
     const text = renderBirdConfig(input);
+    // A text BIRD rejected is refused again: neither handed over nor logged until it changes
+    // (an address change that renders the same text would otherwise log the error each time).
+    if (text === this.#rejectedText) {
+      return onlyIfChanged === undefined ? this.birdStatus() : undefined;
+    }
     if (onlyIfChanged !== undefined) {
       if (text === this.#renderedText) return undefined;
       this.#o.log({ msg: "bird.conf changed: reloading BIRD", reason: onlyIfChanged });
     }
     this.#renderedText = text;
+    this.#rejectedText = undefined;
     const status = await this.control.update(text);
-    // Skipping a text BIRD never took would leave it untried from the address path: the
-    // control's own retry covers only some failures (a rejection, none). Another render may have
-    // taken over while this one waited: its text stays.
-    if (status.result !== "ok" && this.#renderedText === text) this.#renderedText = undefined;
+    // Another render may have taken over while this one waited: its text stays.
+    if (this.#renderedText === text) {
+      if (status.result === "rejected") this.#rejectedText = text;
+      // Skipping a text BIRD never took (failed, unreachable) would leave it untried from the
+      // address path: the control's own retry covers only some failures.
+      if (status.result !== "ok") this.#renderedText = undefined;
+    }
     return status;
   }
+}
+
+/**
+ * A list of peers a problem names, as {@link NodeRouting} keeps it: when it changed, logs
+ * `problem` (a warning, with the peers) or, once it is empty again, `cleared`. Returns the list
+ * to keep.
+ */
+function notePeerList(
+  log: (fields: Record<string, unknown>) => void,
+  before: readonly string[],
+  peers: string[],
+  problem: string,
+  cleared: string,
+): readonly string[] {
+  if (peers.join(",") === before.join(",")) return before;
+  if (peers.length) log({ level: "warn", msg: problem, peers });
+  else if (before.length) log({ msg: cleared });
+  return peers;
 }
 
 /** Whether `dst` is one of the node's summary CIDRs (reconcile must keep those routes). */

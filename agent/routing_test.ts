@@ -5,6 +5,7 @@ import {
   nextHop6For,
   NodeRouting,
   peersOnLinksWithoutIpv6,
+  peersWithoutIpv4Address,
   peersWithoutIpv4Link,
   reloadSummary,
   routerIdFor,
@@ -14,7 +15,7 @@ import { ROOT_ONLY, run } from "../tests/helpers/exec.ts";
 import { birdPath, hasTool } from "../tests/helpers/tools.ts";
 import { TestNamespace } from "../tests/helpers/netns.ts";
 import { BirdDaemon, bootstrapBirdConfig } from "../tests/helpers/bird.ts";
-import { Handle } from "../netlink/mod.ts";
+import { AF_INET, formatIP, Handle, listAddresses } from "../netlink/mod.ts";
 import { renderBirdConfig } from "../bird/config.ts";
 
 const plain = parseNodeConfig({ cidr6: "fd00:1::/64", bgp: { asn: 64512, nodeMesh: true } }, "t");
@@ -403,6 +404,8 @@ Deno.test({
   async fn() {
     await using ns = await TestNamespace.create("flk-rtaddr");
     await using bird = await BirdDaemon.start(ns, { config: bootstrapBirdConfig("10.9.9.9") });
+    // An IPv4 source for the multihop peer from the start: only the IPv6 next hop changes here.
+    await ns.ip(["addr", "add", "10.0.0.11/32", "dev", "lo"]);
     const handle = Handle.forNetns(ns.path);
     const logged: Record<string, unknown>[] = [];
     const routing = new NodeRouting({
@@ -496,6 +499,186 @@ Deno.test({
       await routing.close();
       handle.close();
       await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "peersWithoutIpv4Link: the other end of a point-to-point address is on its link",
+  ...ROOT_ONLY,
+  async fn() {
+    await using ns = await TestNamespace.create("flk-rtptp");
+    await ns.ip(["link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
+    for (const dev of ["lo", "up0", "up1"]) await ns.ip(["link", "set", dev, "up"]);
+    // IFA_LOCAL 10.0.0.11 (the node's), IFA_ADDRESS 10.0.0.1 (the peer's): BIRD peers with it.
+    await ns.ip(["addr", "add", "10.0.0.11", "peer", "10.0.0.1/32", "dev", "up0"]);
+    const handle = Handle.forNetns(ns.path);
+    try {
+      const [ptp] = listAddresses(handle, { family: AF_INET }).filter((a) => a.peer);
+      assert.equal(formatIP(ptp.prefix.ip), "10.0.0.11");
+      assert.equal(formatIP(ptp.peer!), "10.0.0.1");
+      // Only the other end: a /32 point-to-point address holds no subnet.
+      assert.deepEqual(peersWithoutIpv4Link(handle, ["10.0.0.1", "10.0.0.2"]), ["10.0.0.2"]);
+      // An ordinary address has no peer.
+      await ns.ip(["addr", "add", "10.0.1.11/24", "dev", "up1"]);
+      const plainAddress = listAddresses(handle, { family: AF_INET })
+        .find((a) => formatIP(a.prefix.ip) === "10.0.1.11");
+      assert.equal(plainAddress?.peer, undefined);
+    } finally {
+      handle.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "peersWithoutIpv4Address: IPv4 multihop peers of a node with no usable IPv4 address",
+  ...ROOT_ONLY,
+  async fn() {
+    await using ns = await TestNamespace.create("flk-rtnov4");
+    await ns.ip(["link", "set", "lo", "up"]);
+    await ns.ip(["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+    await ns.ip(["link", "set", "d0", "up"]);
+    await ns.ip(["addr", "add", "fd00:a::11/64", "dev", "d0"]);
+    // Neither a link-local address (the pods' gateway range) nor 127.0.0.1 is a source.
+    await ns.ip(["addr", "add", "169.254.1.1/32", "dev", "d0"]);
+    const handle = Handle.forNetns(ns.path);
+    try {
+      const peers = ["10.1.0.2", "fd00:b::2", "10.0.2.2"];
+      assert.deepEqual(peersWithoutIpv4Address(handle, peers), ["10.0.2.2", "10.1.0.2"]);
+      assert.deepEqual(peersWithoutIpv4Address(handle, ["fd00:b::2"]), []);
+      // A /32 on lo is enough: the kernel takes it as the session's source.
+      await ns.ip(["addr", "add", "10.0.0.11/32", "dev", "lo"]);
+      assert.deepEqual(peersWithoutIpv4Address(handle, peers), []);
+    } finally {
+      handle.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "NodeRouting: an IPv4 multihop peer of an IPv6-only node is named until the node gets " +
+    "an IPv4 address",
+  ...ROOT_ONLY,
+  async fn() {
+    await using ns = await TestNamespace.create("flk-rtv6only");
+    await using bird = await BirdDaemon.start(ns, { config: bootstrapBirdConfig("10.9.9.9") });
+    await ns.ip(["addr", "add", "fd00:a::11/128", "dev", "lo"]);
+    const handle = Handle.forNetns(ns.path);
+    const logged: Record<string, unknown>[] = [];
+    const routing = new NodeRouting({
+      handle,
+      nodeName: "node-1",
+      bird: { ...bird.controlOptions(), coalesceMs: 10, addressPollMs: 50 },
+      log: (f) => logged.push(f),
+    });
+    const spec = {
+      cidr6: "fd00:1::/64",
+      bgp: {
+        asn: 64512,
+        routerID: "10.9.9.9",
+        peers: [
+          { address: "10.1.0.2", asn: 65000, multihop: 2 },
+          { address: "fd00:b::2", asn: 65000, multihop: 2 },
+        ],
+      },
+    };
+    try {
+      await routing.configure(parseNodeConfig(spec, "t"));
+      assert.deepEqual(routing.peersWithoutIpv4Address, ["10.1.0.2"]);
+      const warning = logged.find((f) => /node has no IPv4 address/.test(String(f.msg)));
+      assert.deepEqual(warning?.peers, ["10.1.0.2"]);
+      // A multihop peer is not the single-hop check's business.
+      assert.deepEqual(routing.peersWithoutIpv4Link, []);
+
+      await ns.ip(["addr", "add", "10.0.0.11/32", "dev", "lo"]);
+      const deadline = Date.now() + 5_000;
+      while (routing.peersWithoutIpv4Address.length && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.deepEqual(routing.peersWithoutIpv4Address, []);
+      assert.ok(logged.some((f) =>
+        /IPv4 address for its IPv4 multihop peers again/.test(
+          String(f.msg),
+        )
+      ));
+    } finally {
+      await routing.close();
+      handle.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "NodeRouting: a config BIRD rejected is not handed over again until its text changes, " +
+    "and each distinct error is logged once",
+  ...ROOT_ONLY,
+  async fn() {
+    await using ns = await TestNamespace.create("flk-rtrej");
+    await using bird = await BirdDaemon.start(ns, { config: bootstrapBirdConfig("10.9.9.9") });
+    // An IPv4 source for the multihop peer: that warning is not this test's business.
+    await ns.ip(["addr", "add", "10.0.0.11/32", "dev", "lo"]);
+    const handle = Handle.forNetns(ns.path);
+    const logged: Record<string, unknown>[] = [];
+    const routing = new NodeRouting({
+      handle,
+      nodeName: "node-1",
+      bird: { ...bird.controlOptions(), coalesceMs: 10, addressPollMs: 50 },
+      log: (f) => logged.push(f),
+    });
+    const spec = {
+      cidr6: "fd00:1::/64",
+      bgp: {
+        asn: 64512,
+        routerID: "10.9.9.9",
+        nodeMesh: true,
+        peers: [{ address: "10.1.0.2", asn: 65000, multihop: 2 }],
+      },
+    };
+    // A mesh peer at a link-local address: BIRD refuses it ("Link-local addresses require
+    // defined interface"), a config error no retry can fix.
+    const meshPeer = { name: "node-2", address: "fe80::5", asn: 64512, cidrs: ["fd00:2::/64"] };
+    const rejections = () =>
+      logged.filter((f) => /bird rejected the new config/.test(String(f.msg))).length;
+    try {
+      await routing.configure(parseNodeConfig(spec, "t"));
+      const first = await routing.setMeshPeers([meshPeer]);
+      assert.equal(first?.result, "rejected");
+      assert.match(first?.error ?? "", /Link-local/);
+      assert.equal(rejections(), 1);
+      const attempt = routing.birdStatus()?.lastAttempt;
+
+      // Global address changes that render the same text: nothing handed over, nothing logged.
+      const changes = 10;
+      const before = logged.length;
+      for (let i = 1; i <= changes; i++) {
+        await ns.ip(["addr", "add", `10.7.0.${i}/24`, "dev", "lo"]);
+        await new Promise((r) => setTimeout(r, 300));
+      }
+      const lines = logged.length - before;
+      console.log(`log lines per ${changes} address changes with a rejected config: ${lines}`);
+      assert.equal(lines, 0, JSON.stringify(logged.slice(before)));
+      assert.equal(routing.birdStatus()?.lastAttempt, attempt, "the rejected text was re-sent");
+      // The same text from another path: not re-sent either; the rejection is what it gets.
+      const again = await routing.setMeshPeers([meshPeer]);
+      assert.equal(again?.result, "rejected");
+      assert.equal(routing.birdStatus()?.lastAttempt, attempt);
+
+      // A changed text (the multihop peer's IPv6 next hop) with the same fault: handed over,
+      // rejected, and the same error not logged again.
+      const changed = await routing.setNodeAddresses(["fd00:a::11"]);
+      assert.equal(changed?.result, "rejected");
+      const moved = await routing.setNodeAddresses(["fd00:a::12"]);
+      assert.equal(moved?.result, "rejected");
+      assert.notEqual(routing.birdStatus()?.lastAttempt, attempt);
+      assert.equal(rejections(), 2, "fd00:a::11's text moved the error a few lines down");
+
+      // Fixed: taken, and a later rejection is logged again.
+      assert.equal((await routing.setMeshPeers([]))?.result, "ok");
+      assert.equal((await routing.setMeshPeers([meshPeer]))?.result, "rejected");
+      assert.equal(rejections(), 3);
+    } finally {
+      await routing.close();
+      handle.close();
     }
   },
 });

@@ -129,6 +129,13 @@ export function renderStatus(s: StatusSnapshot): string {
         `address in their subnet; BIRD waits for them (address the link, or set multihop)`,
     );
   }
+  if (s.bgp.peersWithoutIpv4Address?.length) {
+    out.push(
+      `  NO IPv4 ADDRESS for ${s.bgp.peersWithoutIpv4Address.join(", ")}: the node has no IPv4 ` +
+        `address to reach these multihop peers from (give it one, e.g. a /32 on lo, or peer ` +
+        `over IPv6)`,
+    );
+  }
   if (!s.bgp.available) out.push("  not available (BGP is not wired into this agent)");
   else if (s.bgp.error) out.push(`  cannot read them from BIRD: ${s.bgp.error}`);
   else if (s.bgp.sessions.length === 0) out.push("  none configured");

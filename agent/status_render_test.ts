@@ -152,6 +152,18 @@ Deno.test("status table: single-hop IPv4 peers without an IPv4 link are named", 
   );
 });
 
+Deno.test("status table: IPv4 multihop peers of a node without an IPv4 address are named", () => {
+  const bgp = { available: true, sessions: [], routerId: "10.0.0.11" };
+  assert.doesNotMatch(renderStatus(snapshot({ bgp })), /NO IPv4 ADDRESS/);
+  const text = renderStatus(
+    snapshot({ bgp: { ...bgp, peersWithoutIpv4Address: ["10.1.0.2", "10.2.0.2"] } }),
+  );
+  assert.match(
+    text,
+    /^ {2}NO IPv4 ADDRESS for 10\.1\.0\.2, 10\.2\.0\.2: the node has no IPv4 address to reach /m,
+  );
+});
+
 Deno.test("status table: each pod's CNI network, last column; '-' for a record without one", () => {
   const [web] = snapshot().attachments;
   const text = renderStatus(snapshot({

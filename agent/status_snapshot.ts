@@ -122,6 +122,11 @@ export interface StatusSnapshot {
      * BIRD waits for them as neighbours and announces them nothing (absent: none).
      */
     peersWithoutIpv4Link?: string[];
+    /**
+     * IPv4 multihop peers on a node without any usable IPv4 address (IPv6-only): BIRD has no
+     * source address to reach them and announces them nothing (absent: none).
+     */
+    peersWithoutIpv4Address?: string[];
     sessions: BgpSessionStatus[];
     /** Why the sessions could not be read. */
     error?: string;
@@ -167,6 +172,8 @@ export interface StatusSources {
   peersWithoutIpv6?: readonly string[];
   /** Single-hop IPv4 peers without an IPv4 link (NodeRouting.peersWithoutIpv4Link). */
   peersWithoutIpv4Link?: readonly string[];
+  /** IPv4 multihop peers without an IPv4 address of the node (NodeRouting). */
+  peersWithoutIpv4Address?: readonly string[];
   now?: () => number;
 }
 
@@ -235,6 +242,9 @@ export async function buildStatusSnapshot(
       ...(src.peersWithoutIpv6?.length ? { peersWithoutIpv6: [...src.peersWithoutIpv6] } : {}),
       ...(src.peersWithoutIpv4Link?.length
         ? { peersWithoutIpv4Link: [...src.peersWithoutIpv4Link] }
+        : {}),
+      ...(src.peersWithoutIpv4Address?.length
+        ? { peersWithoutIpv4Address: [...src.peersWithoutIpv4Address] }
         : {}),
       ...await readBgp(src.hooks, opts.bgpTimeoutMs ?? DEFAULT_BGP_TIMEOUT_MS),
     },

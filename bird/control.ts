@@ -21,6 +21,9 @@
 
 import { run } from "../agent/exec.ts";
 
+/** Distinct rejection errors remembered at most (see BirdControl's rejection log). */
+const MAX_LOGGED_REJECTIONS = 64;
+
 /** What the last reload did, for logs and `flock status`. */
 export interface BirdReloadStatus {
   /**
@@ -160,6 +163,11 @@ export class BirdControl {
   #probing = false;
   /** Identity of BIRD's control socket file when BIRD last accepted a config. */
   #socketId?: string;
+  /**
+   * The rejection errors logged since BIRD last accepted a config: each distinct one is logged
+   * once (a config rendered anew with the same fault would log it at every render otherwise).
+   */
+  readonly #loggedRejections = new Set<string>();
   readonly status: BirdReloadStatus = { result: "never", reloads: 0, unchanged: 0 };
 
   constructor(options: BirdControlOptions) {
@@ -281,13 +289,16 @@ export class BirdControl {
         error: undefined,
       });
       this.status.reloads++;
+      this.#loggedRejections.clear();
       this.#socketId = await socketIdentity(this.#o.socketPath);
       this.#log({ msg: "bird reconfigured", reply: reply.message });
       return;
     }
     this.status.result = reply.unreachable ? "unreachable" : "rejected";
     this.status.error = reply.message;
-    this.#log({ level: "warn", msg: "bird configure failed", error: reply.message });
+    if (reply.unreachable || this.#newRejection(reply.message)) {
+      this.#log({ level: "warn", msg: "bird configure failed", error: reply.message });
+    }
     if (reply.unreachable) this.#retry();
   }
 
@@ -323,12 +334,23 @@ export class BirdControl {
     this.status.lastAttempt = new Date().toISOString();
     this.status.result = "rejected";
     this.status.error = message;
+    if (!this.#newRejection(message)) return;
     this.#log({
       level: "error",
-      msg: "bird rejected the new config; the previous one stays active",
+      msg: "bird rejected the new config; the previous one stays active (the same error is " +
+        "logged once until BIRD takes a config)",
       error: message,
       rejectedFile: `${this.#o.configPath}.rejected`,
     });
+  }
+
+  /** Whether `error` was not logged since BIRD last took a config (and records it). */
+  #newRejection(error: string): boolean {
+    if (this.#loggedRejections.has(error)) return false;
+    // Bounded: errors that differ every time (none BIRD gives so far) are logged all the same.
+    if (this.#loggedRejections.size >= MAX_LOGGED_REJECTIONS) this.#loggedRejections.clear();
+    this.#loggedRejections.add(error);
+    return true;
   }
 
   /**

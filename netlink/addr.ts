@@ -26,6 +26,11 @@ export interface Address {
   /** IFA_F_* flags (the 32-bit IFA_FLAGS value when present). */
   flags: number;
   scope: number;
+  /**
+   * The other end of a point-to-point address (`ip addr add A peer B`): IFA_ADDRESS when it
+   * differs from IFA_LOCAL (then `prefix.ip` is IFA_LOCAL, the node's own). Absent otherwise.
+   */
+  peer?: IP;
 }
 
 /** Options for {@link addAddress}. */
@@ -83,7 +88,9 @@ export function listAddresses(
     const index = v.getUint32(4, true);
     if (filter.index && index !== filter.index) continue;
     const attrs = parseAttributes(m.body.subarray(8));
-    const raw = attrs.get(IFA_LOCAL) ?? attrs.get(IFA_ADDRESS);
+    const local = attrs.get(IFA_LOCAL);
+    const address = attrs.get(IFA_ADDRESS);
+    const raw = local ?? address;
     if (!raw) continue;
     const ip: IP = { family, bytes: raw.slice() };
     out.push({
@@ -91,7 +98,14 @@ export function listAddresses(
       prefix: { ip, len: v.getUint8(1) },
       flags: readU32(attrs.get(IFA_FLAGS)) ?? v.getUint8(2),
       scope: v.getUint8(3),
+      ...(local && address && !sameBytes(local, address)
+        ? { peer: { family, bytes: address.slice() } }
+        : {}),
     });
   }
   return out;
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
 }

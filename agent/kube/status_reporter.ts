@@ -92,6 +92,8 @@ export interface RoutingStats {
   peersWithoutIpv6?: readonly string[];
   /** Single-hop IPv4 peers on no link where the node has an IPv4 address: BIRD waits for them. */
   peersWithoutIpv4Link?: readonly string[];
+  /** IPv4 multihop peers on a node without any IPv4 address: BIRD cannot reach them. */
+  peersWithoutIpv4Address?: readonly string[];
 }
 
 /**
@@ -156,6 +158,10 @@ function bgpCondition(routing: RoutingStats): Omit<Condition, "lastTransitionTim
   if (routing.peersWithoutIpv4Link?.length) {
     message += `; no IPv4 link to ${routing.peersWithoutIpv4Link.join(", ")} (no interface has ` +
       `an IPv4 address in their subnet)`;
+  }
+  if (routing.peersWithoutIpv4Address?.length) {
+    message += `; no IPv4 address for ${routing.peersWithoutIpv4Address.join(", ")} (the node ` +
+      `has no IPv4 address to reach these multihop peers from)`;
   }
   if (routing.lastReload && !routing.lastReload.ok) {
     message += `; the last BIRD reload failed: ${routing.lastReload.message ?? "no reason given"}`;

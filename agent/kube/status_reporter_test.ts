@@ -116,6 +116,12 @@ Deno.test("buildStatus: BGPEstablished is true only when every configured sessio
     "0 of 1 BGP sessions established; no IPv4 link to 10.0.0.1 (no interface has an IPv4 " +
       "address in their subnet)",
   );
+  const noAddress = bgp({ sessions: 1, sessionsUp: 0, peersWithoutIpv4Address: ["10.1.0.2"] });
+  assert.equal(
+    noAddress?.message,
+    "0 of 1 BGP sessions established; no IPv4 address for 10.1.0.2 (the node has no IPv4 " +
+      "address to reach these multihop peers from)",
+  );
 });
 
 Deno.test("keepTransitionTimes: the time moves only when a condition's status flips", () => {

@@ -613,3 +613,71 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "bgp next hop: a direct IPv4 peer at the other end of a point-to-point address " +
+    "(`ip addr add A peer B`) is on-link: BIRD peers with it and flock status names no peer",
+  ...COMMON,
+  async fn() {
+    await using cleanup = new AsyncDisposableStack();
+    const { node, tor } = await startDirectLab(cleanup, true);
+    const ns = node.flock.ns;
+    try {
+      await tor.waitEstablished();
+      // The link becomes point-to-point: IFA_LOCAL 10.0.0.11, IFA_ADDRESS 10.0.0.1 (the ToR).
+      await ns.ip(["addr", "del", "10.0.0.11/24", "dev", "eth0"]);
+      await ns.ip(["addr", "add", "10.0.0.11", "peer", "10.0.0.1/32", "dev", "eth0"]);
+      await node.flock.restartAgent();
+      await node.bird.birdc(["restart", "peer_10_0_0_1"]);
+      await tor.waitEstablished();
+      await addPod(node, cleanup, "nh-ptp-pod");
+      await tor.waitRib("ipv4", (rib) => nextHop(rib[CIDR4]) === "10.0.0.11");
+      // Before the fix the agent named the ToR as on no IPv4 link, although BIRD peers with it.
+      assert.equal((await statusBgp(node)).peersWithoutIpv4Link, undefined);
+      assert.doesNotMatch(await flockStatus(node), /NO IPv4 LINK/);
+      const log = await Deno.readTextFile(node.flock.agentLogPath);
+      assert.doesNotMatch(log, /IPv4 peers on no link/);
+    } catch (e) {
+      await printDiagnostics(node, tor);
+      throw e;
+    }
+  },
+});
+
+Deno.test({
+  name: "bgp next hop: an IPv4 multihop peer of an IPv6-only node is named in flock status, " +
+    "and peers once the node gets an IPv4 address",
+  ...COMMON,
+  async fn() {
+    await using cleanup = new AsyncDisposableStack();
+    const lab = await startLab(cleanup, { address: "10.1.0.2", multihop: 2 }, false);
+    const { node, peer } = lab;
+    const withoutAddress = async () => (await statusBgp(node)).peersWithoutIpv4Address;
+    try {
+      // Named from the start (before the fix: nowhere), in the log and both status forms.
+      assert.deepEqual(await withoutAddress(), ["10.1.0.2"]);
+      assert.match(await flockStatus(node), /^ {2}NO IPv4 ADDRESS for 10\.1\.0\.2: /m);
+      const log = await Deno.readTextFile(node.flock.agentLogPath);
+      assert.match(log, /IPv4 multihop peers, but the node has no IPv4 address/);
+      assert.notEqual((await peer.neighborStates())["10.0.0.11"], "established");
+
+      // The node's IPv4 as a /32 on lo: the kernel takes it as the session's source.
+      await addAddress(node.flock.ns, "lo", "10.0.0.11/32");
+      const clearedMs = await msUntil(
+        "flock status names the peer no more",
+        async () => (await withoutAddress()) === undefined,
+      );
+      const upMs = await msUntil(
+        "the peer's session to 10.0.0.11 is established",
+        async () => (await peer.neighborStates())["10.0.0.11"] === "established",
+      );
+      console.log(
+        `IPv4 address added -> peer no longer named: ${clearedMs.toFixed(0)} ms; ` +
+          `-> session established: ${upMs.toFixed(0)} ms`,
+      );
+    } catch (e) {
+      await printDiagnostics(node, peer, lab);
+      throw e;
+    }
+  },
+});
