@@ -397,23 +397,40 @@ Deno.test({
   },
 });
 
+/**
+ * A namespace running BIRD, and a NodeRouting driving it (reloads coalesced over 10 ms, the
+ * address notifications read every 50 ms) whose log lines are kept; `prepare` runs before the
+ * NodeRouting is made. Disposing closes the NodeRouting, then BIRD and the namespace.
+ */
+async function routingLab(name: string, prepare?: (ns: TestNamespace) => Promise<void>) {
+  await using stack = new AsyncDisposableStack();
+  const ns = stack.use(await TestNamespace.create(name));
+  const bird = stack.use(await BirdDaemon.start(ns, { config: bootstrapBirdConfig("10.9.9.9") }));
+  await prepare?.(ns);
+  const handle = Handle.forNetns(ns.path);
+  stack.defer(() => handle.close());
+  const logged: Record<string, unknown>[] = [];
+  const routing = new NodeRouting({
+    handle,
+    nodeName: "node-1",
+    bird: { ...bird.controlOptions(), coalesceMs: 10, addressPollMs: 50 },
+    log: (f) => logged.push(f),
+  });
+  stack.defer(() => routing.close());
+  const owned = stack.move();
+  return { ns, bird, handle, routing, logged, [Symbol.asyncDispose]: () => owned.disposeAsync() };
+}
+
 Deno.test({
   name: "NodeRouting: an address change re-renders bird.conf; BIRD reloads only when the text " +
     "changed",
   ...ROOT_ONLY,
   async fn() {
-    await using ns = await TestNamespace.create("flk-rtaddr");
-    await using bird = await BirdDaemon.start(ns, { config: bootstrapBirdConfig("10.9.9.9") });
-    // An IPv4 source for the multihop peer from the start: only the IPv6 next hop changes here.
-    await ns.ip(["addr", "add", "10.0.0.11/32", "dev", "lo"]);
-    const handle = Handle.forNetns(ns.path);
-    const logged: Record<string, unknown>[] = [];
-    const routing = new NodeRouting({
-      handle,
-      nodeName: "node-1",
-      bird: { ...bird.controlOptions(), coalesceMs: 10, addressPollMs: 50 },
-      log: (f) => logged.push(f),
+    await using lab = await routingLab("flk-rtaddr", async (ns) => {
+      // An IPv4 source for the multihop peer from the start: only the IPv6 next hop changes here.
+      await ns.ip(["addr", "add", "10.0.0.11/32", "dev", "lo"]);
     });
+    const { ns, bird, routing, logged } = lab;
     // A multihop IPv4 peer: its IPv6 next hop is the node's global IPv6, if it has one.
     const spec = {
       cidr6: "fd00:1::/64",
@@ -431,28 +448,23 @@ Deno.test({
         await new Promise((r) => setTimeout(r, 20));
       }
     };
-    try {
-      await routing.configure(parseNodeConfig(spec, "t"));
-      assert.deepEqual(routing.peersWithoutIpv6, ["10.1.0.2"]);
-      const before = reloads();
+    await routing.configure(parseNodeConfig(spec, "t"));
+    assert.deepEqual(routing.peersWithoutIpv6, ["10.1.0.2"]);
+    const before = reloads();
 
-      await ns.ip(["addr", "add", "fd00:a::11/128", "dev", "lo"]);
-      await waitFor("a reload with the new next hop", () => reloads() > before);
-      await routing.control!.settled();
-      assert.deepEqual(routing.peersWithoutIpv6, []);
-      assert.match(await Deno.readTextFile(bird.configPath), /bgp_next_hop = fd00:a::11;/);
+    await ns.ip(["addr", "add", "fd00:a::11/128", "dev", "lo"]);
+    await waitFor("a reload with the new next hop", () => reloads() > before);
+    await routing.control!.settled();
+    assert.deepEqual(routing.peersWithoutIpv6, []);
+    assert.match(await Deno.readTextFile(bird.configPath), /bgp_next_hop = fd00:a::11;/);
 
-      // An address that changes no next hop: rendered again, the same text, no reload.
-      const after = reloads();
-      const renders = logged.length;
-      await ns.ip(["addr", "add", "10.7.0.1/24", "dev", "lo"]);
-      await new Promise((r) => setTimeout(r, 600));
-      assert.equal(reloads(), after);
-      assert.equal(logged.length, renders, JSON.stringify(logged.slice(renders)));
-    } finally {
-      await routing.close();
-      handle.close();
-    }
+    // An address that changes no next hop: rendered again, the same text, no reload.
+    const after = reloads();
+    const renders = logged.length;
+    await ns.ip(["addr", "add", "10.7.0.1/24", "dev", "lo"]);
+    await new Promise((r) => setTimeout(r, 600));
+    assert.equal(reloads(), after);
+    assert.equal(logged.length, renders, JSON.stringify(logged.slice(renders)));
   },
 });
 
@@ -560,17 +572,10 @@ Deno.test({
     "an IPv4 address",
   ...ROOT_ONLY,
   async fn() {
-    await using ns = await TestNamespace.create("flk-rtv6only");
-    await using bird = await BirdDaemon.start(ns, { config: bootstrapBirdConfig("10.9.9.9") });
-    await ns.ip(["addr", "add", "fd00:a::11/128", "dev", "lo"]);
-    const handle = Handle.forNetns(ns.path);
-    const logged: Record<string, unknown>[] = [];
-    const routing = new NodeRouting({
-      handle,
-      nodeName: "node-1",
-      bird: { ...bird.controlOptions(), coalesceMs: 10, addressPollMs: 50 },
-      log: (f) => logged.push(f),
+    await using lab = await routingLab("flk-rtv6only", async (ns) => {
+      await ns.ip(["addr", "add", "fd00:a::11/128", "dev", "lo"]);
     });
+    const { ns, routing, logged } = lab;
     const spec = {
       cidr6: "fd00:1::/64",
       bgp: {
@@ -582,29 +587,24 @@ Deno.test({
         ],
       },
     };
-    try {
-      await routing.configure(parseNodeConfig(spec, "t"));
-      assert.deepEqual(routing.peersWithoutIpv4Address, ["10.1.0.2"]);
-      const warning = logged.find((f) => /node has no IPv4 address/.test(String(f.msg)));
-      assert.deepEqual(warning?.peers, ["10.1.0.2"]);
-      // A multihop peer is not the single-hop check's business.
-      assert.deepEqual(routing.peersWithoutIpv4Link, []);
+    await routing.configure(parseNodeConfig(spec, "t"));
+    assert.deepEqual(routing.peersWithoutIpv4Address, ["10.1.0.2"]);
+    const warning = logged.find((f) => /node has no IPv4 address/.test(String(f.msg)));
+    assert.deepEqual(warning?.peers, ["10.1.0.2"]);
+    // A multihop peer is not the single-hop check's business.
+    assert.deepEqual(routing.peersWithoutIpv4Link, []);
 
-      await ns.ip(["addr", "add", "10.0.0.11/32", "dev", "lo"]);
-      const deadline = Date.now() + 5_000;
-      while (routing.peersWithoutIpv4Address.length && Date.now() < deadline) {
-        await new Promise((r) => setTimeout(r, 20));
-      }
-      assert.deepEqual(routing.peersWithoutIpv4Address, []);
-      assert.ok(logged.some((f) =>
-        /IPv4 address for its IPv4 multihop peers again/.test(
-          String(f.msg),
-        )
-      ));
-    } finally {
-      await routing.close();
-      handle.close();
+    await ns.ip(["addr", "add", "10.0.0.11/32", "dev", "lo"]);
+    const deadline = Date.now() + 5_000;
+    while (routing.peersWithoutIpv4Address.length && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 20));
     }
+    assert.deepEqual(routing.peersWithoutIpv4Address, []);
+    assert.ok(logged.some((f) =>
+      /IPv4 address for its IPv4 multihop peers again/.test(
+        String(f.msg),
+      )
+    ));
   },
 });
 
@@ -613,18 +613,11 @@ Deno.test({
     "and each distinct error is logged once",
   ...ROOT_ONLY,
   async fn() {
-    await using ns = await TestNamespace.create("flk-rtrej");
-    await using bird = await BirdDaemon.start(ns, { config: bootstrapBirdConfig("10.9.9.9") });
-    // An IPv4 source for the multihop peer: that warning is not this test's business.
-    await ns.ip(["addr", "add", "10.0.0.11/32", "dev", "lo"]);
-    const handle = Handle.forNetns(ns.path);
-    const logged: Record<string, unknown>[] = [];
-    const routing = new NodeRouting({
-      handle,
-      nodeName: "node-1",
-      bird: { ...bird.controlOptions(), coalesceMs: 10, addressPollMs: 50 },
-      log: (f) => logged.push(f),
+    await using lab = await routingLab("flk-rtrej", async (ns) => {
+      // An IPv4 source for the multihop peer: that warning is not this test's business.
+      await ns.ip(["addr", "add", "10.0.0.11/32", "dev", "lo"]);
     });
+    const { ns, routing, logged } = lab;
     const spec = {
       cidr6: "fd00:1::/64",
       bgp: {
@@ -639,46 +632,41 @@ Deno.test({
     const meshPeer = { name: "node-2", address: "fe80::5", asn: 64512, cidrs: ["fd00:2::/64"] };
     const rejections = () =>
       logged.filter((f) => /bird rejected the new config/.test(String(f.msg))).length;
-    try {
-      await routing.configure(parseNodeConfig(spec, "t"));
-      const first = await routing.setMeshPeers([meshPeer]);
-      assert.equal(first?.result, "rejected");
-      assert.match(first?.error ?? "", /Link-local/);
-      assert.equal(rejections(), 1);
-      const attempt = routing.birdStatus()?.lastAttempt;
+    await routing.configure(parseNodeConfig(spec, "t"));
+    const first = await routing.setMeshPeers([meshPeer]);
+    assert.equal(first?.result, "rejected");
+    assert.match(first?.error ?? "", /Link-local/);
+    assert.equal(rejections(), 1);
+    const attempt = routing.birdStatus()?.lastAttempt;
 
-      // Global address changes that render the same text: nothing handed over, nothing logged.
-      const changes = 10;
-      const before = logged.length;
-      for (let i = 1; i <= changes; i++) {
-        await ns.ip(["addr", "add", `10.7.0.${i}/24`, "dev", "lo"]);
-        await new Promise((r) => setTimeout(r, 300));
-      }
-      const lines = logged.length - before;
-      console.log(`log lines per ${changes} address changes with a rejected config: ${lines}`);
-      assert.equal(lines, 0, JSON.stringify(logged.slice(before)));
-      assert.equal(routing.birdStatus()?.lastAttempt, attempt, "the rejected text was re-sent");
-      // The same text from another path: not re-sent either; the rejection is what it gets.
-      const again = await routing.setMeshPeers([meshPeer]);
-      assert.equal(again?.result, "rejected");
-      assert.equal(routing.birdStatus()?.lastAttempt, attempt);
-
-      // A changed text (the multihop peer's IPv6 next hop) with the same fault: handed over,
-      // rejected, and the same error not logged again.
-      const changed = await routing.setNodeAddresses(["fd00:a::11"]);
-      assert.equal(changed?.result, "rejected");
-      const moved = await routing.setNodeAddresses(["fd00:a::12"]);
-      assert.equal(moved?.result, "rejected");
-      assert.notEqual(routing.birdStatus()?.lastAttempt, attempt);
-      assert.equal(rejections(), 2, "fd00:a::11's text moved the error a few lines down");
-
-      // Fixed: taken, and a later rejection is logged again.
-      assert.equal((await routing.setMeshPeers([]))?.result, "ok");
-      assert.equal((await routing.setMeshPeers([meshPeer]))?.result, "rejected");
-      assert.equal(rejections(), 3);
-    } finally {
-      await routing.close();
-      handle.close();
+    // Global address changes that render the same text: nothing handed over, nothing logged.
+    const changes = 10;
+    const before = logged.length;
+    for (let i = 1; i <= changes; i++) {
+      await ns.ip(["addr", "add", `10.7.0.${i}/24`, "dev", "lo"]);
+      await new Promise((r) => setTimeout(r, 300));
     }
+    const lines = logged.length - before;
+    console.log(`log lines per ${changes} address changes with a rejected config: ${lines}`);
+    assert.equal(lines, 0, JSON.stringify(logged.slice(before)));
+    assert.equal(routing.birdStatus()?.lastAttempt, attempt, "the rejected text was re-sent");
+    // The same text from another path: not re-sent either; the rejection is what it gets.
+    const again = await routing.setMeshPeers([meshPeer]);
+    assert.equal(again?.result, "rejected");
+    assert.equal(routing.birdStatus()?.lastAttempt, attempt);
+
+    // A changed text (the multihop peer's IPv6 next hop) with the same fault: handed over,
+    // rejected, and the same error not logged again.
+    const changed = await routing.setNodeAddresses(["fd00:a::11"]);
+    assert.equal(changed?.result, "rejected");
+    const moved = await routing.setNodeAddresses(["fd00:a::12"]);
+    assert.equal(moved?.result, "rejected");
+    assert.notEqual(routing.birdStatus()?.lastAttempt, attempt);
+    assert.equal(rejections(), 2, "fd00:a::11's text moved the error a few lines down");
+
+    // Fixed: taken, and a later rejection is logged again.
+    assert.equal((await routing.setMeshPeers([]))?.result, "ok");
+    assert.equal((await routing.setMeshPeers([meshPeer]))?.result, "rejected");
+    assert.equal(rejections(), 3);
   },
 });
