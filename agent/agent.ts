@@ -447,6 +447,8 @@ export class Agent {
     if (withoutBgp(node) !== withoutBgp(this.#node)) return false;
     // The kernel part's failure (a kernel too busy to list routes) is the caller's to report.
     await this.#routing.applyConfig(node, (dst) => this.#holdsPods(dst));
+    // In force from now: the next SIGHUP compares against it, and every reader sees its BGP part.
+    this.#node = node;
     await this.#trackReload(this.#routing.reloadBird());
     return true;
   }
