@@ -24,18 +24,23 @@ export class FailureStreak {
     return this.#failures;
   }
 
-  /** Records a failed round; logs the first one and every {@link REMIND_EVERY}th. */
-  failed(error: unknown): void {
+  /**
+   * Records a failed round; logs the first one and every {@link REMIND_EVERY}th, with `context`
+   * (which may set `level`) added to the line. Returns whether it logged.
+   */
+  failed(error: unknown, context: Record<string, unknown> = {}): boolean {
     const failures = ++this.#failures;
-    if (failures !== 1 && failures % REMIND_EVERY !== 0) return;
+    if (failures !== 1 && failures % REMIND_EVERY !== 0) return false;
     this.log?.({
       level: "warn",
+      ...context,
       msg: failures === 1
         ? `${this.what} failed; retrying every round, logged again once it recovers`
         : `${this.what} still failing`,
       failures,
       error: error instanceof Error ? error.message : String(error),
     });
+    return true;
   }
 
   /** Records a successful round; logs the recovery after failed ones. */

@@ -13,6 +13,8 @@
  * retried. A reload that could not be completed (BIRD did not answer within
  * `commandTimeoutMs`, being busy or stopped, or the file could not be written) is `failed`, not
  * `rejected`: nothing judged the config, so it is retried every `retryMs` until BIRD takes it.
+ * Such an outage is logged when it starts, when its cause changes (stopped, then down), every
+ * 60th retry (failure_streak.ts) and when BIRD answers again, not at every retry.
  *
  * Every command runs with an argument list (Deno.Command), never through a shell.
  *
@@ -20,6 +22,7 @@
  */
 
 import { run } from "../agent/exec.ts";
+import { FailureStreak } from "../agent/failure_streak.ts";
 
 /** Distinct rejection errors remembered at most (see BirdControl's rejection log). */
 const MAX_LOGGED_REJECTIONS = 64;
@@ -168,6 +171,10 @@ export class BirdControl {
    * once (a config rendered anew with the same fault would log it at every render otherwise).
    */
   readonly #loggedRejections = new Set<string>();
+  /** Reloads in a row that BIRD gave no verdict on (down, stopped, file not written). */
+  readonly #outage: FailureStreak;
+  /** What the last of those rounds ran into, to log a change of cause once. */
+  #outageCause?: string;
   readonly status: BirdReloadStatus = { result: "never", reloads: 0, unchanged: 0 };
 
   constructor(options: BirdControlOptions) {
@@ -184,6 +191,7 @@ export class BirdControl {
     } as Required<Omit<BirdControlOptions, "log" | "onAttempt">>;
     this.#log = options.log ?? (() => {});
     this.#onAttempt = options.onAttempt ?? (() => {});
+    this.#outage = new FailureStreak("bird reload", this.#log);
     if (this.#o.watchMs > 0) {
       this.#watchTimer = setInterval(() => this.#probe(), this.#o.watchMs);
       Deno.unrefTimer(this.#watchTimer);
@@ -267,6 +275,7 @@ export class BirdControl {
       return;
     }
     if (!check.ok) {
+      this.#birdAnswered();
       await this.#reject(candidate, check.message);
       return;
     }
@@ -280,6 +289,7 @@ export class BirdControl {
     }
     const now = new Date().toISOString();
     this.status.lastAttempt = now;
+    if (!reply.unreachable) this.#birdAnswered();
     if (reply.ok) {
       this.#accepted = text;
       Object.assign(this.status, {
@@ -296,10 +306,12 @@ export class BirdControl {
     }
     this.status.result = reply.unreachable ? "unreachable" : "rejected";
     this.status.error = reply.message;
-    if (reply.unreachable || this.#newRejection(reply.message)) {
+    if (reply.unreachable) {
+      this.#outageRound("bird not reachable", reply.message);
+      this.#retry();
+    } else if (this.#newRejection(reply.message)) {
       this.#log({ level: "warn", msg: "bird configure failed", error: reply.message });
     }
-    if (reply.unreachable) this.#retry();
   }
 
   /** BIRD is down: check the candidate offline; a good one replaces the file BIRD will read. */
@@ -321,11 +333,7 @@ export class BirdControl {
     this.status.lastAttempt = new Date().toISOString();
     this.status.result = "unreachable";
     this.status.error = why;
-    this.#log({
-      level: "warn",
-      msg: "bird not reachable; config written for its start",
-      error: why,
-    });
+    this.#outageRound("bird not reachable; config written for its start", why);
     this.#retry();
   }
 
@@ -362,7 +370,7 @@ export class BirdControl {
     this.status.result = "failed";
     this.status.error = `cannot apply ${this.#o.configPath}: ${(e as Error)?.message ?? e}; ` +
       `retrying every ${this.#o.retryMs} ms`;
-    this.#log({ level: "error", msg: "bird config not applied", error: this.status.error });
+    this.#outageRound("bird config not applied", this.status.error, "error");
     this.#retry();
   }
 
@@ -375,8 +383,33 @@ export class BirdControl {
     this.status.result = "failed";
     this.status.error = `BIRD did not answer '${step}' within ${this.#o.commandTimeoutMs} ms ` +
       `(busy or stopped); retrying every ${this.#o.retryMs} ms`;
-    this.#log({ level: "warn", msg: "bird reload timed out", error: this.status.error });
+    this.#outageRound("bird reload timed out", this.status.error);
     this.#retry();
+  }
+
+  /**
+   * One more reload BIRD gave no verdict on (`cause` says why). Logged at the outage's start,
+   * every 60th round and when the cause changes: a retry every `retryMs`
+   * logging each time would fill the log for as long as BIRD is down.
+   */
+  #outageRound(cause: string, error: string, level = "warn"): void {
+    const changed = this.#outage.failures > 0 && cause !== this.#outageCause;
+    this.#outageCause = cause;
+    const logged = this.#outage.failed(error, { level, cause });
+    if (changed && !logged) {
+      this.#log({
+        level,
+        msg: `bird reload still failing, now: ${cause}`,
+        failures: this.#outage.failures,
+        error,
+      });
+    }
+  }
+
+  /** BIRD answered (took or judged a config): an outage is over, and logged as such. */
+  #birdAnswered(): void {
+    this.#outage.succeeded();
+    this.#outageCause = undefined;
   }
 
   /**

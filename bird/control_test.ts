@@ -301,3 +301,66 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "BirdControl: an outage (BIRD stopped, then killed) logs its start, not every retry, and its end",
+  ...ROOT_ONLY,
+  async fn() {
+    await using ns = await TestNamespace.create("flk-birdquiet");
+    await using bird = await BirdDaemon.start(ns, { config: bootstrapBirdConfig("10.9.9.9") });
+    const logs: Record<string, unknown>[] = [];
+    const control = new BirdControl({
+      ...bird.controlOptions(),
+      coalesceMs: 10,
+      commandTimeoutMs: 300,
+      retryMs: 100,
+      log: (f) => logs.push(f),
+    });
+    const attempts = () => control.status.lastAttempt;
+    const result = () => control.status.result;
+    /** Waits until `n` more reload attempts finished (retries while BIRD stays down). */
+    const retries = async (n: number) => {
+      for (let seen = 0, last = attempts(), i = 0; seen < n && i < 300; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        if (attempts() !== last) [seen, last] = [seen + 1, attempts()];
+      }
+    };
+    const outageLines = () =>
+      logs.filter((l) => l.msg !== "bird reconfigured").map((l) => String(l.msg));
+    try {
+      assert.equal((await control.update(config("fd00:1::/64"))).result, "ok");
+
+      // Stopped: every retry times out; one line says so, not one per retry.
+      bird.signal("SIGSTOP");
+      try {
+        assert.equal((await control.update(config("fd00:2::/64"))).result, "failed");
+        await retries(5);
+      } finally {
+        bird.signal("SIGCONT");
+      }
+      // Killed: the config is written for its start at every retry; the change is logged once.
+      await bird.kill("SIGKILL");
+      await retries(8);
+      assert.equal(result(), "unreachable");
+      const during = outageLines();
+      assert.equal(during.length, 2, `lines during the outage: ${JSON.stringify(logs)}`);
+      assert.match(during[0], /bird reload failed/);
+      assert.match(String(logs.find((l) => l.msg === during[0])?.error), /did not answer/);
+      assert.match(during[1], /still failing, now: bird not reachable; config written/);
+
+      // Back: the retry applies the config, and the end of the outage is logged once.
+      await bird.launch();
+      for (let i = 0; i < 200 && result() !== "ok"; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.equal(control.status.result, "ok", JSON.stringify(control.status));
+      const recovered = logs.filter((l) => /recovered/.test(String(l.msg)));
+      assert.equal(recovered.length, 1, JSON.stringify(logs));
+      assert.ok(Number(recovered[0].failures) >= 13, JSON.stringify(recovered));
+      assert.equal(outageLines().length, during.length + 1, JSON.stringify(logs));
+    } finally {
+      await control.close();
+    }
+  },
+});
