@@ -115,6 +115,8 @@ export class Agent {
   #configured: Promise<unknown> = Promise.resolve();
   /** Set by {@link close}: a configure still reconciling then stops before it serves. */
   #closed = false;
+  /** While a configure runs (its reconcile awaits), the sweep leaves the handler and pools alone. */
+  #configuring = false;
   /** Test-only (crash_points.ts, test_faults.ts); read once, so a reconfigure does not re-arm them. */
   readonly #crashAt = crashHookFromEnv();
   readonly #vethDeleteFault = vethDeleteFaultFromEnv();
@@ -191,7 +193,14 @@ export class Agent {
    * two reconciles of one store must not interleave).
    */
   configure(node: NodeConfig): Promise<ReconcileReport> {
-    const run = this.#configured.then(() => this.#configureNow(node));
+    const run = this.#configured.then(async () => {
+      this.#configuring = true;
+      try {
+        return await this.#configureNow(node);
+      } finally {
+        this.#configuring = false;
+      }
+    });
     this.#configured = run.catch(() => {});
     return run;
   }
@@ -257,6 +266,9 @@ export class Agent {
     this.#anycast = anycast;
     anycast.startResync();
     this.#releaseSweep ??= setInterval(() => {
+      // A reconfigure's reconcile has restored the new pools from the store while the handler in
+      // force still has the old ones: what the sweep freed now would stay taken in the new ones.
+      if (this.#configuring) return;
       this.#probeStoreAfterFailure();
       this.#pruneCooledReleases(cooldownMs);
       this.#finishStuckReleases();
