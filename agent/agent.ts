@@ -111,7 +111,10 @@ export class Agent {
   #releaseSweep?: ReturnType<typeof setInterval>;
   /** The stuck-release sweep in progress, if any (close waits for it). */
   #sweep?: Promise<void>;
-  /** The last {@link configure} (settled once it is done, whatever its outcome). */
+  /**
+   * The last {@link configure} or {@link reconfigureRouting}, which run one after another
+   * (settled once it is done, whatever its outcome).
+   */
   #configured: Promise<unknown> = Promise.resolve();
   /** Set by {@link close}: a configure still reconciling then stops before it serves. */
   #closed = false;
@@ -453,7 +456,16 @@ export class Agent {
    * BIRD is reconfigured, pods are untouched. Other changes need an agent restart; returns
    * false (and changes nothing) for those.
    */
-  async reconfigureRouting(node: NodeConfig): Promise<boolean> {
+  reconfigureRouting(node: NodeConfig): Promise<boolean> {
+    // In the configure chain: two SIGHUPs' kernel parts both await (a busy kernel's pauses), and
+    // the first finishing last would leave its older config in force; close waits for it too.
+    const run = this.#configured.then(() => this.#reconfigureRoutingNow(node));
+    this.#configured = run.catch(() => {});
+    return run;
+  }
+
+  async #reconfigureRoutingNow(node: NodeConfig): Promise<boolean> {
+    this.#refuseIfClosed();
     if (!this.#routing || !this.#node) throw new Error("reconfigureRouting before configure");
     const withoutBgp = (n: NodeConfig) => JSON.stringify({ ...n.spec, bgp: undefined });
     if (withoutBgp(node) !== withoutBgp(this.#node)) return false;
