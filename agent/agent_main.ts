@@ -101,6 +101,17 @@ export async function agentMain(args: string[]): Promise<number> {
     cooldownMs: cooldown === undefined ? undefined : Number(cooldown),
   });
   if (cluster) agent.statusHooks.routerIdConflicts = () => cluster.routerIdConflicts;
+  // Registered first: SIGHUP's default action ends the process, which an operator sending it to
+  // reload (or to a cluster-mode agent, whose config is the NodeConfig object) does not expect.
+  Deno.addSignalListener("SIGHUP", () => {
+    if (!values.config) {
+      agent.log({ msg: "SIGHUP ignored: in cluster mode the NodeConfig object is the config" });
+    } else if (!agent.node) {
+      agent.log({ level: "warn", msg: "SIGHUP ignored: the node is not configured yet" });
+    } else {
+      reloadRouting(agent, values.config);
+    }
+  });
   await agent.listen();
   let http: HttpEndpoint | undefined;
   if (httpAddress) {
@@ -157,12 +168,8 @@ export async function agentMain(args: string[]): Promise<number> {
     return 1;
   }
   agent.log({ msg: "ready", node: nodeName });
-  const { promise: stopped, resolve } = Promise.withResolvers<string>();
-  for (const sig of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(sig, () => resolve(sig));
-  // SIGHUP re-reads the config file and applies BGP changes without touching pods.
-  const configPath = values.config;
-  Deno.addSignalListener("SIGHUP", () => reloadRouting(agent, configPath));
-  const signal = await stopped;
+  // From now on SIGHUP re-reads the config file and applies BGP changes without touching pods.
+  const signal = await stopSignal();
   const stopping = performance.now();
   agent.log({ msg: "stopping", signal });
   await stopWithin("http", SHUTDOWN_STEP_MS.http, () => http?.close() ?? Promise.resolve(), log);

@@ -344,6 +344,15 @@ Deno.test({
     assert.notEqual(early.code, 0);
     await node.waitReady();
     assert.match(await node.agentLog(), /no NodeConfig for this node; using Node.spec.podCIDRs/);
+    // SIGHUP (a reload habit, or a terminal hang-up) must not end a cluster-mode agent.
+    node.agent!.kill("SIGHUP");
+    await eventually(
+      "the SIGHUP to be logged",
+      () => node.agentLog(),
+      (log) => /SIGHUP ignored: in cluster mode the NodeConfig object is the config/.test(log),
+      5_000,
+    );
+    assert.equal((await node.cni("STATUS")).code, 0, "still serving after SIGHUP");
     await using pod = await TestNamespace.create("flk-kp");
     const r = await node.cni("ADD", { containerId: "ctr-plain", netns: pod.path });
     const ips = addresses(r);
