@@ -37,6 +37,7 @@ import {
   listLinks,
   listRoutes,
   netnsIdOf,
+  netnsIdOfFd,
   parseIP,
   parsePrefix,
   type Prefix,
@@ -53,7 +54,7 @@ import {
   setNeighTableParams,
   validateIfname,
 } from "../netlink/mod.ts";
-import { closeFd, O_CLOEXEC, O_NONBLOCK, O_RDONLY, openPath } from "../netlink/ffi.ts";
+import { closeFd, O_CLOEXEC, O_NONBLOCK, O_RDONLY, openPathOrNone } from "../netlink/ffi.ts";
 import { fnv1a32 } from "./fnv.ts";
 import { type NetnsIdentity, netnsIdentityOfFd } from "./netns_identity.ts";
 import { vethMacs } from "./veth_mac.ts";
@@ -405,16 +406,13 @@ export class Datapath {
     if (!host || host.kind !== "veth" || !host.peerIndex || host.peerNetnsId === undefined) {
       return { unknown: false };
     }
-    let fd: number;
-    try {
-      // Non-blocking: a FIFO at `path` would otherwise block the only JS thread for good.
-      fd = openPath(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    } catch {
-      return { unknown: true };
-    }
+    // Non-blocking: a FIFO at `path` would otherwise block the only JS thread for good. No
+    // exception when it fails: after a restart, most paths may be gone.
+    const fd = openPathOrNone(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd === undefined) return { unknown: true };
     try {
       const identity = netnsIdentityOfFd(fd);
-      const held = netnsIdOf(this.node, `/proc/self/fd/${fd}`) === host.peerNetnsId;
+      const held = netnsIdOfFd(this.node, fd, path) === host.peerNetnsId;
       return held ? { identity, unknown: false } : { unknown: true };
     } catch {
       return { unknown: true };
@@ -819,7 +817,7 @@ export class Datapath {
    */
   #peerIsIn(host: Link, ns: Handle): boolean {
     if (host.peerNetnsId === undefined) return false;
-    return netnsIdOf(this.node, `/proc/self/fd/${ns.netnsFd}`) === host.peerNetnsId;
+    return netnsIdOfFd(this.node, ns.netnsFd) === host.peerNetnsId;
   }
 
   /**

@@ -15,8 +15,8 @@
  * @module
  */
 
-import { closeFd, O_CLOEXEC, O_NONBLOCK, O_RDONLY, openPath } from "../netlink/ffi.ts";
-import { type Handle, type Link, netnsIdOf } from "../netlink/mod.ts";
+import { closeFd, O_CLOEXEC, O_NONBLOCK, O_RDONLY, openPathOrNone } from "../netlink/ffi.ts";
+import { type Handle, type Link, netnsIdOfFd } from "../netlink/mod.ts";
 import type { Datapath } from "./datapath.ts";
 import { type NetnsIdentities, type NetnsIdentity, netnsIdentityOfFd } from "./netns_identity.ts";
 import type { Attachment } from "./store.ts";
@@ -51,8 +51,10 @@ export interface RelocateReport {
 export interface RelocateDeps {
   identities: NetnsIdentities;
   datapath: Datapath;
-  /** The stored record of the key, if it is still in the store. */
-  recordOf: (key: string) => Pick<Attachment, "hostIface" | "netns"> | undefined;
+  /** The stored records of those keys still in the store, by key (one read for many keys). */
+  recordsOf: (
+    keys: readonly string[],
+  ) => ReadonlyMap<string, Pick<Attachment, "hostIface" | "netns">>;
   /** Where runtimes mount pod netns (default {@link RUNTIME_NETNS_DIRS}). */
   netnsDirs?: readonly string[];
 }
@@ -70,9 +72,10 @@ export class UnknownNetnsRelocator {
   /**
    * One sweep. Synchronous on purpose: no ADD, DEL or CHECK runs between its link dump and what
    * it notes, and all it changes is additive knowledge (a netns a record's veth is in right now,
-   * or that its veth is gone), so it needs no container's turn.
+   * or that its veth is gone), so it needs no container's turn. `freshNodeLinks`: a dump of the
+   * node's links taken in the same synchronous run (nothing changed since), used instead of one.
    */
-  sweep(): RelocateReport {
+  sweep(freshNodeLinks?: ReadonlyMap<string, Link>): RelocateReport {
     const sweep = ++this.#sweeps;
     const { identities, datapath } = this.deps;
     for (const key of this.#backoff.keys()) {
@@ -83,13 +86,15 @@ export class UnknownNetnsRelocator {
       .slice(0, MAX_RECORDS_PER_SWEEP);
     if (!due.length) return NOTHING;
     // Without the dump this sweep looks for nobody (no lookup per record); the next one tries.
-    const nodeLinks = datapath.nodeLinksOrNone("learning the netns of unknown records");
+    const nodeLinks = freshNodeLinks ??
+      datapath.nodeLinksOrNone("learning the netns of unknown records");
     if (!nodeLinks) return NOTHING;
     const report = { ...NOTHING, lookedFor: due.length };
     /** Records whose veth's peer lives in a netns their path does not name, by the netns's id. */
     const byNsid = new Map<number, string[]>();
+    const records = this.deps.recordsOf(due);
     for (const key of due) {
-      const rec = this.deps.recordOf(key);
+      const rec = records.get(key);
       if (!rec) {
         identities.forget(key);
         continue;
@@ -172,14 +177,11 @@ export function netnsByNsid(
       if (identities.size === wanted.size || scanned >= MAX_NETNS_SCANNED) break;
       if (entry.isDirectory) continue;
       scanned++;
-      let fd: number;
+      const path = `${real}/${entry.name}`;
+      const fd = openPathOrNone(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+      if (fd === undefined) continue;
       try {
-        fd = openPath(`${real}/${entry.name}`, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-      } catch {
-        continue;
-      }
-      try {
-        const nsid = netnsIdOf(node, `/proc/self/fd/${fd}`);
+        const nsid = netnsIdOfFd(node, fd, path);
         if (nsid !== undefined && wanted.has(nsid) && !identities.has(nsid)) {
           identities.set(nsid, netnsIdentityOfFd(fd));
         }

@@ -92,7 +92,9 @@ Deno.test({
 
       // The sweep as the restarted agent's first work: it learns the records' netns first.
       handler = agent.restart();
-      assert.equal(handler.relocateUnknownNetns().located, 1);
+      const first = await linkDumpsOf(() => handler.relocateUnknownNetns());
+      assert.equal(first.value.located, 1);
+      assert.equal(first.dumps, 1, "learning the records and the sweep share one node link dump");
       assert.equal(await linkDumpsOfNewPod(handler, "after-first-sweep", newNs.path), 0);
 
       await handler.del(request("DEL", "lost", podNs.path));

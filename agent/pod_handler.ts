@@ -60,6 +60,7 @@ import { otherPodSides, setupOwnershipChecks } from "./veth_owner.ts";
 import { isNetnsGone } from "./netns_path.ts";
 import { NetnsIdentities, type NetnsIdentity } from "./netns_identity.ts";
 import { type RelocateReport, UnknownNetnsRelocator } from "./netns_relocate.ts";
+import { attachmentKey, storedRecordOf, storedRecordsOf } from "./attachment_key.ts";
 import { freeUnroutedWithheld, withheldReason, withheldThrough } from "./withheld.ts";
 
 /** CNI error code for a CHECK that found the datapath differing (plugin-specific range). */
@@ -160,7 +161,7 @@ export class PodHandler {
     this.#relocator = new UnknownNetnsRelocator({
       identities: this.#netnsIdentities,
       datapath: deps.datapath,
-      recordOf: (key) => storedRecordOf(deps.store, key),
+      recordsOf: (keys) => storedRecordsOf(deps.store, keys),
     });
   }
 
@@ -170,8 +171,8 @@ export class PodHandler {
    * records' netns first when no request has yet. Synchronous, additive: no container's turn.
    */
   relocateUnknownNetns(): RelocateReport {
-    this.#buildNetnsIdentities();
-    return this.#relocator.sweep();
+    // Learnt just now: the sweep looks on the same link dump (no request ran in between).
+    return this.#relocator.sweep(this.#buildNetnsIdentities());
   }
 
   /**
@@ -480,9 +481,11 @@ export class PodHandler {
   /**
    * The netns identities of the records the store held before this handler's first ADD (the
    * start-up reconcile's survivors), from the kernel: where each record's veth's other end is.
+   * Returns the node's links when it dumped them just now (it builds once), for a caller that
+   * looks at them in the same synchronous run.
    */
-  #buildNetnsIdentities(): void {
-    if (this.#netnsIdentitiesBuilt) return;
+  #buildNetnsIdentities(): ReadonlyMap<string, Link> | undefined {
+    if (this.#netnsIdentitiesBuilt) return undefined;
     const records = this.deps.store.list();
     // One dump of the node's links for every record, not a lookup each; should the dump fail,
     // each record asks for its own veth (a failure there makes only that record unknown).
@@ -502,6 +505,7 @@ export class PodHandler {
     }
     // Only once complete: a store that failed to list fails this ADD, the next one builds again.
     this.#netnsIdentitiesBuilt = true;
+    return nodeLinks;
   }
 
   /**
@@ -1048,16 +1052,6 @@ function expectedMacs(
   const pod = interfaces.findLast((i) => i.name === ifname && i.sandbox !== undefined);
   const host = interfaces.findLast((i) => i.name === hostIface && i.sandbox === undefined);
   return { podMac: pod?.mac || undefined, hostMac: host?.mac || undefined };
-}
-
-function attachmentKey(a: Pick<Attachment, "containerId" | "ifname">): string {
-  return `${a.containerId}\u0000${a.ifname}`;
-}
-
-/** The stored record of the {@link attachmentKey} `key`, if it is in the store. */
-function storedRecordOf(store: Store, key: string): Attachment | undefined {
-  const [containerId, ifname] = key.split("\u0000");
-  return store.get(containerId, ifname);
 }
 
 function errorMessage(e: unknown): string {

@@ -15,5 +15,5 @@ export * from "./link.ts";
 export * from "./addr.ts";
 export * from "./route.ts";
 export * from "./neightbl.ts";
-export { netnsIdOf } from "./nsid.ts";
+export { netnsIdOf, netnsIdOfFd } from "./nsid.ts";
 export { AddressEvents } from "./addr_events.ts";

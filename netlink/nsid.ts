@@ -6,7 +6,7 @@
  * @module
  */
 
-import { closeFd, O_CLOEXEC, O_NONBLOCK, O_RDONLY, openPath } from "./ffi.ts";
+import { closeFd, O_CLOEXEC, O_NONBLOCK, O_RDONLY, openPathOrNone } from "./ffi.ts";
 import type { Handle } from "./handle.ts";
 import { parseAttributes, readI32 } from "./wire.ts";
 
@@ -22,20 +22,24 @@ const RTGENMSG = new Uint8Array(4);
  * veth's other end is) or the path is gone.
  */
 export function netnsIdOf(h: Handle, path: string): number | undefined {
-  let fd: number;
+  // Non-blocking: a FIFO at `path` would otherwise block the only JS thread for good.
+  const fd = openPathOrNone(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd === undefined) return undefined;
   try {
-    // Non-blocking: a FIFO at `path` would otherwise block the only JS thread for good.
-    fd = openPath(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  } catch {
-    return undefined;
-  }
-  try {
-    const msg = h.message(RTM_GETNSID).raw(RTGENMSG).u32(NETNSA_FD, fd);
-    const [reply] = h.execute(msg, `get the netns id of ${path}`);
-    const id = reply && readI32(parseAttributes(reply.body.subarray(4)).get(NETNSA_NSID));
-    // NETNSA_NSID_NOT_ASSIGNED is -1.
-    return id === undefined || id < 0 ? undefined : id;
+    return netnsIdOfFd(h, fd, path);
   } finally {
     closeFd(fd);
   }
+}
+
+/**
+ * {@link netnsIdOf} the namespace the open fd `fd` refers to (`what` names it in errors): no
+ * open of its own, for a caller that holds the fd already.
+ */
+export function netnsIdOfFd(h: Handle, fd: number, what = `fd ${fd}`): number | undefined {
+  const msg = h.message(RTM_GETNSID).raw(RTGENMSG).u32(NETNSA_FD, fd);
+  const [reply] = h.execute(msg, `get the netns id of ${what}`);
+  const id = reply && readI32(parseAttributes(reply.body.subarray(4)).get(NETNSA_NSID));
+  // NETNSA_NSID_NOT_ASSIGNED is -1.
+  return id === undefined || id < 0 ? undefined : id;
 }
