@@ -50,9 +50,15 @@ import { vethDeleteDelayFromEnv } from "./test_slow_delete.ts";
 import { isStoreError, RuntimeHealth } from "./health.ts";
 import { toCniError } from "./cni_errors.ts";
 import { sameIdentity, type StatIdentity, statIdentity } from "./same_file.ts";
+import { releaseNoLongerHeld, storeHeldAddresses } from "./store_held.ts";
 
 /** How often DEL releases whose background veth deletion failed are retried. */
 const RELEASE_SWEEP_MS = 30_000;
+
+/** First pause before a reconfigure's failed summary routes are tried again; doubles each time. */
+const ROUTING_RETRY_FIRST_MS = 1_000;
+/** Longest pause between two tries of a reconfigure's summary routes. */
+const ROUTING_RETRY_MAX_MS = 30_000;
 
 /** Options of an {@link Agent}. */
 export interface AgentOptions {
@@ -111,6 +117,8 @@ export class Agent {
   #releaseSweep?: ReturnType<typeof setInterval>;
   /** The stuck-release sweep in progress, if any (close waits for it). */
   #sweep?: Promise<void>;
+  /** The next try of a reconfigure's summary routes that failed (see {@link #applyRouting}). */
+  #routingRetry?: ReturnType<typeof setTimeout>;
   /**
    * The last {@link configure} or {@link reconfigureRouting}, which run one after another
    * (settled once it is done, whatever its outcome).
@@ -226,16 +234,26 @@ export class Agent {
     const pool4 = node.cidr4 ? new AddressPool(node.cidr4, { cooldownMs }) : undefined;
     const started = performance.now();
     const anycast = new AnycastRoutes({ node: this.#handle, store: this.#store, log: this.log });
-    const report = await reconcile({
-      store: this.#store,
-      datapath,
-      pool6,
-      pool4,
-      cooldownMs,
-      anycast,
-      mtu: node.mtu,
-      keepRoute: (dst) => isSummaryRoute(node, dst) || this.#holdsPods(dst),
-    });
+    // A reconfigure: the old pools stay in force if its reconcile fails, after it may have
+    // released leftovers in the store; they must then give those back too (no leaked address).
+    const reconfiguring = this.#handler !== undefined;
+    const heldBefore = reconfiguring ? storeHeldAddresses(this.#store) : undefined;
+    let report: ReconcileReport;
+    try {
+      report = await reconcile({
+        store: this.#store,
+        datapath,
+        pool6,
+        pool4,
+        cooldownMs,
+        anycast,
+        mtu: node.mtu,
+        keepRoute: (dst) => isSummaryRoute(node, dst) || this.#holdsPods(dst),
+      });
+    } catch (e) {
+      if (heldBefore) this.#releaseIntoPoolsInForce(heldBefore);
+      throw e;
+    }
     // A stop signal during the reconcile's await: serving now would start the sweep timer and
     // the routing after close has stopped them (and on a closed store).
     this.#refuseIfClosed();
@@ -248,7 +266,7 @@ export class Agent {
       ...report,
       problems: report.problems.length ? report.problems : undefined,
     });
-    this.#handler = new PodHandler({
+    const handler = new PodHandler({
       store: this.#store,
       datapath,
       anycast,
@@ -262,9 +280,12 @@ export class Agent {
       addFault: this.#addFault,
       lookupAnnotations: this.options.annotationsFor,
     });
-    await this.#configureRouting(node);
+    await this.#applyRouting(node, report, reconfiguring);
     // A stop signal while a busy kernel's dump was read again: as after the reconcile.
     this.#refuseIfClosed();
+    // Ready only now, with the node's summary routes in place: a first start whose routing
+    // fails serves no pod before it exits, and `ready` means the node is fully set up.
+    this.#handler = handler;
     this.#anycast?.stopResync();
     this.#anycast = anycast;
     anycast.startResync();
@@ -284,6 +305,67 @@ export class Agent {
 
   #refuseIfClosed(): void {
     if (this.#closed) throw new Error("the agent is closing: not configured");
+  }
+
+  /** After a reconfigure's reconcile failed: the pools in force give back what the store freed. */
+  #releaseIntoPoolsInForce(heldBefore: ReadonlySet<string>): void {
+    try {
+      const released = releaseNoLongerHeld(this.#store!, heldBefore, [this.#pool6, this.#pool4]);
+      if (released.length) {
+        this.log({ msg: "failed reconfigure: released what it freed in the store", released });
+      }
+    } catch (e) {
+      // The store unreadable too: the next start restores the pools from it.
+      this.log({ level: "error", msg: "cannot resync the pools with the store", error: String(e) });
+    }
+  }
+
+  /**
+   * The routing step of a configure. At the first start its failure fails the start (nothing
+   * served yet, nothing switched). In a reconfigure the reconcile has already rewritten the store
+   * and the kernel for the new config, so going back is no option: the config is applied whole,
+   * the failure goes into the report and the log, and the summary routes are retried in the
+   * background (until they go in, a later config replaces this one, or the agent closes).
+   */
+  async #applyRouting(
+    node: NodeConfig,
+    report: ReconcileReport,
+    reconfiguring: boolean,
+  ): Promise<void> {
+    clearTimeout(this.#routingRetry);
+    try {
+      await this.#configureRouting(node);
+    } catch (e) {
+      if (!reconfiguring) throw e;
+      const problem = `summary routes not installed: ${(e as Error).message}; retried in the ` +
+        "background";
+      report.problems.push(problem);
+      this.log({ level: "error", msg: "reconfigure: " + problem });
+      this.#retryRoutingLater(node, problem, ROUTING_RETRY_FIRST_MS);
+    }
+  }
+
+  #retryRoutingLater(node: NodeConfig, problem: string, delayMs: number): void {
+    this.#routingRetry = setTimeout(() => {
+      this.#routingRetry = undefined;
+      // In the configure chain: a try must not interleave with a reconfigure or a SIGHUP reload.
+      const run = this.#configured.then(async () => {
+        // Closing, or a later config is in force (its own routing step ran): nothing to retry.
+        if (this.#closed || this.#node !== node) return;
+        try {
+          await this.#configureRouting(node);
+        } catch (e) {
+          this.log({ level: "error", msg: "summary routes: retry failed", error: String(e) });
+          this.#retryRoutingLater(node, problem, Math.min(delayMs * 2, ROUTING_RETRY_MAX_MS));
+          return;
+        }
+        this.log({ msg: "summary routes installed on retry" });
+        const report = this.reconcileReport;
+        if (report) report.problems = report.problems.filter((p) => p !== problem);
+      });
+      this.#configured = run.catch(() => {});
+    }, delayMs);
+    Deno.unrefTimer(this.#routingRetry);
   }
 
   /**
@@ -682,6 +764,7 @@ export class Agent {
     // the store and the node handle closed below).
     await this.#configured;
     clearInterval(this.#releaseSweep);
+    clearTimeout(this.#routingRetry);
     // Its veth deletion runs off the event loop and then writes the store: let it land first.
     await this.#sweep;
     this.#anycast?.stopResync();
