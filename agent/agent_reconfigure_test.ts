@@ -7,6 +7,10 @@ import assert from "node:assert/strict";
 import { ROOT_ONLY } from "../tests/helpers/exec.ts";
 import { inProcessAgent } from "../tests/helpers/in_process_agent.ts";
 import { parseNodeConfig } from "./config.ts";
+import { Handle } from "../netlink/mod.ts";
+import { NodeRouting } from "./routing.ts";
+import { TestNamespace } from "../tests/helpers/netns.ts";
+import { DumpInterruptedError } from "../netlink/errors.ts";
 
 Deno.test({
   name:
@@ -26,5 +30,50 @@ Deno.test({
     const moved = parseNodeConfig({ cidr6: "fd00:8::/64", bgp: { asn: 64513 } }, "test");
     assert.equal(await agent.reconfigureRouting(moved), false);
     assert.equal(agent.node?.spec.cidr6, "fd00:7::/64");
+  },
+});
+
+Deno.test({
+  name: "routing: a config whose summary routes fail is not the one in force (router id, renders)",
+  ...ROOT_ONLY,
+  async fn() {
+    await using ns = await TestNamespace.create("flk-rcb");
+    const handle = Handle.forNetns(ns.path);
+    const dir = await Deno.makeTempDir({ prefix: "flk-rcb-" });
+    // A BIRD target (never started: only the router id it would be given is looked at).
+    const routing = new NodeRouting({
+      handle,
+      nodeName: "rcb-node",
+      log: () => {},
+      bird: {
+        configPath: `${dir}/bird.conf`,
+        socketPath: `${dir}/bird.ctl`,
+        addressPollMs: 0,
+      },
+    });
+    try {
+      const spec = { cidr6: "fd00:7::/64" };
+      await routing.applyConfig(
+        parseNodeConfig({ ...spec, bgp: { asn: 64512, routerID: "192.0.2.1" } }, "t"),
+      );
+      assert.equal(routing.routerId()?.id, "192.0.2.1");
+      const realDump = Handle.prototype.dump;
+      Handle.prototype.dump = function (this: Handle, msg, operation) {
+        if (operation === "list routes") throw new DumpInterruptedError(operation, "RTM_GET", 6);
+        return realDump.call(this, msg, operation);
+      };
+      try {
+        const next = parseNodeConfig({ ...spec, bgp: { asn: 64512, routerID: "192.0.2.2" } }, "t");
+        await assert.rejects(routing.applyConfig(next), /no whole answer/);
+      } finally {
+        Handle.prototype.dump = realDump;
+      }
+      // What the next bird.conf (an address change, a mesh or Secret update) would carry.
+      assert.equal(routing.routerId()?.id, "192.0.2.1");
+    } finally {
+      await routing.close();
+      handle.close();
+      await Deno.remove(dir, { recursive: true });
+    }
   },
 });

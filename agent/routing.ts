@@ -462,9 +462,19 @@ export class NodeRouting {
     node: NodeConfig,
     holdsPods: (dst: Prefix) => boolean = () => false,
   ): Promise<void> {
+    const before = { node: this.#node, holdsPods: this.#holdsPods };
     this.#node = node;
     this.#holdsPods = holdsPods;
-    await this.#syncSummaries();
+    try {
+      await this.#syncSummaries();
+    } catch (e) {
+      // Not in force, as the caller reports: a later render (an address change, a mesh or Secret
+      // update) must not hand BIRD the BGP part of a config the agent says it did not apply.
+      if (before.node && this.#node === node) {
+        [this.#node, this.#holdsPods] = [before.node, before.holdsPods];
+      }
+      throw e;
+    }
     this.#watchAddresses();
   }
 
