@@ -280,6 +280,11 @@ export class BirdControl {
       return;
     }
     await Deno.rename(candidate, configPath);
+    // Read before the configure, not after its reply: a BIRD restarted right after it took the
+    // config would otherwise lend its new socket to the old one's success, and the watch would
+    // never see that restart (it then runs the stale file it found). Read before, a restart in
+    // between only costs one more reload.
+    const socketId = await socketIdentity(this.#o.socketPath);
     const reply = await this.#birdc(["configure", quoted(configPath)]);
     if (reply.timedOut) {
       // The file is the checked candidate; BIRD may or may not read it once it wakes up, so
@@ -300,7 +305,7 @@ export class BirdControl {
       });
       this.status.reloads++;
       this.#loggedRejections.clear();
-      this.#socketId = await socketIdentity(this.#o.socketPath);
+      this.#socketId = socketId;
       this.#log({ msg: "bird reconfigured", reply: reply.message });
       return;
     }
