@@ -10,6 +10,7 @@
  */
 
 import {
+  type Address,
   AddressEvents,
   AF_INET,
   AF_INET6,
@@ -172,12 +173,41 @@ function usableNextHop6(node: NodeConfig, ip: IP): boolean {
 }
 
 /**
+ * The node's addresses, each family dumped at most once: one bird.conf render asks half a dozen
+ * questions of them (next-hop candidates, each peer's link, links without IPv6, …), which were as
+ * many address dumps. Made per render, so it never outlives the addresses it read.
+ */
+export class NodeAddressSnapshot {
+  readonly #byFamily = new Map<number, Address[]>();
+  constructor(readonly handle: Handle) {}
+
+  /** The node's addresses of `family`, from one dump. */
+  list(family: typeof AF_INET | typeof AF_INET6): Address[] {
+    let addresses = this.#byFamily.get(family);
+    if (!addresses) this.#byFamily.set(family, addresses = listAddresses(this.handle, { family }));
+    return addresses;
+  }
+}
+
+/** Where the functions below read the node's addresses: a handle (one dump each) or a snapshot. */
+export type NodeAddressSource = Handle | NodeAddressSnapshot;
+
+function addressesOf(
+  source: NodeAddressSource,
+  family: typeof AF_INET | typeof AF_INET6,
+): Address[] {
+  return source instanceof NodeAddressSnapshot
+    ? source.list(family)
+    : listAddresses(source, { family });
+}
+
+/**
  * The node's global IPv6 addresses that passed duplicate address detection, in the kernel's
  * order except that temporary (privacy) and deprecated ones come last: a next hop picked from
  * them should not be one the kernel is about to retire, which would change bird.conf again.
  */
-function settledGlobalIpv6(h: Handle) {
-  const settled = listAddresses(h, { family: AF_INET6 })
+function settledGlobalIpv6(h: NodeAddressSource) {
+  const settled = addressesOf(h, AF_INET6)
     .filter((a) => a.scope === RT_SCOPE_UNIVERSE)
     .filter((a) => (a.flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED)) === 0);
   const shortLived = (a: { flags: number }) =>
@@ -190,7 +220,7 @@ function settledGlobalIpv6(h: Handle) {
  * address, where fabrics put a node's routable one, before the uplinks'); addresses still in
  * duplicate address detection, failed it, or in the node's own pod ranges are left out.
  */
-export function kernelNextHop6Candidates(h: Handle, node: NodeConfig): string[] {
+export function kernelNextHop6Candidates(h: NodeAddressSource, node: NodeConfig): string[] {
   return settledGlobalIpv6(h)
     .filter((a) => usableNextHop6(node, a.prefix.ip))
     .sort((a, b) => a.index - b.index)
@@ -203,7 +233,10 @@ export function kernelNextHop6Candidates(h: Handle, node: NodeConfig): string[] 
  * none, so BIRD would announce `::` as next hop of IPv6 routes there. A peer on no connected
  * subnet is not named (its direct session does not come up at all).
  */
-export function peersOnLinksWithoutIpv6(h: Handle, peers: readonly string[]): Set<string> {
+export function peersOnLinksWithoutIpv6(
+  h: NodeAddressSource,
+  peers: readonly string[],
+): Set<string> {
   const links = ipv4PeerLinks(h, peers);
   if (!links.size) return new Set();
   const linksWithIpv6 = new Set(settledGlobalIpv6(h).map((a) => a.index));
@@ -220,7 +253,7 @@ export function peersOnLinksWithoutIpv6(h: Handle, peers: readonly string[]): Se
  * boot) would be announced `::` and every IPv6 route withdrawn.
  */
 export function linkNextHop6ByPeer(
-  h: Handle,
+  h: NodeAddressSource,
   node: NodeConfig,
   peers: readonly string[],
 ): Map<string, string> {
@@ -244,7 +277,7 @@ export function linkNextHop6ByPeer(
  * comes up, with a usable next hop, as soon as the link gets an address); the log and
  * `flock status` name such peers instead of leaving a session silently idle.
  */
-export function peersWithoutIpv4Link(h: Handle, peers: readonly string[]): string[] {
+export function peersWithoutIpv4Link(h: NodeAddressSource, peers: readonly string[]): string[] {
   return [...ipv4PeerLinks(h, peers)].filter(([, link]) => link === undefined).map(([p]) => p)
     .sort();
 }
@@ -255,11 +288,14 @@ export function peersWithoutIpv4Link(h: Handle, peers: readonly string[]): strin
  * subnet of the node holding the peer (a /32 holds no neighbour), or a point-to-point address
  * (`ip addr add A peer B`) whose other end is the peer.
  */
-function ipv4PeerLinks(h: Handle, peers: readonly string[]): Map<string, number | undefined> {
+function ipv4PeerLinks(
+  h: NodeAddressSource,
+  peers: readonly string[],
+): Map<string, number | undefined> {
   const out = new Map<string, number | undefined>();
   const v4 = peers.filter((p) => tryParseIP(p)?.family === AF_INET);
   if (!v4.length) return out;
-  const addresses = listAddresses(h, { family: AF_INET });
+  const addresses = addressesOf(h, AF_INET);
   const holds = (a: (typeof addresses)[number], ip: IP) =>
     (a.peer !== undefined && ipEqual(a.peer, ip)) ||
     (a.prefix.len < 32 && prefixContains(a.prefix, ip));
@@ -285,10 +321,10 @@ function usableSource4(ip: IP): boolean {
  * connection, so BIRD never reaches the peer and announces it nothing. Empty when the node has
  * one (a /32 on lo will do) or no peer is IPv4.
  */
-export function peersWithoutIpv4Address(h: Handle, peers: readonly string[]): string[] {
+export function peersWithoutIpv4Address(h: NodeAddressSource, peers: readonly string[]): string[] {
   const v4 = peers.filter((p) => tryParseIP(p)?.family === AF_INET);
   if (!v4.length) return [];
-  const hasSource = listAddresses(h, { family: AF_INET })
+  const hasSource = addressesOf(h, AF_INET)
     .some((a) => a.scope === RT_SCOPE_UNIVERSE && usableSource4(a.prefix.ip));
   return hasSource ? [] : v4.sort();
 }
@@ -664,6 +700,7 @@ export class NodeRouting {
     { onlyIfChanged }: { onlyIfChanged?: string } = {},
   ): Promise<BirdReloadStatus | undefined> {
     if (!this.control || !this.#node) return undefined;
+    const addresses = new NodeAddressSnapshot(this.#o.handle);
     const peers = [...this.#node.spec.bgp?.peers ?? [], ...this.#mesh].map((p) => p.address);
     const bgp = this.#node.spec.bgp;
     const sessions = [...bgp?.peers ?? [], ...bgp?.nodeMesh ? this.#mesh : []];
@@ -671,20 +708,20 @@ export class NodeRouting {
     // Only with an AS: without one bird.conf has no sessions at all.
     const withoutLink = bgp?.asn === undefined
       ? []
-      : peersWithoutIpv4Link(this.#o.handle, singleHop.map((p) => p.address));
+      : peersWithoutIpv4Link(addresses, singleHop.map((p) => p.address));
     const multihop = sessions.filter((p) => !singleHop.includes(p)).map((p) => p.address);
     const withoutAddress = bgp?.asn === undefined
       ? []
-      : peersWithoutIpv4Address(this.#o.handle, multihop);
+      : peersWithoutIpv4Address(addresses, multihop);
     const input = birdInputFor(
       this.#node,
       this.#o.nodeName,
       this.#mesh,
       this.#nodeAddresses,
       this.#secretPasswords,
-      kernelNextHop6Candidates(this.#o.handle, this.#node),
-      peersOnLinksWithoutIpv6(this.#o.handle, peers),
-      linkNextHop6ByPeer(this.#o.handle, this.#node, peers),
+      kernelNextHop6Candidates(addresses, this.#node),
+      peersOnLinksWithoutIpv6(addresses, peers),
+      linkNextHop6ByPeer(addresses, this.#node, peers),
     );
     input.cidrs.push(...this.#draining.map(formatPrefix));
     this.#logPeersWithoutIpv6(peersWithoutIpv6(input));
