@@ -292,18 +292,14 @@ Deno.test({
       log: () => {},
       onBirdReload: (s) => reported.push(reloadSummary(s)),
     });
-    const spec = { cidr6: "fd00:1::/64", bgp: { asn: 64512, routerID: "10.9.9.9" } };
     try {
-      assert.equal((await routing.configure(parseNodeConfig(spec, "t")))?.result, "ok");
+      assert.equal((await routing.configure(routingConfig()))?.result, "ok");
       assert.equal(reported.at(-1)?.ok, true);
 
       bird.signal("SIGSTOP");
       try {
-        const withTor = {
-          ...spec,
-          bgp: { ...spec.bgp, peers: [{ address: "fd00:9::1", asn: 65000 }] },
-        };
-        const s = await routing.configure(parseNodeConfig(withTor, "t"));
+        const withTor = routingConfig({ peers: [{ address: "fd00:9::1", asn: 65000 }] });
+        const s = await routing.configure(withTor);
         assert.equal(s?.result, "failed");
         assert.equal(reported.at(-1)?.ok, false);
         assert.match(reported.at(-1)?.message ?? "", /^failed: BIRD did not answer .* retrying/);
@@ -312,10 +308,7 @@ Deno.test({
       }
 
       // No further change: the retry alone brings BIRD to the new config, and says so.
-      const deadline = Date.now() + 15_000;
-      while (!reported.at(-1)?.ok && Date.now() < deadline) {
-        await new Promise((r) => setTimeout(r, 100));
-      }
+      await until(() => reported.at(-1)?.ok === true, 15_000);
       assert.equal(reported.at(-1)?.ok, true, JSON.stringify(reported.at(-1)));
       assert.equal(routing.birdStatus()?.result, "ok");
       assert.match((await bird.birdc(["show", "protocols"])).stdout, /^peer_\S+\s+BGP/m);
@@ -398,6 +391,29 @@ Deno.test({
 });
 
 /**
+ * The NodeConfig of a NodeRouting test: cidr6 fd00:1::/64, AS 64512 and the router id of
+ * BIRD's bootstrap config, with `bgp` fields added or overridden.
+ */
+function routingConfig(bgp: Record<string, unknown> = {}) {
+  return parseNodeConfig(
+    { cidr6: "fd00:1::/64", bgp: { asn: 64512, routerID: "10.9.9.9", ...bgp } },
+    "t",
+  );
+}
+
+/** An IPv4 multihop peer: its IPv6 next hop is the node's global IPv6, if it has one. */
+const MULTIHOP_IPV4_PEER = { address: "10.1.0.2", asn: 65000, multihop: 2 };
+
+/**
+ * Polls `check` every 20 ms until it holds or `ms` have passed; the caller asserts what it
+ * waited for (so a timeout fails with that assertion's message).
+ */
+async function until(check: () => boolean, ms = 5_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!check() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+}
+
+/**
  * A namespace running BIRD, and a NodeRouting driving it (reloads coalesced over 10 ms, the
  * address notifications read every 50 ms) whose log lines are kept; `prepare` runs before the
  * NodeRouting is made. Disposing closes the NodeRouting, then BIRD and the namespace.
@@ -431,29 +447,14 @@ Deno.test({
       await ns.ip(["addr", "add", "10.0.0.11/32", "dev", "lo"]);
     });
     const { ns, bird, routing, logged } = lab;
-    // A multihop IPv4 peer: its IPv6 next hop is the node's global IPv6, if it has one.
-    const spec = {
-      cidr6: "fd00:1::/64",
-      bgp: {
-        asn: 64512,
-        routerID: "10.9.9.9",
-        peers: [{ address: "10.1.0.2", asn: 65000, multihop: 2 }],
-      },
-    };
     const reloads = () => routing.birdStatus()?.reloads ?? 0;
-    const waitFor = async (what: string, check: () => boolean) => {
-      const deadline = Date.now() + 5_000;
-      while (!check()) {
-        if (Date.now() > deadline) throw new Error(`${what}: not within 5 s`);
-        await new Promise((r) => setTimeout(r, 20));
-      }
-    };
-    await routing.configure(parseNodeConfig(spec, "t"));
+    await routing.configure(routingConfig({ peers: [MULTIHOP_IPV4_PEER] }));
     assert.deepEqual(routing.peersWithoutIpv6, ["10.1.0.2"]);
     const before = reloads();
 
     await ns.ip(["addr", "add", "fd00:a::11/128", "dev", "lo"]);
-    await waitFor("a reload with the new next hop", () => reloads() > before);
+    await until(() => reloads() > before);
+    assert.ok(reloads() > before, "no reload with the new next hop within 5 s");
     await routing.control!.settled();
     assert.deepEqual(routing.peersWithoutIpv6, []);
     assert.match(await Deno.readTextFile(bird.configPath), /bgp_next_hop = fd00:a::11;/);
@@ -491,20 +492,15 @@ Deno.test({
       },
       log: () => {},
     });
-    const spec = {
-      cidr6: "fd00:1::/64",
-      bgp: { asn: 64512, routerID: "10.9.9.9", peers: [{ address: "fd00:b::2", asn: 65000 }] },
-    };
     try {
-      const first = await routing.configure(parseNodeConfig(spec, "t"));
+      const first = await routing.configure(
+        routingConfig({ peers: [{ address: "fd00:b::2", asn: 65000 }] }),
+      );
       assert.equal(first?.result, "failed");
       await Deno.mkdir(`${dir}/later`);
       // An IPv4 address on lo: a global address change that changes no next hop (same text).
       await ns.ip(["addr", "add", "10.7.0.1/24", "dev", "lo"]);
-      const deadline = Date.now() + 5_000;
-      while (routing.birdStatus()?.result !== "ok" && Date.now() < deadline) {
-        await new Promise((r) => setTimeout(r, 20));
-      }
+      await until(() => routing.birdStatus()?.result === "ok");
       assert.equal(routing.birdStatus()?.result, "ok", routing.birdStatus()?.error);
       assert.match((await bird.birdc(["show", "protocols"])).stdout, /peer_fd00_b__2/);
     } finally {
@@ -576,18 +572,8 @@ Deno.test({
       await ns.ip(["addr", "add", "fd00:a::11/128", "dev", "lo"]);
     });
     const { ns, routing, logged } = lab;
-    const spec = {
-      cidr6: "fd00:1::/64",
-      bgp: {
-        asn: 64512,
-        routerID: "10.9.9.9",
-        peers: [
-          { address: "10.1.0.2", asn: 65000, multihop: 2 },
-          { address: "fd00:b::2", asn: 65000, multihop: 2 },
-        ],
-      },
-    };
-    await routing.configure(parseNodeConfig(spec, "t"));
+    const ipv6Peer = { address: "fd00:b::2", asn: 65000, multihop: 2 };
+    await routing.configure(routingConfig({ peers: [MULTIHOP_IPV4_PEER, ipv6Peer] }));
     assert.deepEqual(routing.peersWithoutIpv4Address, ["10.1.0.2"]);
     const warning = logged.find((f) => /node has no IPv4 address/.test(String(f.msg)));
     assert.deepEqual(warning?.peers, ["10.1.0.2"]);
@@ -595,10 +581,7 @@ Deno.test({
     assert.deepEqual(routing.peersWithoutIpv4Link, []);
 
     await ns.ip(["addr", "add", "10.0.0.11/32", "dev", "lo"]);
-    const deadline = Date.now() + 5_000;
-    while (routing.peersWithoutIpv4Address.length && Date.now() < deadline) {
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    await until(() => routing.peersWithoutIpv4Address.length === 0);
     assert.deepEqual(routing.peersWithoutIpv4Address, []);
     assert.ok(logged.some((f) =>
       /IPv4 address for its IPv4 multihop peers again/.test(
@@ -618,21 +601,12 @@ Deno.test({
       await ns.ip(["addr", "add", "10.0.0.11/32", "dev", "lo"]);
     });
     const { ns, routing, logged } = lab;
-    const spec = {
-      cidr6: "fd00:1::/64",
-      bgp: {
-        asn: 64512,
-        routerID: "10.9.9.9",
-        nodeMesh: true,
-        peers: [{ address: "10.1.0.2", asn: 65000, multihop: 2 }],
-      },
-    };
     // A mesh peer at a link-local address: BIRD refuses it ("Link-local addresses require
     // defined interface"), a config error no retry can fix.
     const meshPeer = { name: "node-2", address: "fe80::5", asn: 64512, cidrs: ["fd00:2::/64"] };
     const rejections = () =>
       logged.filter((f) => /bird rejected the new config/.test(String(f.msg))).length;
-    await routing.configure(parseNodeConfig(spec, "t"));
+    await routing.configure(routingConfig({ nodeMesh: true, peers: [MULTIHOP_IPV4_PEER] }));
     const first = await routing.setMeshPeers([meshPeer]);
     assert.equal(first?.result, "rejected");
     assert.match(first?.error ?? "", /Link-local/);
