@@ -359,9 +359,15 @@ export class Agent {
           this.#retryRoutingLater(node, problem, Math.min(delayMs * 2, ROUTING_RETRY_MAX_MS));
           return;
         }
-        this.log({ msg: "summary routes installed on retry" });
+        // The report `flock status` and flock_reconcile_problems read: the problem is gone. The
+        // `reconciled` line named it, so one line says it is resolved.
         const report = this.reconcileReport;
         if (report) report.problems = report.problems.filter((p) => p !== problem);
+        this.log({
+          msg: "summary routes installed on retry: reconcile problem resolved",
+          resolved: problem,
+          problemsLeft: report?.problems.length ?? 0,
+        });
       });
       this.#configured = run.catch(() => {});
     }, delayMs);

@@ -103,6 +103,18 @@ export class AgentMetrics {
       name: "flock_bgp_sessions_up",
       help: "BGP sessions in state Established.",
     });
+    const withheld = r.gauge({
+      name: "flock_withheld_addresses",
+      help: "Addresses kept out of IPAM because the node still routes them through another " +
+        "pod's host veth, per family.",
+      labelNames: ["family"],
+    });
+    const withheldByFamily = { ipv6: withheld.labels("ipv6"), ipv4: withheld.labels("ipv4") };
+    const reconcileProblems = r.gauge({
+      name: "flock_reconcile_problems",
+      help: "Problem lines of the last reconcile (start or reconfigure) in flock status, notes " +
+        "included; a background retry that succeeds removes its own.",
+    });
     // One snapshot per scrape feeds every gauge.
     r.beforeScrape(async () => {
       const s = await snapshot();
@@ -123,6 +135,10 @@ export class AgentMetrics {
       for (const b of s.bgp.sessions) states.set(b.state, (states.get(b.state) ?? 0) + 1);
       for (const [state, n] of states) bgpSessions.labels(state).set(n);
       bgpUp.set(s.bgp.sessions.filter((b) => b.up).length);
+      // Read from the store at each scrape: current after every withhold and give-back.
+      withheldByFamily.ipv6.set(s.withheld?.ipv6 ?? 0);
+      withheldByFamily.ipv4.set(s.withheld?.ipv4 ?? 0);
+      reconcileProblems.set(s.reconcile?.problems.length ?? 0);
     });
   }
 

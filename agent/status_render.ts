@@ -43,6 +43,29 @@ function sessionUptime(b: BgpSessionStatus): string {
   return b.since ? `since ${b.since}` : "-";
 }
 
+/**
+ * The withheld addresses (withheld.ts), only when there are any: they are the trace of a store
+ * that disagreed with the kernel, and an operator should look at the veth and the pod named.
+ */
+function renderWithheld(s: StatusSnapshot): string[] {
+  const w = s.withheld;
+  const total = w ? w.ipv6 + w.ipv4 : 0;
+  if (!w || total === 0) return [];
+  const out = [
+    "",
+    `Withheld addresses (${total}): still routed through another pod's host veth, not handed out`,
+    ...renderTable(
+      ["ADDRESS", "HOST IFACE", "OWNER", "SINCE"],
+      w.addresses.map((a) => [a.address, a.hostIface, a.owner, a.since]),
+    ),
+  ];
+  const unlisted = total - w.addresses.length;
+  if (unlisted > 0) {
+    out.push(`  … and ${unlisted} more (the oldest ${w.addresses.length} are listed)`);
+  }
+  return out;
+}
+
 /** The text `flock status` prints for a snapshot. */
 export function renderStatus(s: StatusSnapshot): string {
   const out: string[] = [];
@@ -97,6 +120,8 @@ export function renderStatus(s: StatusSnapshot): string {
       ]),
     ));
   }
+
+  out.push(...renderWithheld(s));
 
   out.push("", `Anycast (${s.anycastRoutes} route${s.anycastRoutes === 1 ? "" : "s"})`);
   if (s.anycast.length === 0) out.push("  none");

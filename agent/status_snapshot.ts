@@ -15,6 +15,7 @@ import type { AddressPool } from "./ipam.ts";
 import type { ReconcileReport } from "./reconcile.ts";
 import type { Store } from "./store.ts";
 import type { RouterId, RouterIdSource } from "./routing.ts";
+import { summarizeWithheld, type WithheldStatus } from "./withheld_status.ts";
 
 /**
  * Network-config key of a STATUS request that asks for the whole snapshot (what
@@ -140,6 +141,12 @@ export interface StatusSnapshot {
   };
   /** What start-up reconciliation did (the whole report; these fields at least). */
   reconcile?: ReconcileSummary;
+  /**
+   * Addresses kept out of IPAM because the node still routes them through another pod's host
+   * veth (withheld.ts): counts per family and the oldest few. Absent before the store is open
+   * (and from agents older than this field).
+   */
+  withheld?: WithheldStatus;
 }
 
 /** The counts of a start-up reconcile that `flock status` prints. */
@@ -254,6 +261,7 @@ export async function buildStatusSnapshot(
       integrity: opts.integrity && src.store ? storeIntegrity(src.store) : "not checked",
     },
     reconcile: src.reconcile && { ...src.reconcile, problems: [...src.reconcile.problems] },
+    ...(src.store ? { withheld: summarizeWithheld(src.store.withheld()) } : {}),
   };
   return snapshot;
 }

@@ -9,21 +9,18 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { DatabaseSync } from "node:sqlite";
 import { FlockNode, ping, TestNamespace } from "../helpers/flock.ts";
 import { ROOT_ONLY, runOk } from "../helpers/exec.ts";
 import { eventually } from "../helpers/eventually.ts";
 import { assertCniError } from "../helpers/cni_output.ts";
-import {
-  addLivePod,
-  assertNodeHolds,
-  editStore,
-  hostIfaceOf,
-  type LivePod,
-  resultIps,
-} from "../helpers/node_state.ts";
+import { assertNodeHolds, editStore, resultIps } from "../helpers/node_state.ts";
 import { flockStatusJson } from "../helpers/status_probe.ts";
-import { DB_FILE } from "../../agent/store.ts";
+import {
+  releasedAt,
+  type WithheldFixture as Fixture,
+  withheldIps,
+  withholdThroughB,
+} from "../helpers/withheld_fixture.ts";
 import { RELEASE_SWEEP_ENV } from "../../agent/test_faults.ts";
 
 const COOLDOWN_MS = 120_000;
@@ -33,58 +30,9 @@ function annotated(annotations: Record<string, string>): Record<string, unknown>
   return { runtimeConfig: { "io.kubernetes.cri.pod-annotations": annotations } };
 }
 
-/** One read-only query of the node's store (the agent may keep running: WAL). */
-function query<T>(node: FlockNode, sql: string, ...params: string[]): T[] {
-  const db = new DatabaseSync(join(node.stateDir, DB_FILE), { readOnly: true });
-  try {
-    return db.prepare(sql).all(...params) as T[];
-  } finally {
-    db.close();
-  }
-}
-
-function withheldIps(node: FlockNode): string[] {
-  return query<{ ip: string }>(node, "SELECT ip FROM withheld ORDER BY ip").map((r) => r.ip);
-}
-
-/** When the store recorded `ip` released (its cooldown's start), if it did. */
-function releasedAt(node: FlockNode, ip: string): number | undefined {
-  return query<{ at: number }>(node, "SELECT at FROM release WHERE ip = ?", ip)[0]?.at;
-}
-
 /** Whether the node routes `ip` through the link `dev` (a flock route). */
 async function routedThrough(node: FlockNode, ip: string, dev: string): Promise<boolean> {
   return (await node.flockRoutes()).some((r) => r.dst.split("/")[0] === ip && r.dev === dev);
-}
-
-interface Fixture {
-  podB: LivePod;
-  hostB: string;
-  /** A's IPv6 address, routed through B's veth: withheld by A's DEL. */
-  withheld: string;
-}
-
-/**
- * Pods A and B; A's record names B's veth and A's IPv6 address is routed through it; A's DEL
- * then leaves that veth and route alone and withholds the address.
- */
-async function withholdThroughB(
-  node: FlockNode,
-  nsA: TestNamespace,
-  nsB: TestNamespace,
-): Promise<Fixture> {
-  const podA = await addLivePod(node, "wh-a", nsA.path);
-  const podB = await addLivePod(node, "wh-b", nsB.path);
-  const hostB = hostIfaceOf(node, "wh-b");
-  editStore(node, "UPDATE attachment SET host_iface = ? WHERE container_id = 'wh-a'", hostB);
-  const [withheld] = podA.ips;
-  await node.ns.ip(["route", "replace", withheld, "dev", hostB, "proto", "201"]);
-  const del = await node.cni("DEL", { containerId: "wh-a", netns: nsA.path });
-  assert.equal(del.code, 0, del.stdout);
-  await node.settled();
-  assert.deepEqual(withheldIps(node), [withheld], "A's DEL withheld the address, durably");
-  assert.equal(releasedAt(node, withheld), undefined, "and did not release it");
-  return { podB, hostB, withheld };
 }
 
 /** A pinned ADD of `ip` into `ns`. */

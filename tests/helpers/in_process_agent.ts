@@ -19,9 +19,13 @@ export interface InProcessAgent extends AsyncDisposable {
 
 /**
  * A new node namespace named after `nsPrefix` and an Agent for it (not listening, not
- * configured; no cooldown, no log), its store and socket in a new temp dir.
+ * configured; no cooldown, no log unless `log` takes it), its store and socket in a new temp dir.
  */
-export async function inProcessAgent(nsPrefix: string, nodeName: string): Promise<InProcessAgent> {
+export async function inProcessAgent(
+  nsPrefix: string,
+  nodeName: string,
+  log: (fields: Record<string, unknown>) => void = () => {},
+): Promise<InProcessAgent> {
   const node = await TestNamespace.create(nsPrefix);
   let dir: string;
   try {
@@ -36,7 +40,7 @@ export async function inProcessAgent(nsPrefix: string, nodeName: string): Promis
     socketPath: join(dir, "flock.sock"),
     netnsPath: node.path,
     cooldownMs: 0,
-    log: () => {},
+    log,
   });
   return {
     agent,
