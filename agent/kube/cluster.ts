@@ -5,6 +5,11 @@
  *   answers "try again later" until it has one; after `waitForConfigMs` without one it falls
  *   back to `Node.spec.podCIDRs`, so flock works on a plain cluster. A NodeConfig that exists
  *   but is invalid is not overridden by the fallback: the agent stays not ready and says why.
+ * - A first configure that fails (the store cannot be opened, the kernel is too busy, the node's
+ *   summary routes cannot be installed) is tried again with backoff (1 s doubling to 30 s): the
+ *   agent stays up answering "try again later" with the reason (also in the NodeConfig status,
+ *   reason `ConfigureFailed`), and serves once a try succeeds. Only a store written by a newer
+ *   flock (a downgrade) ends it: no retry can fix that.
  * - Later spec changes are applied to new pods; running pods keep their addresses, MTU and
  *   routes (see {@link describeConfigChange}). An invalid new spec is rejected (logged, shown
  *   in status) and the last good one stays in force. A deleted NodeConfig leaves the node
@@ -53,6 +58,8 @@ import {
   StatusReporter,
 } from "./status_reporter.ts";
 import { STATUS_REFRESH_UNSETTLED_MS, StatusRefreshSchedule } from "./status_refresh.ts";
+import { backoffMs } from "./backoff.ts";
+import { SchemaVersionError } from "../store.ts";
 
 /** How long the agent waits for its NodeConfig before it uses `Node.spec.podCIDRs`. */
 export const DEFAULT_CONFIG_WAIT_MS = 60_000;
@@ -63,6 +70,11 @@ export const DEFAULT_CONFIG_WAIT_MS = 60_000;
  * agent restart would then drop and re-open every mesh session.
  */
 const NODES_SYNC_WAIT_MS = 10_000;
+
+/** First pause before a failed first configure is tried again; doubles with every failure. */
+export const DEFAULT_CONFIGURE_RETRY_MS = 1_000;
+/** Longest pause between two tries of a failing first configure. */
+const CONFIGURE_RETRY_MAX_MS = 30_000;
 
 /** What cluster mode needs of the agent. */
 export interface ClusterAgent {
@@ -115,6 +127,8 @@ export interface ClusterModeOptions {
   secretRetryMs?: number;
   /** How long a mesh peer whose Node or NodeConfig was deleted is kept (default 60 s; 0: not). */
   deletedPeerGraceMs?: number;
+  /** First pause before a failed first configure is tried again (default 1 s; doubles to 30 s). */
+  configureRetryMs?: number;
   log: (fields: Record<string, unknown>) => void;
 }
 
@@ -137,6 +151,12 @@ export class ClusterMode {
   #appliedSpec = "";
   #observedGeneration = 0;
   #specProblem = "";
+  /** Why the last first-configure try failed ("" while none failed, or once one succeeded). */
+  #configureProblem = "";
+  /** Failed first-configure tries in a row (the backoff's exponent). */
+  #configureFailures = 0;
+  /** The spec of the last failed first-configure try: its own status patch must not cut the pause. */
+  #failedSpec?: string;
   #applying: Promise<void> = Promise.resolve();
   #peersText = "";
   #meshText = "";
@@ -235,9 +255,9 @@ export class ClusterMode {
   }
 
   /**
-   * Starts the informers and, in the background, the wait for the node's config. `onFatal` is
-   * called if configuring the node fails (the store or the node namespace is unusable): the
-   * agent cannot serve and should exit so that it is restarted.
+   * Starts the informers and, in the background, the wait for the node's config. A configure
+   * that fails is tried again with backoff (see the module doc); `onFatal` is called when no retry
+   * can help (a store written by a newer flock) or the wait itself failed: the agent should exit.
    */
   start(agent: ClusterAgent, onFatal: (err: unknown) => void): void {
     this.#agent = agent;
@@ -305,6 +325,7 @@ export class ClusterMode {
         } catch (e) {
           const msg = (e as Error).message;
           this.#specProblem = msg;
+          this.#configureProblem = "";
           agent.waitingFor(`NodeConfig ${nodeName} is invalid: ${msg}`);
           if (msg !== lastProblem) log({ level: "error", msg: "NodeConfig invalid", error: msg });
           lastProblem = msg;
@@ -312,23 +333,34 @@ export class ClusterMode {
         }
         if (config) {
           this.#specProblem = "";
-          await this.#configure(config, "NodeConfig", own);
-          return;
+          const retryMs = await this.#tryConfigure(config, "NodeConfig", own);
+          if (retryMs === undefined) return;
+          await this.#sleeper.sleep(retryMs);
+          continue;
         }
       } else if (Date.now() >= deadline && this.configs.hasSynced) {
         // Only once the informer has listed do we know there is no NodeConfig.
-        const problem = await this.#tryPodCIDRs();
-        if (problem === undefined) return;
-        agent.waitingFor(problem);
-        if (problem !== lastProblem) log({ level: "warn", msg: problem });
-        lastProblem = problem;
+        const outcome = await this.#tryPodCIDRs();
+        if (outcome === "configured") return;
+        if (typeof outcome === "number") {
+          await this.#sleeper.sleep(outcome);
+          continue;
+        }
+        this.#configureProblem = "";
+        agent.waitingFor(outcome);
+        if (outcome !== lastProblem) log({ level: "warn", msg: outcome });
+        lastProblem = outcome;
       }
       const left = deadline - Date.now();
       await this.#sleeper.sleep(left > 0 ? Math.min(left, 2_000) : 2_000);
     }
   }
 
-  async #tryPodCIDRs(): Promise<string | undefined> {
+  /**
+   * Configures the node from `Node.spec.podCIDRs`: "configured", the pause before the next try
+   * when the configure failed, or why there is nothing to configure from.
+   */
+  async #tryPodCIDRs(): Promise<"configured" | number | string> {
     const { nodeName, api, log } = this.options;
     let cidrs: string[];
     try {
@@ -346,7 +378,54 @@ export class ClusterMode {
       podCIDRs: cidrs,
       waitedMs: this.options.waitForConfigMs ?? DEFAULT_CONFIG_WAIT_MS,
     });
-    await this.#configure(config, "podCIDRs");
+    return await this.#tryConfigure(config, "podCIDRs") ?? "configured";
+  }
+
+  /**
+   * One try of the node's first configure: undefined once the agent serves, else the pause before
+   * the next try (the agent then answers "try again later" with the reason).
+   *
+   * @throws {SchemaVersionError} a store written by a newer flock: no retry can fix that
+   */
+  async #tryConfigure(
+    config: NodeConfig,
+    source: ConfigSource,
+    obj?: NodeConfigObject,
+  ): Promise<number | undefined> {
+    const { log } = this.options;
+    try {
+      await this.#configure(config, source, obj);
+    } catch (e) {
+      if (e instanceof SchemaVersionError) throw e;
+      // Stopping: a configure cut short by the agent's close is no failure to retry.
+      if (this.#stopped) return 0;
+      const failures = ++this.#configureFailures;
+      const retryMs = backoffMs(
+        failures,
+        this.options.configureRetryMs ?? DEFAULT_CONFIGURE_RETRY_MS,
+        CONFIGURE_RETRY_MAX_MS,
+      );
+      const error = e instanceof Error ? e.message : String(e);
+      this.#configureProblem = error;
+      this.#failedSpec = canonicalJson(config.spec);
+      // No try count in the reason: the NodeConfig status is patched only when it changes.
+      this.#agent!.waitingFor(`cannot configure the node (retried with backoff): ${error}`);
+      log({
+        level: "error",
+        msg: "cannot configure the node; trying again",
+        error,
+        failures,
+        retryInMs: retryMs,
+      });
+      this.status.request();
+      return retryMs;
+    }
+    if (this.#configureFailures > 0) {
+      log({ msg: "node configured after failed tries", failures: this.#configureFailures });
+    }
+    this.#configureFailures = 0;
+    this.#configureProblem = "";
+    this.#failedSpec = undefined;
     return undefined;
   }
 
@@ -386,7 +465,8 @@ export class ClusterMode {
     const agent = this.#agent;
     if (!agent) return;
     if (!agent.ready) {
-      this.#sleeper.wake();
+      // A changed spec is tried at once; the status patch a failed try wrote is no news.
+      if (!obj || canonicalJson(obj.spec ?? {}) !== this.#failedSpec) this.#sleeper.wake();
       return;
     }
     if (!obj) {
@@ -632,7 +712,11 @@ export class ClusterMode {
     let code = "Serving";
     if (!s.ready) {
       reason = s.notReadyReason;
-      code = this.#specProblem ? "NodeConfigInvalid" : "WaitingForConfig";
+      code = this.#specProblem
+        ? "NodeConfigInvalid"
+        : this.#configureProblem
+        ? "ConfigureFailed"
+        : "WaitingForConfig";
     } else if (s.notReadyReason) {
       // Configured, yet a CNI call would fail now (agent/health.ts: the socket or the store went
       // away, a store write failed): not Ready, as /readyz says.

@@ -8,6 +8,7 @@ import { ClusterMode } from "./cluster.ts";
 import type { KubeApi, KubeObject, ListPage, WatchEvent, WatchHandle } from "./api.ts";
 import { NODECONFIG_PATH } from "./api.ts";
 import type { NodeConfig } from "../config.ts";
+import { SchemaVersionError } from "../store.ts";
 
 /** Lists NodeConfigs from `objects`; watches stay open until stopped; events pushed by tests. */
 class FakeApi {
@@ -88,7 +89,7 @@ class FakeAgent {
   }
   /** Why a CNI call would fail although configured (the agent's runtime health). */
   problem = "";
-  waitingFor(): void {}
+  waitingFor(_reason: string): void {}
   stats() {
     return {
       ready: this.ready,
@@ -176,6 +177,88 @@ Deno.test("cluster: a configured agent a CNI call cannot get through to is publi
     cluster.attachmentsChanged();
     await until("ready again", () => last()?.ready === true);
     assert.equal(last().conditions?.[0].reason, "Serving");
+  } finally {
+    await cluster.stop();
+  }
+});
+
+/** An agent whose first `failures` configures throw `error` (a busy kernel, a store that fails). */
+class FailingAgent extends FakeAgent {
+  reasons: string[] = [];
+  tries = 0;
+  constructor(public failures: number, readonly error: () => Error) {
+    super();
+  }
+  override configure(node: NodeConfig): void {
+    this.tries++;
+    if (this.failures > 0) {
+      this.failures--;
+      throw this.error();
+    }
+    super.configure(node);
+  }
+  override waitingFor(reason: string): void {
+    this.reasons.push(reason);
+  }
+  override stats() {
+    const s = super.stats();
+    return { ...s, notReadyReason: s.ready ? s.notReadyReason : this.reasons.at(-1) ?? "" };
+  }
+}
+
+function clusterFor(api: FakeApi): ClusterMode {
+  api.objects.push({
+    metadata: { name: "n1", resourceVersion: "1", generation: 1 },
+    spec: { cidr6: "fd00:dd::/64" },
+  });
+  return new ClusterMode({
+    nodeName: "n1",
+    api: api as unknown as KubeApi,
+    watchNodes: false,
+    namespace: "kube-system",
+    statusIntervalMs: 0,
+    configureRetryMs: 20,
+    log: () => {},
+  });
+}
+
+Deno.test("cluster: a failing first configure is retried with backoff, not fatal; its reason is published (ConfigureFailed)", async () => {
+  const api = new FakeApi();
+  const agent = new FailingAgent(
+    3,
+    () => new Error("summary routes: the kernel gave no whole answer"),
+  );
+  const cluster = clusterFor(api);
+  const fatal: unknown[] = [];
+  cluster.start(agent, (e) => fatal.push(e));
+  const last = () => api.patches.at(-1) as { ready?: boolean; conditions?: { reason: string }[] };
+  try {
+    await until("a failure published", () => last()?.ready === false);
+    assert.equal(last().conditions?.[0].reason, "ConfigureFailed");
+    assert.match(String((last() as { reason?: string }).reason), /summary routes/);
+    assert.match(agent.reasons.at(-1)!, /cannot configure the node.*kernel gave no whole answer/);
+    await cluster.configured;
+    assert.equal(agent.tries, 4);
+    assert.equal(agent.ready, true);
+    await until("ready published", () => last()?.ready === true);
+    assert.equal(last().conditions?.[0].reason, "Serving");
+    assert.deepEqual(fatal, []);
+  } finally {
+    await cluster.stop();
+  }
+});
+
+Deno.test("cluster: a store written by a newer flock (a downgrade) still ends the agent: no retry", async () => {
+  const api = new FakeApi();
+  const agent = new FailingAgent(1, () => new SchemaVersionError(6, 5));
+  const cluster = clusterFor(api);
+  const fatal: unknown[] = [];
+  cluster.start(agent, (e) => fatal.push(e));
+  try {
+    await cluster.configured;
+    assert.equal(fatal.length, 1);
+    assert.ok(fatal[0] instanceof SchemaVersionError);
+    assert.equal(agent.tries, 1);
   } finally {
     await cluster.stop();
   }

@@ -1,0 +1,199 @@
+/**
+ * Cluster mode's first start when the node's first `configure` fails for a reason that goes away:
+ * the agent must stay up, answer CNI with code 11 and the reason (also in `flock status` and the
+ * NodeConfig status), retry with backoff, and serve once the cause is gone; it must never serve
+ * while the node's summary routes are missing.
+ *
+ * Real parts: kube-apiserver and etcd (the agent reads its NodeConfig and writes its status as
+ * deploy/'s ServiceAccount), the kernel (node and pod namespaces), the store, the CNI socket. The
+ * two causes: the state directory's path taken by a file (a real failure, fixed by removing the
+ * file), then a kernel too busy to list the node's routes in the routing step (injected as
+ * agent_reconfigure_failure_test.ts injects it: a busy kernel cannot be produced on demand).
+ */
+
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { ROOT_ONLY } from "../../tests/helpers/exec.ts";
+import { startKubeWithFlock } from "../../tests/helpers/kube.ts";
+import { TestNamespace } from "../../tests/helpers/netns.ts";
+import { eventually } from "../../tests/helpers/eventually.ts";
+import { rpcRequest } from "../../tests/helpers/rpc_request.ts";
+import { callAgent } from "../../cni.ts";
+import { Agent } from "../agent.ts";
+import { NodeRouting } from "../routing.ts";
+import { KernelBusyError } from "../kernel_busy.ts";
+import { KubeApi } from "./api.ts";
+import { ClusterMode } from "./cluster.ts";
+
+const NODE = "flk-cfgfail-node";
+const NAMESPACE = "kube-system";
+const CIDR6 = "fd00:5e::/64";
+
+interface ReadyCondition {
+  type: string;
+  status: string;
+  reason: string;
+  message?: string;
+}
+
+Deno.test({
+  name: "cluster: a first configure that fails (state dir, then summary routes) keeps the agent " +
+    "up answering code 11 with the reason, retries, and serves once the cause is gone",
+  ...ROOT_ONLY,
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await using kube = await startKubeWithFlock();
+    await kube.apply({
+      apiVersion: "flock.fritzlab.net/v1alpha1",
+      kind: "NodeConfig",
+      metadata: { name: NODE },
+      spec: { cidr6: CIDR6 },
+    });
+    const kubeconfig = await kube.kubeconfigFor(await kube.tokenFor(NAMESPACE, "flock"));
+    await using nodeNs = await TestNamespace.create("flk-cff");
+    await using podNs = await TestNamespace.create("flk-cfp");
+    const dir = await Deno.makeTempDir({ prefix: "flk-cfgfail-" });
+    const stateDir = join(dir, "state");
+    const socketPath = join(dir, "flock.sock");
+    // The state directory's path is a file: the store cannot be opened (step 1's cause).
+    await Deno.writeTextFile(stateDir, "not a directory\n");
+    const logs: Record<string, unknown>[] = [];
+    const log = (f: Record<string, unknown>) => void logs.push(f);
+    const agent = new Agent({
+      nodeName: NODE,
+      stateDir,
+      socketPath,
+      netnsPath: nodeNs.path,
+      cooldownMs: 0,
+      log,
+    });
+    const cluster = new ClusterMode({
+      nodeName: NODE,
+      api: new KubeApi({ kubeconfig }),
+      namespace: NAMESPACE,
+      watchNodes: false,
+      statusIntervalMs: 0,
+      configureRetryMs: 200,
+      log,
+    });
+    // The routing step's kernel: busy (every list of the node's routes interrupted) until cleared.
+    let kernelBusy = true;
+    let routingTries = 0;
+    const realApplyConfig = NodeRouting.prototype.applyConfig;
+    NodeRouting.prototype.applyConfig = async function (this: NodeRouting, ...args) {
+      routingTries++;
+      if (kernelBusy) {
+        throw new KernelBusyError("summary routes: list flock's routes", 6, 3_500, "EINTR");
+      }
+      return await realApplyConfig.apply(this, args);
+    };
+    const fatal: unknown[] = [];
+    const add = (id: string) =>
+      callAgent(socketPath, rpcRequest("ADD", id, podNs.path, "flk-cfgfail"), 10_000);
+    const nodeConfigStatus = async () => {
+      const obj = JSON.parse(await kube.kubectlOk(["get", "nodeconfig", NODE, "-o", "json"]));
+      const status = obj.status ?? {};
+      const ready = (status.conditions ?? []).find((c: ReadyCondition) => c.type === "Ready");
+      return {
+        ready: status.ready as boolean | undefined,
+        reason: String(status.reason ?? ""),
+        c: ready as ReadyCondition | undefined,
+      };
+    };
+    const summaryRoutes = () =>
+      nodeNs.ip(["-6", "route", "show", "type", "blackhole", "proto", "201"]);
+    const trail = () => "\n" + logs.map((l) => JSON.stringify(l)).join("\n");
+    try {
+      await agent.listen();
+      cluster.start(agent, (e) => fatal.push(e));
+
+      // 1. The store cannot be opened: not ready, the reason everywhere an operator looks.
+      await eventually(
+        "the store failure as the not-ready reason",
+        () => Promise.resolve(agent.notReadyReason() ?? ""),
+        (r) => /flock\.db: Not a directory/.test(r),
+        20_000,
+      ).catch((e) => {
+        throw new Error(`${e.message}; fatal: ${fatal.map(String)}${trail()}`);
+      });
+      assert.deepEqual(fatal.map(String), [], "the agent does not give up");
+      let r = await add("c-early");
+      assert.equal(r.ok, false);
+      assert.equal(!r.ok && r.error.code, 11, JSON.stringify(r));
+      assert.match(!r.ok ? r.error.msg : "", /flock\.db: Not a directory/);
+      const early = await eventually(
+        "the NodeConfig status naming the failure",
+        nodeConfigStatus,
+        (s) => s.ready === false && /flock\.db: Not a directory/.test(s.reason),
+      );
+      assert.equal(early.c?.reason, "ConfigureFailed");
+
+      // 2. The state dir is usable again, but the routing step's kernel is busy: the node is
+      // reconciled, its summary routes are not in place, so it must still not serve.
+      await Deno.remove(stateDir);
+      await eventually(
+        "the routing failure as the not-ready reason",
+        () => Promise.resolve(agent.notReadyReason() ?? ""),
+        (reason) => /summary routes/.test(reason) && routingTries >= 2,
+        20_000,
+      ).catch((e) => {
+        throw new Error(`${e.message}; fatal: ${fatal.map(String)}${trail()}`);
+      });
+      assert.equal(agent.ready, false);
+      const status = await agent.status();
+      assert.equal(status.ready, false);
+      assert.match(status.reason ?? "", /summary routes/);
+      r = await add("c-busy");
+      assert.equal(!r.ok && r.error.code, 11, JSON.stringify(r));
+      assert.match(!r.ok ? r.error.msg : "", /summary routes/);
+      assert.doesNotMatch(await summaryRoutes(), /fd00:5e::\/64/);
+      await eventually(
+        "the NodeConfig status naming the routing failure",
+        nodeConfigStatus,
+        (s) =>
+          s.ready === false && /summary routes/.test(s.reason) &&
+          s.c?.reason === "ConfigureFailed",
+      );
+
+      // 3. The kernel answers again: the next try configures the node, which then serves.
+      kernelBusy = false;
+      await eventually("ready", () => Promise.resolve(agent.ready), (ready) => ready, 40_000)
+        .catch((e) => {
+          throw new Error(`${e.message}${trail()}`);
+        });
+      assert.match(await summaryRoutes(), /fd00:5e::\/64/);
+      r = await add("c-late");
+      assert.ok(r.ok, JSON.stringify(r));
+      const addrs = (r.result?.ips as { address: string }[]).map((i) => i.address);
+      assert.match(addrs.join(), /^fd00:5e::[0-9a-f]+\/128$/);
+      const served = await eventually(
+        "the NodeConfig status Ready",
+        nodeConfigStatus,
+        (s) => s.ready === true,
+      );
+      assert.equal(served.c?.reason, "Serving");
+      assert.equal(served.reason, "");
+      assert.deepEqual(fatal.map(String), []);
+      assert.equal(cluster.source, "NodeConfig");
+      // Each failure logged with its backoff: 200 ms doubling (the log is what an operator reads).
+      const tries = logs.filter((l) => l.msg === "cannot configure the node; trying again");
+      assert.ok(tries.length >= 3, trail());
+      tries.forEach((l, i) => {
+        assert.equal(l.failures, i + 1);
+        assert.equal(l.retryInMs, Math.min(200 * 2 ** i, 30_000));
+      });
+      assert.ok(
+        logs.some((l) =>
+          l.msg === "node configured after failed tries" && l.failures === tries.length
+        ),
+        trail(),
+      );
+    } finally {
+      NodeRouting.prototype.applyConfig = realApplyConfig;
+      await cluster.stop();
+      await agent.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
