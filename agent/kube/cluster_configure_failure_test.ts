@@ -16,6 +16,8 @@ import { join } from "node:path";
 import { ROOT_ONLY } from "../../tests/helpers/exec.ts";
 import { startKubeWithFlock } from "../../tests/helpers/kube.ts";
 import { TestNamespace } from "../../tests/helpers/netns.ts";
+import { FlockNode } from "../../tests/helpers/flock.ts";
+import { run } from "../../tests/helpers/exec.ts";
 import { eventually } from "../../tests/helpers/eventually.ts";
 import { rpcRequest } from "../../tests/helpers/rpc_request.ts";
 import { callAgent } from "../../cni.ts";
@@ -195,5 +197,76 @@ Deno.test({
       await agent.close();
       await Deno.remove(dir, { recursive: true });
     }
+  },
+});
+
+/** A TCP port on 127.0.0.1 that was free a moment ago (the agent's /readyz). */
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = listener.addr as Deno.NetAddr;
+  listener.close();
+  return port;
+}
+
+Deno.test({
+  name: "cluster: `flock agent` whose store cannot be opened at its first start stays up, says " +
+    "why (CNI code 11, flock status, /readyz) and serves once the state dir is usable",
+  ...ROOT_ONLY,
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await using kube = await startKubeWithFlock();
+    const name = "flk-cfgfail-proc";
+    await kube.apply({
+      apiVersion: "flock.fritzlab.net/v1alpha1",
+      kind: "NodeConfig",
+      metadata: { name },
+      spec: { cidr6: CIDR6 },
+    });
+    const kubeconfig = await kube.kubeconfigFor(await kube.tokenFor(NAMESPACE, "flock"));
+    const port = freePort();
+    await using node = await FlockNode.start({
+      name,
+      config: { cidr6: "fd00:dead::/64" }, // unused in cluster mode
+      kubeconfig,
+      startAgent: false,
+      // Last wins over the helper's `--http off`: the probe an operator (or the kubelet) reads.
+      agentArgs: ["--http", `127.0.0.1:${port}`],
+    });
+    await Deno.writeTextFile(node.stateDir, "not a directory\n");
+    await node.startAgent({ waitReady: false });
+    await using pod = await TestNamespace.create("flk-cfq");
+    const cause = /flock\.db: Not a directory/;
+    const add = await eventually(
+      "an ADD refused with the reason",
+      () => node.cni("ADD", { containerId: "c1", netns: pod.path }),
+      (r) => r.json?.code === 11 && cause.test(r.json?.msg ?? ""),
+      30_000,
+    ).catch(async (e) => {
+      throw new Error(`${e.message}\n${await node.agentLog()}`);
+    });
+    assert.match(add.json.msg, /cannot configure the node/);
+    const status = await run([node.executable, "status", "--socket", node.socketPath]);
+    assert.notEqual(status.code, 0, "flock status: not ready");
+    assert.match(status.stdout + status.stderr, cause);
+    const readyz = await fetch(`http://127.0.0.1:${port}/readyz`);
+    assert.equal(readyz.status, 503);
+    assert.match(await readyz.text(), cause);
+
+    // The operator frees the path: the next try (backoff 1 s, 2 s, ...) configures the node.
+    await Deno.remove(node.stateDir);
+    await node.waitReady(40_000);
+    const r = await node.cni("ADD", { containerId: "c1", netns: pod.path });
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.match(JSON.stringify(r.json.ips), /fd00:5e::/);
+    const ready = await fetch(`http://127.0.0.1:${port}/readyz`);
+    assert.equal(ready.status, 200);
+    await ready.body?.cancel();
+    const log = await node.agentLog();
+    assert.match(log, /"msg":"cannot configure the node; trying again"/);
+    assert.match(log, /"msg":"node configured after failed tries"/);
+    assert.doesNotMatch(log, /"msg":"stopping"/, "the agent never stopped");
+    const del = await node.cni("DEL", { containerId: "c1", netns: pod.path });
+    assert.equal(del.code, 0, del.stdout + del.stderr);
   },
 });
