@@ -12,22 +12,17 @@
  */
 
 import { join } from "node:path";
-import { parseArgs } from "node:util";
 import { Handle, parseIP } from "../netlink/mod.ts";
 import { Datapath, hostIfaceName } from "../agent/datapath.ts";
 import { AnycastRoutes } from "../agent/anycast.ts";
 import { Store } from "../agent/store.ts";
 import { addNamespaces, deleteNamespaces, summarize } from "./report.ts";
+import { integerArgs } from "./args.ts";
 
-const { values } = parseArgs({
-  options: {
-    pods: { type: "string", default: "200" },
-    holders: { type: "string", default: "32" },
-  },
+const { pods: PODS, holders: HOLDERS } = integerArgs({
+  pods: { default: 200 },
+  holders: { default: 32, min: 2 },
 });
-const PODS = Number(values.pods);
-const HOLDERS = Number(values.holders);
-if (!(PODS >= 0 && HOLDERS >= 2)) throw new Error("--pods ≥ 0 and --holders ≥ 2");
 const ANYCAST = ["fd00:ffff::5", "10.255.0.5"];
 const ADD_TARGET_MS = 3; // BRIEF §8: agent-side ADD median
 

@@ -14,18 +14,17 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import { GobgpTor } from "../tests/helpers/gobgp.ts";
 import { type BgpNodePlan, startBgpNode } from "../tests/helpers/bgp_lab.ts";
 import { TestNamespace } from "../tests/helpers/netns.ts";
 import { gobgpPath } from "../tests/helpers/tools.ts";
 import { formatTable, medianP99, ms, type ResultRow, summarize } from "./report.ts";
+import { integerArgs } from "./args.ts";
 
-const { values } = parseArgs({
-  options: { trials: { type: "string", default: "50" }, nodes: { type: "string", default: "3" } },
+const { trials: TRIALS, nodes: NEW_NODES } = integerArgs({
+  trials: { default: 50, min: 1 },
+  nodes: { default: 3 },
 });
-const TRIALS = Number(values.trials);
-const NEW_NODES = Number(values.nodes);
 const TARGET_MS = 100; // BRIEF §8: anycast at the ToR after ADD / gone after the last DEL
 const TOR_AS = 65000;
 const ANYCAST = "fd00:ffff::5";

@@ -13,7 +13,6 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { FlockNode } from "../tests/helpers/flock.ts";
 import { referencePtpConflist } from "../tests/helpers/cnitool.ts";
@@ -30,6 +29,7 @@ import {
   type ResultRow,
   summarize,
 } from "./report.ts";
+import { integerArgs } from "./args.ts";
 
 /** Options of {@linkcode runCniBench}. */
 export interface CniBenchOptions {
@@ -325,20 +325,18 @@ export async function runCniBench(opts: CniBenchOptions): Promise<ResultRow[]> {
 }
 
 if (import.meta.main) {
-  const { values } = parseArgs({
-    options: {
-      cycles: { type: "string", default: "40" },
-      "ds-cycles": { type: "string", default: "10" },
-      concurrent: { type: "string", default: "50" },
-      rounds: { type: "string", default: "3" },
-    },
+  const args = integerArgs({
+    cycles: { default: 40, min: 1 },
+    "ds-cycles": { default: 10 },
+    concurrent: { default: 50, min: 1 },
+    rounds: { default: 3, min: 1 },
   });
   const { formatTable } = await import("./report.ts");
   const rows = await runCniBench({
-    cycles: Number(values.cycles),
-    dsCycles: Number(values["ds-cycles"]),
-    concurrent: Number(values.concurrent),
-    rounds: Number(values.rounds),
+    cycles: args.cycles,
+    dsCycles: args["ds-cycles"],
+    concurrent: args.concurrent,
+    rounds: args.rounds,
     progress: (line) => console.error(line),
   });
   console.log(formatTable("CNI exec path", rows));

@@ -10,13 +10,12 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { CNI_PERMISSIONS, writeLauncher } from "../scripts/build.ts";
 import { formatTable, medianP99, ratio, summarize } from "./report.ts";
+import { integerArgs } from "./args.ts";
 
-const { values } = parseArgs({ args: Deno.args, options: { runs: { type: "string" } } });
-const runs = Number(values.runs ?? 40);
+const { runs } = integerArgs({ runs: { default: 40, min: 1 } });
 
 const dir = await Deno.makeTempDir({ prefix: "flock-permbench-" });
 try {

@@ -13,18 +13,16 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import { getLinkByName, Handle, parseIP, type QueuedRequest } from "../netlink/mod.ts";
 import type { MessageWriter, NetlinkMessage } from "../netlink/wire.ts";
 import { Datapath, hostIfaceName, type PodNetwork } from "../agent/datapath.ts";
 import { summarize } from "./report.ts";
+import { integerArgs } from "./args.ts";
 
-const { values } = parseArgs({
-  options: { pods: { type: "string", default: "200" }, warmup: { type: "string", default: "20" } },
+const { pods: PODS, warmup: WARMUP } = integerArgs({
+  pods: { default: 200, min: 1 },
+  warmup: { default: 20 },
 });
-const PODS = Number(values.pods);
-const WARMUP = Number(values.warmup);
-if (!Number.isInteger(PODS) || PODS < 1) throw new Error(`--pods must be a positive integer`);
 
 const prefix = `flk-bench-${Deno.pid}`;
 const created: string[] = [];

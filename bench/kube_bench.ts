@@ -18,7 +18,6 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import { type KubeCluster, startKubeWithFlock } from "../tests/helpers/kube.ts";
 import { FlockNode } from "../tests/helpers/flock.ts";
 import { callAgent } from "../cni.ts";
@@ -34,16 +33,12 @@ import {
   rssOf,
   summarize,
 } from "./report.ts";
+import { integerArgs } from "./args.ts";
 
-const { values } = parseArgs({
-  args: Deno.args,
-  options: {
-    pods: { type: "string", default: "1000" },
-    samples: { type: "string", default: "30" },
-  },
+const { pods: PODS, samples: SAMPLES } = integerArgs({
+  pods: { default: 1000, min: 1 },
+  samples: { default: 30, min: 1 },
 });
-const PODS = Number(values.pods);
-const SAMPLES = Number(values.samples);
 const NODE = "flk-kb-node";
 const NS = "default";
 const RSS_TARGET_MIB = 160;

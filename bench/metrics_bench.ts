@@ -13,7 +13,6 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { Agent } from "../agent/agent.ts";
 import { parseNodeConfig } from "../agent/config.ts";
@@ -22,17 +21,12 @@ import type { RpcRequest } from "../agent/protocol.ts";
 import { callAgent } from "../cni.ts";
 import { createNode, type NodeFixture, TestNamespace } from "../tests/helpers/netns.ts";
 import { summarize } from "./report.ts";
+import { integerArgs } from "./args.ts";
 
-const { values } = parseArgs({
-  options: {
-    pods: { type: "string", default: "200" },
-    warmup: { type: "string", default: "20" },
-  },
+const { pods: PODS, warmup: WARMUP } = integerArgs({
+  pods: { default: 200, min: 2 },
+  warmup: { default: 20 },
 });
-const PODS = Number(values.pods);
-const WARMUP = Number(values.warmup);
-if (!Number.isInteger(PODS) || PODS < 2) throw new Error("--pods must be an integer ≥ 2");
-if (!Number.isInteger(WARMUP) || WARMUP < 0) throw new Error("--warmup must be an integer ≥ 0");
 /** The target: metrics on within this factor of off. */
 const TARGET_RATIO = 1.05;
 

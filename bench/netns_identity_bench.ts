@@ -11,7 +11,6 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import { Handle, listLinks } from "../netlink/mod.ts";
 import { NetnsIdentities, netnsIdentityOfFd } from "../agent/netns_identity.ts";
 import {
@@ -25,6 +24,7 @@ import {
   summarize,
   us,
 } from "./report.ts";
+import { integerArgs } from "./args.ts";
 
 const ROUNDS = 7;
 const RECORDS = 1_000;
@@ -91,11 +91,11 @@ export async function runNetnsIdentityBench(calls: number): Promise<ResultRow[]>
 }
 
 if (import.meta.main) {
-  const { values } = parseArgs({ options: { calls: { type: "string", default: "2000" } } });
+  const { calls } = integerArgs({ calls: { default: 2000, min: 1 } });
   console.log(
     formatTable(
       "netns check of a new pod's ADD",
-      await runNetnsIdentityBench(Number(values.calls)),
+      await runNetnsIdentityBench(calls),
     ),
   );
 }

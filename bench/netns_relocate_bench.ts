@@ -14,7 +14,6 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { createNode, NETNS_DIR } from "../tests/helpers/netns.ts";
 import { countNetlinkRequests } from "../tests/helpers/netlink_count.ts";
@@ -27,10 +26,9 @@ import { parseNodeConfig } from "../agent/config.ts";
 import { PodHandler } from "../agent/pod_handler.ts";
 import type { RelocateReport } from "../agent/netns_relocate.ts";
 import { formatTable, ms, type ResultRow } from "./report.ts";
+import { integerArgs } from "./args.ts";
 
-const { values } = parseArgs({ options: { pods: { type: "string", default: "1000" } } });
-const PODS = Number(values.pods);
-if (!Number.isInteger(PODS) || PODS < 1 || PODS > 1000) throw new Error("--pods: 1..1000");
+const { pods: PODS } = integerArgs({ pods: { default: 1000, min: 1, max: 1000 } });
 
 const node = parseNodeConfig({ cidr6: "fd00:bf::/64", cidr4: "10.191.0.0/16" }, "bench");
 const names = Array.from({ length: PODS }, (_, i) => `flk-rlbp-${Deno.pid}-${i}`);

@@ -17,7 +17,6 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { createNode, TestNamespace } from "../tests/helpers/netns.ts";
 import { countNetlinkRequests } from "../tests/helpers/netlink_count.ts";
@@ -31,17 +30,13 @@ import { PodHandler } from "../agent/pod_handler.ts";
 import { reconcile } from "../agent/reconcile.ts";
 import type { RpcRequest } from "../agent/protocol.ts";
 import { formatTable, ms, type ResultRow } from "./report.ts";
+import { integerArgs } from "./args.ts";
 
-const { values } = parseArgs({
-  options: {
-    pods: { type: "string", default: "100" },
-    dels: { type: "string", default: "10" },
-  },
+const { pods: PODS, dels: DELS } = integerArgs({
+  pods: { default: 100, min: 1, max: 200 },
+  dels: { default: 10, min: 1 },
 });
-const PODS = Number(values.pods);
-const DELS = Number(values.dels);
-if (!Number.isInteger(PODS) || PODS < 1 || PODS > 200) throw new Error("--pods: 1..200");
-if (!Number.isInteger(DELS) || DELS < 1 || DELS > PODS) throw new Error("--dels: 1..--pods");
+if (DELS > PODS) throw new Error("--dels: at most --pods");
 
 const node = parseNodeConfig({ cidr6: "fd00:be::/64", cidr4: "10.190.0.0/16" }, "bench");
 

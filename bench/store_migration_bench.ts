@@ -11,14 +11,13 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { formatTable, medianP99, ratio, type ResultRow, summarize } from "./report.ts";
 import { SCHEMA_VERSION, Store } from "../agent/store.ts";
 import { manyOldRecords, writeSchema2Store } from "../tests/helpers/old_store.ts";
+import { integerArgs } from "./args.ts";
 
-const { values } = parseArgs({ options: { samples: { type: "string", default: "15" } } });
-const samples = Number(values.samples);
+const { samples } = integerArgs({ samples: { default: 15, min: 1 } });
 
 /** Milliseconds of `Store.open` + `close` of a fresh copy of `template` (the copy not timed). */
 async function timeOpen(template: string, work: string): Promise<number> {

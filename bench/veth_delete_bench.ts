@@ -16,7 +16,6 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import { deleteLinkOffThread, getLinkByName, Handle } from "../netlink/mod.ts";
 import { forEachBounded } from "../agent/bounded.ts";
 import { runOk } from "../tests/helpers/exec.ts";
@@ -29,17 +28,12 @@ import {
   type ResultRow,
   summarize,
 } from "./report.ts";
+import { integerArgs } from "./args.ts";
 
-const { values } = parseArgs({
-  options: {
-    pods: { type: "string", default: "12" },
-    rounds: { type: "string", default: "5" },
-  },
+const { pods: PODS, rounds: ROUNDS } = integerArgs({
+  pods: { default: 12, min: 1 },
+  rounds: { default: 5, min: 1 },
 });
-const PODS = Number(values.pods);
-const ROUNDS = Number(values.rounds);
-if (!Number.isInteger(PODS) || PODS < 1) throw new Error("--pods must be a positive integer");
-if (!Number.isInteger(ROUNDS) || ROUNDS < 1) throw new Error("--rounds must be a positive integer");
 const CONCURRENCIES = [...new Set([1, 2, 4, 8, PODS])].filter((c) => c <= PODS);
 
 const prefix = `flk-vdb-${Deno.pid}`;

@@ -12,7 +12,6 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import { getLinkByIndex, getLinkByName, Handle, type Link, netnsIdOf } from "../netlink/mod.ts";
 import { runOk } from "../tests/helpers/exec.ts";
 import {
@@ -24,6 +23,7 @@ import {
   type ResultRow,
   us,
 } from "./report.ts";
+import { integerArgs } from "./args.ts";
 
 const ROUNDS = 7;
 
@@ -83,6 +83,6 @@ export async function runVethOwnerBench(calls: number): Promise<ResultRow[]> {
 }
 
 if (import.meta.main) {
-  const { values } = parseArgs({ options: { calls: { type: "string", default: "2000" } } });
-  console.log(formatTable("veth ownership check", await runVethOwnerBench(Number(values.calls))));
+  const { calls } = integerArgs({ calls: { default: 2000, min: 1 } });
+  console.log(formatTable("veth ownership check", await runVethOwnerBench(calls)));
 }
