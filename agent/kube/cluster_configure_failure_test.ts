@@ -14,7 +14,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { ROOT_ONLY } from "../../tests/helpers/exec.ts";
-import { startKubeWithFlock } from "../../tests/helpers/kube.ts";
+import { freePort, startKubeWithFlock } from "../../tests/helpers/kube.ts";
 import { TestNamespace } from "../../tests/helpers/netns.ts";
 import { FlockNode } from "../../tests/helpers/flock.ts";
 import { run } from "../../tests/helpers/exec.ts";
@@ -199,14 +199,6 @@ Deno.test({
     }
   },
 });
-
-/** A TCP port on 127.0.0.1 that was free a moment ago (the agent's /readyz). */
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = listener.addr as Deno.NetAddr;
-  listener.close();
-  return port;
-}
 
 Deno.test({
   name: "cluster: `flock agent` whose store cannot be opened at its first start stays up, says " +
