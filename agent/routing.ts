@@ -435,16 +435,12 @@ export class NodeRouting {
   /** Failed reads of the address notifications in a row (logged when they start and end). */
   readonly #addressReadFailures: FailureStreak;
   /**
-   * The bird.conf text last handed to BIRD; cleared when BIRD did not take it (failed,
-   * unreachable, rejected), so that the next address change hands it over again.
+   * The bird.conf text last handed to BIRD; cleared when BIRD neither took nor judged it
+   * (failed, unreachable), so that the next address change hands it over again. A text BIRD
+   * rejected stays: the address path does not hand it over again, and BirdControl does not
+   * re-send it from the other paths either (it owns "which text BIRD has or refused").
    */
   #renderedText?: string;
-  /**
-   * The bird.conf text BIRD last rejected (a syntax or config error, not a reload that failed):
-   * the same text would be rejected again, so it is not handed over (nor the error logged) again
-   * until the text changes.
-   */
-  #rejectedText?: string;
 
   constructor(options: NodeRoutingOptions) {
     this.#o = options;
@@ -743,24 +739,19 @@ export class NodeRouting {
       "the node has an IPv4 address for its IPv4 multihop peers again",
     );
     const text = renderBirdConfig(input);
-    // A text BIRD rejected is refused again: neither handed over nor logged until it changes
-    // (an address change that renders the same text would otherwise log the error each time).
-    if (text === this.#rejectedText) {
-      return onlyIfChanged === undefined ? this.birdStatus() : undefined;
-    }
     if (onlyIfChanged !== undefined) {
+      // Also a text BIRD rejected: an address change that renders it again would otherwise log
+      // a reload each time.
       if (text === this.#renderedText) return undefined;
       this.#o.log({ msg: "bird.conf changed: reloading BIRD", reason: onlyIfChanged });
     }
     this.#renderedText = text;
-    this.#rejectedText = undefined;
     const status = await this.control.update(text);
-    // Another render may have taken over while this one waited: its text stays.
-    if (this.#renderedText === text) {
-      if (status.result === "rejected") this.#rejectedText = text;
-      // Skipping a text BIRD never took (failed, unreachable) would leave it untried from the
-      // address path: the control's own retry covers only some failures.
-      if (status.result !== "ok") this.#renderedText = undefined;
+    // Another render may have taken over while this one waited: its text stays. A text BIRD
+    // neither took nor judged (failed, unreachable) is forgotten: the control retries it itself,
+    // and the next address change hands it over too (as before that retry existed for all).
+    if (this.#renderedText === text && status.result !== "ok" && status.result !== "rejected") {
+      this.#renderedText = undefined;
     }
     return status;
   }

@@ -8,11 +8,15 @@
  * file (so bird.conf on disk is always the last config BIRD accepted, and a BIRD restart
  * reads a good one), then runs `birdc configure` and checks the reply. A rejected config
  * leaves the running one in place and is kept next to it as `bird.conf.rejected`; the error
- * is in {@link BirdControl.status}. When BIRD is not reachable the candidate is checked
+ * is in {@link BirdControl.status}, and the same text is not sent again (it would be refused
+ * again) until another one was tried. When BIRD is not reachable the candidate is checked
  * offline with `bird -p` and written for BIRD to read when it starts, and the reload is
  * retried. A reload that could not be completed (BIRD did not answer within
- * `commandTimeoutMs`, being busy or stopped, or the file could not be written) is `failed`, not
- * `rejected`: nothing judged the config, so it is retried every `retryMs` until BIRD takes it.
+ * `commandTimeoutMs`, being busy or stopped; BIRD shutting down or closing the connection
+ * mid-reply; the file could not be written) is `failed`, not `rejected`: nothing judged the
+ * config, so it is retried every `retryMs` until BIRD takes it or judges it. Only BIRD's
+ * "configuration file error" with a place in the file (`file:line:col message`) is a verdict;
+ * see {@link parseConfigureReply}.
  * Such an outage is logged when it starts, when its cause changes (stopped, then down), every
  * 60th retry (failure_streak.ts) and when BIRD answers again, not at every retry.
  *
@@ -31,11 +35,12 @@ const MAX_LOGGED_REJECTIONS = 64;
 export interface BirdReloadStatus {
   /**
    * `never` before the first attempt; `ok` when BIRD runs the current config; `rejected` when
-   * BIRD (or `bird -p`) refused the newest one and runs the previous one (not retried: the same
-   * text would be refused again); `unreachable` when BIRD's control socket did not answer
-   * (a retry is scheduled); `failed` when the reload could not be completed, BIRD accepting the
-   * connection but not answering within `commandTimeoutMs` or the file not being writable
-   * (BIRD may still run the previous config; a retry is scheduled).
+   * BIRD (or `bird -p`) found a fault in the newest one and runs the previous one (not retried:
+   * the same text would be refused again); `unreachable` when BIRD's control socket did not
+   * answer (a retry is scheduled); `failed` when the reload could not be completed without a
+   * verdict on the text: BIRD accepting the connection but not answering within
+   * `commandTimeoutMs`, shutting down, closing the connection mid-reply, or the file not being
+   * writable (BIRD may still run the previous config; a retry is scheduled).
    */
   result: "never" | "ok" | "rejected" | "unreachable" | "failed";
   /** When the last reload attempt finished (ISO 8601). */
@@ -48,7 +53,10 @@ export interface BirdReloadStatus {
   error?: string;
   /** Reloads BIRD accepted. */
   reloads: number;
-  /** Updates that ended without a reload because the text had not changed. */
+  /**
+   * Updates that ended without a reload because the text had not changed (BIRD runs it, or
+   * refused it at the last attempt).
+   */
   unchanged: number;
 }
 
@@ -111,35 +119,108 @@ export async function runCommand(
 
 /** BIRD's reply to a `configure` family command, judged. */
 export interface ConfigureReply {
+  /** BIRD took the config (`configure`) or found it good (`configure check`). */
   ok: boolean;
+  /**
+   * BIRD found a fault in the config text (a parse or config error at a place in the file):
+   * the same text would be refused again, so it is not worth a retry.
+   */
+  rejected: boolean;
   /** The control socket could not be reached (BIRD not running). */
   unreachable: boolean;
   /** birdc was killed waiting for BIRD (busy or stopped): BIRD judged nothing. */
   timedOut: boolean;
-  /** The meaningful lines (banner and "Reading configuration" dropped). */
+  /** BIRD's last reply code (`birdc -v`), when it gave one. */
+  replyCode?: number;
+  /** The meaningful lines, without reply codes (banner and "Reading configuration" dropped). */
   message: string;
 }
 
-const SUCCESS_REPLIES = [
-  /^Reconfigured$/m,
-  /^Reconfiguration in progress$/m,
-  /^Reconfiguration already in progress, queueing new config$/m,
-  /^Configuration OK$/m,
-];
+/**
+ * BIRD 2's reply codes for `configure` and `configure check`, as `birdc -v` prints them. From
+ * BIRD's doc/reply_codes and sysdep/unix/main.c (cmd_read_config, cmd_check_config,
+ * cmd_reconfig_msg), BIRD 2.0.x (CZ-NIC/bird).
+ */
+const REPLY = {
+  /** `0001 BIRD 2.0.12 ready.`: the greeting. */
+  WELCOME: 1,
+  /** `0002-Reading configuration from FILE`: continued by the outcome. */
+  READING: 2,
+  /** `0003 Reconfigured`. */
+  RECONFIGURED: 3,
+  /** `0004 Reconfiguration in progress`: taken; protocols are still being reconfigured. */
+  IN_PROGRESS: 4,
+  /** `0005 Reconfiguration already in progress, queueing new config`: taken, applied next. */
+  QUEUED: 5,
+  /** `0006 Reconfiguration ignored, shutting down`: not taken, not judged. */
+  SHUTTING_DOWN: 6,
+  /** `0020 Configuration OK` (`configure check`). */
+  CONFIG_OK: 20,
+  /**
+   * `8002 FILE:LINE:COL MESSAGE` (a parse or config error: a verdict), or `8002 FILE: ERRNO`
+   * (the file could not be opened: no verdict on the text).
+   */
+  CONFIG_FILE_ERROR: 8002,
+} as const;
 
-/** Judges birdc's output and exit code for `configure` and `configure check`. */
+/** Replies that mean BIRD took (or, for a check, passed) the config. */
+const TAKEN: ReadonlySet<number> = new Set([
+  REPLY.RECONFIGURED,
+  REPLY.IN_PROGRESS,
+  REPLY.QUEUED,
+  REPLY.CONFIG_OK,
+]);
+
+/** A config error's place in the file, as BIRD (and `bird -p`) prints it: `FILE:LINE:COL `. */
+const ERROR_LOCATION = /:\d+:\d+ \S/;
+
+/**
+ * Judges `birdc -v`'s output and exit code for `configure` and `configure check`. Only BIRD's
+ * "configuration file error" with a place in the file is a verdict on the text (`rejected`);
+ * anything else that is no success (`0006` while BIRD shuts down, the connection closed
+ * mid-reply, a file BIRD could not open, a reply without a code) judged nothing and is worth a
+ * retry.
+ */
 export function parseConfigureReply(
   code: number,
   text: string,
   timedOut = false,
 ): ConfigureReply {
-  const message = text.split("\n")
-    .filter((l) => !/^BIRD [\d.]+ ready\.$/.test(l) && !/^Reading configuration from /.test(l))
-    .join("\n").trim();
+  let replyCode: number | undefined;
+  const lines: string[] = [];
+  for (const line of text.split("\n")) {
+    const coded = /^(\d{4})[ -](.*)$/.exec(line);
+    if (!coded) {
+      // A continuation line (`birdc -v` indents it) or birdc's own error.
+      lines.push(line.trim());
+      continue;
+    }
+    replyCode = Number(coded[1]);
+    if (replyCode !== REPLY.WELCOME && replyCode !== REPLY.READING) lines.push(coded[2]);
+  }
+  const message = lines.join("\n").trim();
   const unreachable = /Unable to connect to server control socket/.test(text);
-  const ok = code === 0 && !unreachable && !timedOut &&
-    SUCCESS_REPLIES.some((re) => re.test(message));
-  return { ok, unreachable, timedOut, message: message || `birdc exited with ${code}` };
+  const answered = !unreachable && !timedOut;
+  const ok = answered && code === 0 && replyCode !== undefined && TAKEN.has(replyCode);
+  const rejected = answered && !ok && replyCode === REPLY.CONFIG_FILE_ERROR &&
+    ERROR_LOCATION.test(message);
+  return {
+    ok,
+    rejected,
+    unreachable,
+    timedOut,
+    replyCode,
+    message: message || `birdc exited with ${code}`,
+  };
+}
+
+/**
+ * Judges `bird -p` (the offline check): a failure naming a place in the file is a verdict on
+ * the text; any other (bird not runnable, killed) judged nothing.
+ */
+export function parseOfflineCheck(out: CommandOutput): { ok: boolean; rejected: boolean } {
+  const ok = out.code === 0 && !out.timedOut;
+  return { ok, rejected: !ok && !out.timedOut && ERROR_LOCATION.test(out.text) };
 }
 
 function quoted(path: string): string {
@@ -154,6 +235,12 @@ export class BirdControl {
   readonly #onAttempt: (status: BirdReloadStatus) => void;
   /** The text BIRD accepted last (undefined until the first success). */
   #accepted?: string;
+  /**
+   * The text BIRD (or `bird -p`) found a fault in last: while it is the last one tried
+   * (`status.result` is `rejected`) it is not sent again; a re-render of the same text would
+   * otherwise run the check (and write `bird.conf.rejected`) every time.
+   */
+  #rejected?: string;
   /** The newest text asked for. */
   #wanted?: string;
   #pending = false;
@@ -248,10 +335,21 @@ export class BirdControl {
     while (this.#pending && !this.#closed) {
       this.#pending = false;
       const waiters = this.#waiters.splice(0);
-      await this.#apply(this.#wanted!).catch((e) => this.#failed(e));
-      this.#notify();
+      const text = this.#wanted!;
+      if (this.#refusedLast(text)) {
+        // Not sent again: no attempt to report (nor a reload for the metrics to count).
+        this.status.unchanged++;
+      } else {
+        await this.#apply(text).catch((e) => this.#failed(e));
+        this.#notify();
+      }
       for (const w of waiters) w({ ...this.status });
     }
+  }
+
+  /** Whether BIRD found a fault in `text` at the last attempt: sent again, it would be again. */
+  #refusedLast(text: string): boolean {
+    return text === this.#rejected && this.status.result === "rejected";
   }
 
   async #apply(text: string): Promise<void> {
@@ -271,12 +369,16 @@ export class BirdControl {
       return;
     }
     if (check.unreachable) {
-      await this.#applyOffline(candidate, check.message);
+      await this.#applyOffline(candidate, text, check.message);
+      return;
+    }
+    if (check.rejected) {
+      this.#birdAnswered();
+      await this.#reject(candidate, text, check.message);
       return;
     }
     if (!check.ok) {
-      this.#birdAnswered();
-      await this.#reject(candidate, check.message);
+      this.#notTaken("configure check", check);
       return;
     }
     await Deno.rename(candidate, configPath);
@@ -294,7 +396,8 @@ export class BirdControl {
     }
     const now = new Date().toISOString();
     this.status.lastAttempt = now;
-    if (!reply.unreachable) this.#birdAnswered();
+    // Taken or judged: an outage is over. A reply without a verdict continues it.
+    if (reply.ok || reply.rejected) this.#birdAnswered();
     if (reply.ok) {
       this.#accepted = text;
       Object.assign(this.status, {
@@ -309,18 +412,41 @@ export class BirdControl {
       this.#log({ msg: "bird reconfigured", reply: reply.message });
       return;
     }
-    this.status.result = reply.unreachable ? "unreachable" : "rejected";
-    this.status.error = reply.message;
     if (reply.unreachable) {
+      this.status.result = "unreachable";
+      this.status.error = reply.message;
       this.#outageRound("bird not reachable", reply.message);
       this.#retry();
-    } else if (this.#newRejection(reply.message)) {
-      this.#log({ level: "warn", msg: "bird configure failed", error: reply.message });
+    } else if (reply.rejected) {
+      // Checked good a moment ago, so hardly ever: the file is the rejected text by now.
+      this.#rejected = text;
+      this.status.result = "rejected";
+      this.status.error = reply.message;
+      if (this.#newRejection(reply.message)) {
+        this.#log({ level: "warn", msg: "bird configure failed", error: reply.message });
+      }
+    } else {
+      // Shutting down, or gone mid-reply: the file holds the text for BIRD's next start, and the
+      // retry has a BIRD that runs (or a restarted one) take it.
+      this.#notTaken("configure", reply);
     }
   }
 
+  /**
+   * BIRD answered `step` without taking the config and without a verdict on it (`0006` while
+   * shutting down, the connection closed mid-reply, a file it could not open): retried.
+   */
+  #notTaken(step: string, reply: ConfigureReply): void {
+    this.status.lastAttempt = new Date().toISOString();
+    this.status.result = "failed";
+    this.status.error = `BIRD did not take the config at '${step}' and found no fault in it ` +
+      `(${reply.message}); retrying every ${this.#o.retryMs} ms`;
+    this.#outageRound("bird reload not taken", this.status.error);
+    this.#retry();
+  }
+
   /** BIRD is down: check the candidate offline; a good one replaces the file BIRD will read. */
-  async #applyOffline(candidate: string, why: string): Promise<void> {
+  async #applyOffline(candidate: string, text: string, why: string): Promise<void> {
     const parsed = await runCommand(
       this.#o.birdPath,
       ["-p", "-c", candidate],
@@ -330,8 +456,13 @@ export class BirdControl {
       this.#timedOut("bird -p");
       return;
     }
-    if (parsed.code !== 0) {
-      await this.#reject(candidate, parsed.text || `bird -p exited with ${parsed.code}`);
+    const judged = parseOfflineCheck(parsed);
+    if (judged.rejected) {
+      await this.#reject(candidate, text, parsed.text);
+      return;
+    }
+    if (!judged.ok) {
+      this.#failed(new Error(`bird -p exited with ${parsed.code}: ${parsed.text}`));
       return;
     }
     await Deno.rename(candidate, this.#o.configPath);
@@ -342,7 +473,8 @@ export class BirdControl {
     this.#retry();
   }
 
-  async #reject(candidate: string, message: string): Promise<void> {
+  async #reject(candidate: string, text: string, message: string): Promise<void> {
+    this.#rejected = text;
     await Deno.rename(candidate, `${this.#o.configPath}.rejected`).catch(() => {});
     this.status.lastAttempt = new Date().toISOString();
     this.status.result = "rejected";
@@ -478,9 +610,10 @@ export class BirdControl {
   }
 
   async #birdc(command: string[]): Promise<ConfigureReply> {
+    // -v: BIRD's reply codes, which tell a verdict on the config from a reload BIRD never judged.
     const out = await runCommand(
       this.#o.birdcPath,
-      ["-s", this.#o.socketPath, ...command],
+      ["-v", "-s", this.#o.socketPath, ...command],
       this.#o.commandTimeoutMs,
     );
     return parseConfigureReply(out.code, out.text, out.timedOut);

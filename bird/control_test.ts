@@ -8,9 +8,13 @@ import {
   BirdControl,
   type BirdReloadStatus,
   parseConfigureReply,
+  parseOfflineCheck,
   parseShowProtocols,
 } from "./control.ts";
-import { renderBirdConfig } from "./config.ts";
+import {
+  birdConfigWithPeer as configWithPeer,
+  smallBirdConfig as config,
+} from "../tests/helpers/bird_configs.ts";
 import { ROOT_ONLY } from "../tests/helpers/exec.ts";
 import { TestNamespace } from "../tests/helpers/netns.ts";
 import { BirdDaemon, bootstrapBirdConfig } from "../tests/helpers/bird.ts";
@@ -60,21 +64,26 @@ Deno.test("parseShowProtocols: BGP sessions with state, neighbour and uptime", (
 });
 
 Deno.test("parseConfigureReply: success, syntax error, unreachable", () => {
+  // `birdc -v` output, as BIRD 2.0.12 gives it.
   const ok = parseConfigureReply(
     0,
-    "BIRD 2.0.12 ready.\nReading configuration from /x\nReconfigured",
+    "0001 BIRD 2.0.12 ready.\n0002-Reading configuration from /x\n0003 Reconfigured",
   );
   assert.deepEqual(ok, {
     ok: true,
+    rejected: false,
     unreachable: false,
     timedOut: false,
+    replyCode: 3,
     message: "Reconfigured",
   });
   const bad = parseConfigureReply(
     1,
-    "BIRD 2.0.12 ready.\nReading configuration from /x\n/x:2:19 syntax error, unexpected '}'",
+    "0001 BIRD 2.0.12 ready.\n0002-Reading configuration from /x\n" +
+      "8002 /x:2:19 syntax error, unexpected '}'",
   );
   assert.equal(bad.ok, false);
+  assert.equal(bad.rejected, true, "a fault at a place in the file is a verdict");
   assert.equal(bad.message, "/x:2:19 syntax error, unexpected '}'");
   const down = parseConfigureReply(
     1,
@@ -82,32 +91,72 @@ Deno.test("parseConfigureReply: success, syntax error, unreachable", () => {
   );
   assert.equal(down.unreachable, true);
   assert.equal(down.ok, false);
+  assert.equal(down.rejected, false);
   // birdc killed while BIRD was busy: not a verdict on the config.
-  const slow = parseConfigureReply(143, "BIRD 2.0.12 ready.\n[timed out after 10000 ms]", true);
+  const slow = parseConfigureReply(
+    143,
+    "0001 BIRD 2.0.12 ready.\n[timed out after 10000 ms]",
+    true,
+  );
   assert.equal(slow.ok, false);
+  assert.equal(slow.rejected, false);
   assert.equal(slow.timedOut, true);
 });
 
-function config(cidr6: string): string {
-  return renderBirdConfig({
-    routerId: "10.9.9.9",
-    cidrs: [cidr6],
-    anycastCIDRs: [],
-    routeProtocol: 201,
-  });
-}
+Deno.test("parseConfigureReply: replies that are no verdict on the text are not rejections", () => {
+  const answers = [
+    // BIRD shutting down (sysdep/unix/main.c, cmd_reconfig_msg: CONF_SHUTDOWN).
+    [
+      0,
+      "0001 BIRD 2.0.12 ready.\n0002-Reading configuration from /x\n" +
+      "0006 Reconfiguration ignored, shutting down",
+    ],
+    // BIRD gone mid-reply (birdc's own errors, no reply code).
+    [
+      1,
+      "0001 BIRD 2.0.12 ready.\n0002-Reading configuration from /x\n" +
+      "Server read error: Connection reset by peer",
+    ],
+    [1, "0001 BIRD 2.0.12 ready.\nConnection closed by server"],
+    // The file could not be opened: 8002 without a place in the file.
+    [
+      1,
+      "0001 BIRD 2.0.12 ready.\n0002-Reading configuration from /x\n" +
+      "8002 /x: No such file or directory",
+    ],
+    // A command BIRD could not parse, or a restricted CLI: the text was never read.
+    [1, "0001 BIRD 2.0.12 ready.\n9001 syntax error, unexpected CF_SYM_UNDEFINED"],
+    [0, "0001 BIRD 2.0.12 ready.\n0016 Access restricted"],
+  ] as const;
+  for (const [code, text] of answers) {
+    const r = parseConfigureReply(code, text);
+    assert.deepEqual([r.ok, r.rejected, r.unreachable], [false, false, false], text);
+    assert.doesNotMatch(r.message, /BIRD 2\.0\.12 ready|Reading configuration/);
+  }
+  // Taken: in progress, or queued behind a reload in progress, is BIRD's to finish.
+  for (
+    const taken of [
+      "0004 Reconfiguration in progress",
+      "0005 Reconfiguration already in " +
+      "progress, queueing new config",
+      "0020 Configuration OK",
+    ]
+  ) {
+    const r = parseConfigureReply(0, `0001 BIRD 2.0.12 ready.\n${taken}`);
+    assert.equal(r.ok, true, taken);
+    assert.equal(r.message, taken.slice(5));
+  }
+});
 
-/** A session to a ToR: visible in `show protocols` once BIRD runs this config. */
-function configWithPeer(): string {
-  return renderBirdConfig({
-    routerId: "10.9.9.9",
-    cidrs: ["fd00:2::/64"],
-    anycastCIDRs: [],
-    routeProtocol: 201,
-    asn: 64512,
-    peers: [{ address: "fd00:9::1", asn: 65000 }],
-  });
-}
+Deno.test("parseOfflineCheck: a fault at a place in the file is a verdict, bird not running is not", () => {
+  const bad = { code: 1, text: "bird: /x.new:1:19 syntax error, unexpected CF_SYM_UNDEFINED" };
+  assert.deepEqual(parseOfflineCheck(bad), { ok: false, rejected: true });
+  assert.deepEqual(parseOfflineCheck({ code: 0, text: "" }), { ok: true, rejected: false });
+  const missing = { code: 127, text: "cannot run /nonexistent/bird: No such file or directory" };
+  assert.deepEqual(parseOfflineCheck(missing), { ok: false, rejected: false });
+  const killed = { code: 143, text: "[timed out after 10000 ms]", timedOut: true };
+  assert.deepEqual(parseOfflineCheck(killed), { ok: false, rejected: false });
+});
 
 Deno.test({
   name: "BirdControl: reloads a real BIRD, coalesces, skips unchanged, keeps the last good config",
