@@ -14,11 +14,11 @@
  * retried. A reload that could not be completed (BIRD did not answer within
  * `commandTimeoutMs`, being busy or stopped; BIRD shutting down or closing the connection
  * mid-reply; the file could not be written) is `failed`, not `rejected`: nothing judged the
- * config, so it is retried every `retryMs` until BIRD takes it or judges it. Only BIRD's
- * "configuration file error" with a place in the file (`file:line:col message`) is a verdict;
- * see {@link parseConfigureReply}.
- * Such an outage is logged when it starts, when its cause changes (stopped, then down), every
- * 60th retry (failure_streak.ts) and when BIRD answers again, not at every retry.
+ * config, so it is retried every `retryMs` until BIRD takes it or judges it. Such an outage is
+ * logged when it starts, when its cause changes (stopped, then down), every 60th retry
+ * (failure_streak.ts) and when BIRD answers again, not at every retry. Only BIRD's
+ * "configuration file error" with a place in the file (`file:line:col message`) is a verdict
+ * on the text; see {@link parseConfigureReply}.
  *
  * Every command runs with an argument list (Deno.Command), never through a shell.
  *
