@@ -109,7 +109,8 @@ export async function agentMain(args: string[]): Promise<number> {
     } else if (!agent.node) {
       agent.log({ level: "warn", msg: "SIGHUP ignored: the node is not configured yet" });
     } else {
-      reloadRouting(agent, values.config);
+      // Never rejects: it logs its own failures.
+      void reloadRouting(agent, values.config);
     }
   });
   await agent.listen();
