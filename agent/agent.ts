@@ -257,6 +257,8 @@ export class Agent {
     // A stop signal during the reconcile's await: serving now would start the sweep timer and
     // the routing after close has stopped them (and on a closed store).
     this.#refuseIfClosed();
+    report.trigger = reconfiguring ? "reconfigure" : "start-up";
+    report.at = new Date().toISOString();
     this.reconcileReport = report;
     this.metrics?.reconciled(report);
     [this.#node, this.#pool6, this.#pool4] = [node, pool6, pool4];
@@ -265,6 +267,7 @@ export class Agent {
       ms: Math.round((performance.now() - started) * 10) / 10,
       ...report,
       problems: report.problems.length ? report.problems : undefined,
+      notes: report.notes.length ? report.notes : undefined,
     });
     const handler = new PodHandler({
       store: this.#store,

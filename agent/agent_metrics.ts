@@ -112,8 +112,9 @@ export class AgentMetrics {
     const withheldByFamily = { ipv6: withheld.labels("ipv6"), ipv4: withheld.labels("ipv4") };
     const reconcileProblems = r.gauge({
       name: "flock_reconcile_problems",
-      help: "Problem lines of the last reconcile (start or reconfigure) in flock status, notes " +
-        "included; a background retry that succeeds removes its own.",
+      help: "Problems of the last reconcile (start or reconfigure) in flock status: something " +
+        "wrong or found broken (a repaired pod, an orphan, a failed teardown); its notes " +
+        "(expected housekeeping) do not count; a background retry that succeeds removes its own.",
     });
     // One snapshot per scrape feeds every gauge.
     r.beforeScrape(async () => {

@@ -42,8 +42,10 @@ Deno.test({
       const [problem] = report.problems.filter((p) => /^summary routes not installed/.test(p));
       assert.ok(problem, `reported: ${JSON.stringify(report.problems)}`);
       assert.ok((await agent.status()).reconcile?.problems.includes(problem), "status lists it");
-      // Others (the old summary route the reconcile removed) are notes that stay.
+      // The old summary route the reconcile removed is a note: neither a problem nor counted.
       const others = report.problems.filter((p) => p !== problem);
+      assert.deepEqual(others, []);
+      assert.ok(report.notes.some((n) => n.startsWith("removed orphan route fd00:7::/64")));
       assert.equal(await problemsGauge(agent), others.length + 1);
 
       const resolved = (f: Record<string, unknown>) =>

@@ -17,7 +17,10 @@
  *   deleting a link can take a whole IPv4 multipath route with it).
  *
  * A record that cannot be handled (its teardown or repair throws) goes into the report's
- * `problems` and the rest goes on: one bad record must not keep the agent from starting.
+ * `problems` and the rest goes on: one bad record must not keep the agent from starting. What
+ * was found broken goes there too (a repaired pod, an orphan of a pod without a record); the
+ * expected housekeeping (leftovers finished, an old CIDR's summary route removed, the withheld
+ * addresses) goes into `notes` (reconcile_findings.ts).
  *
  * The dumps everything is decided on are read whole or not at all: a dump the kernel
  * interrupts (a busy node: DAD on many new addresses, routes churning) is read again after a
@@ -61,17 +64,31 @@ import { isNetnsGone } from "./netns_path.ts";
 import { isKernelBusy, type KernelRetryOptions, retryWhileKernelBusy } from "./kernel_busy.ts";
 import { otherPodSides, setupOwnershipChecks } from "./veth_owner.ts";
 import { freeUnroutedWithheld, staysWithheld, withheldThrough } from "./withheld.ts";
+import {
+  addFinding,
+  hostRouteKey,
+  leftoversNote,
+  missingHostState,
+  type ReconcileFindings,
+  removedLinkProblem,
+  removedRouteFinding,
+  repairedProblem,
+} from "./reconcile_findings.ts";
 
 /** What reconciliation did, for logs, metrics and `flock status`. */
-export interface ReconcileReport {
+export interface ReconcileReport extends ReconcileFindings {
   restored: number;
   repaired: number;
   released: number;
   orphanLinks: number;
+  /** Flock-tagged routes removed that nothing in force explains (old summary routes included). */
   orphanRoutes: number;
   /** Anycast routes installed, replaced or removed to match the committed holders. */
   anycastChanged: number;
-  problems: string[];
+  /** Set by the agent: the configure that ran it, the agent's first or a later one. */
+  trigger?: "start-up" | "reconfigure";
+  /** Set by the agent: when it finished (ISO 8601). */
+  at?: string;
 }
 
 /** Inputs of {@link reconcile}. */
@@ -115,6 +132,7 @@ export async function reconcile(d: ReconcileDeps): Promise<ReconcileReport> {
     orphanRoutes: 0,
     anycastChanged: 0,
     problems: [],
+    notes: [],
   };
   const node = d.datapath.node;
   d.datapath.ensureNode();
@@ -123,7 +141,8 @@ export async function reconcile(d: ReconcileDeps): Promise<ReconcileReport> {
   // Before any teardown or repair: either would act on the name a live pod's veth has.
   const separated = separateSharedHostIfaces({ store: d.store, datapath: d.datapath, now });
   report.released += separated.released;
-  report.problems.push(...separated.notes);
+  report.problems.push(...separated.problems);
+  report.notes.push(...separated.notes);
   await releaseLeftovers(d, now, report);
 
   // One dump each of links and flock routes, taken once the leftovers are gone: enough to find
@@ -159,7 +178,7 @@ export async function reconcile(d: ReconcileDeps): Promise<ReconcileReport> {
     report.restored++;
     try {
       const missing = missingHostState(rec, links, hostRoutes);
-      if (missing && !isNetnsGone(rec.netns)) {
+      if (missing !== undefined && !isNetnsGone(rec.netns)) {
         // setup reads the pod's links and addresses: a busy kernel gets a few short retries.
         await retryWhileKernelBusy(`repair of ${rec.containerId}`, () =>
           d.datapath.setup({
@@ -173,6 +192,7 @@ export async function reconcile(d: ReconcileDeps): Promise<ReconcileReport> {
             mtu: d.mtu,
           }, repairChecks(d.store, rec)), { ...d.retry, attempts: REPAIR_ATTEMPTS });
         report.repaired++;
+        report.problems.push(repairedProblem(rec.containerId, missing));
       }
     } catch (e) {
       report.problems.push(`${rec.containerId}: repair failed: ${(e as Error).message}`);
@@ -218,7 +238,9 @@ export async function reconcile(d: ReconcileDeps): Promise<ReconcileReport> {
         );
         continue;
       }
-      if (deleteLink(node, link.index)) report.orphanLinks++;
+      if (!deleteLink(node, link.index)) continue;
+      report.orphanLinks++;
+      report.problems.push(removedLinkProblem(link.name));
     } catch (e) {
       report.problems.push(`cannot remove orphan link ${link.name}: ${(e as Error).message}`);
     }
@@ -247,7 +269,7 @@ export async function reconcile(d: ReconcileDeps): Promise<ReconcileReport> {
     try {
       if (!deleteRoute(node, r)) continue;
       report.orphanRoutes++;
-      report.problems.push(`removed orphan route ${formatPrefix(r.dst)}`);
+      addFinding(report, removedRouteFinding(r.dst));
     } catch (e) {
       report.problems.push(
         `cannot remove orphan route ${formatPrefix(r.dst)}: ${(e as Error).message}`,
@@ -313,14 +335,18 @@ async function releaseLeftovers(
       failed(rec, e);
     }
   }
+  const finished = { pending: 0, releasing: 0 };
   const outcomes = await forEachBounded(detached, VETH_DELETIONS_IN_FLIGHT, async (x) => {
     const foreign = await d.datapath.removeVeth(x.rec.containerId, x.addresses, x.veth);
     finishLeftover(d, x.rec, foreign, now, report);
     report.released++;
+    if (x.rec.state === "pending" || x.rec.state === "releasing") finished[x.rec.state]++;
   });
   outcomes.forEach((o, i) => {
     if (o.status === "rejected") failed(detached[i].rec, o.reason);
   });
+  const note = leftoversNote(finished);
+  if (note) report.notes.push(note);
 }
 
 /**
@@ -375,7 +401,7 @@ function restoreWithheld(
     );
   const freed = freeUnroutedWithheld({ ...d, node: d.datapath.node, now, routed });
   for (const w of freed) {
-    report.problems.push(
+    report.notes.push(
       `${w.ip}, withheld since a release found it routed through ${w.owner}'s veth ` +
         `${w.hostIface}, is routed there no more: released`,
     );
@@ -389,7 +415,8 @@ function restoreWithheld(
     } catch (e) {
       report.problems.push(`cannot withhold ${w.ip}: ${(e as Error).message}`);
     }
-    report.problems.push(
+    // As it was then: status's "Withheld addresses" shows the current state.
+    report.notes.push(
       `${w.ip} withheld: routed through ${w.owner}'s host veth ${w.hostIface}, it is not handed ` +
         "out until that veth no longer routes it",
     );
@@ -413,25 +440,4 @@ function restoreAddresses(
       report.problems.push(`${rec.containerId}: cannot restore ${text}: ${(e as Error).message}`);
     }
   }
-}
-
-function hostRouteKey(ip: string, len: number, oif: number): string {
-  return `${ip}/${len}%${oif}`;
-}
-
-/**
- * Whether a committed pod's node side lost something a restart must put back: its host veth
- * (deleted), the link being up, or a /128 or /32 host route through it (`ip route del`, or a
- * down and up of the veth, which drops its routes). Looked up in the start-up dumps, so a
- * node whose pods are whole costs no request per pod.
- */
-function missingHostState(rec: Attachment, links: Map<string, Link>, routes: Set<string>): boolean {
-  const link = links.get(rec.hostIface);
-  if (!link?.up) return true;
-  for (const text of [rec.ipv6, rec.ipv4]) {
-    if (!text) continue;
-    const { ip, len } = hostPrefix(parseIP(text));
-    if (!routes.has(hostRouteKey(formatIP(ip), len, link.index))) return true;
-  }
-  return false;
 }

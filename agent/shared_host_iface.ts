@@ -36,8 +36,10 @@ export interface SeparationReport {
   renamed: number;
   /** Records released because their netns is gone. */
   released: number;
-  /** One line per record changed, or per group that could not be handled. */
+  /** One line per record changed (expected: a store from before schema 3). */
   notes: string[];
+  /** One line per group that could not be handled (its records still share the name). */
+  problems: string[];
 }
 
 /** Inputs of {@link separateSharedHostIfaces}. */
@@ -51,7 +53,7 @@ export interface SeparationDeps {
 
 /** Gives every record sharing a host veth name but one a name of its own; see the module doc. */
 export function separateSharedHostIfaces(d: SeparationDeps): SeparationReport {
-  const report: SeparationReport = { renamed: 0, released: 0, notes: [] };
+  const report: SeparationReport = { renamed: 0, released: 0, notes: [], problems: [] };
   const shared = d.store.sharedHostIfaces();
   // Nearly every start: nothing shared, one index scan and no record read.
   if (shared.length === 0) return report;
@@ -63,7 +65,7 @@ export function separateSharedHostIfaces(d: SeparationDeps): SeparationReport {
     try {
       separate(d, name, group, report);
     } catch (e) {
-      report.notes.push(
+      report.problems.push(
         `cannot separate the records sharing host interface ${name} ` +
           `(${group.map(key).join(", ")}): ${(e as Error).message}`,
       );

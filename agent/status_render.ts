@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { BgpSessionStatus, StatusSnapshot } from "./status_snapshot.ts";
+import type { BgpSessionStatus, ReconcileSummary, StatusSnapshot } from "./status_snapshot.ts";
 
 /** Formats seconds as the two largest units: `45s`, `5m12s`, `3h04m`, `2d07h`. */
 export function formatDuration(totalSeconds: number): string {
@@ -189,11 +189,19 @@ export function renderStatus(s: StatusSnapshot): string {
   const rc = s.reconcile;
   if (rc) {
     out.push(
-      `Start-up reconcile: ${rc.restored} restored, ${rc.repaired} repaired, ` +
+      `${reconcileHeading(rc)}: ${rc.restored} restored, ${rc.repaired} repaired, ` +
         `${rc.released} released, ${rc.orphanLinks} orphan links and ` +
         `${rc.orphanRoutes} orphan routes removed`,
     );
     for (const p of rc.problems) out.push(`  problem: ${p}`);
+    // Expected housekeeping, after the problems; as it was then (the heading says when).
+    for (const n of rc.notes ?? []) out.push(`  note: ${n}`);
   }
   return out.join("\n") + "\n";
+}
+
+/** "Start-up reconcile" or "Reconfigure reconcile", with when it ran when the agent said so. */
+function reconcileHeading(rc: ReconcileSummary): string {
+  const what = rc.trigger === "reconfigure" ? "Reconfigure reconcile" : "Start-up reconcile";
+  return rc.at ? `${what} (${rc.at})` : what;
 }

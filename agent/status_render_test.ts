@@ -188,6 +188,36 @@ Deno.test("status table: each pod's CNI network, last column; '-' for a record w
   assert.doesNotMatch(renderStatus(snapshot()), /NETWORK/);
 });
 
+Deno.test("status table: the reconcile heading says what ran and when; problems before notes", () => {
+  const base = snapshot().reconcile!;
+  const reconfigure = renderStatus(snapshot({
+    reconcile: {
+      ...base,
+      orphanRoutes: 1,
+      trigger: "reconfigure",
+      at: "2026-01-02T04:00:00.000Z",
+      problems: ["c1: datapath repaired (host veth flock0001 down)"],
+      notes: ["removed orphan route fd00:7::/64: a summary route of a CIDR no longer configured"],
+    },
+  }));
+  const lines = reconfigure.split("\n");
+  const heading = lines.findIndex((l) => l.startsWith("Reconfigure reconcile"));
+  assert.match(lines[heading], /^Reconfigure reconcile \(2026-01-02T04:00:00\.000Z\): 1 restored/);
+  assert.deepEqual(lines.slice(heading + 1, heading + 3), [
+    "  problem: c1: datapath repaired (host veth flock0001 down)",
+    "  note: removed orphan route fd00:7::/64: a summary route of a CIDR no longer configured",
+  ]);
+  assert.doesNotMatch(reconfigure, /Start-up reconcile/);
+
+  const start = renderStatus(snapshot({
+    reconcile: { ...base, trigger: "start-up", at: "2026-01-02T03:04:05.000Z" },
+  }));
+  assert.match(start, /^Start-up reconcile \(2026-01-02T03:04:05\.000Z\): 1 restored/m);
+  assert.doesNotMatch(start, /problem:|note:/);
+  // An agent older than these fields: the heading it always had, no notes.
+  assert.match(renderStatus(snapshot()), /^Start-up reconcile: 1 restored/m);
+});
+
 Deno.test("status helpers: durations, use and tables", () => {
   assert.equal(formatDuration(0), "0s");
   assert.equal(formatDuration(59.9), "59s");

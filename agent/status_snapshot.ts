@@ -139,7 +139,7 @@ export interface StatusSnapshot {
     /** "ok", the problems found, or "not checked". */
     integrity: string;
   };
-  /** What start-up reconciliation did (the whole report; these fields at least). */
+  /** What the last reconcile (start-up or reconfigure) did (the whole report; these at least). */
   reconcile?: ReconcileSummary;
   /**
    * Addresses kept out of IPAM because the node still routes them through another pod's host
@@ -149,14 +149,24 @@ export interface StatusSnapshot {
   withheld?: WithheldStatus;
 }
 
-/** The counts of a start-up reconcile that `flock status` prints. */
+/** The counts and lines of the last reconcile that `flock status` prints. */
 export interface ReconcileSummary {
   restored: number;
   repaired: number;
   released: number;
   orphanLinks: number;
   orphanRoutes: number;
+  /**
+   * What is wrong or was found broken and may need an operator (`flock_reconcile_problems`
+   * counts these). Before `notes` existed this list held the notes too.
+   */
   problems: string[];
+  /** Expected housekeeping, as it was then (absent from agents older than this field). */
+  notes?: string[];
+  /** Which configure ran it (absent from agents older than this field). */
+  trigger?: "start-up" | "reconfigure";
+  /** When it finished, ISO 8601 (absent from agents older than this field). */
+  at?: string;
 }
 
 /** What {@link buildStatusSnapshot} reads. */
@@ -260,7 +270,11 @@ export async function buildStatusSnapshot(
       path: src.store?.path,
       integrity: opts.integrity && src.store ? storeIntegrity(src.store) : "not checked",
     },
-    reconcile: src.reconcile && { ...src.reconcile, problems: [...src.reconcile.problems] },
+    reconcile: src.reconcile && {
+      ...src.reconcile,
+      problems: [...src.reconcile.problems],
+      notes: [...src.reconcile.notes],
+    },
     ...(src.store ? { withheld: summarizeWithheld(src.store.withheld()) } : {}),
   };
   return snapshot;

@@ -121,11 +121,13 @@ Deno.test("flock_reconcile_problems and status follow the report a background re
     orphanRoutes: 0,
     anycastChanged: 0,
     problems: ["summary routes not installed: busy; retried in the background"],
+    notes: ["removed orphan route fd00:7::/64: a summary route of a CIDR no longer configured"],
   };
   const status = () => buildStatusSnapshot({ ...base, reconcile: report });
   const metrics = new AgentMetrics(status, 0, "0.1.0");
-  assert.equal(sample(await metrics.encode(), "flock_reconcile_problems"), 1);
+  assert.equal(sample(await metrics.encode(), "flock_reconcile_problems"), 1, "notes not counted");
   assert.match(renderStatus(await status()), /^ {2}problem: summary routes not installed/m);
+  assert.match(renderStatus(await status()), /^ {2}note: removed orphan route fd00:7::\/64/m);
   // What Agent's routing retry does once the routes go in.
   report.problems = report.problems.filter((p) => !p.startsWith("summary routes"));
   assert.equal(sample(await metrics.encode(), "flock_reconcile_problems"), 0);

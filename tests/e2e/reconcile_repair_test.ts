@@ -12,6 +12,12 @@ import { flockStatusJson } from "../helpers/status_probe.ts";
 import { Store } from "../../agent/store.ts";
 
 /** Whether `ifname` in `ns` is administratively up, as `ip link` shows it. */
+/** A pod's host routes as a repair's problem line names them: IPv6 first. */
+function hostRoutes(ips: string[]): string {
+  const v6 = ips.filter((ip) => ip.includes(":")).map((ip) => `${ip}/128`);
+  return [...v6, ...ips.filter((ip) => !ip.includes(":")).map((ip) => `${ip}/32`)].join(", ");
+}
+
 async function isUp(ns: TestNamespace, ifname: string): Promise<boolean> {
   const [link] = await ns.ipJson<{ flags: string[] }[]>(["link", "show", "dev", ifname]);
   return link.flags.includes("UP");
@@ -32,7 +38,7 @@ Deno.test({
     const podB = await addLivePod(node, "rp-b", nsB.path);
     const podC = await addLivePod(node, "rp-c", nsC.path);
     const podD = await addLivePod(node, "rp-d", nsD.path);
-    const [hostB, hostC] = [hostIfaceOf(node, "rp-b"), hostIfaceOf(node, "rp-c")];
+    const [hostA, hostB, hostC] = ["rp-a", "rp-b", "rp-c"].map((id) => hostIfaceOf(node, id));
 
     await node.kill("SIGKILL");
     // A: its host routes deleted by hand. B: its veth down and up (the kernel drops its
@@ -58,10 +64,18 @@ Deno.test({
     }
     const report = (await flockStatusJson(node)).reconcile!;
     assert.deepEqual(
-      { restored: report.restored, repaired: report.repaired, problems: report.problems },
-      { restored: 4, repaired: 3, problems: [] },
+      { restored: report.restored, repaired: report.repaired },
+      { restored: 4, repaired: 3 },
       "A, B and C repaired; D, whose datapath was whole, not set up again",
     );
+    // Each repair is a problem (the pod was broken), saying what was missing; D is not listed.
+    assert.deepEqual([...report.problems].sort(), [
+      `rp-a: datapath repaired (host routes ${hostRoutes(podA.ips)} via ${hostA} ` +
+      "missing)",
+      `rp-b: datapath repaired (host routes ${hostRoutes(podB.ips)} via ${hostB} ` +
+      "missing)",
+      `rp-c: datapath repaired (host veth ${hostC} down)`,
+    ]);
   },
 });
 
