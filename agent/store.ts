@@ -249,6 +249,51 @@ function canonical(text: string, family?: Family): string {
   return formatIP(ip);
 }
 
+/**
+ * Creates the state directory when missing (0700), checks that it is a directory only root may
+ * write to. A file at its path, or above it, is refused with an error naming the state
+ * directory: the error shows in `flock status` and in cluster mode's CNI answers, where SQLite's
+ * own "flock.db: Not a directory" one step later left the operator guessing.
+ */
+function prepareStateDir(stateDir: string): void {
+  try {
+    // An existing directory is left alone: it may be shared (say the caller passed "/tmp").
+    if (!exists(stateDir)) {
+      Deno.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+      Deno.chmodSync(stateDir, 0o700);
+    }
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotADirectory)) throw e;
+    const file = firstNonDirectory(stateDir) ?? "a part of its path";
+    throw new Deno.errors.NotADirectory(
+      `cannot create state directory ${stateDir}: ${file} is not a directory`,
+    );
+  }
+  // Root writes here: a directory others may write to would let them plant links below.
+  assertSafeDirSync(stateDir, "state directory");
+  const info = Deno.statSync(stateDir);
+  if (!info.isDirectory) {
+    throw new Deno.errors.NotADirectory(
+      `state directory ${stateDir} is not a directory${info.isFile ? " (it is a file)" : ""}`,
+    );
+  }
+}
+
+/** The first path above `path` (from the root down) that exists and is no directory. */
+function firstNonDirectory(path: string): string | undefined {
+  const parts = path.split("/");
+  for (let i = 0; i < parts.length; i++) {
+    const prefix = parts.slice(0, i + 1).join("/");
+    if (!prefix) continue;
+    try {
+      if (!Deno.statSync(prefix).isDirectory) return prefix;
+    } catch {
+      return undefined;
+    }
+  }
+  return undefined;
+}
+
 function exists(path: string): boolean {
   try {
     Deno.lstatSync(path);
@@ -314,13 +359,7 @@ export class Store {
    * because the addresses and netns paths of every pod are in them.
    */
   static open(stateDir: string, options: StoreOpenOptions = {}): Store {
-    // An existing directory is left alone: it may be shared (say the caller passed "/tmp").
-    if (!exists(stateDir)) {
-      Deno.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
-      Deno.chmodSync(stateDir, 0o700);
-    }
-    // Root writes here: a directory others may write to would let them plant links below.
-    assertSafeDirSync(stateDir, "state directory");
+    prepareStateDir(stateDir);
     const path = join(stateDir, DB_FILE);
     // SQLite creates the -wal and -shm files with the main file's mode and follows a link at
     // their names, so all three are made here first: private regardless of umask, and never
