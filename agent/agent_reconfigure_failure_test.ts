@@ -10,6 +10,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { ROOT_ONLY } from "../tests/helpers/exec.ts";
+import { patch } from "../tests/helpers/patch.ts";
 import { inProcessAgent } from "../tests/helpers/in_process_agent.ts";
 import { parseNodeConfig } from "./config.ts";
 import { Store } from "./store.ts";
@@ -20,21 +21,6 @@ import { DumpInterruptedError } from "../netlink/errors.ts";
 
 const LEFTOVER_IP = "fd00:7::9";
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Replaces `obj[key]` with `replacement(real)` until dispose. */
-function patch<T extends object, K extends keyof T>(
-  obj: T,
-  key: K,
-  replacement: (real: T[K]) => T[K],
-): Disposable {
-  const real = obj[key];
-  obj[key] = replacement(real);
-  return {
-    [Symbol.dispose]() {
-      obj[key] = real;
-    },
-  };
-}
 
 /** The node's flock blackhole summary routes, as `ip -6 route` prints them. */
 async function summaryRoutes(ns: { ip(args: string[]): Promise<string> }): Promise<string> {

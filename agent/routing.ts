@@ -501,8 +501,9 @@ export class NodeRouting {
       await this.#syncSummaries();
     } catch (e) {
       // Not in force, as the caller reports: a later render (an address change, a mesh or Secret
-      // update) must not hand BIRD the BGP part of a config the agent says it did not apply.
-      if (before.node && this.#node === node) {
+      // update) must not hand BIRD the BGP part of a config the agent says it did not apply. A
+      // failed first config goes too: "nothing applied yet" renders nothing.
+      if (this.#node === node) {
         [this.#node, this.#holdsPods] = [before.node, before.holdsPods];
       }
       throw e;

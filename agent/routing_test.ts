@@ -17,6 +17,7 @@ import { TestNamespace } from "../tests/helpers/netns.ts";
 import { BirdDaemon, bootstrapBirdConfig } from "../tests/helpers/bird.ts";
 import { AF_INET, formatIP, Handle, listAddresses } from "../netlink/mod.ts";
 import { renderBirdConfig } from "../bird/config.ts";
+import { patch } from "../tests/helpers/patch.ts";
 
 const plain = parseNodeConfig({ cidr6: "fd00:1::/64", bgp: { asn: 64512, nodeMesh: true } }, "t");
 const configured = parseNodeConfig(
@@ -642,5 +643,42 @@ Deno.test({
     assert.equal((await routing.setMeshPeers([]))?.result, "ok");
     assert.equal((await routing.setMeshPeers([meshPeer]))?.result, "rejected");
     assert.equal(rejections(), 3);
+  },
+});
+
+Deno.test({
+  name: "NodeRouting: after a first applyConfig that failed, no render hands BIRD that config " +
+    "(a Secret or node address change before the next try)",
+  ...ROOT_ONLY,
+  async fn() {
+    await using lab = await routingLab("flk-rtfirst");
+    const { bird, routing } = lab;
+    const bootstrap = await Deno.readTextFile(bird.configPath);
+    const failed = routingConfig({ peers: [{ address: "fd00:b::2", asn: 65000 }] });
+    {
+      // The kernel refuses the route dump (not a busy one: thrown at once, no retry pauses).
+      using _refused = patch(
+        Handle.prototype,
+        "dump",
+        (real) =>
+          function (this: Handle, msg, operation) {
+            if (operation === "list routes") throw new Error("injected: route dump refused");
+            return real.call(this, msg, operation);
+          },
+      );
+      await assert.rejects(routing.applyConfig(failed), /injected: route dump refused/);
+    }
+    // Cluster mode's Secret and Node watches render bird.conf whenever they change.
+    assert.equal(await routing.setSecretPasswords(new Map([["ns/s/k", "pw"]])), undefined);
+    assert.equal(await routing.setNodeAddresses(["10.0.0.11"]), undefined);
+    assert.equal(await routing.setMeshPeers([]), undefined);
+    assert.equal(routing.birdStatus()?.result, "never", "BIRD was handed the failed config");
+    assert.equal(routing.routerId(), undefined, "no config in force");
+    assert.equal(await Deno.readTextFile(bird.configPath), bootstrap);
+    assert.doesNotMatch((await bird.birdc(["show", "protocols"])).stdout, /peer_fd00_b__2/);
+
+    // The next try that works is what BIRD gets.
+    assert.equal((await routing.configure(failed))?.result, "ok");
+    assert.match((await bird.birdc(["show", "protocols"])).stdout, /peer_fd00_b__2/);
   },
 });
