@@ -35,7 +35,10 @@ export class AgentMetrics {
   });
   readonly #birdReloads = this.registry.counter({
     name: "flock_bird_reloads_total",
-    help: "BIRD reconfigurations (birdc configure), by result (ok or failed).",
+    help: "BIRD reload attempts: a changed bird.conf handed to BIRD (birdc configure; bird -p " +
+      "while BIRD is down), retries included, by result: ok when BIRD took it, failed when it " +
+      "was rejected, BIRD was unreachable or did not answer. A text BIRD runs or refused " +
+      "already is not handed over again and not counted.",
     labelNames: ["result"],
   });
   readonly #reconcile = this.registry.counter({

@@ -233,8 +233,16 @@ export class BirdControl {
   readonly #o: Required<Omit<BirdControlOptions, "log" | "onAttempt">>;
   readonly #log: (fields: Record<string, unknown>) => void;
   readonly #onAttempt: (status: BirdReloadStatus) => void;
-  /** The text BIRD accepted last (undefined until the first success). */
+  /**
+   * The text BIRD runs, as far as the control knows (undefined until the first success, and
+   * again once the watch saw BIRD stop or restart: the config must then be applied anew).
+   */
   #accepted?: string;
+  /**
+   * The text BIRD accepted last, kept across restarts: what bird.conf gets back when BIRD
+   * refuses at `configure` a text that had already replaced it.
+   */
+  #lastAccepted?: string;
   /**
    * The text BIRD (or `bird -p`) found a fault in last: while it is the last one tried
    * (`status.result` is `rejected`) it is not sent again; a re-render of the same text would
@@ -336,7 +344,7 @@ export class BirdControl {
       this.#pending = false;
       const waiters = this.#waiters.splice(0);
       const text = this.#wanted!;
-      if (this.#refusedLast(text)) {
+      if (this.#refusedLast(text) || this.#runsAlready(text)) {
         // Not sent again: no attempt to report (nor a reload for the metrics to count).
         this.status.unchanged++;
       } else {
@@ -352,13 +360,14 @@ export class BirdControl {
     return text === this.#rejected && this.status.result === "rejected";
   }
 
+  /** Whether BIRD runs `text` already: handing it over again would change nothing. */
+  #runsAlready(text: string): boolean {
+    return text === this.#accepted && this.status.result === "ok";
+  }
+
   async #apply(text: string): Promise<void> {
     clearTimeout(this.#retryTimer);
     this.#retryTimer = undefined;
-    if (text === this.#accepted && this.status.result === "ok") {
-      this.status.unchanged++;
-      return;
-    }
     const { configPath } = this.#o;
     const candidate = `${configPath}.new`;
     // The config may carry BGP passwords: readable by root only.
@@ -399,7 +408,7 @@ export class BirdControl {
     // Taken or judged: an outage is over. A reply without a verdict continues it.
     if (reply.ok || reply.rejected) this.#birdAnswered();
     if (reply.ok) {
-      this.#accepted = text;
+      this.#accepted = this.#lastAccepted = text;
       Object.assign(this.status, {
         result: "ok",
         lastSuccess: now,
@@ -425,6 +434,7 @@ export class BirdControl {
       if (this.#newRejection(reply.message)) {
         this.#log({ level: "warn", msg: "bird configure failed", error: reply.message });
       }
+      await this.#restoreAccepted(text);
     } else {
       // Shutting down, or gone mid-reply: the file holds the text for BIRD's next start, and the
       // retry has a BIRD that runs (or a restarted one) take it.
@@ -487,6 +497,49 @@ export class BirdControl {
       error: message,
       rejectedFile: `${this.#o.configPath}.rejected`,
     });
+  }
+
+  /**
+   * BIRD refused at `configure` a text that had replaced bird.conf already: a BIRD restart would
+   * fail on that file. The refused text goes to `bird.conf.rejected` (as a refused check's does)
+   * and the last accepted one back to bird.conf; with none accepted yet, the log says so.
+   */
+  async #restoreAccepted(refused: string): Promise<void> {
+    const { configPath } = this.#o;
+    try {
+      await this.#replaceFile(`${configPath}.rejected`, refused);
+      if (this.#lastAccepted === undefined) {
+        this.#log({
+          level: "error",
+          msg: "bird refused a config at 'configure' that bird.conf holds now, and no config " +
+            "was accepted before to put back: a BIRD restart fails on this file until a config " +
+            "is accepted",
+          file: configPath,
+          rejectedFile: `${configPath}.rejected`,
+        });
+        return;
+      }
+      await this.#replaceFile(configPath, this.#lastAccepted);
+      this.#log({
+        msg: "bird refused a config at 'configure' after its check passed: the last accepted " +
+          "one is back in bird.conf",
+        rejectedFile: `${configPath}.rejected`,
+      });
+    } catch (e) {
+      this.#log({
+        level: "error",
+        msg: "cannot put the last accepted bird.conf back: a BIRD restart reads the refused one",
+        error: String(e),
+      });
+    }
+  }
+
+  /** Replaces `path` with `text` whole (a temp file renamed over it), readable by root only. */
+  async #replaceFile(path: string, text: string): Promise<void> {
+    const temp = `${this.#o.configPath}.new`;
+    // The config may carry BGP passwords: readable by root only.
+    await Deno.writeTextFile(temp, text, { mode: 0o600 });
+    await Deno.rename(temp, path);
   }
 
   /** Whether `error` was not logged since BIRD last took a config (and records it). */

@@ -3,11 +3,10 @@
  * was on its way) is retried until BIRD runs the text, while a config BIRD found a fault in is
  * not sent again.
  *
- * The birdc BirdControl runs is the real one behind a small wrapper that logs every call and,
- * when the test arms it, has BIRD shut down just before one step's command reaches it: the
- * wrapper sends `down` and then the command on one connection, so BIRD answers `down` and the
- * command gets no answer (the connection closes) or one BIRD gives while shutting down. No BIRD
- * reply is made up.
+ * The birdc BirdControl runs is the real one behind a small wrapper (tests/helpers/
+ * faulty_birdc.ts) that logs every call and, when the test arms it, has BIRD shut down just
+ * before one step's command reaches it, or corrupts the file one step names. No BIRD reply is
+ * made up.
  */
 
 import assert from "node:assert/strict";
@@ -17,65 +16,7 @@ import { ROOT_ONLY } from "../tests/helpers/exec.ts";
 import { TestNamespace } from "../tests/helpers/netns.ts";
 import { BirdDaemon, bootstrapBirdConfig } from "../tests/helpers/bird.ts";
 import { eventually } from "../tests/helpers/eventually.ts";
-import { birdcPath } from "../tests/helpers/tools.ts";
-
-/** A birdc that logs its calls and can have BIRD shut down under one `configure` step. */
-class FaultyBirdc implements AsyncDisposable {
-  private constructor(readonly dir: string) {}
-
-  /** The wrapper's path (BirdControl's `birdcPath`). */
-  get path(): string {
-    return `${this.dir}/birdc`;
-  }
-
-  static async create(): Promise<FaultyBirdc> {
-    const dir = await Deno.makeTempDir({ prefix: "flk-birdc-" });
-    const real = birdcPath();
-    if (/['\n]/.test(dir + real)) throw new Error(`unusable path: ${dir} ${real}`);
-    // BirdControl calls `birdc [-v] -s SOCKET configure [check] "FILE"`.
-    const script = `#!/bin/sh
-echo "$*" >> '${dir}/calls'
-case " $* " in
-  *" configure check "*) step=check ;;
-  *" configure "*) step=configure ;;
-  *) step=none ;;
-esac
-if [ -e '${dir}/fault-'$step ]; then
-  rm -f '${dir}/fault-'$step
-  sock=
-  prev=
-  for arg in "$@"; do
-    [ "$prev" = -s ] && sock=$arg
-    prev=$arg
-  done
-  all="$*"
-  printf 'down\\n%s\\n' "configure\${all#*configure}" | '${real}' -v -s "$sock"
-  exit $?
-fi
-exec '${real}' "$@"
-`;
-    await Deno.writeTextFile(`${dir}/birdc`, script, { mode: 0o755 });
-    return new FaultyBirdc(dir);
-  }
-
-  /** Has BIRD shut down right before the next `configure check` or `configure` reaches it. */
-  arm(step: "check" | "configure"): Promise<void> {
-    return Deno.writeTextFile(`${this.dir}/fault-${step}`, "");
-  }
-
-  /** The calls so far (`-v -s SOCKET configure check "FILE"`, ...). */
-  async calls(): Promise<string[]> {
-    try {
-      return (await Deno.readTextFile(`${this.dir}/calls`)).split("\n").filter((l) => l);
-    } catch {
-      return [];
-    }
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    await Deno.remove(this.dir, { recursive: true }).catch(() => {});
-  }
-}
+import { FaultyBirdc } from "../tests/helpers/faulty_birdc.ts";
 
 /** A real BIRD in a namespace, driven by a BirdControl through a {@link FaultyBirdc}. */
 interface Lab extends AsyncDisposable {
@@ -202,5 +143,78 @@ Deno.test({
     assert.equal((await control.update(smallBirdConfig("fd00:7::/64"))).result, "ok");
     assert.equal((await control.update(bad)).result, "rejected");
     assert.equal(rejections(), 2);
+  },
+});
+
+Deno.test({
+  name:
+    "BirdControl: a config BIRD refuses at 'configure' after its check passed leaves the last " +
+    "accepted text in bird.conf (a BIRD restart reads a good one) and the refused one beside it",
+  ...ROOT_ONLY,
+  async fn() {
+    await using l = await lab("flk-birdcfr", 100);
+    const { bird, birdc, control, logs } = l;
+    const good = smallBirdConfig("fd00:1::/64");
+    assert.equal((await control.update(good)).result, "ok");
+
+    const refused = smallBirdConfig("fd00:2::/64");
+    await birdc.arm("configure", "corrupt");
+    const s = await control.update(refused);
+    assert.equal(s.result, "rejected", JSON.stringify(s));
+    // BIRD's verdict on the file, at the place of the appended line.
+    assert.match(s.error ?? "", /bird\.conf:\d+:\d+ /);
+    assert.equal(await Deno.readTextFile(bird.configPath), good);
+    assert.equal((await Deno.stat(bird.configPath)).mode! & 0o777, 0o600);
+    assert.equal(await Deno.readTextFile(`${bird.configPath}.rejected`), refused);
+    assert.equal((await Deno.stat(`${bird.configPath}.rejected`)).mode! & 0o777, 0o600);
+    await assert.rejects(Deno.stat(`${bird.configPath}.new`), Deno.errors.NotFound);
+
+    // BIRD restarted (a crash, a node reboot) starts on the file: the last accepted config.
+    await bird.kill("SIGTERM");
+    await bird.launch();
+    assert.match((await bird.birdc(["eval", "NODE_CIDRS6"])).stdout, /fd00:1::\/64/);
+    assert.equal((await control.update(refused)).result, "rejected", "not sent again");
+    assert.equal((await control.update(birdConfigWithPeer())).result, "ok");
+    assert.ok(await runsPeer(bird));
+    assert.ok(!logs.some((f) => /no config was accepted/.test(String(f.msg))));
+  },
+});
+
+Deno.test({
+  name: "BirdControl: a first config BIRD refuses at 'configure' is kept beside bird.conf, and " +
+    "the log says no accepted one could be put back",
+  ...ROOT_ONLY,
+  async fn() {
+    await using l = await lab("flk-birdcf1", 100);
+    const { bird, birdc, control, logs } = l;
+    const refused = smallBirdConfig("fd00:2::/64");
+    await birdc.arm("configure", "corrupt");
+    assert.equal((await control.update(refused)).result, "rejected");
+    assert.equal(await Deno.readTextFile(`${bird.configPath}.rejected`), refused);
+    const note = logs.find((f) => /no config was accepted/.test(String(f.msg)));
+    assert.ok(note, JSON.stringify(logs));
+    assert.equal(note.file, bird.configPath);
+  },
+});
+
+Deno.test({
+  name: "BirdControl: a text BIRD runs already is not handed over again, and no reload attempt " +
+    "is reported for it (flock_bird_reloads_total counts birdc configure runs)",
+  ...ROOT_ONLY,
+  async fn() {
+    await using l = await lab("flk-birdsame", 100);
+    const { birdc, control, attempts } = l;
+    const good = smallBirdConfig("fd00:1::/64");
+    const first = await control.update(good);
+    assert.equal(first.result, "ok");
+    assert.equal(attempts(), 1);
+    const calls = (await birdc.calls()).length;
+
+    const again = await control.update(good);
+    assert.equal(again.result, "ok");
+    assert.equal(again.unchanged, first.unchanged + 1);
+    assert.equal(again.reloads, first.reloads);
+    assert.equal(attempts(), 1, "a no-op reported as a reload attempt");
+    assert.equal((await birdc.calls()).length, calls, "birdc ran for an unchanged text");
   },
 });
