@@ -51,6 +51,7 @@ import { isStoreError, RuntimeHealth } from "./health.ts";
 import { toCniError } from "./cni_errors.ts";
 import { sameIdentity, type StatIdentity, statIdentity } from "./same_file.ts";
 import { releaseNoLongerHeld, storeHeldAddresses } from "./store_held.ts";
+import { HostSideRepair, type RepairTarget } from "./host_side_repair.ts";
 
 /** How often DEL releases whose background veth deletion failed are retried. */
 const RELEASE_SWEEP_MS = 30_000;
@@ -114,6 +115,15 @@ export class Agent {
   /** Passwords of the BGP peers' Secrets (cluster mode); never logged or shown. */
   #secretPasswords: ReadonlyMap<string, string> = new Map();
   #anycast?: AnycastRoutes;
+  /** The datapath of the configuration in force (set with the handler). */
+  #datapath?: Datapath;
+  /** Restores a pod's host side after its veth went down and up (host_side_repair.ts). */
+  readonly #hostSideRepair = new HostSideRepair({
+    target: () => this.#repairTarget(),
+    inTurn: (containerId, fn) => this.#server ? this.#server.forContainer(containerId, fn) : fn(),
+    log: (fields) => this.log(fields),
+    onRepaired: () => this.metrics?.hostSideRepaired(),
+  });
   #releaseSweep?: ReturnType<typeof setInterval>;
   /** The stuck-release sweep in progress, if any (close waits for it). */
   #sweep?: Promise<void>;
@@ -226,6 +236,8 @@ export class Agent {
     this.#handle ??= this.options.netnsPath
       ? Handle.forNetns(this.options.netnsPath)
       : Handle.current();
+    // Before the reconcile's dumps: a veth set up after them is seen once the handler serves.
+    this.#hostSideRepair.start(this.#handle);
     const datapath = new Datapath(this.#handle, {
       routesIPv4: node.cidr4 !== undefined,
       log: this.log,
@@ -289,6 +301,7 @@ export class Agent {
     // Ready only now, with the node's summary routes in place: a first start whose routing
     // fails serves no pod before it exits, and `ready` means the node is fully set up.
     this.#handler = handler;
+    this.#datapath = datapath;
     this.#anycast?.stopResync();
     this.#anycast = anycast;
     anycast.startResync();
@@ -301,9 +314,23 @@ export class Agent {
       this.#finishStuckReleases();
       this.#freeUnroutedWithheld();
       this.#relocateUnknownNetns();
+      this.#hostSideRepair.sweep();
     }, releaseSweepMsFromEnv(RELEASE_SWEEP_MS));
     Deno.unrefTimer(this.#releaseSweep);
     return report;
+  }
+
+  /** What a host side repair works with; undefined until a configuration serves, and during one. */
+  #repairTarget(): RepairTarget | undefined {
+    const [handler, datapath, store] = [this.#handler, this.#datapath, this.#store];
+    if (!handler || !datapath || !store || this.#configuring || this.#closed) return undefined;
+    return {
+      store,
+      datapath,
+      anycast: this.#anycast,
+      mtu: this.#node?.mtu,
+      isRemoving: (rec) => handler.isRemoving(rec),
+    };
   }
 
   #refuseIfClosed(): void {
@@ -776,6 +803,7 @@ export class Agent {
     clearTimeout(this.#routingRetry);
     // Its veth deletion runs off the event loop and then writes the store: let it land first.
     await this.#sweep;
+    await this.#hostSideRepair.close();
     this.#anycast?.stopResync();
     await this.#routing?.close();
     await this.#server?.close();

@@ -47,6 +47,11 @@ export class AgentMetrics {
       "orphan links and routes removed.",
     labelNames: ["action"],
   });
+  readonly #hostSideRepairs = this.registry.counter({
+    name: "flock_host_side_repairs_total",
+    help: "Pods whose host side (routes, fe80::1, anycast paths) the agent restored while " +
+      "running, after their host veth went down and up or a host route went.",
+  });
   /** Children cached per verb so the request path does no label work. */
   readonly #perCommand = new Map<
     string,
@@ -168,6 +173,11 @@ export class AgentMetrics {
   /** Counts one `birdc configure`. */
   birdReload(ok: boolean): void {
     this.#birdReloads.labels(ok ? "ok" : "failed").inc();
+  }
+
+  /** Counts one pod whose host side was restored (host_side_repair.ts). */
+  hostSideRepaired(): void {
+    this.#hostSideRepairs.inc();
   }
 
   /** Adds what start-up reconciliation did. */

@@ -1,0 +1,241 @@
+/**
+ * A pod's host veth set down and up again (an operator, a script, anything): the kernel flushes
+ * the veth's routes and IPv6 addresses on the way down (the pod's /128 and /32 host routes, its
+ * anycast path, the fe80::1 gateway) and puts none back on the way up. The agent sees the veth
+ * come up (a link notification) and restores that pod's host side within a poll; a veth left
+ * down stays down and unrouted; the sweep catches what the notifications did not tell.
+ */
+
+import assert from "node:assert/strict";
+import { FlockNode, ping, TestNamespace } from "../helpers/flock.ts";
+import { ROOT_ONLY } from "../helpers/exec.ts";
+import { eventually } from "../helpers/eventually.ts";
+import { addLivePod, hostIfaceOf, type LivePod } from "../helpers/node_state.ts";
+import { releasedAt, withheldIps, withholdThroughB } from "../helpers/withheld_fixture.ts";
+import { RELEASE_SWEEP_ENV } from "../../agent/test_faults.ts";
+import type { IpRoute } from "../helpers/iproute.ts";
+
+/** How long the host side may take to come back once the veth is up (the watch polls 500 ms). */
+const REPAIR_WITHIN_MS = 3_000;
+const ANY6 = "fd00:fff1::7";
+const ANY4 = "10.255.71.7";
+
+/** The node's flock routes (both families) as `dst dev`, sorted; `via` keeps those of one dev. */
+async function flockRoutesVia(node: FlockNode, dev?: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const family of ["-6", "-4"]) {
+    for (const r of await node.ns.ipJson<IpRoute[]>([family, "route", "show", "proto", "201"])) {
+      const devs = r.nexthops?.map((h) => h.dev) ?? [r.dev];
+      if (dev === undefined || devs.includes(dev)) out.push(`${r.dst} ${devs.join(",")}`);
+    }
+  }
+  return out.sort();
+}
+
+/** The host side a pod's veth carries: its routes (own and anycast) and fe80::1. */
+async function hostSide(node: FlockNode, dev: string): Promise<string[]> {
+  const addrs = await node.ns.ipJson<{ addr_info: { local: string; prefixlen: number }[] }[]>([
+    "addr",
+    "show",
+    "dev",
+    dev,
+  ]);
+  return [
+    ...await flockRoutesVia(node, dev),
+    ...addrs[0].addr_info.map((a) => `addr ${a.local}/${a.prefixlen}`),
+  ].sort();
+}
+
+/** Pings in both directions over both families. */
+async function assertPings(a: TestNamespace, pa: LivePod, b: TestNamespace, pb: LivePod) {
+  for (const ip of pb.ips) assert.ok(await ping(a, ip), `ping ${ip} from A`);
+  for (const ip of pa.ips) assert.ok(await ping(b, ip), `ping ${ip} from B`);
+}
+
+/** The agent's log lines (JSON) whose msg is `msg`. */
+async function logLines(node: FlockNode, msg: string): Promise<Record<string, unknown>[]> {
+  return (await node.agentLog()).split("\n").filter((l) => l.startsWith("{"))
+    .map((l) => JSON.parse(l)).filter((l) => l.msg === msg);
+}
+
+const REPAIRED = "host side restored";
+
+/** Waits (at most {@link REPAIR_WITHIN_MS}) until `get` gives what `holds` wants. */
+function repairedWithin<T>(what: string, get: () => Promise<T>, holds: (v: T) => boolean) {
+  return eventually(what, get, holds, REPAIR_WITHIN_MS, 50);
+}
+
+/** Whether two lists are the same, in order. */
+function same(a: string[], b: string[]): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+Deno.test({
+  name: "veth flap: down and up gives the pod its routes, gateway and anycast back within 3 s; " +
+    "left down it stays unrouted, up later it is repaired",
+  ...ROOT_ONLY,
+  async fn() {
+    await using node = await FlockNode.start({
+      config: {
+        cidr6: "fd00:f1::/64",
+        cidr4: "10.71.0.0/24",
+        anycastCIDRs: ["fd00:fff1::/64", "10.255.71.0/24"],
+      },
+    });
+    await using nsA = await TestNamespace.create("flk-fla");
+    await using nsB = await TestNamespace.create("flk-flb");
+    const podA = await addLivePod(node, "flap-a", nsA.path, {
+      "flock.fritzlab.net/anycast": `${ANY6},${ANY4}`,
+    });
+    const podB = await addLivePod(node, "flap-b", nsB.path);
+    const [hostA, hostB] = [hostIfaceOf(node, "flap-a"), hostIfaceOf(node, "flap-b")];
+    await assertPings(nsA, podA, nsB, podB);
+    const wholeA = await hostSide(node, hostA);
+    const wholeB = await hostSide(node, hostB);
+    assert.equal(wholeA.filter((l) => l.includes(ANY6) || l.includes(ANY4)).length, 2, `${wholeA}`);
+    assert.ok(wholeA.includes("addr fe80::1/64"), `${wholeA}`);
+
+    await node.ns.ip(["link", "set", hostA, "down"]);
+    assert.deepEqual(await flockRoutesVia(node, hostA), [], "the kernel dropped A's routes");
+    await node.ns.ip(["link", "set", hostA, "up"]);
+    await repairedWithin(
+      "A's host side to come back",
+      () => hostSide(node, hostA),
+      (have) => same(have, wholeA),
+    );
+    await assertPings(nsA, podA, nsB, podB);
+    assert.ok(await ping(nsB, ANY6) && await ping(nsB, ANY4), "A answers on its anycast addresses");
+    assert.deepEqual(await hostSide(node, hostB), wholeB, "B was not touched");
+    const [line] = await logLines(node, REPAIRED);
+    assert.equal(line?.containerId, "flap-a", JSON.stringify(line));
+    assert.equal(line?.hostIface, hostA);
+    assert.deepEqual(
+      (line?.restored as string[]).sort(),
+      [
+        `route ${podA.ips[0]}`,
+        `route ${podA.ips[1]}`,
+        "address fe80::1/64",
+        `anycast ${ANY6}`,
+        `anycast ${ANY4}`,
+      ].sort(),
+    );
+    const metrics = (await node.httpGet("/metrics")).body;
+    assert.match(metrics, /^flock_host_side_repairs_total 1$/m);
+
+    // Left down: nothing routes through a down device, and nothing tries to (no repair line, no
+    // error loop); the agent keeps serving. Up again later: repaired then.
+    await node.ns.ip(["link", "set", hostA, "down"]);
+    await new Promise((r) => setTimeout(r, 2_000));
+    assert.deepEqual(await flockRoutesVia(node, hostA), [], "no route through the down veth");
+    assert.equal((await logLines(node, REPAIRED)).length, 1, "no repair of a down veth");
+    const status = await node.cni("STATUS");
+    assert.equal(status.code, 0, status.stdout);
+    assert.deepEqual(await hostSide(node, hostB), wholeB, "B was not touched");
+    assert.ok(await ping(nsA, podB.ips[0]) === false, "A is off the network while down");
+    await node.ns.ip(["link", "set", hostA, "up"]);
+    await repairedWithin(
+      "A's host side to come back after a long down",
+      () => hostSide(node, hostA),
+      (have) => same(have, wholeA),
+    );
+    // The ping A sent while its veth was down left its neighbour entry for fe80::1 incomplete,
+    // failed once its 3 probes (1 s apart) are out: the pod's kernel resolves it again at the
+    // next packet after that, so the first ping may still be lost.
+    await eventually(
+      "A and B to reach each other again",
+      async () => {
+        try {
+          await assertPings(nsA, podA, nsB, podB);
+          return true;
+        } catch {
+          return false;
+        }
+      },
+      (ok) => ok,
+      5_000,
+      100,
+    );
+    assert.equal((await logLines(node, REPAIRED)).length, 2);
+    assert.doesNotMatch(await node.agentLog(), /"level":"error"/);
+
+    // A CHECK afterwards finds both pods whole, and both leave cleanly.
+    for (const [id, ns] of [["flap-a", nsA], ["flap-b", nsB]] as const) {
+      const check = await node.cni("CHECK", { containerId: id, netns: ns.path });
+      assert.equal(check.code, 0, `${id}: ${check.stdout}`);
+    }
+    for (const [id, ns] of [["flap-a", nsA], ["flap-b", nsB]] as const) {
+      assert.equal((await node.cni("DEL", { containerId: id, netns: ns.path })).code, 0);
+    }
+    assert.deepEqual(await node.flockLinks(), []);
+    assert.deepEqual((await flockRoutesVia(node)).filter((r) => r.includes(" flock")), []);
+  },
+});
+
+Deno.test({
+  name: "veth flap: a host route deleted by hand (veth up, no link notification) comes back " +
+    "with the next sweep",
+  ...ROOT_ONLY,
+  async fn() {
+    await using node = await FlockNode.start({
+      config: { cidr6: "fd00:f2::/64", cidr4: "10.72.0.0/24" },
+      startAgent: false,
+    });
+    await node.startAgent({ env: { [RELEASE_SWEEP_ENV]: "200" } });
+    await using nsA = await TestNamespace.create("flk-fsa");
+    await using nsB = await TestNamespace.create("flk-fsb");
+    const podA = await addLivePod(node, "sweep-a", nsA.path);
+    const podB = await addLivePod(node, "sweep-b", nsB.path);
+    const hostA = hostIfaceOf(node, "sweep-a");
+    const whole = await flockRoutesVia(node, hostA);
+    await node.ns.ip(["-6", "route", "del", podA.ips[0], "dev", hostA, "proto", "201"]);
+    await repairedWithin(
+      "the sweep to restore A's IPv6 route",
+      () => flockRoutesVia(node, hostA),
+      (have) => same(have, whole),
+    );
+    await assertPings(nsA, podA, nsB, podB);
+    const [line] = await logLines(node, REPAIRED);
+    assert.deepEqual(line?.restored, [`route ${podA.ips[0]}`], JSON.stringify(line));
+  },
+});
+
+Deno.test({
+  name: "veth flap: the owner's routes come back; an address withheld through its veth is " +
+    "given back (its route went with the veth up) and not routed there again",
+  ...ROOT_ONLY,
+  async fn() {
+    await using node = await FlockNode.start({
+      config: { cidr6: "fd00:f3::/120", cidr4: "10.73.0.0/24" },
+      cooldownMs: 120_000,
+      startAgent: false,
+    });
+    await node.startAgent({ env: { [RELEASE_SWEEP_ENV]: "100" } });
+    await using nsA = await TestNamespace.create("flk-fwa");
+    await using nsB = await TestNamespace.create("flk-fwb");
+    await using nsC = await TestNamespace.create("flk-fwc");
+    const f = await withholdThroughB(node, nsA, nsB);
+    const podC = await addLivePod(node, "fw-c", nsC.path);
+    const ownB = (await flockRoutesVia(node, f.hostB)).filter((r) => !r.includes(f.withheld));
+    assert.equal(ownB.length, 2, `${ownB}`);
+
+    const beforeFlap = Date.now();
+    await node.ns.ip(["link", "set", f.hostB, "down"]);
+    await node.ns.ip(["link", "set", f.hostB, "up"]);
+    await repairedWithin(
+      "B's own routes back",
+      () => flockRoutesVia(node, f.hostB),
+      (have) => ownB.every((r) => have.includes(r)),
+    );
+    await repairedWithin(
+      "the withheld address given back by the sweep",
+      () => Promise.resolve(withheldIps(node)),
+      (w) => w.length === 0,
+    );
+    const at = releasedAt(node, f.withheld);
+    assert.ok(at !== undefined && at >= beforeFlap, `cooling from the flap's sweep (${at})`);
+    // A while later (repairs, sweeps): the repair restored B's record's addresses only.
+    await new Promise((r) => setTimeout(r, 500));
+    assert.deepEqual(await flockRoutesVia(node, f.hostB), ownB, "no route for the given-back one");
+    await assertPings(nsB, f.podB, nsC, podC);
+  },
+});
