@@ -43,6 +43,7 @@ import { FLOCK_ROUTE_PROTOCOL } from "./datapath.ts";
 import { fnv1a32 } from "./fnv.ts";
 import { FailureStreak } from "./failure_streak.ts";
 import { type KernelRetryOptions, retryWhileKernelBusy } from "./kernel_busy.ts";
+import { backoffMs } from "./kube/backoff.ts";
 
 /** Where BIRD is, when the agent drives one. */
 export interface BirdTarget {
@@ -81,6 +82,15 @@ export const ADDRESS_POLL_MS = 500;
  * (an address and its route, both families) land in one render.
  */
 const ADDRESS_SETTLE_MS = 200;
+
+/**
+ * Pause before a failed bird.conf render (the address dump it needs interrupted by a busy
+ * kernel, say) is tried again, doubled per failure in a row up to {@link RENDER_RETRY_MAX_MS}:
+ * without a retry the config reached BIRD only at the next event, in standalone mode maybe never.
+ */
+export const RENDER_RETRY_MIN_MS = 200;
+/** Longest pause between two tries of a failed render. */
+export const RENDER_RETRY_MAX_MS = 30_000;
 
 /** Another node of the mesh, as the cluster (or a file) describes it. */
 export interface MeshPeer {
@@ -441,11 +451,17 @@ export class NodeRouting {
    * re-send it from the other paths either (it owns "which text BIRD has or refused").
    */
   #renderedText?: string;
+  /** The next try of a render that failed; cancelled by any newer render and by close. */
+  #renderRetry?: ReturnType<typeof setTimeout>;
+  /** Failed renders in a row (the retry's backoff; logged when they start and end). */
+  readonly #renderFailures: FailureStreak;
+  #closed = false;
 
   constructor(options: NodeRoutingOptions) {
     this.#o = options;
     this.#pruneFailures = new FailureStreak("pruning draining summary routes", options.log);
     this.#addressReadFailures = new FailureStreak("reading address changes", options.log);
+    this.#renderFailures = new FailureStreak("rendering bird.conf", options.log);
     this.#nodeAddresses = [...options.nodeAddresses ?? []];
     this.#secretPasswords = options.secretPasswords ?? new Map();
     if (options.bird) {
@@ -610,6 +626,8 @@ export class NodeRouting {
 
   /** Stops BIRD retries; the kernel routes stay (BIRD keeps announcing them). */
   async close(): Promise<void> {
+    this.#closed = true;
+    clearTimeout(this.#renderRetry);
     clearInterval(this.#addressPoll);
     clearTimeout(this.#addressSettle);
     this.#addressSettle = undefined;
@@ -697,9 +715,60 @@ export class NodeRouting {
     { onlyIfChanged }: { onlyIfChanged?: string } = {},
   ): Promise<BirdReloadStatus | undefined> {
     if (!this.control || !this.#node) return undefined;
+    // The newest render decides: a retry of an earlier one that failed is moot.
+    clearTimeout(this.#renderRetry);
+    this.#renderRetry = undefined;
+    let text: string;
+    try {
+      text = this.#renderText(this.#node);
+    } catch (e) {
+      this.#retryRender(e);
+      throw e;
+    }
+    this.#renderFailures.succeeded();
+    if (onlyIfChanged !== undefined) {
+      // Also a text BIRD rejected: an address change that renders it again would otherwise log
+      // a reload each time.
+      if (text === this.#renderedText) return undefined;
+      this.#o.log({ msg: "bird.conf changed: reloading BIRD", reason: onlyIfChanged });
+    }
+    this.#renderedText = text;
+    const status = await this.control.update(text);
+    // Another render may have taken over while this one waited: its text stays. A text BIRD
+    // neither took nor judged (failed, unreachable) is forgotten: the control retries it itself,
+    // and the next address change hands it over too (as before that retry existed for all).
+    if (this.#renderedText === text && status.result !== "ok" && status.result !== "rejected") {
+      this.#renderedText = undefined;
+    }
+    return status;
+  }
+
+  /**
+   * A render failed (its caller hears of it too): tried again after a pause that grows with
+   * every failure in a row, until a render works, a newer one takes over or routing closes. The
+   * retry hands BIRD its text only when it differs from the last one handed over.
+   */
+  #retryRender(error: unknown): void {
+    if (this.#closed) return;
+    const delayMs = backoffMs(
+      this.#renderFailures.failures + 1,
+      RENDER_RETRY_MIN_MS,
+      RENDER_RETRY_MAX_MS,
+    );
+    this.#renderFailures.failed(error, { level: "error", retryInMs: delayMs });
+    this.#renderRetry = setTimeout(() => {
+      this.#renderRetry = undefined;
+      // A failure here scheduled the next try and was counted (and logged) above.
+      this.#render({ onlyIfChanged: "retrying a bird.conf render that failed" }).catch(() => {});
+    }, delayMs);
+    Deno.unrefTimer(this.#renderRetry);
+  }
+
+  /** bird.conf for `node` and the node's addresses now; notes the peer problems it finds. */
+  #renderText(node: NodeConfig): string {
     const addresses = new NodeAddressSnapshot(this.#o.handle);
-    const peers = [...this.#node.spec.bgp?.peers ?? [], ...this.#mesh].map((p) => p.address);
-    const bgp = this.#node.spec.bgp;
+    const peers = [...node.spec.bgp?.peers ?? [], ...this.#mesh].map((p) => p.address);
+    const bgp = node.spec.bgp;
     const sessions = [...bgp?.peers ?? [], ...bgp?.nodeMesh ? this.#mesh : []];
     const singleHop = sessions.filter((p) => !("multihop" in p) || p.multihop === undefined);
     // Only with an AS: without one bird.conf has no sessions at all.
@@ -711,14 +780,14 @@ export class NodeRouting {
       ? []
       : peersWithoutIpv4Address(addresses, multihop);
     const input = birdInputFor(
-      this.#node,
+      node,
       this.#o.nodeName,
       this.#mesh,
       this.#nodeAddresses,
       this.#secretPasswords,
-      kernelNextHop6Candidates(addresses, this.#node),
+      kernelNextHop6Candidates(addresses, node),
       peersOnLinksWithoutIpv6(addresses, peers),
-      linkNextHop6ByPeer(addresses, this.#node, peers),
+      linkNextHop6ByPeer(addresses, node, peers),
     );
     input.cidrs.push(...this.#draining.map(formatPrefix));
     this.#logPeersWithoutIpv6(peersWithoutIpv6(input));
@@ -739,22 +808,7 @@ export class NodeRouting {
         "over IPv6)",
       "the node has an IPv4 address for its IPv4 multihop peers again",
     );
-    const text = renderBirdConfig(input);
-    if (onlyIfChanged !== undefined) {
-      // Also a text BIRD rejected: an address change that renders it again would otherwise log
-      // a reload each time.
-      if (text === this.#renderedText) return undefined;
-      this.#o.log({ msg: "bird.conf changed: reloading BIRD", reason: onlyIfChanged });
-    }
-    this.#renderedText = text;
-    const status = await this.control.update(text);
-    // Another render may have taken over while this one waited: its text stays. A text BIRD
-    // neither took nor judged (failed, unreachable) is forgotten: the control retries it itself,
-    // and the next address change hands it over too (as before that retry existed for all).
-    if (this.#renderedText === text && status.result !== "ok" && status.result !== "rejected") {
-      this.#renderedText = undefined;
-    }
-    return status;
+    return renderBirdConfig(input);
   }
 }
 

@@ -18,6 +18,7 @@ import { BirdDaemon, bootstrapBirdConfig } from "../tests/helpers/bird.ts";
 import { AF_INET, formatIP, Handle, listAddresses } from "../netlink/mod.ts";
 import { renderBirdConfig } from "../bird/config.ts";
 import { patch } from "../tests/helpers/patch.ts";
+import { DumpInterruptedError } from "../netlink/errors.ts";
 
 const plain = parseNodeConfig({ cidr6: "fd00:1::/64", bgp: { asn: 64512, nodeMesh: true } }, "t");
 const configured = parseNodeConfig(
@@ -680,5 +681,84 @@ Deno.test({
     // The next try that works is what BIRD gets.
     assert.equal((await routing.configure(failed))?.result, "ok");
     assert.match((await bird.birdc(["show", "protocols"])).stdout, /peer_fd00_b__2/);
+  },
+});
+
+/**
+ * Has the node's address dumps fail as a busy kernel's do while `failing()` holds; counts them.
+ * Disposing restores the real dump.
+ */
+function busyAddressDumps(failing: () => boolean): Disposable & { dumps: () => number } {
+  let dumps = 0;
+  const patched = patch(
+    Handle.prototype,
+    "dump",
+    (real) =>
+      function (this: Handle, msg, operation) {
+        if (operation === "list addresses") {
+          dumps++;
+          if (failing()) throw new DumpInterruptedError(operation, "RTM_GETADDR", 6);
+        }
+        return real.call(this, msg, operation);
+      },
+  );
+  return { dumps: () => dumps, [Symbol.dispose]: () => patched[Symbol.dispose]() };
+}
+
+Deno.test({
+  name: "NodeRouting: a bird.conf render a busy kernel failed is retried with backoff until " +
+    "BIRD has the config, with no further event",
+  ...ROOT_ONLY,
+  async fn() {
+    await using lab = await routingLab("flk-rtrerender");
+    const { bird, routing, logged } = lab;
+    assert.equal((await routing.configure(routingConfig()))?.result, "ok");
+    let failures = 3;
+    using busy = busyAddressDumps(() => failures-- > 0);
+    // Standalone mode: a SIGHUP's new peer, and no address change to render bird.conf again.
+    const withPeer = routingConfig({ peers: [{ address: "fd00:b::2", asn: 65000 }] });
+    await assert.rejects(routing.configure(withPeer), DumpInterruptedError);
+    const started = Date.now();
+    await until(() => /peer_fd00_b__2/.test(Deno.readTextFileSync(bird.configPath)), 10_000);
+    await routing.control!.settled();
+    const took = Date.now() - started;
+    assert.match((await bird.birdc(["show", "protocols"])).stdout, /peer_fd00_b__2/);
+    assert.ok(busy.dumps() > 3, "the three failed renders, then one that worked");
+    // 200 + 400 + 800 ms of backoff (RENDER_RETRY_MIN_MS doubled).
+    console.log(`render retried into BIRD after ${took} ms (3 busy dumps)`);
+    assert.ok(took >= 1_300, `retried too soon: ${took} ms`);
+    const lines = logged.filter((f) => /rendering bird\.conf/.test(String(f.msg)));
+    assert.deepEqual(lines.map((f) => [f.msg, f.failures]), [
+      ["rendering bird.conf failed; retrying every round, logged again once it recovers", 1],
+      ["rendering bird.conf recovered", 3],
+    ]);
+    assert.equal(lines[0].retryInMs, 200);
+  },
+});
+
+Deno.test({
+  name: "NodeRouting: the retry of a failed render is cancelled by a newer render and by close",
+  ...ROOT_ONLY,
+  async fn() {
+    await using lab = await routingLab("flk-rtrecancel");
+    const { routing } = lab;
+    assert.equal((await routing.configure(routingConfig()))?.result, "ok");
+    let failing = true;
+    using busy = busyAddressDumps(() => failing);
+    await assert.rejects(routing.setNodeAddresses(["10.0.0.11"]), DumpInterruptedError);
+    // A newer render that works: the retry pending for the failed one does not run.
+    failing = false;
+    await routing.setMeshPeers([]);
+    const afterNewer = busy.dumps();
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(busy.dumps(), afterNewer, "the cancelled retry rendered again");
+
+    // A render failing for good, then close: no retry runs after it.
+    failing = true;
+    await assert.rejects(routing.setNodeAddresses(["10.0.0.12"]), DumpInterruptedError);
+    await routing.close();
+    const atClose = busy.dumps();
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(busy.dumps(), atClose, "a render retried after close");
   },
 });
