@@ -71,8 +71,10 @@ export function podsLackingHostRoutes(store: Store, node: Handle): Attachment[] 
       }
     }
   }
+  // The store keeps addresses as canonical text (formatIP's), so they are compared as they are.
   return committed.filter((rec) =>
-    [rec.ipv6, rec.ipv4].some((a) => a !== undefined && !routed.has(formatIP(parseIP(a))))
+    (rec.ipv6 !== undefined && !routed.has(rec.ipv6)) ||
+    (rec.ipv4 !== undefined && !routed.has(rec.ipv4))
   );
 }
 
