@@ -99,6 +99,11 @@ export class HostSideRepair {
   /** Attachments whose repair is queued or running: a second ask while one is queued is moot. */
   readonly #queued = new Set<string>();
   readonly #running = new Set<Promise<void>>();
+  /**
+   * Attachments whose last repair failed: logged once, not at every sweep (a record no request
+   * can serve, such as a corrupt host veth name, stays so; the start-up reconcile reports it).
+   */
+  readonly #failing = new Set<string>();
   #closed = false;
 
   constructor(readonly options: HostSideRepairOptions) {}
@@ -167,12 +172,20 @@ export class HostSideRepair {
     this.#queued.add(queued);
     const run = this.options.inTurn(key.containerId, () => {
       this.#queued.delete(queued);
-      this.#repair(key);
+      try {
+        this.#repair(key);
+      } catch (e) {
+        // A rejection, also where the turn runs at once: one record's failure is its own.
+        return Promise.reject(e);
+      }
+      this.#failing.delete(queued);
       return Promise.resolve();
     }).catch((e) => {
       this.#queued.delete(queued);
+      const again = this.#failing.has(queued);
+      this.#failing.add(queued);
       this.options.log({
-        level: "error",
+        level: again ? "debug" : "error",
         msg: "restoring a pod's host side failed",
         containerId: key.containerId,
         ifname: key.ifname,

@@ -189,6 +189,25 @@ Deno.test({
       assert.deepEqual(logged.at(-1)?.restored, ["route 10.48.0.1"]);
       assert.equal(repairs, 2);
       assert.deepEqual(podsLackingHostRoutes(l.store, l.handle), []);
+
+      // A record no request can serve (a corrupt store's host veth name): its failure is logged
+      // once, not at every sweep.
+      l.store.insertPending({
+        containerId: "bad",
+        ifname: "eth0",
+        netns: a.ns.path,
+        hostIface: "flock-far-too-long-9",
+        ipv6: "fd00:48::99",
+        anycast: [],
+      });
+      l.store.commit("bad", "eth0");
+      for (let i = 0; i < 3; i++) {
+        repair.sweep();
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      const failures = logged.filter((f) => f.containerId === "bad");
+      assert.deepEqual(failures.map((f) => f.level), ["error", "debug", "debug"]);
+      assert.match(String(failures[0].error), /invalid host interface name/);
     } finally {
       await repair.close();
     }
