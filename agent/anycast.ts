@@ -13,6 +13,13 @@
  * Next hops are ordered by ifindex, and a route that already has the right paths is left alone,
  * so a restart or a redundant sync never makes the route (and BIRD's announcement) flap.
  *
+ * Down holders: the kernel refuses a path through a device that is not up ("Device for nexthop
+ * is not up"), flushes a one-path route when its device goes down and keeps a dead path in an
+ * ECMP route. A holder whose host veth is down is therefore left out: the route goes over the
+ * holders that are up, and an address with none has no route, so BIRD withdraws it from BGP
+ * (no pod on this node can serve it). The host side repair's sync when the veth comes up, or the
+ * next resync round, puts the path back.
+ *
  * Serialisation: {@link AnycastRoutes.sync} reads the holders from the store and programs the
  * kernel in one synchronous step (sqlite and netlink are both synchronous here), so no other
  * request can interleave between the read and the write. Two ADDs of different containers with
@@ -33,8 +40,11 @@ import {
   type IP,
   isNotFound,
   isTooLarge,
+  type Link,
+  listLinks,
   listRoutes,
   lookupRoute,
+  NetlinkError,
   type NextHop,
   parseIP,
   replaceRoute,
@@ -50,6 +60,12 @@ import { retryWhileKernelBusy } from "./kernel_busy.ts";
 
 /** RTNH_F_ONLINK: the gateway is on the link without any route saying so. */
 export const RTNH_F_ONLINK = 4;
+
+/** ENETDOWN: the kernel's answer to a path through a device that is not up. */
+const ENETDOWN = 100;
+
+/** Host veths by name, as one link dump saw them. */
+type LinkSnapshot = Map<string, Pick<Link, "index" | "up">>;
 
 /** One local pod's path to an anycast address. */
 export interface AnycastPath {
@@ -111,7 +127,10 @@ export function routesMatch(current: Route[], want: Route | undefined): boolean 
 export interface AnycastSyncReport {
   /** Addresses whose route was installed, replaced or removed. */
   changed: string[];
-  /** Holders left out of a route (missing veth, no pod address of that family). */
+  /**
+   * Holders left out of a route (missing or down veth, no pod address of that family), and in a
+   * resync round the addresses whose sync failed.
+   */
   problems: string[];
 }
 
@@ -131,14 +150,19 @@ export class AnycastRoutes {
   readonly #store: Store;
   readonly #log?: (fields: Record<string, unknown>) => void;
   /**
-   * Host veth name → ifindex. A veth made again gets a new index (the kernel allocates them
-   * cyclically), so a stale entry names no link: the kernel refuses the route with ENODEV and
-   * the cache is dropped and the route computed again.
+   * Host veth name → ifindex, of veths seen up. A veth made again gets a new index (the kernel
+   * allocates them cyclically), so a stale entry names no link, and a veth that went down since
+   * is no longer a possible path: the kernel refuses the route (ENODEV, ENETDOWN), the cache is
+   * dropped and the route computed again. A down veth is never cached, so the sync that follows
+   * its coming up (the host side repair's) looks at it afresh.
    */
   readonly #ifindex = new Map<string, number>();
   #timer?: ReturnType<typeof setInterval>;
   /** Failed resync rounds in a row: logged when they start and end, not every 10 s. */
   readonly #resyncFailures: FailureStreak;
+  /** Address → the cause last logged of its failing resync syncs, and how many failed in a row. */
+  readonly #failing = new Map<string, { cause: string; failures: number }>();
+  #syncFailures = 0;
 
   constructor(o: AnycastRoutesOptions) {
     this.#node = o.node;
@@ -158,22 +182,46 @@ export class AnycastRoutes {
    */
   sync(addresses: Iterable<string>, opts: { without?: AttachmentKey } = {}): AnycastSyncReport {
     const report: AnycastSyncReport = { changed: [], problems: [] };
+    let failure: { error: unknown } | undefined;
     for (const text of new Set(addresses)) {
-      const address = parseIP(text);
-      const holders = this.#store.listAnycastHolders(text).filter((h) =>
-        !(opts.without && h.containerId === opts.without.containerId &&
-          h.ifname === opts.without.ifname)
-      );
-      this.#converge(address, holders, this.#lookup(address), report);
+      // One address the kernel refuses must not leave the others of this pod unsynced.
+      try {
+        this.#syncOne(text, opts.without, undefined, report);
+      } catch (e) {
+        failure ??= { error: e };
+      }
     }
+    if (failure) throw failure.error;
     return report;
+  }
+
+  /**
+   * Failed syncs of single addresses in resync rounds so far (each address each round), for a
+   * metric; a down holder is no failure.
+   */
+  get syncFailures(): number {
+    return this.#syncFailures;
+  }
+
+  #syncOne(
+    text: string,
+    without: AttachmentKey | undefined,
+    links: LinkSnapshot | undefined,
+    report: AnycastSyncReport,
+  ): void {
+    const address = parseIP(text);
+    const holders = this.#store.listAnycastHolders(text).filter((h) =>
+      !(without && h.containerId === without.containerId && h.ifname === without.ifname)
+    );
+    this.#converge(address, holders, this.#lookup(address), report, links);
   }
 
   /**
    * Re-checks every held address now and then. The kernel flushes a whole IPv4 multipath route
    * when one of its veths disappears without a DEL (the runtime destroyed the pod's namespace
    * first), which would leave the other holders without a route until their next ADD or DEL.
-   * Each round costs one store query plus one FIB lookup per held address. Idempotent.
+   * Each round costs one link dump, plus one store query and one FIB lookup per held address.
+   * Idempotent.
    */
   startResync(intervalMs: number = ANYCAST_RESYNC_MS): void {
     this.stopResync();
@@ -187,20 +235,70 @@ export class AnycastRoutes {
   }
 
   /**
-   * One resync round: every address a committed record holds. A failure (a busy kernel, a
-   * store error) leaves the rest to the next round, which tries again; a run of failed rounds
-   * is logged when it starts and when it ends.
+   * One resync round: every address a committed record holds, the holders' link states from one
+   * link dump. A failure to read them (a busy kernel, a store error) leaves the round to the
+   * next, which tries again; a run of failed rounds is logged when it starts and when it ends.
+   * A failure of one address costs that address only: it is logged when it starts, when its
+   * cause changes and when it recovers, not every round, and counted in {@link syncFailures}.
    */
   resync(): AnycastSyncReport {
+    const report: AnycastSyncReport = { changed: [], problems: [] };
+    let addresses: string[];
+    let links: LinkSnapshot;
     try {
-      this.#ifindex.clear(); // a vanished veth must not linger in the cache
-      const report = this.sync(this.#store.listAnycastAddresses());
+      addresses = this.#store.listAnycastAddresses();
+      links = addresses.length ? this.#linkSnapshot() : new Map();
       this.#resyncFailures.succeeded();
-      return report;
     } catch (e) {
       this.#resyncFailures.failed(e);
       return { changed: [], problems: [String(e)] };
     }
+    // The dump is the freshest word on every veth: a vanished one must not linger in the cache.
+    this.#ifindex.clear();
+    for (const [name, link] of links) if (link.up) this.#ifindex.set(name, link.index);
+    for (const text of addresses) {
+      try {
+        this.#syncOne(text, undefined, links, report);
+        this.#recovered(text);
+      } catch (e) {
+        report.problems.push(`anycast ${text}: route not synced: ${(e as Error).message}`);
+        this.#failed(text, e);
+      }
+    }
+    // Records gone since: their addresses are no longer anyone's to report on.
+    for (const text of this.#failing.keys()) {
+      if (!addresses.includes(text)) this.#failing.delete(text);
+    }
+    return report;
+  }
+
+  #failed(address: string, e: unknown): void {
+    this.#syncFailures++;
+    const cause = e instanceof Error ? e.message : String(e);
+    const before = this.#failing.get(address);
+    this.#failing.set(address, { cause, failures: (before?.failures ?? 0) + 1 });
+    if (before?.cause === cause) return;
+    this.#log?.({
+      level: "warn",
+      msg: "anycast route sync failed",
+      address,
+      error: cause,
+      note: "retried every round, logged again when the cause changes or it recovers",
+    });
+  }
+
+  #recovered(address: string): void {
+    const before = this.#failing.get(address);
+    if (!before) return;
+    this.#failing.delete(address);
+    this.#log?.({ msg: "anycast route sync recovered", address, failures: before.failures });
+  }
+
+  /** One link dump: every link of the node by name. */
+  #linkSnapshot(): LinkSnapshot {
+    const links: LinkSnapshot = new Map();
+    for (const l of listLinks(this.#node)) links.set(l.name, { index: l.index, up: l.up });
+    return links;
   }
 
   /** {@link sync} for clean-up paths: logs a failure instead of throwing it. */
@@ -226,12 +324,15 @@ export class AnycastRoutes {
     const report: AnycastSyncReport = { changed: [], problems: [] };
     const routes = new Map<string, Route[]>();
     // Whole or not at all (a busy node interrupts dumps): the routes are compared against it.
-    const present = await retryWhileKernelBusy(
-      "anycast: list flock's routes",
+    const [present, links] = await retryWhileKernelBusy(
+      "anycast: list flock's routes and the links",
       () =>
-        ([AF_INET6, AF_INET] as const).flatMap((family) =>
-          listRoutes(this.#node, { family, protocol: FLOCK_ROUTE_PROTOCOL })
-        ),
+        [
+          ([AF_INET6, AF_INET] as const).flatMap((family) =>
+            listRoutes(this.#node, { family, protocol: FLOCK_ROUTE_PROTOCOL })
+          ),
+          held.size ? this.#linkSnapshot() : new Map(),
+        ] as const,
     );
     // After the awaited read: a sync meanwhile may have cached a veth that is gone since.
     this.#ifindex.clear();
@@ -245,7 +346,7 @@ export class AnycastRoutes {
       try {
         const address = parseIP(text);
         const current = routes.get(formatPrefix(hostPrefix(address))) ?? [];
-        this.#converge(address, this.#store.listAnycastHolders(text), current, report);
+        this.#converge(address, this.#store.listAnycastHolders(text), current, report, links);
       } catch (e) {
         report.problems.push(`anycast ${text}: route not rebuilt: ${(e as Error).message}`);
       }
@@ -289,15 +390,19 @@ export class AnycastRoutes {
     return problems;
   }
 
-  /** Makes the kernel's route to `address` the one these holders need. */
+  /**
+   * Makes the kernel's route to `address` the one these holders need: over those whose veth is
+   * up (as `links` saw them, else as the cache or a fresh look says).
+   */
   #converge(
     address: IP,
     holders: AnycastHolder[],
     current: Route[],
     report: AnycastSyncReport,
+    links?: LinkSnapshot,
   ): void {
     const problems: string[] = [];
-    let want = anycastRoute(address, this.#paths(address, holders, problems));
+    let want = anycastRoute(address, this.#paths(address, holders, problems, links));
     if (routesMatch(current, want)) {
       report.problems.push(...problems);
       return;
@@ -305,12 +410,16 @@ export class AnycastRoutes {
     try {
       this.#program(address, current, want);
     } catch (e) {
-      if (!isNotFound(e) || this.#ifindex.size === 0) throw e;
-      // A cached ifindex outlived its veth: resolve every holder again and retry once.
+      if (!want || !(isNotFound(e) || (e instanceof NetlinkError && e.errno === ENETDOWN))) {
+        throw e;
+      }
+      // A veth went or went down since it was looked at (the cache, the round's dump): look at
+      // every holder afresh and retry once.
       this.#ifindex.clear();
       problems.length = 0;
       want = anycastRoute(address, this.#paths(address, holders, problems));
-      this.#program(address, this.#lookup(address), want);
+      const now = this.#lookup(address);
+      if (!routesMatch(now, want)) this.#program(address, now, want);
     }
     report.problems.push(...problems);
     report.changed.push(formatIP(address));
@@ -318,6 +427,7 @@ export class AnycastRoutes {
       msg: want ? "anycast route set" : "anycast route removed",
       address: formatIP(address),
       paths: want ? pathKeys(want) : [],
+      leftOut: problems.length ? problems : undefined,
     });
   }
 
@@ -352,23 +462,36 @@ export class AnycastRoutes {
     return r && ours ? [r] : [];
   }
 
-  /** The usable paths of these holders; the ones left out are explained in `problems`. */
-  #paths(address: IP, holders: AnycastHolder[], problems: string[]): AnycastPath[] {
+  /**
+   * The usable paths of these holders (veth present and up); the ones left out are explained in
+   * `problems`. Link states come from `links` when given, else from {@link #resolve}.
+   */
+  #paths(
+    address: IP,
+    holders: AnycastHolder[],
+    problems: string[],
+    links?: LinkSnapshot,
+  ): AnycastPath[] {
     const text = formatIP(address);
     const paths: AnycastPath[] = [];
     for (const h of holders) {
-      let oif: number | undefined;
+      let link: Pick<Link, "index" | "up"> | undefined;
       try {
-        oif = this.#resolve(h.hostIface);
+        link = links ? links.get(h.hostIface) : this.#resolve(h.hostIface);
       } catch (e) {
         // A record naming no possible link (a bad host interface name) costs only its own path.
         problems.push(`anycast ${text}: ${h.containerId} left out: ${(e as Error).message}`);
         continue;
       }
-      if (oif === undefined) {
+      if (link === undefined) {
         problems.push(`anycast ${text}: ${h.containerId} left out, ${h.hostIface} is missing`);
         continue;
       }
+      if (!link.up) {
+        problems.push(`anycast ${text}: ${h.containerId} left out, ${h.hostIface} is down`);
+        continue;
+      }
+      const oif = link.index;
       const own = address.family === AF_INET6 ? h.ipv6 : h.ipv4;
       paths.push({ oif, podIP: own ? parseIP(own) : undefined });
     }
@@ -384,11 +507,12 @@ export class AnycastRoutes {
     return paths;
   }
 
-  #resolve(name: string): number | undefined {
+  /** The veth called `name`: cached as up, or looked at now (and cached when up). */
+  #resolve(name: string): Pick<Link, "index" | "up"> | undefined {
     const cached = this.#ifindex.get(name);
-    if (cached !== undefined) return cached;
+    if (cached !== undefined) return { index: cached, up: true };
     const link = getLinkByName(this.#node, name);
-    if (link) this.#ifindex.set(name, link.index);
-    return link?.index;
+    if (link?.up) this.#ifindex.set(name, link.index);
+    return link;
   }
 }

@@ -80,14 +80,14 @@ Deno.test("routesMatch: compares paths, not flags or order", () => {
 });
 
 /** A node namespace with `n` pods (veth pairs made by the real datapath) and a store. */
-async function fixture(n: number) {
+async function fixture(n: number, log?: (fields: Record<string, unknown>) => void) {
   const node = await TestNamespace.create("flk-acn");
   const pods: TestNamespace[] = [];
   const dir = await Deno.makeTempDir({ prefix: "flock-anycast-" });
   const handle = Handle.forNetns(node.path);
   const store = Store.open(join(dir, "state"));
   const datapath = new Datapath(handle);
-  const routes = new AnycastRoutes({ node: handle, store });
+  const routes = new AnycastRoutes({ node: handle, store, log });
   for (let i = 0; i < n; i++) pods.push(await TestNamespace.create("flk-acp"));
   return {
     node,
@@ -382,5 +382,101 @@ Deno.test({
       handle.close();
       await Deno.remove(dir, { recursive: true });
     }
+  },
+});
+
+/** The devices of flock's route to `address` on the node, sorted; [] when there is none. */
+async function routeDevs(ns: TestNamespace, address: string): Promise<string[]> {
+  const routes = await anycastRouteOf(ns, address);
+  assert.ok(routes.length <= 1, `one route for ${address}: ${JSON.stringify(routes)}`);
+  if (routes.length === 0) return [];
+  return (routes[0].nexthops?.map((h) => h.dev) ?? [routes[0].dev!]).sort();
+}
+
+Deno.test({
+  name:
+    "AnycastRoutes: a down holder costs only its own address; ECMP over the holders that are up",
+  ...ROOT_ONLY,
+  async fn() {
+    const lines: Record<string, unknown>[] = [];
+    await using f = await fixture(3, (l) => lines.push(l));
+    // A1: one holder (pod 0); A2: two holders (pods 1 and 2). Sorted, A1's IPv4 comes first in
+    // a round, so a round that stops at its first failure never reaches A2.
+    const a1 = ["10.255.0.21", "fd00:ffff::21"];
+    const a2 = ["10.255.0.22", "fd00:ffff::22"];
+    const p0 = f.addPod(0, a1);
+    const p1 = f.addPod(1, a2);
+    const p2 = f.addPod(2, a2);
+    f.routes.sync([...a1, ...a2]);
+    const both = [p1.hostIface, p2.hostIface].sort();
+    for (const a of a2) assert.deepEqual(await routeDevs(f.node, a), both, a);
+
+    // A1's only holder goes down: the kernel drops A1's route and refuses to make it again.
+    await f.node.ip(["link", "set", p0.hostIface, "down"]);
+    for (const a of a2) await f.node.ip(["route", "del", a, "proto", "201"]);
+    const round = f.routes.resync();
+    for (const a of a2) assert.deepEqual(await routeDevs(f.node, a), both, `${a} rebuilt`);
+    for (const a of a1) assert.deepEqual(await routeDevs(f.node, a), [], `${a}: nobody serves it`);
+    assert.match(round.problems.join("; "), new RegExp(`${p0.hostIface} is down`));
+    assert.deepEqual(f.routes.syncFailures, 0, "a down holder is no failure");
+    assert.deepEqual(f.routes.resync().changed, [], "a second round changes nothing");
+
+    // One of A2's holders goes down: its route is made of the other one only.
+    await f.node.ip(["link", "set", p1.hostIface, "down"]);
+    assert.deepEqual(f.routes.resync().changed.sort(), a2);
+    for (const a of a2) assert.deepEqual(await routeDevs(f.node, a), [p2.hostIface], a);
+
+    // Back up: the host side repair's sync (no round between) restores both paths, and A1.
+    await f.node.ip(["link", "set", p1.hostIface, "up"]);
+    assert.deepEqual(f.routes.sync(a2).changed.sort(), a2);
+    for (const a of a2) assert.deepEqual(await routeDevs(f.node, a), both, `${a} after up`);
+    await f.node.ip(["link", "set", p0.hostIface, "up"]);
+    assert.deepEqual(f.routes.sync(a1).changed.sort(), a1);
+    for (const a of a1) assert.deepEqual(await routeDevs(f.node, a), [p0.hostIface], a);
+
+    // A holder that went down after the last round (its index cached as up): an ADD's sync
+    // that must program the route finds out from the kernel's refusal and leaves it out.
+    await f.node.ip(["link", "set", p2.hostIface, "down"]);
+    for (const a of a2) await f.node.ip(["route", "del", a, "proto", "201"]).catch(() => {});
+    f.routes.sync(a2);
+    for (const a of a2) assert.deepEqual(await routeDevs(f.node, a), [p1.hostIface], a);
+    assert.deepEqual(f.routes.check(f.store.get(p1.containerId, "eth0")!), []);
+    assert.deepEqual(
+      lines.filter((l) => l.level === "warn" || l.level === "error"),
+      [],
+      "nothing here is worth a warning",
+    );
+  },
+});
+
+Deno.test({
+  name: "AnycastRoutes: an address the kernel keeps refusing is logged once and counted",
+  ...ROOT_ONLY,
+  async fn() {
+    const lines: Record<string, unknown>[] = [];
+    await using f = await fixture(2, (l) => lines.push(l));
+    const bad = "fd00:fff0::23"; // sorts before the good ones
+    const good = ["10.255.0.23", "fd00:ffff::23"];
+    const p0 = f.addPod(0, [bad]);
+    const p1 = f.addPod(1, good);
+    // IPv6 off on the holder's veth: the kernel refuses any IPv6 route through it (EACCES).
+    await f.node.exec(["sysctl", "-qw", `net.ipv6.conf.${p0.hostIface}.disable_ipv6=1`]);
+    for (let round = 0; round < 3; round++) {
+      for (const a of good) await f.node.ip(["route", "del", a, "proto", "201"]).catch(() => {});
+      const report = f.routes.resync();
+      assert.match(report.problems.join("; "), /IPv6 is disabled on nexthop device/);
+      for (const a of good) assert.deepEqual(await routeDevs(f.node, a), [p1.hostIface], a);
+    }
+    assert.equal(f.routes.syncFailures, 3, "every failed sync is counted");
+    const failed = lines.filter((l) => l.msg === "anycast route sync failed");
+    assert.equal(failed.length, 1, JSON.stringify(lines));
+    assert.equal(failed[0].address, bad);
+    assert.match(String(failed[0].error), /IPv6 is disabled/);
+
+    await f.node.exec(["sysctl", "-qw", `net.ipv6.conf.${p0.hostIface}.disable_ipv6=0`]);
+    assert.deepEqual(f.routes.resync().changed, [bad]);
+    assert.deepEqual(await routeDevs(f.node, bad), [p0.hostIface]);
+    const recovered = lines.filter((l) => l.msg === "anycast route sync recovered");
+    assert.deepEqual(recovered.map((l) => [l.address, l.failures]), [[bad, 3]]);
   },
 });
