@@ -241,6 +241,8 @@ export class Agent {
     const datapath = new Datapath(this.#handle, {
       routesIPv4: node.cidr4 !== undefined,
       log: this.log,
+      // Every ADD's own veth up: no repair check when its notification is read.
+      onHostVethUp: (index) => this.#hostSideRepair.noteOwnUp(index),
     });
     const pool6 = node.cidr6 ? new AddressPool(node.cidr6, { cooldownMs }) : undefined;
     const pool4 = node.cidr4 ? new AddressPool(node.cidr4, { cooldownMs }) : undefined;
@@ -314,7 +316,6 @@ export class Agent {
       this.#finishStuckReleases();
       this.#freeUnroutedWithheld();
       this.#relocateUnknownNetns();
-      this.#hostSideRepair.sweep();
     }, releaseSweepMsFromEnv(RELEASE_SWEEP_MS));
     Deno.unrefTimer(this.#releaseSweep);
     return report;

@@ -324,6 +324,13 @@ export interface DatapathOptions {
   routesIPv4?: boolean;
   /** Where the datapath says what it fell back to (see {@link Datapath.nodeLinksOrNone}). */
   log?: LogFn;
+  /**
+   * Told the index of every host veth this datapath set up, once the request was answered, so
+   * that a link watch can tell these ups from others' (agent/own_link_ups.ts). A failed batch
+   * tells nothing, even if its up went through: a token too few costs one check, one too many
+   * would hide a flap.
+   */
+  onHostVethUp?: (index: number) => void;
 }
 
 /** The pod datapath of one node, bound to the node's namespace. */
@@ -375,8 +382,9 @@ export class Datapath {
       this.#configurePodSide(podSide, pod, peer);
       podSide.flush();
       const hostSide = new RequestBatch(this.node);
-      this.#configureHostSide(hostSide, pod, host);
+      const setUp = this.#configureHostSide(hostSide, pod, host);
       hostSide.flush();
+      if (setUp) this.options.onHostVethUp?.(host.index);
       return {
         hostIface: host.name,
         hostIndex: host.index,
@@ -560,7 +568,8 @@ export class Datapath {
     return { host, peer };
   }
 
-  #configureHostSide(b: RequestBatch, pod: PodNetwork, host: Link): void {
+  /** Adds the host side's requests to `b`; returns whether one of them sets the veth up. */
+  #configureHostSide(b: RequestBatch, pod: PodNetwork, host: Link): boolean {
     if (pod.mtu && host.mtu !== pod.mtu) setLinkMtu(b, host.index, pod.mtu);
     const ipv6 = carriesIPv6(pod);
     if (
@@ -590,6 +599,7 @@ export class Datapath {
     for (const ip of [pod.ipv6, pod.ipv4]) {
       if (ip) replaceRoute(b, hostRoute(ip, host.index));
     }
+    return !host.up;
   }
 
   #configurePodSide(b: RequestBatch, pod: PodNetwork, peer: Link): void {
@@ -847,6 +857,7 @@ export class Datapath {
     if (missing.length === 0) return missing;
     if (!this.#isPeerNetns(pod.netns, host)) return undefined;
     const hostSide = new RequestBatch(this.node);
+    // Never sets the veth up (it is up: checked above), so a repair makes no up of its own.
     this.#configureHostSide(hostSide, pod, host);
     hostSide.flush();
     return missing;

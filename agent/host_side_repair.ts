@@ -5,14 +5,19 @@
  * flushes a device's routes and IPv6 addresses on its way down and restores none on the way up.
  * The pod would stay unreachable, its record committed and both ends up, until a restart.
  *
- * - Prompt: link notifications (netlink/link_events.ts), polled every {@link LINK_POLL_MS}; a
- *   flock veth set up has its pod's host side restored (Datapath.restoreHostSide, the requests
- *   of setup's own host side) and its anycast routes synced.
- * - Safety net: the agent's sweep, and a poll whose notifications were lost (queue overflow),
- *   look at one dump of flock's routes per family and repair the committed pods lacking one.
+ * What triggers a repair, all read by one poll every {@link LINK_POLL_MS}:
+ * - a flock veth set up (link notifications, netlink/link_events.ts): its pod's host side is
+ *   restored (Datapath.restoreHostSide, the requests of setup's own host side) and its anycast
+ *   routes synced. The ups the agent made itself (every ADD's new veth) are told apart by
+ *   tokens (own_link_ups.ts, fed by the datapath's `onHostVethUp`) and cost nothing;
+ * - a pod's host route deleted (route notifications of flock's protocol, netlink/route_events.ts;
+ *   a route deleted by hand, or IPv6's on a veth's way down): the record holding that address;
+ * - notifications lost (a queue overflow): one dump of flock's routes per family, and the
+ *   committed pods lacking a host route ({@link podsLackingHostRoutes}). Never on a timer.
  *
  * Every repair runs in its container's turn (RpcServer.forContainer), as that container's
- * requests do: never during its ADD, DEL or a GC, and a record being released is left alone.
+ * requests do: never during its ADD, DEL or a GC, and a record being released (or gone, or not
+ * committed) is left alone, so the agent's own deletions queue no repair that does anything.
  * A veth left down is not touched (a route needs its device up, and an operator's down is not
  * undone); it is repaired when it comes up.
  *
@@ -20,7 +25,9 @@
  */
 
 import { AF_INET, AF_INET6, formatIP, type Handle, listRoutes, parseIP } from "../netlink/mod.ts";
-import { LinkEvents } from "../netlink/link_events.ts";
+import { LinkEvents, type LinkEventsRead } from "../netlink/link_events.ts";
+import { RouteEvents, type RouteEventsRead } from "../netlink/route_events.ts";
+import { OwnLinkUps } from "./own_link_ups.ts";
 import {
   type Datapath,
   FLOCK_ROUTE_PROTOCOL,
@@ -32,7 +39,10 @@ import type { Attachment, Store } from "./store.ts";
 import { attachmentKey } from "./attachment_key.ts";
 import type { LogFn } from "./logger.ts";
 
-/** How often the link notifications are read: a flapped veth is repaired within about this. */
+/**
+ * How often the link and route notifications are read: a flapped veth or a deleted host route
+ * is repaired within about this.
+ */
 export const LINK_POLL_MS = 500;
 
 /** What a repair works with: the configuration in force. */
@@ -92,15 +102,22 @@ function podNetworkOf(rec: Attachment, mtu: number | undefined): PodNetwork {
   };
 }
 
-/** Watches the node's flock veths come up and restores their pods' host sides. */
+/** Watches the node's flock veths come up and its host routes go, and restores pods' host sides. */
 export class HostSideRepair {
-  #events?: LinkEvents;
+  #links?: LinkEvents;
+  #routes?: RouteEvents;
   #timer?: ReturnType<typeof setInterval>;
+  /** A poll right after one that left notifications queued (its read bound reached). */
+  #followUp?: ReturnType<typeof setTimeout>;
+  /** The ups the agent made itself, whose notifications need no repair check. */
+  readonly #ownUps = new OwnLinkUps();
+  /** Notifications were lost and the look at the routes has not been made yet. */
+  #lookAgain = false;
   /** Attachments whose repair is queued or running: a second ask while one is queued is moot. */
   readonly #queued = new Set<string>();
   readonly #running = new Set<Promise<void>>();
   /**
-   * Attachments whose last repair failed: logged once, not at every sweep (a record no request
+   * Attachments whose last repair failed: logged once, not at every try (a record no request
    * can serve, such as a corrupt host veth name, stays so; the start-up reconcile reports it).
    */
   readonly #failing = new Set<string>();
@@ -109,59 +126,107 @@ export class HostSideRepair {
   constructor(readonly options: HostSideRepairOptions) {}
 
   /**
-   * Subscribes to the link changes of the node `node` (once) and polls them every `pollMs`.
-   * Opened before the first reconcile takes its dumps, so that no veth set up after them goes
-   * unseen; notifications queue until a configuration serves.
+   * Subscribes to the link and route changes of the node `node` (once) and polls them every
+   * `pollMs`. Opened before the first reconcile takes its dumps, so that no veth set up and no
+   * route deleted after them goes unseen; notifications queue until a configuration serves.
    */
   start(node: Handle, pollMs = LINK_POLL_MS): void {
-    if (this.#events || this.#closed) return;
-    this.#events = LinkEvents.open(node);
+    if (this.#links || this.#closed) return;
+    this.#links = LinkEvents.open(node);
+    try {
+      this.#routes = RouteEvents.open(node, FLOCK_ROUTE_PROTOCOL);
+    } catch (e) {
+      this.#links.close();
+      this.#links = undefined;
+      throw e;
+    }
     this.#timer = setInterval(() => this.poll(), pollMs);
     Deno.unrefTimer(this.#timer);
   }
 
   /**
-   * Reads the link notifications and queues the repair of every committed pod whose veth came
-   * up; when notifications were lost, of every committed pod lacking a host route. Nothing is
-   * read while no configuration serves (the queued notifications wait).
+   * Notes that the agent itself set the host veth `index` up (Datapath's `onHostVethUp`): the
+   * notification of that up queues no repair check. Nothing is noted before {@link start} (no
+   * notification would come to consume it).
    */
-  poll(): void {
-    const target = this.options.target();
-    if (!target || !this.#events) return;
-    try {
-      const read = this.#events.read();
-      if (read.incomplete) return this.sweep();
-      for (const link of read.up) {
-        if (!isFlockIfaceName(link.name)) continue;
-        const holder = target.store.hostIfaceHolder(link.name);
-        if (holder) this.#queue(holder);
-      }
-    } catch (e) {
-      this.options.log({
-        level: "error",
-        msg: "reading link notifications failed",
-        error: String(e),
-      });
-    }
+  noteOwnUp(index: number): void {
+    if (this.#links && !this.#closed) this.#ownUps.add(index);
   }
 
   /**
-   * The safety net (the agent's sweep): one dump of flock's routes per family, and the repair of
-   * every committed pod lacking a host route. A pod whose veth is down costs a link look-up in
-   * its turn and is left as it is.
+   * Reads the link and route notifications and queues the repair of every committed pod whose
+   * veth someone else set up or whose host route went; when notifications were lost, of every
+   * committed pod lacking a host route. Nothing is read while no configuration serves (the
+   * queued notifications wait).
    */
-  sweep(): void {
+  poll(): void {
     const target = this.options.target();
-    if (!target) return;
+    if (!target || !this.#links || !this.#routes || this.#closed) return;
+    let links: LinkEventsRead | undefined;
+    let routes: RouteEventsRead | undefined;
+    try {
+      links = this.#links.read();
+      routes = this.#routes.read();
+    } catch (e) {
+      // What was read is as good as lost (the tokens of its own ups too).
+      this.options.log({
+        level: "error",
+        msg: "reading link or route notifications failed",
+        error: String(e),
+      });
+    }
+    const lost = !links || !routes || links.lost || routes.lost;
+    // Lost link notifications may have held own ups: a token left would hide a later flap.
+    if (!links || links.lost) this.#ownUps.clear();
+    // A flap tells twice (IPv6 notifies the routes the down dropped, then the up): one repair.
+    const due = new Map<string, { containerId: string; ifname: string }>();
+    const add = (holder?: { containerId: string; ifname: string }) => {
+      if (holder) due.set(attachmentKey(holder), holder);
+    };
+    for (const link of links?.up ?? []) {
+      if (this.#ownUps.consume(link.index, link.times) === 0) continue;
+      if (isFlockIfaceName(link.name)) add(target.store.hostIfaceHolder(link.name));
+    }
+    for (const address of routes?.deleted ?? []) add(target.store.addressHolder(address));
+    for (const holder of due.values()) this.#queue(holder);
+    if (lost) {
+      this.options.log({ msg: "link or route notifications lost: looking at the host routes" });
+      this.#lookAgain = true;
+    }
+    if (this.#lookAgain) this.#lookAgain = !this.sweep();
+    // More queued than one read takes: read on at once, after what else the event loop holds.
+    if (links?.incomplete || routes?.bounded) this.#pollSoon();
+  }
+
+  #pollSoon(): void {
+    if (this.#followUp !== undefined || this.#closed) return;
+    this.#followUp = setTimeout(() => {
+      this.#followUp = undefined;
+      this.poll();
+    }, 0);
+    Deno.unrefTimer(this.#followUp);
+  }
+
+  /**
+   * The look for lost notifications: one dump of flock's routes per family, and the repair of
+   * every committed pod lacking a host route. A pod whose veth is down costs a link look-up in
+   * its turn and is left as it is. Returns whether the look was made (a failed one is made
+   * again at the next poll).
+   */
+  sweep(): boolean {
+    const target = this.options.target();
+    if (!target) return false;
     try {
       for (const rec of podsLackingHostRoutes(target.store, target.datapath.node)) this.#queue(rec);
+      return true;
     } catch (e) {
-      // A busy kernel interrupts the dump: the next sweep looks again.
+      // A busy kernel interrupts the dump: the next poll looks again.
       this.options.log({
         level: "warn",
         msg: "looking for missing host routes failed",
         error: String(e),
       });
+      return false;
     }
   }
 
@@ -223,7 +288,10 @@ export class HostSideRepair {
   async close(): Promise<void> {
     this.#closed = true;
     clearInterval(this.#timer);
-    this.#events?.close();
+    clearTimeout(this.#followUp);
+    this.#links?.close();
+    this.#routes?.close();
+    this.#ownUps.clear();
     await Promise.all(this.#running);
   }
 }

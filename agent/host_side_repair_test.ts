@@ -1,7 +1,9 @@
 /**
  * The host side repair (host_side_repair.ts, Datapath.restoreHostSide) on a real node namespace
  * and store, without an agent process: what a flapped veth gets back, what is never touched
- * (a veth left down, another pod's veth, a record being released), and the sweep's one dump.
+ * (a veth left down, another pod's veth, a record being released), what triggers a repair (a
+ * veth someone else set up, a host route deleted) and what does not (the agent's own ups and
+ * deletions), and the look at one dump for lost notifications.
  */
 
 import assert from "node:assert/strict";
@@ -21,6 +23,10 @@ interface Lab extends AsyncDisposable {
   store: Store;
   datapath: Datapath;
   pods: { ns: TestNamespace; net: PodNetwork; rec: Attachment }[];
+  /** Told each host veth the datapath sets up (its `onHostVethUp`); a repair's noteOwnUp. */
+  ownUp: (index: number) => void;
+  /** Sets up and commits pod `n` (fd00:48::n, 10.48.0.n) in a namespace of its own. */
+  addPod(n: number): Promise<Lab["pods"][number]>;
 }
 
 async function lab(prefix: string): Promise<Lab> {
@@ -28,8 +34,12 @@ async function lab(prefix: string): Promise<Lab> {
   const dir = await Deno.makeTempDir({ prefix: "flock-hsr-" });
   const handle = Handle.forNetns(fixture.node.path);
   const store = Store.open(join(dir, "state"));
-  const datapath = new Datapath(handle, { routesIPv4: true });
-  const pods: Lab["pods"] = [];
+  const l = { fixture, handle, store, pods: [] as Lab["pods"], ownUp: (_: number) => {} };
+  const datapath = new Datapath(handle, {
+    routesIPv4: true,
+    onHostVethUp: (index) => l.ownUp(index),
+  });
+  const pods = l.pods;
   const cleanup = async () => {
     for (const p of pods) await p.ns.remove();
     store.close();
@@ -37,34 +47,38 @@ async function lab(prefix: string): Promise<Lab> {
     await fixture.remove();
     await Deno.remove(dir, { recursive: true });
   };
+  const addPod = async (n: number) => {
+    const ns = await TestNamespace.create(`${prefix}${n}`);
+    const net: PodNetwork = {
+      containerId: `hsr-${n}`,
+      netns: ns.path,
+      ifname: "eth0",
+      ipv6: parseIP(`fd00:48::${n}`),
+      ipv4: parseIP(`10.48.0.${n}`),
+    };
+    pods.push({ ns, net, rec: undefined as unknown as Attachment });
+    const { hostIface } = datapath.setup(net);
+    store.insertPending({
+      containerId: net.containerId,
+      ifname: "eth0",
+      netns: ns.path,
+      hostIface,
+      ipv6: formatIP(net.ipv6!),
+      ipv4: formatIP(net.ipv4!),
+      anycast: [],
+    });
+    store.commit(net.containerId, "eth0");
+    const pod = pods.at(-1)!;
+    Object.assign(pod, { net: { ...net, hostIface }, rec: store.get(net.containerId, "eth0")! });
+    return pod;
+  };
   try {
-    for (const n of [1, 2]) {
-      const ns = await TestNamespace.create(`${prefix}${n}`);
-      const net: PodNetwork = {
-        containerId: `hsr-${n}`,
-        netns: ns.path,
-        ifname: "eth0",
-        ipv6: parseIP(`fd00:48::${n}`),
-        ipv4: parseIP(`10.48.0.${n}`),
-      };
-      const { hostIface } = datapath.setup(net);
-      store.insertPending({
-        containerId: net.containerId,
-        ifname: "eth0",
-        netns: ns.path,
-        hostIface,
-        ipv6: formatIP(net.ipv6!),
-        ipv4: formatIP(net.ipv4!),
-        anycast: [],
-      });
-      store.commit(net.containerId, "eth0");
-      pods.push({ ns, net: { ...net, hostIface }, rec: store.get(net.containerId, "eth0")! });
-    }
+    for (const n of [1, 2]) await addPod(n);
   } catch (e) {
     await cleanup();
     throw e;
   }
-  return { fixture, handle, store, datapath, pods, [Symbol.asyncDispose]: cleanup };
+  return Object.assign(l, { datapath, addPod, [Symbol.asyncDispose]: cleanup });
 }
 
 /** The node's flock host routes through `dev` as destinations, sorted. */
@@ -125,7 +139,7 @@ Deno.test({
 
 Deno.test({
   name: "HostSideRepair: a veth set up is repaired in its container's turn at the next poll; " +
-    "a record being released is not; the sweep finds a deleted route from one dump",
+    "a record being released is not; a host route deleted by hand is back at the next poll",
   ...ROOT_ONLY,
   async fn() {
     await using l = await lab("flk-hsrb");
@@ -175,17 +189,14 @@ Deno.test({
       assert.deepEqual(await routesVia(l, b.rec.hostIface), [], "a releasing record: untouched");
       assert.equal(repairs, 1);
 
-      // A route deleted by hand (no link notification): the sweep's dump finds it.
+      // A route deleted by hand (no link notification): its route notification, at the next poll.
       await l.fixture.node.ip(["-4", "route", "del", "10.48.0.1", "proto", "201"]);
       assert.deepEqual(podsLackingHostRoutes(l.store, l.handle).map((r) => r.containerId), [
         "hsr-1",
       ]);
       repair.poll();
       await new Promise((r) => setTimeout(r, 20));
-      assert.deepEqual(await routesVia(l, a.rec.hostIface), ["fd00:48::1"], "no notification");
-      repair.sweep();
-      await new Promise((r) => setTimeout(r, 20));
-      assert.deepEqual(await routesVia(l, a.rec.hostIface), whole);
+      assert.deepEqual(await routesVia(l, a.rec.hostIface), whole, "no sweep needed");
       assert.deepEqual(logged.at(-1)?.restored, ["route 10.48.0.1"]);
       assert.equal(repairs, 2);
       assert.deepEqual(podsLackingHostRoutes(l.store, l.handle), []);
@@ -217,5 +228,88 @@ Deno.test({
     repair.sweep();
     await new Promise((r) => setTimeout(r, 20));
     assert.deepEqual(await routesVia(l, a.rec.hostIface), []);
+  },
+});
+
+Deno.test({
+  name: "HostSideRepair: an ADD's own veth up queues no repair check; an operator's flap right " +
+    "after one is repaired; the agent's own deletions repair nothing",
+  ...ROOT_ONLY,
+  async fn() {
+    await using l = await lab("flk-hsrc");
+    const turns: string[] = [];
+    const checked: string[] = [];
+    let repairs = 0;
+    let removing = false;
+    const target: RepairTarget = {
+      store: l.store,
+      datapath: l.datapath,
+      isRemoving: () => removing,
+    };
+    // The real method, counted: every check a queued repair makes.
+    const restore = l.datapath.restoreHostSide.bind(l.datapath);
+    l.datapath.restoreHostSide = (pod) => {
+      checked.push(pod.containerId);
+      return restore(pod);
+    };
+    const repair = new HostSideRepair({
+      target: () => target,
+      inTurn: (containerId, fn) => {
+        turns.push(containerId);
+        return fn();
+      },
+      log: () => {},
+      onRepaired: () => repairs++,
+    });
+    repair.start(l.handle, 3_600_000);
+    l.ownUp = (index) => repair.noteOwnUp(index);
+    const settle = async () => {
+      repair.poll();
+      await new Promise((r) => setTimeout(r, 20));
+    };
+    try {
+      // Two ADDs (new veths set up by the datapath): nothing to check.
+      const c = await l.addPod(3);
+      await l.addPod(4);
+      await settle();
+      assert.equal(turns.length, 0, `own ups: no repair queued (${turns})`);
+      assert.equal(checked.length, 0);
+
+      // An ADD, then an operator's flap before the next poll: the own up's token covers one up
+      // notification only, the flap's is seen and repaired.
+      const e = await l.addPod(5);
+      const whole = await routesVia(l, e.rec.hostIface);
+      await flap(l, e.rec.hostIface);
+      await settle();
+      assert.deepEqual(await routesVia(l, e.rec.hostIface), whole);
+      assert.ok(turns.includes("hsr-5") && checked.includes("hsr-5"), `${turns}`);
+      assert.ok(!turns.includes("hsr-3") && !turns.includes("hsr-4"), `${turns}`);
+      assert.equal(repairs, 1);
+
+      // A DEL's own teardown (record releasing, its DEL answered): its route deletions queue at
+      // most a turn that looks at the record and leaves it; nothing is checked or restored.
+      turns.length = checked.length = 0;
+      l.store.markReleasing(c.rec.containerId, "eth0", Date.now());
+      removing = true;
+      l.datapath.teardown(c.rec.containerId, {
+        ipv6: c.net.ipv6,
+        ipv4: c.net.ipv4,
+        hostIface: c.rec.hostIface,
+        netns: c.rec.netns,
+      });
+      await settle();
+      assert.deepEqual(checked, [], "own deletion: no check");
+      assert.deepEqual(await routesVia(l, c.rec.hostIface).catch(() => []), []);
+      // The record gone (the DEL finished): a deletion then finds no holder, queues nothing.
+      removing = false;
+      l.store.delete(c.rec.containerId, "eth0");
+      await l.fixture.node.ip(["-6", "route", "add", "fd00:48::3", "dev", "lo", "proto", "201"]);
+      await l.fixture.node.ip(["-6", "route", "del", "fd00:48::3", "dev", "lo", "proto", "201"]);
+      await settle();
+      assert.deepEqual(checked, []);
+      assert.equal(repairs, 1);
+    } finally {
+      await repair.close();
+    }
   },
 });

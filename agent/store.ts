@@ -426,6 +426,17 @@ export class Store {
   }
 
   /**
+   * The attachment whose own IPv6 or IPv4 address is `address` (canonical text, formatIP's; the
+   * family told by its colon), whatever its state; anycast addresses are not looked at. One
+   * indexed look-up (the address columns are UNIQUE).
+   */
+  addressHolder(address: string): { containerId: string; ifname: string } | undefined {
+    const statement = address.includes(":") ? this.#stmts.holderV6 : this.#stmts.holderV4;
+    const row = statement.get(address) as { container_id: string; ifname: string } | undefined;
+    return row && { containerId: row.container_id, ifname: row.ifname };
+  }
+
+  /**
    * Every attachment holding the host veth name `hostIface`, oldest first: one at most in a
    * store this schema wrote, more only in one from before schema 3 or edited by hand.
    */

@@ -26,6 +26,11 @@ const IFINFOMSG_LEN = 16;
 export interface LinkUp {
   index: number;
   name: string;
+  /**
+   * How many times it was set up since the last read: a caller that knows some of these ups
+   * are its own (one notification each, in order) can tell whether another one followed.
+   */
+  times: number;
 }
 
 /** What one {@link LinkEvents.read} found. */
@@ -33,8 +38,13 @@ export interface LinkEventsRead {
   /** The links set up since the last read (each once, by index), as their last message names them. */
   up: LinkUp[];
   /**
-   * Notifications were lost (the queue overflowed) or more are queued than one read takes:
-   * links may have come up unseen, so the caller looks at the kernel's state itself.
+   * Notifications were lost (the queue overflowed): links may have come up unseen, so the
+   * caller looks at the kernel's state itself.
+   */
+  lost: boolean;
+  /**
+   * Notifications were lost, or more are queued than one read takes (those come with the next
+   * read).
    */
   incomplete: boolean;
 }
@@ -64,7 +74,7 @@ export class LinkEvents {
    * Reads the queued notifications: the links whose IFF_UP was turned on (the notification's
    * `ifi_change` names the flags that changed, so a link that is up and changes anything else,
    * its carrier, MTU or settings, is not reported). A link set up and down again within one
-   * read is reported too: the caller reads the link's state before acting.
+   * read is reported too (`times` 2): the caller reads the link's state before acting.
    */
   read(): LinkEventsRead {
     const up = new Map<number, LinkUp>();
@@ -76,9 +86,9 @@ export class LinkEvents {
       if (!(flags & IFF_UP) || !(change & IFF_UP)) return;
       const index = v.getInt32(4, true);
       const name = readString(parseAttributes(m.body.subarray(IFINFOMSG_LEN)).get(IFLA_IFNAME));
-      up.set(index, { index, name: name ?? "" });
+      up.set(index, { index, name: name ?? "", times: (up.get(index)?.times ?? 0) + 1 });
     });
-    return { up: [...up.values()], incomplete: lost || bounded };
+    return { up: [...up.values()], lost, incomplete: lost || bounded };
   }
 
   /** Ends the subscription. */

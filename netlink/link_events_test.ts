@@ -22,15 +22,16 @@ Deno.test({
     const handle = Handle.forNetns(ns.path);
     const events = LinkEvents.open(handle);
     try {
-      assert.deepEqual(events.read(), { up: [], incomplete: false });
+      assert.deepEqual(events.read(), { up: [], lost: false, incomplete: false });
       await ns.ip(["link", "add", "lev0", "type", "veth", "peer", "name", "lev1"]);
       await ns.ip(["link", "set", "lev0", "mtu", "1400"]);
-      assert.deepEqual(await readWithin(events, 300), { up: [], incomplete: false });
+      assert.deepEqual(await readWithin(events, 300), { up: [], lost: false, incomplete: false });
 
       await ns.ip(["link", "set", "lev0", "up"]);
       const index = (await ns.ipJson<{ ifindex: number }[]>(["link", "show", "lev0"]))[0].ifindex;
       assert.deepEqual(await readWithin(events, 1_000), {
-        up: [{ index, name: "lev0" }],
+        up: [{ index, name: "lev0", times: 1 }],
+        lost: false,
         incomplete: false,
       });
       // The peer coming up gives lev0 its carrier (a change of lev0, IFF_UP unchanged): only
@@ -40,19 +41,27 @@ Deno.test({
       assert.deepEqual(up, ["lev1"]);
       await ns.ip(["link", "set", "lev0", "mtu", "1300"]);
       await ns.ip(["link", "set", "lev0", "down"]);
-      assert.deepEqual(await readWithin(events, 300), { up: [], incomplete: false });
+      assert.deepEqual(await readWithin(events, 300), { up: [], lost: false, incomplete: false });
 
-      // Down and up twice between two reads: one report.
+      // Down and up twice between two reads: one report, of two ups.
       await ns.ip(["link", "set", "lev0", "up"]);
       await ns.ip(["link", "set", "lev0", "down"]);
       await ns.ip(["link", "set", "lev0", "up"]);
       await new Promise((r) => setTimeout(r, 50));
-      assert.deepEqual(events.read(), { up: [{ index, name: "lev0" }], incomplete: false });
+      assert.deepEqual(events.read(), {
+        up: [{ index, name: "lev0", times: 2 }],
+        lost: false,
+        incomplete: false,
+      });
 
       events.close();
       await ns.ip(["link", "set", "lev1", "down"]);
       await ns.ip(["link", "set", "lev1", "up"]);
-      assert.deepEqual(events.read(), { up: [], incomplete: false }, "closed: nothing to read");
+      assert.deepEqual(
+        events.read(),
+        { up: [], lost: false, incomplete: false },
+        "closed: nothing to read",
+      );
     } finally {
       events.close();
       handle.close();
@@ -74,7 +83,9 @@ Deno.test({
         await ns.ip(["link", "set", "lev0", "down"]);
       }
       await new Promise((r) => setTimeout(r, 50));
-      assert.equal(events.read().incomplete, true);
+      const read = events.read();
+      assert.equal(read.incomplete, true);
+      assert.equal(read.lost, false, "nothing lost: the rest is read next time");
       assert.throws(() => LinkEvents.open(handle, { maxReadsPerPoll: 0 }), RangeError);
     } finally {
       events.close();
