@@ -64,6 +64,9 @@ export const RTNH_F_ONLINK = 4;
 /** ENETDOWN: the kernel's answer to a path through a device that is not up. */
 const ENETDOWN = 100;
 
+/** What one link request costs in dumped links (bench/anycast_bench.ts: ~45 µs vs ~23 µs). */
+const LINK_REQUEST_COST_IN_DUMPED_LINKS = 2;
+
 /** Host veths by name, as one link dump saw them. */
 type LinkSnapshot = Map<string, Pick<Link, "index" | "up">>;
 
@@ -177,8 +180,11 @@ export class AnycastRoutes {
    * drops its path before deleting its veth, because the kernel flushes a whole IPv4 multipath
    * route when one of its devices goes, which would cut the other holders off for a moment.
    *
+   * Holders whose veth is down are left out (see the module's notes). Every address is tried;
+   * the first failure is thrown after the others were synced.
+   *
    * Cost per address: one indexed store query, one FIB lookup and at most one route change,
-   * whatever the number of pods on the node.
+   * whatever the number of pods on the node, plus one link request per holder not known up.
    */
   sync(addresses: Iterable<string>, opts: { without?: AttachmentKey } = {}): AnycastSyncReport {
     const report: AnycastSyncReport = { changed: [], problems: [] };
@@ -186,7 +192,12 @@ export class AnycastRoutes {
     for (const text of new Set(addresses)) {
       // One address the kernel refuses must not leave the others of this pod unsynced.
       try {
-        this.#syncOne(text, opts.without, undefined, report);
+        const holders = this.#store.listAnycastHolders(text).filter((h) =>
+          !(opts.without && h.containerId === opts.without.containerId &&
+            h.ifname === opts.without.ifname)
+        );
+        const address = parseIP(text);
+        this.#converge(address, holders, this.#lookup(address), report);
       } catch (e) {
         failure ??= { error: e };
       }
@@ -203,24 +214,12 @@ export class AnycastRoutes {
     return this.#syncFailures;
   }
 
-  #syncOne(
-    text: string,
-    without: AttachmentKey | undefined,
-    links: LinkSnapshot | undefined,
-    report: AnycastSyncReport,
-  ): void {
-    const address = parseIP(text);
-    const holders = this.#store.listAnycastHolders(text).filter((h) =>
-      !(without && h.containerId === without.containerId && h.ifname === without.ifname)
-    );
-    this.#converge(address, holders, this.#lookup(address), report, links);
-  }
-
   /**
    * Re-checks every held address now and then. The kernel flushes a whole IPv4 multipath route
    * when one of its veths disappears without a DEL (the runtime destroyed the pod's namespace
    * first), which would leave the other holders without a route until their next ADD or DEL.
-   * Each round costs one link dump, plus one store query and one FIB lookup per held address.
+   * Each round costs one store query and one FIB lookup per held address, and the holders' link
+   * states: one link dump, or one request per holder when they are few among the node's pods.
    * Idempotent.
    */
   startResync(intervalMs: number = ANYCAST_RESYNC_MS): void {
@@ -235,30 +234,34 @@ export class AnycastRoutes {
   }
 
   /**
-   * One resync round: every address a committed record holds, the holders' link states from one
-   * link dump. A failure to read them (a busy kernel, a store error) leaves the round to the
+   * One resync round: every address a committed record holds, over its holders whose veth is up
+   * now. A failure to read them (a busy kernel, a store error) leaves the round to the
    * next, which tries again; a run of failed rounds is logged when it starts and when it ends.
    * A failure of one address costs that address only: it is logged when it starts, when its
    * cause changes and when it recovers, not every round, and counted in {@link syncFailures}.
    */
   resync(): AnycastSyncReport {
     const report: AnycastSyncReport = { changed: [], problems: [] };
-    let addresses: string[];
-    let links: LinkSnapshot;
+    let held: Map<string, AnycastHolder[]>;
+    let links: LinkSnapshot | undefined;
     try {
-      addresses = this.#store.listAnycastAddresses();
-      links = addresses.length ? this.#linkSnapshot() : new Map();
+      held = new Map(
+        this.#store.listAnycastAddresses().map((a) => [a, this.#store.listAnycastHolders(a)]),
+      );
+      links = this.#dumpWorthIt(held) ? this.#linkSnapshot() : undefined;
       this.#resyncFailures.succeeded();
     } catch (e) {
       this.#resyncFailures.failed(e);
       return { changed: [], problems: [String(e)] };
     }
-    // The dump is the freshest word on every veth: a vanished one must not linger in the cache.
+    // Every veth is looked at afresh (the dump, or one request each): a vanished or downed one
+    // must not linger in the cache.
     this.#ifindex.clear();
-    for (const [name, link] of links) if (link.up) this.#ifindex.set(name, link.index);
-    for (const text of addresses) {
+    for (const [name, link] of links ?? []) if (link.up) this.#ifindex.set(name, link.index);
+    for (const [text, holders] of held) {
       try {
-        this.#syncOne(text, undefined, links, report);
+        const address = parseIP(text);
+        this.#converge(address, holders, this.#lookup(address), report, links);
         this.#recovered(text);
       } catch (e) {
         report.problems.push(`anycast ${text}: route not synced: ${(e as Error).message}`);
@@ -266,10 +269,19 @@ export class AnycastRoutes {
       }
     }
     // Records gone since: their addresses are no longer anyone's to report on.
-    for (const text of this.#failing.keys()) {
-      if (!addresses.includes(text)) this.#failing.delete(text);
-    }
+    for (const text of this.#failing.keys()) if (!held.has(text)) this.#failing.delete(text);
     return report;
+  }
+
+  /**
+   * Whether one link dump is cheaper than one request per holder: a dump decodes every link of
+   * the node (about one per attachment), a request costs about two dumped links
+   * (bench/anycast_bench.ts), so it pays once the holders are half the attachments or more.
+   */
+  #dumpWorthIt(held: Map<string, AnycastHolder[]>): boolean {
+    const veths = new Set<string>();
+    for (const holders of held.values()) for (const h of holders) veths.add(h.hostIface);
+    return veths.size > 0 && veths.size * LINK_REQUEST_COST_IN_DUMPED_LINKS >= this.#store.count();
   }
 
   #failed(address: string, e: unknown): void {

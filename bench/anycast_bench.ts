@@ -12,7 +12,7 @@
  */
 
 import { join } from "node:path";
-import { Handle, parseIP } from "../netlink/mod.ts";
+import { getLinkByName, Handle, listLinks, parseIP } from "../netlink/mod.ts";
 import { Datapath, hostIfaceName } from "../agent/datapath.ts";
 import { AnycastRoutes } from "../agent/anycast.ts";
 import { Store } from "../agent/store.ts";
@@ -99,6 +99,22 @@ try {
       if (problems.length) throw new Error(problems.join("; "));
     }));
   }
+  // The 10 s resync round: per address one store query and one FIB lookup, and the holders'
+  // link states, from one link dump or one request per holder, whichever is cheaper (holders
+  // at least half the attachments: the dump). Beside it, both ways alone.
+  const ROUNDS = 20;
+  const resync: number[] = [];
+  const linkDump: number[] = [];
+  const perHolder: number[] = [];
+  const holderIfaces = store.listAnycastHolders(ANYCAST[0]).map((h) => h.hostIface);
+  for (let r = 0; r < ROUNDS; r++) {
+    resync.push(timed(() => {
+      const report = routes.resync();
+      if (report.changed.length || report.problems.length) throw new Error(report.problems[0]);
+    }));
+    linkDump.push(timed(() => listLinks(handle)));
+    perHolder.push(timed(() => holderIfaces.forEach((name) => getLinkByName(handle, name))));
+  }
   const syncDel: number[] = [];
   for (let k = 0; k < HOLDERS; k++) {
     const id = `bench-${PODS + k}`;
@@ -128,6 +144,11 @@ try {
   console.log(row("AnycastRoutes.sync on DEL (before teardown)", syncDel));
   console.log(row("AnycastRoutes.check (CHECK, 2 addresses)", check));
   console.log(row("setup + sync (anycast ADD, agent datapath part)", add));
+  const links = PODS + HOLDERS + 1;
+  const way = HOLDERS * 2 >= PODS + HOLDERS ? "dump" : "requests";
+  console.log(row(`AnycastRoutes.resync round (2 addresses)`, resync, `every 10 s, ${way}`));
+  console.log(row(`  … one link dump (${links} links)`, linkDump));
+  console.log(row(`  … one link request per holder (${HOLDERS})`, perHolder));
   const plain = summarize(setupPlain.length ? setupPlain : setupAnycast).median;
   const added = summarize(setupAnycast).median - plain + summarize(syncAdd).median;
   console.log(
