@@ -14,6 +14,7 @@
 import {
   closeFd,
   ENOBUFS,
+  EPERM,
   netlinkSocket,
   receiveQueued,
   setSocketOption,
@@ -30,6 +31,12 @@ import { type NetlinkMessage, parseMessages } from "./wire.ts";
  * churn an unbounded drain could hold the event loop; the rest waits for the next poll.
  */
 export const MAX_READS_PER_POLL = 256;
+
+/**
+ * SO_RCVBUFFORCE: a receive queue beyond net.core.rmem_max (212992 bytes by default, which would
+ * cap the queue the caller asks for); allowed with CAP_NET_ADMIN, as the agent has.
+ */
+const SO_RCVBUFFORCE = 33;
 
 /** What one {@link NotificationSocket.drain} could not see. */
 export interface DrainOutcome {
@@ -68,7 +75,13 @@ export class NotificationSocket {
     }
     const fd = withNetns(handle.netnsFd, () => netlinkSocket(groups));
     try {
-      setSocketOption(fd, SOL_SOCKET, SO_RCVBUF, queueBytes);
+      try {
+        setSocketOption(fd, SOL_SOCKET, SO_RCVBUFFORCE, queueBytes);
+      } catch (e) {
+        // Without CAP_NET_ADMIN: as much as rmem_max allows.
+        if (!(e instanceof SyscallError && e.errno === EPERM)) throw e;
+        setSocketOption(fd, SOL_SOCKET, SO_RCVBUF, queueBytes);
+      }
     } catch (e) {
       closeFd(fd);
       throw e;

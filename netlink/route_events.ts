@@ -23,10 +23,12 @@ import { parseAttributes } from "./wire.ts";
 /** RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE: the legacy group bits of the route groups. */
 const ROUTE_GROUPS = 0x40 | 0x400;
 /**
- * A route notification is small (~100 bytes, a few hundred with the socket buffer's overhead):
- * this much holds the thousands a burst of pod starts and deletions makes before ENOBUFS.
+ * A route notification is small but takes about 1 KiB of the queue (the socket buffer's
+ * overhead; the kernel doubles the size asked for): 2 MiB overflowed at fewer than 2,000 in
+ * bench/host_side_repair_bench.ts. This much holds several thousand (a burst of pod starts and
+ * deletions, BIRD installing a table) before ENOBUFS; memory is taken only while queued.
  */
-const QUEUE_BYTES = 1024 * 1024;
+const QUEUE_BYTES = 4 * 1024 * 1024;
 /** sizeof(struct rtmsg): family, dst_len, src_len, tos, table, protocol, scope, type, flags. */
 const RTMSG_LEN = 12;
 /** RTM_F_CLONED: a cached clone (an IPv6 exception), never a route someone installed. */
