@@ -114,7 +114,7 @@ Deno.test({
       await eventually(
         "the store failure as the not-ready reason",
         () => Promise.resolve(agent.notReadyReason() ?? ""),
-        (r) => /flock\.db: Not a directory/.test(r),
+        (r) => /state directory .* is not a directory/.test(r),
         20_000,
       ).catch((e) => {
         throw new Error(`${e.message}; fatal: ${fatal.map(String)}${trail()}`);
@@ -123,11 +123,11 @@ Deno.test({
       let r = await add("c-early");
       assert.equal(r.ok, false);
       assert.equal(!r.ok && r.error.code, 11, JSON.stringify(r));
-      assert.match(!r.ok ? r.error.msg : "", /flock\.db: Not a directory/);
+      assert.match(!r.ok ? r.error.msg : "", /state directory .* is not a directory/);
       const early = await eventually(
         "the NodeConfig status naming the failure",
         nodeConfigStatus,
-        (s) => s.ready === false && /flock\.db: Not a directory/.test(s.reason),
+        (s) => s.ready === false && /state directory .* is not a directory/.test(s.reason),
       );
       assert.equal(early.c?.reason, "ConfigureFailed");
 
@@ -228,7 +228,7 @@ Deno.test({
     await Deno.writeTextFile(node.stateDir, "not a directory\n");
     await node.startAgent({ waitReady: false });
     await using pod = await TestNamespace.create("flk-cfq");
-    const cause = /flock\.db: Not a directory/;
+    const cause = /state directory .* is not a directory/;
     const add = await eventually(
       "an ADD refused with the reason",
       () => node.cni("ADD", { containerId: "c1", netns: pod.path }),
