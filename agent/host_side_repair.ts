@@ -127,14 +127,15 @@ export class HostSideRepair {
 
   /**
    * Subscribes to the link and route changes of the node `node` (once) and polls them every
-   * `pollMs`. Opened before the first reconcile takes its dumps, so that no veth set up and no
+   * `pollMs`; `queues.queueBytes` sizes both receive queues (tests: a small one overflows).
+   * Opened before the first reconcile takes its dumps, so that no veth set up and no
    * route deleted after them goes unseen; notifications queue until a configuration serves.
    */
-  start(node: Handle, pollMs = LINK_POLL_MS): void {
+  start(node: Handle, pollMs = LINK_POLL_MS, queues: { queueBytes?: number } = {}): void {
     if (this.#links || this.#closed) return;
-    this.#links = LinkEvents.open(node);
+    this.#links = LinkEvents.open(node, queues);
     try {
-      this.#routes = RouteEvents.open(node, FLOCK_ROUTE_PROTOCOL);
+      this.#routes = RouteEvents.open(node, FLOCK_ROUTE_PROTOCOL, queues);
     } catch (e) {
       this.#links.close();
       this.#links = undefined;

@@ -25,8 +25,11 @@ interface Lab extends AsyncDisposable {
   pods: { ns: TestNamespace; net: PodNetwork; rec: Attachment }[];
   /** Told each host veth the datapath sets up (its `onHostVethUp`); a repair's noteOwnUp. */
   ownUp: (index: number) => void;
-  /** Sets up and commits pod `n` (fd00:48::n, 10.48.0.n) in a namespace of its own. */
-  addPod(n: number): Promise<Lab["pods"][number]>;
+  /**
+   * Sets up and commits pod `n` (fd00:48::n unless `ipv4Only`, 10.48.0.n) in a namespace of its
+   * own.
+   */
+  addPod(n: number, ipv4Only?: boolean): Promise<Lab["pods"][number]>;
 }
 
 async function lab(prefix: string): Promise<Lab> {
@@ -47,13 +50,13 @@ async function lab(prefix: string): Promise<Lab> {
     await fixture.remove();
     await Deno.remove(dir, { recursive: true });
   };
-  const addPod = async (n: number) => {
+  const addPod = async (n: number, ipv4Only = false) => {
     const ns = await TestNamespace.create(`${prefix}${n}`);
     const net: PodNetwork = {
       containerId: `hsr-${n}`,
       netns: ns.path,
       ifname: "eth0",
-      ipv6: parseIP(`fd00:48::${n}`),
+      ipv6: ipv4Only ? undefined : parseIP(`fd00:48::${n}`),
       ipv4: parseIP(`10.48.0.${n}`),
     };
     pods.push({ ns, net, rec: undefined as unknown as Attachment });
@@ -63,7 +66,7 @@ async function lab(prefix: string): Promise<Lab> {
       ifname: "eth0",
       netns: ns.path,
       hostIface,
-      ipv6: formatIP(net.ipv6!),
+      ipv6: net.ipv6 && formatIP(net.ipv6),
       ipv4: formatIP(net.ipv4!),
       anycast: [],
     });
@@ -276,8 +279,9 @@ Deno.test({
       assert.equal(checked.length, 0);
 
       // An ADD, then an operator's flap before the next poll: the own up's token covers one up
-      // notification only, the flap's is seen and repaired.
-      const e = await l.addPod(5);
+      // notification only, the flap's is seen and repaired. IPv4 only: the flap tells only by
+      // its up (IPv4 drops a device's routes silently; IPv6 would notify their deletion too).
+      const e = await l.addPod(5, true);
       const whole = await routesVia(l, e.rec.hostIface);
       await flap(l, e.rec.hostIface);
       await settle();
@@ -308,6 +312,72 @@ Deno.test({
       await settle();
       assert.deepEqual(checked, []);
       assert.equal(repairs, 1);
+    } finally {
+      await repair.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "HostSideRepair: notifications lost in an overflow: the look at the route dumps repairs " +
+    "what they told, and the own-up tokens are dropped, so a later flap is still seen",
+  ...ROOT_ONLY,
+  async fn() {
+    await using l = await lab("flk-hsrd");
+    const [a] = l.pods;
+    const lost: Record<string, unknown>[] = [];
+    let repairs = 0;
+    const target: RepairTarget = {
+      store: l.store,
+      datapath: l.datapath,
+      isRemoving: () => false,
+    };
+    const repair = new HostSideRepair({
+      target: () => target,
+      inTurn: (_containerId, fn) => fn(),
+      log: (fields) => String(fields.msg).includes("notifications lost") && lost.push(fields),
+      onRepaired: () => repairs++,
+    });
+    // Queues of a few notifications each: the flood below overflows both.
+    repair.start(l.handle, 3_600_000, { queueBytes: 4096 });
+    l.ownUp = (index) => repair.noteOwnUp(index);
+    const settle = async () => {
+      repair.poll();
+      await new Promise((r) => setTimeout(r, 20));
+    };
+    try {
+      await l.fixture.node.ip(["link", "add", "hsrfl0", "type", "veth", "peer", "name", "hsrfl1"]);
+      await l.fixture.node.ip(["link", "set", "hsrfl0", "up"]);
+      const flood: string[] = [];
+      for (let i = 1; i <= 40; i++) flood.push("link set hsrfl1 up", "link set hsrfl1 down");
+      for (let i = 1; i <= 60; i++) {
+        flood.push(`route add fd00:4c::${i} dev hsrfl0 proto static`);
+        flood.push(`route del fd00:4c::${i} dev hsrfl0 proto static`);
+      }
+      const batch = await Deno.makeTempFile({ prefix: "flock-hsr-flood-" });
+      try {
+        await Deno.writeTextFile(batch, flood.join("\n") + "\n");
+        await l.fixture.node.ip(["-batch", batch]);
+      } finally {
+        await Deno.remove(batch);
+      }
+      // Unseen: an ADD's own up (its token noted, its notification dropped) and A's route gone.
+      // IPv4 only: its flap below tells only by the up (IPv4 drops a device's routes silently).
+      const c = await l.addPod(3, true);
+      const wholeC = await routesVia(l, c.rec.hostIface);
+      const wholeA = await routesVia(l, a.rec.hostIface);
+      await l.fixture.node.ip(["-4", "route", "del", "10.48.0.1", "proto", "201"]);
+      await settle();
+      assert.equal(lost.length, 1, "the loss is logged");
+      assert.deepEqual(await routesVia(l, a.rec.hostIface), wholeA, "A's route back");
+      assert.equal(repairs, 1);
+      for (let i = 0; i < 3; i++) await settle();
+
+      // C's token went with the loss: its flap's up is not taken for C's own.
+      await flap(l, c.rec.hostIface);
+      await settle();
+      assert.deepEqual(await routesVia(l, c.rec.hostIface), wholeC);
+      assert.equal(repairs, 2);
     } finally {
       await repair.close();
     }

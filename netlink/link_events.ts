@@ -53,6 +53,8 @@ export interface LinkEventsRead {
 export interface LinkEventsOptions {
   /** Datagrams read at most per poll (default notifications.ts's `MAX_READS_PER_POLL`). */
   maxReadsPerPoll?: number;
+  /** The receive queue's size (default 1 MiB; tests make it overflow with a small one). */
+  queueBytes?: number;
 }
 
 /** A subscription to the link changes of a handle's namespace. */
@@ -66,7 +68,12 @@ export class LinkEvents {
   /** Subscribes to the link changes of `handle`'s namespace (from now on). */
   static open(handle: Handle, options: LinkEventsOptions = {}): LinkEvents {
     return new LinkEvents(
-      NotificationSocket.open(handle, LINK_GROUP, QUEUE_BYTES, options.maxReadsPerPoll),
+      NotificationSocket.open(
+        handle,
+        LINK_GROUP,
+        options.queueBytes ?? QUEUE_BYTES,
+        options.maxReadsPerPoll,
+      ),
     );
   }
 

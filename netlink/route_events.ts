@@ -38,6 +38,8 @@ const RTM_F_CLONED = 0x200;
 export interface RouteEventsOptions {
   /** Datagrams read at most per poll (default notifications.ts's `MAX_READS_PER_POLL`). */
   maxReadsPerPoll?: number;
+  /** The receive queue's size (default 4 MiB; tests make it overflow with a small one). */
+  queueBytes?: number;
 }
 
 /** What one {@link RouteEvents.read} found. */
@@ -66,7 +68,12 @@ export class RouteEvents {
   /** Subscribes to the route changes of `handle`'s namespace (from now on), of `protocol`. */
   static open(handle: Handle, protocol: number, options: RouteEventsOptions = {}): RouteEvents {
     return new RouteEvents(
-      NotificationSocket.open(handle, ROUTE_GROUPS, QUEUE_BYTES, options.maxReadsPerPoll),
+      NotificationSocket.open(
+        handle,
+        ROUTE_GROUPS,
+        options.queueBytes ?? QUEUE_BYTES,
+        options.maxReadsPerPoll,
+      ),
       protocol,
     );
   }
