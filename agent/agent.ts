@@ -273,9 +273,6 @@ export class Agent {
     this.#refuseIfClosed();
     report.trigger = reconfiguring ? "reconfigure" : "start-up";
     report.at = new Date().toISOString();
-    this.reconcileReport = report;
-    this.metrics?.reconciled(report);
-    [this.#node, this.#pool6, this.#pool4] = [node, pool6, pool4];
     this.log({
       msg: "reconciled",
       ms: Math.round((performance.now() - started) * 10) / 10,
@@ -300,6 +297,12 @@ export class Agent {
     await this.#applyRouting(node, report, reconfiguring);
     // A stop signal while a busy kernel's dump was read again: as after the reconcile.
     this.#refuseIfClosed();
+    // In force only now: a first start whose routing fails (cluster mode tries it again and
+    // again) must not show its config, pools and report in `flock status` and the metrics, nor
+    // count its reconcile's actions at every try. A reconfigure gets here whatever its routing.
+    this.reconcileReport = report;
+    this.metrics?.reconciled(report);
+    [this.#node, this.#pool6, this.#pool4] = [node, pool6, pool4];
     // Ready only now, with the node's summary routes in place: a first start whose routing
     // fails serves no pod before it exits, and `ready` means the node is fully set up.
     this.#handler = handler;

@@ -201,3 +201,61 @@ Deno.test({
     assert.match(await summaryRoutes(node.node), /fd00:7::\/64/);
   },
 });
+
+/** `flock_reconcile_actions_total{action="restored"}` as a scrape shows it (0 when absent). */
+async function restoredCounted(metrics: { encode(): Promise<string> }): Promise<number> {
+  const line = /^flock_reconcile_actions_total\{action="restored"\} (\d+)$/m.exec(
+    await metrics.encode(),
+  );
+  return Number(line?.[1] ?? 0);
+}
+
+Deno.test({
+  name: "agent: a first start whose summary routes fail puts nothing in force (no node config, " +
+    "pools, reconcile report or counted reconcile actions) until a try succeeds",
+  ...ROOT_ONLY,
+  async fn() {
+    await using node = await inProcessAgent("flk-rff", "rff-node");
+    const { agent } = node;
+    // A committed pod whose netns is gone: every try's reconcile restores its address.
+    const store = Store.open(join(node.dir, "state"));
+    try {
+      store.insertPending({
+        containerId: "kept",
+        ifname: "eth0",
+        netns: "/run/netns/flk-rff-gone",
+        hostIface: hostIfaceName("kept"),
+        ipv6: LEFTOVER_IP,
+        anycast: [],
+      });
+      store.commit("kept", "eth0");
+    } finally {
+      store.close();
+    }
+    const config = parseNodeConfig({ cidr6: "fd00:7::/64" }, "test");
+    {
+      using _busy = patch(NodeRouting.prototype, "applyConfig", () => () => {
+        return Promise.reject(new Error("injected: summary routes: kernel busy"));
+      });
+      // Cluster mode retries a failed first configure (1 s doubling to 30 s, indefinitely).
+      for (let attempt = 1; attempt <= 2; attempt++) {
+        await assert.rejects(agent.configure(config), /kernel busy/);
+        assert.equal(agent.ready, false);
+        assert.equal(agent.node, undefined, `try ${attempt}: no config in force`);
+        assert.equal(agent.reconcileReport, undefined, `try ${attempt}: no reconcile report`);
+        const status = await agent.status();
+        assert.deepEqual(status.pools, [], `try ${attempt}: flock status shows no pools`);
+        assert.equal(status.reconcile, undefined);
+        assert.equal(await restoredCounted(agent.metrics!), 0, `try ${attempt}: nothing counted`);
+      }
+    }
+    const report = await agent.configure(config);
+    assert.equal(report.restored, 1);
+    assert.equal(agent.node, config);
+    assert.equal(agent.reconcileReport, report);
+    assert.equal(await restoredCounted(agent.metrics!), 1, "the reconcile in force, counted once");
+    const status = await agent.status();
+    assert.equal(status.pools[0].cidr, "fd00:7::/64");
+    assert.equal(status.pools[0].allocated, 1);
+  },
+});
