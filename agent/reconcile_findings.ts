@@ -100,6 +100,10 @@ export function hostRouteKey(ip: string, len: number, oif: number): string {
  * route del`, or a down and up of the veth, which drops its routes). Looked up in the start-up
  * dumps (`links` by name, `routes` keyed by {@link hostRouteKey}), so a node whose pods are whole
  * costs no request per pod.
+ *
+ * A veth left down counts as lost on purpose: a reconcile (a restart, a reconfigure) converges
+ * the node to its records, so its repair sets the veth up, reported as a problem. While the agent
+ * runs, host_side_repair.ts leaves a down veth down (docs/operations.md says both).
  */
 export function missingHostState(
   rec: HostSide,
