@@ -17,6 +17,8 @@ export class FailureStreak {
     /** The job, e.g. `anycast resync`. */
     readonly what: string,
     readonly log: ((fields: Record<string, unknown>) => void) | undefined,
+    /** How the job is tried again, as the first line says it (e.g. `retrying with backoff`). */
+    readonly retrying = "retrying every round",
   ) {}
 
   /** Consecutive failed rounds so far (0 when the last one succeeded). */
@@ -35,7 +37,7 @@ export class FailureStreak {
       level: "warn",
       ...context,
       msg: failures === 1
-        ? `${this.what} failed; retrying every round, logged again once it recovers`
+        ? `${this.what} failed; ${this.retrying}, logged again once it recovers`
         : `${this.what} still failing`,
       failures,
       error: error instanceof Error ? error.message : String(error),

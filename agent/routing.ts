@@ -54,7 +54,7 @@ export interface BirdTarget {
   coalesceMs?: number;
   /** Bound on one birdc call (default 10 s): past it the reload is `failed` and retried. */
   commandTimeoutMs?: number;
-  /** Retry period of a failed or unreachable reload (default 2 s). */
+  /** First pause before a failed or unreachable reload is retried (default 2 s, doubling to 30 s). */
   retryMs?: number;
   /**
    * Period of the check that BIRD has not stopped or restarted since it took the config

@@ -14,7 +14,12 @@
  * retried. A reload that could not be completed (BIRD did not answer within
  * `commandTimeoutMs`, being busy or stopped; BIRD shutting down or closing the connection
  * mid-reply; the file could not be written) is `failed`, not `rejected`: nothing judged the
- * config, so it is retried every `retryMs` until BIRD takes it or judges it. Such an outage is
+ * config, so it is retried until BIRD takes it or judges it, after a pause that doubles from
+ * `retryMs` (2 s) to `retryMaxMs` (30 s) with every retry in a row and starts again from
+ * `retryMs` once BIRD answered: each retry runs a `birdc` and, while BIRD is down, a `bird -p`.
+ * While a retry waits for a BIRD that was not reachable, the restart watch (`watchMs`) looks at
+ * its control socket and brings the retry forward when it answers, so a BIRD that comes back is
+ * noticed within a watch period however long the pause has grown. Such an outage is
  * logged when it starts, when its cause changes (stopped, then down), every 60th retry
  * (failure_streak.ts) and when BIRD answers again, not at every retry. Only BIRD's
  * "configuration file error" with a place in the file (`file:line:col message`) is a verdict
@@ -27,6 +32,7 @@
 
 import { run } from "../agent/exec.ts";
 import { FailureStreak } from "../agent/failure_streak.ts";
+import { backoffMs } from "../agent/kube/backoff.ts";
 
 /** Distinct rejection errors remembered at most (see BirdControl's rejection log). */
 const MAX_LOGGED_REJECTIONS = 64;
@@ -72,8 +78,13 @@ export interface BirdControlOptions {
   birdPath?: string;
   /** Updates within this window are applied as one reload (default 50 ms). */
   coalesceMs?: number;
-  /** Retry period while BIRD is unreachable (default 2 s). */
+  /**
+   * First pause before a reload BIRD neither took nor judged is tried again (default 2 s); it
+   * doubles with every retry in a row, up to `retryMaxMs`.
+   */
   retryMs?: number;
+  /** Longest pause between two retries (default 30 s; never below `retryMs`). */
+  retryMaxMs?: number;
   /** Bound on one birdc call (default 10 s); past it the reload is `failed` and retried. */
   commandTimeoutMs?: number;
   /**
@@ -81,7 +92,8 @@ export interface BirdControlOptions {
    * no check). BIRD recreates its control socket when it starts, so a new socket file means a
    * restarted BIRD, which runs whatever bird.conf it found: the wanted config is applied again.
    * A socket that refuses connections means BIRD is down: reported `unreachable`, and the
-   * wanted config is written (checked offline) for BIRD's start and retried every `retryMs`.
+   * wanted config is written (checked offline) for BIRD's start and retried with backoff (see
+   * `retryMs`); while that retry waits, this check brings it forward once the socket answers.
    */
   watchMs?: number;
   log?: (fields: Record<string, unknown>) => void;
@@ -278,6 +290,7 @@ export class BirdControl {
       birdPath: "bird",
       coalesceMs: 50,
       retryMs: 2_000,
+      retryMaxMs: 30_000,
       commandTimeoutMs: 10_000,
       watchMs: 0,
       // An option passed as undefined (NodeRouting forwards unset ones) keeps its default: a
@@ -286,7 +299,7 @@ export class BirdControl {
     } as Required<Omit<BirdControlOptions, "log" | "onAttempt">>;
     this.#log = options.log ?? (() => {});
     this.#onAttempt = options.onAttempt ?? (() => {});
-    this.#outage = new FailureStreak("bird reload", this.#log);
+    this.#outage = new FailureStreak("bird reload", this.#log, "retrying with backoff");
     if (this.#o.watchMs > 0) {
       this.#watchTimer = setInterval(() => this.#probe(), this.#o.watchMs);
       Deno.unrefTimer(this.#watchTimer);
@@ -450,7 +463,7 @@ export class BirdControl {
     this.status.lastAttempt = new Date().toISOString();
     this.status.result = "failed";
     this.status.error = `BIRD did not take the config at '${step}' and found no fault in it ` +
-      `(${reply.message}); retrying every ${this.#o.retryMs} ms`;
+      `(${reply.message}); ${this.#retryNote()}`;
     this.#outageRound("bird reload not taken", this.status.error);
     this.#retry();
   }
@@ -559,7 +572,7 @@ export class BirdControl {
     this.status.lastAttempt = new Date().toISOString();
     this.status.result = "failed";
     this.status.error = `cannot apply ${this.#o.configPath}: ${(e as Error)?.message ?? e}; ` +
-      `retrying every ${this.#o.retryMs} ms`;
+      this.#retryNote();
     this.#outageRound("bird config not applied", this.status.error, "error");
     this.#retry();
   }
@@ -572,20 +585,21 @@ export class BirdControl {
     this.status.lastAttempt = new Date().toISOString();
     this.status.result = "failed";
     this.status.error = `BIRD did not answer '${step}' within ${this.#o.commandTimeoutMs} ms ` +
-      `(busy or stopped); retrying every ${this.#o.retryMs} ms`;
+      `(busy or stopped); ${this.#retryNote()}`;
     this.#outageRound("bird reload timed out", this.status.error);
     this.#retry();
   }
 
   /**
    * One more reload BIRD gave no verdict on (`cause` says why). Logged at the outage's start,
-   * every 60th round and when the cause changes: a retry every `retryMs`
-   * logging each time would fill the log for as long as BIRD is down.
+   * every 60th round and when the cause changes: a retry logging each time would fill the log
+   * for as long as BIRD is down.
    */
   #outageRound(cause: string, error: string, level = "warn"): void {
     const changed = this.#outage.failures > 0 && cause !== this.#outageCause;
     this.#outageCause = cause;
-    const logged = this.#outage.failed(error, { level, cause });
+    const retryInMs = this.#retryPauseMs(this.#outage.failures + 1);
+    const logged = this.#outage.failed(error, { level, cause, retryInMs });
     if (changed && !logged) {
       this.#log({
         level,
@@ -607,7 +621,13 @@ export class BirdControl {
    * the one running? Skipped while a reload is pending, running or waiting for its retry.
    */
   async #probe(): Promise<void> {
-    if (this.#probing || !this.#settled) return;
+    if (this.#probing) return;
+    if (this.#waitingForBird) {
+      this.#probing = true;
+      await this.#retryNowIfBirdAnswers().finally(() => this.#probing = false);
+      return;
+    }
+    if (!this.#settled) return;
     this.#probing = true;
     try {
       const id = await socketIdentity(this.#o.socketPath);
@@ -637,6 +657,28 @@ export class BirdControl {
     }
   }
 
+  /** A retry waits (backed off) after BIRD's control socket did not answer. */
+  get #waitingForBird(): boolean {
+    return !this.#closed && this.#retryTimer !== undefined && !this.#running &&
+      this.status.result === "unreachable";
+  }
+
+  /**
+   * While BIRD was not reachable: its control socket answering again (BIRD started) brings the
+   * waiting retry forward, so the backoff spares `birdc` and `bird -p` runs while BIRD is down
+   * without delaying the config once it is back. Only for an unreachable BIRD: one that accepts
+   * connections but does not answer (stopped, busy) would bring every retry forward.
+   */
+  async #retryNowIfBirdAnswers(): Promise<void> {
+    if (!await answers(this.#o.socketPath)) return;
+    // A retry may have run meanwhile: it decides, not this probe.
+    if (!this.#waitingForBird) return;
+    clearTimeout(this.#retryTimer);
+    this.#retryTimer = undefined;
+    this.#pending = true;
+    this.#schedule(0);
+  }
+
   /** Open, BIRD runs the wanted config, and no reload is pending, running or waiting to retry. */
   get #settled(): boolean {
     return !this.#closed && this.status.result === "ok" && !this.#pending && !this.#running &&
@@ -651,6 +693,7 @@ export class BirdControl {
     }
   }
 
+  /** Schedules the next try after an outage round (the pause grows with the outage's rounds). */
   #retry(): void {
     if (this.#closed) return;
     this.#retryTimer = setTimeout(() => {
@@ -658,8 +701,19 @@ export class BirdControl {
       if (this.#wanted === undefined) return;
       this.#pending = true;
       this.#schedule(0);
-    }, this.#o.retryMs);
+    }, this.#retryPauseMs(this.#outage.failures));
     Deno.unrefTimer(this.#retryTimer);
+  }
+
+  /** The pause before the retry after `failures` (≥ 1) reloads in a row BIRD gave no verdict on. */
+  #retryPauseMs(failures: number): number {
+    const { retryMs, retryMaxMs } = this.#o;
+    return backoffMs(failures, retryMs, Math.max(retryMs, retryMaxMs));
+  }
+
+  /** What a status error says of the retry the round being recorded schedules. */
+  #retryNote(): string {
+    return `retrying in ${this.#retryPauseMs(this.#outage.failures + 1)} ms (backing off)`;
   }
 
   async #birdc(command: string[]): Promise<ConfigureReply> {

@@ -363,7 +363,9 @@ Deno.test({
       ...bird.controlOptions(),
       coalesceMs: 10,
       commandTimeoutMs: 300,
+      // No backoff: this counts retries (the backoff has its own test, control_backoff_test).
       retryMs: 100,
+      retryMaxMs: 100,
       log: (f) => logs.push(f),
     });
     const attempts = () => control.status.lastAttempt;
