@@ -293,6 +293,7 @@ export class Agent {
       vethDeleteDelay: this.#vethDeleteDelay,
       addFault: this.#addFault,
       lookupAnnotations: this.options.annotationsFor,
+      withheldUnsettled: () => this.#hostSideRepair.unsettledVeths(),
     });
     await this.#applyRouting(node, report, reconfiguring);
     // A stop signal while a busy kernel's dump was read again: as after the reconcile.
@@ -332,7 +333,6 @@ export class Agent {
       store,
       datapath,
       anycast: this.#anycast,
-      mtu: this.#node?.mtu,
       isRemoving: (rec) => handler.isRemoving(rec),
     };
   }

@@ -21,6 +21,12 @@
  * A veth left down is not touched (a route needs its device up, and an operator's down is not
  * undone); it is repaired when it comes up.
  *
+ * The down also flushed the routes of the addresses withheld through that veth (withheld.ts):
+ * the pod may use them as before, so the repair routes them again, and until it has, the sweep
+ * that gives back unrouted withheld addresses leaves them alone ({@link
+ * HostSideRepair.unsettledVeths}): given back, one could go to a new pod while the old one has
+ * it.
+ *
  * @module
  */
 
@@ -28,6 +34,7 @@ import { AF_INET, AF_INET6, formatIP, type Handle, listRoutes, parseIP } from ".
 import { LinkEvents, type LinkEventsRead } from "../netlink/link_events.ts";
 import { RouteEvents, type RouteEventsRead } from "../netlink/route_events.ts";
 import { OwnLinkUps } from "./own_link_ups.ts";
+import { rerouteWithheld } from "./withheld.ts";
 import {
   type Datapath,
   FLOCK_ROUTE_PROTOCOL,
@@ -50,8 +57,6 @@ export interface RepairTarget {
   store: Store;
   datapath: Datapath;
   anycast?: AnycastRoutes;
-  /** The node's pod MTU, as ADD gives it. */
-  mtu?: number;
   /** Whether the record's DEL answered and its veth is still being deleted. */
   isRemoving: (rec: Attachment) => boolean;
 }
@@ -88,8 +93,12 @@ export function podsLackingHostRoutes(store: Store, node: Handle): Attachment[] 
   );
 }
 
-/** A committed record as the datapath describes its pod. */
-function podNetworkOf(rec: Attachment, mtu: number | undefined): PodNetwork {
+/**
+ * A committed record as the datapath describes its pod. No MTU: a down and up changes none, and
+ * the MTU in force may not be the pod's (running pods keep theirs across an MTU reconfigure), so
+ * setting it on the host end alone would leave the veth's two ends different.
+ */
+function podNetworkOf(rec: Attachment): PodNetwork {
   return {
     containerId: rec.containerId,
     hostIface: rec.hostIface,
@@ -98,9 +107,11 @@ function podNetworkOf(rec: Attachment, mtu: number | undefined): PodNetwork {
     ipv6: rec.ipv6 === undefined ? undefined : parseIP(rec.ipv6),
     ipv4: rec.ipv4 === undefined ? undefined : parseIP(rec.ipv4),
     anycast: rec.anycast.map((a) => parseIP(a)),
-    mtu,
   };
 }
+
+/** An attachment by its key fields. */
+type AttachmentRef = Pick<Attachment, "containerId" | "ifname">;
 
 /** Watches the node's flock veths come up and its host routes go, and restores pods' host sides. */
 export class HostSideRepair {
@@ -120,7 +131,16 @@ export class HostSideRepair {
    * Attachments whose last repair failed: logged once, not at every try (a record no request
    * can serve, such as a corrupt host veth name, stays so; the start-up reconcile reports it).
    */
-  readonly #failing = new Set<string>();
+  readonly #failing = new Map<string, AttachmentRef>();
+  /**
+   * Pods whose host veth came up (someone else's up) or lacked a host route, by attachment, until
+   * their repair ran: the routes of addresses withheld through that veth may be missing only for
+   * that while. Kept when the repair fails (never given back on a failure), pruned once the
+   * record is no longer committed.
+   */
+  readonly #unsettled = new Map<string, AttachmentRef & { hostIface: string }>();
+  /** While {@link unsettledVeths} polls: the veths that poll found, repaired in it or not. */
+  #seen?: Set<string>;
   #closed = false;
 
   constructor(readonly options: HostSideRepairOptions) {}
@@ -158,11 +178,11 @@ export class HostSideRepair {
    * Reads the link and route notifications and queues the repair of every committed pod whose
    * veth someone else set up or whose host route went; when notifications were lost, of every
    * committed pod lacking a host route. Nothing is read while no configuration serves (the
-   * queued notifications wait).
+   * queued notifications wait). Returns whether every queued notification was read.
    */
-  poll(): void {
+  poll(): boolean {
     const target = this.options.target();
-    if (!target || !this.#links || !this.#routes || this.#closed) return;
+    if (!target || !this.#links || !this.#routes || this.#closed) return false;
     let links: LinkEventsRead | undefined;
     let routes: RouteEventsRead | undefined;
     try {
@@ -185,18 +205,92 @@ export class HostSideRepair {
       if (holder) due.set(attachmentKey(holder), holder);
     };
     for (const link of links?.up ?? []) {
-      if (this.#ownUps.consume(link.index, link.times) === 0) continue;
-      if (isFlockIfaceName(link.name)) add(target.store.hostIfaceHolder(link.name));
+      if (this.#ownUps.consume(link.index, link.times) === 0 || !isFlockIfaceName(link.name)) {
+        continue;
+      }
+      const holder = target.store.hostIfaceHolder(link.name);
+      if (holder) {
+        add(holder);
+        this.#markUnsettled(holder, link.name);
+      } else this.#rerouteWithheldNow(target, link.name);
     }
+    // Tokens of ups whose notifications were read and not consumed stood for no notification.
+    if (links && !links.incomplete) this.#ownUps.polled();
     for (const address of routes?.deleted ?? []) add(target.store.addressHolder(address));
     for (const holder of due.values()) this.#queue(holder);
+    this.#pruneGone(target.store);
     if (lost) {
       this.options.log({ msg: "link or route notifications lost: looking at the host routes" });
       this.#lookAgain = true;
     }
     if (this.#lookAgain) this.#lookAgain = !this.sweep();
     // More queued than one read takes: read on at once, after what else the event loop holds.
-    if (links?.incomplete || routes?.bounded) this.#pollSoon();
+    const more = links?.incomplete || routes?.bounded;
+    if (more) this.#pollSoon();
+    return !lost && !more;
+  }
+
+  /**
+   * The host veths through which a missing route does not mean its address went (for the sweep
+   * giving back withheld addresses, withheld.ts): every queued notification is read first (a
+   * poll), so a veth that went down and up before the caller looked at the routes is known, then
+   * the veths whose pod's repair has not run yet. All of them while that is not known (no
+   * configuration serves, notifications were lost and not looked into, more are queued).
+   */
+  unsettledVeths(): (hostIface: string) => boolean {
+    // A repair may run within the poll (a free turn runs at once): the veths it found count too,
+    // since the caller's look at the routes came before that repair.
+    const seen = this.#seen = new Set();
+    let readAll: boolean;
+    try {
+      readAll = this.poll();
+    } finally {
+      this.#seen = undefined;
+    }
+    if (!readAll || this.#lookAgain) return () => true;
+    for (const u of this.#unsettled.values()) seen.add(u.hostIface);
+    return (hostIface) => seen.has(hostIface);
+  }
+
+  /** Notes that the pod `ref`'s veth `hostIface` may lack routes until its repair has run. */
+  #markUnsettled(ref: AttachmentRef, hostIface: string): void {
+    const { containerId, ifname } = ref;
+    this.#unsettled.set(attachmentKey(ref), { containerId, ifname, hostIface });
+    this.#seen?.add(hostIface);
+  }
+
+  /**
+   * Forgets the failures and unsettled veths of records no longer committed (deleted, being
+   * released): no repair of theirs comes any more to clear them. A read of the few entries.
+   */
+  #pruneGone(store: Store): void {
+    for (const entries of [this.#failing, this.#unsettled]) {
+      for (const [key, ref] of entries) {
+        if (this.#queued.has(key)) continue;
+        if (store.get(ref.containerId, ref.ifname)?.state !== "committed") entries.delete(key);
+      }
+    }
+  }
+
+  /**
+   * A flock veth that came up without a record holding it: the routes of the addresses withheld
+   * through it are put back at once (no pod's turn to wait for).
+   */
+  #rerouteWithheldNow(target: RepairTarget, hostIface: string): void {
+    this.#seen?.add(hostIface);
+    try {
+      const rerouted = rerouteWithheld(target.store, target.datapath.node, hostIface);
+      if (rerouted.length) {
+        this.options.log({ msg: "withheld routes restored", hostIface, restored: rerouted });
+      }
+    } catch (e) {
+      this.options.log({
+        level: "error",
+        msg: "restoring withheld routes failed",
+        hostIface,
+        error: String(e),
+      });
+    }
   }
 
   #pollSoon(): void {
@@ -218,7 +312,11 @@ export class HostSideRepair {
     const target = this.options.target();
     if (!target) return false;
     try {
-      for (const rec of podsLackingHostRoutes(target.store, target.datapath.node)) this.#queue(rec);
+      for (const rec of podsLackingHostRoutes(target.store, target.datapath.node)) {
+        // Its veth may have gone down and up unseen: withheld routes through it wait its repair.
+        this.#markUnsettled(rec, rec.hostIface);
+        this.#queue(rec);
+      }
       return true;
     } catch (e) {
       // A busy kernel interrupts the dump: the next poll looks again.
@@ -232,7 +330,7 @@ export class HostSideRepair {
   }
 
   /** Queues the repair of the attachment `key` in its container's turn, unless one is queued. */
-  #queue(key: Pick<Attachment, "containerId" | "ifname">): void {
+  #queue(key: AttachmentRef): void {
     const queued = attachmentKey(key);
     if (this.#queued.has(queued) || this.#closed) return;
     this.#queued.add(queued);
@@ -245,11 +343,12 @@ export class HostSideRepair {
         return Promise.reject(e);
       }
       this.#failing.delete(queued);
+      this.#unsettled.delete(queued);
       return Promise.resolve();
     }).catch((e) => {
       this.#queued.delete(queued);
       const again = this.#failing.has(queued);
-      this.#failing.add(queued);
+      this.#failing.set(queued, { containerId: key.containerId, ifname: key.ifname });
       this.options.log({
         level: again ? "debug" : "error",
         msg: "restoring a pod's host side failed",
@@ -262,14 +361,18 @@ export class HostSideRepair {
   }
 
   /** In the container's turn: the record as it is now, repaired if still committed. */
-  #repair(key: Pick<Attachment, "containerId" | "ifname">): void {
+  #repair(key: AttachmentRef): void {
     const target = this.options.target();
     const rec = target?.store.get(key.containerId, key.ifname);
     if (!target || this.#closed || rec?.state !== "committed" || target.isRemoving(rec)) return;
-    const restored = target.datapath.restoreHostSide(podNetworkOf(rec, target.mtu));
+    const restored = target.datapath.restoreHostSide(podNetworkOf(rec));
     // Not this repair's (veth down, gone or another pod's), or nothing lost: anycast included,
     // whose paths the kernel flushes with the same down.
     if (!restored?.length) return;
+    // The down flushed the routes of the addresses withheld through this veth as well.
+    for (const ip of rerouteWithheld(target.store, target.datapath.node, rec.hostIface)) {
+      restored.push(`withheld route ${ip}`);
+    }
     if (rec.anycast.length && target.anycast) {
       const synced = target.anycast.sync(rec.anycast);
       restored.push(...synced.changed.map((a) => `anycast ${a}`));
@@ -294,5 +397,10 @@ export class HostSideRepair {
     this.#routes?.close();
     this.#ownUps.clear();
     await Promise.all(this.#running);
+  }
+
+  /** How many attachments' last repair failed (kept until one succeeds or the record goes). */
+  get failing(): number {
+    return this.#failing.size;
   }
 }

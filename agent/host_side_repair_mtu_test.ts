@@ -1,9 +1,9 @@
 /**
- * Known bug, see report (helper J's review of 2026-12-02): the host side repair gives a flapped
- * veth the MTU of the NodeConfig in force (Agent#repairTarget passes `this.#node?.mtu`), not the
- * MTU the pod was made with. After an MTU reconfigure (docs/cluster-mode.md: running pods keep
- * their MTU), a flap of an old pod's host veth sets that end alone to the new MTU: the two ends
- * of the veth then disagree. Ignored until fixed; remove `ignore` to reproduce.
+ * Found by helper J's review of 2026-12-02: the host side repair gave a flapped veth the MTU of
+ * the NodeConfig in force, not the MTU the pod was made with. After an MTU reconfigure
+ * (docs/cluster-mode.md: running pods keep their MTU), a flap of an old pod's host veth set that
+ * end alone to the new MTU, and the two ends of the veth disagreed. A down and up changes no MTU,
+ * so the repair now sets none (RepairTarget has no MTU any more).
  */
 
 import assert from "node:assert/strict";
@@ -23,8 +23,6 @@ async function mtuOf(ns: TestNamespace, dev: string): Promise<number> {
 Deno.test({
   name: "HostSideRepair: a flapped veth keeps the MTU its pod was made with after an MTU change",
   ...ROOT_ONLY,
-  // Known bug, see report.
-  ignore: true,
   async fn() {
     await using fixture = await createNode({ prefix: "flk-hsrm" });
     await using pod = await TestNamespace.create("flk-hsrmp");
@@ -32,8 +30,8 @@ Deno.test({
     const handle = Handle.forNetns(fixture.node.path);
     const store = Store.open(join(dir, "state"));
     const repair = new HostSideRepair({
-      // The config in force after a reconfigure from MTU 1500 to 1400.
-      target: (): RepairTarget => ({ store, datapath, mtu: 1400, isRemoving: () => false }),
+      // The config in force after a reconfigure from MTU 1500 to 1400: the repair is not told it.
+      target: (): RepairTarget => ({ store, datapath, isRemoving: () => false }),
       inTurn: (_id, fn) => fn(),
       log: () => {},
     });

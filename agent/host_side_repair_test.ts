@@ -11,9 +11,10 @@ import { join } from "node:path";
 import { createNode, type NodeFixture, TestNamespace } from "../tests/helpers/netns.ts";
 import { ROOT_ONLY } from "../tests/helpers/exec.ts";
 import { Datapath, type PodNetwork } from "./datapath.ts";
-import { formatIP, Handle, parseIP } from "../netlink/mod.ts";
+import { formatIP, getLinkByName, Handle, parseIP } from "../netlink/mod.ts";
 import { type Attachment, Store } from "./store.ts";
 import { HostSideRepair, podsLackingHostRoutes, type RepairTarget } from "./host_side_repair.ts";
+import { freeUnroutedWithheld } from "./withheld.ts";
 import type { IpRoute } from "../tests/helpers/iproute.ts";
 
 /** A node with a store, a datapath and two set-up, committed pods. */
@@ -222,6 +223,11 @@ Deno.test({
       const failures = logged.filter((f) => f.containerId === "bad");
       assert.deepEqual(failures.map((f) => f.level), ["error", "debug", "debug"]);
       assert.match(String(failures[0].error), /invalid host interface name/);
+      // Deleted while failing: no repair of it comes any more; the next poll forgets it.
+      assert.equal(repair.failing, 1);
+      l.store.delete("bad", "eth0");
+      repair.poll();
+      assert.equal(repair.failing, 0, "a deleted record's failure is not kept");
     } finally {
       await repair.close();
     }
@@ -379,6 +385,125 @@ Deno.test({
       assert.deepEqual(await routesVia(l, c.rec.hostIface), wholeC);
       assert.equal(repairs, 2);
     } finally {
+      await repair.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "HostSideRepair: an own up that told nothing (the link was up already) hides no later " +
+    "flap: its token expires after two reads",
+  ...ROOT_ONLY,
+  async fn() {
+    await using l = await lab("flk-hsre");
+    let repairs = 0;
+    const target: RepairTarget = { store: l.store, datapath: l.datapath, isRemoving: () => false };
+    const repair = new HostSideRepair({
+      target: () => target,
+      inTurn: (_containerId, fn) => fn(),
+      log: () => {},
+      onRepaired: () => repairs++,
+    });
+    repair.start(l.handle, 3_600_000);
+    try {
+      // IPv4 only: its flap tells only by the up (no route deletion notified).
+      const c = await l.addPod(3, true);
+      const whole = await routesVia(l, c.rec.hostIface);
+      repair.poll();
+      // An up the agent asked for while the link was up already: no notification will come.
+      repair.noteOwnUp(getLinkByName(l.handle, c.rec.hostIface)!.index);
+      repair.poll();
+      repair.poll();
+      await flap(l, c.rec.hostIface);
+      repair.poll();
+      await new Promise((r) => setTimeout(r, 20));
+      assert.deepEqual(await routesVia(l, c.rec.hostIface), whole, "the flap is repaired");
+      assert.equal(repairs, 1);
+    } finally {
+      await repair.close();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "HostSideRepair: a flap keeps the addresses withheld through the veth withheld and routes " +
+    "them again; the sweep never gives them back meanwhile; one deleted by hand (veth up) is",
+  ...ROOT_ONLY,
+  async fn() {
+    await using l = await lab("flk-hsrw");
+    const [a] = l.pods;
+    const host = a.rec.hostIface;
+    const logged: Record<string, unknown>[] = [];
+    const target: RepairTarget = { store: l.store, datapath: l.datapath, isRemoving: () => false };
+    // Turns run at once, or are held (A's container busy with a long request) until released.
+    let hold = false;
+    const held: (() => Promise<void>)[] = [];
+    const repair = new HostSideRepair({
+      target: () => target,
+      inTurn: (_containerId, fn) => {
+        if (!hold) return fn();
+        return new Promise<void>((resolve, reject) => held.push(() => fn().then(resolve, reject)));
+      },
+      log: (fields) => logged.push(fields),
+    });
+    repair.start(l.handle, 3_600_000);
+    // A release that found these routed through A's veth (withheld.ts), and their routes.
+    const withheld = ["10.48.0.77", "fd00:48::77"];
+    l.store.finishRelease("gone", "eth0", [], 1, [
+      ...withheld.map((ip) => ({ ip, hostIface: host, owner: "hsr-1/eth0" })),
+    ]);
+    for (const ip of withheld) {
+      await l.fixture.node.ip(["route", "replace", ip, "dev", host, "proto", "201"]);
+    }
+    const whole = await routesVia(l, host);
+    assert.deepEqual(whole, ["10.48.0.1", "10.48.0.77", "fd00:48::1", "fd00:48::77"]);
+    // The agent's sweep: the kernel's routes judged, then the repair's unsettled veths.
+    const sweep = () =>
+      freeUnroutedWithheld({
+        store: l.store,
+        node: l.handle,
+        now: Date.now(),
+        unsettled: () => repair.unsettledVeths(),
+      }).map((w) => w.ip);
+    try {
+      // A flap whose repair waits for A's turn: the sweep in between gives nothing back.
+      hold = true;
+      await flap(l, host);
+      repair.poll();
+      assert.equal(held.length, 1, "A's repair queued");
+      assert.deepEqual(sweep(), [], "unrouted, but its veth flapped: kept");
+      await held.shift()!();
+      assert.deepEqual(await routesVia(l, host), whole, "A's routes and the withheld ones back");
+      assert.deepEqual(
+        (logged.at(-1)?.restored as string[]).filter((r) => r.startsWith("withheld")),
+        withheld.map((ip) => `withheld route ${ip}`),
+      );
+      assert.deepEqual(sweep(), [], "routed again: kept");
+
+      // A flap the sweep looks at before any poll read it (the repair then runs within its poll).
+      hold = false;
+      await flap(l, host);
+      assert.deepEqual(sweep(), [], "the sweep's own poll finds the flap");
+      assert.deepEqual(await routesVia(l, host), whole);
+      assert.deepEqual(l.store.withheld().map((w) => w.ip).sort(), withheld);
+
+      // Left down: withheld (a release in progress); up: routed again.
+      await flap(l, host, "down");
+      repair.poll();
+      assert.deepEqual(sweep(), []);
+      await l.fixture.node.ip(["link", "set", host, "up"]);
+      assert.deepEqual(sweep(), []);
+      assert.deepEqual(await routesVia(l, host), whole);
+
+      // A withheld route deleted by hand with the veth up: the address is given back.
+      await l.fixture.node.ip(["-6", "route", "del", "fd00:48::77", "dev", host, "proto", "201"]);
+      repair.poll();
+      assert.deepEqual(sweep(), ["fd00:48::77"]);
+      assert.deepEqual(l.store.withheld().map((w) => w.ip), ["10.48.0.77"]);
+    } finally {
+      hold = false;
+      for (const run of held) await run();
       await repair.close();
     }
   },

@@ -28,3 +28,18 @@ Deno.test("OwnLinkUps: bounded (the oldest link's tokens dropped); clear drops a
   ups.clear();
   assert.equal(ups.consume(3, 1), 1);
 });
+
+Deno.test("OwnLinkUps: a token no notification consumed expires after two complete reads", () => {
+  const ups = new OwnLinkUps();
+  ups.add(7); // an up that changed nothing: something else had set the link up first
+  ups.polled();
+  assert.equal(ups.size, 1, "kept through the first read");
+  ups.polled();
+  assert.equal(ups.size, 0, "dropped after the second");
+  assert.equal(ups.consume(7, 1), 1, "a later foreign flap is seen");
+  ups.add(8);
+  ups.polled();
+  ups.add(8); // a newer own up of the same link restarts its age
+  ups.polled();
+  assert.equal(ups.consume(8, 2), 0, "both own ups, read in time");
+});

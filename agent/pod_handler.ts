@@ -83,6 +83,11 @@ export interface PodHandlerDeps {
   now?: () => number;
   /** Keeps the anycast routes equal to the committed holders (anycast.ts). */
   anycast?: AnycastRoutes;
+  /**
+   * The host veths whose missing routes do not give back the addresses withheld through them
+   * (a flap not repaired yet: HostSideRepair.unsettledVeths; see withheld.ts).
+   */
+  withheldUnsettled?: () => (hostIface: string) => boolean;
   /** Test-only: kills the agent at a named step (see crash_points.ts). */
   crashAt?: CrashHook;
   /**
@@ -828,6 +833,7 @@ export class PodHandler {
       pool6: this.deps.pool6,
       pool4: this.deps.pool4,
       now: (this.deps.now ?? Date.now)(),
+      unsettled: this.deps.withheldUnsettled,
     }, hostIface);
     for (const w of freed) {
       this.deps.log({

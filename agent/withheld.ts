@@ -10,6 +10,11 @@
  * deleting it, and an address given back then would cool from that moment while the veth still
  * exists (with `cooldownMs: 0` a new pod could get it at once).
  *
+ * A veth that went down and up again (a flap: the kernel flushed its routes) has not given the
+ * address up either: the host side repair routes it there again (host_side_repair.ts,
+ * {@link rerouteWithheld}), and until it has, the sweep does not judge that veth
+ * ({@link WithheldDeps.unsettled}).
+ *
  * @module
  */
 
@@ -18,6 +23,7 @@ import {
   type Family,
   formatIP,
   formatPrefix,
+  getLinkByName,
   type Handle,
   hostPrefix,
   type IP,
@@ -26,6 +32,8 @@ import {
   listRoutes,
   parseIP,
   type Prefix,
+  replaceRoute,
+  RT_SCOPE_LINK,
 } from "../netlink/mod.ts";
 import { FLOCK_ROUTE_PROTOCOL, type ForeignVeth } from "./datapath.ts";
 import type { AddressPool } from "./ipam.ts";
@@ -96,6 +104,12 @@ export interface WithheldDeps {
    * {@link withheldRoutedNow}, one dump for all).
    */
   routed?: (ip: IP, hostIface: string) => boolean;
+  /**
+   * Asked once the routes were judged: whether a host veth's missing routes may come back (it
+   * went down and up, and its repair has not run yet: HostSideRepair.unsettledVeths). An address
+   * withheld through such a veth stays withheld.
+   */
+  unsettled?: () => (hostIface: string) => boolean;
 }
 
 /**
@@ -107,9 +121,13 @@ export interface WithheldDeps {
  */
 export function freeUnroutedWithheld(d: WithheldDeps, hostIface?: string): WithheldAddress[] {
   const routed = d.routed ?? withheldRoutedNow(d.node);
-  const unrouted = d.store.withheld().filter((w) =>
+  let unrouted = d.store.withheld().filter((w) =>
     (hostIface === undefined || w.hostIface === hostIface) && !routed(parseIP(w.ip), w.hostIface)
   );
+  if (unrouted.length === 0) return [];
+  // After the routes were looked at: a flap that emptied a veth before that look is known now.
+  const unsettled = d.unsettled?.();
+  if (unsettled) unrouted = unrouted.filter((w) => !unsettled(w.hostIface));
   if (unrouted.length === 0) return [];
   d.store.freeWithheld(unrouted.map((w) => w.ip), d.now);
   for (const w of unrouted) {
@@ -117,6 +135,36 @@ export function freeUnroutedWithheld(d: WithheldDeps, hostIface?: string): Withh
     (ip.family === AF_INET6 ? d.pool6 : d.pool4)?.release(ip, d.now);
   }
   return unrouted;
+}
+
+/**
+ * Routes the addresses withheld through the host veth `hostIface` there again, if it is up:
+ * after it went down and up (the kernel flushed its routes), as the host side repair finds it.
+ * They stay withheld: the pod on its other end may use them as before. Returns the addresses
+ * whose route was missing. No kernel request when nothing is withheld through that veth.
+ */
+export function rerouteWithheld(store: Store, node: Handle, hostIface: string): string[] {
+  const through = store.withheld().filter((w) => w.hostIface === hostIface);
+  if (through.length === 0) return [];
+  const host = getLinkByName(node, hostIface);
+  if (!host?.up) return [];
+  // The veth's own flock routes, by the kernel's filter: a few, not the node's.
+  const routed = new Set<string>();
+  for (const family of new Set(through.map((w) => parseIP(w.ip).family))) {
+    for (const r of listRoutes(node, { family, protocol: FLOCK_ROUTE_PROTOCOL, oif: host.index })) {
+      routed.add(formatPrefix(r.dst));
+    }
+  }
+  const missing = through.filter((w) => !routed.has(formatPrefix(hostPrefix(parseIP(w.ip)))));
+  for (const w of missing) {
+    replaceRoute(node, {
+      dst: hostPrefix(parseIP(w.ip)),
+      oif: host.index,
+      scope: RT_SCOPE_LINK,
+      protocol: FLOCK_ROUTE_PROTOCOL,
+    });
+  }
+  return missing.map((w) => w.ip);
 }
 
 /** Why an address in use is withheld, for the refusal of a pinned ADD, or "" when it is not. */
