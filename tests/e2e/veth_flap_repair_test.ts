@@ -4,7 +4,8 @@
  * anycast path, the fe80::1 gateway) and puts none back on the way up. The agent sees the veth
  * come up (a link notification) and restores that pod's host side within a poll; a veth left
  * down stays down and unrouted; a host route deleted by hand comes back from its route
- * notification, within a poll too.
+ * notification, within a poll too. An address withheld through a flapped veth (withheld.ts) is
+ * routed there again and stays withheld.
  */
 
 import assert from "node:assert/strict";
@@ -15,6 +16,7 @@ import { addLivePod, hostIfaceOf, type LivePod } from "../helpers/node_state.ts"
 import { releasedAt, withheldIps, withholdThroughB } from "../helpers/withheld_fixture.ts";
 import { RELEASE_SWEEP_ENV } from "../../agent/test_faults.ts";
 import type { IpRoute } from "../helpers/iproute.ts";
+import { assertCniError } from "../helpers/cni_output.ts";
 
 /** How long the host side may take to come back once the veth is up (the watch polls 500 ms). */
 const REPAIR_WITHIN_MS = 3_000;
@@ -204,42 +206,56 @@ Deno.test({
 });
 
 Deno.test({
-  name: "veth flap: the owner's routes come back; an address withheld through its veth is " +
-    "given back (its route went with the veth up) and not routed there again",
+  name: "veth flap: the owner's routes come back, and the route of an address withheld through " +
+    "its veth too: it stays withheld (the sweep never gives it back) and is not handed out",
   ...ROOT_ONLY,
   async fn() {
+    // No cooldown: an address given back could go to the next pod at once.
     await using node = await FlockNode.start({
       config: { cidr6: "fd00:f3::/120", cidr4: "10.73.0.0/24" },
-      cooldownMs: 120_000,
+      cooldownMs: 0,
       startAgent: false,
     });
+    // The withheld sweep every 100 ms: it runs many times around the flap.
     await node.startAgent({ env: { [RELEASE_SWEEP_ENV]: "100" } });
     await using nsA = await TestNamespace.create("flk-fwa");
     await using nsB = await TestNamespace.create("flk-fwb");
     await using nsC = await TestNamespace.create("flk-fwc");
     const f = await withholdThroughB(node, nsA, nsB);
     const podC = await addLivePod(node, "fw-c", nsC.path);
-    const ownB = (await flockRoutesVia(node, f.hostB)).filter((r) => !r.includes(f.withheld));
-    assert.equal(ownB.length, 2, `${ownB}`);
+    const wholeB = await flockRoutesVia(node, f.hostB);
+    assert.equal(wholeB.length, 3, `B's two and the withheld one: ${wholeB}`);
 
-    const beforeFlap = Date.now();
-    await node.ns.ip(["link", "set", f.hostB, "down"]);
-    await node.ns.ip(["link", "set", f.hostB, "up"]);
-    await repairedWithin(
-      "B's own routes back",
-      () => flockRoutesVia(node, f.hostB),
-      (have) => ownB.every((r) => have.includes(r)),
-    );
-    await repairedWithin(
-      "the withheld address given back by the sweep",
-      () => Promise.resolve(withheldIps(node)),
-      (w) => w.length === 0,
-    );
-    const at = releasedAt(node, f.withheld);
-    assert.ok(at !== undefined && at >= beforeFlap, `cooling from the flap's sweep (${at})`);
-    // A while later (repairs, sweeps): the repair restored B's record's addresses only.
-    await new Promise((r) => setTimeout(r, 500));
-    assert.deepEqual(await flockRoutesVia(node, f.hostB), ownB, "no route for the given-back one");
+    for (let flaps = 0; flaps < 3; flaps++) {
+      await node.ns.ip(["link", "set", f.hostB, "down"]);
+      await node.ns.ip(["link", "set", f.hostB, "up"]);
+      await repairedWithin(
+        "B's own routes and the withheld one back",
+        () => flockRoutesVia(node, f.hostB),
+        (have) => same(have, wholeB),
+      );
+    }
+    // A while later (sweeps every 100 ms): still withheld, never released, still routed.
+    await new Promise((r) => setTimeout(r, 1_000));
+    assert.deepEqual(withheldIps(node), [f.withheld], "still withheld");
+    assert.equal(releasedAt(node, f.withheld), undefined, "never given back");
+    assert.deepEqual(await flockRoutesVia(node, f.hostB), wholeB);
+    const [line] = await logLines(node, REPAIRED);
+    assert.ok((line?.restored as string[]).includes(`withheld route ${f.withheld}`), `${line}`);
+    // Not handed out: a pinned ADD of it is refused, naming why.
+    const pinned = await node.cni("ADD", {
+      containerId: "fw-pin",
+      netns: nsC.path,
+      extraConfig: {
+        runtimeConfig: {
+          "io.kubernetes.cri.pod-annotations": { "flock.fritzlab.net/ipv6": f.withheld },
+        },
+      },
+    });
+    assertCniError(pinned, 7, new RegExp(`${f.withheld}.*withheld.*${f.hostB}`));
     await assertPings(nsB, f.podB, nsC, podC);
+    // The fixture's DEL logs the foreign veth at error; nothing else does.
+    const errors = (await node.agentLog()).split("\n").filter((l) => l.includes('"level":"error"'));
+    assert.deepEqual(errors.filter((l) => !l.includes("is not this attachment's")), []);
   },
 });
