@@ -38,6 +38,7 @@ import { crashHookFromEnv } from "./crash_points.ts";
 import { addFaultFromEnv, releaseSweepMsFromEnv, vethDeleteFaultFromEnv } from "./test_faults.ts";
 import {
   type BirdTarget,
+  isHandledRenderFailure,
   isSummaryRoute,
   type MeshPeer,
   NodeRouting,
@@ -624,11 +625,17 @@ export class Agent {
     return this.#routing?.birdStatus();
   }
 
-  /** Waits for a reload (NodeRouting's onBirdReload hook records its outcome); logs a throw. */
+  /**
+   * Waits for a reload (NodeRouting's onBirdReload hook records its outcome); logs a throw,
+   * unless it is a render failure NodeRouting logs (and retries) itself.
+   */
   #trackReload(done: ReturnType<NodeRouting["configure"]>): Promise<void> {
     return done.then(
       () => {},
-      (e) => this.log({ level: "error", msg: "bird config failed", error: String(e) }),
+      (e) => {
+        if (isHandledRenderFailure(e)) return;
+        this.log({ level: "error", msg: "bird config failed", error: String(e) });
+      },
     );
   }
 

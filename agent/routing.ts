@@ -418,6 +418,17 @@ export function birdInputFor(
   };
 }
 
+/** Render failures NodeRouting counted (its failure streak logs them) and retries itself. */
+const handledRenderFailures = new WeakSet<object>();
+
+/**
+ * Whether `e`, thrown by a NodeRouting method, is a bird.conf render failure that NodeRouting
+ * logs and retries itself: a caller logging it too would log each failure twice.
+ */
+export function isHandledRenderFailure(e: unknown): boolean {
+  return typeof e === "object" && e !== null && handledRenderFailures.has(e);
+}
+
 /** Installs summary blackholes and keeps BIRD's config in step with the node. */
 export class NodeRouting {
   readonly #o: NodeRoutingOptions;
@@ -461,7 +472,11 @@ export class NodeRouting {
     this.#o = options;
     this.#pruneFailures = new FailureStreak("pruning draining summary routes", options.log);
     this.#addressReadFailures = new FailureStreak("reading address changes", options.log);
-    this.#renderFailures = new FailureStreak("rendering bird.conf", options.log);
+    this.#renderFailures = new FailureStreak(
+      "rendering bird.conf",
+      options.log,
+      "retrying with backoff",
+    );
     this.#nodeAddresses = [...options.nodeAddresses ?? []];
     this.#secretPasswords = options.secretPasswords ?? new Map();
     if (options.bird) {
@@ -556,9 +571,11 @@ export class NodeRouting {
     if (!changed || this.#addressSettle !== undefined) return;
     this.#addressSettle = setTimeout(() => {
       this.#addressSettle = undefined;
-      this.#render({ onlyIfChanged: "the node's addresses changed" }).catch((e) =>
-        this.#o.log({ level: "error", msg: "bird config failed", error: String(e) })
-      );
+      this.#render({ onlyIfChanged: "the node's addresses changed" }).catch((e) => {
+        if (!isHandledRenderFailure(e)) {
+          this.#o.log({ level: "error", msg: "bird config failed", error: String(e) });
+        }
+      });
     }, ADDRESS_SETTLE_MS);
   }
 
@@ -756,6 +773,7 @@ export class NodeRouting {
       RENDER_RETRY_MAX_MS,
     );
     this.#renderFailures.failed(error, { level: "error", retryInMs: delayMs });
+    if (typeof error === "object" && error !== null) handledRenderFailures.add(error);
     this.#renderRetry = setTimeout(() => {
       this.#renderRetry = undefined;
       // A failure here scheduled the next try and was counted (and logged) above.

@@ -729,7 +729,7 @@ Deno.test({
     assert.ok(took >= 1_300, `retried too soon: ${took} ms`);
     const lines = logged.filter((f) => /rendering bird\.conf/.test(String(f.msg)));
     assert.deepEqual(lines.map((f) => [f.msg, f.failures]), [
-      ["rendering bird.conf failed; retrying every round, logged again once it recovers", 1],
+      ["rendering bird.conf failed; retrying with backoff, logged again once it recovers", 1],
       ["rendering bird.conf recovered", 3],
     ]);
     assert.equal(lines[0].retryInMs, 200);
