@@ -149,7 +149,9 @@ export class Agent {
     // Default: JSON lines on stderr, level info and up.
     this.log = options.log ?? createLogger();
     if (options.metrics ?? true) {
-      this.metrics = new AgentMetrics(() => this.status(), this.startedAt, FLOCK_VERSION);
+      this.metrics = new AgentMetrics(() => this.status(), this.startedAt, FLOCK_VERSION, {
+        anycast: () => this.#anycast,
+      });
     }
   }
 

@@ -12,6 +12,17 @@ import type { StatusSnapshot } from "./status_snapshot.ts";
 /** Reads the agent's state for a scrape (a snapshot without the integrity check). */
 export type SnapshotSource = () => Promise<StatusSnapshot>;
 
+/** What the anycast routes in force count (AnycastRoutes.syncFailures). */
+export interface AnycastSyncCounter {
+  readonly syncFailures: number;
+}
+
+/** What a scrape reads besides the snapshot. */
+export interface MetricSources {
+  /** The anycast routes in force, if any: a reconfigure replaces them (counting from 0 again). */
+  anycast?: () => AnycastSyncCounter | undefined;
+}
+
 /** The verbs whose latency is recorded as a histogram. */
 const TIMED_COMMANDS = new Set(["ADD", "DEL"]);
 
@@ -62,8 +73,14 @@ export class AgentMetrics {
    * @param snapshot read before each scrape for the gauges (pools, attachments, BGP)
    * @param startedAt process start, ms since the epoch
    * @param version flock's version, for `flock_build_info`
+   * @param sources counts other components keep, read at each scrape
    */
-  constructor(snapshot: SnapshotSource, startedAt: number, version: string) {
+  constructor(
+    snapshot: SnapshotSource,
+    startedAt: number,
+    version: string,
+    sources: MetricSources = {},
+  ) {
     const r = this.registry;
     r.gauge({
       name: "flock_build_info",
@@ -123,6 +140,24 @@ export class AgentMetrics {
       help: "Problems of the last reconcile (start or reconfigure) in flock status: something " +
         "wrong or found broken (a repaired pod, an orphan, a failed teardown); its notes " +
         "(expected housekeeping) do not count; a background retry that succeeds removes its own.",
+    });
+    // The anycast routes a reconfigure replaced add their last count: the total never goes down.
+    let replaced = 0;
+    let inForce: AnycastSyncCounter | undefined;
+    const anycastSyncFailures = r.counter({
+      name: "flock_anycast_sync_failures_total",
+      help: "Failed syncs of single anycast addresses in the periodic resync (each address each " +
+        "round; a holder whose host veth is down is no failure). The agent logs the address and " +
+        "cause once, and again on recovery.",
+      collect: () => {
+        const now = sources.anycast?.();
+        if (now !== inForce) {
+          replaced += inForce?.syncFailures ?? 0;
+          inForce = now;
+        }
+        const counted = anycastSyncFailures.labels();
+        counted.inc(replaced + (inForce?.syncFailures ?? 0) - counted.value);
+      },
     });
     // One snapshot per scrape feeds every gauge.
     r.beforeScrape(async () => {
