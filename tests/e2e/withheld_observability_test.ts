@@ -2,8 +2,8 @@
  * An operator sees withheld addresses (agent/withheld.ts) without reading the store: the
  * `flock_withheld_addresses` gauge on the agent's metrics endpoint and a "Withheld addresses"
  * part in `flock status` (JSON and text), current after the withholding DEL, after a restart
- * (loaded from the store), while the veth they are held through is down (still withheld), and
- * once they are given back. Before, only the start-up reconcile's problem lines named them.
+ * (loaded from the store), while the veth they are held through is down and once it is up again
+ * (still withheld), and once they are given back (their route deleted by hand). Before, only the start-up reconcile's problem lines named them.
  */
 
 import assert from "node:assert/strict";
@@ -87,8 +87,12 @@ Deno.test({
     await new Promise((r) => setTimeout(r, SWEEP_MS * 5));
     await shown("while its veth is down");
 
-    // Up again without the route: the sweep gives it back, and both follow.
+    // Up again: the host side repair routes it through B's veth again, and it stays withheld.
     await node.ns.ip(["link", "set", f.hostB, "up"]);
+    await new Promise((r) => setTimeout(r, SWEEP_MS * 10));
+    await shown("after its veth came up again");
+    // Its route deleted by hand with the veth up: the sweep gives it back, and both follow.
+    await node.ns.ip(["route", "del", f.withheld, "dev", f.hostB, "proto", "201"]);
     await eventually(
       "the gauge to drop once the sweep gave it back",
       () => withheldGauge(node),
