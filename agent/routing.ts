@@ -43,7 +43,7 @@ import { FLOCK_ROUTE_PROTOCOL } from "./datapath.ts";
 import { fnv1a32 } from "./fnv.ts";
 import { FailureStreak } from "./failure_streak.ts";
 import { type KernelRetryOptions, retryWhileKernelBusy } from "./kernel_busy.ts";
-import { backoffMs } from "./kube/backoff.ts";
+import { backoffMs } from "./backoff.ts";
 
 /** Where BIRD is, when the agent drives one. */
 export interface BirdTarget {

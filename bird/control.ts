@@ -32,7 +32,7 @@
 
 import { run } from "../agent/exec.ts";
 import { FailureStreak } from "../agent/failure_streak.ts";
-import { backoffMs } from "../agent/kube/backoff.ts";
+import { backoffMs } from "../agent/backoff.ts";
 
 /** Distinct rejection errors remembered at most (see BirdControl's rejection log). */
 const MAX_LOGGED_REJECTIONS = 64;

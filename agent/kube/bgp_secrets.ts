@@ -42,7 +42,7 @@ import {
   type SecretKeyRef,
 } from "../config.ts";
 import { describeApiError, httpStatusOf } from "./api.ts";
-import { backoffMs } from "./backoff.ts";
+import { backoffMs } from "../backoff.ts";
 
 /** How often the referenced Secrets are read again when all of them were usable. */
 export const SECRET_REFRESH_MS = 60_000;

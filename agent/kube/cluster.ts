@@ -58,7 +58,7 @@ import {
   StatusReporter,
 } from "./status_reporter.ts";
 import { STATUS_REFRESH_UNSETTLED_MS, StatusRefreshSchedule } from "./status_refresh.ts";
-import { backoffMs } from "./backoff.ts";
+import { backoffMs } from "../backoff.ts";
 import { SchemaVersionError } from "../store.ts";
 
 /** How long the agent waits for its NodeConfig before it uses `Node.spec.podCIDRs`. */

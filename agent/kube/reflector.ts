@@ -14,7 +14,7 @@
 import type { KubeObject, ListPage, ListQuery, WatchEvent, WatchHandle } from "./api.ts";
 import { describeApiError, httpStatusOf } from "./api.ts";
 import { type CacheChange, ObjectCache } from "./object_cache.ts";
-import { backoffMs } from "./backoff.ts";
+import { backoffMs } from "../backoff.ts";
 import { Sleeper } from "./sleeper.ts";
 
 /** How a reflector reaches the API server. */

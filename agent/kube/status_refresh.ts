@@ -14,7 +14,7 @@
  * @module
  */
 
-import { backoffMs } from "./backoff.ts";
+import { backoffMs } from "../backoff.ts";
 
 /** How often the status is recomputed while every BGP session is established. */
 export const STATUS_REFRESH_MS = 30_000;

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { backoffMs } from "./backoff.ts";
+import { backoffMs } from "../backoff.ts";
 import { canonicalJson } from "./node_configs.ts";
 import type { RouterId, RouterIdSource } from "../routing.ts";
 
