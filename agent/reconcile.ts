@@ -63,7 +63,7 @@ import { separateSharedHostIfaces } from "./shared_host_iface.ts";
 import { isNetnsGone } from "./netns_path.ts";
 import { isKernelBusy, type KernelRetryOptions, retryWhileKernelBusy } from "./kernel_busy.ts";
 import { otherPodSides, setupOwnershipChecks } from "./veth_owner.ts";
-import { freeUnroutedWithheld, staysWithheld, withheldThrough } from "./withheld.ts";
+import { freeUnroutedWithheld, rerouteWithheld, withheldThrough } from "./withheld.ts";
 import {
   addFinding,
   hostRouteKey,
@@ -199,7 +199,7 @@ export async function reconcile(d: ReconcileDeps): Promise<ReconcileReport> {
     }
   }
 
-  restoreWithheld(d, links, hostRoutes, held, now, report);
+  await restoreWithheld(d, links, held, now, report);
 
   // Addresses released shortly before the restart stay cooling, from their stored release time:
   // a restart neither shortens a cooldown nor starts it afresh. A release stamped in the future
@@ -382,29 +382,50 @@ function finishLeftover(
 
 /**
  * The addresses withheld before the restart (routed through another pod's veth, see
- * withheld.ts): one the node still routes through that veth (or whose veth is down, as a
- * release leaves it) stays out of IPAM and its route is kept (it is in `held`); one it no longer
- * does (the veth or the route went while the agent was down) is given back, cooling from now.
+ * withheld.ts) stay out of IPAM (in `held`, so their routes are no orphans) as long as that veth
+ * exists: one whose veth went while the agent was down is given back, cooling from now. The
+ * routes of the others are made whole again through an up veth (after the repairs above, which
+ * set a committed pod's veth up): at start-up "veth up, route missing" cannot tell a flap the
+ * agent did not see (the kernel flushed the route) from an `ip route del` by hand, and keeping
+ * an address that may be in use is the safe side (as the running agent does for a flap; a route
+ * deleted by hand while it runs is what gives one back). Each restored route is a note.
  */
-function restoreWithheld(
+async function restoreWithheld(
   d: ReconcileDeps,
   links: Map<string, Link>,
-  hostRoutes: Set<string>,
   held: Set<string>,
   now: number,
   report: ReconcileReport,
-): void {
-  const routed = (ip: IP, hostIface: string) =>
-    staysWithheld(
-      links.get(hostIface),
-      (link) => hostRoutes.has(hostRouteKey(formatIP(ip), hostPrefix(ip).len, link.index)),
-    );
-  const freed = freeUnroutedWithheld({ ...d, node: d.datapath.node, now, routed });
+): Promise<void> {
+  // `links` was read before the repairs: a veth a repair made anew is not the one it went through.
+  const veth = (_ip: IP, hostIface: string) => links.has(hostIface);
+  const freed = freeUnroutedWithheld({ ...d, node: d.datapath.node, now, routed: veth });
   for (const w of freed) {
     report.notes.push(
       `${w.ip}, withheld since a release found it routed through ${w.owner}'s veth ` +
-        `${w.hostIface}, is routed there no more: released`,
+        `${w.hostIface}, is routed there no more (the veth is gone): released`,
     );
+  }
+  const owners = new Map(d.store.withheld().map((w) => [w.hostIface, w.owner]));
+  for (const [hostIface, owner] of owners) {
+    try {
+      const restored = await retryWhileKernelBusy(
+        `start-up reconcile: restore the withheld routes through ${hostIface}`,
+        () => rerouteWithheld(d.store, d.datapath.node, hostIface),
+        d.retry,
+      );
+      for (const ip of restored) {
+        report.notes.push(
+          `withheld route restored: ${ip} through ${owner}'s host veth ${hostIface} (its route ` +
+            "was missing: a flap while the agent was down, or deleted by hand; to give it back, " +
+            "delete the route while the agent runs)",
+        );
+      }
+    } catch (e) {
+      report.problems.push(
+        `cannot restore the withheld routes through ${hostIface}: ${(e as Error).message}`,
+      );
+    }
   }
   for (const w of d.store.withheld()) {
     const ip = parseIP(w.ip);

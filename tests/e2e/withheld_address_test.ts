@@ -128,7 +128,9 @@ Deno.test({
 });
 
 Deno.test({
-  name: "withheld address: given back, cooling, once its route goes (agent down or running)",
+  name:
+    "withheld address: a route gone while the agent was down is restored at the start (kept); " +
+    "given back, cooling, once its veth goes (agent down) or its route goes (agent running)",
   ...ROOT_ONLY,
   async fn() {
     await using node = await FlockNode.start({
@@ -140,16 +142,30 @@ Deno.test({
     await using nsC = await TestNamespace.create("flk-wrc");
     const f = await withholdThroughB(node, nsA, nsB);
 
-    // The route goes while the agent is down: the next start gives the address back.
+    // The route goes while the agent is down (a flap or a hand: the start cannot tell which):
+    // the start routes it again and keeps it withheld, saying so in a note.
     await node.kill("SIGKILL");
     await node.ns.ip(["route", "del", f.withheld, "dev", f.hostB, "proto", "201"]);
+    await node.startAgent({ env: { [RELEASE_SWEEP_ENV]: "100" } });
+    assert.deepEqual(withheldIps(node), [f.withheld], "kept");
+    assert.equal(releasedAt(node, f.withheld), undefined, "not released");
+    assert.ok(await routedThrough(node, f.withheld, f.hostB), "routed through B again");
+    let notes = (await flockStatusJson(node)).reconcile!.notes!.join("\n");
+    assert.match(notes, new RegExp(`withheld route restored: ${f.withheld} through wh-b/eth0's`));
+    await assertRefused(node, nsC, f, "after its route was restored");
+
+    // B's veth goes while the agent is down: the start gives the address back (the start's
+    // repair of B makes B a new veth, not the one the address went through).
+    await node.kill("SIGKILL");
+    await node.ns.ip(["link", "del", f.hostB]);
     const beforeStart = Date.now();
     await node.startAgent({ env: { [RELEASE_SWEEP_ENV]: "100" } });
     assert.deepEqual(withheldIps(node), []);
     const at = releasedAt(node, f.withheld);
     assert.ok(at !== undefined && at >= beforeStart, `released at the start (${at})`);
-    const notes = (await flockStatusJson(node)).reconcile!.notes!.join("\n");
+    notes = (await flockStatusJson(node)).reconcile!.notes!.join("\n");
     assert.match(notes, new RegExp(`${f.withheld}, withheld .* is routed there no more`));
+    assert.ok(!await routedThrough(node, f.withheld, f.hostB), "not routed through B's new veth");
     const podC = await addLowest(node, "wr-c", nsC);
     assert.ok(!podC.ips.includes(f.withheld), `${podC.ips}: ${f.withheld} is cooling`);
 
@@ -171,7 +187,7 @@ Deno.test({
     assert.deepEqual(withheldIps(node), [], "the sweep gave it back");
     assert.ok(releasedAt(node, f.withheld) !== undefined, "cooling from the sweep");
 
-    assert.ok(await ping(nsC, f.podB.ips[0]), "B stayed on the network throughout");
+    assert.ok(await ping(nsC, f.podB.ips[0]), "B is on the network (its veth remade at the start)");
     for (const [id, ns] of [["wh-b", nsB], ["wr-c", nsC]] as const) {
       assert.equal((await node.cni("DEL", { containerId: id, netns: ns.path })).code, 0);
     }
