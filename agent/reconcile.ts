@@ -417,7 +417,7 @@ async function restoreWithheld(
       for (const ip of restored) {
         report.notes.push(
           `withheld route restored: ${ip} through ${owner}'s host veth ${hostIface} (its route ` +
-            "was missing: a flap while the agent was down, or deleted by hand; to give it back, " +
+            "was missing: a flap the agent did not see, or deleted by hand; to give it back, " +
             "delete the route while the agent runs)",
         );
       }

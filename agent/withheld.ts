@@ -13,7 +13,11 @@
  * A veth that went down and up again (a flap: the kernel flushed its routes) has not given the
  * address up either: the host side repair routes it there again (host_side_repair.ts,
  * {@link rerouteWithheld}), and until it has, the sweep does not judge that veth
- * ({@link WithheldDeps.unsettled}).
+ * ({@link WithheldDeps.unsettled}). So only a route that goes while the agent runs and sees no
+ * flap (an operator's `ip route del`) gives an address back from an up veth. The start-up
+ * reconcile cannot tell a flap it did not see from such a deletion: it gives back only the
+ * addresses whose veth is gone, and routes the others through their veth again when it is up
+ * (reconcile.ts, with {@link rerouteWithheld} too).
  *
  * @module
  */
@@ -139,7 +143,8 @@ export function freeUnroutedWithheld(d: WithheldDeps, hostIface?: string): Withh
 
 /**
  * Routes the addresses withheld through the host veth `hostIface` there again, if it is up:
- * after it went down and up (the kernel flushed its routes), as the host side repair finds it.
+ * after it went down and up (the kernel flushed its routes), as the host side repair finds it,
+ * or whatever took them while the agent was down, as the start-up reconcile finds it.
  * They stay withheld: the pod on its other end may use them as before. Returns the addresses
  * whose route was missing. No kernel request when nothing is withheld through that veth.
  */

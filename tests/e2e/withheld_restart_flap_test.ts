@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import { FlockNode, ping, TestNamespace } from "../helpers/flock.ts";
 import { ROOT_ONLY } from "../helpers/exec.ts";
 import { assertCniError } from "../helpers/cni_output.ts";
-import { addLivePod, resultIps } from "../helpers/node_state.ts";
+import { addLivePod, type LivePod, resultIps } from "../helpers/node_state.ts";
 import { flockStatusJson } from "../helpers/status_probe.ts";
 import {
   releasedAt,
@@ -63,24 +63,54 @@ async function lowestIps(node: FlockNode, containerId: string, ns: TestNamespace
   return resultIps(r.json);
 }
 
+/** {@link withheldLab}'s node, namespaces, fixture and live pod C. */
+interface WithheldLab {
+  node: FlockNode;
+  nsB: TestNamespace;
+  nsC: TestNamespace;
+  nsD: TestNamespace;
+  f: WithheldFixture;
+  podC: LivePod;
+}
+
+/**
+ * A node with the fixture's withheld address and a live pod C, all disposed of with `stack`. No
+ * cooldown (an address given back would go to the next pod at once) and the withheld sweep every
+ * 100 ms (it runs many times after a start).
+ */
+async function withheldLab(
+  stack: AsyncDisposableStack,
+  config: { cidr6: string; cidr4: string },
+  prefix: string,
+): Promise<WithheldLab> {
+  const node = stack.use(await FlockNode.start({ config, cooldownMs: 0, startAgent: false }));
+  await node.startAgent({ env: { [RELEASE_SWEEP_ENV]: "100" } });
+  const ns: TestNamespace[] = [];
+  for (const n of "abcd") ns.push(stack.use(await TestNamespace.create(`${prefix}${n}`)));
+  const [nsA, nsB, nsC, nsD] = ns;
+  const f = await withholdThroughB(node, nsA, nsB);
+  const podC = await addLivePod(node, `${prefix}-c`, nsC.path);
+  return { node, nsB, nsC, nsD, f, podC };
+}
+
+/** B and C answer each other. */
+async function assertOnNetwork({ nsB, nsC, f, podC }: WithheldLab): Promise<void> {
+  assert.ok(await ping(nsC, f.podB.ips[0]), "B is on the network");
+  assert.ok(await ping(nsB, podC.ips[0]), "C is on the network");
+}
+
 Deno.test({
   name: "withheld address: a veth flapped while the agent was down is routed again at the start " +
     "and stays withheld; a pinned ADD of it is refused",
   ...ROOT_ONLY,
   async fn() {
-    await using node = await FlockNode.start({
-      config: { cidr6: "fd00:f5::/120", cidr4: "10.75.0.0/24" },
-      cooldownMs: 0, // an address given back would go to the next pod at once
-      startAgent: false,
-    });
-    // The withheld sweep every 100 ms: it runs many times after the start.
-    await node.startAgent({ env: { [RELEASE_SWEEP_ENV]: "100" } });
-    await using nsA = await TestNamespace.create("flk-wfa");
-    await using nsB = await TestNamespace.create("flk-wfb");
-    await using nsC = await TestNamespace.create("flk-wfc");
-    await using nsD = await TestNamespace.create("flk-wfd");
-    const f = await withholdThroughB(node, nsA, nsB);
-    const podC = await addLivePod(node, "wf-c", nsC.path);
+    await using stack = new AsyncDisposableStack();
+    const lab = await withheldLab(
+      stack,
+      { cidr6: "fd00:f5::/120", cidr4: "10.75.0.0/24" },
+      "flk-wf",
+    );
+    const { node, f, nsC } = lab;
 
     // Flapped while the agent is down: the kernel flushed B's routes and the withheld one.
     await node.kill("SIGKILL");
@@ -95,9 +125,8 @@ Deno.test({
     // Sweeps every 100 ms a while: none gives it back.
     await new Promise((r) => setTimeout(r, 1_000));
     await assertStillWithheld(node, f, nsC, "a second after the start");
-    assert.ok(!(await lowestIps(node, "wf-d", nsD)).includes(f.withheld), "not handed out");
-    assert.ok(await ping(nsC, f.podB.ips[0]), "B is on the network");
-    assert.ok(await ping(nsB, podC.ips[0]), "C is on the network");
+    assert.ok(!(await lowestIps(node, "wf-d", lab.nsD)).includes(f.withheld), "not handed out");
+    await assertOnNetwork(lab);
   },
 });
 
@@ -106,25 +135,20 @@ Deno.test({
     "repair of its pod, and the withheld route comes back with the pod's own",
   ...ROOT_ONLY,
   async fn() {
-    await using node = await FlockNode.start({
-      config: { cidr6: "fd00:f6::/120", cidr4: "10.76.0.0/24" },
-      cooldownMs: 0,
-      startAgent: false,
-    });
-    await node.startAgent({ env: { [RELEASE_SWEEP_ENV]: "100" } });
-    await using nsA = await TestNamespace.create("flk-wla");
-    await using nsB = await TestNamespace.create("flk-wlb");
-    await using nsC = await TestNamespace.create("flk-wlc");
-    const f = await withholdThroughB(node, nsA, nsB);
-    const podC = await addLivePod(node, "wl-c", nsC.path);
+    await using stack = new AsyncDisposableStack();
+    const lab = await withheldLab(
+      stack,
+      { cidr6: "fd00:f6::/120", cidr4: "10.76.0.0/24" },
+      "flk-wl",
+    );
+    const { node, f } = lab;
 
     await node.kill("SIGKILL");
     await node.ns.ip(["link", "set", f.hostB, "down"]);
     await node.restartAgent();
     // Sweeps every 100 ms a while: B's veth is up again (the start repaired B), the route back.
     await new Promise((r) => setTimeout(r, 1_000));
-    await assertStillWithheld(node, f, nsC, "after a veth left down while down");
-    assert.ok(await ping(nsC, f.podB.ips[0]), "B is on the network");
-    assert.ok(await ping(nsB, podC.ips[0]), "C is on the network");
+    await assertStillWithheld(node, f, lab.nsC, "after a veth left down while down");
+    await assertOnNetwork(lab);
   },
 });
