@@ -8,7 +8,7 @@ import { ROOT_ONLY } from "../tests/helpers/exec.ts";
 import { inProcessAgent } from "../tests/helpers/in_process_agent.ts";
 import { parseNodeConfig } from "./config.ts";
 import { Handle } from "../netlink/mod.ts";
-import { NodeRouting } from "./routing.ts";
+import { NodeRouting, SUMMARY_ROUTES_DUMP } from "./routing.ts";
 import { TestNamespace } from "../tests/helpers/netns.ts";
 import { DumpInterruptedError } from "../netlink/errors.ts";
 
@@ -59,7 +59,9 @@ Deno.test({
       assert.equal(routing.routerId()?.id, "192.0.2.1");
       const realDump = Handle.prototype.dump;
       Handle.prototype.dump = function (this: Handle, msg, operation) {
-        if (operation === "list routes") throw new DumpInterruptedError(operation, "RTM_GET", 6);
+        if (operation === SUMMARY_ROUTES_DUMP) {
+          throw new DumpInterruptedError(operation, "RTM_GET", 6);
+        }
         return realDump.call(this, msg, operation);
       };
       try {

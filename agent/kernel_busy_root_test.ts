@@ -15,7 +15,7 @@ import { reconcile } from "./reconcile.ts";
 import { Datapath } from "./datapath.ts";
 import { Store } from "./store.ts";
 import { kernelBusyCniError, KernelBusyError } from "./kernel_busy.ts";
-import { NodeRouting } from "./routing.ts";
+import { NodeRouting, SUMMARY_ROUTES_DUMP } from "./routing.ts";
 import { parseNodeConfig } from "./config.ts";
 import { CniCode } from "./protocol.ts";
 import { Agent } from "./agent.ts";
@@ -23,7 +23,7 @@ import { callAgent } from "../cni.ts";
 import { join } from "node:path";
 
 /**
- * Makes the next `count` dumps of every Handle (only those doing `only`, e.g. `list routes`,
+ * Makes the next `count` dumps of every Handle (only those doing `only`, e.g. `list links`,
  * when given) throw as an interrupted dump; undo on dispose.
  */
 function interruptDumps(count: number, only?: string): Disposable & { left: () => number } {
@@ -356,8 +356,10 @@ Deno.test({
     await using pod = await TestNamespace.create("flk-kbpod");
     let latencies, added, addMs, addWhilePending, tookMs, stallMs;
     {
-      // The summary routes' read (an ADD's link dumps stay whole: they must not take them).
-      using faults = interruptDumps(INTERRUPTIONS, "list routes");
+      // The summary routes' read alone: the agent's other readers of flock's routes (a host side
+      // repair, the look after lost notifications, anycast, withheld addresses) may run in this
+      // window at any time and must not take them, nor may the ADD's link dumps.
+      using faults = interruptDumps(INTERRUPTIONS, SUMMARY_ROUTES_DUMP);
       using stall = new StallMeter();
       const started = performance.now();
       // Standalone mode's SIGHUP path: not exclusive, pods are served alongside.

@@ -92,6 +92,13 @@ export const RENDER_RETRY_MIN_MS = 200;
 /** Longest pause between two tries of a failed render. */
 export const RENDER_RETRY_MAX_MS = 30_000;
 
+/**
+ * The name of the summary routes' dump of flock's routes, in its errors: the same request as the
+ * other readers of flock's routes (the host side repair, anycast, withheld addresses), told apart
+ * in a log and by a test that interrupts this read alone.
+ */
+export const SUMMARY_ROUTES_DUMP = "list flock's routes for the summaries";
+
 /** Another node of the mesh, as the cluster (or a file) describes it. */
 export interface MeshPeer {
   /** The node's name (a comment in bird.conf). */
@@ -660,7 +667,7 @@ export class NodeRouting {
       // Whole or not at all: a summary missing from a partial dump would count as stale.
       const present = (await retryWhileKernelBusy(
         "summary routes: list flock's routes",
-        () => listRoutes(h, { family, protocol: FLOCK_ROUTE_PROTOCOL }),
+        () => listRoutes(h, { family, protocol: FLOCK_ROUTE_PROTOCOL }, SUMMARY_ROUTES_DUMP),
         retry,
       )).filter((r) => r.type === RTN_BLACKHOLE);
       // The config in force now, not when the call began: a newer one may have come during the

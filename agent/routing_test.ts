@@ -9,6 +9,7 @@ import {
   peersWithoutIpv4Link,
   reloadSummary,
   routerIdFor,
+  SUMMARY_ROUTES_DUMP,
 } from "./routing.ts";
 import { ConfigError, parseNodeConfig } from "./config.ts";
 import { ROOT_ONLY, run } from "../tests/helpers/exec.ts";
@@ -663,7 +664,9 @@ Deno.test({
         "dump",
         (real) =>
           function (this: Handle, msg, operation) {
-            if (operation === "list routes") throw new Error("injected: route dump refused");
+            if (operation === SUMMARY_ROUTES_DUMP) {
+              throw new Error("injected: route dump refused");
+            }
             return real.call(this, msg, operation);
           },
       );

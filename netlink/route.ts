@@ -211,9 +211,14 @@ function decodeRoute(m: NetlinkMessage): Route & { table: number } {
 
 /**
  * Lists routes of one family. IPv6 multipath routes come back from the kernel
- * as one message per path; they are merged into one route here.
+ * as one message per path; they are merged into one route here. `operation` names the dump in
+ * its errors (a caller whose failure must be told apart from the others' names its own).
  */
-export function listRoutes(h: Handle, f: RouteFilter): (Route & { table: number })[] {
+export function listRoutes(
+  h: Handle,
+  f: RouteFilter,
+  operation = "list routes",
+): (Route & { table: number })[] {
   const table = f.table ?? 0;
   const msg = h.message(RTM_GETROUTE).raw(rtmsg({
     family: f.family,
@@ -228,7 +233,7 @@ export function listRoutes(h: Handle, f: RouteFilter): (Route & { table: number 
   const routes: (Route & { table: number })[] = [];
   // A table filter on a table that does not exist yet (IPv4's main table in a namespace without
   // IPv4 routes) makes the kernel stop the dump with ENOENT.
-  for (const m of dumpFiltered(h, msg, "list routes", table ? ENOENT : undefined)) {
+  for (const m of dumpFiltered(h, msg, operation, table ? ENOENT : undefined)) {
     if (m.type !== RTM_NEWROUTE) continue;
     const r = decodeRoute(m);
     if (f.table && r.table !== f.table) continue;
