@@ -31,6 +31,7 @@ import {
   summarize,
 } from "./report.ts";
 import { formatBreakdown, rssBreakdownOf } from "./smaps.ts";
+import { agentDenoDir } from "./agent_deno_dir.ts";
 
 /** Options of {@linkcode runAgentBench}. */
 export interface AgentBenchOptions {
@@ -82,9 +83,12 @@ export async function runAgentBench(opts: AgentBenchOptions): Promise<ResultRow[
   const tag = `flk-ab-${Deno.pid}`;
   const measureNs = `${tag}-m`;
   const fillNs = Array.from({ length: opts.pods }, (_, i) => `${tag}-${i}`);
+  // The agent's memory as on a node: with a Deno cache of its own (agent_deno_dir.ts).
+  await using denoDir = await agentDenoDir();
   const node = await FlockNode.start({
     config: CONFIG,
     name: "bench-agent",
+    agentEnv: { DENO_DIR: denoDir.path },
     nodeOptions: (opts.uplinkIPv4 ?? true)
       ? { ipv4: { node: "192.0.2.11/24", peer: "192.0.2.1/24" } }
       : undefined,

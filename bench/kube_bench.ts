@@ -34,6 +34,7 @@ import {
   summarize,
 } from "./report.ts";
 import { integerArgs } from "./args.ts";
+import { agentDenoDir } from "./agent_deno_dir.ts";
 
 const { pods: PODS, samples: SAMPLES } = integerArgs({
   pods: { default: 1000, min: 1 },
@@ -76,6 +77,7 @@ async function main(): Promise<void> {
   const rows: ResultRow[] = [];
   const progress = (msg: string) => console.error(`[kube_bench] ${msg}`);
   await using kube = await startKubeWithFlock();
+  await using denoDir = await agentDenoDir();
   let node: FlockNode | undefined;
   try {
     await kube.apply({
@@ -91,7 +93,13 @@ async function main(): Promise<void> {
     await addNamespaces(podNs);
 
     let t = performance.now();
-    node = await FlockNode.start({ name: NODE, config: { cidr6: "fd00::/64" }, kubeconfig });
+    node = await FlockNode.start({
+      name: NODE,
+      config: { cidr6: "fd00::/64" },
+      kubeconfig,
+      // The agent's memory as on a node: with a Deno cache of its own (agent_deno_dir.ts).
+      agentEnv: { DENO_DIR: denoDir.path },
+    });
     rows.push({
       what: `start-up to ready, ${PODS} pods in the API, none attached`,
       figure: ms(performance.now() - t),

@@ -64,6 +64,8 @@ export interface FlockNodeOptions {
    * 127.0.0.1, with `--netns` so that all its kernel work happens in the node namespace.
    */
   kubeconfig?: string;
+  /** Extra environment of the agent started with the node (kept by `restartAgent`). */
+  agentEnv?: Record<string, string>;
 }
 
 /** One CNI invocation's parameters; `netns` and `ifname` default to empty and `eth0`. */
@@ -158,7 +160,7 @@ export class FlockNode implements AsyncDisposable {
         "--network-name",
         networkName,
       ]);
-      if (options.startAgent ?? true) await node.startAgent();
+      if (options.startAgent ?? true) await node.startAgent({ env: options.agentEnv });
       return node;
     } catch (err) {
       await node.remove();
