@@ -34,6 +34,8 @@ import { AF_INET, AF_INET6, formatIP, type Handle, listRoutes, parseIP } from ".
 import { LinkEvents, type LinkEventsRead } from "../netlink/link_events.ts";
 import { RouteEvents, type RouteEventsRead } from "../netlink/route_events.ts";
 import { OwnLinkUps } from "./own_link_ups.ts";
+import { PollRetries } from "./poll_retries.ts";
+import { FailureStreak } from "./failure_streak.ts";
 import { rerouteWithheld } from "./withheld.ts";
 import {
   type Datapath,
@@ -128,10 +130,19 @@ export class HostSideRepair {
   readonly #queued = new Set<string>();
   readonly #running = new Set<Promise<void>>();
   /**
-   * Attachments whose last repair failed: logged once, not at every try (a record no request
-   * can serve, such as a corrupt host veth name, stays so; the start-up reconcile reports it).
+   * Attachments whose last repair failed, tried again at later polls with a capped backoff (a
+   * busy kernel passes; a record no request can serve, such as a corrupt host veth name, stays
+   * so, and the start-up reconcile reports it): logged once, not at every try. Also those whose
+   * repair found no configuration to work with (a configure running): again after it.
    */
-  readonly #failing = new Map<string, AttachmentRef>();
+  readonly #retries = new PollRetries<AttachmentRef>();
+  /**
+   * Veths no record holds whose withheld routes could not be put back: tried again at later
+   * polls, and unsettled until a try succeeds (or finds the veth or its withheld entries gone).
+   */
+  readonly #rerouteRetries = new PollRetries<string>();
+  /** The store reads of the polls: a failing store is logged once, not every 500 ms. */
+  readonly #storeReads: FailureStreak;
   /**
    * Pods whose host veth came up (someone else's up) or lacked a host route, by attachment, until
    * their repair ran: the routes of addresses withheld through that veth may be missing only for
@@ -143,7 +154,13 @@ export class HostSideRepair {
   #seen?: Set<string>;
   #closed = false;
 
-  constructor(readonly options: HostSideRepairOptions) {}
+  constructor(readonly options: HostSideRepairOptions) {
+    this.#storeReads = new FailureStreak(
+      "host side repair's store reads",
+      options.log,
+      "looking at the host routes at the next poll",
+    );
+  }
 
   /**
    * Subscribes to the link and route changes of the node `node` (once) and polls them every
@@ -199,26 +216,25 @@ export class HostSideRepair {
     const lost = !links || !routes || links.lost || routes.lost;
     // Lost link notifications may have held own ups: a token left would hide a later flap.
     if (!links || links.lost) this.#ownUps.clear();
-    // A flap tells twice (IPv6 notifies the routes the down dropped, then the up): one repair.
-    const due = new Map<string, { containerId: string; ifname: string }>();
-    const add = (holder?: { containerId: string; ifname: string }) => {
-      if (holder) due.set(attachmentKey(holder), holder);
-    };
-    for (const link of links?.up ?? []) {
-      if (this.#ownUps.consume(link.index, link.times) === 0 || !isFlockIfaceName(link.name)) {
-        continue;
-      }
-      const holder = target.store.hostIfaceHolder(link.name);
-      if (holder) {
-        add(holder);
-        this.#markUnsettled(holder, link.name);
-      } else this.#rerouteWithheldNow(target, link.name);
-    }
+    // Every up's token is consumed, whatever the store says below.
+    const ups = (links?.up ?? []).map((link) => ({
+      name: link.name,
+      own: this.#ownUps.consume(link.index, link.times) === 0,
+    })).filter((up) => isFlockIfaceName(up.name));
     // Tokens of ups whose notifications were read and not consumed stood for no notification.
     if (links && !links.incomplete) this.#ownUps.polled();
-    for (const address of routes?.deleted ?? []) add(target.store.addressHolder(address));
-    for (const holder of due.values()) this.#queue(holder);
-    this.#pruneGone(target.store);
+    try {
+      this.#queueNotified(target, ups, routes?.deleted ?? []);
+      this.#pruneGone(target.store);
+      this.#storeReads.succeeded();
+    } catch (e) {
+      // A store read failed (a full disk, a locked database): what the notifications asked for
+      // is unknown, so the look for missing host routes makes up for it, and until it is made
+      // every veth counts as unsettled. Thrown on, it would end the agent from this timer.
+      this.#storeReads.failed(e, { level: "error" });
+      this.#lookAgain = true;
+    }
+    this.#retryDue(target);
     if (lost) {
       this.options.log({ msg: "link or route notifications lost: looking at the host routes" });
       this.#lookAgain = true;
@@ -249,7 +265,50 @@ export class HostSideRepair {
     }
     if (!readAll || this.#lookAgain) return () => true;
     for (const u of this.#unsettled.values()) seen.add(u.hostIface);
+    for (const [hostIface] of this.#rerouteRetries.entries()) seen.add(hostIface);
     return (hostIface) => seen.has(hostIface);
+  }
+
+  /**
+   * Queues the repairs the notifications ask for: of the pod of every flock veth someone else
+   * set up (`ups`), or whose host route went (`deleted`). Reads the store.
+   */
+  #queueNotified(
+    target: RepairTarget,
+    ups: { name: string; own: boolean }[],
+    deleted: string[],
+  ): void {
+    // A flap tells twice (IPv6 notifies the routes the down dropped, then the up): one repair.
+    const due = new Map<string, AttachmentRef>();
+    const add = (holder?: AttachmentRef) => {
+      if (holder) due.set(attachmentKey(holder), holder);
+    };
+    let withheldVeths: Set<string> | undefined;
+    for (const up of ups) {
+      // An own up (an ADD's setup, also a repeated ADD's of a veth an operator set down) puts
+      // back the pod's own routes but not those of the addresses withheld through that veth:
+      // such a veth is looked at as after anyone's up, or the sweep would give them back.
+      if (up.own) {
+        withheldVeths ??= new Set(target.store.withheld().map((w) => w.hostIface));
+        if (!withheldVeths.has(up.name)) continue;
+      }
+      const holder = target.store.hostIfaceHolder(up.name);
+      if (holder) {
+        add(holder);
+        this.#markUnsettled(holder, up.name);
+      } else this.#rerouteWithheldNow(target, up.name);
+    }
+    for (const address of deleted) add(target.store.addressHolder(address));
+    for (const holder of due.values()) this.#queue(holder);
+  }
+
+  /**
+   * Queues the repairs due again (failed, or found no configuration), and tries again the
+   * withheld routes of record-less veths due again. Made after the prune: no moot retry.
+   */
+  #retryDue(target: RepairTarget): void {
+    for (const ref of this.#retries.due()) this.#queue(ref);
+    for (const hostIface of this.#rerouteRetries.due()) this.#rerouteWithheldNow(target, hostIface);
   }
 
   /** Notes that the pod `ref`'s veth `hostIface` may lack routes until its repair has run. */
@@ -260,32 +319,35 @@ export class HostSideRepair {
   }
 
   /**
-   * Forgets the failures and unsettled veths of records no longer committed (deleted, being
+   * Forgets the retries and unsettled veths of records no longer committed (deleted, being
    * released): no repair of theirs comes any more to clear them. A read of the few entries.
    */
   #pruneGone(store: Store): void {
-    for (const entries of [this.#failing, this.#unsettled]) {
-      for (const [key, ref] of entries) {
-        if (this.#queued.has(key)) continue;
-        if (store.get(ref.containerId, ref.ifname)?.state !== "committed") entries.delete(key);
-      }
+    const gone = (key: string, ref: AttachmentRef) =>
+      !this.#queued.has(key) && store.get(ref.containerId, ref.ifname)?.state !== "committed";
+    for (const [key, ref] of this.#retries.entries()) {
+      if (gone(key, ref)) this.#retries.delete(key);
     }
+    for (const [key, ref] of this.#unsettled) if (gone(key, ref)) this.#unsettled.delete(key);
   }
 
   /**
    * A flock veth that came up without a record holding it: the routes of the addresses withheld
-   * through it are put back at once (no pod's turn to wait for).
+   * through it are put back at once (no pod's turn to wait for). A failure is tried again at
+   * later polls, the veth unsettled until then (never given back on a failure).
    */
   #rerouteWithheldNow(target: RepairTarget, hostIface: string): void {
     this.#seen?.add(hostIface);
     try {
       const rerouted = rerouteWithheld(target.store, target.datapath.node, hostIface);
+      this.#rerouteRetries.delete(hostIface);
       if (rerouted.length) {
         this.options.log({ msg: "withheld routes restored", hostIface, restored: rerouted });
       }
     } catch (e) {
+      const failures = this.#rerouteRetries.failed(hostIface, hostIface);
       this.options.log({
-        level: "error",
+        level: failures === 1 ? "error" : "debug",
         msg: "restoring withheld routes failed",
         hostIface,
         error: String(e),
@@ -334,23 +396,31 @@ export class HostSideRepair {
     const queued = attachmentKey(key);
     if (this.#queued.has(queued) || this.#closed) return;
     this.#queued.add(queued);
+    const ref = { containerId: key.containerId, ifname: key.ifname };
     const run = this.options.inTurn(key.containerId, () => {
       this.#queued.delete(queued);
+      let done: boolean;
       try {
-        this.#repair(key);
+        done = this.#repair(key);
       } catch (e) {
         // A rejection, also where the turn runs at once: one record's failure is its own.
         return Promise.reject(e);
       }
-      this.#failing.delete(queued);
-      this.#unsettled.delete(queued);
+      if (done) {
+        this.#retries.delete(queued);
+        this.#unsettled.delete(queued);
+      } else {
+        // No configuration to repair with (a configure runs): again at a later poll, after it;
+        // its veth stays unsettled meanwhile.
+        this.#retries.defer(queued, ref);
+      }
       return Promise.resolve();
     }).catch((e) => {
       this.#queued.delete(queued);
-      const again = this.#failing.has(queued);
-      this.#failing.set(queued, { containerId: key.containerId, ifname: key.ifname });
+      // Tried again at later polls; its veth stays unsettled until a try succeeds.
+      const failures = this.#retries.failed(queued, ref);
       this.options.log({
-        level: again ? "debug" : "error",
+        level: failures === 1 ? "error" : "debug",
         msg: "restoring a pod's host side failed",
         containerId: key.containerId,
         ifname: key.ifname,
@@ -360,23 +430,31 @@ export class HostSideRepair {
     this.#running.add(run);
   }
 
-  /** In the container's turn: the record as it is now, repaired if still committed. */
-  #repair(key: AttachmentRef): void {
+  /**
+   * In the container's turn: the record as it is now, repaired if still committed. Returns
+   * whether the repair is done (false: no configuration serves to repair with, for now).
+   */
+  #repair(key: AttachmentRef): boolean {
+    if (this.#closed) return true;
     const target = this.options.target();
-    const rec = target?.store.get(key.containerId, key.ifname);
-    if (!target || this.#closed || rec?.state !== "committed" || target.isRemoving(rec)) return;
-    const restored = target.datapath.restoreHostSide(podNetworkOf(rec));
-    // Not this repair's (veth down, gone or another pod's), or nothing lost: anycast included,
-    // whose paths the kernel flushes with the same down.
-    if (!restored?.length) return;
-    // The down flushed the routes of the addresses withheld through this veth as well.
+    if (!target) return false;
+    const rec = target.store.get(key.containerId, key.ifname);
+    if (rec?.state !== "committed" || target.isRemoving(rec)) return true;
+    // Undefined: not this repair's (veth down, gone or another pod's); empty: nothing lost,
+    // anycast included, whose paths the kernel flushes with the same down.
+    const ownSide = target.datapath.restoreHostSide(podNetworkOf(rec)) ?? [];
+    const restored = [...ownSide];
+    // The down flushed the routes of the addresses withheld through this veth as well; looked at
+    // also when the pod's own routes are whole (an own up restored those, not these). No kernel
+    // request when nothing is withheld through it, none routed when the veth is down.
     for (const ip of rerouteWithheld(target.store, target.datapath.node, rec.hostIface)) {
       restored.push(`withheld route ${ip}`);
     }
-    if (rec.anycast.length && target.anycast) {
+    if (ownSide.length && rec.anycast.length && target.anycast) {
       const synced = target.anycast.sync(rec.anycast);
       restored.push(...synced.changed.map((a) => `anycast ${a}`));
     }
+    if (!restored.length) return true;
     this.options.onRepaired?.();
     this.options.log({
       msg: "host side restored",
@@ -386,6 +464,7 @@ export class HostSideRepair {
       hostIface: rec.hostIface,
       restored,
     });
+    return true;
   }
 
   /** Stops watching; resolves once the repairs under way are done. */
@@ -401,6 +480,6 @@ export class HostSideRepair {
 
   /** How many attachments' last repair failed (kept until one succeeds or the record goes). */
   get failing(): number {
-    return this.#failing.size;
+    return this.#retries.failing;
   }
 }

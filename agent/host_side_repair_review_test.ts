@@ -1,8 +1,8 @@
 /**
- * Reviewer R1's reproductions of host side repair / withheld address bugs (known bugs, see the
- * review report). Each test states the contract of docs/operations.md and fails on the code as
- * reviewed; they are ignored until fixed. Self-contained: a node namespace, a store, a datapath
- * and one committed pod, no agent process.
+ * Reviewer R1's reproductions of host side repair / withheld address bugs (R1-1 to R1-5 of the
+ * review report), now fixed. Each test states the contract of docs/operations.md and failed on
+ * the code as reviewed. Self-contained: a node namespace, a store, a datapath and one committed
+ * pod, no agent process.
  */
 
 import assert from "node:assert/strict";
@@ -17,8 +17,6 @@ import { HostSideRepair } from "./host_side_repair.ts";
 import { freeUnroutedWithheld } from "./withheld.ts";
 import type { IpRoute } from "../tests/helpers/iproute.ts";
 
-const KNOWN_BUG = { ignore: true };
-
 /** A node, a store, a datapath with one committed pod, and a HostSideRepair polled by hand. */
 async function lab(prefix: string) {
   const fixture = await createNode({ prefix });
@@ -27,9 +25,16 @@ async function lab(prefix: string) {
   const store = Store.open(join(dir, "state"));
   const podNs = await TestNamespace.create(`${prefix}p`);
   const logged: Record<string, unknown>[] = [];
+  /** A configure running (no target), and turns held (the container busy) until run. */
+  const control = { configuring: false, hold: false, held: [] as (() => Promise<void>)[] };
   const repair = new HostSideRepair({
-    target: () => ({ store, datapath, isRemoving: () => false }),
-    inTurn: (_containerId, fn) => fn(),
+    target: () => control.configuring ? undefined : { store, datapath, isRemoving: () => false },
+    inTurn: (_containerId, fn) => {
+      if (!control.hold) return fn();
+      return new Promise<void>((resolve, reject) =>
+        control.held.push(() => fn().then(resolve, reject))
+      );
+    },
     log: (fields) => logged.push(fields),
   });
   const datapath = new Datapath(handle, {
@@ -37,6 +42,8 @@ async function lab(prefix: string) {
     onHostVethUp: (index) => repair.noteOwnUp(index),
   });
   const cleanup = async () => {
+    control.hold = false;
+    for (const run of control.held.splice(0)) await run();
     await repair.close();
     await podNs.remove();
     store.close();
@@ -93,6 +100,7 @@ async function lab(prefix: string) {
       datapath,
       repair,
       logged,
+      control,
       podNs,
       net: { ...net, hostIface },
       settle,
@@ -139,10 +147,9 @@ async function withhold(
 }
 
 Deno.test({
-  name: "known bug, see report (R1-1): a repair that failed once (an interrupted dump) is " +
-    "never tried again: the flapped pod stays unrouted while the agent runs",
+  name: "HostSideRepair (R1-1): a repair that failed (an interrupted dump) is tried again at " +
+    "a later poll: the flapped pod is routed again while the agent runs",
   ...ROOT_ONLY,
-  ...KNOWN_BUG,
   async fn() {
     await using l = await lab("flk-hsrr1");
     const host = l.net.hostIface;
@@ -163,10 +170,9 @@ Deno.test({
 });
 
 Deno.test({
-  name: "known bug, see report (R1-2): a veth set down, then set up by a repeated ADD (its own " +
-    "up): the addresses withheld through it are never routed again and the sweep gives them back",
+  name: "HostSideRepair (R1-2): a veth set down, then set up by a repeated ADD (its own up): " +
+    "the addresses withheld through it are routed again and the sweep keeps them",
   ...ROOT_ONLY,
-  ...KNOWN_BUG,
   async fn() {
     await using l = await lab("flk-hsrr2");
     const host = l.net.hostIface;
@@ -186,10 +192,9 @@ Deno.test({
 });
 
 Deno.test({
-  name: "known bug, see report (R1-3): a veth no record holds comes up and the reroute of its " +
-    "withheld addresses fails once: the next sweep gives them back though the veth is up",
+  name: "HostSideRepair (R1-3): a veth no record holds comes up and the reroute of its withheld " +
+    "addresses fails once: kept by the sweep, and routed again at a later poll",
   ...ROOT_ONLY,
-  ...KNOWN_BUG,
   async fn() {
     await using l = await lab("flk-hsrr3");
     // Another pod's veth that no record names (a store restored from a backup).
@@ -221,8 +226,91 @@ Deno.test({
       }
       assert.ok(l.logged.some((f) => f.msg === "restoring withheld routes failed"));
       assert.deepEqual(l.sweep(), [], "a flap, not a deletion by hand: kept");
+      await l.settle();
+      assert.deepEqual(await l.routesVia(host), [...withheld].sort(), "the retry routed them");
+      assert.deepEqual(l.sweep(), [], "routed: kept");
     } finally {
       await other.remove();
     }
+  },
+});
+
+Deno.test({
+  name: "HostSideRepair (R1-4): a queued repair that runs while a configure runs (no target) " +
+    "is not done: its veth stays unsettled and it runs again after the configure",
+  ...ROOT_ONLY,
+  async fn() {
+    await using l = await lab("flk-hsrr4");
+    const host = l.net.hostIface;
+    const withheld = ["10.49.0.79", "fd00:49::79"];
+    await withhold(l, host, withheld);
+    const whole = await l.routesVia(host);
+    // A flap whose repair waits for the pod's turn; a configure starts before the turn comes.
+    l.control.hold = true;
+    await l.fixture.node.ip(["link", "set", host, "down"]);
+    await l.fixture.node.ip(["link", "set", host, "up"]);
+    await l.settle();
+    assert.equal(l.control.held.length, 1, "the repair is queued");
+    l.control.configuring = true;
+    l.control.hold = false;
+    await l.control.held.shift()!();
+    assert.deepEqual(await l.routesVia(host), [], "no configuration: nothing repaired yet");
+    // The configure done: the first poll queues the repair again, and the sweep keeps them.
+    l.control.configuring = false;
+    l.control.hold = true;
+    assert.deepEqual(l.sweep(), [], "the repair has not run: kept");
+    assert.equal(l.control.held.length, 1, "queued again after the configure");
+    l.control.hold = false;
+    await l.control.held.shift()!();
+    assert.deepEqual(await l.routesVia(host), whole);
+    assert.deepEqual(l.sweep(), []);
+    assert.deepEqual(l.store.withheld().map((w) => w.ip).sort(), [...withheld].sort());
+  },
+});
+
+Deno.test({
+  name: "HostSideRepair (R1-5): a store read failing in a poll is logged once, not thrown out " +
+    "of the timer; every veth counts as unsettled until a later poll looks at the host routes",
+  ...ROOT_ONLY,
+  async fn() {
+    await using l = await lab("flk-hsrr5");
+    const host = l.net.hostIface;
+    const withheld = ["10.49.0.80", "fd00:49::80"];
+    await withhold(l, host, withheld);
+    const whole = await l.routesVia(host);
+    await l.fixture.node.ip(["link", "set", host, "down"]);
+    await l.fixture.node.ip(["link", "set", host, "up"]);
+    const real = {
+      holder: l.store.hostIfaceHolder,
+      address: l.store.addressHolder,
+      get: l.store.get,
+    };
+    const broken = () => {
+      throw new Error("database is locked");
+    };
+    l.store.hostIfaceHolder = broken;
+    l.store.addressHolder = broken;
+    l.store.get = broken;
+    try {
+      for (let i = 0; i < 3; i++) l.repair.poll();
+      assert.deepEqual(l.sweep(), [], "what the notifications held is unknown: kept");
+    } finally {
+      l.store.hostIfaceHolder = real.holder;
+      l.store.addressHolder = real.address;
+      l.store.get = real.get;
+    }
+    const failed = l.logged.filter((f) =>
+      f.msg === "host side repair's store reads failed; " +
+          "looking at the host routes at the next poll, logged again once it recovers"
+    );
+    assert.equal(failed.length, 1, "logged once");
+    assert.match(String(failed[0].error), /database is locked/);
+    // The store back: the repair its failures put off runs within a few polls (a capped backoff).
+    for (let i = 0; i < 40 && (await l.routesVia(host)).length < whole.length; i++) {
+      await l.settle();
+    }
+    assert.deepEqual(await l.routesVia(host), whole);
+    assert.ok(l.logged.some((f) => f.msg === "host side repair's store reads recovered"));
+    assert.deepEqual(l.sweep(), []);
   },
 });
