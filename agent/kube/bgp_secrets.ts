@@ -84,15 +84,18 @@ interface RefUse {
   peers: string[];
 }
 
-/** The `passwordSecretRef`s of a config, by {@link secretKeyId}, with the peers using each. */
-export function secretRefsOf(config: NodeConfig | undefined): Map<string, RefUse> {
+/**
+ * The `passwordSecretRef`s of one or more configs, by {@link secretKeyId}, with the peers using
+ * each (a peer named by two configs is listed once).
+ */
+export function secretRefsOf(...configs: (NodeConfig | undefined)[]): Map<string, RefUse> {
   const out = new Map<string, RefUse>();
-  for (const peer of config?.spec.bgp?.peers ?? []) {
+  for (const peer of configs.flatMap((c) => c?.spec.bgp?.peers ?? [])) {
     const ref = peer.passwordSecretRef;
     if (!ref) continue;
     const id = secretKeyId(ref);
     const use = out.get(id) ?? { ref, peers: [] };
-    use.peers.push(peer.address);
+    if (!use.peers.includes(peer.address)) use.peers.push(peer.address);
     out.set(id, use);
   }
   return out;
@@ -203,9 +206,14 @@ export class BgpSecrets {
    * Follows the references of `config` (the config about to be applied) and reads them now;
    * resolves once {@link passwords} and {@link problems} are current for it. Does not call
    * `onChange`: the caller applies the result together with the config.
+   *
+   * `inForce`, while a change from it to `config` is being applied, is followed too: the agent
+   * renders bird.conf from whichever of the two is in force, and leaves out a peer whose
+   * password it lacks. Once the change resolves, call this again with the config then in force
+   * alone.
    */
-  use(config: NodeConfig | undefined): Promise<void> {
-    this.#refs = secretRefsOf(config);
+  use(config: NodeConfig | undefined, inForce?: NodeConfig): Promise<void> {
+    this.#refs = secretRefsOf(config, inForce);
     return this.#read(false);
   }
 

@@ -516,16 +516,31 @@ export class ClusterMode {
     const changes = old ? describeConfigChange(old, next) : [];
     for (const change of changes) log({ level: "info", msg: "NodeConfig changed", change });
     // The new spec's Secrets are read before it reaches BIRD; both reach it in one reload
-    // (BirdControl coalesces the two renders).
-    await this.secrets.use(next);
+    // (BirdControl coalesces the two renders). Until the change resolves the agent gets the
+    // passwords of both specs: it renders from the one in force, and a peer whose password it
+    // lacks is left out of bird.conf (a moved passwordSecretRef would drop its session meanwhile,
+    // or for good if the change fails).
+    await this.secrets.use(next, old);
     void agent.setSecretPasswords?.(this.secrets.passwords);
-    await agent.reconfigure(next);
+    try {
+      await agent.reconfigure(next);
+    } catch (e) {
+      await this.#followSecretsOf(agent.node);
+      throw e;
+    }
     this.source = "NodeConfig";
     this.#appliedSpec = canonicalJson(next.spec);
     this.#observedGeneration = obj.generation;
+    await this.#followSecretsOf(next);
     this.status.request();
     // The peers' draining CIDRs are checked against this node's CIDRs, which just changed.
     this.#queuePeers();
+  }
+
+  /** After a change resolved: only the Secrets of `inForce` are followed and handed over. */
+  async #followSecretsOf(inForce: NodeConfig | undefined): Promise<void> {
+    await this.secrets.use(inForce);
+    void this.#agent?.setSecretPasswords?.(this.secrets.passwords);
   }
 
   #queuePeers(): void {

@@ -1,12 +1,10 @@
 /**
- * Known bug, see reviewer R2's report: a NodeConfig change that moves a BGP peer's
- * `passwordSecretRef` to another Secret hands the agent the new spec's passwords before the new
- * spec is in force (cluster.ts #applyChange: `void agent.setSecretPasswords(...)`, then
- * `await agent.reconfigure(next)`). The agent renders bird.conf from the config in force and the
- * passwords it has, and leaves out a peer whose password it does not have (routing.ts
- * birdInputFor), so BIRD reloads without that peer (its session torn down) whenever the
- * reconfigure takes longer than BirdControl's 50 ms coalescing window, and keeps running without it
- * if the reconfigure fails.
+ * A NodeConfig change that moves a BGP peer's `passwordSecretRef` to another Secret (reviewer
+ * R2's bug): the agent renders bird.conf from the config in force and the passwords it has, and
+ * leaves out a peer whose password it lacks (routing.ts birdInputFor). Cluster mode once handed
+ * it the new spec's passwords alone before the new spec was in force, so BIRD reloaded without
+ * the peer (its session torn down) whenever the reconfigure took longer than BirdControl's 50 ms
+ * coalescing window, and kept running without it if the reconfigure failed.
  *
  * The check: every password set the agent is handed covers the Secret refs of the config in
  * force at that moment. Self-contained: a scripted API and an agent that records the calls.
@@ -80,10 +78,15 @@ class RecordingAgent {
     this.node = node;
     return Promise.resolve();
   }
+  /** Set: every reconfigure fails after its wait, the old config staying in force. */
+  failReconfigure = false;
+  reconfigures = 0;
   async reconfigure(node: NodeConfig): Promise<void> {
     // A reconfigure waits for requests in progress and reconciles: longer than BIRD's
     // coalescing window.
     await new Promise((r) => setTimeout(r, 100));
+    this.reconfigures++;
+    if (this.failReconfigure) throw new Error("injected: reconcile failed");
     this.node = node;
   }
   waitingFor(_reason: string): void {}
@@ -122,45 +125,71 @@ async function until(what: string, check: () => boolean, ms = 5_000): Promise<vo
   }
 }
 
-Deno.test({
-  name: "cluster (known bug, see report): moving a peer's passwordSecretRef to another Secret " +
-    "never leaves the peer without a password for the config in force",
-  ignore: true,
-  async fn() {
-    const api = new ScriptedApi();
-    const first = {
-      metadata: { name: "n1", resourceVersion: "1", generation: 1 },
-      spec: spec("bgp-old"),
+/** Starts cluster mode on a NodeConfig whose peer uses Secret "bgp-old", then moves it. */
+async function moveSecretRef(
+  agent: RecordingAgent,
+  check: (cluster: ClusterMode) => Promise<void>,
+): Promise<void> {
+  const api = new ScriptedApi();
+  api.objects.push({
+    metadata: { name: "n1", resourceVersion: "1", generation: 1 },
+    spec: spec("bgp-old"),
+  });
+  const cluster = new ClusterMode({
+    nodeName: "n1",
+    api: api as unknown as KubeApi,
+    watchNodes: false,
+    namespace: "kube-system",
+    statusIntervalMs: 0,
+    log: () => {},
+  });
+  cluster.start(agent, (e) => {
+    throw e;
+  });
+  try {
+    await cluster.configured;
+    await until("the NodeConfig watch", () => api.watchers.has(NODECONFIG_PATH));
+    const moved = {
+      metadata: { name: "n1", resourceVersion: "2", generation: 2 },
+      spec: spec("bgp-new"),
     };
-    api.objects.push(first);
+    api.objects.splice(0, 1, moved);
+    api.watchers.get(NODECONFIG_PATH)?.({ type: "MODIFIED", object: moved });
+    await check(cluster);
+  } finally {
+    await cluster.stop();
+  }
+}
+
+Deno.test(
+  "cluster: moving a peer's passwordSecretRef to another Secret never leaves the peer without a " +
+    "password for the config in force",
+  async () => {
     const agent = new RecordingAgent();
-    const cluster = new ClusterMode({
-      nodeName: "n1",
-      api: api as unknown as KubeApi,
-      watchNodes: false,
-      namespace: "kube-system",
-      statusIntervalMs: 0,
-      log: () => {},
-    });
-    cluster.start(agent, (e) => {
-      throw e;
-    });
-    try {
-      await cluster.configured;
-      await until("the NodeConfig watch", () => api.watchers.has(NODECONFIG_PATH));
-      const rotated = {
-        metadata: { name: "n1", resourceVersion: "2", generation: 2 },
-        spec: spec("bgp-new"),
-      };
-      api.objects.splice(0, 1, rotated);
-      api.watchers.get(NODECONFIG_PATH)?.({ type: "MODIFIED", object: rotated });
+    await moveSecretRef(agent, async (cluster) => {
       await until(
-        "the rotated spec in force",
+        "the moved spec in force",
         () => agent.node?.spec.bgp?.peers?.[0].passwordSecretRef?.name === "bgp-new",
       );
+      await until("the old Secret no longer followed", () => cluster.secrets.passwords.size === 1);
       assert.deepEqual(agent.uncovered, []);
-    } finally {
-      await cluster.stop();
-    }
+      assert.deepEqual([...cluster.secrets.passwords.keys()], ["bgp-new/password"]);
+    });
   },
-});
+);
+
+Deno.test(
+  "cluster: a failed change that moves a peer's passwordSecretRef keeps the peer's password " +
+    "of the config still in force, and follows only that config's Secret",
+  async () => {
+    const agent = new RecordingAgent();
+    agent.failReconfigure = true;
+    await moveSecretRef(agent, async (cluster) => {
+      await until("the reconfigure tried", () => agent.reconfigures === 1);
+      await until("the new Secret no longer followed", () => cluster.secrets.passwords.size === 1);
+      assert.equal(agent.node?.spec.bgp?.peers?.[0].passwordSecretRef?.name, "bgp-old");
+      assert.deepEqual(agent.uncovered, []);
+      assert.deepEqual([...cluster.secrets.passwords.keys()], ["bgp-old/password"]);
+    });
+  },
+);
