@@ -9,7 +9,9 @@
  * - a flock veth set up (link notifications, netlink/link_events.ts): its pod's host side is
  *   restored (Datapath.restoreHostSide, the requests of setup's own host side) and its anycast
  *   routes synced. The ups the agent made itself (every ADD's new veth) are told apart by
- *   tokens (own_link_ups.ts, fed by the datapath's `onHostVethUp`) and cost nothing;
+ *   tokens (own_link_ups.ts, fed by the datapath's `onHostVethUp`) and cost nothing, except
+ *   the up of a veth that addresses are withheld through (a repeated ADD setting up a veth an
+ *   operator set down): that setup restored the pod's routes, not the withheld ones;
  * - a pod's host route deleted (route notifications of flock's protocol, netlink/route_events.ts;
  *   a route deleted by hand, or IPv6's on a veth's way down): the record holding that address;
  * - notifications lost (a queue overflow): one dump of flock's routes per family, and the
@@ -19,13 +21,15 @@
  * requests do: never during its ADD, DEL or a GC, and a record being released (or gone, or not
  * committed) is left alone, so the agent's own deletions queue no repair that does anything.
  * A veth left down is not touched (a route needs its device up, and an operator's down is not
- * undone); it is repaired when it comes up.
+ * undone); it is repaired when it comes up. A repair that fails (a busy kernel) is tried again
+ * at later polls, the wait doubling up to 30 s (poll_retries.ts); one that finds no
+ * configuration in force (a configure running) is queued again once one serves.
  *
  * The down also flushed the routes of the addresses withheld through that veth (withheld.ts):
  * the pod may use them as before, so the repair routes them again, and until it has, the sweep
  * that gives back unrouted withheld addresses leaves them alone ({@link
- * HostSideRepair.unsettledVeths}): given back, one could go to a new pod while the old one has
- * it.
+ * HostSideRepair.unsettledVeths}), also while the repair keeps failing: given back, one could go
+ * to a new pod while the old one has it.
  *
  * @module
  */
