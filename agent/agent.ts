@@ -53,6 +53,8 @@ import { toCniError } from "./cni_errors.ts";
 import { sameIdentity, type StatIdentity, statIdentity } from "./same_file.ts";
 import { releaseNoLongerHeld, storeHeldAddresses } from "./store_held.ts";
 import { HostSideRepair, type RepairTarget } from "./host_side_repair.ts";
+import { FailureStreak } from "./failure_streak.ts";
+import { backoffMs } from "./backoff.ts";
 
 /** How often DEL releases whose background veth deletion failed are retried. */
 const RELEASE_SWEEP_MS = 30_000;
@@ -130,6 +132,8 @@ export class Agent {
   #sweep?: Promise<void>;
   /** The next try of a reconfigure's summary routes that failed (see {@link #applyRouting}). */
   #routingRetry?: ReturnType<typeof setTimeout>;
+  /** The reconcile problem those routes' failure put in the report, while it stands. */
+  #routingProblem?: string;
   /**
    * The last {@link configure} or {@link reconfigureRouting}, which run one after another
    * (settled once it is done, whatever its outcome).
@@ -369,20 +373,32 @@ export class Agent {
     report: ReconcileReport,
     reconfiguring: boolean,
   ): Promise<void> {
+    // The new report replaces the one a pending retry would clear.
     clearTimeout(this.#routingRetry);
+    this.#routingProblem = undefined;
     try {
-      await this.#configureRouting(node);
+      // A reconfigure's config stays in NodeRouting whatever its summary routes do: BIRD gets
+      // the BGP part of the config the agent reports in force.
+      await this.#configureRouting(node, { keepOnSummaryFailure: reconfiguring });
     } catch (e) {
       if (!reconfiguring) throw e;
       const problem = `summary routes not installed: ${(e as Error).message}; retried in the ` +
         "background";
       report.problems.push(problem);
       this.log({ level: "error", msg: "reconfigure: " + problem });
-      this.#retryRoutingLater(node, problem, ROUTING_RETRY_FIRST_MS);
+      this.#routingProblem = problem;
+      const failures = new FailureStreak(
+        "summary routes: retry",
+        this.log,
+        "retrying with backoff",
+      );
+      this.#retryRoutingLater(node, failures);
     }
   }
 
-  #retryRoutingLater(node: NodeConfig, problem: string, delayMs: number): void {
+  /** Tries `node`'s summary routes again after a pause that grows with each failed try. */
+  #retryRoutingLater(node: NodeConfig, failures: FailureStreak): void {
+    const delayMs = backoffMs(failures.failures + 1, ROUTING_RETRY_FIRST_MS, ROUTING_RETRY_MAX_MS);
     this.#routingRetry = setTimeout(() => {
       this.#routingRetry = undefined;
       // In the configure chain: a try must not interleave with a reconfigure or a SIGHUP reload.
@@ -392,23 +408,43 @@ export class Agent {
         try {
           await this.#configureRouting(node);
         } catch (e) {
-          this.log({ level: "error", msg: "summary routes: retry failed", error: String(e) });
-          this.#retryRoutingLater(node, problem, Math.min(delayMs * 2, ROUTING_RETRY_MAX_MS));
+          // One line when the retries start failing (and a reminder now and then): the
+          // `reconfigure:` line said it at error already, and "resolved" below ends it.
+          const retryInMs = backoffMs(
+            failures.failures + 2,
+            ROUTING_RETRY_FIRST_MS,
+            ROUTING_RETRY_MAX_MS,
+          );
+          failures.failed(e, { retryInMs });
+          this.#retryRoutingLater(node, failures);
           return;
         }
-        // The report `flock status` and flock_reconcile_problems read: the problem is gone. The
-        // `reconciled` line named it, so one line says it is resolved.
-        const report = this.reconcileReport;
-        if (report) report.problems = report.problems.filter((p) => p !== problem);
-        this.log({
-          msg: "summary routes installed on retry: reconcile problem resolved",
-          resolved: problem,
-          problemsLeft: report?.problems.length ?? 0,
-        });
+        this.#routingProblemResolved("on retry");
       });
       this.#configured = run.catch(() => {});
     }, delayMs);
     Deno.unrefTimer(this.#routingRetry);
+  }
+
+  /**
+   * The summary routes whose failure a reconfigure reported are in (a retry, or a SIGHUP reload
+   * of the config in force): no retry is left, and the problem leaves the report `flock status`
+   * and flock_reconcile_problems read. The `reconciled` line named it, so one line says it is
+   * resolved.
+   */
+  #routingProblemResolved(how: string): void {
+    clearTimeout(this.#routingRetry);
+    this.#routingRetry = undefined;
+    const problem = this.#routingProblem;
+    if (problem === undefined) return;
+    this.#routingProblem = undefined;
+    const report = this.reconcileReport;
+    if (report) report.problems = report.problems.filter((p) => p !== problem);
+    this.log({
+      msg: `summary routes installed ${how}: reconcile problem resolved`,
+      resolved: problem,
+      problemsLeft: report?.problems.length ?? 0,
+    });
   }
 
   /**
@@ -528,7 +564,10 @@ export class Agent {
    * Summary routes (awaited: a busy kernel's interrupted dump is read again after a pause that
    * does not block the agent); BIRD's reload runs in the background and is recorded when done.
    */
-  async #configureRouting(node: NodeConfig): Promise<void> {
+  async #configureRouting(
+    node: NodeConfig,
+    options: { keepOnSummaryFailure?: boolean } = {},
+  ): Promise<void> {
     if (!this.#routing) {
       this.#routing = new NodeRouting({
         handle: this.#handle!,
@@ -555,7 +594,14 @@ export class Agent {
           }));
       }
     }
-    await this.#routing.applyConfig(node, (dst) => this.#holdsPods(dst));
+    try {
+      await this.#routing.applyConfig(node, (dst) => this.#holdsPods(dst), options);
+    } catch (e) {
+      // Kept in force (see NodeRouting.applyConfig): BIRD gets its BGP part now, and the summary
+      // routes come with the retry.
+      if (options.keepOnSummaryFailure) this.#trackReload(this.#routing.reloadBird());
+      throw e;
+    }
     this.#trackReload(this.#routing.reloadBird());
   }
 
@@ -598,6 +644,8 @@ export class Agent {
     await this.#routing.applyConfig(node, (dst) => this.#holdsPods(dst));
     // In force from now: the next SIGHUP compares against it, and every reader sees its BGP part.
     this.#node = node;
+    // Its summary routes are in: a retry for the config it replaced has nothing left to do.
+    this.#routingProblemResolved("by a reload");
     await this.#trackReload(this.#routing.reloadBird());
     return true;
   }

@@ -526,11 +526,16 @@ export class NodeRouting {
    * stale ones gone) once this resolves. A dump a busy kernel interrupts is read again after an
    * awaited pause (kernel_busy.ts): requests and STATUS are answered meanwhile.
    *
+   * With `keepOnSummaryFailure` (an agent reconfigure, which applies its config whole whatever
+   * its summary routes do), `node` stays in force when they fail: every later render, and the
+   * {@link reloadBird} the caller then asks for, hands BIRD its BGP part.
+   *
    * @throws {KernelBusyError} when the kernel stays too busy to list flock's routes
    */
   async applyConfig(
     node: NodeConfig,
     holdsPods: (dst: Prefix) => boolean = () => false,
+    { keepOnSummaryFailure = false }: { keepOnSummaryFailure?: boolean } = {},
   ): Promise<void> {
     const before = { node: this.#node, holdsPods: this.#holdsPods };
     this.#node = node;
@@ -538,10 +543,11 @@ export class NodeRouting {
     try {
       await this.#syncSummaries();
     } catch (e) {
-      // Not in force, as the caller reports: a later render (an address change, a mesh or Secret
-      // update) must not hand BIRD the BGP part of a config the agent says it did not apply. A
-      // failed first config goes too: "nothing applied yet" renders nothing.
-      if (this.#node === node) {
+      // Otherwise not in force, as the caller reports: a later render (an address change, a mesh
+      // or Secret update) must not hand BIRD the BGP part of a config the agent says it did not
+      // apply. A failed first config goes too: "nothing applied yet" renders nothing.
+      if (keepOnSummaryFailure) this.#watchAddresses();
+      else if (this.#node === node) {
         [this.#node, this.#holdsPods] = [before.node, before.holdsPods];
       }
       throw e;
