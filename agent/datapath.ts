@@ -325,10 +325,13 @@ export interface DatapathOptions {
   /** Where the datapath says what it fell back to (see {@link Datapath.nodeLinksOrNone}). */
   log?: LogFn;
   /**
-   * Told the index of every host veth this datapath set up, once the request was answered, so
-   * that a link watch can tell these ups from others' (agent/own_link_ups.ts). A failed batch
-   * tells nothing, even if its up went through: a token too few costs one check, one too many
-   * would hide a flap.
+   * Told the index of every host veth this datapath created and set up, once the request was
+   * answered, so that a link watch can tell these ups from others' (agent/own_link_ups.ts). A
+   * failed batch tells nothing, even if its up went through: a token too few costs one check,
+   * one too many would hide a flap. Nor does the up of a veth found down (a repeated ADD or a
+   * reconcile after an operator's down): that down flushed the routes of the addresses withheld
+   * through it (withheld.ts), which setup does not put back, so its up is looked at like an
+   * operator's (agent/host_side_repair.ts).
    */
   onHostVethUp?: (index: number) => void;
 }
@@ -384,7 +387,7 @@ export class Datapath {
       const hostSide = new RequestBatch(this.node);
       const setUp = this.#configureHostSide(hostSide, pod, host);
       hostSide.flush();
-      if (setUp) this.options.onHostVethUp?.(host.index);
+      if (setUp && created) this.options.onHostVethUp?.(host.index);
       return {
         hostIface: host.name,
         hostIndex: host.index,

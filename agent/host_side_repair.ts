@@ -9,9 +9,9 @@
  * - a flock veth set up (link notifications, netlink/link_events.ts): its pod's host side is
  *   restored (Datapath.restoreHostSide, the requests of setup's own host side) and its anycast
  *   routes synced. The ups the agent made itself (every ADD's new veth) are told apart by
- *   tokens (own_link_ups.ts, fed by the datapath's `onHostVethUp`) and cost nothing, except
- *   the up of a veth that addresses are withheld through (a repeated ADD setting up a veth an
- *   operator set down): that setup restored the pod's routes, not the withheld ones;
+ *   tokens (own_link_ups.ts, fed by the datapath's `onHostVethUp`) and cost nothing; not the
+ *   up of a veth it found down (a repeated ADD after an operator's down): that setup restored
+ *   the pod's routes, not those of the addresses withheld through the veth;
  * - a pod's host route deleted (route notifications of flock's protocol, netlink/route_events.ts;
  *   a route deleted by hand, or IPv6's on a veth's way down): the record holding that address;
  * - notifications lost (a queue overflow): one dump of flock's routes per family, and the
@@ -145,6 +145,11 @@ export class HostSideRepair {
    * polls, and unsettled until a try succeeds (or finds the veth or its withheld entries gone).
    */
   readonly #rerouteRetries = new PollRetries<string>();
+  /**
+   * The flock veths someone else set up and the host routes deleted that a poll read but could
+   * not look up in the store: looked at again by the next poll.
+   */
+  #carried?: { ups: Set<string>; deleted: Set<string> };
   /** The store reads of the polls: a failing store is logged once, not every 500 ms. */
   readonly #storeReads: FailureStreak;
   /**
@@ -162,7 +167,7 @@ export class HostSideRepair {
     this.#storeReads = new FailureStreak(
       "host side repair's store reads",
       options.log,
-      "looking at the host routes at the next poll",
+      "looking again at the next poll",
     );
   }
 
@@ -221,22 +226,31 @@ export class HostSideRepair {
     // Lost link notifications may have held own ups: a token left would hide a later flap.
     if (!links || links.lost) this.#ownUps.clear();
     // Every up's token is consumed, whatever the store says below.
-    const ups = (links?.up ?? []).map((link) => ({
-      name: link.name,
-      own: this.#ownUps.consume(link.index, link.times) === 0,
-    })).filter((up) => isFlockIfaceName(up.name));
+    const notified = this.#carried ?? { ups: new Set(), deleted: new Set() };
+    for (const link of links?.up ?? []) {
+      if (this.#ownUps.consume(link.index, link.times) === 0 || !isFlockIfaceName(link.name)) {
+        continue;
+      }
+      notified.ups.add(link.name);
+    }
     // Tokens of ups whose notifications were read and not consumed stood for no notification.
     if (links && !links.incomplete) this.#ownUps.polled();
+    for (const address of routes?.deleted ?? []) notified.deleted.add(address);
+    this.#carried = undefined;
     try {
-      this.#queueNotified(target, ups, routes?.deleted ?? []);
-      this.#pruneGone(target.store);
-      this.#storeReads.succeeded();
+      this.#queueNotified(target, notified.ups, notified.deleted);
     } catch (e) {
-      // A store read failed (a full disk, a locked database): what the notifications asked for
-      // is unknown, so the look for missing host routes makes up for it, and until it is made
-      // every veth counts as unsettled. Thrown on, it would end the agent from this timer.
+      // A store read failed (a full disk, a locked database): what the notifications ask for is
+      // looked at again at the next poll, every veth unsettled until then. Thrown on, it would
+      // end the agent from this timer.
+      this.#carried = notified;
       this.#storeReads.failed(e, { level: "error" });
-      this.#lookAgain = true;
+    }
+    try {
+      this.#pruneGone(target.store);
+      if (!this.#carried) this.#storeReads.succeeded();
+    } catch (e) {
+      this.#storeReads.failed(e, { level: "error" });
     }
     this.#retryDue(target);
     if (lost) {
@@ -247,7 +261,7 @@ export class HostSideRepair {
     // More queued than one read takes: read on at once, after what else the event loop holds.
     const more = links?.incomplete || routes?.bounded;
     if (more) this.#pollSoon();
-    return !lost && !more;
+    return !lost && !more && !this.#carried;
   }
 
   /**
@@ -255,7 +269,8 @@ export class HostSideRepair {
    * giving back withheld addresses, withheld.ts): every queued notification is read first (a
    * poll), so a veth that went down and up before the caller looked at the routes is known, then
    * the veths whose pod's repair has not run yet. All of them while that is not known (no
-   * configuration serves, notifications were lost and not looked into, more are queued).
+   * configuration serves, notifications were lost and not looked into, more are queued, the
+   * store could not be read).
    */
   unsettledVeths(): (hostIface: string) => boolean {
     // A repair may run within the poll (a free turn runs at once): the veths it found count too,
@@ -279,28 +294,20 @@ export class HostSideRepair {
    */
   #queueNotified(
     target: RepairTarget,
-    ups: { name: string; own: boolean }[],
-    deleted: string[],
+    ups: Iterable<string>,
+    deleted: Iterable<string>,
   ): void {
     // A flap tells twice (IPv6 notifies the routes the down dropped, then the up): one repair.
     const due = new Map<string, AttachmentRef>();
     const add = (holder?: AttachmentRef) => {
       if (holder) due.set(attachmentKey(holder), holder);
     };
-    let withheldVeths: Set<string> | undefined;
-    for (const up of ups) {
-      // An own up (an ADD's setup, also a repeated ADD's of a veth an operator set down) puts
-      // back the pod's own routes but not those of the addresses withheld through that veth:
-      // such a veth is looked at as after anyone's up, or the sweep would give them back.
-      if (up.own) {
-        withheldVeths ??= new Set(target.store.withheld().map((w) => w.hostIface));
-        if (!withheldVeths.has(up.name)) continue;
-      }
-      const holder = target.store.hostIfaceHolder(up.name);
+    for (const name of ups) {
+      const holder = target.store.hostIfaceHolder(name);
       if (holder) {
         add(holder);
-        this.#markUnsettled(holder, up.name);
-      } else this.#rerouteWithheldNow(target, up.name);
+        this.#markUnsettled(holder, name);
+      } else this.#rerouteWithheldNow(target, name);
     }
     for (const address of deleted) add(target.store.addressHolder(address));
     for (const holder of due.values()) this.#queue(holder);

@@ -270,7 +270,7 @@ Deno.test({
 
 Deno.test({
   name: "HostSideRepair (R1-5): a store read failing in a poll is logged once, not thrown out " +
-    "of the timer; every veth counts as unsettled until a later poll looks at the host routes",
+    "of the timer; every veth counts as unsettled until a later poll looks at the notifications",
   ...ROOT_ONLY,
   async fn() {
     await using l = await lab("flk-hsrr5");
@@ -301,7 +301,7 @@ Deno.test({
     }
     const failed = l.logged.filter((f) =>
       f.msg === "host side repair's store reads failed; " +
-          "looking at the host routes at the next poll, logged again once it recovers"
+          "looking again at the next poll, logged again once it recovers"
     );
     assert.equal(failed.length, 1, "logged once");
     assert.match(String(failed[0].error), /database is locked/);
