@@ -60,6 +60,9 @@ import {
 import { STATUS_REFRESH_UNSETTLED_MS, StatusRefreshSchedule } from "./status_refresh.ts";
 import { backoffMs } from "../backoff.ts";
 import { SchemaVersionError } from "../store.ts";
+import { FailureStreak } from "../failure_streak.ts";
+import { NetlinkArgumentError, NetlinkError } from "../../netlink/errors.ts";
+import { EINVAL, EPERM } from "../../netlink/ffi.ts";
 
 /** How long the agent waits for its NodeConfig before it uses `Node.spec.podCIDRs`. */
 export const DEFAULT_CONFIG_WAIT_MS = 60_000;
@@ -73,8 +76,34 @@ const NODES_SYNC_WAIT_MS = 10_000;
 
 /** First pause before a failed first configure is tried again; doubles with every failure. */
 export const DEFAULT_CONFIGURE_RETRY_MS = 1_000;
-/** Longest pause between two tries of a failing first configure. */
+/** Longest pause between two tries of a failing first configure or spec change. */
 const CONFIGURE_RETRY_MAX_MS = 30_000;
+
+/**
+ * Whether trying the same config again may succeed where `e` failed. No: a store written by a
+ * newer flock, a netlink request flock cannot even encode, or one the kernel refuses as invalid
+ * or not permitted (EINVAL, EPERM say the same on every try; kernel_busy.ts). Anything else (a
+ * kernel busy beyond the reconcile's own retries, a store write that failed, a link that vanished
+ * mid-reconcile) may pass a moment later.
+ */
+export function retryMayFix(e: unknown): boolean {
+  if (e instanceof SchemaVersionError || e instanceof NetlinkArgumentError) return false;
+  return !(e instanceof NetlinkError && (e.errno === EINVAL || e.errno === EPERM));
+}
+
+/** A spec change whose reconfigure failed: tried again until it applies or another spec replaces it. */
+interface FailedChange {
+  /** The latest object with this spec (its generation is the one to report once applied). */
+  obj: NodeConfigObject;
+  /** canonicalJson of the spec. */
+  spec: string;
+  error: string;
+  /** False: {@link retryMayFix} says no; a newer spec or an agent restart tries again. */
+  retrying: boolean;
+  /** Its failed tries in a row (the backoff's exponent), logged once per streak. */
+  streak: FailureStreak;
+  timer?: ReturnType<typeof setTimeout>;
+}
 
 /** What cluster mode needs of the agent. */
 export interface ClusterAgent {
@@ -158,6 +187,8 @@ export class ClusterMode {
   /** The spec of the last failed first-configure try: its own status patch must not cut the pause. */
   #failedSpec?: string;
   #applying: Promise<void> = Promise.resolve();
+  /** The spec change that failed and is not applied (undefined: the spec asked for is in force). */
+  #failedChange?: FailedChange;
   #peersText = "";
   #meshText = "";
   /** This node's InternalIPs as last handed to the agent (undefined: not yet). */
@@ -293,6 +324,7 @@ export class ClusterMode {
     this.#stopped = true;
     clearInterval(this.#refresh);
     clearTimeout(this.#keptPeersTimer);
+    clearTimeout(this.#failedChange?.timer);
     this.#sleeper.wake();
     this.secrets.stop();
     this.status.stop();
@@ -400,11 +432,7 @@ export class ClusterMode {
       // Stopping: a configure cut short by the agent's close is no failure to retry.
       if (this.#stopped) return 0;
       const failures = ++this.#configureFailures;
-      const retryMs = backoffMs(
-        failures,
-        this.options.configureRetryMs ?? DEFAULT_CONFIGURE_RETRY_MS,
-        CONFIGURE_RETRY_MAX_MS,
-      );
+      const retryMs = this.#retryPauseMs(failures);
       const error = e instanceof Error ? e.message : String(e);
       this.#configureProblem = error;
       this.#failedSpec = canonicalJson(config.spec);
@@ -427,6 +455,15 @@ export class ClusterMode {
     this.#configureProblem = "";
     this.#failedSpec = undefined;
     return undefined;
+  }
+
+  /** The pause after `failures` failed tries of a first configure or of a spec change. */
+  #retryPauseMs(failures: number): number {
+    return backoffMs(
+      failures,
+      this.options.configureRetryMs ?? DEFAULT_CONFIGURE_RETRY_MS,
+      CONFIGURE_RETRY_MAX_MS,
+    );
   }
 
   async #configure(
@@ -478,6 +515,18 @@ export class ClusterMode {
       return;
     }
     this.status.observe(obj.status);
+    const failed = this.#failedChange;
+    if (failed && canonicalJson(obj.spec ?? {}) === failed.spec) {
+      // The failed spec again (the status write that reported the failure, a relist): its retry
+      // is due after the pause, not at every event.
+      failed.obj = obj;
+      return;
+    }
+    this.#queueChange(obj);
+  }
+
+  /** Applies `obj`'s spec after the changes queued before it. */
+  #queueChange(obj: NodeConfigObject): void {
     this.#applying = this.#applying.then(() => this.#applyChange(obj)).catch((e) => {
       this.options.log({ level: "error", msg: "config change failed", error: String(e) });
     });
@@ -486,9 +535,14 @@ export class ClusterMode {
   async #applyChange(obj: NodeConfigObject): Promise<void> {
     const agent = this.#agent!;
     const { log } = this.options;
-    if (canonicalJson(obj.spec ?? {}) === this.#appliedSpec) {
-      // A rejected change reverted: the spec asked for is the one in force again.
-      if (obj.generation !== this.#observedGeneration || this.#specProblem) {
+    const spec = canonicalJson(obj.spec ?? {});
+    const failed = this.#failedChange;
+    if (failed && failed.spec !== spec) {
+      this.#dropFailedChange(spec === this.#appliedSpec ? "withdrawn" : "replaced by a newer spec");
+    }
+    if (spec === this.#appliedSpec) {
+      // A rejected or failed change reverted: the spec asked for is the one in force again.
+      if (obj.generation !== this.#observedGeneration || this.#specProblem || failed) {
         this.#observedGeneration = obj.generation;
         this.#specProblem = "";
         this.status.request();
@@ -513,7 +567,8 @@ export class ClusterMode {
     }
     this.#specProblem = "";
     const old = agent.node;
-    const changes = old ? describeConfigChange(old, next) : [];
+    // A retry's changes were logged at its first try.
+    const changes = old && !this.#failedChange ? describeConfigChange(old, next) : [];
     for (const change of changes) log({ level: "info", msg: "NodeConfig changed", change });
     // The new spec's Secrets are read before it reaches BIRD; both reach it in one reload
     // (BirdControl coalesces the two renders). Until the change resolves the agent gets the
@@ -526,7 +581,12 @@ export class ClusterMode {
       await agent.reconfigure(next);
     } catch (e) {
       await this.#followSecretsOf(agent.node);
-      throw e;
+      this.#changeFailed(obj, spec, e);
+      return;
+    }
+    if (this.#failedChange) {
+      this.#failedChange.streak.succeeded();
+      this.#failedChange = undefined;
     }
     this.source = "NodeConfig";
     this.#appliedSpec = canonicalJson(next.spec);
@@ -535,6 +595,86 @@ export class ClusterMode {
     this.status.request();
     // The peers' draining CIDRs are checked against this node's CIDRs, which just changed.
     this.#queuePeers();
+  }
+
+  /**
+   * A reconfigure to `obj`'s spec failed; the config in force stays and serves. Tried again with
+   * the first configure's backoff unless {@link retryMayFix} says no; the status says why meanwhile.
+   */
+  #changeFailed(obj: NodeConfigObject, spec: string, e: unknown): void {
+    // Stopping: a reconfigure cut short by the agent's close is no failure to retry.
+    if (this.#stopped) return;
+    const { log } = this.options;
+    const failed = this.#failedChange ??= {
+      obj,
+      spec,
+      error: "",
+      retrying: true,
+      streak: new FailureStreak("NodeConfig change", log, "retrying with backoff"),
+    };
+    failed.obj = obj;
+    failed.error = e instanceof Error ? e.message : String(e);
+    failed.retrying = retryMayFix(e);
+    this.status.request();
+    if (!failed.retrying) {
+      log({
+        level: "error",
+        msg: "NodeConfig change failed; not retried (no retry can fix this), the previous spec " +
+          "stays in force",
+        generation: obj.generation,
+        error: failed.error,
+      });
+      return;
+    }
+    const retryInMs = this.#retryPauseMs(failed.streak.failures + 1);
+    failed.streak.failed(e, { level: "error", generation: obj.generation, retryInMs });
+    failed.timer = setTimeout(() => {
+      failed.timer = undefined;
+      if (this.#failedChange === failed && !this.#stopped) this.#queueChange(failed.obj);
+    }, retryInMs);
+  }
+
+  /** A failed change is no longer asked for: its retry is cancelled. */
+  #dropFailedChange(how: string): void {
+    const failed = this.#failedChange;
+    if (!failed) return;
+    clearTimeout(failed.timer);
+    this.#failedChange = undefined;
+    this.options.log({
+      level: "info",
+      msg: `failed NodeConfig change ${how} before it applied`,
+      generation: failed.obj.generation,
+      failures: failed.streak.failures,
+    });
+    this.status.request();
+  }
+
+  /**
+   * What keeps the spec asked for from being in force while the node serves on the previous one
+   * (`flock status` and the NodeConfig status show it); undefined when it is in force.
+   */
+  get configProblem(): string | undefined {
+    return this.#servingProblem()?.reason;
+  }
+
+  #servingProblem(): { code: string; reason: string } | undefined {
+    if (this.#specProblem) {
+      return {
+        code: "SpecChangeRejected",
+        reason: "the last spec change was rejected; the previous spec stays in force: " +
+          this.#specProblem,
+      };
+    }
+    const failed = this.#failedChange;
+    if (!failed) return undefined;
+    const how = failed.retrying
+      ? "retried with backoff"
+      : "not retried: no retry can fix this; edit the NodeConfig or restart the agent";
+    return {
+      code: "ConfigChangeFailed",
+      reason: `the spec of generation ${failed.obj.generation} is not applied (${how}); the ` +
+        `previous spec stays in force: ${failed.error}`,
+    };
   }
 
   /** After a change resolved: only the Secrets of `inForce` are followed and handed over. */
@@ -737,10 +877,8 @@ export class ClusterMode {
       // away, a store write failed): not Ready, as /readyz says.
       reason = s.notReadyReason;
       code = "CNIUnavailable";
-    } else if (this.#specProblem) {
-      reason =
-        `the last spec change was rejected; the previous spec stays in force: ${this.#specProblem}`;
-      code = "SpecChangeRejected";
+    } else if (this.#servingProblem()) {
+      ({ code, reason } = this.#servingProblem()!);
     } else if (s.outsideCIDR > 0) {
       reason = `${s.outsideCIDR} running pods hold addresses outside the node's CIDRs ` +
         `(kept until they are deleted)`;

@@ -263,3 +263,173 @@ Deno.test("cluster: a store written by a newer flock (a downgrade) still ends th
     await cluster.stop();
   }
 });
+
+/** A configured agent whose next `failures` reconfigures throw `error`; counts the tries. */
+class FailingReconfigureAgent extends FakeAgent {
+  tries: { at: number; cidr6?: string }[] = [];
+  constructor(public failures: number, public error: () => Error = () => busyError()) {
+    super();
+  }
+  override reconfigure(node: NodeConfig): Promise<void> {
+    this.tries.push({ at: performance.now(), cidr6: node.spec.cidr6 });
+    if (this.failures > 0) {
+      this.failures--;
+      return Promise.reject(this.error());
+    }
+    return super.reconfigure(node);
+  }
+}
+
+function busyError(): Error {
+  return new Error("reconcile: the kernel gave no whole answer in 8 tries");
+}
+
+interface PatchedStatus {
+  ready?: boolean;
+  reason?: string;
+  observedGeneration?: number;
+  conditions?: { type: string; status: string; reason: string }[];
+}
+
+/** The NodeConfig n1 edited: its MODIFIED event with the next generation. */
+function edit(api: FakeApi, spec: Record<string, unknown>, generation: number): void {
+  const obj = {
+    metadata: { name: "n1", resourceVersion: String(++api.rv), generation },
+    spec,
+  };
+  api.objects.splice(0, api.objects.length, obj);
+  api.watchers.get(NODECONFIG_PATH)?.({ type: "MODIFIED", object: obj });
+}
+
+Deno.test("cluster: a NodeConfig change that fails is retried with backoff until it applies; the status says so meanwhile (Ready, ConfigChangeFailed), then clears", async () => {
+  const agent = new FailingReconfigureAgent(3);
+  const logs: Record<string, unknown>[] = [];
+  const { api, cluster, last } = await startConfigured(agent, { logs });
+  try {
+    edit(api, { cidr6: "fd00:ee::/64" }, 2);
+    await until("the failure published", () => last().reason?.includes("not applied") ?? false);
+    assert.equal(last().ready, true, "the node serves on the config in force");
+    assert.equal(last().conditions?.[0].status, "True");
+    assert.equal(last().conditions?.[0].reason, "ConfigChangeFailed");
+    assert.equal(last().observedGeneration, 1);
+    assert.match(last().reason!, /generation 2 .*kernel gave no whole answer/);
+    assert.match(cluster.configProblem ?? "", /generation 2 .*retried with backoff/);
+    assert.equal(agent.node?.spec.cidr6, "fd00:dd::/64");
+
+    await until("the change applied", () => agent.node?.spec.cidr6 === "fd00:ee::/64", 5_000);
+    assert.equal(agent.tries.length, 4, "three failures, then the try that applies");
+    // Backoff 20 ms, 40, 80 between the tries (timers fire late, never early).
+    const gaps = agent.tries.slice(1).map((t, i) => t.at - agent.tries[i].at);
+    gaps.forEach((gap, i) => assert.ok(gap >= 20 * 2 ** i - 2, `gap ${i}: ${gap} ms`));
+    await until("the status cleared", () => last().observedGeneration === 2);
+    assert.equal(last().reason, "");
+    assert.equal(last().conditions?.[0].reason, "Serving");
+    assert.equal(cluster.configProblem, undefined);
+    // Logged once per streak: its start and its end, not each try.
+    const streak = logs.filter((l) => /^NodeConfig change (failed|recovered)/.test(String(l.msg)));
+    assert.deepEqual(streak.map((l) => l.msg), [
+      "NodeConfig change failed; retrying with backoff, logged again once it recovers",
+      "NodeConfig change recovered",
+    ]);
+    assert.equal(logs.filter((l) => l.msg === "NodeConfig changed").length, 1, "one line a field");
+  } finally {
+    await cluster.stop();
+  }
+});
+
+Deno.test("cluster: a newer NodeConfig spec during a failed change's backoff is tried at once and wins", async () => {
+  const agent = new FailingReconfigureAgent(1);
+  const { api, cluster, last } = await startConfigured(agent, { retryMs: 60_000 });
+  try {
+    edit(api, { cidr6: "fd00:ee::/64" }, 2);
+    await until(
+      "the failure published",
+      () => last().conditions?.[0].reason === "ConfigChangeFailed",
+    );
+    // The failed try's own status write comes back as an event: it must not cut the pause.
+    edit(api, { cidr6: "fd00:ee::/64" }, 2);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(agent.tries.length, 1);
+    // The operator edits again during the (60 s) pause: applied at once.
+    edit(api, { cidr6: "fd00:ff::/64" }, 3);
+    await until("the newer spec applied", () => agent.node?.spec.cidr6 === "fd00:ff::/64", 2_000);
+    assert.deepEqual(agent.tries.map((t) => t.cidr6), ["fd00:ee::/64", "fd00:ff::/64"]);
+    await until("the status cleared", () => last().observedGeneration === 3);
+    assert.equal(last().conditions?.[0].reason, "Serving");
+  } finally {
+    await cluster.stop();
+  }
+  // The abandoned spec's retry never ran.
+  assert.deepEqual(agent.tries.map((t) => t.cidr6), ["fd00:ee::/64", "fd00:ff::/64"]);
+});
+
+Deno.test("cluster: a failed NodeConfig change reverted to the spec in force cancels its retry and clears the status", async () => {
+  const agent = new FailingReconfigureAgent(1);
+  const { api, cluster, last } = await startConfigured(agent, { retryMs: 60_000 });
+  try {
+    edit(api, { cidr6: "fd00:ee::/64" }, 2);
+    await until(
+      "the failure published",
+      () => last().conditions?.[0].reason === "ConfigChangeFailed",
+    );
+    edit(api, { cidr6: "fd00:dd::/64" }, 3);
+    await until("the status cleared", () => last().observedGeneration === 3);
+    assert.equal(last().conditions?.[0].reason, "Serving");
+    assert.equal(cluster.configProblem, undefined);
+    assert.equal(agent.tries.length, 1);
+  } finally {
+    await cluster.stop();
+  }
+});
+
+Deno.test("cluster: a NodeConfig change failing in a way no retry fixes is not retried; a newer spec is tried", async () => {
+  const agent = new FailingReconfigureAgent(1, () => new SchemaVersionError(6, 5));
+  const { api, cluster, last } = await startConfigured(agent, { retryMs: 10 });
+  try {
+    edit(api, { cidr6: "fd00:ee::/64" }, 2);
+    await until(
+      "the failure published",
+      () => last().conditions?.[0].reason === "ConfigChangeFailed",
+    );
+    assert.match(last().reason!, /not retried/);
+    assert.equal(last().ready, true);
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(agent.tries.length, 1, "no retry");
+    edit(api, { cidr6: "fd00:ff::/64" }, 3);
+    await until("the newer spec applied", () => agent.node?.spec.cidr6 === "fd00:ff::/64", 2_000);
+    await until("the status cleared", () => last().observedGeneration === 3);
+  } finally {
+    await cluster.stop();
+  }
+});
+
+/**
+ * The NodeConfig n1 (generation 1, fd00:dd::/64) applied by `agent` and published Ready; a failed
+ * change is first retried after `retryMs`.
+ */
+async function startConfigured(
+  agent: FakeAgent,
+  o: { api?: FakeApi; retryMs?: number; logs?: Record<string, unknown>[] } = {},
+): Promise<{ api: FakeApi; cluster: ClusterMode; last: () => PatchedStatus }> {
+  const api = o.api ?? new FakeApi();
+  api.objects.push({
+    metadata: { name: "n1", resourceVersion: "1", generation: 1 },
+    spec: { cidr6: "fd00:dd::/64" },
+  });
+  const cluster = new ClusterMode({
+    nodeName: "n1",
+    api: api as unknown as KubeApi,
+    watchNodes: false,
+    namespace: "kube-system",
+    statusIntervalMs: 0,
+    configureRetryMs: o.retryMs ?? 20,
+    log: (f) => void o.logs?.push(f),
+  });
+  cluster.start(agent, (e) => {
+    throw e;
+  });
+  await cluster.configured;
+  const last = () => (api.patches.at(-1) ?? {}) as PatchedStatus;
+  await until("the first status", () => last().ready === true);
+  return { api, cluster, last };
+}
