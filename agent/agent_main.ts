@@ -100,7 +100,10 @@ export async function agentMain(args: string[]): Promise<number> {
     netnsPath: values.netns,
     cooldownMs: cooldown === undefined ? undefined : Number(cooldown),
   });
-  if (cluster) agent.statusHooks.routerIdConflicts = () => cluster.routerIdConflicts;
+  if (cluster) {
+    agent.statusHooks.routerIdConflicts = () => cluster.routerIdConflicts;
+    agent.statusHooks.configProblem = () => cluster.configProblem;
+  }
   // Registered first: SIGHUP's default action ends the process, which an operator sending it to
   // reload (or to a cluster-mode agent, whose config is the NodeConfig object) does not expect.
   Deno.addSignalListener("SIGHUP", () => {

@@ -71,6 +71,7 @@ export function renderStatus(s: StatusSnapshot): string {
   const out: string[] = [];
   const headline = s.ready ? "READY" : `NOT READY: ${s.reason ?? "unknown reason"}`;
   out.push(`flock ${s.version} on node ${s.node}: ${headline}`);
+  if (s.configProblem) out.push(`  NodeConfig: ${s.configProblem}`);
   out.push(`  agent up ${formatDuration(s.uptimeSeconds)} (since ${s.startedAt})`);
 
   out.push("", "Address pools");

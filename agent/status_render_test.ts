@@ -229,3 +229,11 @@ Deno.test("status helpers: durations, use and tables", () => {
   assert.equal(formatUse(1, "0"), "-");
   assert.deepEqual(renderTable(["A", "BB"], [["xyz", "1"]], ""), ["A    BB", "xyz  1"]);
 });
+
+Deno.test("status table: a NodeConfig change not in force is named under the headline", () => {
+  const problem = "the spec of generation 2 is not applied (retried with backoff); the previous " +
+    "spec stays in force: reconcile: the kernel gave no whole answer";
+  const text = renderStatus(snapshot({ configProblem: problem }));
+  assert.match(text, /: READY\n {2}NodeConfig: the spec of generation 2 is not applied/);
+  assert.doesNotMatch(renderStatus(snapshot()), /NodeConfig:/);
+});

@@ -60,6 +60,11 @@ export interface StatusHooks {
   anycastRoutes?: () => number;
   /** Other nodes publishing this node's BGP router id (cluster mode; see kube/router_ids.ts). */
   routerIdConflicts?: () => readonly string[];
+  /**
+   * Why the config asked for is not the one in force while the node serves (cluster mode: a
+   * NodeConfig change rejected, or failing and retried; see kube/cluster.ts); undefined: none.
+   */
+  configProblem?: () => string | undefined;
 }
 
 /** Use of one address family's node CIDR. */
@@ -96,6 +101,8 @@ export interface StatusSnapshot {
   ready: boolean;
   /** Why the agent is not ready (absent when ready). */
   reason?: string;
+  /** Why the config asked for is not in force while the node serves (absent: it is). */
+  configProblem?: string;
   startedAt: string;
   uptimeSeconds: number;
   pools: PoolStatus[];
@@ -247,6 +254,7 @@ export async function buildStatusSnapshot(
     version: src.version,
     ready: src.ready,
     reason: src.ready ? undefined : src.reason,
+    ...configProblem(src.hooks),
     startedAt: new Date(src.startedAt).toISOString(),
     uptimeSeconds: Math.max(0, Math.round((now - src.startedAt) / 1000)),
     pools,
@@ -278,6 +286,11 @@ export async function buildStatusSnapshot(
     ...(src.store ? { withheld: summarizeWithheld(src.store.withheld()) } : {}),
   };
   return snapshot;
+}
+
+function configProblem(hooks: StatusHooks): { configProblem?: string } {
+  const problem = hooks.configProblem?.();
+  return problem ? { configProblem: problem } : {};
 }
 
 function routerIdConflicts(src: StatusSources): { routerIdConflicts?: string[] } {

@@ -60,3 +60,13 @@ Deno.test("snapshot: each attachment carries its CNI network (absent on pre-sche
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("snapshot: configProblem comes from its hook, absent when the config asked for is in force", async () => {
+  const failing = await buildStatusSnapshot({
+    ...base,
+    hooks: { configProblem: () => "the spec of generation 2 is not applied" },
+  });
+  assert.equal(failing.configProblem, "the spec of generation 2 is not applied");
+  const fine = await buildStatusSnapshot({ ...base, hooks: { configProblem: () => undefined } });
+  assert.equal("configProblem" in fine, false);
+});

@@ -12,8 +12,12 @@
  *   flock (a downgrade) ends it: no retry can fix that.
  * - Later spec changes are applied to new pods; running pods keep their addresses, MTU and
  *   routes (see {@link describeConfigChange}). An invalid new spec is rejected (logged, shown
- *   in status) and the last good one stays in force. A deleted NodeConfig leaves the node
- *   running on its last config.
+ *   in status) and the last good one stays in force. A valid one whose reconfigure fails (a busy
+ *   kernel, a store write) is tried again with the first configure's backoff until it applies,
+ *   a newer spec replaces it, or the spec in force is asked for again; the node serves on the
+ *   spec in force meanwhile (Ready, reason `ConfigChangeFailed`). A failure no retry fixes
+ *   ({@link retryMayFix}) waits for a newer spec. A deleted NodeConfig leaves the node running
+ *   on its last config.
  * - The other nodes' NodeConfigs are handed to `onPeersChanged` (the BGP node mesh). A mesh peer
  *   whose Node or NodeConfig is deleted stays in the mesh for a grace period (kept_peers.ts).
  * - Pods of this node feed the annotation lookups of ADDs that came without annotations.
