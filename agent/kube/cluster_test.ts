@@ -291,6 +291,15 @@ interface PatchedStatus {
   conditions?: { type: string; status: string; reason: string }[];
 }
 
+/** The NodeConfig n1 changed to fd00:ee::/64 (generation 2), resolved once its failure is published. */
+async function failChange(api: FakeApi, last: () => PatchedStatus): Promise<void> {
+  edit(api, { cidr6: "fd00:ee::/64" }, 2);
+  await until(
+    "the failure published",
+    () => last().conditions?.[0].reason === "ConfigChangeFailed",
+  );
+}
+
 /** The NodeConfig n1 edited: its MODIFIED event with the next generation. */
 function edit(api: FakeApi, spec: Record<string, unknown>, generation: number): void {
   const obj = {
@@ -341,11 +350,7 @@ Deno.test("cluster: a newer NodeConfig spec during a failed change's backoff is 
   const agent = new FailingReconfigureAgent(1);
   const { api, cluster, last } = await startConfigured(agent, { retryMs: 60_000 });
   try {
-    edit(api, { cidr6: "fd00:ee::/64" }, 2);
-    await until(
-      "the failure published",
-      () => last().conditions?.[0].reason === "ConfigChangeFailed",
-    );
+    await failChange(api, last);
     // The failed try's own status write comes back as an event: it must not cut the pause.
     edit(api, { cidr6: "fd00:ee::/64" }, 2);
     await new Promise((r) => setTimeout(r, 50));
@@ -367,11 +372,7 @@ Deno.test("cluster: a failed NodeConfig change reverted to the spec in force can
   const agent = new FailingReconfigureAgent(1);
   const { api, cluster, last } = await startConfigured(agent, { retryMs: 60_000 });
   try {
-    edit(api, { cidr6: "fd00:ee::/64" }, 2);
-    await until(
-      "the failure published",
-      () => last().conditions?.[0].reason === "ConfigChangeFailed",
-    );
+    await failChange(api, last);
     edit(api, { cidr6: "fd00:dd::/64" }, 3);
     await until("the status cleared", () => last().observedGeneration === 3);
     assert.equal(last().conditions?.[0].reason, "Serving");
@@ -386,11 +387,7 @@ Deno.test("cluster: a NodeConfig change failing in a way no retry fixes is not r
   const agent = new FailingReconfigureAgent(1, () => new SchemaVersionError(6, 5));
   const { api, cluster, last } = await startConfigured(agent, { retryMs: 10 });
   try {
-    edit(api, { cidr6: "fd00:ee::/64" }, 2);
-    await until(
-      "the failure published",
-      () => last().conditions?.[0].reason === "ConfigChangeFailed",
-    );
+    await failChange(api, last);
     assert.match(last().reason!, /not retried/);
     assert.equal(last().ready, true);
     await new Promise((r) => setTimeout(r, 200));
