@@ -658,7 +658,8 @@ export class ClusterMode {
    * (`flock status` and the NodeConfig status show it); undefined when it is in force.
    */
   get configProblem(): string | undefined {
-    return this.#servingProblem()?.reason;
+    // Not serving yet: the not-ready reason says it all.
+    return this.#agent?.ready ? this.#servingProblem()?.reason : undefined;
   }
 
   #servingProblem(): { code: string; reason: string } | undefined {
