@@ -4,124 +4,17 @@
  */
 
 import assert from "node:assert/strict";
-import { ClusterMode } from "./cluster.ts";
-import type { KubeApi, KubeObject, ListPage, WatchEvent, WatchHandle } from "./api.ts";
+import type { ClusterMode } from "./cluster.ts";
 import { NODECONFIG_PATH } from "./api.ts";
 import type { NodeConfig } from "../config.ts";
 import { SchemaVersionError } from "../store.ts";
-
-/** Lists NodeConfigs from `objects`; watches stay open until stopped; events pushed by tests. */
-class FakeApi {
-  readonly objects: KubeObject[] = [];
-  readonly watchers = new Map<string, (event: WatchEvent) => void>();
-  rv = 1;
-  /** `nodePodCIDRs` resolves when this does. */
-  podCIDRsGate = Promise.withResolvers<void>();
-  podCIDRsAsked = Promise.withResolvers<void>();
-
-  #page(items: KubeObject[]): Promise<ListPage> {
-    return Promise.resolve({ items, resourceVersion: String(this.rv), continueToken: "" });
-  }
-  listPods(): Promise<ListPage> {
-    return this.#page([]);
-  }
-  listNodeConfigs(): Promise<ListPage> {
-    return this.#page([...this.objects]);
-  }
-  listNodes(): Promise<ListPage> {
-    return this.#page([]);
-  }
-  watch(
-    path: string,
-    _rv: string,
-    _q: unknown,
-    onEvent: (e: WatchEvent) => void,
-    onDone: (err: unknown) => void,
-  ): Promise<WatchHandle> {
-    this.watchers.set(path, onEvent);
-    return Promise.resolve({
-      stop: () => {
-        this.watchers.delete(path);
-        onDone(undefined);
-      },
-    });
-  }
-  async nodePodCIDRs(): Promise<string[]> {
-    this.podCIDRsAsked.resolve();
-    await this.podCIDRsGate.promise;
-    return ["fd00:aa::/64"];
-  }
-  readSecretData(): Promise<Record<string, string>> {
-    return Promise.resolve({});
-  }
-  /** The status patches sent, in order. */
-  readonly patches: Record<string, unknown>[] = [];
-  patchNodeConfigStatus(_name: string, status: Record<string, unknown>): Promise<void> {
-    this.patches.push(status);
-    return Promise.resolve();
-  }
-  /** A NodeConfig created in the API: its watch event. */
-  create(name: string, spec: Record<string, unknown>): void {
-    const obj = {
-      metadata: { name, resourceVersion: String(++this.rv), generation: 1 },
-      spec,
-    };
-    this.objects.push(obj);
-    this.watchers.get(NODECONFIG_PATH)?.({ type: "ADDED", object: obj });
-  }
-}
-
-/** The agent as cluster mode sees it: what it was configured with, in order. */
-class FakeAgent {
-  node: NodeConfig | undefined;
-  applied: string[] = [];
-  get ready(): boolean {
-    return this.node !== undefined;
-  }
-  configure(node: NodeConfig): void {
-    this.node = node;
-    this.applied.push(`configure ${node.spec.cidr6}`);
-  }
-  reconfigure(node: NodeConfig): Promise<void> {
-    this.node = node;
-    this.applied.push(`reconfigure ${node.spec.cidr6}`);
-    return Promise.resolve();
-  }
-  /** Why a CNI call would fail although configured (the agent's runtime health). */
-  problem = "";
-  waitingFor(_reason: string): void {}
-  stats() {
-    return {
-      ready: this.ready,
-      notReadyReason: this.problem,
-      attachments: 0,
-      ipv6: 0,
-      ipv4: 0,
-      outsideCIDR: 0,
-    };
-  }
-  log(): void {}
-}
-
-async function until(what: string, check: () => boolean, ms = 5_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
+import { FakeAgent, FakeApi, fakeCluster, until } from "../../tests/helpers/fake_cluster.ts";
 
 Deno.test("cluster: a NodeConfig created while the podCIDRs fallback is being applied wins", async () => {
   const api = new FakeApi();
   const agent = new FakeAgent();
-  const cluster = new ClusterMode({
-    nodeName: "n1",
-    api: api as unknown as KubeApi,
-    waitForConfigMs: 0,
-    watchNodes: false,
-    namespace: "kube-system",
-    log: () => {},
-  });
+  // statusIntervalMs: the default pacing of status writes, not the fakes' none.
+  const cluster = fakeCluster(api, { waitForConfigMs: 0, statusIntervalMs: undefined });
   cluster.start(agent, (e) => {
     throw e;
   });
@@ -153,14 +46,7 @@ Deno.test("cluster: a configured agent a CNI call cannot get through to is publi
     spec: { cidr6: "fd00:cc::/64" },
   });
   const agent = new FakeAgent();
-  const cluster = new ClusterMode({
-    nodeName: "n1",
-    api: api as unknown as KubeApi,
-    watchNodes: false,
-    namespace: "kube-system",
-    statusIntervalMs: 0,
-    log: () => {},
-  });
+  const cluster = fakeCluster(api);
   cluster.start(agent, (e) => {
     throw e;
   });
@@ -211,15 +97,7 @@ function clusterFor(api: FakeApi): ClusterMode {
     metadata: { name: "n1", resourceVersion: "1", generation: 1 },
     spec: { cidr6: "fd00:dd::/64" },
   });
-  return new ClusterMode({
-    nodeName: "n1",
-    api: api as unknown as KubeApi,
-    watchNodes: false,
-    namespace: "kube-system",
-    statusIntervalMs: 0,
-    configureRetryMs: 20,
-    log: () => {},
-  });
+  return fakeCluster(api, { configureRetryMs: 20 });
 }
 
 Deno.test("cluster: a failing first configure is retried with backoff, not fatal; its reason is published (ConfigureFailed)", async () => {
@@ -293,21 +171,11 @@ interface PatchedStatus {
 
 /** The NodeConfig n1 changed to fd00:ee::/64 (generation 2), resolved once its failure is published. */
 async function failChange(api: FakeApi, last: () => PatchedStatus): Promise<void> {
-  edit(api, { cidr6: "fd00:ee::/64" }, 2);
+  api.edit({ cidr6: "fd00:ee::/64" }, 2);
   await until(
     "the failure published",
     () => last().conditions?.[0].reason === "ConfigChangeFailed",
   );
-}
-
-/** The NodeConfig n1 edited: its MODIFIED event with the next generation. */
-function edit(api: FakeApi, spec: Record<string, unknown>, generation: number): void {
-  const obj = {
-    metadata: { name: "n1", resourceVersion: String(++api.rv), generation },
-    spec,
-  };
-  api.objects.splice(0, api.objects.length, obj);
-  api.watchers.get(NODECONFIG_PATH)?.({ type: "MODIFIED", object: obj });
 }
 
 Deno.test("cluster: a NodeConfig change that fails is retried with backoff until it applies; the status says so meanwhile (Ready, ConfigChangeFailed), then clears", async () => {
@@ -315,7 +183,7 @@ Deno.test("cluster: a NodeConfig change that fails is retried with backoff until
   const logs: Record<string, unknown>[] = [];
   const { api, cluster, last } = await startConfigured(agent, { logs });
   try {
-    edit(api, { cidr6: "fd00:ee::/64" }, 2);
+    api.edit({ cidr6: "fd00:ee::/64" }, 2);
     await until("the failure published", () => last().reason?.includes("not applied") ?? false);
     assert.equal(last().ready, true, "the node serves on the config in force");
     assert.equal(last().conditions?.[0].status, "True");
@@ -352,11 +220,11 @@ Deno.test("cluster: a newer NodeConfig spec during a failed change's backoff is 
   try {
     await failChange(api, last);
     // The failed try's own status write comes back as an event: it must not cut the pause.
-    edit(api, { cidr6: "fd00:ee::/64" }, 2);
+    api.edit({ cidr6: "fd00:ee::/64" }, 2);
     await new Promise((r) => setTimeout(r, 50));
     assert.equal(agent.tries.length, 1);
     // The operator edits again during the (60 s) pause: applied at once.
-    edit(api, { cidr6: "fd00:ff::/64" }, 3);
+    api.edit({ cidr6: "fd00:ff::/64" }, 3);
     await until("the newer spec applied", () => agent.node?.spec.cidr6 === "fd00:ff::/64", 2_000);
     assert.deepEqual(agent.tries.map((t) => t.cidr6), ["fd00:ee::/64", "fd00:ff::/64"]);
     await until("the status cleared", () => last().observedGeneration === 3);
@@ -373,7 +241,7 @@ Deno.test("cluster: a failed NodeConfig change reverted to the spec in force can
   const { api, cluster, last } = await startConfigured(agent, { retryMs: 60_000 });
   try {
     await failChange(api, last);
-    edit(api, { cidr6: "fd00:dd::/64" }, 3);
+    api.edit({ cidr6: "fd00:dd::/64" }, 3);
     await until("the status cleared", () => last().observedGeneration === 3);
     assert.equal(last().conditions?.[0].reason, "Serving");
     assert.equal(cluster.configProblem, undefined);
@@ -392,7 +260,7 @@ Deno.test("cluster: a NodeConfig change failing in a way no retry fixes is not r
     assert.equal(last().ready, true);
     await new Promise((r) => setTimeout(r, 200));
     assert.equal(agent.tries.length, 1, "no retry");
-    edit(api, { cidr6: "fd00:ff::/64" }, 3);
+    api.edit({ cidr6: "fd00:ff::/64" }, 3);
     await until("the newer spec applied", () => agent.node?.spec.cidr6 === "fd00:ff::/64", 2_000);
     await until("the status cleared", () => last().observedGeneration === 3);
   } finally {
@@ -413,12 +281,7 @@ async function startConfigured(
     metadata: { name: "n1", resourceVersion: "1", generation: 1 },
     spec: { cidr6: "fd00:dd::/64" },
   });
-  const cluster = new ClusterMode({
-    nodeName: "n1",
-    api: api as unknown as KubeApi,
-    watchNodes: false,
-    namespace: "kube-system",
-    statusIntervalMs: 0,
+  const cluster = fakeCluster(api, {
     configureRetryMs: o.retryMs ?? 20,
     log: (f) => void o.logs?.push(f),
   });

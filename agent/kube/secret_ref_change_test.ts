@@ -7,64 +7,19 @@
  * coalescing window, and kept running without it if the reconfigure failed.
  *
  * The check: every password set the agent is handed covers the Secret refs of the config in
- * force at that moment. Self-contained: a scripted API and an agent that records the calls.
+ * force at that moment. Self-contained: the scripted API of fake_cluster.ts and an agent that
+ * records the calls.
  */
 
 import assert from "node:assert/strict";
-import { ClusterMode } from "./cluster.ts";
-import type { KubeApi, KubeObject, ListPage, WatchEvent, WatchHandle } from "./api.ts";
+import type { ClusterMode } from "./cluster.ts";
 import { NODECONFIG_PATH } from "./api.ts";
 import { type NodeConfig, secretKeyId } from "../config.ts";
-
-/** NodeConfigs from `objects`, two Secrets, watches open until stopped. */
-class ScriptedApi {
-  readonly objects: KubeObject[] = [];
-  readonly watchers = new Map<string, (event: WatchEvent) => void>();
-  #page(items: KubeObject[]): Promise<ListPage> {
-    return Promise.resolve({ items, resourceVersion: "1", continueToken: "" });
-  }
-  listPods(): Promise<ListPage> {
-    return this.#page([]);
-  }
-  listNodeConfigs(): Promise<ListPage> {
-    return this.#page([...this.objects]);
-  }
-  listNodes(): Promise<ListPage> {
-    return this.#page([]);
-  }
-  watch(
-    path: string,
-    _rv: string,
-    _q: unknown,
-    onEvent: (e: WatchEvent) => void,
-    onDone: (err: unknown) => void,
-  ): Promise<WatchHandle> {
-    this.watchers.set(path, onEvent);
-    return Promise.resolve({
-      stop: () => {
-        this.watchers.delete(path);
-        onDone(undefined);
-      },
-    });
-  }
-  nodePodCIDRs(): Promise<string[]> {
-    return Promise.resolve([]);
-  }
-  readSecretData(_ns: string, name: string): Promise<Record<string, string>> {
-    return Promise.resolve({ password: btoa(`pw-of-${name}`) });
-  }
-  patchNodeConfigStatus(): Promise<void> {
-    return Promise.resolve();
-  }
-}
+import { FakeAgent, FakeApi, fakeCluster, until } from "../../tests/helpers/fake_cluster.ts";
 
 /** Records, at each password hand-over, which refs of the config in force it lacked. */
-class RecordingAgent {
-  node: NodeConfig | undefined;
+class RecordingAgent extends FakeAgent {
   readonly uncovered: string[] = [];
-  get ready(): boolean {
-    return this.node !== undefined;
-  }
   setSecretPasswords(passwords: ReadonlyMap<string, string>): Promise<void> {
     for (const peer of this.node?.spec.bgp?.peers ?? []) {
       const ref = peer.passwordSecretRef;
@@ -74,33 +29,17 @@ class RecordingAgent {
     }
     return Promise.resolve();
   }
-  configure(node: NodeConfig): Promise<void> {
-    this.node = node;
-    return Promise.resolve();
-  }
   /** Set: every reconfigure fails after its wait, the old config staying in force. */
   failReconfigure = false;
   reconfigures = 0;
-  async reconfigure(node: NodeConfig): Promise<void> {
+  override async reconfigure(node: NodeConfig): Promise<void> {
     // A reconfigure waits for requests in progress and reconciles: longer than BIRD's
     // coalescing window.
     await new Promise((r) => setTimeout(r, 100));
     this.reconfigures++;
     if (this.failReconfigure) throw new Error("injected: reconcile failed");
-    this.node = node;
+    await super.reconfigure(node);
   }
-  waitingFor(_reason: string): void {}
-  stats() {
-    return {
-      ready: this.ready,
-      notReadyReason: "",
-      attachments: 0,
-      ipv6: 0,
-      ipv4: 0,
-      outsideCIDR: 0,
-    };
-  }
-  log(): void {}
 }
 
 function spec(secret: string) {
@@ -117,44 +56,25 @@ function spec(secret: string) {
   };
 }
 
-async function until(what: string, check: () => boolean, ms = 5_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
 /** Starts cluster mode on a NodeConfig whose peer uses Secret "bgp-old", then moves it. */
 async function moveSecretRef(
   agent: RecordingAgent,
   check: (cluster: ClusterMode) => Promise<void>,
 ): Promise<void> {
-  const api = new ScriptedApi();
+  const api = new FakeApi();
+  api.secretData = (name) => ({ password: btoa(`pw-of-${name}`) });
   api.objects.push({
     metadata: { name: "n1", resourceVersion: "1", generation: 1 },
     spec: spec("bgp-old"),
   });
-  const cluster = new ClusterMode({
-    nodeName: "n1",
-    api: api as unknown as KubeApi,
-    watchNodes: false,
-    namespace: "kube-system",
-    statusIntervalMs: 0,
-    log: () => {},
-  });
+  const cluster = fakeCluster(api);
   cluster.start(agent, (e) => {
     throw e;
   });
   try {
     await cluster.configured;
     await until("the NodeConfig watch", () => api.watchers.has(NODECONFIG_PATH));
-    const moved = {
-      metadata: { name: "n1", resourceVersion: "2", generation: 2 },
-      spec: spec("bgp-new"),
-    };
-    api.objects.splice(0, 1, moved);
-    api.watchers.get(NODECONFIG_PATH)?.({ type: "MODIFIED", object: moved });
+    api.edit(spec("bgp-new"), 2);
     await check(cluster);
   } finally {
     await cluster.stop();
