@@ -11,29 +11,19 @@
  */
 
 import assert from "node:assert/strict";
-import { join } from "node:path";
 import { ROOT_ONLY } from "../../tests/helpers/exec.ts";
 import { startKubeWithFlock } from "../../tests/helpers/kube.ts";
+import { clusterAgent, nodeConfigStatus } from "../../tests/helpers/kube_cluster_agent.ts";
 import { TestNamespace } from "../../tests/helpers/netns.ts";
 import { eventually } from "../../tests/helpers/eventually.ts";
 import { patch } from "../../tests/helpers/patch.ts";
 import { rpcRequest } from "../../tests/helpers/rpc_request.ts";
 import { callAgent } from "../../cni.ts";
-import { Agent } from "../agent.ts";
 import { Store } from "../store.ts";
-import { KubeApi } from "./api.ts";
-import { ClusterMode } from "./cluster.ts";
 
 const NODE = "flk-chgfail-node";
-const NAMESPACE = "kube-system";
 const OLD_CIDR6 = "fd00:5f::/64";
 const NEW_CIDR6 = "fd00:60::/64";
-
-interface Condition {
-  type: string;
-  status: string;
-  reason: string;
-}
 
 Deno.test({
   name: "cluster: a NodeConfig change whose reconcile fails keeps the node serving on the spec " +
@@ -50,31 +40,11 @@ Deno.test({
       spec: { cidr6 },
     });
     await kube.apply(nodeConfig(OLD_CIDR6));
-    const kubeconfig = await kube.kubeconfigFor(await kube.tokenFor(NAMESPACE, "flock"));
-    await using nodeNs = await TestNamespace.create("flk-chf");
     await using podNs = await TestNamespace.create("flk-chp");
     await using podNs2 = await TestNamespace.create("flk-chq");
-    const dir = await Deno.makeTempDir({ prefix: "flk-chgfail-" });
-    const socketPath = join(dir, "flock.sock");
-    const logs: Record<string, unknown>[] = [];
-    const log = (f: Record<string, unknown>) => void logs.push(f);
-    const agent = new Agent({
-      nodeName: NODE,
-      stateDir: join(dir, "state"),
-      socketPath,
-      netnsPath: nodeNs.path,
-      cooldownMs: 0,
-      log,
-    });
-    const cluster = new ClusterMode({
-      nodeName: NODE,
-      api: new KubeApi({ kubeconfig }),
-      namespace: NAMESPACE,
-      watchNodes: false,
-      statusIntervalMs: 0,
-      configureRetryMs: 200,
-      log,
-    });
+    // Declared after the pods' namespaces: stopped and closed before they are removed.
+    await using node = await clusterAgent(kube, NODE, "flk-chf");
+    const { agent, cluster, socketPath, logs, trail } = node;
     // As agent_main.ts wires it for `flock status`.
     agent.statusHooks.configProblem = () => cluster.configProblem;
     // The store's reads during a reconcile fail while `diskFailing` (recentReleases is read only
@@ -93,91 +63,72 @@ Deno.test({
           return real.apply(this, args);
         },
     );
-    const nodeConfigStatus = async () => {
-      const obj = JSON.parse(await kube.kubectlOk(["get", "nodeconfig", NODE, "-o", "json"]));
-      const status = obj.status ?? {};
-      return {
-        generation: obj.metadata.generation as number,
-        ready: status.ready as boolean | undefined,
-        reason: String(status.reason ?? ""),
-        observedGeneration: status.observedGeneration as number | undefined,
-        c: (status.conditions ?? []).find((c: Condition) => c.type === "Ready") as
-          | Condition
-          | undefined,
-      };
-    };
+    const published = () => nodeConfigStatus(kube, NODE);
     const add = (id: string, netns: string) =>
       callAgent(socketPath, rpcRequest("ADD", id, netns, "flk-chgfail"), 10_000);
     const addressOf = (r: Awaited<ReturnType<typeof add>>) =>
       r.ok ? (r.result?.ips as { address: string }[]).map((i) => i.address).join() : "";
-    const trail = () => "\n" + logs.map((l) => JSON.stringify(l)).join("\n");
     const fatal: unknown[] = [];
-    try {
-      await agent.listen();
-      cluster.start(agent, (e) => fatal.push(e));
-      await cluster.configured;
-      await eventually(
-        "Ready at generation 1",
-        nodeConfigStatus,
-        (s) => s.ready === true && s.observedGeneration === 1,
-      );
+    await agent.listen();
+    cluster.start(agent, (e) => fatal.push(e));
+    await cluster.configured;
+    await eventually(
+      "Ready at generation 1",
+      published,
+      (s) => s.ready === true && s.observedGeneration === 1,
+    );
 
-      // 1. The change to NEW_CIDR6 fails: the node serves on OLD_CIDR6 and the status says why.
-      diskFailing = true;
-      await kube.apply(nodeConfig(NEW_CIDR6));
-      const failing = await eventually(
-        "the failed change in the status",
-        nodeConfigStatus,
-        (s) => s.c?.reason === "ConfigChangeFailed",
-        20_000,
-      ).catch((e) => {
-        throw new Error(`${e.message}${trail()}`);
-      });
-      assert.equal(failing.generation, 2);
-      assert.equal(failing.ready, true, "the node serves");
-      assert.equal(failing.c?.status, "True");
-      assert.equal(failing.observedGeneration, 1, "the change is not applied");
-      assert.match(failing.reason, /generation 2 is not applied .*injected: disk I\/O error/);
-      const r1 = await add("c-during", podNs.path);
-      assert.ok(r1.ok, JSON.stringify(r1));
-      assert.match(addressOf(r1), /^fd00:5f::[0-9a-f]+\/128$/, "new pods: the spec in force");
-      const snapshot = await agent.status();
-      assert.equal(snapshot.ready, true);
-      assert.match(snapshot.configProblem ?? "", /generation 2 is not applied/);
-      // Retried with backoff: more than one try while the disk fails, yet far fewer than one
-      // per status event.
-      await eventually("a retry", () => Promise.resolve(failedReads), (n) => n >= 2, 10_000);
+    // 1. The change to NEW_CIDR6 fails: the node serves on OLD_CIDR6 and the status says why.
+    diskFailing = true;
+    await kube.apply(nodeConfig(NEW_CIDR6));
+    const failing = await eventually(
+      "the failed change in the status",
+      published,
+      (s) => s.c?.reason === "ConfigChangeFailed",
+      20_000,
+    ).catch((e) => {
+      throw new Error(`${e.message}${trail()}`);
+    });
+    assert.equal(failing.generation, 2);
+    assert.equal(failing.ready, true, "the node serves");
+    assert.equal(failing.c?.status, "True");
+    assert.equal(failing.observedGeneration, 1, "the change is not applied");
+    assert.match(failing.reason, /generation 2 is not applied .*injected: disk I\/O error/);
+    const r1 = await add("c-during", podNs.path);
+    assert.ok(r1.ok, JSON.stringify(r1));
+    assert.match(addressOf(r1), /^fd00:5f::[0-9a-f]+\/128$/, "new pods: the spec in force");
+    const snapshot = await agent.status();
+    assert.equal(snapshot.ready, true);
+    assert.match(snapshot.configProblem ?? "", /generation 2 is not applied/);
+    // Retried with backoff: more than one try while the disk fails, yet far fewer than one
+    // per status event.
+    await eventually("a retry", () => Promise.resolve(failedReads), (n) => n >= 2, 10_000);
 
-      // 2. The disk works again: a retry applies the change, with no edit of the NodeConfig.
-      diskFailing = false;
-      const applied = await eventually(
-        "the change applied",
-        nodeConfigStatus,
-        (s) => s.observedGeneration === 2,
-        40_000,
-      ).catch((e) => {
-        throw new Error(`${e.message}${trail()}`);
-      });
-      assert.equal(applied.ready, true);
-      // No failure left to report; the pod added meanwhile keeps its address of the old range.
-      assert.equal(applied.c?.reason, "PodsOutsideCIDR");
-      assert.match(applied.reason, /^1 running pods hold addresses outside/);
-      assert.equal(agent.node?.spec.cidr6, NEW_CIDR6);
-      const r2 = await add("c-after", podNs2.path);
-      assert.ok(r2.ok, JSON.stringify(r2));
-      assert.match(addressOf(r2), /^fd00:60::[0-9a-f]+\/128$/);
-      assert.equal((await agent.status()).configProblem, undefined);
-      // One line when the streak starts and one when it ends.
-      const started = logs.filter((l) => /^NodeConfig change failed; retrying/.test(String(l.msg)));
-      const recovered = logs.filter((l) => l.msg === "NodeConfig change recovered");
-      assert.equal(started.length, 1, trail());
-      assert.equal(recovered.length, 1, trail());
-      assert.ok((recovered[0].failures as number) >= 2, trail());
-      assert.deepEqual(fatal.map(String), []);
-    } finally {
-      await cluster.stop();
-      await agent.close();
-      await Deno.remove(dir, { recursive: true });
-    }
+    // 2. The disk works again: a retry applies the change, with no edit of the NodeConfig.
+    diskFailing = false;
+    const applied = await eventually(
+      "the change applied",
+      published,
+      (s) => s.observedGeneration === 2,
+      40_000,
+    ).catch((e) => {
+      throw new Error(`${e.message}${trail()}`);
+    });
+    assert.equal(applied.ready, true);
+    // No failure left to report; the pod added meanwhile keeps its address of the old range.
+    assert.equal(applied.c?.reason, "PodsOutsideCIDR");
+    assert.match(applied.reason, /^1 running pods hold addresses outside/);
+    assert.equal(agent.node?.spec.cidr6, NEW_CIDR6);
+    const r2 = await add("c-after", podNs2.path);
+    assert.ok(r2.ok, JSON.stringify(r2));
+    assert.match(addressOf(r2), /^fd00:60::[0-9a-f]+\/128$/);
+    assert.equal((await agent.status()).configProblem, undefined);
+    // One line when the streak starts and one when it ends.
+    const started = logs.filter((l) => /^NodeConfig change failed; retrying/.test(String(l.msg)));
+    const recovered = logs.filter((l) => l.msg === "NodeConfig change recovered");
+    assert.equal(started.length, 1, trail());
+    assert.equal(recovered.length, 1, trail());
+    assert.ok((recovered[0].failures as number) >= 2, trail());
+    assert.deepEqual(fatal.map(String), []);
   },
 });

@@ -12,31 +12,21 @@
  */
 
 import assert from "node:assert/strict";
-import { join } from "node:path";
 import { ROOT_ONLY } from "../../tests/helpers/exec.ts";
 import { freePort, startKubeWithFlock } from "../../tests/helpers/kube.ts";
+import { clusterAgent, nodeConfigStatus } from "../../tests/helpers/kube_cluster_agent.ts";
 import { TestNamespace } from "../../tests/helpers/netns.ts";
 import { FlockNode } from "../../tests/helpers/flock.ts";
 import { run } from "../../tests/helpers/exec.ts";
 import { eventually } from "../../tests/helpers/eventually.ts";
 import { rpcRequest } from "../../tests/helpers/rpc_request.ts";
 import { callAgent } from "../../cni.ts";
-import { Agent } from "../agent.ts";
 import { NodeRouting } from "../routing.ts";
 import { KernelBusyError } from "../kernel_busy.ts";
-import { KubeApi } from "./api.ts";
-import { ClusterMode } from "./cluster.ts";
 
 const NODE = "flk-cfgfail-node";
 const NAMESPACE = "kube-system";
 const CIDR6 = "fd00:5e::/64";
-
-interface ReadyCondition {
-  type: string;
-  status: string;
-  reason: string;
-  message?: string;
-}
 
 Deno.test({
   name: "cluster: a first configure that fails (state dir, then summary routes) keeps the agent " +
@@ -52,33 +42,13 @@ Deno.test({
       metadata: { name: NODE },
       spec: { cidr6: CIDR6 },
     });
-    const kubeconfig = await kube.kubeconfigFor(await kube.tokenFor(NAMESPACE, "flock"));
-    await using nodeNs = await TestNamespace.create("flk-cff");
     await using podNs = await TestNamespace.create("flk-cfp");
-    const dir = await Deno.makeTempDir({ prefix: "flk-cfgfail-" });
-    const stateDir = join(dir, "state");
-    const socketPath = join(dir, "flock.sock");
+    // Declared after the pod's namespace: stopped and closed before it is removed.
+    await using node = await clusterAgent(kube, NODE, "flk-cff");
+    const { agent, cluster, stateDir, socketPath, logs, trail } = node;
+    const nodeNs = node.node;
     // The state directory's path is a file: the store cannot be opened (step 1's cause).
     await Deno.writeTextFile(stateDir, "not a directory\n");
-    const logs: Record<string, unknown>[] = [];
-    const log = (f: Record<string, unknown>) => void logs.push(f);
-    const agent = new Agent({
-      nodeName: NODE,
-      stateDir,
-      socketPath,
-      netnsPath: nodeNs.path,
-      cooldownMs: 0,
-      log,
-    });
-    const cluster = new ClusterMode({
-      nodeName: NODE,
-      api: new KubeApi({ kubeconfig }),
-      namespace: NAMESPACE,
-      watchNodes: false,
-      statusIntervalMs: 0,
-      configureRetryMs: 200,
-      log,
-    });
     // The routing step's kernel: busy (every list of the node's routes interrupted) until cleared.
     let kernelBusy = true;
     let routingTries = 0;
@@ -93,19 +63,9 @@ Deno.test({
     const fatal: unknown[] = [];
     const add = (id: string) =>
       callAgent(socketPath, rpcRequest("ADD", id, podNs.path, "flk-cfgfail"), 10_000);
-    const nodeConfigStatus = async () => {
-      const obj = JSON.parse(await kube.kubectlOk(["get", "nodeconfig", NODE, "-o", "json"]));
-      const status = obj.status ?? {};
-      const ready = (status.conditions ?? []).find((c: ReadyCondition) => c.type === "Ready");
-      return {
-        ready: status.ready as boolean | undefined,
-        reason: String(status.reason ?? ""),
-        c: ready as ReadyCondition | undefined,
-      };
-    };
+    const published = () => nodeConfigStatus(kube, NODE);
     const summaryRoutes = () =>
       nodeNs.ip(["-6", "route", "show", "type", "blackhole", "proto", "201"]);
-    const trail = () => "\n" + logs.map((l) => JSON.stringify(l)).join("\n");
     try {
       await agent.listen();
       cluster.start(agent, (e) => fatal.push(e));
@@ -126,7 +86,7 @@ Deno.test({
       assert.match(!r.ok ? r.error.msg : "", /state directory .* is not a directory/);
       const early = await eventually(
         "the NodeConfig status naming the failure",
-        nodeConfigStatus,
+        published,
         (s) => s.ready === false && /state directory .* is not a directory/.test(s.reason),
       );
       assert.equal(early.c?.reason, "ConfigureFailed");
@@ -152,7 +112,7 @@ Deno.test({
       assert.doesNotMatch(await summaryRoutes(), /fd00:5e::\/64/);
       await eventually(
         "the NodeConfig status naming the routing failure",
-        nodeConfigStatus,
+        published,
         (s) =>
           s.ready === false && /summary routes/.test(s.reason) &&
           s.c?.reason === "ConfigureFailed",
@@ -171,7 +131,7 @@ Deno.test({
       assert.match(addrs.join(), /^fd00:5e::[0-9a-f]+\/128$/);
       const served = await eventually(
         "the NodeConfig status Ready",
-        nodeConfigStatus,
+        published,
         (s) => s.ready === true,
       );
       assert.equal(served.c?.reason, "Serving");
@@ -193,9 +153,6 @@ Deno.test({
       );
     } finally {
       NodeRouting.prototype.applyConfig = realApplyConfig;
-      await cluster.stop();
-      await agent.close();
-      await Deno.remove(dir, { recursive: true });
     }
   },
 });
