@@ -10,7 +10,7 @@ import { FlockNode, ping, TestNamespace } from "../helpers/flock.ts";
 import { ROOT_ONLY } from "../helpers/exec.ts";
 import { eventually } from "../helpers/eventually.ts";
 import { addLivePod, hostIfaceOf } from "../helpers/node_state.ts";
-import type { IpRoute } from "../helpers/iproute.ts";
+import { anycastNodeConfig, goingVia, routeDevsTo, sameList } from "../helpers/flock_route_devs.ts";
 
 /** One resync round (10 s) and some slack. */
 const ROUND_MS = 13_000;
@@ -20,40 +20,12 @@ const REPAIR_MS = 3_000;
 const A1 = ["fd00:fff2::1", "10.255.72.1"];
 const A2 = ["fd00:fff2::2", "10.255.72.2"];
 
-/** The devices of the flock route to each address (`address dev,dev`), in `addresses` order. */
-async function routes(node: FlockNode, addresses: string[]): Promise<string[]> {
-  const out: string[] = [];
-  for (const a of addresses) {
-    const family = a.includes(":") ? "-6" : "-4";
-    const found = (await node.ns.ipJson<IpRoute[]>([family, "route", "show", "proto", "201"]))
-      .filter((r) => r.dst === a);
-    const devs = found.flatMap((r) => r.nexthops?.map((h) => h.dev) ?? [r.dev]).sort();
-    out.push(`${a} ${devs.join(",")}`);
-  }
-  return out;
-}
-
-/** What {@link routes} gives when `addresses` go via exactly `devs`. */
-function via(addresses: string[], devs: string[]): string[] {
-  return addresses.map((a) => `${a} ${[...devs].sort().join(",")}`);
-}
-
-function same(a: string[], b: string[]): boolean {
-  return JSON.stringify(a) === JSON.stringify(b);
-}
-
 Deno.test({
   name: "anycast e2e: down holders are left out (none up: no route), the other addresses stay " +
     "synced, and a holder coming up is a path again",
   ...ROOT_ONLY,
   async fn() {
-    await using node = await FlockNode.start({
-      config: {
-        cidr6: "fd00:f2::/64",
-        cidr4: "10.72.0.0/24",
-        anycastCIDRs: ["fd00:fff2::/64", "10.255.72.0/24"],
-      },
-    });
+    await using node = await FlockNode.start({ config: anycastNodeConfig(2) });
     await using nsX = await TestNamespace.create("flk-adx");
     await using nsY = await TestNamespace.create("flk-ady");
     await using nsZ = await TestNamespace.create("flk-adz");
@@ -64,15 +36,18 @@ Deno.test({
     await addLivePod(node, "ad-z", nsZ.path, holds(A2));
     await addLivePod(node, "ad-w", nsW.path);
     const [x, y, z] = ["ad-x", "ad-y", "ad-z"].map((id) => hostIfaceOf(node, id));
-    assert.deepEqual(await routes(node, [...A1, ...A2]), [...via(A1, [x]), ...via(A2, [y, z])]);
+    assert.deepEqual(await routeDevsTo(node, [...A1, ...A2]), [
+      ...goingVia(A1, [x]),
+      ...goingVia(A2, [y, z]),
+    ]);
 
     // X (A1's only holder) and Y go down. Within a round A2 goes via Z alone and A1 has no route.
     await node.ns.ip(["link", "set", x, "down"]);
     await node.ns.ip(["link", "set", y, "down"]);
     await eventually(
       "A2 via Z only",
-      () => routes(node, [...A1, ...A2]),
-      (have) => same(have, [...via(A1, []), ...via(A2, [z])]),
+      () => routeDevsTo(node, [...A1, ...A2]),
+      (have) => sameList(have, [...goingVia(A1, []), ...goingVia(A2, [z])]),
       ROUND_MS,
       100,
     );
@@ -83,16 +58,16 @@ Deno.test({
     await node.ns.ip(["link", "set", y, "up"]);
     await eventually(
       "A2 via Y and Z",
-      () => routes(node, A2),
-      (have) => same(have, via(A2, [y, z])),
+      () => routeDevsTo(node, A2),
+      (have) => sameList(have, goingVia(A2, [y, z])),
       REPAIR_MS,
       50,
     );
     await node.ns.ip(["link", "set", x, "up"]);
     await eventually(
       "A1 via X",
-      () => routes(node, A1),
-      (have) => same(have, via(A1, [x])),
+      () => routeDevsTo(node, A1),
+      (have) => sameList(have, goingVia(A1, [x])),
       REPAIR_MS,
       50,
     );
@@ -106,6 +81,9 @@ Deno.test({
       assert.equal(check.code, 0, `${id}: ${check.stdout}`);
       assert.equal((await node.cni("DEL", { containerId: id, netns: ns.path })).code, 0, id);
     }
-    assert.deepEqual(await routes(node, [...A1, ...A2]), [...via(A1, []), ...via(A2, [])]);
+    assert.deepEqual(await routeDevsTo(node, [...A1, ...A2]), [
+      ...goingVia(A1, []),
+      ...goingVia(A2, []),
+    ]);
   },
 });

@@ -15,39 +15,18 @@ import { eventually } from "../helpers/eventually.ts";
 import { addLivePod, hostIfaceOf, type LivePod } from "../helpers/node_state.ts";
 import { releasedAt, withheldIps, withholdThroughB } from "../helpers/withheld_fixture.ts";
 import { RELEASE_SWEEP_ENV } from "../../agent/test_faults.ts";
-import type { IpRoute } from "../helpers/iproute.ts";
+import {
+  anycastNodeConfig,
+  flockRoutesVia,
+  hostSide,
+  sameList,
+} from "../helpers/flock_route_devs.ts";
 import { assertCniError } from "../helpers/cni_output.ts";
 
 /** How long the host side may take to come back once the veth is up (the watch polls 500 ms). */
 const REPAIR_WITHIN_MS = 3_000;
 const ANY6 = "fd00:fff1::7";
 const ANY4 = "10.255.71.7";
-
-/** The node's flock routes (both families) as `dst dev`, sorted; `via` keeps those of one dev. */
-async function flockRoutesVia(node: FlockNode, dev?: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const family of ["-6", "-4"]) {
-    for (const r of await node.ns.ipJson<IpRoute[]>([family, "route", "show", "proto", "201"])) {
-      const devs = r.nexthops?.map((h) => h.dev) ?? [r.dev];
-      if (dev === undefined || devs.includes(dev)) out.push(`${r.dst} ${devs.join(",")}`);
-    }
-  }
-  return out.sort();
-}
-
-/** The host side a pod's veth carries: its routes (own and anycast) and fe80::1. */
-async function hostSide(node: FlockNode, dev: string): Promise<string[]> {
-  const addrs = await node.ns.ipJson<{ addr_info: { local: string; prefixlen: number }[] }[]>([
-    "addr",
-    "show",
-    "dev",
-    dev,
-  ]);
-  return [
-    ...await flockRoutesVia(node, dev),
-    ...addrs[0].addr_info.map((a) => `addr ${a.local}/${a.prefixlen}`),
-  ].sort();
-}
 
 /** Pings in both directions over both families. */
 async function assertPings(a: TestNamespace, pa: LivePod, b: TestNamespace, pb: LivePod) {
@@ -68,23 +47,12 @@ function repairedWithin<T>(what: string, get: () => Promise<T>, holds: (v: T) =>
   return eventually(what, get, holds, REPAIR_WITHIN_MS, 50);
 }
 
-/** Whether two lists are the same, in order. */
-function same(a: string[], b: string[]): boolean {
-  return JSON.stringify(a) === JSON.stringify(b);
-}
-
 Deno.test({
   name: "veth flap: down and up gives the pod its routes, gateway and anycast back within 3 s; " +
     "left down it stays unrouted, up later it is repaired",
   ...ROOT_ONLY,
   async fn() {
-    await using node = await FlockNode.start({
-      config: {
-        cidr6: "fd00:f1::/64",
-        cidr4: "10.71.0.0/24",
-        anycastCIDRs: ["fd00:fff1::/64", "10.255.71.0/24"],
-      },
-    });
+    await using node = await FlockNode.start({ config: anycastNodeConfig(1) });
     await using nsA = await TestNamespace.create("flk-fla");
     await using nsB = await TestNamespace.create("flk-flb");
     const podA = await addLivePod(node, "flap-a", nsA.path, {
@@ -104,7 +72,7 @@ Deno.test({
     await repairedWithin(
       "A's host side to come back",
       () => hostSide(node, hostA),
-      (have) => same(have, wholeA),
+      (have) => sameList(have, wholeA),
     );
     await assertPings(nsA, podA, nsB, podB);
     assert.ok(await ping(nsB, ANY6) && await ping(nsB, ANY4), "A answers on its anycast addresses");
@@ -139,7 +107,7 @@ Deno.test({
     await repairedWithin(
       "A's host side to come back after a long down",
       () => hostSide(node, hostA),
-      (have) => same(have, wholeA),
+      (have) => sameList(have, wholeA),
     );
     // The ping A sent while its veth was down left its neighbour entry for fe80::1 incomplete,
     // failed once its 3 probes (1 s apart) are out: the pod's kernel resolves it again at the
@@ -194,7 +162,7 @@ Deno.test({
       await repairedWithin(
         `A's route to ${ip} back`,
         () => flockRoutesVia(node, hostA),
-        (have) => same(have, whole),
+        (have) => sameList(have, whole),
       );
     }
     await assertPings(nsA, podA, nsB, podB);
@@ -232,7 +200,7 @@ Deno.test({
       await repairedWithin(
         "B's own routes and the withheld one back",
         () => flockRoutesVia(node, f.hostB),
-        (have) => same(have, wholeB),
+        (have) => sameList(have, wholeB),
       );
     }
     // A while later (sweeps every 100 ms): still withheld, never released, still routed.
