@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { ROOT_ONLY } from "../tests/helpers/exec.ts";
 import { inProcessAgent } from "../tests/helpers/in_process_agent.ts";
 import { eventually } from "../tests/helpers/eventually.ts";
+import { patch } from "../tests/helpers/patch.ts";
 import { parseNodeConfig } from "./config.ts";
 import { NodeRouting } from "./routing.ts";
 import type { Agent } from "./agent.ts";
@@ -31,41 +32,41 @@ Deno.test({
     await agent.configure(parseNodeConfig({ cidr6: "fd00:7::/64" }, "test"));
     assert.equal(await problemsGauge(agent), 0);
 
-    const realApply = NodeRouting.prototype.applyConfig;
     let calls = 0;
-    NodeRouting.prototype.applyConfig = async function (this: NodeRouting, ...args) {
-      if (calls++ === 0) throw new Error("injected: summary routes: kernel busy");
-      return await realApply.apply(this, args);
-    };
-    try {
-      const report = await agent.reconfigure(parseNodeConfig({ cidr6: "fd00:8::/64" }, "test"));
-      const [problem] = report.problems.filter((p) => /^summary routes not installed/.test(p));
-      assert.ok(problem, `reported: ${JSON.stringify(report.problems)}`);
-      assert.ok((await agent.status()).reconcile?.problems.includes(problem), "status lists it");
-      // The old summary route the reconcile removed is a note: neither a problem nor counted.
-      const others = report.problems.filter((p) => p !== problem);
-      assert.deepEqual(others, []);
-      assert.ok(report.notes.some((n) => n.startsWith("removed orphan route fd00:7::/64")));
-      assert.equal(await problemsGauge(agent), others.length + 1);
+    using _busyOnce = patch(
+      NodeRouting.prototype,
+      "applyConfig",
+      (real) =>
+        async function (this: NodeRouting, ...args) {
+          if (calls++ === 0) throw new Error("injected: summary routes: kernel busy");
+          return await real.apply(this, args);
+        },
+    );
+    const report = await agent.reconfigure(parseNodeConfig({ cidr6: "fd00:8::/64" }, "test"));
+    const [problem] = report.problems.filter((p) => /^summary routes not installed/.test(p));
+    assert.ok(problem, `reported: ${JSON.stringify(report.problems)}`);
+    assert.ok((await agent.status()).reconcile?.problems.includes(problem), "status lists it");
+    // The old summary route the reconcile removed is a note: neither a problem nor counted.
+    const others = report.problems.filter((p) => p !== problem);
+    assert.deepEqual(others, []);
+    assert.ok(report.notes.some((n) => n.startsWith("removed orphan route fd00:7::/64")));
+    assert.equal(await problemsGauge(agent), others.length + 1);
 
-      const resolved = (f: Record<string, unknown>) =>
-        /reconcile problem resolved/.test(String(f.msg));
-      await eventually(
-        "the retry's log line",
-        () => Promise.resolve(logs.filter(resolved)),
-        (lines) => lines.length > 0,
-        10_000,
-        50,
-      );
-      const lines = logs.filter(resolved);
-      assert.equal(lines.length, 1, "one line");
-      assert.equal(lines[0].resolved, problem, "naming the problem");
-      assert.equal(lines[0].problemsLeft, others.length);
-      assert.deepEqual(agent.reconcileReport?.problems, others, "the report");
-      assert.deepEqual((await agent.status()).reconcile?.problems, others, "flock status");
-      assert.equal(await problemsGauge(agent), others.length, "the gauge");
-    } finally {
-      NodeRouting.prototype.applyConfig = realApply;
-    }
+    const resolved = (f: Record<string, unknown>) =>
+      /reconcile problem resolved/.test(String(f.msg));
+    await eventually(
+      "the retry's log line",
+      () => Promise.resolve(logs.filter(resolved)),
+      (lines) => lines.length > 0,
+      10_000,
+      50,
+    );
+    const lines = logs.filter(resolved);
+    assert.equal(lines.length, 1, "one line");
+    assert.equal(lines[0].resolved, problem, "naming the problem");
+    assert.equal(lines[0].problemsLeft, others.length);
+    assert.deepEqual(agent.reconcileReport?.problems, others, "the report");
+    assert.deepEqual((await agent.status()).reconcile?.problems, others, "flock status");
+    assert.equal(await problemsGauge(agent), others.length, "the gauge");
   },
 });
