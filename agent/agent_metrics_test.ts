@@ -3,12 +3,7 @@
 import assert from "node:assert/strict";
 import { AgentMetrics, type AnycastSyncCounter } from "./agent_metrics.ts";
 import { buildStatusSnapshot } from "./status_snapshot.ts";
-
-/** The value of the unlabelled sample `name` in a scrape body. */
-function sample(body: string, name: string): number | undefined {
-  const line = body.split("\n").find((l) => l.startsWith(`${name} `));
-  return line === undefined ? undefined : Number(line.slice(name.length + 1));
-}
+import { BASE_STATUS_SOURCES, scrapeSample as sample } from "../tests/helpers/status_sources.ts";
 
 Deno.test(
   "metrics: flock_anycast_sync_failures_total counts the anycast routes' failed syncs, " +
@@ -16,15 +11,7 @@ Deno.test(
   async () => {
     let anycast: AnycastSyncCounter | undefined;
     const metrics = new AgentMetrics(
-      () =>
-        buildStatusSnapshot({
-          nodeName: "node-a",
-          version: "0.1.0",
-          startedAt: 0,
-          ready: true,
-          hooks: {},
-          now: () => 1_000,
-        }),
+      () => buildStatusSnapshot(BASE_STATUS_SOURCES),
       0,
       "0.1.0",
       { anycast: () => anycast },

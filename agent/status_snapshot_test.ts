@@ -1,15 +1,7 @@
 import assert from "node:assert/strict";
-import { buildStatusSnapshot, type StatusSources } from "./status_snapshot.ts";
+import { buildStatusSnapshot } from "./status_snapshot.ts";
 import { Store } from "./store.ts";
-
-const base: StatusSources = {
-  nodeName: "node-a",
-  version: "0.1.0",
-  startedAt: 0,
-  ready: true,
-  hooks: {},
-  now: () => 1_000,
-};
+import { BASE_STATUS_SOURCES as base } from "../tests/helpers/status_sources.ts";
 
 Deno.test("snapshot: bgp.routerIdConflicts names the nodes sharing the router id", async () => {
   const routerId = { id: "192.0.2.1", source: "bgp.routerID" } as const;

@@ -8,21 +8,16 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { Store } from "./store.ts";
 import { AgentMetrics } from "./agent_metrics.ts";
-import { buildStatusSnapshot, type StatusSources } from "./status_snapshot.ts";
+import { buildStatusSnapshot } from "./status_snapshot.ts";
 import { renderStatus } from "./status_render.ts";
 import type { ReconcileReport } from "./reconcile.ts";
 import { freeUnroutedWithheld } from "./withheld.ts";
 import { summarizeWithheld, WITHHELD_LISTED } from "./withheld_status.ts";
 import type { Handle } from "../netlink/mod.ts";
-
-const base: StatusSources = {
-  nodeName: "node-a",
-  version: "0.1.0",
-  startedAt: 0,
-  ready: true,
-  hooks: {},
-  now: () => 1_000,
-};
+import {
+  BASE_STATUS_SOURCES as base,
+  scrapeSample as sample,
+} from "../tests/helpers/status_sources.ts";
 
 /** Never asked: `routed` answers instead. */
 const NO_NODE = undefined as unknown as Handle;
@@ -36,12 +31,6 @@ async function withStore(fn: (store: Store) => Promise<void>): Promise<void> {
     store.close();
     await Deno.remove(dir, { recursive: true });
   }
-}
-
-/** The value of one sample line of a scrape (`name{labels}`), or undefined when absent. */
-function sample(scrape: string, series: string): number | undefined {
-  const line = scrape.split("\n").find((l) => l.startsWith(series + " "));
-  return line === undefined ? undefined : Number(line.slice(series.length + 1));
 }
 
 Deno.test("summarizeWithheld: counts per family, lists the oldest WITHHELD_LISTED", () => {
