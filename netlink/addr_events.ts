@@ -8,20 +8,12 @@
 
 import { RT_SCOPE_UNIVERSE, RTM_DELADDR, RTM_NEWADDR } from "./consts.ts";
 import type { Handle } from "./handle.ts";
-import { MAX_READS_PER_POLL, NotificationSocket } from "./notifications.ts";
-
-export { MAX_READS_PER_POLL };
+import { type NotificationOptions, NotificationSocket } from "./notifications.ts";
 
 /** RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR: the legacy group bits of both address groups. */
 const ADDRESS_GROUPS = 0x10 | 0x100;
 /** A burst of this much (pods' link-local addresses come and go too) fits before ENOBUFS. */
 const QUEUE_BYTES = 256 * 1024;
-
-/** Options of {@link AddressEvents.open}. */
-export interface AddressEventsOptions {
-  /** Datagrams read at most per poll (default {@link MAX_READS_PER_POLL}). */
-  maxReadsPerPoll?: number;
-}
 
 /** A subscription to the address changes of a handle's namespace. */
 export class AddressEvents {
@@ -32,9 +24,9 @@ export class AddressEvents {
   }
 
   /** Subscribes to the address changes of `handle`'s namespace (from now on). */
-  static open(handle: Handle, options: AddressEventsOptions = {}): AddressEvents {
+  static open(handle: Handle, options: NotificationOptions = {}): AddressEvents {
     return new AddressEvents(
-      NotificationSocket.open(handle, ADDRESS_GROUPS, QUEUE_BYTES, options.maxReadsPerPoll),
+      NotificationSocket.open(handle, ADDRESS_GROUPS, QUEUE_BYTES, options),
     );
   }
 

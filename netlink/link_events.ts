@@ -9,7 +9,7 @@
 
 import { IFF_UP, IFLA_IFNAME, RTM_NEWLINK } from "./consts.ts";
 import type { Handle } from "./handle.ts";
-import { NotificationSocket } from "./notifications.ts";
+import { type NotificationOptions, NotificationSocket } from "./notifications.ts";
 import { parseAttributes, readString } from "./wire.ts";
 
 /** RTMGRP_LINK: the legacy group bit of RTNLGRP_LINK. */
@@ -49,14 +49,6 @@ export interface LinkEventsRead {
   incomplete: boolean;
 }
 
-/** Options of {@link LinkEvents.open}. */
-export interface LinkEventsOptions {
-  /** Datagrams read at most per poll (default notifications.ts's `MAX_READS_PER_POLL`). */
-  maxReadsPerPoll?: number;
-  /** The receive queue's size (default 1 MiB; tests make it overflow with a small one). */
-  queueBytes?: number;
-}
-
 /** A subscription to the link changes of a handle's namespace. */
 export class LinkEvents {
   readonly #socket: NotificationSocket;
@@ -66,14 +58,9 @@ export class LinkEvents {
   }
 
   /** Subscribes to the link changes of `handle`'s namespace (from now on). */
-  static open(handle: Handle, options: LinkEventsOptions = {}): LinkEvents {
+  static open(handle: Handle, options: NotificationOptions = {}): LinkEvents {
     return new LinkEvents(
-      NotificationSocket.open(
-        handle,
-        LINK_GROUP,
-        options.queueBytes ?? QUEUE_BYTES,
-        options.maxReadsPerPoll,
-      ),
+      NotificationSocket.open(handle, LINK_GROUP, QUEUE_BYTES, options),
     );
   }
 

@@ -38,6 +38,14 @@ export const MAX_READS_PER_POLL = 256;
  */
 const SO_RCVBUFFORCE = 33;
 
+/** Options of a notification reader's `open` (addr_events.ts, link_events.ts, route_events.ts). */
+export interface NotificationOptions {
+  /** Datagrams read at most per poll (default {@link MAX_READS_PER_POLL}). */
+  maxReadsPerPoll?: number;
+  /** The receive queue's size (default: the reader's; tests make it overflow with a small one). */
+  queueBytes?: number;
+}
+
 /** What one {@link NotificationSocket.drain} could not see. */
 export interface DrainOutcome {
   /**
@@ -62,14 +70,15 @@ export class NotificationSocket {
 
   /**
    * Subscribes to the legacy group bits `groups` (RTMGRP_*) of `handle`'s namespace, from now
-   * on, with a receive queue of `queueBytes`.
+   * on, with a receive queue of `options.queueBytes` (default `defaultQueueBytes`).
    */
   static open(
     handle: Handle,
     groups: number,
-    queueBytes: number,
-    maxReadsPerPoll = MAX_READS_PER_POLL,
+    defaultQueueBytes: number,
+    options: NotificationOptions = {},
   ): NotificationSocket {
+    const { maxReadsPerPoll = MAX_READS_PER_POLL, queueBytes = defaultQueueBytes } = options;
     if (!Number.isInteger(maxReadsPerPoll) || maxReadsPerPoll < 1) {
       throw new RangeError(`maxReadsPerPoll must be a positive integer, not ${maxReadsPerPoll}`);
     }

@@ -17,7 +17,7 @@
 import { RTA_DST, RTA_MULTIPATH, RTA_OIF, RTM_DELROUTE, RTN_UNICAST } from "./consts.ts";
 import type { Handle } from "./handle.ts";
 import { AF_INET, AF_INET6, formatIP } from "./ip.ts";
-import { NotificationSocket } from "./notifications.ts";
+import { type NotificationOptions, NotificationSocket } from "./notifications.ts";
 import { parseAttributes } from "./wire.ts";
 
 /** RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE: the legacy group bits of the route groups. */
@@ -33,14 +33,6 @@ const QUEUE_BYTES = 4 * 1024 * 1024;
 const RTMSG_LEN = 12;
 /** RTM_F_CLONED: a cached clone (an IPv6 exception), never a route someone installed. */
 const RTM_F_CLONED = 0x200;
-
-/** Options of {@link RouteEvents.open}. */
-export interface RouteEventsOptions {
-  /** Datagrams read at most per poll (default notifications.ts's `MAX_READS_PER_POLL`). */
-  maxReadsPerPoll?: number;
-  /** The receive queue's size (default 4 MiB; tests make it overflow with a small one). */
-  queueBytes?: number;
-}
 
 /** What one {@link RouteEvents.read} found. */
 export interface RouteEventsRead {
@@ -66,14 +58,9 @@ export class RouteEvents {
   }
 
   /** Subscribes to the route changes of `handle`'s namespace (from now on), of `protocol`. */
-  static open(handle: Handle, protocol: number, options: RouteEventsOptions = {}): RouteEvents {
+  static open(handle: Handle, protocol: number, options: NotificationOptions = {}): RouteEvents {
     return new RouteEvents(
-      NotificationSocket.open(
-        handle,
-        ROUTE_GROUPS,
-        options.queueBytes ?? QUEUE_BYTES,
-        options.maxReadsPerPoll,
-      ),
+      NotificationSocket.open(handle, ROUTE_GROUPS, QUEUE_BYTES, options),
       protocol,
     );
   }
