@@ -19,6 +19,7 @@ import { TestNamespace } from "../../tests/helpers/netns.ts";
 import { FlockNode } from "../../tests/helpers/flock.ts";
 import { run } from "../../tests/helpers/exec.ts";
 import { eventually } from "../../tests/helpers/eventually.ts";
+import { patch } from "../../tests/helpers/patch.ts";
 import { rpcRequest } from "../../tests/helpers/rpc_request.ts";
 import { callAgent } from "../../cni.ts";
 import { NodeRouting } from "../routing.ts";
@@ -52,108 +53,108 @@ Deno.test({
     // The routing step's kernel: busy (every list of the node's routes interrupted) until cleared.
     let kernelBusy = true;
     let routingTries = 0;
-    const realApplyConfig = NodeRouting.prototype.applyConfig;
-    NodeRouting.prototype.applyConfig = async function (this: NodeRouting, ...args) {
-      routingTries++;
-      if (kernelBusy) {
-        throw new KernelBusyError("summary routes: list flock's routes", 6, 3_500, "EINTR");
-      }
-      return await realApplyConfig.apply(this, args);
-    };
+    using _busyKernel = patch(
+      NodeRouting.prototype,
+      "applyConfig",
+      (real) =>
+        async function (this: NodeRouting, ...args) {
+          routingTries++;
+          if (kernelBusy) {
+            throw new KernelBusyError("summary routes: list flock's routes", 6, 3_500, "EINTR");
+          }
+          return await real.apply(this, args);
+        },
+    );
     const fatal: unknown[] = [];
     const add = (id: string) =>
       callAgent(socketPath, rpcRequest("ADD", id, podNs.path, "flk-cfgfail"), 10_000);
     const published = () => nodeConfigStatus(kube, NODE);
     const summaryRoutes = () =>
       nodeNs.ip(["-6", "route", "show", "type", "blackhole", "proto", "201"]);
-    try {
-      await agent.listen();
-      cluster.start(agent, (e) => fatal.push(e));
+    await agent.listen();
+    cluster.start(agent, (e) => fatal.push(e));
 
-      // 1. The store cannot be opened: not ready, the reason everywhere an operator looks.
-      await eventually(
-        "the store failure as the not-ready reason",
-        () => Promise.resolve(agent.notReadyReason() ?? ""),
-        (r) => /state directory .* is not a directory/.test(r),
-        20_000,
-      ).catch((e) => {
-        throw new Error(`${e.message}; fatal: ${fatal.map(String)}${trail()}`);
-      });
-      assert.deepEqual(fatal.map(String), [], "the agent does not give up");
-      let r = await add("c-early");
-      assert.equal(r.ok, false);
-      assert.equal(!r.ok && r.error.code, 11, JSON.stringify(r));
-      assert.match(!r.ok ? r.error.msg : "", /state directory .* is not a directory/);
-      const early = await eventually(
-        "the NodeConfig status naming the failure",
-        published,
-        (s) => s.ready === false && /state directory .* is not a directory/.test(s.reason),
-      );
-      assert.equal(early.c?.reason, "ConfigureFailed");
+    // 1. The store cannot be opened: not ready, the reason everywhere an operator looks.
+    await eventually(
+      "the store failure as the not-ready reason",
+      () => Promise.resolve(agent.notReadyReason() ?? ""),
+      (r) => /state directory .* is not a directory/.test(r),
+      20_000,
+    ).catch((e) => {
+      throw new Error(`${e.message}; fatal: ${fatal.map(String)}${trail()}`);
+    });
+    assert.deepEqual(fatal.map(String), [], "the agent does not give up");
+    let r = await add("c-early");
+    assert.equal(r.ok, false);
+    assert.equal(!r.ok && r.error.code, 11, JSON.stringify(r));
+    assert.match(!r.ok ? r.error.msg : "", /state directory .* is not a directory/);
+    const early = await eventually(
+      "the NodeConfig status naming the failure",
+      published,
+      (s) => s.ready === false && /state directory .* is not a directory/.test(s.reason),
+    );
+    assert.equal(early.c?.reason, "ConfigureFailed");
 
-      // 2. The state dir is usable again, but the routing step's kernel is busy: the node is
-      // reconciled, its summary routes are not in place, so it must still not serve.
-      await Deno.remove(stateDir);
-      await eventually(
-        "the routing failure as the not-ready reason",
-        () => Promise.resolve(agent.notReadyReason() ?? ""),
-        (reason) => /summary routes/.test(reason) && routingTries >= 2,
-        20_000,
-      ).catch((e) => {
-        throw new Error(`${e.message}; fatal: ${fatal.map(String)}${trail()}`);
-      });
-      assert.equal(agent.ready, false);
-      const status = await agent.status();
-      assert.equal(status.ready, false);
-      assert.match(status.reason ?? "", /summary routes/);
-      r = await add("c-busy");
-      assert.equal(!r.ok && r.error.code, 11, JSON.stringify(r));
-      assert.match(!r.ok ? r.error.msg : "", /summary routes/);
-      assert.doesNotMatch(await summaryRoutes(), /fd00:5e::\/64/);
-      await eventually(
-        "the NodeConfig status naming the routing failure",
-        published,
-        (s) =>
-          s.ready === false && /summary routes/.test(s.reason) &&
-          s.c?.reason === "ConfigureFailed",
-      );
+    // 2. The state dir is usable again, but the routing step's kernel is busy: the node is
+    // reconciled, its summary routes are not in place, so it must still not serve.
+    await Deno.remove(stateDir);
+    await eventually(
+      "the routing failure as the not-ready reason",
+      () => Promise.resolve(agent.notReadyReason() ?? ""),
+      (reason) => /summary routes/.test(reason) && routingTries >= 2,
+      20_000,
+    ).catch((e) => {
+      throw new Error(`${e.message}; fatal: ${fatal.map(String)}${trail()}`);
+    });
+    assert.equal(agent.ready, false);
+    const status = await agent.status();
+    assert.equal(status.ready, false);
+    assert.match(status.reason ?? "", /summary routes/);
+    r = await add("c-busy");
+    assert.equal(!r.ok && r.error.code, 11, JSON.stringify(r));
+    assert.match(!r.ok ? r.error.msg : "", /summary routes/);
+    assert.doesNotMatch(await summaryRoutes(), /fd00:5e::\/64/);
+    await eventually(
+      "the NodeConfig status naming the routing failure",
+      published,
+      (s) =>
+        s.ready === false && /summary routes/.test(s.reason) &&
+        s.c?.reason === "ConfigureFailed",
+    );
 
-      // 3. The kernel answers again: the next try configures the node, which then serves.
-      kernelBusy = false;
-      await eventually("ready", () => Promise.resolve(agent.ready), (ready) => ready, 40_000)
-        .catch((e) => {
-          throw new Error(`${e.message}${trail()}`);
-        });
-      assert.match(await summaryRoutes(), /fd00:5e::\/64/);
-      r = await add("c-late");
-      assert.ok(r.ok, JSON.stringify(r));
-      const addrs = (r.result?.ips as { address: string }[]).map((i) => i.address);
-      assert.match(addrs.join(), /^fd00:5e::[0-9a-f]+\/128$/);
-      const served = await eventually(
-        "the NodeConfig status Ready",
-        published,
-        (s) => s.ready === true,
-      );
-      assert.equal(served.c?.reason, "Serving");
-      assert.equal(served.reason, "");
-      assert.deepEqual(fatal.map(String), []);
-      assert.equal(cluster.source, "NodeConfig");
-      // Each failure logged with its backoff: 200 ms doubling (the log is what an operator reads).
-      const tries = logs.filter((l) => l.msg === "cannot configure the node; trying again");
-      assert.ok(tries.length >= 3, trail());
-      tries.forEach((l, i) => {
-        assert.equal(l.failures, i + 1);
-        assert.equal(l.retryInMs, Math.min(200 * 2 ** i, 30_000));
+    // 3. The kernel answers again: the next try configures the node, which then serves.
+    kernelBusy = false;
+    await eventually("ready", () => Promise.resolve(agent.ready), (ready) => ready, 40_000)
+      .catch((e) => {
+        throw new Error(`${e.message}${trail()}`);
       });
-      assert.ok(
-        logs.some((l) =>
-          l.msg === "node configured after failed tries" && l.failures === tries.length
-        ),
-        trail(),
-      );
-    } finally {
-      NodeRouting.prototype.applyConfig = realApplyConfig;
-    }
+    assert.match(await summaryRoutes(), /fd00:5e::\/64/);
+    r = await add("c-late");
+    assert.ok(r.ok, JSON.stringify(r));
+    const addrs = (r.result?.ips as { address: string }[]).map((i) => i.address);
+    assert.match(addrs.join(), /^fd00:5e::[0-9a-f]+\/128$/);
+    const served = await eventually(
+      "the NodeConfig status Ready",
+      published,
+      (s) => s.ready === true,
+    );
+    assert.equal(served.c?.reason, "Serving");
+    assert.equal(served.reason, "");
+    assert.deepEqual(fatal.map(String), []);
+    assert.equal(cluster.source, "NodeConfig");
+    // Each failure logged with its backoff: 200 ms doubling (the log is what an operator reads).
+    const tries = logs.filter((l) => l.msg === "cannot configure the node; trying again");
+    assert.ok(tries.length >= 3, trail());
+    tries.forEach((l, i) => {
+      assert.equal(l.failures, i + 1);
+      assert.equal(l.retryInMs, Math.min(200 * 2 ** i, 30_000));
+    });
+    assert.ok(
+      logs.some((l) =>
+        l.msg === "node configured after failed tries" && l.failures === tries.length
+      ),
+      trail(),
+    );
   },
 });
 
