@@ -7,7 +7,7 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { createNode, TestNamespace } from "../tests/helpers/netns.ts";
+import { createNode, linkVeth, TestNamespace } from "../tests/helpers/netns.ts";
 import { ROOT_ONLY } from "../tests/helpers/exec.ts";
 import { Datapath, type PodNetwork } from "./datapath.ts";
 import { formatIP, Handle, parseIP } from "../netlink/mod.ts";
@@ -201,18 +201,7 @@ Deno.test({
     const other = await TestNamespace.create("flk-hsrr3o");
     try {
       const host = "flockabcdef01";
-      await l.fixture.node.ip([
-        "link",
-        "add",
-        host,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        other.name,
-      ]);
+      await linkVeth(l.fixture.node, other, host, "eth0", { up: false });
       await l.fixture.node.ip(["link", "set", host, "up"]);
       const withheld = ["10.49.0.78", "fd00:49::78"];
       await withhold(l, host, withheld);
