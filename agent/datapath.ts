@@ -310,7 +310,8 @@ function checkedContainerId(containerId: string): string {
   return containerId;
 }
 
-function hostRoute(ip: IP, oif: number): Route {
+/** flock's host route to `ip` through the device `oif` (a pod's, or a withheld address's). */
+export function hostRoute(ip: IP, oif: number): Route {
   return { dst: hostPrefix(ip), oif, scope: RT_SCOPE_LINK, protocol: FLOCK_ROUTE_PROTOCOL };
 }
 

@@ -37,9 +37,8 @@ import {
   parseIP,
   type Prefix,
   replaceRoute,
-  RT_SCOPE_LINK,
 } from "../netlink/mod.ts";
-import { FLOCK_ROUTE_PROTOCOL, type ForeignVeth } from "./datapath.ts";
+import { FLOCK_ROUTE_PROTOCOL, type ForeignVeth, hostRoute } from "./datapath.ts";
 import type { AddressPool } from "./ipam.ts";
 import type { Store, WithheldAddress } from "./store.ts";
 
@@ -162,12 +161,7 @@ export function rerouteWithheld(store: Store, node: Handle, hostIface: string): 
   }
   const missing = through.filter((w) => !routed.has(formatPrefix(hostPrefix(parseIP(w.ip)))));
   for (const w of missing) {
-    replaceRoute(node, {
-      dst: hostPrefix(parseIP(w.ip)),
-      oif: host.index,
-      scope: RT_SCOPE_LINK,
-      protocol: FLOCK_ROUTE_PROTOCOL,
-    });
+    replaceRoute(node, hostRoute(parseIP(w.ip), host.index));
   }
   return missing.map((w) => w.ip);
 }
