@@ -88,9 +88,9 @@ const ADDRESS_SETTLE_MS = 200;
  * kernel, say) is tried again, doubled per failure in a row up to {@link RENDER_RETRY_MAX_MS}:
  * without a retry the config reached BIRD only at the next event, in standalone mode maybe never.
  */
-export const RENDER_RETRY_MIN_MS = 200;
+const RENDER_RETRY_MIN_MS = 200;
 /** Longest pause between two tries of a failed render. */
-export const RENDER_RETRY_MAX_MS = 30_000;
+const RENDER_RETRY_MAX_MS = 30_000;
 
 /**
  * The name of the summary routes' dump of flock's routes, in its errors: the same request as the

@@ -79,7 +79,7 @@ export const DEFAULT_CONFIG_WAIT_MS = 60_000;
 const NODES_SYNC_WAIT_MS = 10_000;
 
 /** First pause before a failed first configure is tried again; doubles with every failure. */
-export const DEFAULT_CONFIGURE_RETRY_MS = 1_000;
+const DEFAULT_CONFIGURE_RETRY_MS = 1_000;
 /** Longest pause between two tries of a failing first configure or spec change. */
 const CONFIGURE_RETRY_MAX_MS = 30_000;
 
@@ -90,7 +90,7 @@ const CONFIGURE_RETRY_MAX_MS = 30_000;
  * kernel busy beyond the reconcile's own retries, a store write that failed, a link that vanished
  * mid-reconcile) may pass a moment later.
  */
-export function retryMayFix(e: unknown): boolean {
+function retryMayFix(e: unknown): boolean {
   if (e instanceof SchemaVersionError || e instanceof NetlinkArgumentError) return false;
   return !(e instanceof NetlinkError && (e.errno === EINVAL || e.errno === EPERM));
 }
