@@ -21,7 +21,6 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { createNode, TestNamespace } from "../tests/helpers/netns.ts";
 import { runOk } from "../tests/helpers/exec.ts";
@@ -37,19 +36,15 @@ import {
   listRoutes,
   parseIP,
 } from "../netlink/mod.ts";
+import { integerArgs } from "./args.ts";
 
-const { values } = parseArgs({
-  options: {
-    records: { type: "string", default: "1000" },
-    rounds: { type: "string", default: "30" },
-    adds: { type: "string", default: "20" },
-    foreign: { type: "string", default: "1000" },
-  },
+// Each is a divisor or a loop bound below: at least 1.
+const { records, rounds, adds, foreign } = integerArgs({
+  records: { default: 1000, min: 1 },
+  rounds: { default: 30, min: 1 },
+  adds: { default: 20, min: 1 },
+  foreign: { default: 1000, min: 1 },
 });
-const records = Number(values.records);
-const rounds = Number(values.rounds);
-const adds = Number(values.adds);
-const foreign = Number(values.foreign);
 
 /** Median of `rounds` timings of `fn`, in ms. */
 function median(fn: () => void, n = rounds): number {
