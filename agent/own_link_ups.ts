@@ -16,10 +16,10 @@
  */
 
 /** How many links may hold tokens at once: far more than come up between two polls. */
-export const OWN_LINK_UPS_MAX = 4096;
+const OWN_LINK_UPS_MAX = 4096;
 
 /** How many complete reads of the notifications a token outlives unconsumed: none needs more. */
-export const OWN_UP_POLLS = 2;
+const OWN_UP_POLLS = 2;
 
 /** Tokens of own link ups, by interface index; bounded. */
 export class OwnLinkUps {

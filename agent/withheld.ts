@@ -56,7 +56,7 @@ export function withheldThrough(foreign: ForeignVeth | undefined): Omit<Withheld
  * when it is gone) is down (a release in progress: wait for the veth to go), or up and still
  * routes the address (`routed`, asked only then).
  */
-export function staysWithheld(link: Link | undefined, routed: (link: Link) => boolean): boolean {
+function staysWithheld(link: Link | undefined, routed: (link: Link) => boolean): boolean {
   if (!link) return false;
   return !link.up || routed(link);
 }
