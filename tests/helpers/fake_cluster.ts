@@ -14,6 +14,7 @@ import type {
 } from "../../agent/kube/api.ts";
 import { NODECONFIG_PATH } from "../../agent/kube/api.ts";
 import type { NodeConfig } from "../../agent/config.ts";
+import { eventually } from "./eventually.ts";
 
 /** Lists NodeConfigs from `objects`; watches stay open until stopped; events pushed by tests. */
 export class FakeApi {
@@ -134,9 +135,5 @@ export function fakeCluster(api: FakeApi, options: Partial<ClusterModeOptions> =
 
 /** Polls `check` every 10 ms until it holds; throws naming `what` after `ms`. */
 export async function until(what: string, check: () => boolean, ms = 5_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
+  await eventually(what, () => Promise.resolve(check()), (holds) => holds, ms, 10);
 }
