@@ -30,13 +30,12 @@ async function flockRouteDevs(
 
 /** The devices of the flock route to each address (`address dev,dev`), in `addresses` order. */
 export async function routeDevsTo(node: FlockNode, addresses: string[]): Promise<string[]> {
-  const out: string[] = [];
-  for (const a of addresses) {
-    const found = (await flockRouteDevs(node, a.includes(":") ? "-6" : "-4"))
-      .filter((r) => r.dst === a);
-    out.push(`${a} ${found.flatMap((r) => r.devs).sort().join(",")}`);
-  }
-  return out;
+  // One dump per family for all the addresses, not one per address.
+  const routes = [...await flockRouteDevs(node, "-6"), ...await flockRouteDevs(node, "-4")];
+  return addresses.map((a) => {
+    const devs = routes.filter((r) => r.dst === a).flatMap((r) => r.devs);
+    return `${a} ${devs.sort().join(",")}`;
+  });
 }
 
 /** What {@link routeDevsTo} gives when `addresses` go via exactly `devs`. */
