@@ -10,8 +10,9 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { createNode, TestNamespace } from "../tests/helpers/netns.ts";
 import { ROOT_ONLY } from "../tests/helpers/exec.ts";
+import { setUpCommitted } from "../tests/helpers/committed_pod.ts";
 import { Datapath, type PodNetwork } from "./datapath.ts";
-import { formatIP, Handle, parseIP } from "../netlink/mod.ts";
+import { Handle, parseIP } from "../netlink/mod.ts";
 import { Store } from "./store.ts";
 import { HostSideRepair, type RepairTarget } from "./host_side_repair.ts";
 
@@ -44,16 +45,7 @@ Deno.test({
         ipv6: parseIP("fd00:49::1"),
         mtu: 1500,
       };
-      const { hostIface } = datapath.setup(net);
-      store.insertPending({
-        containerId: net.containerId,
-        ifname: "eth0",
-        netns: pod.path,
-        hostIface,
-        ipv6: formatIP(net.ipv6!),
-        anycast: [],
-      });
-      store.commit(net.containerId, "eth0");
+      const hostIface = setUpCommitted(datapath, store, net);
       repair.start(handle, 3_600_000);
       await fixture.node.ip(["link", "set", hostIface, "down"]);
       await fixture.node.ip(["link", "set", hostIface, "up"]);

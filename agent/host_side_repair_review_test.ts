@@ -9,8 +9,9 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { createNode, linkVeth, TestNamespace } from "../tests/helpers/netns.ts";
 import { ROOT_ONLY } from "../tests/helpers/exec.ts";
+import { setUpCommitted } from "../tests/helpers/committed_pod.ts";
 import { Datapath, type PodNetwork } from "./datapath.ts";
-import { formatIP, Handle, parseIP } from "../netlink/mod.ts";
+import { Handle, parseIP } from "../netlink/mod.ts";
 import { DumpInterruptedError } from "../netlink/errors.ts";
 import { Store } from "./store.ts";
 import { HostSideRepair } from "./host_side_repair.ts";
@@ -60,17 +61,7 @@ async function lab(prefix: string) {
       ipv6: parseIP("fd00:49::1"),
       ipv4: parseIP("10.49.0.1"),
     };
-    const { hostIface } = datapath.setup(net);
-    store.insertPending({
-      containerId: net.containerId,
-      ifname: "eth0",
-      netns: podNs.path,
-      hostIface,
-      ipv6: formatIP(net.ipv6!),
-      ipv4: formatIP(net.ipv4!),
-      anycast: [],
-    });
-    store.commit(net.containerId, "eth0");
+    const hostIface = setUpCommitted(datapath, store, net);
     const settle = async () => {
       repair.poll();
       await new Promise((r) => setTimeout(r, 20));

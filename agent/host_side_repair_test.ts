@@ -10,8 +10,9 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { createNode, type NodeFixture, TestNamespace } from "../tests/helpers/netns.ts";
 import { ROOT_ONLY } from "../tests/helpers/exec.ts";
+import { setUpCommitted } from "../tests/helpers/committed_pod.ts";
 import { Datapath, type PodNetwork } from "./datapath.ts";
-import { formatIP, getLinkByName, Handle, parseIP } from "../netlink/mod.ts";
+import { getLinkByName, Handle, parseIP } from "../netlink/mod.ts";
 import { type Attachment, Store } from "./store.ts";
 import { HostSideRepair, podsLackingHostRoutes, type RepairTarget } from "./host_side_repair.ts";
 import { freeUnroutedWithheld } from "./withheld.ts";
@@ -61,17 +62,7 @@ async function lab(prefix: string): Promise<Lab> {
       ipv4: parseIP(`10.48.0.${n}`),
     };
     pods.push({ ns, net, rec: undefined as unknown as Attachment });
-    const { hostIface } = datapath.setup(net);
-    store.insertPending({
-      containerId: net.containerId,
-      ifname: "eth0",
-      netns: ns.path,
-      hostIface,
-      ipv6: net.ipv6 && formatIP(net.ipv6),
-      ipv4: formatIP(net.ipv4!),
-      anycast: [],
-    });
-    store.commit(net.containerId, "eth0");
+    const hostIface = setUpCommitted(datapath, store, net);
     const pod = pods.at(-1)!;
     Object.assign(pod, { net: { ...net, hostIface }, rec: store.get(net.containerId, "eth0")! });
     return pod;

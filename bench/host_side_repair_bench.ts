@@ -24,6 +24,7 @@
 import { join } from "node:path";
 import { createNode, TestNamespace } from "../tests/helpers/netns.ts";
 import { runOk } from "../tests/helpers/exec.ts";
+import { setUpCommitted } from "../tests/helpers/committed_pod.ts";
 import { Datapath, FLOCK_ROUTE_PROTOCOL, type PodNetwork } from "../agent/datapath.ts";
 import { HostSideRepair, podsLackingHostRoutes } from "../agent/host_side_repair.ts";
 import { Store } from "../agent/store.ts";
@@ -78,17 +79,7 @@ try {
     ipv6: parseIP("fd00:49::ffff"),
     ipv4: parseIP("10.49.255.255"),
   };
-  const { hostIface } = datapath.setup(pod);
-  store.insertPending({
-    containerId: pod.containerId,
-    ifname: "eth0",
-    netns: podNs.path,
-    hostIface,
-    ipv6: formatIP(pod.ipv6!),
-    ipv4: formatIP(pod.ipv4!),
-    anycast: [],
-  });
-  store.commit(pod.containerId, "eth0");
+  const hostIface = setUpCommitted(datapath, store, pod);
   // N committed records, routed through a veth of their own (not the measured pod's: its
   // kernel-filtered route reads then see its own 2 routes, as on a real node).
   await fixture.node.ip(["link", "add", "hsrb0", "type", "veth", "peer", "name", "hsrb1"]);
