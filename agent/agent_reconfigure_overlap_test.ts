@@ -7,25 +7,25 @@
 import assert from "node:assert/strict";
 import { ROOT_ONLY } from "../tests/helpers/exec.ts";
 import { inProcessAgent } from "../tests/helpers/in_process_agent.ts";
+import { patch } from "../tests/helpers/patch.ts";
 import { parseNodeConfig } from "./config.ts";
 import { NodeRouting } from "./routing.ts";
 
 /** Makes the next NodeRouting.applyConfig wait `ms` first (a busy kernel); undone on dispose. */
 function slowNextApply(ms: number): Disposable {
-  const real = NodeRouting.prototype.applyConfig;
   let armed = true;
-  NodeRouting.prototype.applyConfig = async function (this: NodeRouting, ...args) {
-    if (armed) {
-      armed = false;
-      await new Promise((resolve) => setTimeout(resolve, ms));
-    }
-    return real.apply(this, args);
-  };
-  return {
-    [Symbol.dispose]() {
-      NodeRouting.prototype.applyConfig = real;
-    },
-  };
+  return patch(
+    NodeRouting.prototype,
+    "applyConfig",
+    (real) =>
+      async function (this: NodeRouting, ...args) {
+        if (armed) {
+          armed = false;
+          await new Promise((resolve) => setTimeout(resolve, ms));
+        }
+        return real.apply(this, args);
+      },
+  );
 }
 
 Deno.test({

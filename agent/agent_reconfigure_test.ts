@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { ROOT_ONLY } from "../tests/helpers/exec.ts";
 import { inProcessAgent } from "../tests/helpers/in_process_agent.ts";
+import { patch } from "../tests/helpers/patch.ts";
 import { parseNodeConfig } from "./config.ts";
 import { Handle } from "../netlink/mod.ts";
 import { NodeRouting, SUMMARY_ROUTES_DUMP } from "./routing.ts";
@@ -57,18 +58,20 @@ Deno.test({
         parseNodeConfig({ ...spec, bgp: { asn: 64512, routerID: "192.0.2.1" } }, "t"),
       );
       assert.equal(routing.routerId()?.id, "192.0.2.1");
-      const realDump = Handle.prototype.dump;
-      Handle.prototype.dump = function (this: Handle, msg, operation) {
-        if (operation === SUMMARY_ROUTES_DUMP) {
-          throw new DumpInterruptedError(operation, "RTM_GET", 6);
-        }
-        return realDump.call(this, msg, operation);
-      };
-      try {
+      {
+        using _interrupted = patch(
+          Handle.prototype,
+          "dump",
+          (real) =>
+            function (this: Handle, msg, operation) {
+              if (operation === SUMMARY_ROUTES_DUMP) {
+                throw new DumpInterruptedError(operation, "RTM_GET", 6);
+              }
+              return real.call(this, msg, operation);
+            },
+        );
         const next = parseNodeConfig({ ...spec, bgp: { asn: 64512, routerID: "192.0.2.2" } }, "t");
         await assert.rejects(routing.applyConfig(next), /no whole answer/);
-      } finally {
-        Handle.prototype.dump = realDump;
       }
       // What the next bird.conf (an address change, a mesh or Secret update) would carry.
       assert.equal(routing.routerId()?.id, "192.0.2.1");

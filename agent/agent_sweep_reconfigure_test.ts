@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { ROOT_ONLY } from "../tests/helpers/exec.ts";
 import { inProcessAgent } from "../tests/helpers/in_process_agent.ts";
+import { patch } from "../tests/helpers/patch.ts";
 import { parseNodeConfig } from "./config.ts";
 import { AnycastRoutes } from "./anycast.ts";
 import { Store } from "./store.ts";
@@ -27,16 +28,15 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
  * restored the pools); undone on dispose.
  */
 function pauseAnycastRebuild(during: () => Promise<void>): Disposable {
-  const real = AnycastRoutes.prototype.syncAll;
-  AnycastRoutes.prototype.syncAll = async function (this: AnycastRoutes) {
-    await during();
-    return real.call(this);
-  };
-  return {
-    [Symbol.dispose]() {
-      AnycastRoutes.prototype.syncAll = real;
-    },
-  };
+  return patch(
+    AnycastRoutes.prototype,
+    "syncAll",
+    (real) =>
+      async function (this: AnycastRoutes) {
+        await during();
+        return real.call(this);
+      },
+  );
 }
 
 /** Sets the sweep interval for agents configured until dispose. */
