@@ -435,10 +435,7 @@ export class BirdControl {
       return;
     }
     if (reply.unreachable) {
-      this.status.result = "unreachable";
-      this.status.error = reply.message;
-      this.#outageRound("bird not reachable", reply.message);
-      this.#retry();
+      this.#noVerdict("unreachable", reply.message, "bird not reachable");
     } else if (reply.rejected) {
       // Checked good a moment ago, so hardly ever: the file is the rejected text by now.
       this.#rejected = text;
@@ -460,12 +457,9 @@ export class BirdControl {
    * shutting down, the connection closed mid-reply, a file it could not open): retried.
    */
   #notTaken(step: string, reply: ConfigureReply): void {
-    this.status.lastAttempt = new Date().toISOString();
-    this.status.result = "failed";
-    this.status.error = `BIRD did not take the config at '${step}' and found no fault in it ` +
+    const error = `BIRD did not take the config at '${step}' and found no fault in it ` +
       `(${reply.message}); ${this.#retryNote()}`;
-    this.#outageRound("bird reload not taken", this.status.error);
-    this.#retry();
+    this.#noVerdict("failed", error, "bird reload not taken");
   }
 
   /** BIRD is down: check the candidate offline; a good one replaces the file BIRD will read. */
@@ -489,11 +483,7 @@ export class BirdControl {
       return;
     }
     await Deno.rename(candidate, this.#o.configPath);
-    this.status.lastAttempt = new Date().toISOString();
-    this.status.result = "unreachable";
-    this.status.error = why;
-    this.#outageRound("bird not reachable; config written for its start", why);
-    this.#retry();
+    this.#noVerdict("unreachable", why, "bird not reachable; config written for its start");
   }
 
   async #reject(candidate: string, text: string, message: string): Promise<void> {
@@ -569,12 +559,9 @@ export class BirdControl {
    * running one. Reported and retried; thrown on, it would end the agent (and CNI with it).
    */
   #failed(e: unknown): void {
-    this.status.lastAttempt = new Date().toISOString();
-    this.status.result = "failed";
-    this.status.error = `cannot apply ${this.#o.configPath}: ${(e as Error)?.message ?? e}; ` +
+    const error = `cannot apply ${this.#o.configPath}: ${(e as Error)?.message ?? e}; ` +
       this.#retryNote();
-    this.#outageRound("bird config not applied", this.status.error, "error");
-    this.#retry();
+    this.#noVerdict("failed", error, "bird config not applied", "error");
   }
 
   /**
@@ -582,11 +569,25 @@ export class BirdControl {
    * so this is no rejection. Reported and retried until BIRD answers.
    */
   #timedOut(step: string): void {
-    this.status.lastAttempt = new Date().toISOString();
-    this.status.result = "failed";
-    this.status.error = `BIRD did not answer '${step}' within ${this.#o.commandTimeoutMs} ms ` +
+    const error = `BIRD did not answer '${step}' within ${this.#o.commandTimeoutMs} ms ` +
       `(busy or stopped); ${this.#retryNote()}`;
-    this.#outageRound("bird reload timed out", this.status.error);
+    this.#noVerdict("failed", error, "bird reload timed out");
+  }
+
+  /**
+   * A reload BIRD gave no verdict on (`cause`): the status says so with `error`, the outage
+   * counts one more round, and the retry is scheduled.
+   */
+  #noVerdict(
+    result: "failed" | "unreachable",
+    error: string,
+    cause: string,
+    level = "warn",
+  ): void {
+    this.status.lastAttempt = new Date().toISOString();
+    this.status.result = result;
+    this.status.error = error;
+    this.#outageRound(cause, error, level);
     this.#retry();
   }
 
